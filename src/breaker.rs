@@ -1,0 +1,360 @@
+//! [`CircuitBreaker`], its [`Permit`]s and [`Outcome`]: what callers touch on every call.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::cell::{Admission, Callback, KeyCell, Lease, Recorded, STATE_MASK};
+use crate::{Builder, ChangeOrigin, CircuitError, Rejected, State, Storage};
+
+/// Whether a finished call counts as a success or a failure of the protected resource.
+///
+/// ```
+/// use resilient_circuit::Outcome;
+/// let ok: Result<u16, ()> = Ok(503);
+/// assert_eq!(Outcome::from_result(&ok), Outcome::Success);
+/// assert_eq!(Outcome::failure_if(matches!(ok, Ok(503))), Outcome::Failure);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// The resource worked (or failed in a way that says nothing about its health).
+    Success,
+    /// The resource failed.
+    Failure,
+}
+
+impl Outcome {
+    /// The default classification: every `Err` is a failure, every `Ok` a success.
+    pub fn from_result<T, E>(r: &Result<T, E>) -> Outcome {
+        Outcome::failure_if(r.is_err())
+    }
+
+    /// `Failure` when `failed`, else `Success`.
+    pub fn failure_if(failed: bool) -> Outcome {
+        if failed {
+            Outcome::Failure
+        } else {
+            Outcome::Success
+        }
+    }
+}
+
+/// A circuit breaker for one key: cheap to clone, `Send + Sync`, usable from async code and plain
+/// threads alike.
+///
+/// Build one with [`CircuitBreaker::builder`]. Every handle built with the same key on the same
+/// [`Storage`] shares one state; with a PostgreSQL storage, so does every instance of the fleet.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use resilient_circuit::{CircuitBreaker, Ratio, State, Storage};
+/// use std::time::Duration;
+///
+/// let cb = CircuitBreaker::builder("doc_example")
+///     .storage(Storage::in_memory())
+///     .failure_limit(Ratio::new(2, 2))
+///     .cooldown(Duration::from_secs(60))
+///     .build()
+///     .unwrap();
+///
+/// for _ in 0..2 {
+///     let r: Result<(), _> = cb.call(|| async { Err::<(), _>("down") }).await;
+///     assert!(!r.unwrap_err().is_rejected());
+/// }
+/// assert_eq!(cb.state(), State::Open);
+/// let r = cb.call(|| async { Ok::<_, &str>(()) }).await;
+/// assert!(r.unwrap_err().is_rejected());
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct CircuitBreaker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// The key's shared state; held here so a call never hashes the key.
+    cell: Arc<KeyCell>,
+    storage: Storage,
+    /// Keeps this handle's callback alive; the cell holds it weakly.
+    _callback: Option<Arc<Callback>>,
+    probe_wait: Duration,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.cell.unclaim();
+    }
+}
+
+impl std::fmt::Debug for CircuitBreaker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CircuitBreaker")
+            .field("key", &self.key())
+            .field("state", &self.state())
+            .field("storage", &self.inner.storage.backend_name())
+            .finish()
+    }
+}
+
+impl CircuitBreaker {
+    /// Starts building a breaker for `key`.
+    pub fn builder(key: impl Into<String>) -> Builder {
+        Builder::new(key.into())
+    }
+
+    pub(crate) fn from_parts(
+        cell: Arc<KeyCell>,
+        storage: Storage,
+        callback: Option<Arc<Callback>>,
+        probe_wait: Duration,
+    ) -> Self {
+        CircuitBreaker {
+            inner: Arc::new(Inner {
+                cell,
+                storage,
+                _callback: callback,
+                probe_wait,
+            }),
+        }
+    }
+
+    /// The breaker's key.
+    pub fn key(&self) -> &str {
+        &self.inner.cell.key
+    }
+
+    /// The current state, from the local snapshot: one atomic load, no lock, no I/O.
+    ///
+    /// An open breaker whose cooldown has ended still reports `Open` until a call moves it to
+    /// half-open.
+    #[inline]
+    pub fn state(&self) -> State {
+        self.inner.cell.state()
+    }
+
+    /// Time left before an open breaker lets a probe through (zero otherwise).
+    pub fn cooldown_remaining(&self) -> Duration {
+        self.inner.cell.cooldown_remaining()
+    }
+
+    /// The storage this breaker lives in.
+    pub fn storage(&self) -> &Storage {
+        &self.inner.storage
+    }
+
+    /// Asks to run one call now. Synchronous and never blocks: on a closed breaker this is one
+    /// atomic load.
+    ///
+    /// Report the result through the [`Permit`]; a permit dropped without a result (a cancelled
+    /// future) counts as neither, and a half-open probe gives its slot back.
+    ///
+    /// With a PostgreSQL storage, a probe permit of a fleet-wide half-open round must come from the
+    /// database: this rejects, asks for one in the background, and a later caller takes it.
+    /// [`call`](Self::call) waits for it instead.
+    #[inline]
+    pub fn try_acquire(&self) -> Result<Permit<'_>, Rejected> {
+        match self.inner.cell.admit() {
+            Admission::Closed(word) => Ok(Permit::new(self, word, None)),
+            admission => self.admission_slow(admission),
+        }
+    }
+
+    #[cold]
+    fn admission_slow(&self, admission: Admission) -> Result<Permit<'_>, Rejected> {
+        match admission {
+            Admission::Closed(word) => Ok(Permit::new(self, word, None)),
+            Admission::Probe(word, lease) => Ok(Permit::new(self, word, lease)),
+            Admission::Rejected {
+                state,
+                retry_after,
+                wants_lease,
+            } => {
+                if wants_lease {
+                    self.inner.storage.request_lease(&self.inner.cell);
+                }
+                metrics::counter!("resilient_circuit_rejected_total").increment(1);
+                Err(Rejected {
+                    key: self.inner.cell.key.clone(),
+                    state,
+                    retry_after,
+                })
+            }
+        }
+    }
+
+    /// Like [`try_acquire`](Self::try_acquire), but when a fleet-wide probe permit is being
+    /// leased from the database, waits for it up to the builder's `probe_wait`.
+    pub async fn acquire(&self) -> Result<Permit<'_>, Rejected> {
+        let cell = &self.inner.cell;
+        let deadline = tokio::time::Instant::now() + self.inner.probe_wait;
+        loop {
+            // Register for wake-ups before looking, so a lease arriving in between is not missed.
+            let notified = cell.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let rejected = match self.try_acquire() {
+                Ok(p) => return Ok(p),
+                Err(r) => r,
+            };
+            let waitable = cell.fleet
+                && (rejected.state == State::HalfOpen
+                    || (rejected.state == State::Open && rejected.retry_after.is_none()));
+            if !waitable || tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Err(rejected);
+            }
+        }
+    }
+
+    /// Runs `f` if the breaker admits it; every `Err` counts as a failure, every `Ok` as a
+    /// success. See [`call_with`](Self::call_with) to decide otherwise.
+    pub async fn call<T, E, F, Fut>(&self, f: F) -> Result<T, CircuitError<E>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        self.call_with(Outcome::from_result, f).await
+    }
+
+    /// Runs `f` if the breaker admits it and lets `classify` decide what its result means for the
+    /// resource's health: the ancestor's `should_handle`, or an HTTP 503 returned as `Ok`.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use resilient_circuit::{CircuitBreaker, Outcome, Storage};
+    /// let cb = CircuitBreaker::builder("http_api").storage(Storage::in_memory()).build().unwrap();
+    /// let status = cb
+    ///     .call_with(
+    ///         |r: &Result<u16, std::io::Error>| Outcome::failure_if(matches!(r, Ok(500..) | Err(_))),
+    ///         || async { Ok(503) },
+    ///     )
+    ///     .await;
+    /// assert_eq!(status.unwrap(), 503);
+    /// # }
+    /// ```
+    pub async fn call_with<T, E, F, Fut, C>(&self, classify: C, f: F) -> Result<T, CircuitError<E>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        C: FnOnce(&Result<T, E>) -> Outcome,
+    {
+        let permit = match self.try_acquire() {
+            Ok(p) => p,
+            Err(_) if self.inner.cell.fleet => self.acquire().await?,
+            Err(r) => return Err(r.into()),
+        };
+        let result = f().await;
+        permit.record(classify(&result));
+        result.map_err(CircuitError::Inner)
+    }
+
+    /// Opens the breaker now for `cooldown`, whatever its window says (an operator's override).
+    /// With a PostgreSQL storage the whole fleet follows.
+    pub fn force_open(&self, cooldown: Duration) {
+        self.force(State::Open, cooldown);
+    }
+
+    /// Closes the breaker now and empties its window. With a PostgreSQL storage the whole fleet
+    /// follows.
+    pub fn force_closed(&self) {
+        self.force(State::Closed, Duration::ZERO);
+    }
+
+    fn force(&self, to: State, cooldown: Duration) {
+        let cell = &self.inner.cell;
+        if let Some(t) = cell.force(to, cooldown) {
+            cell.notify(t, ChangeOrigin::Local);
+        }
+        self.inner.storage.publish_force(cell, to, cooldown);
+    }
+
+    /// The outcomes in the closed window, oldest first (`true` = success), as the ancestor's
+    /// `execution_log` column.
+    pub fn execution_log(&self) -> Vec<bool> {
+        self.inner.cell.execution_log()
+    }
+
+    pub(crate) fn cell(&self) -> &Arc<KeyCell> {
+        &self.inner.cell
+    }
+}
+
+/// Leave to run one call; report how it went with [`success`](Self::success) or
+/// [`failure`](Self::failure).
+///
+/// Dropping a permit without reporting (a cancelled future) counts as neither; a half-open probe
+/// gives its slot back.
+#[must_use = "report the call's outcome with success() or failure(); a dropped permit counts as neither"]
+#[derive(Debug)]
+pub struct Permit<'a> {
+    breaker: &'a CircuitBreaker,
+    /// The state word the call was admitted under.
+    admitted: u64,
+    lease: Option<Lease>,
+    reported: bool,
+}
+
+impl<'a> Permit<'a> {
+    #[inline]
+    fn new(breaker: &'a CircuitBreaker, admitted: u64, lease: Option<Lease>) -> Self {
+        Permit {
+            breaker,
+            admitted,
+            lease,
+            reported: false,
+        }
+    }
+
+    /// True when this call is a half-open probe.
+    pub fn is_probe(&self) -> bool {
+        self.admitted & STATE_MASK != 0
+    }
+
+    /// The call succeeded. On a closed, healthy breaker this is one atomic load.
+    #[inline]
+    pub fn success(self) {
+        self.record(Outcome::Success);
+    }
+
+    /// The call failed.
+    #[inline]
+    pub fn failure(self) {
+        self.record(Outcome::Failure);
+    }
+
+    /// Reports `outcome`.
+    #[inline]
+    pub fn record(mut self, outcome: Outcome) {
+        self.reported = true;
+        let cell = self.breaker.cell();
+        match cell.record(self.admitted, self.lease, outcome == Outcome::Success) {
+            Recorded::Nothing => {}
+            other => self.breaker.after_record(other),
+        }
+    }
+}
+
+impl CircuitBreaker {
+    #[cold]
+    fn after_record(&self, recorded: Recorded) {
+        let cell = &self.inner.cell;
+        match recorded {
+            Recorded::Nothing => {}
+            Recorded::Changed(t) => {
+                cell.notify(t, ChangeOrigin::Local);
+                self.inner.storage.publish_transition(cell, t);
+            }
+            Recorded::Report(lease, success) => {
+                self.inner.storage.report_probe(cell, lease, success)
+            }
+        }
+    }
+}
+
+impl Drop for Permit<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        if !self.reported && (self.is_probe() || self.lease.is_some()) {
+            self.breaker.cell().cancel(self.admitted, self.lease);
+        }
+    }
+}

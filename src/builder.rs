@@ -1,0 +1,127 @@
+//! [`Builder`]: validated configuration of a [`CircuitBreaker`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::cell::Callback;
+use crate::policy::Policy;
+use crate::{CircuitBreaker, ConfigError, Ratio, StatusChange, Storage};
+
+/// The longest key the shared table holds (`varchar(255)`), in bytes.
+pub const MAX_KEY_LEN: usize = 255;
+
+/// Configures a [`CircuitBreaker`]; made by [`CircuitBreaker::builder`].
+///
+/// Defaults: the process-wide in-memory storage, a failure limit of 5 failures in the last 10
+/// calls, a 30 s cooldown, no success limit (half-open uses the failure window), and up to 1 s of
+/// waiting in [`call`](CircuitBreaker::call) for a fleet-wide probe permit. The Python ancestor
+/// defaults to `1/1` and no cooldown, which trips on any single error and never rests; pass those
+/// explicitly if you need identical behaviour.
+#[must_use = "a builder does nothing until build() is called"]
+pub struct Builder {
+    key: String,
+    storage: Option<Storage>,
+    policy: Policy,
+    callback: Option<Arc<Callback>>,
+    probe_wait: Duration,
+}
+
+impl std::fmt::Debug for Builder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Builder")
+            .field("key", &self.key)
+            .field("policy", &self.policy)
+            .field("probe_wait", &self.probe_wait)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Builder {
+    pub(crate) fn new(key: String) -> Self {
+        Builder {
+            key,
+            storage: None,
+            policy: Policy::default(),
+            callback: None,
+            probe_wait: Duration::from_secs(1),
+        }
+    }
+
+    /// Where the state lives. Default: [`Storage::global`], one in-memory store per process.
+    pub fn storage(mut self, storage: Storage) -> Self {
+        self.storage = Some(storage);
+        self
+    }
+
+    /// How long the breaker stays open before it lets probes through.
+    pub fn cooldown(mut self, cooldown: Duration) -> Self {
+        self.policy.cooldown = cooldown;
+        self
+    }
+
+    /// Trip when the window of the last `denominator` outcomes is full and holds at least
+    /// `numerator` failures.
+    pub fn failure_limit(mut self, limit: Ratio) -> Self {
+        self.policy.failure_limit = limit;
+        self
+    }
+
+    /// In half-open, admit `denominator` probes and close when at least `numerator` succeed;
+    /// otherwise open again. Without it, half-open uses the failure limit's window and ratio.
+    pub fn success_limit(mut self, limit: Ratio) -> Self {
+        self.policy.success_limit = Some(limit);
+        self
+    }
+
+    /// Calls `f` after every transition of this key on its storage, including those another
+    /// instance made. It runs outside every lock; a panic in it is caught and logged. It lives as
+    /// long as the breaker handle (and its clones).
+    pub fn on_status_change(mut self, f: impl Fn(&StatusChange) + Send + Sync + 'static) -> Self {
+        self.callback = Some(Arc::new(f));
+        self
+    }
+
+    /// How long [`call`](CircuitBreaker::call) may wait for a fleet-wide probe permit from the
+    /// database before rejecting. Has no effect on in-memory storage.
+    pub fn probe_wait(mut self, wait: Duration) -> Self {
+        self.probe_wait = wait;
+        self
+    }
+
+    /// Validates and builds. Breakers with the same key on the same storage share one state.
+    pub fn build(self) -> Result<CircuitBreaker, ConfigError> {
+        validate_key(&self.key)?;
+        self.policy.failure_limit.validate("failure_limit")?;
+        if let Some(s) = self.policy.success_limit {
+            s.validate("success_limit")?;
+        }
+        let storage = self.storage.unwrap_or_else(|| Storage::global().clone());
+        let cell = storage.cell_for(&self.key, self.policy)?;
+        if let Some(cb) = &self.callback {
+            cell.add_callback(cb);
+        }
+        Ok(CircuitBreaker::from_parts(
+            cell,
+            storage,
+            self.callback,
+            self.probe_wait,
+        ))
+    }
+}
+
+/// Checks a key: non-empty, at most 255 bytes, no control characters.
+pub(crate) fn validate_key(key: &str) -> Result<(), ConfigError> {
+    if key.is_empty() {
+        return Err(ConfigError::EmptyKey);
+    }
+    if key.len() > MAX_KEY_LEN {
+        return Err(ConfigError::KeyTooLong { len: key.len() });
+    }
+    if let Some((index, _)) = key.char_indices().find(|(_, c)| c.is_control()) {
+        return Err(ConfigError::KeyControlCharacter {
+            key: key.to_owned(),
+            index,
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,191 @@
+//! Error types: [`CircuitError`] for calls, [`Rejected`] for refused admissions,
+//! [`ConfigError`] for bad settings and [`StorageError`] for the shared store.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::{Ratio, State};
+
+/// A call refused by an open (or busy half-open) breaker: the protected operation did not run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("circuit breaker {key:?} is {state}: call rejected without running")]
+pub struct Rejected {
+    pub(crate) key: Arc<str>,
+    pub(crate) state: State,
+    pub(crate) retry_after: Option<Duration>,
+}
+
+impl Rejected {
+    /// The breaker's key.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The state that refused the call: `Open`, or `HalfOpen` when every probe slot is taken.
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// How long until the cooldown ends, when the breaker is open and the time is known.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
+    }
+}
+
+/// The error of [`CircuitBreaker::call`](crate::CircuitBreaker::call): the breaker refused the
+/// call, or the call ran and failed with its own error.
+///
+/// ```
+/// use resilient_circuit::CircuitError;
+/// let e: CircuitError<std::io::Error> = CircuitError::Inner(std::io::Error::other("boom"));
+/// assert!(!e.is_rejected());
+/// assert_eq!(e.into_inner().map(|e| e.to_string()), Some("boom".to_owned()));
+/// ```
+#[derive(Debug, thiserror::Error)]
+pub enum CircuitError<E> {
+    /// The breaker did not let the call run.
+    #[error(transparent)]
+    Rejected(#[from] Rejected),
+    /// The call ran and returned this error.
+    #[error("{0}")]
+    Inner(E),
+}
+
+impl<E> CircuitError<E> {
+    /// True when the call did not run because the breaker refused it.
+    pub fn is_rejected(&self) -> bool {
+        matches!(self, CircuitError::Rejected(_))
+    }
+
+    /// The call's own error, if it ran.
+    pub fn into_inner(self) -> Option<E> {
+        match self {
+            CircuitError::Inner(e) => Some(e),
+            CircuitError::Rejected(_) => None,
+        }
+    }
+
+    /// The rejection, if the call did not run.
+    pub fn rejected(&self) -> Option<&Rejected> {
+        match self {
+            CircuitError::Rejected(r) => Some(r),
+            CircuitError::Inner(_) => None,
+        }
+    }
+}
+
+/// A breaker or storage setting that cannot work, with which one and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A failure or success limit that cannot be used.
+    #[error("invalid {which} {ratio}: {reason}")]
+    InvalidRatio {
+        /// `failure_limit` or `success_limit`.
+        which: &'static str,
+        /// The ratio given.
+        ratio: Ratio,
+        /// Why it was refused.
+        reason: &'static str,
+    },
+    /// The key is empty.
+    #[error("invalid breaker key: it is empty")]
+    EmptyKey,
+    /// The key is longer than the table's `varchar(255)`.
+    #[error("invalid breaker key: {len} bytes, the limit is 255")]
+    KeyTooLong {
+        /// Its length in bytes.
+        len: usize,
+    },
+    /// The key contains a control character (invisible in logs and dashboards).
+    #[error("invalid breaker key {key:?}: control character at byte {index}")]
+    KeyControlCharacter {
+        /// The key, escaped by `Debug`.
+        key: String,
+        /// Byte offset of the first control character.
+        index: usize,
+    },
+    /// A second breaker for the same key on the same storage asked for different limits.
+    #[error("breaker {key:?} already exists on this storage with other limits ({existing}); breakers sharing a key share one window, so they must agree")]
+    ConflictingPolicy {
+        /// The key.
+        key: String,
+        /// The limits in force.
+        existing: String,
+    },
+    /// An environment variable or option holds a value that cannot be used.
+    #[error("invalid {name}: {reason}")]
+    InvalidSetting {
+        /// The variable or option, e.g. `RC_DB_PORT`.
+        name: &'static str,
+        /// Why, never including a password.
+        reason: String,
+    },
+}
+
+/// Failures of the shared (PostgreSQL) store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StorageError {
+    /// The configuration is unusable.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The schema is missing or older than this crate needs.
+    #[error("the resilient-circuit schema is not ready: {reason}. Fix: run the migrations once with RC_DB_AUTO_CREATE=1 (or PostgresOptions::auto_create(true)) as a role that may create tables, or apply the files in sql/ in order")]
+    SchemaNotReady {
+        /// What is missing.
+        reason: String,
+    },
+    /// PostgreSQL could not be reached or refused the connection.
+    #[error("cannot connect to PostgreSQL at {target}: {cause}")]
+    Connect {
+        /// host:port/database, never the password.
+        target: String,
+        /// The cause, with the server's message where there is one.
+        cause: String,
+    },
+    /// A statement failed.
+    #[error("PostgreSQL error during {during}: {cause}")]
+    Database {
+        /// What we were doing.
+        during: &'static str,
+        /// The server's message, or the client's.
+        cause: String,
+    },
+    /// The TLS setup failed (certificate files, verification mode).
+    #[error("TLS setup failed: {0}")]
+    Tls(String),
+    /// A statement did not complete in time.
+    #[error("PostgreSQL did not answer within {0:?} during {1}")]
+    Timeout(Duration, &'static str),
+}
+
+impl StorageError {
+    pub(crate) fn db(during: &'static str, e: &tokio_postgres::Error) -> Self {
+        StorageError::Database {
+            during,
+            cause: describe_pg_error(e),
+        }
+    }
+}
+
+/// The most useful text of a tokio-postgres error: since 0.7.15 its `Display` says only "db
+/// error", so prefer the server's message.
+pub(crate) fn describe_pg_error(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!(
+            "{}: {} (SQLSTATE {})",
+            db.severity(),
+            db.message(),
+            db.code().code()
+        );
+    }
+    let mut s = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(cause) = src {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        src = cause.source();
+    }
+    s
+}

@@ -1,0 +1,105 @@
+//! [`Policy`]: the pure decision rules of a breaker, with no clock, lock or storage.
+
+use std::time::Duration;
+
+use crate::window::OutcomeWindow;
+use crate::{Ratio, State};
+
+/// What a breaker is configured to do; identical for every handle of a key on one storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Policy {
+    pub(crate) failure_limit: Ratio,
+    pub(crate) success_limit: Option<Ratio>,
+    pub(crate) cooldown: Duration,
+}
+
+impl Default for Policy {
+    /// The builder's defaults: 5 failures in 10 calls, 30 s cooldown, no success limit.
+    fn default() -> Self {
+        Policy {
+            failure_limit: Ratio::new(5, 10),
+            success_limit: None,
+            cooldown: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Policy {
+    /// How many probes a half-open breaker admits (fleet-wide with a shared store).
+    pub(crate) fn probe_count(&self) -> u32 {
+        self.success_limit
+            .unwrap_or(self.failure_limit)
+            .denominator()
+    }
+
+    /// A closed breaker trips when its window is full and holds at least `num` failures.
+    pub(crate) fn closed_trips(&self, w: &OutcomeWindow) -> bool {
+        w.is_full() && w.failures() >= self.failure_limit.numerator()
+    }
+
+    /// The verdict of a half-open window once all its probes reported, else `None`.
+    ///
+    /// With a success limit: close when successes reach its numerator. Without: the failure
+    /// limit decides, as in the ancestor.
+    pub(crate) fn half_open_verdict(&self, w: &OutcomeWindow) -> Option<State> {
+        if !w.is_full() {
+            return None;
+        }
+        Some(match self.success_limit {
+            Some(s) if w.successes() >= s.numerator() => State::Closed,
+            Some(_) => State::Open,
+            None if w.failures() >= self.failure_limit.numerator() => State::Open,
+            None => State::Closed,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(f: Ratio, s: Option<Ratio>) -> Policy {
+        Policy {
+            failure_limit: f,
+            success_limit: s,
+            cooldown: Duration::ZERO,
+        }
+    }
+
+    /// Table of closed-window verdicts: trips only on a full window at or above the limit.
+    #[test]
+    fn closed_table() {
+        let p = policy(Ratio::new(3, 5), None);
+        let cases: &[(&[bool], bool)] = &[
+            (&[false, false, false], false),              // not full
+            (&[true, true, false, false, true], false),   // 2/5
+            (&[true, false, false, false, true], true),   // 3/5
+            (&[false, false, false, false, false], true), // 5/5
+        ];
+        for (outcomes, trips) in cases {
+            let mut w = OutcomeWindow::new(5);
+            outcomes.iter().for_each(|s| w.push(*s));
+            assert_eq!(p.closed_trips(&w), *trips, "{outcomes:?}");
+        }
+    }
+
+    /// Table of half-open verdicts, with and without a success limit.
+    #[test]
+    fn half_open_table() {
+        let with = policy(Ratio::new(1, 1), Some(Ratio::new(2, 3)));
+        let without = policy(Ratio::new(2, 4), None);
+        let cases: &[(&Policy, &[bool], Option<State>)] = &[
+            (&with, &[true, true], None),
+            (&with, &[true, false, true], Some(State::Closed)),
+            (&with, &[false, false, true], Some(State::Open)),
+            (&without, &[true, false, true], None),
+            (&without, &[true, false, true, true], Some(State::Closed)),
+            (&without, &[true, false, false, true], Some(State::Open)),
+        ];
+        for (p, outcomes, verdict) in cases {
+            let mut w = OutcomeWindow::new(p.probe_count());
+            outcomes.iter().for_each(|s| w.push(*s));
+            assert_eq!(p.half_open_verdict(&w), *verdict, "{outcomes:?}");
+        }
+    }
+}

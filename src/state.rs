@@ -1,0 +1,99 @@
+//! [`State`] and [`StatusChange`]: what a breaker is doing and how it got there.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// The three states of a circuit breaker.
+///
+/// The string forms (`CLOSED`, `OPEN`, `HALF_OPEN`) are the ones stored in the `state` column of
+/// `rc_circuit_breakers`, shared with the Python ancestor.
+///
+/// ```
+/// use resilient_circuit::State;
+/// assert_eq!(State::HalfOpen.as_str(), "HALF_OPEN");
+/// assert_eq!("OPEN".parse::<State>(), Ok(State::Open));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum State {
+    /// Calls run; outcomes are recorded in the failure window.
+    Closed,
+    /// Calls are rejected without running until the cooldown ends.
+    Open,
+    /// A bounded number of probe calls run to decide between closing and opening again.
+    HalfOpen,
+}
+
+impl State {
+    /// The database / wire spelling of the state.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            State::Closed => "CLOSED",
+            State::Open => "OPEN",
+            State::HalfOpen => "HALF_OPEN",
+        }
+    }
+
+    pub(crate) const fn to_bits(self) -> u64 {
+        match self {
+            State::Closed => 0,
+            State::Open => 1,
+            State::HalfOpen => 2,
+        }
+    }
+
+    pub(crate) const fn from_bits(bits: u64) -> State {
+        match bits & 3 {
+            0 => State::Closed,
+            1 => State::Open,
+            _ => State::HalfOpen,
+        }
+    }
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The error of parsing a [`State`] from a string that is not `CLOSED`, `OPEN` or `HALF_OPEN`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown breaker state {0:?}: expected CLOSED, OPEN or HALF_OPEN")]
+pub struct UnknownState(pub String);
+
+impl FromStr for State {
+    type Err = UnknownState;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "CLOSED" => Ok(State::Closed),
+            "OPEN" => Ok(State::Open),
+            "HALF_OPEN" => Ok(State::HalfOpen),
+            other => Err(UnknownState(other.to_owned())),
+        }
+    }
+}
+
+/// Where a transition was decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ChangeOrigin {
+    /// This process decided it (its own window, its own probes, a manual override through it).
+    Local,
+    /// Another instance, service or operator changed the shared row; this process applied it.
+    Remote,
+}
+
+/// A state transition, as passed to [`on_status_change`](crate::Builder::on_status_change)
+/// callbacks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StatusChange {
+    /// The breaker's key.
+    pub key: String,
+    /// The state before.
+    pub from: State,
+    /// The state after.
+    pub to: State,
+    /// Who decided it.
+    pub origin: ChangeOrigin,
+}
