@@ -1,0 +1,275 @@
+//! [`Storage`]: where breaker state lives — in memory, or shared by a fleet through PostgreSQL.
+//!
+//! A storage owns the map from key to [`KeyCell`]. Breakers look their cell up once, at build
+//! time, and keep it. The in-memory backend stops there; the PostgreSQL backend
+//! ([`postgres`](crate::storage::postgres)) also keeps the cells in step with the shared table and
+//! publishes this instance's transitions.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use dashmap::DashMap;
+
+use crate::cell::{KeyCell, Lease, Transition};
+use crate::clock::{Clock, SystemClock};
+use crate::policy::Policy;
+use crate::{ConfigError, State, StorageError};
+
+/// Shared state over PostgreSQL (see the crate docs, "Shared state").
+pub mod postgres;
+
+/// How many keys an in-memory store keeps before dropping idle ones (as the Python ancestor).
+pub const DEFAULT_MEMORY_CAPACITY: usize = 8192;
+
+/// Where breaker state lives; cheap to clone (an `Arc`), `Send + Sync`.
+///
+/// ```
+/// use resilient_circuit::{CircuitBreaker, State, Storage};
+/// let storage = Storage::in_memory();
+/// assert_eq!(storage.backend_name(), "in-memory");
+/// let a = CircuitBreaker::builder("shared").storage(storage.clone()).build().unwrap();
+/// let b = CircuitBreaker::builder("shared").storage(storage.clone()).build().unwrap();
+/// a.force_open(std::time::Duration::from_secs(60));
+/// assert_eq!(b.state(), State::Open); // same key, same storage: one state
+/// ```
+#[derive(Clone)]
+pub struct Storage {
+    pub(crate) inner: Arc<StorageInner>,
+}
+
+pub(crate) struct StorageInner {
+    pub(crate) cells: DashMap<Arc<str>, Arc<KeyCell>>,
+    pub(crate) clock: Arc<dyn Clock>,
+    /// In-memory bound; `usize::MAX` for the PostgreSQL snapshot, which the table bounds.
+    capacity: usize,
+    pub(crate) backend: Backend,
+}
+
+pub(crate) enum Backend {
+    Memory,
+    Postgres(postgres::Instance),
+}
+
+impl std::fmt::Debug for Storage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Storage")
+            .field("backend", &self.backend_name())
+            .field("keys", &self.inner.cells.len())
+            .finish()
+    }
+}
+
+impl Storage {
+    /// A new, empty, process-local store with the default capacity and the system clock.
+    pub fn in_memory() -> Storage {
+        Storage::in_memory_with(DEFAULT_MEMORY_CAPACITY, Arc::new(SystemClock))
+    }
+
+    /// A process-local store keeping about `capacity` keys, with `clock` for cooldowns (a
+    /// [`ManualClock`](crate::ManualClock) in tests).
+    ///
+    /// Past `capacity`, idle keys (no live handle, not open) are dropped; a key with a live handle
+    /// or an open breaker is never dropped, so the store may exceed the bound rather than forget
+    /// an open breaker.
+    pub fn in_memory_with(capacity: usize, clock: Arc<dyn Clock>) -> Storage {
+        Storage::with_backend(Backend::Memory, capacity.max(1), clock)
+    }
+
+    pub(crate) fn with_backend(backend: Backend, capacity: usize, clock: Arc<dyn Clock>) -> Self {
+        Storage::with_backend_cyclic(capacity, clock, |_| backend)
+    }
+
+    /// Builds a storage whose backend keeps a weak reference to it (the listener does).
+    pub(crate) fn with_backend_cyclic(
+        capacity: usize,
+        clock: Arc<dyn Clock>,
+        backend: impl FnOnce(std::sync::Weak<StorageInner>) -> Backend,
+    ) -> Self {
+        Storage {
+            inner: Arc::new_cyclic(|weak| StorageInner {
+                cells: DashMap::new(),
+                clock,
+                capacity,
+                backend: backend(weak.clone()),
+            }),
+        }
+    }
+
+    /// Storage from the environment: PostgreSQL when `RC_DB_DSN`, or `RC_DB_HOST` with
+    /// `RC_DB_PASSWORD`, is set (see [`PostgresOptions::from_env`](postgres::PostgresOptions::from_env));
+    /// otherwise a new in-memory store.
+    ///
+    /// When PostgreSQL is configured but unreachable this logs a warning and returns a storage
+    /// that runs on local state and connects in the background, unless `RC_DB_STRICT=1`, which
+    /// makes it an error.
+    pub async fn from_env() -> Result<Storage, StorageError> {
+        match postgres::PostgresOptions::from_env()? {
+            Some(opts) => Storage::connect_with(opts).await,
+            None => Ok(Storage::in_memory()),
+        }
+    }
+
+    /// Connects to PostgreSQL at `dsn` (a `postgresql://` URL or `key=value` conninfo) with
+    /// default options. See [`connect_with`](Self::connect_with).
+    pub async fn connect(dsn: &str) -> Result<Storage, StorageError> {
+        Storage::connect_with(postgres::PostgresOptions::from_dsn(dsn)?).await
+    }
+
+    /// Connects one instance to the shared table: verifies the schema (or applies it with
+    /// `auto_create`), opens the listener, and loads every row of the namespace before returning,
+    /// so that a breaker built afterwards is OPEN on its first call if the fleet's is.
+    ///
+    /// Must be called inside a tokio runtime; the instance's background tasks run on it.
+    pub async fn connect_with(options: postgres::PostgresOptions) -> Result<Storage, StorageError> {
+        postgres::connect(options).await
+    }
+
+    /// How many transitions this instance decided that the database has not acknowledged yet
+    /// (in flight, or waiting for the database to come back). Always 0 in memory.
+    pub fn pending_publications(&self) -> usize {
+        match &self.inner.backend {
+            Backend::Memory => 0,
+            Backend::Postgres(pg) => pg.shared.pending_trips.len(),
+        }
+    }
+
+    /// True while a PostgreSQL storage has no working listener connection: breakers then run on
+    /// local state, and catch up when it is back. Always false in memory.
+    pub fn is_degraded(&self) -> bool {
+        match &self.inner.backend {
+            Backend::Memory => false,
+            Backend::Postgres(pg) => pg.is_degraded(),
+        }
+    }
+
+    /// The process-wide in-memory store that breakers use when no storage is given.
+    pub fn global() -> &'static Storage {
+        static GLOBAL: OnceLock<Storage> = OnceLock::new();
+        GLOBAL.get_or_init(Storage::in_memory)
+    }
+
+    /// `"in-memory"` or `"postgres"`.
+    pub fn backend_name(&self) -> &'static str {
+        match self.inner.backend {
+            Backend::Memory => "in-memory",
+            Backend::Postgres(_) => "postgres",
+        }
+    }
+
+    /// The state this storage holds for `key`, if it knows the key.
+    pub fn state_of(&self, key: &str) -> Option<State> {
+        self.inner.cells.get(key).map(|c| c.state())
+    }
+
+    /// Every key this storage knows with its state, in no particular order.
+    pub fn states(&self) -> Vec<(String, State)> {
+        self.inner
+            .cells
+            .iter()
+            .map(|e| (e.key().to_string(), e.value().state()))
+            .collect()
+    }
+
+    /// How many keys this storage holds.
+    pub fn len(&self) -> usize {
+        self.inner.cells.len()
+    }
+
+    /// True when it holds no key.
+    pub fn is_empty(&self) -> bool {
+        self.inner.cells.is_empty()
+    }
+
+    /// The cell of `key`, made if needed, claimed with `policy`.
+    pub(crate) fn cell_for(&self, key: &str, policy: Policy) -> Result<Arc<KeyCell>, ConfigError> {
+        let cell = match self.inner.cells.get(key) {
+            Some(c) => c.clone(),
+            None => {
+                self.make_room();
+                let cell = self.new_cell(key.into(), policy);
+                self.inner
+                    .cells
+                    .entry(cell.key.clone())
+                    .or_insert(cell)
+                    .clone()
+            }
+        };
+        cell.claim(policy)
+            .map_err(|existing| ConfigError::ConflictingPolicy {
+                key: key.to_owned(),
+                existing: format!(
+                    "failure_limit {}, success_limit {}, cooldown {:?}",
+                    existing.failure_limit,
+                    existing
+                        .success_limit
+                        .map_or_else(|| "none".to_owned(), |r| r.to_string()),
+                    existing.cooldown
+                ),
+            })?;
+        Ok(cell)
+    }
+
+    pub(crate) fn new_cell(&self, key: Arc<str>, policy: Policy) -> Arc<KeyCell> {
+        let fleet = matches!(self.inner.backend, Backend::Postgres(_));
+        Arc::new(KeyCell::new(key, policy, self.inner.clock.clone(), fleet))
+    }
+
+    /// Keeps an in-memory store near its capacity by dropping idle keys, an eighth at a time so
+    /// the scan is amortized over many insertions. A store full of live or open keys scans on
+    /// every new key (about 50 µs for 8192 keys): building breakers is not a hot path.
+    fn make_room(&self) {
+        let cells = &self.inner.cells;
+        let capacity = self.inner.capacity;
+        let len = cells.len();
+        if len < capacity {
+            return;
+        }
+        let step = (capacity / 8).max(1);
+        let excess = len + 1 - capacity.saturating_sub(step);
+        let victims: Vec<Arc<str>> = cells
+            .iter()
+            .filter(|e| e.value().evictable())
+            .take(excess)
+            .map(|e| e.key().clone())
+            .collect();
+        if victims.is_empty() {
+            tracing::warn!(
+                capacity,
+                "in-memory circuit breaker store is full of live or open breakers; growing past its capacity"
+            );
+        }
+        for k in victims {
+            cells.remove_if(&k, |_, c| c.evictable());
+        }
+    }
+
+    /// Fleet mode: ask the database for a probe lease for `cell`.
+    pub(crate) fn request_lease(&self, cell: &Arc<KeyCell>) {
+        if let Backend::Postgres(pg) = &self.inner.backend {
+            pg.request_lease(cell);
+        }
+    }
+
+    /// Fleet mode: send a probe's result to the database.
+    pub(crate) fn report_probe(&self, cell: &Arc<KeyCell>, lease: Lease, success: bool) {
+        if let Backend::Postgres(pg) = &self.inner.backend {
+            pg.report_probe(cell, lease, success);
+        }
+    }
+
+    /// Publishes a transition this instance decided on its own window.
+    pub(crate) fn publish_transition(&self, cell: &Arc<KeyCell>, t: Transition) {
+        if let Backend::Postgres(pg) = &self.inner.backend {
+            if t.to == State::Open {
+                pg.publish_trip(cell, cell.policy().cooldown);
+            }
+        }
+    }
+
+    /// Publishes a manual override.
+    pub(crate) fn publish_force(&self, cell: &Arc<KeyCell>, to: State, cooldown: Duration) {
+        if let Backend::Postgres(pg) = &self.inner.backend {
+            pg.publish_force(cell, to, cooldown);
+        }
+    }
+}

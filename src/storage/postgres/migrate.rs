@@ -1,0 +1,141 @@
+//! The schema: the numbered files of `sql/`, applied in order and recorded in
+//! `public.rc_schema_migrations` with a checksum, so that an edited migration is caught.
+
+use tokio_postgres::Client;
+
+use crate::error::StorageError;
+
+/// One migration file, compiled into the crate.
+#[derive(Debug, Clone, Copy)]
+pub struct Migration {
+    /// Its number, the order of application.
+    pub version: i32,
+    /// File name without the number.
+    pub name: &'static str,
+    /// The SQL.
+    pub sql: &'static str,
+}
+
+/// Every migration, in order. Released files are never edited: changes come as new files.
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "breaker_table",
+        sql: include_str!("../../../sql/0001_breaker_table.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "versions_and_notify",
+        sql: include_str!("../../../sql/0002_versions_and_notify.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "transitions",
+        sql: include_str!("../../../sql/0003_transitions.sql"),
+    },
+];
+
+/// Serializes concurrent migrators across the fleet (an arbitrary constant: "rc_migr").
+const MIGRATION_LOCK: i64 = 0x72_63_5f_6d_69_67_72;
+
+/// FNV-1a of the SQL text: enough to notice an edited file, no dependency.
+pub(crate) fn checksum(sql: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in sql.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+/// Read-only check that every migration is applied with the checksum of this build.
+pub(crate) async fn verify(client: &Client) -> Result<(), StorageError> {
+    let exists = client
+        .query_one(
+            "SELECT to_regclass('public.rc_schema_migrations') IS NOT NULL",
+            &[],
+        )
+        .await
+        .map_err(|e| StorageError::db("checking the schema", &e))?;
+    if !exists.get::<_, bool>(0) {
+        return Err(StorageError::SchemaNotReady {
+            reason: "table public.rc_schema_migrations does not exist (no migration applied)"
+                .into(),
+        });
+    }
+    let rows = client
+        .query(
+            "SELECT version, checksum FROM public.rc_schema_migrations ORDER BY version",
+            &[],
+        )
+        .await
+        .map_err(|e| StorageError::db("checking the schema", &e))?;
+    for m in MIGRATIONS {
+        let applied = rows
+            .iter()
+            .find(|r| r.get::<_, i32>(0) == m.version)
+            .map(|r| r.get::<_, String>(1));
+        match applied {
+            None => {
+                return Err(StorageError::SchemaNotReady {
+                    reason: format!("migration {:04}_{} is not applied", m.version, m.name),
+                })
+            }
+            Some(sum) if sum != checksum(m.sql) => {
+                return Err(StorageError::SchemaNotReady {
+                    reason: format!(
+                        "migration {:04}_{} was applied from a different file (checksum {sum}, this build has {})",
+                        m.version,
+                        m.name,
+                        checksum(m.sql)
+                    ),
+                })
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// Applies every missing migration, each in its own transaction, under an advisory lock so that
+/// instances starting together apply each file once. Idempotent.
+pub async fn migrate(client: &mut Client) -> Result<Vec<i32>, StorageError> {
+    let err = |e: tokio_postgres::Error| StorageError::db("applying migrations", &e);
+    let mut applied = Vec::new();
+    let tx = client.transaction().await.map_err(err)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await
+        .map_err(err)?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS public.rc_schema_migrations (
+             version    integer PRIMARY KEY,
+             name       text NOT NULL,
+             checksum   text NOT NULL,
+             applied_at timestamptz NOT NULL DEFAULT now())",
+    )
+    .await
+    .map_err(err)?;
+    for m in MIGRATIONS {
+        let done = tx
+            .query_opt(
+                "SELECT checksum FROM public.rc_schema_migrations WHERE version = $1",
+                &[&m.version],
+            )
+            .await
+            .map_err(err)?;
+        if done.is_some() {
+            continue;
+        }
+        tx.batch_execute(m.sql).await.map_err(err)?;
+        tx.execute(
+            "INSERT INTO public.rc_schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
+            &[&m.version, &m.name, &checksum(m.sql)],
+        )
+        .await
+        .map_err(err)?;
+        tracing::info!(version = m.version, name = m.name, "applied migration");
+        applied.push(m.version);
+    }
+    tx.commit().await.map_err(err)?;
+    Ok(applied)
+}

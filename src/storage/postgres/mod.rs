@@ -1,0 +1,431 @@
+//! The PostgreSQL backend: one [`Storage`] made by `connect` is one instance of the fleet.
+//!
+//! An instance has
+//! * a dedicated LISTEN connection (`application_name` `resilient-circuit-listener`) driven by the
+//!   task in [`listener`](self::listener), which applies every change to the local cells and
+//!   reloads the whole namespace after each (re)connect;
+//! * a small deadpool pool (`application_name` `resilient-circuit`) for the transition functions
+//!   of `sql/0003_transitions.sql`. deadpool because it is async-native, small, recycles broken
+//!   connections and its `prepare_cached` keeps each function call to one round trip;
+//! * the storage's map of cells, which is the snapshot every breaker reads.
+//!
+//! Transitions decided here are applied locally first (the instance stops its own calls at once)
+//! and then published; the database's answer is applied as soon as it arrives, and the other
+//! instances follow by NOTIFY.
+
+pub(crate) mod config;
+mod listener;
+pub mod migrate;
+mod payload;
+pub(crate) mod tls;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use postgres_openssl::MakeTlsConnector;
+use tokio::sync::watch;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::Row;
+
+pub use config::{ParseSslModeError, PostgresOptions, SslMode, TargetSessionAttrs};
+
+use crate::cell::{KeyCell, Lease};
+use crate::clock::{duration_nanos, Clock, SystemClock};
+use crate::error::{describe_pg_error, StorageError};
+use crate::policy::Policy;
+use crate::storage::{Backend, Storage, StorageInner};
+use crate::{ChangeOrigin, State};
+
+/// One instance's link to the shared table; owned by its [`Storage`].
+pub(crate) struct Instance {
+    pub(crate) shared: Arc<Shared>,
+    /// Dropping the storage drops this sender, which stops the listener task.
+    _shutdown: watch::Sender<()>,
+}
+
+/// What the listener task and the publishing tasks share.
+pub(crate) struct Shared {
+    pub(crate) opts: PostgresOptions,
+    /// The LISTEN connection's TLS connector (its own settings when a listener DSN is given).
+    pub(crate) listener_tls: MakeTlsConnector,
+    pool: Pool,
+    /// The storage's cells; weak so that dropping the last `Storage` ends everything.
+    pub(crate) storage: Weak<StorageInner>,
+    degraded: AtomicBool,
+    /// Identifies this instance's probe leases (`holder` column).
+    holder: String,
+    runtime: tokio::runtime::Handle,
+    /// Trips decided locally that the database has not accepted yet, with their local deadline.
+    /// Published again after a reconnect if their cooldown has not ended.
+    pub(crate) pending_trips: DashMap<Arc<str>, u64>,
+    clock: Arc<dyn Clock>,
+}
+
+/// Connects an instance: see [`Storage::connect_with`].
+pub(crate) async fn connect(opts: PostgresOptions) -> Result<Storage, StorageError> {
+    let span = tracing::info_span!("resilient_circuit.connect", target = %opts.target(), namespace = %opts.namespace);
+    let _enter = span.enter();
+    let tls = tls::make_tls(&opts)?;
+    let listener_tls = tls::make_listener_tls(&opts)?;
+    let manager = Manager::from_config(
+        opts.pg_config("resilient-circuit")?,
+        tls.clone(),
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    let pool = Pool::builder(manager)
+        .max_size(opts.pool_size.max(1))
+        .runtime(Runtime::Tokio1)
+        .create_timeout(Some(opts.connect_timeout))
+        .wait_timeout(Some(opts.statement_timeout))
+        .build()
+        .map_err(|e| StorageError::Database {
+            during: "building the connection pool",
+            cause: e.to_string(),
+        })?;
+    let (shutdown_tx, shutdown_rx) = watch::channel(());
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let holder = format!(
+        "{}:{}:{:x}",
+        std::env::var("HOSTNAME").unwrap_or_else(|_| "host".into()),
+        std::process::id(),
+        clock.now_nanos()
+    );
+    let mut made = None;
+    let storage = Storage::with_backend_cyclic(usize::MAX, clock.clone(), |weak| {
+        let shared = Arc::new(Shared {
+            opts: opts.clone(),
+            listener_tls,
+            pool,
+            storage: weak,
+            degraded: AtomicBool::new(true),
+            holder,
+            runtime: tokio::runtime::Handle::current(),
+            pending_trips: DashMap::new(),
+            clock,
+        });
+        made = Some(shared.clone());
+        Backend::Postgres(Instance {
+            shared,
+            _shutdown: shutdown_tx,
+        })
+    });
+    let Some(shared) = made else {
+        return Err(StorageError::Database {
+            during: "starting the instance",
+            cause: "internal: backend not built".into(),
+        });
+    };
+
+    // The schema first: the snapshot below calls its functions.
+    let reachable = match shared.prepare_schema().await {
+        Ok(()) => true,
+        Err(e @ StorageError::SchemaNotReady { .. }) => return Err(e),
+        Err(e) if opts.strict => return Err(e),
+        Err(e) => {
+            tracing::warn!(error = %e, "PostgreSQL is unreachable: breakers run on local state and reconnect in the background");
+            false
+        }
+    };
+    // Then the listener, which loads every row of the namespace before we return, so that a
+    // breaker built next is OPEN on its first call if the fleet's is.
+    let first = if reachable {
+        match listener::connect_and_sync(&shared).await {
+            Ok(live) => Some(live),
+            Err(e) if opts.strict => return Err(e),
+            Err(e) => {
+                tracing::warn!(error = %e, "the listener could not start: breakers run on local state and reconnect in the background");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    shared.set_degraded(first.is_none());
+    tokio::spawn(listener::run(shared, first, shutdown_rx));
+    Ok(storage)
+}
+
+impl Shared {
+    /// Verifies the schema, applying the migrations when allowed.
+    async fn prepare_schema(&self) -> Result<(), StorageError> {
+        let mut client = self.client("checking the schema").await?;
+        match migrate::verify(&client).await {
+            Err(StorageError::SchemaNotReady { .. }) if self.opts.auto_create => {
+                migrate::migrate(&mut client).await?;
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    /// A pooled connection, with errors that name the target and never the password.
+    async fn client(
+        &self,
+        during: &'static str,
+    ) -> Result<deadpool_postgres::Object, StorageError> {
+        self.pool.get().await.map_err(|e| {
+            let cause = match &e {
+                deadpool_postgres::PoolError::Backend(pg) => describe_pg_error(pg),
+                other => other.to_string(),
+            };
+            tracing::debug!(during, %cause, "no database connection");
+            StorageError::Connect {
+                target: self.opts.target(),
+                cause,
+            }
+        })
+    }
+
+    /// Runs one transition function: one round trip on a pooled connection, bounded by the
+    /// statement timeout.
+    async fn call(
+        &self,
+        during: &'static str,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Row, StorageError> {
+        let work = async {
+            let client = self.client(during).await?;
+            let stmt = client
+                .prepare_cached(sql)
+                .await
+                .map_err(|e| StorageError::db(during, &e))?;
+            client
+                .query_one(&stmt, params)
+                .await
+                .map_err(|e| StorageError::db(during, &e))
+        };
+        match tokio::time::timeout(self.opts.statement_timeout, work).await {
+            Ok(r) => r,
+            Err(_) => Err(StorageError::Timeout(self.opts.statement_timeout, during)),
+        }
+    }
+
+    pub(crate) fn set_degraded(&self, degraded: bool) {
+        let was = self.degraded.swap(degraded, Ordering::Relaxed);
+        if was != degraded {
+            if degraded {
+                tracing::warn!(target = %self.opts.target(), "lost PostgreSQL: breakers run on local state until it is back");
+            } else {
+                tracing::info!(target = %self.opts.target(), "PostgreSQL connection established; breakers follow the fleet");
+            }
+        }
+        metrics::gauge!("resilient_circuit_degraded", "namespace" => self.opts.namespace.clone())
+            .set(if degraded { 1.0 } else { 0.0 });
+    }
+
+    pub(crate) fn is_degraded(&self) -> bool {
+        self.degraded.load(Ordering::Relaxed)
+    }
+
+    /// The cell of `key`, made unclaimed (default policy) when a row names a key no breaker here
+    /// has asked for yet.
+    pub(crate) fn cell(&self, storage: &StorageInner, key: &str) -> Arc<KeyCell> {
+        if let Some(c) = storage.cells.get(key) {
+            return c.clone();
+        }
+        let key: Arc<str> = key.into();
+        storage
+            .cells
+            .entry(key.clone())
+            .or_insert_with(|| {
+                Arc::new(KeyCell::new(
+                    key,
+                    Policy::default(),
+                    storage.clock.clone(),
+                    true,
+                ))
+            })
+            .clone()
+    }
+
+    /// Applies a row returned by a transition function (o_state, o_version, o_remaining_ms).
+    fn apply_row(&self, cell: &KeyCell, row: &Row) -> Option<i64> {
+        let state: String = row.try_get(0).ok()?;
+        let version: i64 = row.try_get(1).ok()?;
+        let remaining: i64 = row.try_get(2).ok()?;
+        let lease: Option<i64> = row.try_get(3).ok()?;
+        self.apply(cell, &state, version, payload::remaining(remaining));
+        lease
+    }
+
+    /// Applies one known state of a row to its cell and runs callbacks on a transition.
+    pub(crate) fn apply(&self, cell: &KeyCell, state: &str, version: i64, remaining: Duration) {
+        let to = state.parse::<State>().unwrap_or_else(|_| {
+            tracing::warn!(key = %cell.key, state, "row has an unknown state; treating it as CLOSED");
+            State::Closed
+        });
+        if let Some(t) = cell.apply_remote(to, version, remaining) {
+            cell.notify(t, ChangeOrigin::Remote);
+        }
+    }
+
+    /// Publishes the trips decided while the database was unreachable, if still in cooldown.
+    pub(crate) fn republish_pending(self: &Arc<Self>) {
+        let Some(storage) = self.storage.upgrade() else {
+            return;
+        };
+        let now = self.clock.now_nanos();
+        self.pending_trips.retain(|_, deadline| *deadline > now);
+        let keys: Vec<Arc<str>> = self.pending_trips.iter().map(|e| e.key().clone()).collect();
+        for key in keys {
+            if let Some(cell) = storage.cells.get(&key).map(|c| c.clone()) {
+                self.runtime.spawn(self.clone().trip(cell));
+            }
+        }
+    }
+
+    async fn trip(self: Arc<Self>, cell: Arc<KeyCell>) {
+        let Some(deadline) = self.pending_trips.get(&cell.key).map(|d| *d) else {
+            return;
+        };
+        let remaining = deadline.saturating_sub(self.clock.now_nanos());
+        if remaining == 0 {
+            self.pending_trips.remove(&cell.key);
+            return;
+        }
+        let cooldown_ms = i64::try_from(remaining / 1_000_000)
+            .unwrap_or(i64::MAX)
+            .max(1);
+        let log_bits = cell.execution_log();
+        let failures = i32::try_from(log_bits.iter().filter(|s| !**s).count()).unwrap_or(i32::MAX);
+        let log = serde_json::Value::from(log_bits);
+        let r = self
+            .call(
+                "publishing a trip",
+                "SELECT * FROM public.rc_trip($1, $2, $3, $4, $5)",
+                &[
+                    &self.opts.namespace,
+                    &&*cell.key,
+                    &cooldown_ms,
+                    &failures,
+                    &log,
+                ],
+            )
+            .await;
+        match r {
+            Ok(row) => {
+                self.pending_trips.remove(&cell.key);
+                self.apply_row(&cell, &row);
+            }
+            Err(e) => {
+                tracing::warn!(key = %cell.key, error = %e, "could not publish a trip; it stays local and is published when the database is back");
+            }
+        }
+    }
+}
+
+impl Instance {
+    pub(crate) fn is_degraded(&self) -> bool {
+        self.shared.is_degraded()
+    }
+
+    pub(crate) fn request_lease(&self, cell: &Arc<KeyCell>) {
+        if cell.lease_requested.swap(true, Ordering::AcqRel) {
+            return; // one request in flight per key is enough
+        }
+        let shared = self.shared.clone();
+        let cell = cell.clone();
+        self.shared.runtime.spawn(async move {
+            let policy = cell.policy();
+            let probes = i32::try_from(policy.probe_count()).unwrap_or(i32::MAX);
+            let lease_ms = i64::try_from(shared.opts.lease_timeout.as_millis()).unwrap_or(i64::MAX);
+            let r = shared
+                .call(
+                    "leasing a probe",
+                    "SELECT * FROM public.rc_acquire_probe($1, $2, $3, $4, $5)",
+                    &[
+                        &shared.opts.namespace,
+                        &&*cell.key,
+                        &shared.holder,
+                        &lease_ms,
+                        &probes,
+                    ],
+                )
+                .await;
+            match r {
+                Ok(row) => {
+                    if let Some(id) = shared.apply_row(&cell, &row) {
+                        // Keep a margin so we never start a probe on a lease about to expire.
+                        let life = duration_nanos(shared.opts.lease_timeout) / 10 * 9;
+                        let expires_at = shared.clock.now_nanos().saturating_add(life);
+                        cell.add_leases([Lease { id, expires_at }]);
+                    }
+                }
+                Err(e) => tracing::warn!(key = %cell.key, error = %e, "could not lease a probe"),
+            }
+            cell.lease_requested.store(false, Ordering::Release);
+            cell.changed.notify_waiters();
+        });
+    }
+
+    pub(crate) fn report_probe(&self, cell: &Arc<KeyCell>, lease: Lease, success: bool) {
+        let shared = self.shared.clone();
+        let cell = cell.clone();
+        self.shared.runtime.spawn(async move {
+            let policy = cell.policy();
+            let probes = policy.probe_count();
+            let close_at = match policy.success_limit {
+                Some(s) => s.numerator(),
+                None => probes - policy.failure_limit.numerator() + 1,
+            };
+            let (probes, close_at) = (
+                i32::try_from(probes).unwrap_or(i32::MAX),
+                i32::try_from(close_at).unwrap_or(i32::MAX),
+            );
+            let cooldown_ms = i64::try_from(policy.cooldown.as_millis()).unwrap_or(i64::MAX);
+            let r = shared
+                .call(
+                    "reporting a probe",
+                    "SELECT * FROM public.rc_report_probe($1, $2, $3, $4, $5, $6, $7)",
+                    &[&shared.opts.namespace, &&*cell.key, &lease.id, &success, &probes, &close_at, &cooldown_ms],
+                )
+                .await;
+            match r {
+                Ok(row) => {
+                    shared.apply_row(&cell, &row);
+                }
+                Err(e) => tracing::warn!(key = %cell.key, error = %e, "could not report a probe result; its lease will expire"),
+            }
+        });
+    }
+
+    pub(crate) fn publish_trip(&self, cell: &Arc<KeyCell>, cooldown: Duration) {
+        let deadline = self
+            .shared
+            .clock
+            .now_nanos()
+            .saturating_add(duration_nanos(cooldown));
+        self.shared.pending_trips.insert(cell.key.clone(), deadline);
+        self.shared
+            .runtime
+            .spawn(self.shared.clone().trip(cell.clone()));
+    }
+
+    pub(crate) fn publish_force(&self, cell: &Arc<KeyCell>, to: State, cooldown: Duration) {
+        let shared = self.shared.clone();
+        let cell = cell.clone();
+        self.shared.pending_trips.remove(&cell.key);
+        self.shared.runtime.spawn(async move {
+            let cooldown_ms = i64::try_from(cooldown.as_millis()).unwrap_or(i64::MAX);
+            let r = shared
+                .call(
+                    "forcing a state",
+                    "SELECT * FROM public.rc_force($1, $2, $3, $4)",
+                    &[&shared.opts.namespace, &&*cell.key, &to.as_str(), &cooldown_ms],
+                )
+                .await;
+            match r {
+                Ok(row) => {
+                    shared.apply_row(&cell, &row);
+                }
+                Err(e) => tracing::warn!(key = %cell.key, error = %e, "could not publish a manual override"),
+            }
+        });
+    }
+}
