@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Runs the whole test suite: scripts/test.sh [extra cargo test args...]
+#
+# The PostgreSQL integration tests (tests/support) pick their server in this
+# order: $RC_TEST_DATABASE_URL, else 127.0.0.1:5432 (user postgres, db test),
+# else a throwaway cluster they start themselves. Fault-injection tests always
+# start their own clusters, so the PostgreSQL server binaries (initdb, pg_ctl,
+# postgres) must be installed in every case; this script installs them when
+# it can (root + apt-get).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+have_pg_binaries() {
+  local dir dirs
+  IFS=: read -ra dirs <<< "${RC_TEST_PG_BINDIR:-}:${PATH:-}"
+  for dir in "${dirs[@]}" /usr/lib/postgresql/*/bin; do
+    [[ -n $dir && -x $dir/initdb && -x $dir/pg_ctl && -x $dir/postgres ]] && return 0
+  done
+  return 1
+}
+
+local_server_answers() {
+  if command -v pg_isready >/dev/null; then
+    pg_isready -q -h 127.0.0.1 -p 5432 -t 1
+  else
+    timeout 1 bash -c '</dev/tcp/127.0.0.1/5432' 2>/dev/null
+  fi
+}
+
+if ! have_pg_binaries; then
+  if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+    echo "test.sh: installing PostgreSQL (Debian package postgresql)"
+    apt-get update -q
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends postgresql
+  else
+    echo "test.sh: the tests need the PostgreSQL server binaries (initdb, pg_ctl, postgres)." >&2
+    echo "  Debian/Ubuntu: sudo apt-get install postgresql" >&2
+    echo "  Fedora/RHEL:   sudo dnf install postgresql-server" >&2
+    echo "  macOS:         brew install postgresql" >&2
+    echo "  Elsewhere put their directory on PATH or in RC_TEST_PG_BINDIR." >&2
+    exit 1
+  fi
+fi
+
+if [[ -n ${RC_TEST_DATABASE_URL:-} ]]; then
+  echo "test.sh: test databases on \$RC_TEST_DATABASE_URL"
+elif local_server_answers; then
+  echo "test.sh: test databases on 127.0.0.1:5432 (if it accepts user postgres, db test)"
+else
+  echo "test.sh: no server on 127.0.0.1:5432: the tests start throwaway clusters"
+fi
+
+if [[ $# -eq 0 ]]; then
+  # --all-targets also builds the benches and examples (so they cannot rot)
+  # but skips doctests, hence the second command.
+  cargo test --all-targets --all-features
+  cargo test --doc --all-features
+else
+  # With arguments (a filter, --test NAME, -- --nocapture...) run one cargo
+  # test with them; it covers doctests too unless they select targets.
+  cargo test --all-features "$@"
+fi

@@ -1,0 +1,1182 @@
+//! Behaviour of one in-memory breaker against the spec: every transition, rejection, cooldown,
+//! half-open probes, stale permits, callbacks, classification, overrides, configuration errors
+//! and the bounded store. Time is a `ManualClock`: nothing here sleeps.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use resilient_circuit::{
+    Builder, ChangeOrigin, CircuitBreaker, CircuitError, ConfigError, ManualClock, Outcome, Permit,
+    Ratio, Rejected, State, StatusChange, Storage, MAX_KEY_LEN,
+};
+
+use State::{Closed, HalfOpen, Open};
+
+// ---------------------------------------------------------------------------------------------
+// Harness
+// ---------------------------------------------------------------------------------------------
+
+type Log = Arc<Mutex<Vec<StatusChange>>>;
+
+/// One breaker on its own store with a manual clock and a callback that logs every change.
+struct Rig {
+    cb: CircuitBreaker,
+    clock: ManualClock,
+    storage: Storage,
+    log: Log,
+}
+
+impl Rig {
+    fn new(key: &str, failure: Ratio, success: Option<Ratio>, cooldown_ms: u64) -> Rig {
+        let clock = ManualClock::new();
+        let storage = Storage::in_memory_with(64, Arc::new(clock.clone()));
+        let log: Log = Arc::default();
+        let sink = log.clone();
+        let mut b = CircuitBreaker::builder(key)
+            .storage(storage.clone())
+            .failure_limit(failure)
+            .cooldown(Duration::from_millis(cooldown_ms))
+            .on_status_change(move |c| sink.lock().unwrap().push(c.clone()));
+        if let Some(s) = success {
+            b = b.success_limit(s);
+        }
+        Rig {
+            cb: b.build().expect("valid config"),
+            clock,
+            storage,
+            log,
+        }
+    }
+
+    fn advance_ms(&self, ms: u64) {
+        self.clock.advance(Duration::from_millis(ms));
+    }
+
+    fn changes(&self) -> Vec<(State, State)> {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|c| (c.from, c.to))
+            .collect()
+    }
+
+    /// `changes()` without OPEN -> HALF_OPEN, for tests about something else.
+    fn changes_except_open_to_half_open(&self) -> Vec<(State, State)> {
+        let mut c = self.changes();
+        c.retain(|t| *t != (Open, HalfOpen));
+        c
+    }
+
+    /// Acquires, panicking with `what` on rejection.
+    fn admit(&self, what: &str) -> Permit<'_> {
+        self.cb
+            .try_acquire()
+            .unwrap_or_else(|r| panic!("{what}: expected admission, got {r}"))
+    }
+
+    fn reject(&self, what: &str) -> Rejected {
+        match self.cb.try_acquire() {
+            Ok(p) => panic!(
+                "{what}: expected rejection, admitted (probe: {})",
+                p.is_probe()
+            ),
+            Err(r) => r,
+        }
+    }
+
+    /// Trips a breaker whose failure limit is n/n (or any limit met by `den` failures).
+    fn trip(&self, den: u32) {
+        for _ in 0..den {
+            self.admit("trip").failure();
+        }
+        assert_eq!(self.cb.state(), Open, "trip");
+    }
+}
+
+fn r(n: u32, d: u32) -> Ratio {
+    Ratio::new(n, d)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Table of transitions
+// ---------------------------------------------------------------------------------------------
+
+/// One step of a transition row.
+#[derive(Debug, Clone, Copy)]
+enum Step {
+    /// Must be admitted; reports success.
+    S,
+    /// Must be admitted; reports failure.
+    F,
+    /// Must be rejected.
+    Rej,
+    /// Advances the manual clock by this many milliseconds.
+    Wait(u64),
+}
+use Step::{Rej, Wait, F, S};
+
+struct Row {
+    name: &'static str,
+    failure: Ratio,
+    success: Option<Ratio>,
+    cooldown_ms: u64,
+    steps: &'static [Step],
+    state: State,
+    changes: &'static [(State, State)],
+}
+
+const C_O: (State, State) = (Closed, Open);
+const O_H: (State, State) = (Open, HalfOpen);
+const H_O: (State, State) = (HalfOpen, Open);
+const H_C: (State, State) = (HalfOpen, Closed);
+
+fn rows() -> Vec<Row> {
+    vec![
+        Row {
+            name: "under the limit stays closed",
+            failure: r(3, 5),
+            success: None,
+            cooldown_ms: 100,
+            steps: &[F, F, S, S, S, S, S, F],
+            state: Closed,
+            changes: &[],
+        },
+        Row {
+            name: "a window that is not full never trips",
+            failure: r(3, 5),
+            success: None,
+            cooldown_ms: 100,
+            steps: &[F, F, F, F],
+            state: Closed,
+            changes: &[],
+        },
+        Row {
+            name: "full window at the limit trips",
+            failure: r(3, 5),
+            success: None,
+            cooldown_ms: 100,
+            steps: &[F, S, F, S, F],
+            state: Open,
+            changes: &[C_O],
+        },
+        Row {
+            name: "the window slides: old failures fall out",
+            failure: r(2, 3),
+            success: None,
+            cooldown_ms: 100,
+            steps: &[F, S, S, F, S, S, F, S, F],
+            state: Open,
+            changes: &[C_O],
+        },
+        Row {
+            name: "1/1 trips on the first failure",
+            failure: r(1, 1),
+            success: None,
+            cooldown_ms: 100,
+            steps: &[S, S, F],
+            state: Open,
+            changes: &[C_O],
+        },
+        Row {
+            name: "open rejects until the cooldown ends",
+            failure: r(1, 1),
+            success: None,
+            cooldown_ms: 100,
+            steps: &[F, Rej, Wait(50), Rej, Wait(49), Rej],
+            state: Open,
+            changes: &[C_O],
+        },
+        Row {
+            name: "after the cooldown a call goes half-open and a good probe closes (no success limit)",
+            failure: r(1, 1),
+            success: None,
+            cooldown_ms: 100,
+            steps: &[F, Wait(100), S],
+            state: Closed,
+            changes: &[C_O, O_H, H_C],
+        },
+        Row {
+            name: "no success limit: probes at the failure limit reopen",
+            failure: r(2, 3),
+            success: None,
+            cooldown_ms: 100,
+            steps: &[F, F, F, Wait(100), S, F, F],
+            state: Open,
+            changes: &[C_O, O_H, H_O],
+        },
+        Row {
+            name: "no success limit: probes under the failure limit close",
+            failure: r(2, 3),
+            success: None,
+            cooldown_ms: 100,
+            steps: &[F, F, F, Wait(100), F, S, S],
+            state: Closed,
+            changes: &[C_O, O_H, H_C],
+        },
+        Row {
+            name: "no success limit: half-open waits for all den probes",
+            failure: r(1, 3),
+            success: None,
+            cooldown_ms: 100,
+            steps: &[F, F, F, Wait(100), F, S],
+            state: HalfOpen,
+            changes: &[C_O, O_H],
+        },
+        Row {
+            name: "success limit met closes",
+            failure: r(1, 1),
+            success: Some(r(2, 3)),
+            cooldown_ms: 100,
+            steps: &[F, Wait(100), S, F, S],
+            state: Closed,
+            changes: &[C_O, O_H, H_C],
+        },
+        Row {
+            name: "success limit missed reopens (even with successes first)",
+            failure: r(1, 1),
+            success: Some(r(2, 3)),
+            cooldown_ms: 100,
+            steps: &[F, Wait(100), S, F, F],
+            state: Open,
+            changes: &[C_O, O_H, H_O],
+        },
+        Row {
+            name: "success limit: an early success majority still waits for every probe",
+            failure: r(1, 1),
+            success: Some(r(2, 3)),
+            cooldown_ms: 100,
+            steps: &[F, Wait(100), S, S],
+            state: HalfOpen,
+            changes: &[C_O, O_H],
+        },
+        Row {
+            name: "reopening starts a new full cooldown",
+            failure: r(1, 1),
+            success: None,
+            cooldown_ms: 100,
+            steps: &[F, Wait(100), F, Rej, Wait(99), Rej, Wait(1), S],
+            state: Closed,
+            changes: &[C_O, O_H, H_O, O_H, H_C],
+        },
+        Row {
+            name: "closing empties the window",
+            failure: r(2, 2),
+            success: None,
+            cooldown_ms: 10,
+            // The failure before the trip must not be remembered: one failure after closing
+            // leaves it closed, the second trips.
+            steps: &[F, F, Wait(10), S, S, F, S, F, F],
+            state: Open,
+            changes: &[C_O, O_H, H_C, C_O],
+        },
+        Row {
+            name: "zero cooldown: the next call after a trip is a probe",
+            failure: r(1, 1),
+            success: None,
+            cooldown_ms: 0,
+            steps: &[F, S],
+            state: Closed,
+            changes: &[C_O, O_H, H_C],
+        },
+        Row {
+            name: "a full cycle twice",
+            failure: r(1, 2),
+            success: Some(r(1, 1)),
+            cooldown_ms: 5,
+            steps: &[S, F, Wait(5), F, Wait(5), S, F, S, Wait(5), S],
+            state: Closed,
+            changes: &[C_O, O_H, H_O, O_H, H_C, C_O, O_H, H_C],
+        },
+    ]
+}
+
+/// Every row of the transition table ends in its expected state with exactly its expected
+/// callbacks (all rows are checked; mismatches are listed together).
+#[test]
+fn transition_table() {
+    let mut mismatches = Vec::new();
+    for (i, row) in rows().iter().enumerate() {
+        let rig = Rig::new(
+            &format!("row-{i}"),
+            row.failure,
+            row.success,
+            row.cooldown_ms,
+        );
+        let mut step_error = None;
+        for (j, step) in row.steps.iter().enumerate() {
+            if let Wait(ms) = step {
+                rig.advance_ms(*ms);
+                continue;
+            }
+            let ok = match (step, rig.cb.try_acquire()) {
+                (S, Ok(p)) => {
+                    p.success();
+                    true
+                }
+                (F, Ok(p)) => {
+                    p.failure();
+                    true
+                }
+                (Rej, Err(_)) => true,
+                (_, _) => false,
+            };
+            if !ok {
+                step_error = Some(format!("step {j} ({step:?}) in state {}", rig.cb.state()));
+                break;
+            }
+        }
+        let log = rig.log.lock().unwrap().clone();
+        let changes = rig.changes();
+        if step_error.is_some() || rig.cb.state() != row.state || changes != row.changes {
+            mismatches.push(format!(
+                "row {i} {:?}: {}expected {:?} with {:?}, got {:?} with {:?}",
+                row.name,
+                step_error.map(|e| format!("{e}; ")).unwrap_or_default(),
+                row.state,
+                row.changes,
+                rig.cb.state(),
+                changes
+            ));
+        }
+        for c in &log {
+            assert_eq!(c.key, format!("row-{i}"));
+            assert_eq!(c.origin, ChangeOrigin::Local);
+        }
+    }
+    assert!(
+        mismatches.is_empty(),
+        "{} of {} rows differ:\n{}",
+        mismatches.len(),
+        rows().len(),
+        mismatches.join("\n")
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rejection and cooldown
+// ---------------------------------------------------------------------------------------------
+
+/// An open breaker rejects through `call` (without running the closure) and `try_acquire`, with
+/// the key, the state, the time left and a readable message.
+#[tokio::test]
+async fn open_rejects_without_running() {
+    let rig = Rig::new("payments", r(1, 1), None, 1_000);
+    rig.trip(1);
+    rig.advance_ms(400);
+
+    let ran = AtomicUsize::new(0);
+    let res = rig
+        .cb
+        .call(|| async {
+            ran.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, std::io::Error>(())
+        })
+        .await;
+    assert_eq!(ran.load(Ordering::SeqCst), 0, "the closure must not run");
+    let err = res.unwrap_err();
+    assert!(err.is_rejected());
+    let rej = err.rejected().expect("a rejection").clone();
+    assert_eq!(rej.key(), "payments");
+    assert_eq!(rej.state(), Open);
+    assert_eq!(rej.retry_after(), Some(Duration::from_millis(600)));
+    assert!(matches!(err, CircuitError::Rejected(_)));
+    let msg = rej.to_string();
+    assert!(msg.contains("payments") && msg.contains("OPEN"), "{msg}");
+
+    let rej = rig.reject("try_acquire");
+    assert_eq!(rej.state(), Open);
+    assert_eq!(rej.retry_after(), Some(Duration::from_millis(600)));
+
+    // `acquire` does not wait on an in-memory store.
+    let rej = rig.cb.acquire().await.unwrap_err();
+    assert_eq!(rej.state(), Open);
+}
+
+/// The cooldown runs on the storage's clock: `cooldown_remaining` counts down, the breaker
+/// still reports Open after it ends, and the first call exactly at the deadline is a probe.
+#[test]
+fn cooldown_follows_the_manual_clock() {
+    let rig = Rig::new("cooldown", r(1, 1), None, 300);
+    assert_eq!(rig.cb.cooldown_remaining(), Duration::ZERO);
+    rig.trip(1);
+    assert_eq!(rig.cb.cooldown_remaining(), Duration::from_millis(300));
+    rig.advance_ms(299);
+    assert_eq!(rig.cb.cooldown_remaining(), Duration::from_millis(1));
+    rig.reject("1 ms before the deadline");
+    rig.advance_ms(1);
+    assert_eq!(rig.cb.cooldown_remaining(), Duration::ZERO);
+    assert_eq!(rig.cb.state(), Open, "nothing moves until a call");
+    let p = rig.admit("at the deadline");
+    assert!(p.is_probe());
+    assert_eq!(rig.cb.state(), HalfOpen);
+    assert_eq!(rig.cb.cooldown_remaining(), Duration::ZERO);
+    p.success();
+    assert_eq!(rig.cb.state(), Closed);
+}
+
+/// A long wait after the deadline is no different from reaching it exactly.
+#[test]
+fn cooldown_long_overdue() {
+    let rig = Rig::new("overdue", r(1, 1), None, 300);
+    rig.trip(1);
+    rig.clock.advance(Duration::from_secs(86_400 * 365));
+    rig.admit("a year later").success();
+    assert_eq!(rig.cb.state(), Closed);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Half-open probes
+// ---------------------------------------------------------------------------------------------
+
+/// Half-open admits exactly `den` concurrent probes (success limit's den when set, else the
+/// failure limit's) and rejects everyone else as HalfOpen until the probes decide.
+#[test]
+fn half_open_probe_limit() {
+    for (failure, success, den) in [
+        (r(1, 1), Some(r(2, 3)), 3),
+        (r(1, 1), Some(r(1, 1)), 1),
+        (r(2, 4), None, 4),
+        (r(1, 1), None, 1),
+    ] {
+        let rig = Rig::new("probes", failure, success, 10);
+        rig.trip(failure.denominator());
+        rig.advance_ms(10);
+        let probes: Vec<_> = (0..den)
+            .map(|i| rig.admit(&format!("probe {i} of {den}")))
+            .collect();
+        assert!(probes.iter().all(Permit::is_probe));
+        for _ in 0..3 {
+            let rej = rig.reject("probe slots are full");
+            assert_eq!(rej.state(), HalfOpen);
+            assert_eq!(rej.retry_after(), None);
+        }
+        assert_eq!(rig.cb.state(), HalfOpen);
+        for p in probes {
+            p.success();
+        }
+        assert_eq!(rig.cb.state(), Closed, "{failure} {success:?}");
+        assert!(!rig.admit("closed again").is_probe());
+    }
+}
+
+/// A probe permit dropped without an outcome gives its slot back and counts as neither.
+#[test]
+fn cancelled_probe_returns_its_slot() {
+    let rig = Rig::new("cancel", r(1, 1), Some(r(2, 2)), 10);
+    rig.trip(1);
+    rig.advance_ms(10);
+    let p1 = rig.admit("probe 1");
+    let p2 = rig.admit("probe 2");
+    rig.reject("full");
+    drop(p2);
+    let p3 = rig.admit("the dropped probe's slot");
+    assert!(p3.is_probe());
+    rig.reject("full again");
+    p1.success();
+    assert_eq!(rig.cb.state(), HalfOpen, "one probe still out");
+    drop(p3);
+    assert_eq!(rig.cb.state(), HalfOpen, "a drop is no outcome");
+    rig.admit("slot back once more").success();
+    assert_eq!(rig.cb.state(), Closed, "two successes of two");
+}
+
+/// A `call` future cancelled while its probe runs gives the slot back.
+#[tokio::test(start_paused = true)]
+async fn cancelled_call_future_returns_its_slot() {
+    let rig = Rig::new("cancel-call", r(1, 1), Some(r(1, 1)), 10);
+    rig.trip(1);
+    rig.advance_ms(10);
+    let pending = rig
+        .cb
+        .call(std::future::pending::<Result<(), std::io::Error>>);
+    assert!(tokio::time::timeout(Duration::from_millis(5), pending)
+        .await
+        .is_err());
+    assert_eq!(rig.cb.state(), HalfOpen);
+    let ok = rig.cb.call(|| async { Ok::<_, std::io::Error>(7) }).await;
+    assert_eq!(ok.unwrap(), 7, "the cancelled probe's slot is free again");
+    assert_eq!(rig.cb.state(), Closed);
+}
+
+/// Dropping a permit admitted while closed is harmless: no outcome, no slot, no state change.
+#[test]
+fn dropped_closed_permit_counts_as_neither() {
+    let rig = Rig::new("drop-closed", r(1, 2), None, 10);
+    for _ in 0..10 {
+        drop(rig.admit("closed"));
+    }
+    assert_eq!(rig.cb.execution_log(), Vec::<bool>::new());
+    rig.admit("s").success();
+    rig.admit("f").failure();
+    assert_eq!(rig.cb.execution_log(), vec![true, false]);
+    assert_eq!(rig.cb.state(), Open);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Stale permits
+// ---------------------------------------------------------------------------------------------
+
+/// Outcomes of permits admitted while closed and reported after a trip count as neither:
+/// not in the open state, not as half-open probes, not in the next closed window.
+#[test]
+fn stale_closed_permits_count_as_neither() {
+    let rig = Rig::new("stale", r(1, 1), Some(r(1, 1)), 10);
+    let early: Vec<_> = (0..4).map(|_| rig.admit("closed")).collect();
+    rig.admit("trip").failure();
+    assert_eq!(rig.cb.state(), Open);
+    let mut early = early.into_iter();
+
+    early.next().unwrap().success(); // while open
+    assert_eq!(rig.cb.state(), Open);
+
+    rig.advance_ms(10);
+    let probe = rig.admit("probe");
+    early.next().unwrap().failure(); // while half-open: must not decide the round
+    assert_eq!(rig.cb.state(), HalfOpen);
+    drop(early.next().unwrap()); // a stale drop must not free a probe slot
+    rig.reject("the only probe slot is taken");
+    probe.success();
+    assert_eq!(rig.cb.state(), Closed);
+
+    early.next().unwrap().failure(); // after closing again: not in the new window
+    assert_eq!(rig.cb.state(), Closed);
+    assert_eq!(rig.cb.execution_log(), Vec::<bool>::new());
+}
+
+/// A probe of an earlier half-open round reported (or dropped) during a later round is ignored.
+#[test]
+fn stale_probes_of_an_earlier_round_count_as_neither() {
+    let rig = Rig::new("stale-probe", r(1, 1), Some(r(2, 2)), 10);
+    rig.trip(1);
+    rig.advance_ms(10);
+    let old = rig.admit("round 1 probe a");
+    let old2 = rig.admit("round 1 probe b");
+    // End the round by an override so `old` is left outstanding.
+    rig.cb.force_open(Duration::from_millis(10));
+    rig.advance_ms(10);
+    let p1 = rig.admit("round 2 probe 1");
+    let p2 = rig.admit("round 2 probe 2");
+    old.failure();
+    drop(old2);
+    rig.reject("round 2 slots are still both taken");
+    assert_eq!(rig.cb.state(), HalfOpen);
+    p1.success();
+    p2.success();
+    assert_eq!(rig.cb.state(), Closed);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Callbacks
+// ---------------------------------------------------------------------------------------------
+
+/// Minimal reproduction: the cooldown ending (OPEN -> HALF_OPEN on the next call) fires the
+/// on_status_change callback like every other transition.
+#[test]
+fn callback_fires_on_open_to_half_open() {
+    let rig = Rig::new("o-to-h", r(1, 1), None, 10);
+    rig.trip(1);
+    rig.advance_ms(10);
+    let probe = rig.admit("probe");
+    assert_eq!(rig.cb.state(), HalfOpen);
+    assert_eq!(
+        rig.changes(),
+        vec![C_O, O_H],
+        "OPEN -> HALF_OPEN must be reported"
+    );
+    probe.success();
+}
+
+/// Callbacks see each transition once, in order, with the key, from, to and Local origin; every
+/// handle's callback on the key gets them; a dropped handle's callback stops.
+#[test]
+fn callbacks_order_and_fan_out() {
+    let rig = Rig::new("fan-out", r(1, 1), None, 10);
+    let other_log: Log = Arc::default();
+    let sink = other_log.clone();
+    let other = CircuitBreaker::builder("fan-out")
+        .storage(rig.storage.clone())
+        .failure_limit(r(1, 1))
+        .cooldown(Duration::from_millis(10))
+        .on_status_change(move |c| sink.lock().unwrap().push(c.clone()))
+        .build()
+        .unwrap();
+
+    rig.trip(1);
+    other.force_closed();
+    other.force_open(Duration::from_millis(5));
+    drop(other);
+    rig.cb.force_closed();
+
+    let expect = vec![C_O, (Open, Closed), (Closed, Open), (Open, Closed)];
+    assert_eq!(rig.changes(), expect);
+    let theirs: Vec<_> = other_log
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|c| (c.from, c.to))
+        .collect();
+    assert_eq!(
+        theirs,
+        expect[..3].to_vec(),
+        "dropped handle's callback stops"
+    );
+    for c in rig.log.lock().unwrap().iter() {
+        assert_eq!(c.key, "fan-out");
+        assert_eq!(c.origin, ChangeOrigin::Local);
+    }
+}
+
+/// A panicking callback neither breaks the breaker nor stops other callbacks on the key.
+#[test]
+fn panicking_callback_leaves_the_breaker_working() {
+    let clock = ManualClock::new();
+    let storage = Storage::in_memory_with(16, Arc::new(clock.clone()));
+    let boom = CircuitBreaker::builder("panicky")
+        .storage(storage.clone())
+        .failure_limit(r(1, 1))
+        .cooldown(Duration::from_millis(10))
+        .on_status_change(|c| panic!("callback panics on {} -> {}", c.from, c.to))
+        .build()
+        .unwrap();
+    let seen = Arc::new(AtomicUsize::new(0));
+    let s = seen.clone();
+    let calm = CircuitBreaker::builder("panicky")
+        .storage(storage.clone())
+        .failure_limit(r(1, 1))
+        .cooldown(Duration::from_millis(10))
+        .on_status_change(move |_| {
+            s.fetch_add(1, Ordering::SeqCst);
+        })
+        .build()
+        .unwrap();
+
+    boom.try_acquire().unwrap().failure();
+    assert_eq!(boom.state(), Open);
+    assert!(boom.try_acquire().is_err());
+    clock.advance(Duration::from_millis(10));
+    boom.try_acquire().unwrap().success();
+    assert_eq!(boom.state(), Closed);
+    boom.force_open(Duration::from_secs(1));
+    calm.force_closed();
+    assert_eq!(calm.state(), Closed);
+    calm.try_acquire().unwrap().failure();
+    assert_eq!(calm.state(), Open);
+    // C->O, (O->H), H->C, C->O, O->C, C->O: the calm callback ran for every one of them.
+    assert!(seen.load(Ordering::SeqCst) >= 5);
+}
+
+/// Callbacks run outside every lock: one may read state, acquire, report and force the very
+/// breaker that is notifying it without deadlocking.
+#[test]
+fn callbacks_run_outside_locks() {
+    let clock = ManualClock::new();
+    let storage = Storage::in_memory_with(16, Arc::new(clock.clone()));
+    let slot: Arc<OnceLock<CircuitBreaker>> = Arc::default();
+    let seen: Log = Arc::default();
+    let (slot2, seen2) = (slot.clone(), seen.clone());
+    let cb = CircuitBreaker::builder("reentrant")
+        .storage(storage.clone())
+        .failure_limit(r(1, 1))
+        .cooldown(Duration::from_millis(10))
+        .on_status_change(move |c| {
+            seen2.lock().unwrap().push(c.clone());
+            if let Some(me) = slot2.get() {
+                assert_eq!(me.state(), c.to, "the new state is visible to the callback");
+                let _ = me.cooldown_remaining();
+                let _ = me.execution_log();
+                if let Ok(p) = me.try_acquire() {
+                    drop(p);
+                }
+                // Building another handle touches the storage map and the callback list.
+                let _peer = CircuitBreaker::builder("reentrant")
+                    .storage(me.storage().clone())
+                    .failure_limit(r(1, 1))
+                    .cooldown(Duration::from_millis(10))
+                    .build()
+                    .unwrap();
+                if c.to == Open && c.from == Closed {
+                    me.force_closed(); // a nested transition from inside a callback
+                }
+            }
+        })
+        .build()
+        .unwrap();
+    slot.set(cb.clone()).unwrap();
+    cb.try_acquire().unwrap().failure();
+    assert_eq!(cb.state(), Closed, "the callback's force_closed won");
+    let changes: Vec<_> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|c| (c.from, c.to))
+        .collect();
+    assert_eq!(changes, vec![C_O, (Open, Closed)]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// call() vs call_with()
+// ---------------------------------------------------------------------------------------------
+
+/// `call` counts Err as failure and every Ok (even Ok(503)) as success; `call_with` lets the
+/// classifier count Ok(503) as a failure and an Err as a success.
+#[tokio::test]
+async fn call_and_call_with_classification() {
+    let rig = Rig::new("http", r(1, 1), None, 10);
+    let status = rig.cb.call(|| async { Ok::<u16, String>(503) }).await;
+    assert_eq!(status.unwrap(), 503);
+    assert_eq!(rig.cb.state(), Closed, "call: Ok(503) is a success");
+    assert_eq!(rig.cb.execution_log(), vec![true]);
+
+    let classify = |r: &Result<u16, String>| Outcome::failure_if(matches!(r, Ok(500..) | Err(_)));
+    let ok = rig.cb.call_with(classify, || async { Ok(200) }).await;
+    assert_eq!(ok.unwrap(), 200);
+    assert_eq!(rig.cb.state(), Closed);
+
+    let not_found = |_: &Result<u16, String>| Outcome::Success;
+    let err = rig
+        .cb
+        .call_with(not_found, || async {
+            Err("404 is the caller's fault".to_owned())
+        })
+        .await;
+    assert_eq!(
+        err.unwrap_err().into_inner().as_deref(),
+        Some("404 is the caller's fault")
+    );
+    assert_eq!(rig.cb.state(), Closed, "an Err classified as success");
+
+    let res = rig.cb.call_with(classify, || async { Ok(503) }).await;
+    assert_eq!(res.unwrap(), 503, "the value is still returned");
+    assert_eq!(rig.cb.state(), Open, "call_with: Ok(503) is a failure");
+
+    let rig = Rig::new("errs", r(1, 1), None, 10);
+    let err = rig
+        .cb
+        .call(|| async { Err::<(), _>(std::io::Error::other("boom")) })
+        .await
+        .unwrap_err();
+    assert!(!err.is_rejected());
+    assert_eq!(err.to_string(), "boom");
+    assert_eq!(rig.cb.state(), Open, "call: Err is a failure");
+}
+
+/// `Outcome::from_result` and `failure_if` classify as documented.
+#[test]
+fn outcome_helpers() {
+    assert_eq!(Outcome::from_result(&Ok::<_, ()>(503)), Outcome::Success);
+    assert_eq!(Outcome::from_result(&Err::<(), _>(())), Outcome::Failure);
+    assert_eq!(Outcome::failure_if(true), Outcome::Failure);
+    assert_eq!(Outcome::failure_if(false), Outcome::Success);
+}
+
+/// `Permit::record` with an explicit Outcome is the same as `success`/`failure`.
+#[test]
+fn permit_record() {
+    let rig = Rig::new("record", r(2, 3), None, 10);
+    rig.admit("a").record(Outcome::Failure);
+    rig.admit("b").record(Outcome::Success);
+    rig.admit("c").record(Outcome::Failure);
+    assert_eq!(rig.cb.execution_log(), vec![false, true, false]);
+    assert_eq!(rig.cb.state(), Open);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Overrides
+// ---------------------------------------------------------------------------------------------
+
+/// `force_open` opens for the given cooldown (not the policy's), notifies, is shared by every
+/// handle of the key, and its cooldown ends in a normal half-open round.
+#[test]
+fn force_open() {
+    let rig = Rig::new("force-open", r(5, 10), None, 60_000);
+    let twin = CircuitBreaker::builder("force-open")
+        .storage(rig.storage.clone())
+        .failure_limit(r(5, 10))
+        .cooldown(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    twin.force_open(Duration::from_millis(50));
+    assert_eq!(rig.cb.state(), Open);
+    assert_eq!(
+        rig.reject("forced").retry_after(),
+        Some(Duration::from_millis(50))
+    );
+    rig.advance_ms(50);
+    let probes: Vec<_> = (0..10).map(|i| rig.admit(&format!("probe {i}"))).collect();
+    rig.reject("ten probes out");
+    for p in probes {
+        p.success();
+    }
+    assert_eq!(rig.cb.state(), Closed);
+    // OPEN -> HALF_OPEN is left out here: `callback_fires_on_open_to_half_open` covers it.
+    assert_eq!(rig.changes_except_open_to_half_open(), vec![C_O, H_C]);
+}
+
+/// `force_closed` closes from open and from half-open, empties the window, notifies, and makes
+/// outstanding probes stale.
+#[test]
+fn force_closed() {
+    let rig = Rig::new("force-closed", r(2, 3), None, 10);
+    rig.admit("f").failure();
+    rig.admit("s").success();
+    rig.cb.force_closed(); // already closed: empties the window, no callback
+    assert_eq!(rig.cb.execution_log(), Vec::<bool>::new());
+    assert!(rig.changes().is_empty());
+
+    for _ in 0..3 {
+        rig.admit("f").failure();
+    }
+    rig.cb.force_closed();
+    assert_eq!(rig.cb.state(), Closed);
+    assert_eq!(rig.cb.cooldown_remaining(), Duration::ZERO);
+    assert_eq!(rig.cb.execution_log(), Vec::<bool>::new());
+    rig.admit("f").failure();
+    rig.admit("f").failure();
+    assert_eq!(rig.cb.state(), Closed, "window of 3 not full after closing");
+    rig.admit("f").failure();
+    assert_eq!(rig.cb.state(), Open);
+
+    rig.advance_ms(10);
+    let probe = rig.admit("probe");
+    assert_eq!(rig.cb.state(), HalfOpen);
+    rig.cb.force_closed();
+    probe.failure(); // stale: the round ended
+    assert_eq!(rig.cb.state(), Closed);
+    assert_eq!(rig.cb.execution_log(), Vec::<bool>::new());
+    // OPEN -> HALF_OPEN is left out here: `callback_fires_on_open_to_half_open` covers it.
+    assert_eq!(
+        rig.changes_except_open_to_half_open(),
+        vec![C_O, (Open, Closed), C_O, H_C]
+    );
+}
+
+/// `force_open` on an open breaker restarts its cooldown with the new duration.
+#[test]
+fn force_open_while_open_resets_cooldown() {
+    let rig = Rig::new("re-force", r(1, 1), None, 100);
+    rig.trip(1);
+    rig.advance_ms(90);
+    rig.cb.force_open(Duration::from_millis(500));
+    assert_eq!(rig.cb.cooldown_remaining(), Duration::from_millis(500));
+    assert_eq!(rig.changes(), vec![C_O], "Open -> Open is no transition");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Configuration
+// ---------------------------------------------------------------------------------------------
+
+fn builder(key: &str) -> Builder {
+    CircuitBreaker::builder(key).storage(Storage::in_memory())
+}
+
+/// Invalid ratios are refused as `InvalidRatio` naming the limit, the ratio and the reason.
+#[test]
+fn config_rejects_bad_ratios() {
+    let cases: Vec<(Ratio, &str)> = vec![
+        (r(1, 0), "denominator"),
+        (r(0, 0), "denominator"),
+        (r(0, 5), "numerator is zero"),
+        (r(6, 5), "above the denominator"),
+        (r(1, Ratio::MAX_DENOMINATOR + 1), "MAX_DENOMINATOR"),
+    ];
+    for (ratio, cause) in cases {
+        for which in ["failure_limit", "success_limit"] {
+            let b = builder("cfg");
+            let b = if which == "failure_limit" {
+                b.failure_limit(ratio)
+            } else {
+                b.success_limit(ratio)
+            };
+            let err = b.build().unwrap_err();
+            match &err {
+                ConfigError::InvalidRatio {
+                    which: w,
+                    ratio: got,
+                    ..
+                } => {
+                    assert_eq!(*w, which);
+                    assert_eq!(*got, ratio);
+                }
+                other => panic!("{which} {ratio}: expected InvalidRatio, got {other:?}"),
+            }
+            let msg = err.to_string();
+            assert!(msg.contains(which), "{msg}");
+            assert!(msg.contains(&ratio.to_string()), "{msg}");
+            assert!(msg.contains(cause), "{msg} should name {cause:?}");
+        }
+    }
+    for ok in [r(1, 1), r(1, Ratio::MAX_DENOMINATOR), r(5, 5)] {
+        builder("cfg-ok")
+            .failure_limit(ok)
+            .success_limit(ok)
+            .build()
+            .unwrap_or_else(|e| panic!("{ok}: {e}"));
+    }
+}
+
+/// Bad keys are refused with their own variants and messages; 255 bytes is the limit in bytes.
+#[test]
+fn config_rejects_bad_keys() {
+    let err = builder("").build().unwrap_err();
+    assert_eq!(err, ConfigError::EmptyKey);
+    assert!(err.to_string().contains("empty"), "{err}");
+
+    let long = "k".repeat(MAX_KEY_LEN + 1);
+    let err = builder(&long).build().unwrap_err();
+    assert_eq!(err, ConfigError::KeyTooLong { len: 256 });
+    assert!(
+        err.to_string().contains("256") && err.to_string().contains("255"),
+        "{err}"
+    );
+
+    // 128 two-byte characters: 128 chars but 256 bytes.
+    let wide = "é".repeat(128);
+    assert_eq!(
+        builder(&wide).build().unwrap_err(),
+        ConfigError::KeyTooLong { len: 256 }
+    );
+    builder(&"k".repeat(MAX_KEY_LEN))
+        .build()
+        .expect("255 bytes is allowed");
+    builder("ünïcødé-🔑 ok")
+        .build()
+        .expect("non-ASCII printable keys are fine");
+
+    for (key, index) in [
+        ("a\nb", 1),
+        ("\tx", 0),
+        ("abc\u{7f}", 3),
+        ("é\u{0}", 2),
+        ("x\u{85}", 1),
+    ] {
+        let err = builder(key).build().unwrap_err();
+        assert!(
+            matches!(&err, ConfigError::KeyControlCharacter { key: k, index: i } if k == key && *i == index),
+            "{key:?}: {err:?}"
+        );
+        assert!(err.to_string().contains("control character"), "{err}");
+    }
+}
+
+/// A second builder for a live key with a different policy gets `ConflictingPolicy` (naming the
+/// key and the limits in force); the same policy shares the state; once every handle is gone, a
+/// new policy is accepted.
+#[test]
+fn config_conflicting_policy() {
+    let storage = Storage::in_memory();
+    let first = CircuitBreaker::builder("shared")
+        .storage(storage.clone())
+        .failure_limit(r(3, 10))
+        .cooldown(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let clone = first.clone();
+    drop(first);
+    for b in [
+        CircuitBreaker::builder("shared").failure_limit(r(4, 10)),
+        CircuitBreaker::builder("shared")
+            .failure_limit(r(3, 10))
+            .cooldown(Duration::from_secs(31)),
+        CircuitBreaker::builder("shared")
+            .failure_limit(r(3, 10))
+            .cooldown(Duration::from_secs(30))
+            .success_limit(r(1, 1)),
+    ] {
+        let err = b.storage(storage.clone()).build().unwrap_err();
+        match &err {
+            ConfigError::ConflictingPolicy { key, existing } => {
+                assert_eq!(key, "shared");
+                assert!(existing.contains("3/10"), "{existing}");
+            }
+            other => panic!("expected ConflictingPolicy, got {other:?}"),
+        }
+        let msg = err.to_string();
+        assert!(msg.contains("shared") && msg.contains("3/10"), "{msg}");
+    }
+    // The failed builds changed nothing.
+    assert_eq!(clone.state(), Closed);
+    let same = CircuitBreaker::builder("shared")
+        .storage(storage.clone())
+        .failure_limit(r(3, 10))
+        .cooldown(Duration::from_secs(30))
+        .build()
+        .expect("same policy shares the state");
+    same.force_open(Duration::from_secs(1));
+    assert_eq!(clone.state(), Open, "one state per key per storage");
+    // A different storage is a different state and may use any policy.
+    let elsewhere = CircuitBreaker::builder("shared")
+        .storage(Storage::in_memory())
+        .failure_limit(r(1, 1))
+        .build()
+        .unwrap();
+    assert_eq!(elsewhere.state(), Closed);
+    drop((clone, same));
+    let renewed = CircuitBreaker::builder("shared")
+        .storage(storage.clone())
+        .failure_limit(r(1, 2))
+        .build()
+        .expect("no live handle: the new policy is taken");
+    assert_eq!(renewed.state(), Open, "the state is kept");
+}
+
+/// A key with no live handle takes a new policy; its half-open round must then follow the new
+/// probe count: at most the new `den` probes, decided by the new limits.
+#[test]
+fn new_policy_on_idle_half_open_key_uses_its_probe_count() {
+    let clock = ManualClock::new();
+    let storage = Storage::in_memory_with(16, Arc::new(clock.clone()));
+    let old = CircuitBreaker::builder("repolicy")
+        .storage(storage.clone())
+        .failure_limit(r(1, 1))
+        .success_limit(r(5, 5))
+        .cooldown(Duration::from_millis(10))
+        .build()
+        .unwrap();
+    old.try_acquire().unwrap().failure();
+    clock.advance(Duration::from_millis(10));
+    drop(old.try_acquire().unwrap()); // enters half-open; the cancelled probe frees its slot
+    assert_eq!(old.state(), HalfOpen);
+    drop(old);
+
+    let new = CircuitBreaker::builder("repolicy")
+        .storage(storage.clone())
+        .failure_limit(r(1, 1))
+        .cooldown(Duration::from_millis(10))
+        .build()
+        .unwrap();
+    assert_eq!(new.state(), HalfOpen);
+    let admitted: Vec<_> = std::iter::from_fn(|| new.try_acquire().ok())
+        .take(10)
+        .collect();
+    assert_eq!(
+        admitted.len(),
+        1,
+        "half-open admits at most den = 1 probe under the new policy"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The bounded in-memory store
+// ---------------------------------------------------------------------------------------------
+
+fn idle_key(storage: &Storage, key: &str) {
+    CircuitBreaker::builder(key)
+        .storage(storage.clone())
+        .failure_limit(r(1, 1))
+        .build()
+        .unwrap()
+        .try_acquire()
+        .unwrap()
+        .success();
+}
+
+/// Past its capacity the store drops idle keys and never holds more than `capacity` of them.
+#[test]
+fn eviction_respects_capacity() {
+    let mut over = Vec::new();
+    for capacity in [1usize, 2, 4, 7, 8, 16, 64] {
+        let storage = Storage::in_memory_with(capacity, Arc::new(ManualClock::new()));
+        let mut max = 0;
+        for i in 0..capacity * 10 {
+            idle_key(&storage, &format!("idle-{i}"));
+            max = max.max(storage.len());
+        }
+        if max > capacity {
+            over.push(format!("capacity {capacity}: held {max} idle keys"));
+        }
+        assert!(!storage.is_empty());
+    }
+    assert!(over.is_empty(), "{}", over.join("; "));
+}
+
+/// An open breaker is never evicted, even with no live handle and long past its cooldown; keys
+/// with live handles are never evicted either; the store grows past capacity rather than forget.
+#[test]
+fn eviction_spares_open_and_live_keys() {
+    let clock = ManualClock::new();
+    let storage = Storage::in_memory_with(8, Arc::new(clock.clone()));
+    for i in 0..3 {
+        let cb = CircuitBreaker::builder(format!("open-{i}"))
+            .storage(storage.clone())
+            .failure_limit(r(1, 1))
+            .cooldown(Duration::from_secs(60))
+            .build()
+            .unwrap();
+        cb.try_acquire().unwrap().failure();
+    }
+    let live: Vec<CircuitBreaker> = (0..3)
+        .map(|i| {
+            let cb = CircuitBreaker::builder(format!("live-{i}"))
+                .storage(storage.clone())
+                .failure_limit(r(2, 2))
+                .build()
+                .unwrap();
+            cb.try_acquire().unwrap().failure(); // remembered: one failure of two
+            cb
+        })
+        .collect();
+    clock.advance(Duration::from_secs(3600));
+    for i in 0..200 {
+        idle_key(&storage, &format!("idle-{i}"));
+    }
+    for i in 0..3 {
+        assert_eq!(storage.state_of(&format!("open-{i}")), Some(Open));
+    }
+    for (i, cb) in live.iter().enumerate() {
+        let again = CircuitBreaker::builder(format!("live-{i}"))
+            .storage(storage.clone())
+            .failure_limit(r(2, 2))
+            .build()
+            .unwrap();
+        assert_eq!(
+            again.execution_log(),
+            vec![false],
+            "live key kept its window"
+        );
+        again.try_acquire().unwrap().failure();
+        assert_eq!(cb.state(), Open, "same cell as the live handle");
+    }
+    assert!(storage.len() <= 8 + 1, "len {}", storage.len());
+
+    // Full of open keys: the store grows rather than evict one.
+    let storage = Storage::in_memory_with(8, Arc::new(ManualClock::new()));
+    for i in 0..20 {
+        let cb = CircuitBreaker::builder(format!("o{i}"))
+            .storage(storage.clone())
+            .build()
+            .unwrap();
+        cb.force_open(Duration::from_secs(1));
+    }
+    assert_eq!(storage.len(), 20);
+    assert!(storage.states().iter().all(|(_, s)| *s == Open));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Types
+// ---------------------------------------------------------------------------------------------
+
+/// Handles, storages and errors can cross threads; handles and storages are cheap clones.
+#[test]
+fn static_assertions() {
+    fn send_sync_clone<T: Send + Sync + Clone + 'static>() {}
+    fn send_sync<T: Send + Sync>() {}
+    fn error<T: std::error::Error + Send + Sync + 'static>() {}
+    send_sync_clone::<CircuitBreaker>();
+    send_sync_clone::<Storage>();
+    send_sync_clone::<ManualClock>();
+    send_sync_clone::<Rejected>();
+    send_sync_clone::<ConfigError>();
+    send_sync_clone::<StatusChange>();
+    send_sync_clone::<Ratio>();
+    send_sync::<Permit<'static>>();
+    send_sync::<Builder>();
+    error::<Rejected>();
+    error::<ConfigError>();
+    error::<CircuitError<std::io::Error>>();
+    // A call future can be spawned on a multi-threaded runtime.
+    fn spawnable<F: std::future::Future + Send>(_: F) {}
+    let cb = Rig::new("types", r(1, 1), None, 1).cb;
+    spawnable(async move { cb.call(|| async { Ok::<_, std::io::Error>(()) }).await });
+}

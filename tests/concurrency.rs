@@ -1,0 +1,385 @@
+//! Many threads on one breaker, and many threads on many keys: the probe limit holds, every call
+//! is accounted for, open breakers are never forgotten, nothing panics or deadlocks.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use resilient_circuit::{CircuitBreaker, ManualClock, Ratio, State, Storage};
+
+const THREADS: usize = 8;
+
+/// A tiny deterministic xorshift generator, one per thread.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Self {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+#[derive(Default)]
+struct Counts {
+    attempts: AtomicU64,
+    admitted: AtomicU64,
+    rejected: AtomicU64,
+    reported: AtomicU64,
+    dropped: AtomicU64,
+    probes: AtomicU64,
+    probes_in_flight: AtomicI64,
+    max_probes_in_flight: AtomicI64,
+    probe_limit_violations: AtomicU64,
+    rejected_while_closed: AtomicU64,
+}
+
+/// Eight threads hammer one breaker while one of them advances a manual clock: never more than
+/// `den` probes are in flight, every attempt is admitted or rejected, every admitted permit is
+/// reported or dropped, callbacks only report legal transitions, and nothing panics.
+#[test]
+fn eight_threads_one_breaker() {
+    let configs = [
+        (Ratio::new(3, 6), Some(Ratio::new(2, 3))),
+        (Ratio::new(2, 4), None),
+        (Ratio::new(1, 1), Some(Ratio::new(1, 1))),
+        (Ratio::new(1, 2), Some(Ratio::new(4, 5))),
+    ];
+    for (failure, success) in configs {
+        let started = Instant::now();
+        let den = success.unwrap_or(failure).denominator() as i64;
+        let clock = ManualClock::new();
+        let storage = Storage::in_memory_with(16, Arc::new(clock.clone()));
+        let transitions = Arc::new(AtomicUsize::new(0));
+        let illegal = Arc::new(Mutex::new(Vec::new()));
+        let (t2, i2) = (transitions.clone(), illegal.clone());
+        let mut b = CircuitBreaker::builder("hammered")
+            .storage(storage)
+            .failure_limit(failure)
+            .cooldown(Duration::from_millis(3))
+            .on_status_change(move |c| {
+                t2.fetch_add(1, Ordering::Relaxed);
+                let legal = matches!(
+                    (c.from, c.to),
+                    (State::Closed, State::Open)
+                        | (State::Open, State::HalfOpen)
+                        | (State::HalfOpen, State::Open)
+                        | (State::HalfOpen, State::Closed)
+                );
+                if !legal {
+                    i2.lock().unwrap().push((c.from, c.to));
+                }
+            });
+        if let Some(s) = success {
+            b = b.success_limit(s);
+        }
+        let cb = b.build().unwrap();
+        let counts = Counts::default();
+        let iterations = 10_000u64;
+        // Workers still running; thread 0 keeps the clock moving until the others are done.
+        let running = AtomicUsize::new(THREADS - 1);
+        let start = std::sync::Barrier::new(THREADS);
+
+        std::thread::scope(|s| {
+            for t in 0..THREADS {
+                let (cb, counts, clock, running, start) = (&cb, &counts, &clock, &running, &start);
+                s.spawn(move || {
+                    start.wait();
+                    let mut rng = Rng::new(t as u64 + 1);
+                    let mut i = 0u64;
+                    while i < iterations || (t == 0 && running.load(Ordering::SeqCst) > 0) {
+                        i += 1;
+                        if t == 0 && i % 8 == 0 {
+                            clock.advance(Duration::from_millis(1));
+                        }
+                        counts.attempts.fetch_add(1, Ordering::Relaxed);
+                        let permit = match cb.try_acquire() {
+                            Ok(p) => p,
+                            Err(r) => {
+                                counts.rejected.fetch_add(1, Ordering::Relaxed);
+                                // Let the clock thread run: only it can end a cooldown.
+                                std::thread::yield_now();
+                                if r.state() == State::Closed {
+                                    counts.rejected_while_closed.fetch_add(1, Ordering::Relaxed);
+                                }
+                                continue;
+                            }
+                        };
+                        counts.admitted.fetch_add(1, Ordering::Relaxed);
+                        let probe = permit.is_probe();
+                        if probe {
+                            counts.probes.fetch_add(1, Ordering::Relaxed);
+                            let n = counts.probes_in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                            counts.max_probes_in_flight.fetch_max(n, Ordering::Relaxed);
+                            if n > den {
+                                counts
+                                    .probe_limit_violations
+                                    .fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        // Hold the permit a little (probes longer) so probes overlap.
+                        let holds = if probe { 4 } else { rng.below(2) };
+                        for _ in 0..holds {
+                            std::thread::yield_now();
+                        }
+                        let roll = rng.below(10);
+                        if probe {
+                            counts.probes_in_flight.fetch_sub(1, Ordering::SeqCst);
+                        }
+                        match roll {
+                            0 => {
+                                drop(permit);
+                                counts.dropped.fetch_add(1, Ordering::Relaxed);
+                            }
+                            1..=4 => {
+                                permit.failure();
+                                counts.reported.fetch_add(1, Ordering::Relaxed);
+                            }
+                            _ => {
+                                permit.success();
+                                counts.reported.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                    if t != 0 {
+                        running.fetch_sub(1, Ordering::SeqCst);
+                    }
+                });
+            }
+        });
+
+        let get = |a: &AtomicU64| a.load(Ordering::SeqCst);
+        let label = format!("failure {failure}, success {success:?}");
+        assert!(
+            get(&counts.attempts) >= THREADS as u64 * iterations,
+            "{label}"
+        );
+        assert_eq!(
+            get(&counts.attempts),
+            get(&counts.admitted) + get(&counts.rejected),
+            "{label}: every attempt admitted or rejected"
+        );
+        assert_eq!(
+            get(&counts.admitted),
+            get(&counts.reported) + get(&counts.dropped),
+            "{label}: every admitted permit reported or dropped"
+        );
+        assert_eq!(
+            get(&counts.probe_limit_violations),
+            0,
+            "{label}: more than {den} probes in flight (max {})",
+            counts.max_probes_in_flight.load(Ordering::SeqCst)
+        );
+        assert_eq!(counts.probes_in_flight.load(Ordering::SeqCst), 0);
+        assert!(
+            get(&counts.probes) > 0,
+            "{label}: half-open was never reached"
+        );
+        assert!(
+            get(&counts.rejected) > 0,
+            "{label}: nothing was ever rejected"
+        );
+        assert!(
+            illegal.lock().unwrap().is_empty(),
+            "{label}: illegal transitions {:?}",
+            illegal.lock().unwrap()
+        );
+        assert!(transitions.load(Ordering::SeqCst) > 0);
+
+        // Still a working breaker afterwards.
+        cb.force_closed();
+        cb.try_acquire().unwrap().success();
+        assert_eq!(cb.state(), State::Closed);
+        eprintln!(
+            "{label}: {} attempts, {} admitted ({} probes, max {} in flight of {den}), {} rejected ({} of them as CLOSED, see rejections_name_a_refusing_state), {} transitions, {:?}",
+            get(&counts.attempts),
+            get(&counts.admitted),
+            get(&counts.probes),
+            counts.max_probes_in_flight.load(Ordering::SeqCst),
+            get(&counts.rejected),
+            get(&counts.rejected_while_closed),
+            transitions.load(Ordering::SeqCst),
+            started.elapsed()
+        );
+    }
+}
+
+/// Eight threads build, use, hold and drop breakers for many keys on one small bounded store at
+/// once: builds never conflict, an open key is never forgotten (it stays open, the clock never
+/// moves), handles of one key share one state, and the store respects its bound afterwards.
+#[test]
+fn many_keys_many_threads() {
+    const KEYS: u64 = 1_000;
+    const CAPACITY: usize = 32;
+    let started = Instant::now();
+    let clock = ManualClock::new();
+    let storage = Storage::in_memory_with(CAPACITY, Arc::new(clock.clone()));
+    let build = |key: &str| {
+        CircuitBreaker::builder(key)
+            .storage(storage.clone())
+            .failure_limit(Ratio::new(2, 2))
+            .cooldown(Duration::from_secs(3600))
+            .build()
+            .unwrap_or_else(|e| panic!("{key}: {e}"))
+    };
+    let seen_open: Mutex<HashSet<String>> = Mutex::default();
+    let lost_open = AtomicBool::new(false);
+    let shared_keys: Vec<String> = (0..4).map(|i| format!("shared-{i}")).collect();
+
+    std::thread::scope(|s| {
+        for t in 0..THREADS {
+            let (build, seen_open, lost_open, shared_keys) =
+                (&build, &seen_open, &lost_open, &shared_keys);
+            s.spawn(move || {
+                let mut rng = Rng::new(100 + t as u64);
+                // Every thread holds a handle on each shared key for the whole test.
+                let shared: Vec<CircuitBreaker> = shared_keys.iter().map(|k| build(k)).collect();
+                let mut live: Vec<CircuitBreaker> = Vec::new();
+                for _ in 0..2_000 {
+                    let k = rng.below(KEYS);
+                    // Keys divisible by 10 always fail (and so open for good); others succeed.
+                    let doomed = k % 10 == 0;
+                    let key = format!("key-{k}");
+                    let cb = build(&key);
+                    for _ in 0..=rng.below(3) {
+                        match cb.try_acquire() {
+                            Ok(p) if doomed => p.failure(),
+                            Ok(p) => p.success(),
+                            Err(r) => {
+                                assert!(doomed, "{key}: a healthy key was rejected: {r}");
+                                assert_eq!(r.state(), State::Open);
+                            }
+                        }
+                    }
+                    if cb.state() == State::Open {
+                        seen_open.lock().unwrap().insert(key.clone());
+                    } else if seen_open.lock().unwrap().contains(&key) {
+                        lost_open.store(true, Ordering::SeqCst);
+                    }
+                    if rng.below(4) == 0 {
+                        live.push(cb);
+                        if live.len() > 4 {
+                            live.remove(0);
+                        }
+                    }
+                    let sh = &shared[rng.below(shared.len() as u64) as usize];
+                    if let Ok(p) = sh.try_acquire() {
+                        p.failure();
+                    }
+                }
+                for (k, sh) in shared_keys.iter().zip(&shared) {
+                    assert_eq!(sh.state(), State::Open, "{k}");
+                }
+            });
+        }
+    });
+
+    assert!(
+        !lost_open.load(Ordering::SeqCst),
+        "an open key came back closed"
+    );
+    let seen_open = seen_open.into_inner().unwrap();
+    assert!(!seen_open.is_empty());
+    for key in &seen_open {
+        assert_eq!(
+            storage.state_of(key),
+            Some(State::Open),
+            "{key} was forgotten"
+        );
+        assert_eq!(build(key).state(), State::Open, "{key}");
+    }
+    for k in &shared_keys {
+        assert_eq!(storage.state_of(k), Some(State::Open), "{k}");
+    }
+
+    // No handle is left: one more insertion brings the idle keys back under the bound.
+    build("one-more");
+    let open = storage
+        .states()
+        .iter()
+        .filter(|(_, s)| *s == State::Open)
+        .count();
+    assert_eq!(open, seen_open.len() + shared_keys.len());
+    let len = storage.len();
+    assert!(
+        len <= CAPACITY.max(open + 1),
+        "{len} keys held: {open} open, capacity {CAPACITY}"
+    );
+    eprintln!(
+        "many keys: {open} open keys kept, {len} keys held, capacity {CAPACITY}, {:?}",
+        started.elapsed()
+    );
+}
+
+/// A rejection always names the state that refused the call: never CLOSED (a closed breaker
+/// admits every call), and an OPEN rejection on an in-memory store always knows its time left.
+#[test]
+fn rejections_name_a_refusing_state() {
+    let clock = ManualClock::new();
+    let storage = Storage::in_memory_with(16, Arc::new(clock.clone()));
+    // Cooldown zero and one probe: rounds start and finish as fast as threads can race.
+    let cb = CircuitBreaker::builder("racy-rejections")
+        .storage(storage)
+        .failure_limit(Ratio::new(1, 1))
+        .cooldown(Duration::ZERO)
+        .build()
+        .unwrap();
+    let closed = AtomicU64::new(0);
+    let open_without_time = AtomicU64::new(0);
+    let rejected = AtomicU64::new(0);
+    let started = Instant::now();
+    std::thread::scope(|s| {
+        for t in 0..THREADS {
+            let (cb, closed, open_without_time, rejected, started) =
+                (&cb, &closed, &open_without_time, &rejected, started);
+            s.spawn(move || {
+                let mut rng = Rng::new(7 + t as u64);
+                // Until a bad rejection shows up (then every thread stops) or 1.5 s pass.
+                let until = started + Duration::from_millis(1_500);
+                while Instant::now() < until
+                    && closed.load(Ordering::Relaxed) + open_without_time.load(Ordering::Relaxed)
+                        == 0
+                {
+                    match cb.try_acquire() {
+                        Ok(p) if rng.below(2) == 0 => p.failure(),
+                        Ok(p) => p.success(),
+                        Err(r) => {
+                            rejected.fetch_add(1, Ordering::Relaxed);
+                            match (r.state(), r.retry_after()) {
+                                (State::Closed, _) => closed.fetch_add(1, Ordering::Relaxed),
+                                (State::Open, None) => {
+                                    open_without_time.fetch_add(1, Ordering::Relaxed)
+                                }
+                                _ => 0,
+                            };
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let (c, o, r) = (
+        closed.load(Ordering::SeqCst),
+        open_without_time.load(Ordering::SeqCst),
+        rejected.load(Ordering::SeqCst),
+    );
+    eprintln!(
+        "{r} rejections: {c} as CLOSED, {o} as OPEN without retry_after, {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        (c, o),
+        (0, 0),
+        "of {r} rejections, {c} said CLOSED and {o} said OPEN with no time left"
+    );
+}
