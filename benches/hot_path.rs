@@ -1,0 +1,332 @@
+//! Hot-path benchmarks: what a breaker costs a caller when nothing is going wrong, and what a
+//! rejection costs when something is, for `resilient_circuit` next to `recloser` and `failsafe`.
+//!
+//! Included:
+//!
+//! * `closed_single_thread`: one thread, one closed and healthy breaker. For `resilient_circuit`
+//!   the window is first filled with successes, so the breaker is *clean* and a success is the
+//!   documented one-load fast path. Measured: `try_acquire` + `success`, `state`, the
+//!   synchronous equivalent of `call` (`try_acquire`, run, classify the `Result`, `record`), and
+//!   the async `call` polled on a current-thread Tokio runtime; `recloser`'s and `failsafe`'s
+//!   `call` with an `Ok` result.
+//! * `closed_two_threads`: the same `call`-shaped operation of each library, with two threads
+//!   hammering *one shared* breaker. Each `iter_custom` sample spawns two scoped threads that
+//!   meet at a barrier and then each run `iters` operations; each thread times itself from the
+//!   barrier's release, and the sample is the slower thread's time. Per-call figures are thus
+//!   `elapsed / iters`: the wall time of one call *per thread* while the other thread does the
+//!   same (the two threads together complete `2 / figure` calls per second). Thread spawn and
+//!   join are outside the timed region.
+//! * `open_reject`: the cost of being refused by an open breaker whose cooldown is far from over,
+//!   single-threaded and with two threads sharing the breaker.
+//!
+//! Excluded: anything that changes state (trips, half-open probes, re-closing), the PostgreSQL
+//! storage and its listener (the hot path reads the same local cell whatever the storage), key
+//! lookup (`Storage::cell_for` runs once per `build`, never per call), and metrics/tracing
+//! recorders (none is installed, so the rejection counter is the no-op recorder's).
+//!
+//! The protected operation is the same trivial `black_box`'d `Ok` in every closure, so the
+//! differences are the breakers' own. Each library is configured alike where it can be: a window
+//! of 10 outcomes tripping at a 50% failure rate and a 30 s cooldown (`failsafe` has no such
+//! window; its cheapest policy, `consecutive_failures(5, constant(30 s))`, is used, and its
+//! default policy is measured separately as `call_default_policy`).
+//!
+//! Run with `cargo bench --bench hot_path`; `cargo test --bench hot_path` runs every routine once.
+
+use std::hint::black_box;
+use std::sync::Barrier;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use criterion::measurement::WallTime;
+use criterion::{criterion_group, criterion_main, Bencher, BenchmarkGroup, Criterion, Throughput};
+
+/// The protected operation: the same in every benchmark, so only the breaker differs.
+#[inline(always)]
+fn work() -> Result<u64, ()> {
+    Ok(black_box(42))
+}
+
+const WINDOW: u32 = 10;
+const FAILURES_TO_TRIP: u32 = 5;
+const COOLDOWN: Duration = Duration::from_secs(30);
+/// Far longer than any run, so an opened breaker stays open throughout.
+const LONG_COOLDOWN: Duration = Duration::from_secs(3600);
+
+fn configure<'a>(c: &'a mut Criterion, name: &str) -> BenchmarkGroup<'a, WallTime> {
+    let mut group = c.benchmark_group(name);
+    group.throughput(Throughput::Elements(1));
+    group.warm_up_time(Duration::from_secs(1));
+    group.measurement_time(Duration::from_secs(3));
+    group
+}
+
+/// Runs `op` `iters` times on each of two threads released together; returns the slower
+/// thread's time (see the module docs).
+fn two_threads<F: Fn() + Sync>(b: &mut Bencher<'_>, op: F) {
+    b.iter_custom(|iters| {
+        let barrier = Barrier::new(2);
+        thread::scope(|s| {
+            let run = || {
+                barrier.wait();
+                let start = Instant::now();
+                for _ in 0..iters {
+                    op();
+                }
+                start.elapsed()
+            };
+            let a = s.spawn(run);
+            let b = s.spawn(run);
+            a.join().unwrap().max(b.join().unwrap())
+        })
+    });
+}
+
+mod rc {
+    use super::*;
+    use resilient_circuit::{CircuitBreaker, CircuitError, Outcome, Ratio, State, Storage};
+
+    /// A closed breaker whose window is full of successes ("clean").
+    pub fn healthy(key: &str) -> CircuitBreaker {
+        let cb = CircuitBreaker::builder(key)
+            .storage(Storage::in_memory())
+            .failure_limit(Ratio::new(FAILURES_TO_TRIP, WINDOW))
+            .cooldown(COOLDOWN)
+            .build()
+            .expect("valid breaker");
+        for _ in 0..2 * WINDOW {
+            cb.try_acquire().expect("closed").success();
+        }
+        assert_eq!(cb.state(), State::Closed);
+        assert_eq!(cb.execution_log(), vec![true; WINDOW as usize]);
+        cb
+    }
+
+    pub fn open(key: &str) -> CircuitBreaker {
+        let cb = healthy(key);
+        cb.force_open(LONG_COOLDOWN);
+        assert!(cb.try_acquire().is_err());
+        cb
+    }
+
+    #[inline(always)]
+    pub fn acquire_success(cb: &CircuitBreaker) {
+        let permit = cb.try_acquire().expect("closed breaker admits");
+        let r = work();
+        permit.success();
+        black_box(r).ok();
+    }
+
+    /// What `call` does, without the future: admit, run, classify, record.
+    #[inline(always)]
+    pub fn call_sync(cb: &CircuitBreaker) -> Result<u64, CircuitError<()>> {
+        let permit = cb.try_acquire()?;
+        let r = work();
+        permit.record(Outcome::from_result(&r));
+        r.map_err(CircuitError::Inner)
+    }
+
+    #[inline(always)]
+    pub fn reject(cb: &CircuitBreaker) {
+        let r = cb.try_acquire().map(|p| p.success());
+        debug_assert!(r.is_err());
+        black_box(r).ok();
+    }
+}
+
+mod rl {
+    use super::*;
+    use recloser::{Error, Recloser};
+
+    pub fn healthy() -> Recloser {
+        let r = Recloser::custom()
+            .error_rate(FAILURES_TO_TRIP as f32 / WINDOW as f32)
+            .closed_len(WINDOW as usize)
+            .half_open_len(WINDOW as usize)
+            .open_wait(COOLDOWN)
+            .build();
+        for _ in 0..2 * WINDOW {
+            r.call(work).expect("closed");
+        }
+        r
+    }
+
+    pub fn open() -> Recloser {
+        let r = Recloser::custom()
+            .error_rate(0.5)
+            .closed_len(WINDOW as usize)
+            .half_open_len(WINDOW as usize)
+            .open_wait(LONG_COOLDOWN)
+            .build();
+        for _ in 0..=WINDOW {
+            let _ = r.call(|| Err::<(), ()>(()));
+        }
+        assert!(matches!(r.call(work), Err(Error::Rejected)));
+        r
+    }
+
+    #[inline(always)]
+    pub fn call(r: &Recloser) -> Result<u64, Error<()>> {
+        r.call(work)
+    }
+}
+
+mod fs {
+    use super::*;
+    use failsafe::{backoff, failure_policy, CircuitBreaker, Config, Error};
+
+    pub fn healthy() -> impl CircuitBreaker + Sync {
+        let cb = Config::new()
+            .failure_policy(failure_policy::consecutive_failures(
+                FAILURES_TO_TRIP,
+                backoff::constant(COOLDOWN),
+            ))
+            .build();
+        for _ in 0..2 * WINDOW {
+            cb.call(work).expect("closed");
+        }
+        cb
+    }
+
+    /// The out-of-the-box policy: success rate over a time window, or else consecutive failures.
+    pub fn healthy_default_policy() -> impl CircuitBreaker + Sync {
+        let cb = Config::new().build();
+        for _ in 0..2 * WINDOW {
+            cb.call(work).expect("closed");
+        }
+        cb
+    }
+
+    pub fn open() -> impl CircuitBreaker + Sync {
+        let cb = Config::new()
+            .failure_policy(failure_policy::consecutive_failures(
+                1,
+                backoff::constant(LONG_COOLDOWN),
+            ))
+            .build();
+        let _ = cb.call(|| Err::<(), ()>(()));
+        assert!(matches!(cb.call(work), Err(Error::Rejected)));
+        cb
+    }
+
+    #[inline(always)]
+    pub fn call(cb: &impl CircuitBreaker) -> Result<u64, Error<()>> {
+        cb.call(work)
+    }
+}
+
+/// One thread, one closed healthy breaker.
+mod closed_single_thread {
+    use super::*;
+
+    pub fn bench(c: &mut Criterion) {
+        let mut group = configure(c, "closed_single_thread");
+
+        let cb = rc::healthy("closed_single_thread");
+        group.bench_function("resilient_circuit/try_acquire_success", |b| {
+            b.iter(|| rc::acquire_success(&cb))
+        });
+        group.bench_function("resilient_circuit/state", |b| {
+            b.iter(|| black_box(cb.state()))
+        });
+        group.bench_function("resilient_circuit/call_sync", |b| {
+            b.iter(|| black_box(rc::call_sync(&cb)).ok())
+        });
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("tokio runtime");
+        group.bench_function("resilient_circuit/call_async", |b| {
+            b.to_async(&rt)
+                .iter(|| async { black_box(cb.call(|| async { work() }).await).ok() })
+        });
+
+        let r = rl::healthy();
+        group.bench_function("recloser/call", |b| b.iter(|| black_box(rl::call(&r)).ok()));
+
+        let f = fs::healthy();
+        group.bench_function("failsafe/call", |b| b.iter(|| black_box(fs::call(&f)).ok()));
+        let f = fs::healthy_default_policy();
+        group.bench_function("failsafe/call_default_policy", |b| {
+            b.iter(|| black_box(fs::call(&f)).ok())
+        });
+
+        group.finish();
+    }
+}
+
+/// Two threads, one shared closed healthy breaker.
+mod closed_two_threads {
+    use super::*;
+
+    pub fn bench(c: &mut Criterion) {
+        let mut group = configure(c, "closed_two_threads");
+
+        let cb = rc::healthy("closed_two_threads");
+        group.bench_function("resilient_circuit/try_acquire_success", |b| {
+            two_threads(b, || rc::acquire_success(&cb))
+        });
+        group.bench_function("resilient_circuit/call_sync", |b| {
+            two_threads(b, || {
+                black_box(rc::call_sync(&cb)).ok();
+            })
+        });
+
+        let r = rl::healthy();
+        group.bench_function("recloser/call", |b| {
+            two_threads(b, || {
+                black_box(rl::call(&r)).ok();
+            })
+        });
+
+        let f = fs::healthy();
+        group.bench_function("failsafe/call", |b| {
+            two_threads(b, || {
+                black_box(fs::call(&f)).ok();
+            })
+        });
+
+        group.finish();
+    }
+}
+
+/// Refusals by an open breaker, one thread and two.
+mod open_reject {
+    use super::*;
+
+    pub fn bench(c: &mut Criterion) {
+        let mut group = configure(c, "open_reject");
+
+        let cb = rc::open("open_reject");
+        let r = rl::open();
+        let f = fs::open();
+
+        group.bench_function("resilient_circuit/try_acquire", |b| {
+            b.iter(|| rc::reject(&cb))
+        });
+        group.bench_function("recloser/call", |b| b.iter(|| black_box(rl::call(&r)).ok()));
+        group.bench_function("failsafe/call", |b| b.iter(|| black_box(fs::call(&f)).ok()));
+
+        group.bench_function("two_threads/resilient_circuit/try_acquire", |b| {
+            two_threads(b, || rc::reject(&cb))
+        });
+        group.bench_function("two_threads/recloser/call", |b| {
+            two_threads(b, || {
+                black_box(rl::call(&r)).ok();
+            })
+        });
+        group.bench_function("two_threads/failsafe/call", |b| {
+            two_threads(b, || {
+                black_box(fs::call(&f)).ok();
+            })
+        });
+
+        group.finish();
+    }
+}
+
+criterion_group! {
+    name = benches;
+    // Plots (plotters, as gnuplot is rarely installed) cost more time than the measurements.
+    config = Criterion::default().without_plots();
+    targets = closed_single_thread::bench, closed_two_threads::bench, open_reject::bench
+}
+criterion_main!(benches);
