@@ -46,7 +46,7 @@ impl Outcome {
 /// [`Storage`] shares one state; with a PostgreSQL storage, so does every instance of the fleet.
 ///
 /// ```
-/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), resilient_circuit::ConfigError> {
 /// use resilient_circuit::{CircuitBreaker, Ratio, State, Storage};
 /// use std::time::Duration;
 ///
@@ -54,17 +54,16 @@ impl Outcome {
 ///     .storage(Storage::in_memory())
 ///     .failure_limit(Ratio::new(2, 2))
 ///     .cooldown(Duration::from_secs(60))
-///     .build()
-///     .unwrap();
+///     .build()?;
 ///
 /// for _ in 0..2 {
 ///     let r: Result<(), _> = cb.call(|| async { Err::<(), _>("down") }).await;
-///     assert!(!r.unwrap_err().is_rejected());
+///     assert!(r.is_err_and(|e| !e.is_rejected()));
 /// }
 /// assert_eq!(cb.state(), State::Open);
 /// let r = cb.call(|| async { Ok::<_, &str>(()) }).await;
-/// assert!(r.unwrap_err().is_rejected());
-/// # }
+/// assert!(r.is_err_and(|e| e.is_rejected()));
+/// # Ok(()) }
 /// ```
 #[derive(Clone)]
 pub struct CircuitBreaker {
@@ -219,17 +218,17 @@ impl CircuitBreaker {
     /// resource's health: the ancestor's `should_handle`, or an HTTP 503 returned as `Ok`.
     ///
     /// ```
-    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// use resilient_circuit::{CircuitBreaker, Outcome, Storage};
-    /// let cb = CircuitBreaker::builder("http_api").storage(Storage::in_memory()).build().unwrap();
+    /// let cb = CircuitBreaker::builder("http_api").storage(Storage::in_memory()).build()?;
     /// let status = cb
     ///     .call_with(
     ///         |r: &Result<u16, std::io::Error>| Outcome::failure_if(matches!(r, Ok(500..) | Err(_))),
     ///         || async { Ok(503) },
     ///     )
     ///     .await;
-    /// assert_eq!(status.unwrap(), 503);
-    /// # }
+    /// assert_eq!(status?, 503);
+    /// # Ok(()) }
     /// ```
     pub async fn call_with<T, E, F, Fut, C>(&self, classify: C, f: F) -> Result<T, CircuitError<E>>
     where

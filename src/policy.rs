@@ -55,51 +55,5 @@ impl Policy {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn policy(f: Ratio, s: Option<Ratio>) -> Policy {
-        Policy {
-            failure_limit: f,
-            success_limit: s,
-            cooldown: Duration::ZERO,
-        }
-    }
-
-    /// Table of closed-window verdicts: trips only on a full window at or above the limit.
-    #[test]
-    fn closed_table() {
-        let p = policy(Ratio::new(3, 5), None);
-        let cases: &[(&[bool], bool)] = &[
-            (&[false, false, false], false),              // not full
-            (&[true, true, false, false, true], false),   // 2/5
-            (&[true, false, false, false, true], true),   // 3/5
-            (&[false, false, false, false, false], true), // 5/5
-        ];
-        for (outcomes, trips) in cases {
-            let mut w = OutcomeWindow::new(5);
-            outcomes.iter().for_each(|s| w.push(*s));
-            assert_eq!(p.closed_trips(&w), *trips, "{outcomes:?}");
-        }
-    }
-
-    /// Table of half-open verdicts, with and without a success limit.
-    #[test]
-    fn half_open_table() {
-        let with = policy(Ratio::new(1, 1), Some(Ratio::new(2, 3)));
-        let without = policy(Ratio::new(2, 4), None);
-        let cases: &[(&Policy, &[bool], Option<State>)] = &[
-            (&with, &[true, true], None),
-            (&with, &[true, false, true], Some(State::Closed)),
-            (&with, &[false, false, true], Some(State::Open)),
-            (&without, &[true, false, true], None),
-            (&without, &[true, false, true, true], Some(State::Closed)),
-            (&without, &[true, false, false, true], Some(State::Open)),
-        ];
-        for (p, outcomes, verdict) in cases {
-            let mut w = OutcomeWindow::new(p.probe_count());
-            outcomes.iter().for_each(|s| w.push(*s));
-            assert_eq!(p.half_open_verdict(&w), *verdict, "{outcomes:?}");
-        }
-    }
-}
+#[path = "policy_tests.rs"]
+mod tests;

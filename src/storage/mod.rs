@@ -24,13 +24,15 @@ pub const DEFAULT_MEMORY_CAPACITY: usize = 8192;
 /// Where breaker state lives; cheap to clone (an `Arc`), `Send + Sync`.
 ///
 /// ```
+/// # fn main() -> Result<(), resilient_circuit::ConfigError> {
 /// use resilient_circuit::{CircuitBreaker, State, Storage};
 /// let storage = Storage::in_memory();
 /// assert_eq!(storage.backend_name(), "in-memory");
-/// let a = CircuitBreaker::builder("shared").storage(storage.clone()).build().unwrap();
-/// let b = CircuitBreaker::builder("shared").storage(storage.clone()).build().unwrap();
+/// let a = CircuitBreaker::builder("shared").storage(storage.clone()).build()?;
+/// let b = CircuitBreaker::builder("shared").storage(storage.clone()).build()?;
 /// a.force_open(std::time::Duration::from_secs(60));
 /// assert_eq!(b.state(), State::Open); // same key, same storage: one state
+/// # Ok(()) }
 /// ```
 #[derive(Clone)]
 pub struct Storage {
