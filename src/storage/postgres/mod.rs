@@ -39,6 +39,9 @@ use crate::policy::Policy;
 use crate::storage::{Backend, Storage, StorageInner};
 use crate::{ChangeOrigin, State};
 
+/// How long an instance waits before asking again for a probe lease the database refused.
+const LEASE_RETRY_PAUSE: Duration = Duration::from_millis(25);
+
 /// One instance's link to the shared table; owned by its [`Storage`].
 pub(crate) struct Instance {
     pub(crate) shared: Arc<Shared>,
@@ -355,9 +358,16 @@ impl Instance {
                         let life = duration_nanos(shared.opts.lease_timeout) / 10 * 9;
                         let expires_at = shared.clock.now_nanos().saturating_add(life);
                         cell.add_leases([Lease { id, expires_at }]);
+                    } else {
+                        // Every slot of the round is taken elsewhere: ask again only after a
+                        // pause, so rejected callers do not keep a statement in flight.
+                        tokio::time::sleep(LEASE_RETRY_PAUSE).await;
                     }
                 }
-                Err(e) => tracing::warn!(key = %cell.key, error = %e, "could not lease a probe"),
+                Err(e) => {
+                    tracing::warn!(key = %cell.key, error = %e, "could not lease a probe");
+                    tokio::time::sleep(LEASE_RETRY_PAUSE).await;
+                }
             }
             cell.lease_requested.store(false, Ordering::Release);
             cell.changed.notify_waiters();
