@@ -21,6 +21,28 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Shared state
+//!
+//! [`Storage::connect`] (or [`Storage::from_env`]) makes one *instance* of the fleet: a LISTEN
+//! connection, a small pool and the local snapshot. Breakers are evaluated locally: an instance
+//! trips on its own window, stops its own calls at once and publishes the trip through a
+//! row-locked function in the database; every other instance applies it when the trigger's
+//! NOTIFY arrives, typically well under a millisecond later on a LAN. Half-open rounds are
+//! fleet-wide: exactly `n` probe leases exist across all instances. A healthy closed breaker
+//! sends nothing to the database.
+//!
+//! When the database is unreachable, breakers keep working on local state
+//! ([`Storage::is_degraded`] says so); trips made meanwhile are published when it is back, and the
+//! listener reloads every row after each reconnect because notifications sent while it was away
+//! are lost.
+//!
+//! # Metrics
+//!
+//! Through the [`metrics`](https://docs.rs/metrics) facade (free when no recorder is installed):
+//! `resilient_circuit_transitions_total{to}`, `resilient_circuit_rejected_total`,
+//! `resilient_circuit_degraded{namespace}` (0 or 1), `resilient_circuit_resyncs_total`,
+//! `resilient_circuit_listener_reconnects_total`, `resilient_circuit_bad_notifications_total`.
+//!
 //! # Layout
 //!
 //! * [`breaker`]: `CircuitBreaker`, `Permit`, `Outcome` — what callers touch.

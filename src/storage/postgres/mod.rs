@@ -2,7 +2,7 @@
 //!
 //! An instance has
 //! * a dedicated LISTEN connection (`application_name` `resilient-circuit-listener`) driven by the
-//!   task in [`listener`](self::listener), which applies every change to the local cells and
+//!   task in `listener.rs`, which applies every change to the local cells and
 //!   reloads the whole namespace after each (re)connect;
 //! * a small deadpool pool (`application_name` `resilient-circuit`) for the transition functions
 //!   of `sql/0003_transitions.sql`. deadpool because it is async-native, small, recycles broken
