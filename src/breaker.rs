@@ -195,7 +195,7 @@ impl CircuitBreaker {
                 Ok(p) => return Ok(p),
                 Err(r) => r,
             };
-            let waitable = cell.fleet
+            let waitable = cell.fleet()
                 && (rejected.state == State::HalfOpen
                     || (rejected.state == State::Open && rejected.retry_after.is_none()));
             if !waitable || tokio::time::timeout_at(deadline, notified).await.is_err() {
@@ -238,7 +238,7 @@ impl CircuitBreaker {
     {
         let permit = match self.try_acquire() {
             Ok(p) => p,
-            Err(_) if self.inner.cell.fleet => self.acquire().await?,
+            Err(_) if self.inner.cell.fleet() => self.acquire().await?,
             Err(r) => return Err(r.into()),
         };
         let result = f().await;

@@ -118,8 +118,10 @@ pub(crate) struct KeyCell {
     /// Woken when a lease arrives or the state changes, for `call` waiting on a probe.
     pub(crate) changed: Notify,
     pub(crate) clock: Arc<dyn Clock>,
-    /// Half-open probes are leased from a shared store rather than counted here.
-    pub(crate) fleet: bool,
+    /// Shared stores only: true while the instance is connected. Half-open probes are then leased
+    /// from the database; while it is unreachable the cell runs its own rounds, so a breaker that
+    /// tripped during an outage can still recover.
+    online: Option<Arc<AtomicBool>>,
     callbacks: Mutex<Vec<Weak<Callback>>>,
 }
 
@@ -128,13 +130,18 @@ impl std::fmt::Debug for KeyCell {
         f.debug_struct("KeyCell")
             .field("key", &self.key)
             .field("state", &self.state())
-            .field("fleet", &self.fleet)
+            .field("fleet", &self.fleet())
             .finish_non_exhaustive()
     }
 }
 
 impl KeyCell {
-    pub(crate) fn new(key: Arc<str>, policy: Policy, clock: Arc<dyn Clock>, fleet: bool) -> Self {
+    pub(crate) fn new(
+        key: Arc<str>,
+        policy: Policy,
+        clock: Arc<dyn Clock>,
+        online: Option<Arc<AtomicBool>>,
+    ) -> Self {
         KeyCell {
             key,
             word: AtomicU64::new(State::Closed.to_bits()),
@@ -152,9 +159,19 @@ impl KeyCell {
             lease_requested: AtomicBool::new(false),
             changed: Notify::new(),
             clock,
-            fleet,
+            online,
             callbacks: Mutex::new(Vec::new()),
         }
+    }
+
+    /// True when half-open probes come from the shared store right now.
+    #[inline]
+    pub(crate) fn fleet(&self) -> bool {
+        // Relaxed: a mode hint; a call that reads it just as the connection changes takes either
+        // path, and both are safe (a lease reported while offline simply expires).
+        self.online
+            .as_ref()
+            .is_some_and(|o| o.load(Ordering::Relaxed))
     }
 
     fn lock(&self) -> MutexGuard<'_, Slow> {
@@ -178,7 +195,7 @@ impl KeyCell {
             // No permit is out (permits borrow a live handle), so a half-open round restarts
             // with the new probe count.
             let cur = self.word.load(Ordering::Relaxed);
-            if State::from_bits(cur) == State::HalfOpen && !self.fleet {
+            if State::from_bits(cur) == State::HalfOpen && !self.fleet() {
                 slow.probes_free = policy.probe_count();
                 self.probes_hint.store(slow.probes_free, Ordering::Relaxed);
             }
@@ -245,7 +262,7 @@ impl KeyCell {
                         return Admission::Rejected {
                             state: State::HalfOpen,
                             retry_after: None,
-                            wants_lease: self.fleet,
+                            wants_lease: self.fleet(),
                         };
                     }
                     w = now;
@@ -260,7 +277,7 @@ impl KeyCell {
                             wants_lease: false,
                         };
                     }
-                    if self.fleet {
+                    if self.fleet() {
                         // The database starts the half-open round, not us.
                         return self.take_probe().unwrap_or(Admission::Rejected {
                             state: State::Open,
@@ -308,7 +325,7 @@ impl KeyCell {
         }
         let mut slow = self.lock();
         let cur = self.word.load(Ordering::Relaxed);
-        if self.fleet {
+        if self.fleet() {
             let now = self.clock.now_nanos();
             // A lease may outlive a round that ended elsewhere; the database ignores its result.
             while let Some(lease) = slow.leases.pop_front() {
@@ -348,9 +365,9 @@ impl KeyCell {
     #[cold]
     fn record_slow(&self, admitted: u64, probe: Option<Lease>, success: bool) -> Recorded {
         if let Some(lease) = probe {
-            if self.fleet {
-                return Recorded::Report(lease, success);
-            }
+            // A leased probe's result belongs to the database's round, even if we went offline
+            // meanwhile (it then fails to report and the lease expires).
+            return Recorded::Report(lease, success);
         }
         let mut slow = self.lock();
         let cur = self.word.load(Ordering::Relaxed);
@@ -391,7 +408,7 @@ impl KeyCell {
     pub(crate) fn cancel(&self, admitted: u64, probe: Option<Lease>) {
         let mut slow = self.lock();
         let cur = self.word.load(Ordering::Relaxed);
-        if let Some(lease) = probe.filter(|_| self.fleet) {
+        if let Some(lease) = probe {
             // The lease is still ours until it expires; keep it for the next caller.
             if State::from_bits(cur) == State::HalfOpen {
                 slow.leases.push_back(lease);
@@ -433,7 +450,7 @@ impl KeyCell {
             slow.leases.clear();
             slow.probes_free = 0;
         }
-        let hint = if self.fleet {
+        let hint = if self.fleet() {
             slow.leases.len() as u32
         } else {
             slow.probes_free
@@ -447,17 +464,25 @@ impl KeyCell {
         Transition { from, to }
     }
 
-    /// Applies the shared row (or its absence, as Closed) if `version` is newer than the one
-    /// held. `remaining` is the cooldown left by the database's clock.
+    /// Applies a state of the shared row (its absence is Closed at version 0).
+    ///
+    /// A notification (`authoritative == false`) applies only if its version is newer than the
+    /// one held: notifications may repeat or arrive after a reload that already covered them. A
+    /// reload (`authoritative == true`) always applies, even a lower version, so a forged
+    /// notification with a huge version cannot pin a key, and a local state the table does not
+    /// back (an expired unpublished trip) is replaced. `remaining` is the cooldown left
+    /// by the database's clock. Returns the transition, if the state changed, and whether
+    /// anything was applied.
     pub(crate) fn apply_remote(
         &self,
         to: State,
         version: i64,
         remaining: Duration,
-    ) -> Option<Transition> {
+        authoritative: bool,
+    ) -> (Option<Transition>, bool) {
         let mut slow = self.lock();
-        if version <= slow.version {
-            return None; // stale or repeated notification
+        if !authoritative && version <= slow.version {
+            return (None, false); // stale or repeated
         }
         slow.version = version;
         let deadline = self.deadline_after(remaining);
@@ -468,14 +493,10 @@ impl KeyCell {
                     self.open_deadline.store(d, Ordering::Release);
                 }
             }
-            return None;
+            return (None, true);
         }
-        Some(self.set_state(&mut slow, to, deadline.filter(|_| to == State::Open)))
-    }
-
-    /// The version of the shared row last applied.
-    pub(crate) fn version(&self) -> i64 {
-        self.lock().version
+        let t = self.set_state(&mut slow, to, deadline.filter(|_| to == State::Open));
+        (Some(t), true)
     }
 
     /// Fleet mode: leases the database granted for this key.

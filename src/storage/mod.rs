@@ -212,8 +212,11 @@ impl Storage {
     }
 
     pub(crate) fn new_cell(&self, key: Arc<str>, policy: Policy) -> Arc<KeyCell> {
-        let fleet = matches!(self.inner.backend, Backend::Postgres(_));
-        Arc::new(KeyCell::new(key, policy, self.inner.clock.clone(), fleet))
+        let online = match &self.inner.backend {
+            Backend::Memory => None,
+            Backend::Postgres(pg) => Some(pg.shared.online.clone()),
+        };
+        Arc::new(KeyCell::new(key, policy, self.inner.clock.clone(), online))
     }
 
     /// Keeps an in-memory store near its capacity by dropping idle keys, an eighth at a time so

@@ -17,7 +17,6 @@ use tokio_postgres::{AsyncMessage, Client, Notification};
 
 use super::{payload, Shared};
 use crate::error::{describe_pg_error, StorageError};
-use crate::State;
 
 /// The channel the trigger notifies on.
 pub(crate) const CHANNEL: &str = "rc_circuit_breakers";
@@ -113,6 +112,8 @@ async fn resync(shared: &Arc<Shared>, client: &Client) -> Result<(), StorageErro
     let Some(storage) = shared.storage.upgrade() else {
         return Ok(());
     };
+    // The reload is the truth: it applies every row whose version differs from the one held,
+    // except over a local trip still waiting to be published.
     let mut seen = std::collections::HashSet::with_capacity(rows.len());
     for row in &rows {
         let key: String = row
@@ -128,15 +129,16 @@ async fn resync(shared: &Arc<Shared>, client: &Client) -> Result<(), StorageErro
             .try_get(3)
             .map_err(|e| StorageError::db("reading the snapshot", &e))?;
         let cell = shared.cell(&storage, &key);
-        shared.apply(&cell, &state, version, payload::remaining(remaining));
+        if !shared.ahead_of_table(&key) {
+            shared.apply(&cell, &state, version, payload::remaining(remaining), true);
+        }
         seen.insert(key);
     }
     for entry in storage.cells.iter() {
         let cell = entry.value();
-        if !seen.contains(&*cell.key) && cell.version() > 0 && cell.state() != State::Closed {
-            // Its row was deleted while we were away: a deleted row means CLOSED.
-            let next = cell.version() + 1;
-            shared.apply(cell, "CLOSED", next, Duration::ZERO);
+        if !seen.contains(&*cell.key) && !shared.ahead_of_table(&cell.key) {
+            // No row: CLOSED (a deleted row means CLOSED), at version 0.
+            shared.apply(cell, "CLOSED", 0, Duration::ZERO, true);
         }
     }
     tracing::debug!(rows = rows.len(), elapsed = ?started.elapsed(), "snapshot loaded");
@@ -172,6 +174,7 @@ fn apply_notification(shared: &Shared, n: &Notification) {
         change.state.as_str(),
         change.version,
         change.remaining,
+        false,
     );
 }
 

@@ -29,6 +29,7 @@ use postgres_openssl::MakeTlsConnector;
 use tokio::sync::watch;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
+use tracing::Instrument;
 
 pub use config::{ParseSslModeError, PostgresOptions, SslMode, TargetSessionAttrs};
 
@@ -57,7 +58,9 @@ pub(crate) struct Shared {
     pool: Pool,
     /// The storage's cells; weak so that dropping the last `Storage` ends everything.
     pub(crate) storage: Weak<StorageInner>,
-    degraded: AtomicBool,
+    /// True while the listener is connected; the cells read it to decide whether half-open
+    /// probes are leased from the database or counted locally.
+    pub(crate) online: Arc<AtomicBool>,
     /// Identifies this instance's probe leases (`holder` column).
     holder: String,
     runtime: tokio::runtime::Handle,
@@ -70,7 +73,10 @@ pub(crate) struct Shared {
 /// Connects an instance: see [`Storage::connect_with`].
 pub(crate) async fn connect(opts: PostgresOptions) -> Result<Storage, StorageError> {
     let span = tracing::info_span!("resilient_circuit.connect", target = %opts.target(), namespace = %opts.namespace);
-    let _enter = span.enter();
+    connect_inner(opts).instrument(span).await
+}
+
+async fn connect_inner(opts: PostgresOptions) -> Result<Storage, StorageError> {
     let tls = tls::make_tls(&opts)?;
     let listener_tls = tls::make_listener_tls(&opts)?;
     let manager = Manager::from_config(
@@ -105,7 +111,7 @@ pub(crate) async fn connect(opts: PostgresOptions) -> Result<Storage, StorageErr
             listener_tls,
             pool,
             storage: weak,
-            degraded: AtomicBool::new(true),
+            online: Arc::new(AtomicBool::new(false)),
             holder,
             runtime: tokio::runtime::Handle::current(),
             pending_trips: DashMap::new(),
@@ -149,7 +155,8 @@ pub(crate) async fn connect(opts: PostgresOptions) -> Result<Storage, StorageErr
         None
     };
     shared.set_degraded(first.is_none());
-    tokio::spawn(listener::run(shared, first, shutdown_rx));
+    let span = tracing::info_span!("resilient_circuit.listener", namespace = %opts.namespace);
+    tokio::spawn(listener::run(shared, first, shutdown_rx).instrument(span));
     Ok(storage)
 }
 
@@ -210,7 +217,7 @@ impl Shared {
     }
 
     pub(crate) fn set_degraded(&self, degraded: bool) {
-        let was = self.degraded.swap(degraded, Ordering::Relaxed);
+        let was = !self.online.swap(!degraded, Ordering::Relaxed);
         if was != degraded {
             if degraded {
                 tracing::warn!(target = %self.opts.target(), "lost PostgreSQL: breakers run on local state until it is back");
@@ -223,7 +230,7 @@ impl Shared {
     }
 
     pub(crate) fn is_degraded(&self) -> bool {
-        self.degraded.load(Ordering::Relaxed)
+        !self.online.load(Ordering::Relaxed)
     }
 
     /// The cell of `key`, made unclaimed (default policy) when a row names a key no breaker here
@@ -241,31 +248,57 @@ impl Shared {
                     key,
                     Policy::default(),
                     storage.clock.clone(),
-                    true,
+                    Some(self.online.clone()),
                 ))
             })
             .clone()
     }
 
-    /// Applies a row returned by a transition function (o_state, o_version, o_remaining_ms).
+    /// Applies a row returned by a transition function (o_state, o_version, o_remaining_ms) and
+    /// returns the lease it granted, if any.
     fn apply_row(&self, cell: &KeyCell, row: &Row) -> Option<i64> {
         let state: String = row.try_get(0).ok()?;
         let version: i64 = row.try_get(1).ok()?;
         let remaining: i64 = row.try_get(2).ok()?;
         let lease: Option<i64> = row.try_get(3).ok()?;
-        self.apply(cell, &state, version, payload::remaining(remaining));
+        self.apply(cell, &state, version, payload::remaining(remaining), false);
         lease
     }
 
-    /// Applies one known state of a row to its cell and runs callbacks on a transition.
-    pub(crate) fn apply(&self, cell: &KeyCell, state: &str, version: i64, remaining: Duration) {
+    /// Applies one known state of a row to its cell and runs callbacks on a transition. See
+    /// [`KeyCell::apply_remote`] for `authoritative`.
+    pub(crate) fn apply(
+        &self,
+        cell: &KeyCell,
+        state: &str,
+        version: i64,
+        remaining: Duration,
+        authoritative: bool,
+    ) {
         let to = state.parse::<State>().unwrap_or_else(|_| {
             tracing::warn!(key = %cell.key, state, "row has an unknown state; treating it as CLOSED");
             State::Closed
         });
-        if let Some(t) = cell.apply_remote(to, version, remaining) {
+        let (t, applied) = cell.apply_remote(to, version, remaining, authoritative);
+        if applied {
+            // The table moved past whatever this instance had decided and not yet published:
+            // replaying that trip later would undo a newer decision (an operator's close, say).
+            self.pending_trips.remove(&cell.key);
+        }
+        if let Some(t) = t {
             cell.notify(t, ChangeOrigin::Remote);
         }
+    }
+
+    /// True while `key` holds a local trip the database has not accepted and whose cooldown has
+    /// not ended: a reload must not overwrite it. Expired ones are forgotten here.
+    pub(crate) fn ahead_of_table(&self, key: &str) -> bool {
+        let now = self.clock.now_nanos();
+        let ahead = self.pending_trips.get(key).is_some_and(|d| *d > now);
+        if !ahead {
+            self.pending_trips.remove(key);
+        }
+        ahead
     }
 
     /// Publishes the trips decided while the database was unreachable, if still in cooldown.

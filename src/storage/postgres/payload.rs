@@ -75,6 +75,16 @@ pub(crate) fn parse(payload: &str) -> Result<Change, PayloadError> {
     if wire.v != 1 {
         return Err(PayloadError::UnknownVersion(wire.v));
     }
+    // The columns are varchar(255): anything else was not written by the trigger, and must not
+    // make the listener create cells without bound.
+    for (what, text) in [("key", &wire.key), ("namespace", &wire.ns)] {
+        let chars = text.chars().count();
+        if chars == 0 || chars > 255 {
+            return Err(PayloadError::Malformed(format!(
+                "{what} of {chars} characters (1 to 255 expected)"
+            )));
+        }
+    }
     let (state, unknown_state) = match wire.state.parse::<State>() {
         Ok(s) => (s, None),
         Err(_) => (State::Closed, Some(wire.state.into_owned())),

@@ -1,0 +1,1202 @@
+//! Faults between the fleet and PostgreSQL: the database down at start, restarted under traffic,
+//! the listener's backend killed, a black-holed or slow connection, bursts of changes, and many
+//! instances. Faults that stop or cut the database use a throwaway [`Cluster`] or a [`Proxy`],
+//! never the shared server.
+//!
+//! Every test prints its measurements on stderr as `MEASURED <test>: ...` (see them with
+//! `--nocapture`); the bounds asserted are the constants below, each with its reason.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use resilient_circuit::storage::postgres::PostgresOptions;
+use resilient_circuit::{
+    Builder, CircuitBreaker, CircuitError, Ratio, State, StatusChange, Storage, StorageError,
+};
+use support::{eventually, test_db, unique_key, Cluster, Mode, Proxy, TestDb};
+use tokio::sync::mpsc;
+use tokio_postgres::Client;
+
+/// Waiting for something that is expected in milliseconds (a NOTIFY, a pending publication).
+const WAIT: Duration = Duration::from_secs(10);
+
+/// After the database comes back: the listener's backoff is capped at 5 s (jittered in
+/// [2.5 s, 5 s]), then one connect + LISTEN + snapshot; 3 s of slack for a loaded 2-core machine.
+const AFTER_OUTAGE: Duration = Duration::from_secs(8);
+
+/// A killed listener backend: the first reconnect has no backoff (a failed one waits 25–50 ms),
+/// and connect + LISTEN + snapshot are a few localhost round trips, so 1 s is the guarantee. The
+/// extra second is slack for scheduler stalls while other crates compile on the same 2 cores.
+const LISTENER_KILLED: Duration = Duration::from_secs(2);
+
+/// A black hole on defaults: one heartbeat interval (2 s) plus the heartbeat's statement
+/// timeout (2 s) is 4 s; the documented bound is 10 s.
+const BLACKHOLE_DETECTED: Duration = Duration::from_secs(10);
+
+/// Anything on the call path while the database is slow or unreachable: no I/O, no await on
+/// the database, so microseconds; milliseconds only if the thread is preempted.
+const CALL_PATH: Duration = Duration::from_millis(20);
+
+fn trip_fast(b: Builder) -> Builder {
+    b.failure_limit(Ratio::new(1, 1))
+        .cooldown(Duration::from_secs(60))
+}
+
+async fn fail(cb: &CircuitBreaker) {
+    let _ = cb.call(|| async { Err::<(), _>("down") }).await;
+}
+
+/// A breaker plus a stream of the transitions it sees, to await instead of sleeping.
+struct Watched {
+    cb: CircuitBreaker,
+    changes: mpsc::UnboundedReceiver<StatusChange>,
+}
+
+impl Watched {
+    fn new(storage: &Storage, key: &str, configure: impl FnOnce(Builder) -> Builder) -> Watched {
+        let (tx, changes) = mpsc::unbounded_channel();
+        let builder = CircuitBreaker::builder(key)
+            .storage(storage.clone())
+            .on_status_change(move |c| {
+                let _ = tx.send(c.clone());
+            });
+        let cb = configure(builder).build().expect("valid breaker");
+        Watched { cb, changes }
+    }
+
+    /// Waits until the breaker is in `state` (at once if it is already), at most `within`.
+    async fn reaches(&mut self, state: State, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        while self.cb.state() != state {
+            match tokio::time::timeout_at(deadline, self.changes.recv()).await {
+                Ok(Some(_)) => continue,
+                _ => return false,
+            }
+        }
+        true
+    }
+}
+
+/// Log lines captured on this thread (a current-thread runtime runs every task of the test,
+/// the instance's listener and publishers included, on it).
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+struct LogWriter(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
+    type Writer = LogWriter;
+
+    fn make_writer(&'a self) -> LogWriter {
+        LogWriter(self.0.clone())
+    }
+}
+
+impl Logs {
+    /// Captures WARN and above on this thread until the guard is dropped.
+    fn capture() -> (Logs, tracing::subscriber::DefaultGuard) {
+        let logs = Logs::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(logs.clone())
+            .with_max_level(tracing::Level::WARN)
+            .with_ansi(false)
+            .finish();
+        (logs, tracing::subscriber::set_default(subscriber))
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
+    }
+}
+
+/// Panics anywhere in this process (spawned library tasks included) since the first call.
+fn panics() -> usize {
+    static COUNT: AtomicUsize = AtomicUsize::new(0);
+    static HOOK: OnceLock<()> = OnceLock::new();
+    HOOK.get_or_init(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            COUNT.fetch_add(1, Ordering::SeqCst);
+            previous(info);
+        }));
+    });
+    COUNT.load(Ordering::SeqCst)
+}
+
+fn options(conninfo: &str) -> PostgresOptions {
+    PostgresOptions::from_dsn(conninfo).expect("test conninfo parses")
+}
+
+async fn instance(db: &TestDb) -> Storage {
+    Storage::connect_with(options(&db.conninfo()).auto_create(true))
+        .await
+        .expect("connects to the test database")
+}
+
+/// The table's view of a namespace: key -> state.
+async fn table(client: &Client, namespace: &str) -> BTreeMap<String, State> {
+    client
+        .query(
+            "SELECT resource_key, state FROM rc_circuit_breakers WHERE namespace = $1",
+            &[&namespace],
+        )
+        .await
+        .expect("reading the table")
+        .iter()
+        .map(|r| {
+            let state: String = r.get(1);
+            (
+                r.get::<_, String>(0),
+                state.parse().expect("the table holds valid states"),
+            )
+        })
+        .collect()
+}
+
+/// Differences between an instance's snapshot and the table. With `exact`, the instance must
+/// hold no key the table does not; otherwise such keys must be CLOSED (a missing row means
+/// CLOSED).
+fn differences(storage: &Storage, table: &BTreeMap<String, State>, exact: bool) -> Vec<String> {
+    let mine: BTreeMap<String, State> = storage.states().into_iter().collect();
+    let mut out = Vec::new();
+    for (key, want) in table {
+        match mine.get(key) {
+            Some(got) if got == want => {}
+            got => out.push(format!("{key}: table {want}, instance {got:?}")),
+        }
+    }
+    for (key, got) in &mine {
+        if !table.contains_key(key) && (exact || *got != State::Closed) {
+            out.push(format!("{key}: no row, instance {got}"));
+        }
+    }
+    out
+}
+
+struct Stats {
+    mean: Duration,
+    median: Duration,
+    p99: Duration,
+    max: Duration,
+}
+
+impl std::fmt::Display for Stats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "mean {:?}, median {:?}, p99 {:?}, max {:?}",
+            self.mean, self.median, self.p99, self.max
+        )
+    }
+}
+
+fn stats(mut samples: Vec<Duration>) -> Stats {
+    samples.sort();
+    let n = samples.len();
+    Stats {
+        mean: samples.iter().sum::<Duration>() / n as u32,
+        median: samples[n / 2],
+        p99: samples[n * 99 / 100],
+        max: samples[n - 1],
+    }
+}
+
+/// `n` admissions + successes on a closed breaker, each timed.
+fn admissions(cb: &CircuitBreaker, n: usize) -> Stats {
+    let mut samples = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        cb.try_acquire().expect("the breaker is closed").success();
+        samples.push(t.elapsed());
+    }
+    stats(samples)
+}
+
+/// Database down at start (not strict): instances start degraded on local state with a warning (strict fails with StorageError::Connect), and once it is up every instance syncs and receives the trip made during the outage.
+#[tokio::test]
+async fn database_down_at_start_then_up() {
+    let (logs, _guard) = Logs::capture();
+    let cluster = Cluster::start().await;
+    let db = cluster.create_db().await;
+    let conninfo = cluster.conninfo(&db);
+    // auto_create needs a reachable database: the schema is made here, by an instance that
+    // then lives through the outage.
+    let early = Storage::connect_with(options(&conninfo).auto_create(true))
+        .await
+        .expect("connects while the database is up");
+    assert!(!early.is_degraded());
+    let key = unique_key("outage");
+    let mut on_early = Watched::new(&early, &key, trip_fast);
+
+    cluster.stop().await;
+    assert!(
+        eventually(WAIT, || async { early.is_degraded() }).await,
+        "the connected instance notices the database went away"
+    );
+
+    let started = Instant::now();
+    let late = Storage::connect_with(options(&conninfo))
+        .await
+        .expect("a non-strict instance starts while the database is down");
+    let late_connect = started.elapsed();
+    let late2 = Storage::connect_with(options(&conninfo))
+        .await
+        .expect("a non-strict instance starts while the database is down");
+    assert!(late.is_degraded() && late2.is_degraded());
+    assert!(
+        late_connect < Duration::from_secs(2),
+        "connection refused is immediate: {late_connect:?}"
+    );
+    let text = logs.text();
+    assert!(
+        text.contains("WARN") && text.contains("PostgreSQL is unreachable"),
+        "a warning says the instance runs on local state:\n{text}"
+    );
+
+    let strict = Storage::connect_with(options(&conninfo).strict(true)).await;
+    match strict {
+        Err(StorageError::Connect { target, cause }) => {
+            assert!(target.contains(&cluster.port().to_string()), "{target}");
+            assert!(!cause.is_empty());
+        }
+        other => panic!("strict start with the database down must fail with Connect: {other:?}"),
+    }
+
+    // Local state: a healthy key runs, a trip works and rejects at once.
+    let healthy = CircuitBreaker::builder(unique_key("healthy"))
+        .storage(late.clone())
+        .build()
+        .expect("valid");
+    assert_eq!(
+        healthy
+            .call(|| async { Ok::<_, ()>(7) })
+            .await
+            .expect("runs"),
+        7
+    );
+    let on_late = Watched::new(&late, &key, trip_fast);
+    let mut on_late2 = Watched::new(&late2, &key, trip_fast);
+    fail(&on_late.cb).await;
+    assert_eq!(
+        on_late.cb.state(),
+        State::Open,
+        "the local trip is immediate"
+    );
+    let rejected = on_late.cb.call(|| async { Ok::<_, ()>(()) }).await;
+    assert!(rejected.expect_err("rejects").is_rejected());
+    assert_eq!(
+        late.pending_publications(),
+        1,
+        "the trip waits for the database"
+    );
+
+    let down_for = started.elapsed();
+    // Timed from the start command: the listeners may be back before start_again() has seen
+    // the server ready.
+    let up = Instant::now();
+    cluster.start_again().await;
+    let pg_ready = up.elapsed();
+    assert!(
+        on_early.reaches(State::Open, AFTER_OUTAGE).await,
+        "the instance connected before the outage gets the trip"
+    );
+    let early_saw = up.elapsed();
+    assert!(
+        on_late2.reaches(State::Open, AFTER_OUTAGE).await,
+        "the other late instance gets the trip"
+    );
+    let late2_saw = up.elapsed();
+    let all_up = eventually(AFTER_OUTAGE, || async {
+        !early.is_degraded() && !late.is_degraded() && !late2.is_degraded()
+    })
+    .await;
+    let synced = up.elapsed();
+    assert!(all_up, "every instance is back within {AFTER_OUTAGE:?}");
+    assert!(
+        eventually(WAIT, || async { late.pending_publications() == 0 }).await,
+        "the pending trip was accepted"
+    );
+    let left = on_early.cb.cooldown_remaining();
+    assert!(
+        left > Duration::from_secs(45) && left <= Duration::from_secs(60),
+        "the republished trip keeps what is left of its cooldown: {left:?}"
+    );
+    eprintln!(
+        "MEASURED database_down_at_start_then_up: down {down_for:?} before the start command; from it: server ready (as seen by the harness) {pg_ready:?}, early instance saw the trip {early_saw:?}, late2 {late2_saw:?}, all synced {synced:?}"
+    );
+}
+
+/// A trip made while the database is down whose cooldown ends before it returns does not leave the instance stuck OPEN: afterwards it follows the table (CLOSED, no row) and admits calls.
+#[tokio::test]
+async fn trip_expiring_during_outage_does_not_wedge() {
+    let cluster = Cluster::start().await;
+    let db = cluster.create_db().await;
+    // Reconciling every 500 ms: even full resyncs must not leave it stuck.
+    let storage = Storage::connect_with(
+        options(&cluster.conninfo(&db))
+            .auto_create(true)
+            .reconcile_interval(Duration::from_millis(500)),
+    )
+    .await
+    .expect("connects");
+    let key = unique_key("expired");
+    let mut w = Watched::new(&storage, &key, |b| {
+        b.failure_limit(Ratio::new(1, 1))
+            .cooldown(Duration::from_millis(300))
+    });
+    cluster.stop().await;
+    assert!(eventually(WAIT, || async { storage.is_degraded() }).await);
+    fail(&w.cb).await;
+    assert_eq!(w.cb.state(), State::Open);
+    assert_eq!(storage.pending_publications(), 1);
+    // The cooldown ends while the database is still down (a clock event: nothing to await).
+    assert!(eventually(WAIT, || async { w.cb.cooldown_remaining().is_zero() }).await);
+    cluster.start_again().await;
+    let up = Instant::now();
+    assert!(eventually(AFTER_OUTAGE, || async { !storage.is_degraded() }).await);
+    let admitted = eventually(AFTER_OUTAGE, || async {
+        match w.cb.try_acquire() {
+            Ok(p) => {
+                p.success();
+                true
+            }
+            Err(_) => false,
+        }
+    })
+    .await;
+    assert!(
+        admitted,
+        "after the database is back the breaker must admit calls again; it is still {} with pending={} (the table has no row for the key: CLOSED)",
+        w.cb.state(),
+        storage.pending_publications()
+    );
+    assert!(w.reaches(State::Closed, WAIT).await);
+    eprintln!(
+        "MEASURED trip_expiring_during_outage_does_not_wedge: admitting again {:?} after the database came back",
+        up.elapsed()
+    );
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    /// Always succeeds: must never see an error of any kind.
+    Steady,
+    /// Starts failing when the restart begins: trips during the outage.
+    Doomed,
+    /// Changed by an operator's UPDATE right after the restart.
+    Operator,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct Boom;
+
+#[derive(Default, Debug)]
+struct Tally {
+    ok: u64,
+    rejected: u64,
+    inner: u64,
+    /// Errors on keys that should not have any.
+    unexpected: Vec<String>,
+    max_latency: Duration,
+}
+
+async fn traffic(
+    breakers: Vec<(CircuitBreaker, Kind)>,
+    failing: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    rounds: Arc<AtomicUsize>,
+) -> Tally {
+    let mut tally = Tally::default();
+    while !stop.load(Ordering::Relaxed) {
+        for (cb, kind) in &breakers {
+            let fails = *kind == Kind::Doomed && failing.load(Ordering::Relaxed);
+            let started = Instant::now();
+            let r = cb
+                .call(|| async move {
+                    if fails {
+                        Err(Boom)
+                    } else {
+                        Ok(())
+                    }
+                })
+                .await;
+            tally.max_latency = tally.max_latency.max(started.elapsed());
+            // CircuitError has exactly these two variants: a caller can only ever see the
+            // breaker's own rejection or its own inner error, never a database error.
+            match r {
+                Ok(()) => tally.ok += 1,
+                Err(CircuitError::Rejected(rej)) => {
+                    tally.rejected += 1;
+                    if *kind == Kind::Steady {
+                        tally.unexpected.push(format!("{}: {rej}", cb.key()));
+                    }
+                }
+                Err(CircuitError::Inner(Boom)) => {
+                    tally.inner += 1;
+                    if *kind != Kind::Doomed {
+                        tally.unexpected.push(format!("{}: inner error", cb.key()));
+                    }
+                }
+            }
+        }
+        rounds.fetch_add(1, Ordering::Relaxed);
+        // Pacing, so four busy loops leave the 2 cores to PostgreSQL's restart.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    tally
+}
+
+/// A database restart while four instances carry traffic: callers only see rejections and their own errors, nothing panics or hangs, the listeners resync, and every instance ends equal to the table including a change made during the restart window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_under_traffic_converges() {
+    let panics_before = panics();
+    let cluster = Cluster::start().await;
+    let db = cluster.create_db().await;
+    let conninfo = cluster.conninfo(&db);
+    let mut storages = Vec::new();
+    for _ in 0..4 {
+        storages.push(
+            Storage::connect_with(options(&conninfo).auto_create(true))
+                .await
+                .expect("connects"),
+        );
+    }
+    let admin = cluster.client(&db).await;
+    let keys: Vec<(String, Kind)> = (0..3)
+        .map(|i| (format!("steady-{i}"), Kind::Steady))
+        .chain((0..3).map(|i| (format!("doomed-{i}"), Kind::Doomed)))
+        .chain((0..2).map(|i| (format!("operator-{i}"), Kind::Operator)))
+        .collect();
+    admin
+        .batch_execute(
+            "INSERT INTO rc_circuit_breakers (resource_key, state, open_until) VALUES
+               ('operator-0', 'CLOSED', NULL),
+               ('operator-1', 'OPEN', now() + interval '1 hour')",
+        )
+        .await
+        .expect("operator rows");
+    let failing = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let rounds = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for s in &storages {
+        let breakers = keys
+            .iter()
+            .map(|(k, kind)| {
+                let cb = CircuitBreaker::builder(k.as_str())
+                    .storage(s.clone())
+                    .failure_limit(Ratio::new(2, 2))
+                    .cooldown(Duration::from_secs(60))
+                    .probe_wait(Duration::from_millis(200))
+                    .build()
+                    .expect("valid");
+                (cb, *kind)
+            })
+            .collect();
+        tasks.push(tokio::spawn(traffic(
+            breakers,
+            failing.clone(),
+            stop.clone(),
+            rounds.clone(),
+        )));
+    }
+    // The operator's OPEN row is in every snapshot or notification before the restart.
+    assert!(
+        eventually(WAIT, || async {
+            rounds.load(Ordering::Relaxed) >= 40
+                && storages
+                    .iter()
+                    .all(|s| s.state_of("operator-1") == Some(State::Open))
+        })
+        .await
+    );
+
+    failing.store(true, Ordering::Relaxed);
+    let restart = Instant::now();
+    cluster.restart().await;
+    let restarted = restart.elapsed();
+    // The restart window: the database accepts connections again, the listeners are still
+    // reconnecting (backoff) or resyncing.
+    let admin = cluster.client(&db).await;
+    admin
+        .batch_execute(
+            "UPDATE rc_circuit_breakers SET state = 'OPEN', open_until = now() + interval '1 hour'
+               WHERE resource_key = 'operator-0';
+             UPDATE rc_circuit_breakers SET state = 'CLOSED', open_until = NULL
+               WHERE resource_key = 'operator-1';",
+        )
+        .await
+        .expect("operator's change during the restart window");
+    assert!(
+        eventually(AFTER_OUTAGE, || async {
+            storages.iter().all(|s| !s.is_degraded())
+        })
+        .await,
+        "every listener reconnects"
+    );
+    let reconnected = restart.elapsed();
+    let seen = eventually(WAIT, || async {
+        storages.iter().all(|s| {
+            s.state_of("operator-0") == Some(State::Open)
+                && s.state_of("operator-1") == Some(State::Closed)
+                && (0..3).all(|i| s.state_of(&format!("doomed-{i}")) == Some(State::Open))
+                && s.pending_publications() == 0
+        })
+    })
+    .await;
+    assert!(
+        seen,
+        "the operator's change and the trips made during the outage reach every instance"
+    );
+    let converged = restart.elapsed();
+    // Traffic after recovery, then stop it.
+    let after = rounds.load(Ordering::Relaxed);
+    assert!(
+        eventually(WAIT, || async {
+            rounds.load(Ordering::Relaxed) >= after + 40
+        })
+        .await
+    );
+    stop.store(true, Ordering::Relaxed);
+    let mut total = Tally::default();
+    for t in tasks {
+        let tally = tokio::time::timeout(WAIT, t)
+            .await
+            .expect("a traffic task hung")
+            .expect("a traffic task panicked");
+        total.ok += tally.ok;
+        total.rejected += tally.rejected;
+        total.inner += tally.inner;
+        total.unexpected.extend(tally.unexpected);
+        total.max_latency = total.max_latency.max(tally.max_latency);
+    }
+    assert!(
+        total.unexpected.is_empty(),
+        "healthy keys saw errors: {:?}",
+        &total.unexpected[..total.unexpected.len().min(10)]
+    );
+    assert!(total.inner > 0 && total.rejected > 0 && total.ok > 0);
+    assert!(
+        total.max_latency < Duration::from_millis(200) + Duration::from_millis(800),
+        "no call waits longer than probe_wait (200 ms) plus slack: {:?}",
+        total.max_latency
+    );
+    // A marker written after everything else: once every instance has seen it, each has
+    // applied every earlier change, so the snapshots can be compared with the table.
+    let marker = unique_key("marker");
+    let mut markers: Vec<Watched> = storages
+        .iter()
+        .map(|s| Watched::new(s, &marker, |b| b))
+        .collect();
+    admin
+        .execute(
+            "INSERT INTO rc_circuit_breakers (resource_key, state, open_until) VALUES ($1, 'OPEN', now() + interval '1 hour')",
+            &[&marker],
+        )
+        .await
+        .expect("marker");
+    for m in &mut markers {
+        assert!(m.reaches(State::Open, WAIT).await);
+    }
+    let rows = table(&admin, "default").await;
+    for (i, s) in storages.iter().enumerate() {
+        let diff = differences(s, &rows, false);
+        assert!(
+            diff.is_empty(),
+            "instance {i} differs from the table: {diff:?}"
+        );
+    }
+    assert_eq!(panics(), panics_before, "something panicked (see stderr)");
+    eprintln!(
+        "MEASURED restart_under_traffic_converges: from the stop command: server ready again {restarted:?}, all listeners reconnected {reconnected:?}, operator change and outage trips on every instance {converged:?}; calls ok={} rejected={} inner={} max latency {:?}",
+        total.ok, total.rejected, total.inner, total.max_latency
+    );
+}
+
+/// The listener's backend killed by pg_terminate_backend: it reconnects and resyncs within 1 s (+1 s slack), so a trip written by SQL right after the kill is seen.
+#[tokio::test]
+async fn listener_backend_killed_reconnects_within_a_second() {
+    let cluster = Cluster::start().await;
+    let db = cluster.create_db().await;
+    let storage = Storage::connect_with(options(&cluster.conninfo(&db)).auto_create(true))
+        .await
+        .expect("connects");
+    let key = unique_key("killed");
+    let mut w = Watched::new(&storage, &key, |b| b);
+    let mut client = cluster.client(&db).await;
+    let listeners = "SELECT pid FROM pg_stat_activity WHERE application_name = 'resilient-circuit-listener' AND datname = current_database()";
+    let before: Vec<i32> = client
+        .query(listeners, &[])
+        .await
+        .expect("pg_stat_activity")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(before.len(), 1, "one listener connection");
+    let killed_at = Instant::now();
+    // One transaction: the kill waits (up to 5 s) for the backend to exit, and the NOTIFY of
+    // the INSERT is only sent at COMMIT, after it is gone. A listener that has not re-LISTENed
+    // by then must find the row in its resync.
+    let tx = client.transaction().await.expect("begin");
+    let killed: Vec<bool> = tx
+        .query(
+            "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE application_name = 'resilient-circuit-listener' AND datname = current_database()",
+            &[],
+        )
+        .await
+        .expect("terminate")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(killed, [true], "the listener's backend was terminated");
+    tx.execute(
+        "INSERT INTO rc_circuit_breakers (resource_key, state, open_until) VALUES ($1, 'OPEN', now() + interval '1 hour')",
+        &[&key],
+    )
+    .await
+    .expect("trip by SQL");
+    tx.commit().await.expect("commit");
+    assert!(
+        w.reaches(State::Open, LISTENER_KILLED).await,
+        "the trip is seen within {LISTENER_KILLED:?} of the kill"
+    );
+    let healed = killed_at.elapsed();
+    assert!(healed <= LISTENER_KILLED, "{healed:?}");
+    assert!(!storage.is_degraded());
+    let after: Vec<i32> = client
+        .query(listeners, &[])
+        .await
+        .expect("pg_stat_activity")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(
+        after.len() == 1 && after != before,
+        "a new listener backend: {before:?} -> {after:?}"
+    );
+    eprintln!(
+        "MEASURED listener_backend_killed_reconnects_within_a_second: trip seen {healed:?} after the kill"
+    );
+}
+
+/// A black-holed connection (pool and listener through a proxy), on default settings: detected within 10 s, calls and the trip stay immediate while the publication times out in the background, and once the path is back the pending trip reaches another instance.
+#[tokio::test]
+async fn blackholed_connection_detected_and_recovers() {
+    let (logs, _guard) = Logs::capture();
+    let db = test_db().await;
+    let direct = instance(&db).await;
+    let proxy = Proxy::start(db.addr()).await;
+    let via = Storage::connect_with(options(&db.conninfo_via(proxy.addr())))
+        .await
+        .expect("connects through the proxy");
+    assert!(!via.is_degraded());
+    let key = unique_key("blackhole");
+    let on_via = Watched::new(&via, &key, trip_fast);
+    let mut on_direct = Watched::new(&direct, &key, trip_fast);
+    let healthy = CircuitBreaker::builder(unique_key("healthy"))
+        .storage(via.clone())
+        .build()
+        .expect("valid");
+
+    proxy.set_mode(Mode::Blackhole);
+    let cut = Instant::now();
+    assert!(
+        eventually(BLACKHOLE_DETECTED, || async { via.is_degraded() }).await,
+        "a black hole is detected within {BLACKHOLE_DETECTED:?} on defaults"
+    );
+    let detected = cut.elapsed();
+
+    // The call path never touches the connection.
+    let t = Instant::now();
+    healthy
+        .call(|| async { Ok::<_, ()>(()) })
+        .await
+        .expect("a closed breaker runs the call");
+    let healthy_call = t.elapsed();
+    let permit = on_via.cb.try_acquire().expect("closed");
+    let t = Instant::now();
+    permit.failure();
+    let trip = t.elapsed();
+    assert_eq!(
+        on_via.cb.state(),
+        State::Open,
+        "the trip is local and immediate"
+    );
+    let t = Instant::now();
+    let r = on_via.cb.call(|| async { Ok::<_, ()>(()) }).await;
+    let rejection = t.elapsed();
+    assert!(r.expect_err("rejected").is_rejected());
+    for (what, took) in [
+        ("a healthy call", healthy_call),
+        ("the tripping failure()", trip),
+        ("a rejection", rejection),
+    ] {
+        assert!(
+            took < CALL_PATH,
+            "{what} took {took:?} during the black hole"
+        );
+    }
+    assert_eq!(via.pending_publications(), 1);
+    // The publication gives up after the statement timeout (2 s), in the background.
+    let publish_failed = eventually(Duration::from_secs(2) + WAIT, || async {
+        logs.text()
+            .lines()
+            .any(|l| l.contains("could not publish a trip") && l.contains(&key))
+    })
+    .await;
+    assert!(
+        publish_failed,
+        "the publication timed out without blocking anyone:\n{}",
+        logs.text()
+    );
+    assert_eq!(via.pending_publications(), 1, "and stays pending");
+    assert_eq!(
+        on_direct.cb.state(),
+        State::Closed,
+        "nothing reached the database"
+    );
+
+    proxy.set_mode(Mode::Pass);
+    let back = Instant::now();
+    assert!(
+        on_direct.reaches(State::Open, AFTER_OUTAGE).await,
+        "the pending trip is published once the path is back"
+    );
+    let published = back.elapsed();
+    assert!(
+        eventually(WAIT, || async {
+            !via.is_degraded() && via.pending_publications() == 0
+        })
+        .await
+    );
+    let recovered = back.elapsed();
+    eprintln!(
+        "MEASURED blackholed_connection_detected_and_recovers: detected after {detected:?}; during it: healthy call {healthy_call:?}, tripping failure() {trip:?}, rejection {rejection:?}; after Pass: trip seen by another instance in {published:?}, instance healthy in {recovered:?}"
+    );
+}
+
+/// A publication that timed out after the database had committed it is not replayed later over a newer change (here an operator's close), e.g. when the listener reconnects.
+#[tokio::test]
+async fn timed_out_publication_is_not_replayed_over_a_later_close() {
+    let (logs, _guard) = Logs::capture();
+    let db = test_db().await;
+    let direct = instance(&db).await;
+    let proxy = Proxy::start(db.addr()).await;
+    // The pool (one connection) goes through the proxy, the listener directly: only the
+    // transition calls are slow.
+    let via = Storage::connect_with(
+        options(&db.conninfo_via(proxy.addr()))
+            .pool_size(1)
+            .statement_timeout(Duration::from_millis(1500))
+            .listener_dsn(&format!(
+                "host={} port={} application_name=replay-listener",
+                db.host(),
+                db.port()
+            ))
+            .expect("listener DSN"),
+    )
+    .await
+    .expect("connects");
+    // Warm up: rc_trip is prepared on the pooled connection, so a publication is one round trip.
+    let warm = trip_fast(CircuitBreaker::builder(unique_key("warm")).storage(via.clone()))
+        .build()
+        .expect("valid");
+    fail(&warm).await;
+    assert!(eventually(WAIT, || async { via.pending_publications() == 0 }).await);
+
+    // 1 s each way: the trip reaches the database after 1 s and commits; its answer would be
+    // back after 2 s, but the statement timeout gives up at 1.5 s.
+    proxy.set_mode(Mode::Delay(Duration::from_secs(1)));
+    let key = unique_key("replayed");
+    let mut on_via = Watched::new(&via, &key, trip_fast);
+    let mut on_direct = Watched::new(&direct, &key, trip_fast);
+    fail(&on_via.cb).await;
+    assert!(
+        on_direct.reaches(State::Open, WAIT).await,
+        "the database committed the trip"
+    );
+    let timed_out = eventually(WAIT, || async {
+        logs.text()
+            .lines()
+            .any(|l| l.contains("could not publish a trip") && l.contains(&key))
+    })
+    .await;
+    assert!(timed_out, "the publication timed out:\n{}", logs.text());
+    // The committed trip's NOTIFY (newer than anything held) settled it: nothing is pending.
+    assert!(eventually(WAIT, || async { via.pending_publications() == 0 }).await);
+    proxy.set_mode(Mode::Pass);
+
+    // Later, an operator closes the breaker; everyone follows.
+    let client = db.client().await;
+    client
+        .execute(
+            "UPDATE rc_circuit_breakers SET state = 'CLOSED', open_until = NULL WHERE resource_key = $1",
+            &[&key],
+        )
+        .await
+        .expect("operator's close");
+    assert!(on_via.reaches(State::Closed, WAIT).await);
+    assert!(on_direct.reaches(State::Closed, WAIT).await);
+
+    // A listener reconnect (here: its backend killed) republishes what is still pending.
+    let killed: Vec<bool> = client
+        .query(
+            "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE application_name = 'replay-listener' AND datname = current_database()",
+            &[],
+        )
+        .await
+        .expect("terminate")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(killed, [true]);
+    assert!(
+        eventually(WAIT, || async {
+            !via.is_degraded() && via.pending_publications() == 0
+        })
+        .await,
+        "the listener reconnected and nothing is pending"
+    );
+    let state: String = client
+        .query_one(
+            "SELECT state FROM rc_circuit_breakers WHERE resource_key = $1",
+            &[&key],
+        )
+        .await
+        .expect("row")
+        .get(0);
+    assert_eq!(
+        state, "CLOSED",
+        "the trip decided before the operator's close was replayed over it"
+    );
+}
+
+/// A slow database (500 ms added each way) does not slow admissions, and a tripping failure() returns in microseconds while its publication takes over a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_database_does_not_slow_calls() {
+    let db = test_db().await;
+    let direct = instance(&db).await;
+    let proxy = Proxy::start(db.addr()).await;
+    // Under the delay a publication on a new pooled connection is about four round trips
+    // (SSL request, startup, prepare, execute) of 1 s each, which the default 2 s statement
+    // timeout would cut.
+    let via = Storage::connect_with(
+        options(&db.conninfo_via(proxy.addr())).statement_timeout(Duration::from_secs(10)),
+    )
+    .await
+    .expect("connects through the proxy");
+    let hot = CircuitBreaker::builder(unique_key("hot"))
+        .storage(via.clone())
+        .build()
+        .expect("valid");
+    let n = 100_000;
+    admissions(&hot, 1_000); // warm-up
+    let before = admissions(&hot, n);
+
+    proxy.set_mode(Mode::Delay(Duration::from_millis(500)));
+    // As many trips as the pool has connections (4), so none waits for a free one.
+    let trip_keys: Vec<String> = (0..4).map(|i| unique_key(&format!("slow{i}"))).collect();
+    let trippers: Vec<CircuitBreaker> = trip_keys
+        .iter()
+        .map(|k| {
+            trip_fast(CircuitBreaker::builder(k.as_str()).storage(via.clone()))
+                .build()
+                .expect("valid")
+        })
+        .collect();
+    let mut seen: Vec<Watched> = trip_keys
+        .iter()
+        .map(|k| Watched::new(&direct, k, trip_fast))
+        .collect();
+    let mut trips = Vec::new();
+    for cb in &trippers {
+        let permit = cb.try_acquire().expect("closed");
+        let t = Instant::now();
+        permit.failure();
+        trips.push(t.elapsed());
+        assert_eq!(cb.state(), State::Open);
+    }
+    let publishing = Instant::now();
+    // Measured while four publications are in flight behind the delay.
+    let during = admissions(&hot, n);
+    let in_flight = via.pending_publications();
+    for w in &mut seen {
+        assert!(w.reaches(State::Open, WAIT).await, "the trip is published");
+    }
+    let published = publishing.elapsed();
+    let trips = stats(trips);
+    assert!(
+        in_flight > 0,
+        "the measurement ran while publications were in flight"
+    );
+    assert!(
+        published > Duration::from_secs(1),
+        "the database path really was slow: {published:?}"
+    );
+    assert!(
+        trips.median < Duration::from_millis(2) && trips.max < CALL_PATH,
+        "a tripping failure() does not wait for the database: {trips}"
+    );
+    assert!(
+        during.mean < Duration::from_micros(5),
+        "admission under a slow database: {during}"
+    );
+    assert!(
+        during.median <= before.median * 3 + Duration::from_micros(1),
+        "admission latency unchanged: before {before}; during {during}"
+    );
+    eprintln!(
+        "MEASURED slow_database_does_not_slow_calls: {n} try_acquire+success before: {before}; during 500 ms delay: {during}; tripping failure(): {trips}; publications took {published:?}"
+    );
+}
+
+/// 10,000 keys changing state in one statement reach three instances exactly, row by row, within 10 s; and again when 6,667 of them change back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn burst_of_ten_thousand_keys_converges() {
+    let db = test_db().await;
+    let mut storages = Vec::new();
+    for _ in 0..3 {
+        storages.push(instance(&db).await);
+    }
+    let client = db.client().await;
+    // A marker written last in the same transaction: notifications of a transaction arrive in
+    // order, so an instance that saw the marker has applied the whole burst.
+    let marker = unique_key("burst-marker");
+    let mut markers: Vec<Watched> = storages
+        .iter()
+        .map(|s| Watched::new(s, &marker, |b| b))
+        .collect();
+    let started = Instant::now();
+    client
+        .batch_execute(&format!(
+            "BEGIN;
+             INSERT INTO rc_circuit_breakers (resource_key, state, open_until)
+               SELECT 'burst-' || g, 'OPEN', now() + interval '1 hour' FROM generate_series(1, 10000) g;
+             INSERT INTO rc_circuit_breakers (resource_key, state, open_until)
+               VALUES ('{marker}', 'OPEN', now() + interval '1 hour');
+             COMMIT;"
+        ))
+        .await
+        .expect("burst of inserts");
+    let committed = started.elapsed();
+    for m in &mut markers {
+        assert!(m.reaches(State::Open, WAIT).await, "the burst arrives");
+    }
+    let first = started.elapsed();
+    let rows = table(&client, "default").await;
+    assert_eq!(rows.len(), 10_001);
+    for (i, s) in storages.iter().enumerate() {
+        let diff = differences(s, &rows, true);
+        assert!(
+            diff.is_empty(),
+            "instance {i}: {} differences, e.g. {:?}",
+            diff.len(),
+            &diff[..diff.len().min(5)]
+        );
+    }
+
+    let started = Instant::now();
+    client
+        .batch_execute(&format!(
+            "BEGIN;
+             UPDATE rc_circuit_breakers
+               SET state = CASE substring(resource_key from 7)::int % 3
+                             WHEN 0 THEN 'CLOSED' WHEN 1 THEN 'HALF_OPEN' ELSE 'OPEN' END,
+                   open_until = CASE substring(resource_key from 7)::int % 3
+                             WHEN 2 THEN open_until END
+               WHERE resource_key LIKE 'burst-%' AND resource_key <> '{marker}';
+             UPDATE rc_circuit_breakers SET state = 'CLOSED', open_until = NULL
+               WHERE resource_key = '{marker}';
+             COMMIT;"
+        ))
+        .await
+        .expect("burst of updates");
+    for m in &mut markers {
+        assert!(
+            m.reaches(State::Closed, WAIT).await,
+            "the second burst arrives"
+        );
+    }
+    let second = started.elapsed();
+    let rows = table(&client, "default").await;
+    let half_open = rows.values().filter(|s| **s == State::HalfOpen).count();
+    assert_eq!(half_open, 3_334);
+    for (i, s) in storages.iter().enumerate() {
+        let diff = differences(s, &rows, true);
+        assert!(
+            diff.is_empty(),
+            "instance {i}: {} differences, e.g. {:?}",
+            diff.len(),
+            &diff[..diff.len().min(5)]
+        );
+    }
+    eprintln!(
+        "MEASURED burst_of_ten_thousand_keys_converges: 10,000 inserts committed in {committed:?}, on all 3 instances after {first:?}; 6,667 updates on all 3 after {second:?}"
+    );
+}
+
+/// 50 instances on one database: a burst of 20 trips (10 by SQL, 10 by instances, two instances racing on each) converges on every instance exactly to the table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_instances_converge() {
+    // A throwaway cluster (max_connections 200): 50 listeners and 50 pool connections would
+    // crowd the shared server.
+    let cluster = Cluster::start().await;
+    let db = cluster.create_db().await;
+    let conninfo = cluster.conninfo(&db);
+    let first = Storage::connect_with(options(&conninfo).auto_create(true).pool_size(1))
+        .await
+        .expect("connects");
+    let started = Instant::now();
+    let rest = futures_util::future::join_all((1..50).map(|_| {
+        let opts = options(&conninfo).pool_size(1);
+        async move { Storage::connect_with(opts).await }
+    }))
+    .await;
+    let mut storages = vec![first];
+    for s in rest {
+        storages.push(s.expect("connects"));
+    }
+    let connected = started.elapsed();
+    assert!(storages.iter().all(|s| !s.is_degraded()));
+    let client = cluster.client(&db).await;
+
+    let by_instances: Vec<String> = (0..10).map(|i| format!("by-instance-{i}")).collect();
+    let trippers: Vec<(CircuitBreaker, CircuitBreaker)> = by_instances
+        .iter()
+        .enumerate()
+        .map(|(i, k)| {
+            let build = |s: &Storage| {
+                trip_fast(CircuitBreaker::builder(k.as_str()).storage(s.clone()))
+                    .build()
+                    .expect("valid")
+            };
+            (build(&storages[5 * i]), build(&storages[5 * i + 1]))
+        })
+        .collect();
+    client
+        .batch_execute(
+            "CREATE TABLE transitions (key text, to_state text);
+             CREATE FUNCTION log_transition() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+               INSERT INTO transitions VALUES (NEW.resource_key, NEW.state);
+               RETURN NULL;
+             END $$;
+             CREATE TRIGGER log_transition AFTER INSERT OR UPDATE ON rc_circuit_breakers
+               FOR EACH ROW EXECUTE FUNCTION log_transition();",
+        )
+        .await
+        .expect("audit trigger");
+    let burst = Instant::now();
+    let sql = client.batch_execute(
+        "INSERT INTO rc_circuit_breakers (resource_key, state, open_until)
+           SELECT 'by-sql-' || g, 'OPEN', now() + interval '1 hour' FROM generate_series(0, 9) g",
+    );
+    let trips = futures_util::future::join_all(
+        trippers
+            .iter()
+            .flat_map(|(a, b)| [fail(a), fail(b)])
+            .collect::<Vec<_>>(),
+    );
+    let (sql, _) = tokio::join!(sql, trips);
+    sql.expect("SQL trips");
+    assert!(
+        eventually(WAIT, || async {
+            storages.iter().all(|s| s.pending_publications() == 0)
+        })
+        .await,
+        "every trip was accepted"
+    );
+    let marker = unique_key("marker");
+    let mut markers: Vec<Watched> = storages
+        .iter()
+        .map(|s| Watched::new(s, &marker, |b| b))
+        .collect();
+    client
+        .execute(
+            "INSERT INTO rc_circuit_breakers (resource_key, state, open_until) VALUES ($1, 'OPEN', now() + interval '1 hour')",
+            &[&marker],
+        )
+        .await
+        .expect("marker");
+    for m in &mut markers {
+        assert!(m.reaches(State::Open, WAIT).await, "every instance follows");
+    }
+    let converged = burst.elapsed();
+    let rows = table(&client, "default").await;
+    assert_eq!(rows.len(), 21);
+    assert!(rows.values().all(|s| *s == State::Open));
+    for (i, s) in storages.iter().enumerate() {
+        let diff = differences(s, &rows, true);
+        assert!(diff.is_empty(), "instance {i} differs: {diff:?}");
+    }
+    let transitions: Vec<(String, i64)> = client
+        .query(
+            "SELECT key, count(*) FROM transitions WHERE key LIKE 'by-instance-%' GROUP BY key ORDER BY key",
+            &[],
+        )
+        .await
+        .expect("audit rows")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        transitions,
+        by_instances
+            .iter()
+            .map(|k| (k.clone(), 1))
+            .collect::<Vec<_>>(),
+        "two instances racing on a key make one transition"
+    );
+    eprintln!(
+        "MEASURED fifty_instances_converge: 49 instances connected concurrently in {connected:?}; burst of 20 trips on all 50 instances (marker included) after {converged:?}"
+    );
+}
+
+/// While the database is down, a breaker that tripped still recovers on its own: the cooldown
+/// ends, the instance runs its own half-open round and closes, without any database.
+#[tokio::test]
+async fn breaker_recovers_locally_during_an_outage() {
+    let cluster = Cluster::start().await;
+    let db = cluster.create_db().await;
+    let storage = Storage::connect_with(options(&cluster.conninfo(&db)).auto_create(true))
+        .await
+        .expect("connects");
+    let key = unique_key("local-round");
+    let mut w = Watched::new(&storage, &key, |b| {
+        b.failure_limit(Ratio::new(1, 1))
+            .success_limit(Ratio::new(1, 1))
+            .cooldown(Duration::from_millis(200))
+    });
+    cluster.stop().await;
+    assert!(eventually(WAIT, || async { storage.is_degraded() }).await);
+    fail(&w.cb).await;
+    assert_eq!(w.cb.state(), State::Open);
+    tokio::time::sleep(w.cb.cooldown_remaining()).await;
+    let probe =
+        w.cb.call(|| async { Ok::<_, ()>("probe") })
+            .await
+            .expect("after the cooldown a local probe runs although the database is down");
+    assert_eq!(probe, "probe");
+    assert!(
+        w.reaches(State::Closed, WAIT).await,
+        "one good probe closes it"
+    );
+}
