@@ -519,3 +519,56 @@ async fn healthy_calls_cause_no_statements() {
     assert_eq!(rows, 0, "failures below the limit never wrote a row");
     assert_eq!(cb.state(), State::Closed);
 }
+
+/// A probe lease held by an instance that dies is given back when it expires, so a crashed
+/// prober cannot wedge the breaker in HALF_OPEN.
+#[tokio::test]
+async fn lease_of_a_crashed_prober_expires() {
+    let db = test_db().await;
+    let lease = Duration::from_millis(600);
+    let short = |db: &TestDb| opts(db).lease_timeout(lease);
+    let a = Storage::connect_with(short(&db)).await.expect("a");
+    let b = Storage::connect_with(short(&db)).await.expect("b");
+    let key = unique_key("crashed-prober");
+    let configure = |bld: resilient_circuit::Builder| {
+        bld.failure_limit(Ratio::new(1, 1))
+            .success_limit(Ratio::new(1, 1))
+            .cooldown(Duration::from_millis(100))
+            .probe_wait(Duration::from_millis(50))
+    };
+    let on_a = Watched::new(&a, &key, configure);
+    let mut on_b = Watched::new(&b, &key, configure);
+    fail(&on_a.cb).await;
+    assert!(on_b.reaches(State::Open).await);
+    tokio::time::sleep(on_a.cb.cooldown_remaining() + Duration::from_millis(20)).await;
+    let mut taken = None;
+    for _ in 0..40 {
+        if let Ok(p) = on_a.cb.acquire().await {
+            taken = Some(p);
+            break;
+        }
+    }
+    let permit = taken.expect("A leases the only probe");
+    let leased_at = std::time::Instant::now();
+    // A dies holding it: the permit is never reported nor returned.
+    std::mem::forget(permit);
+    drop(on_a);
+    drop(a);
+    assert!(on_b.reaches(State::HalfOpen).await);
+    assert!(
+        on_b.cb.acquire().await.is_err(),
+        "the slot is still leased to A"
+    );
+    let mut got = None;
+    while leased_at.elapsed() < lease * 4 {
+        if let Ok(p) = on_b.cb.acquire().await {
+            got = Some(p);
+            break;
+        }
+    }
+    let waited = leased_at.elapsed();
+    let p = got.expect("B gets the slot once A's lease expires");
+    assert!(waited >= lease, "not before the lease expired: {waited:?}");
+    p.success();
+    assert!(on_b.reaches(State::Closed).await);
+}
