@@ -105,25 +105,36 @@ struct Slow {
 }
 
 /// One key's state in one storage.
+///
+/// `repr(C)` with a cache-line marker: the first line holds only what every call reads (the
+/// word, the deadline, and fields that never change), so writes to the lock, the lease flag or
+/// the wake-up list by rejected callers never invalidate the line that admission loads.
+#[repr(C)]
 pub(crate) struct KeyCell {
-    pub(crate) key: Arc<str>,
     word: AtomicU64,
     /// Clock nanoseconds at which the current cooldown ends (meaningful while Open).
     open_deadline: AtomicU64,
     /// Lock-free hint of free probe permits, so rejected half-open callers skip the lock.
     probes_hint: AtomicU32,
-    slow: Mutex<Slow>,
-    /// Set while a lease request to the shared store is in flight, so callers do not flood it.
-    pub(crate) lease_requested: AtomicBool,
-    /// Woken when a lease arrives or the state changes, for `call` waiting on a probe.
-    pub(crate) changed: Notify,
+    pub(crate) key: Arc<str>,
     pub(crate) clock: Arc<dyn Clock>,
     /// Shared stores only: true while the instance is connected. Half-open probes are then leased
     /// from the database; while it is unreachable the cell runs its own rounds, so a breaker that
     /// tripped during an outage can still recover.
     online: Option<Arc<AtomicBool>>,
+    _written_below: CacheLine,
+    slow: Mutex<Slow>,
+    /// Set while a lease request to the shared store is in flight, so callers do not flood it.
+    pub(crate) lease_requested: AtomicBool,
+    /// Woken when a lease arrives or the state changes, for `call` waiting on a probe.
+    pub(crate) changed: Notify,
     callbacks: Mutex<Vec<Weak<Callback>>>,
 }
+
+/// A zero-sized field that starts a new cache line.
+#[repr(align(64))]
+#[derive(Debug, Default)]
+struct CacheLine;
 
 impl std::fmt::Debug for KeyCell {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -143,6 +154,7 @@ impl KeyCell {
         online: Option<Arc<AtomicBool>>,
     ) -> Self {
         KeyCell {
+            _written_below: CacheLine,
             key,
             word: AtomicU64::new(State::Closed.to_bits()),
             open_deadline: AtomicU64::new(0),

@@ -362,7 +362,11 @@ impl Instance {
     }
 
     pub(crate) fn request_lease(&self, cell: &Arc<KeyCell>) {
-        if cell.lease_requested.swap(true, Ordering::AcqRel) {
+        // A plain load first: rejected callers arrive in crowds, and an unconditional swap would
+        // write to the cell on every one of them.
+        if cell.lease_requested.load(Ordering::Relaxed)
+            || cell.lease_requested.swap(true, Ordering::AcqRel)
+        {
             return; // one request in flight per key is enough
         }
         let shared = self.shared.clone();
