@@ -172,11 +172,7 @@ impl CircuitBreaker {
                     self.inner.storage.request_lease(&self.inner.cell);
                 }
                 metrics::counter!("resilient_circuit_rejected_total").increment(1);
-                Err(Rejected {
-                    key: self.inner.cell.key.clone(),
-                    state,
-                    retry_after,
-                })
+                Err(Rejected::new(self.inner.cell.clone(), state, retry_after))
             }
         }
     }
@@ -196,8 +192,8 @@ impl CircuitBreaker {
                 Err(r) => r,
             };
             let waitable = cell.fleet()
-                && (rejected.state == State::HalfOpen
-                    || (rejected.state == State::Open && rejected.retry_after.is_none()));
+                && (rejected.state() == State::HalfOpen
+                    || (rejected.state() == State::Open && rejected.retry_after().is_none()));
             if !waitable || tokio::time::timeout_at(deadline, notified).await.is_err() {
                 return Err(rejected);
             }

@@ -4,33 +4,85 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::cell::KeyCell;
 use crate::{Ratio, State};
 
 /// A call refused by an open (or busy half-open) breaker: the protected operation did not run.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("circuit breaker {key:?} is {state}: call rejected without running")]
+///
+/// Two words (the key's cell and a packed state and time), so that `Result`s carrying it stay
+/// small on the call path; cloning it is a reference-count increment.
+#[derive(Clone)]
 pub struct Rejected {
-    pub(crate) key: Arc<str>,
-    pub(crate) state: State,
-    pub(crate) retry_after: Option<Duration>,
+    cell: Arc<KeyCell>,
+    /// Bits 62–63: the state; bits 0–61: `retry_after` in nanoseconds plus one (0: unknown).
+    packed: u64,
 }
 
+const RETRY_BITS: u64 = (1 << 62) - 1;
+
 impl Rejected {
+    pub(crate) fn new(cell: Arc<KeyCell>, state: State, retry_after: Option<Duration>) -> Self {
+        let retry = retry_after.map_or(0, |d| {
+            u64::try_from(d.as_nanos())
+                .unwrap_or(u64::MAX)
+                .min(RETRY_BITS - 1)
+                + 1
+        });
+        Rejected {
+            cell,
+            packed: (state.to_bits() << 62) | retry,
+        }
+    }
+
     /// The breaker's key.
     pub fn key(&self) -> &str {
-        &self.key
+        &self.cell.key
     }
 
     /// The state that refused the call: `Open`, or `HalfOpen` when every probe slot is taken.
     pub fn state(&self) -> State {
-        self.state
+        State::from_bits(self.packed >> 62)
     }
 
     /// How long until the cooldown ends, when the breaker is open and the time is known.
     pub fn retry_after(&self) -> Option<Duration> {
-        self.retry_after
+        match self.packed & RETRY_BITS {
+            0 => None,
+            n => Some(Duration::from_nanos(n - 1)),
+        }
     }
 }
+
+impl PartialEq for Rejected {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key() && self.packed == other.packed
+    }
+}
+
+impl Eq for Rejected {}
+
+impl std::fmt::Debug for Rejected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rejected")
+            .field("key", &self.key())
+            .field("state", &self.state())
+            .field("retry_after", &self.retry_after())
+            .finish()
+    }
+}
+
+impl std::fmt::Display for Rejected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "circuit breaker {:?} is {}: call rejected without running",
+            self.key(),
+            self.state()
+        )
+    }
+}
+
+impl std::error::Error for Rejected {}
 
 /// The error of [`CircuitBreaker::call`](crate::CircuitBreaker::call): the breaker refused the
 /// call, or the call ran and failed with its own error.
