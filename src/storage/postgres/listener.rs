@@ -37,6 +37,13 @@ impl Drop for Live {
 
 /// Connects, LISTENs, then loads the namespace into the cells.
 pub(crate) async fn connect_and_sync(shared: &Arc<Shared>) -> Result<Live, StorageError> {
+    let live = open(shared).await?;
+    sync(shared, &live).await?;
+    Ok(live)
+}
+
+/// Connects and LISTENs. Needs no schema, so `connect` runs it beside the schema check.
+pub(crate) async fn open(shared: &Arc<Shared>) -> Result<Live, StorageError> {
     let config = shared.opts.listener_pg_config()?;
     let connect = config.connect(shared.listener_tls.clone());
     let (client, mut connection) =
@@ -80,23 +87,27 @@ pub(crate) async fn connect_and_sync(shared: &Arc<Shared>) -> Result<Live, Stora
         notes,
         driver,
     };
-    let bounded = async {
-        live.client
-            .batch_execute("LISTEN rc_circuit_breakers")
-            .await
-            .map_err(|e| StorageError::db("listening", &e))?;
-        resync(shared, &live.client).await
-    };
-    match tokio::time::timeout(shared.opts.statement_timeout * 4, bounded).await {
-        Ok(r) => r?,
+    let listen = live.client.batch_execute("LISTEN rc_circuit_breakers");
+    match tokio::time::timeout(shared.opts.statement_timeout, listen).await {
+        Ok(r) => r.map_err(|e| StorageError::db("listening", &e))?,
         Err(_) => {
             return Err(StorageError::Timeout(
-                shared.opts.statement_timeout * 4,
-                "loading the snapshot",
+                shared.opts.statement_timeout,
+                "listening",
             ))
         }
     }
     Ok(live)
+}
+
+/// Loads the namespace into the cells over a listening connection (after LISTEN, so nothing
+/// committed from here on is missed).
+pub(crate) async fn sync(shared: &Arc<Shared>, live: &Live) -> Result<(), StorageError> {
+    let bound = shared.opts.statement_timeout * 4;
+    match tokio::time::timeout(bound, resync(shared, &live.client)).await {
+        Ok(r) => r,
+        Err(_) => Err(StorageError::Timeout(bound, "loading the snapshot")),
+    }
 }
 
 /// Loads every row of the namespace into the cells. Keys whose row is gone become CLOSED.

@@ -33,6 +33,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "transitions",
         sql: include_str!("../../../sql/0003_transitions.sql"),
     },
+    Migration {
+        version: 4,
+        name: "inline_remaining_ms",
+        sql: include_str!("../../../sql/0004_inline_remaining_ms.sql"),
+    },
 ];
 
 /// Serializes concurrent migrators across the fleet (an arbitrary constant: "rc_migr").
@@ -97,7 +102,7 @@ pub(crate) async fn verify(client: &Client) -> Result<(), StorageError> {
     Ok(())
 }
 
-/// Applies every missing migration, each in its own transaction, under an advisory lock so that
+/// Applies every missing migration, all in one transaction under an advisory lock so that
 /// instances starting together apply each file once. Idempotent.
 pub async fn migrate(client: &mut Client) -> Result<Vec<i32>, StorageError> {
     let err = |e: tokio_postgres::Error| StorageError::db("applying migrations", &e);

@@ -130,8 +130,10 @@ async fn connect_inner(opts: PostgresOptions) -> Result<Storage, StorageError> {
         });
     };
 
-    // The schema first: the snapshot below calls its functions.
-    let reachable = match shared.prepare_schema().await {
+    // The schema check and the listener's connection at the same time (two round-trip chains,
+    // one wait); the snapshot then needs both, since it calls the schema's functions.
+    let (schema, opened) = tokio::join!(shared.prepare_schema(), listener::open(&shared));
+    let reachable = match schema {
         Ok(()) => true,
         Err(e @ StorageError::SchemaNotReady { .. }) => return Err(e),
         Err(e) if opts.strict => return Err(e),
@@ -140,19 +142,25 @@ async fn connect_inner(opts: PostgresOptions) -> Result<Storage, StorageError> {
             false
         }
     };
-    // Then the listener, which loads every row of the namespace before we return, so that a
-    // breaker built next is OPEN on its first call if the fleet's is.
-    let first = if reachable {
-        match listener::connect_and_sync(&shared).await {
-            Ok(live) => Some(live),
-            Err(e) if opts.strict => return Err(e),
-            Err(e) => {
+    // The listener loads every row of the namespace before we return, so that a breaker built
+    // next is OPEN on its first call if the fleet's is.
+    let synced = match opened {
+        Ok(live) if reachable => listener::sync(&shared, &live).await.map(|()| live),
+        Ok(_) => Err(StorageError::Connect {
+            target: opts.target(),
+            cause: "the schema check failed".into(),
+        }),
+        Err(e) => Err(e),
+    };
+    let first = match synced {
+        Ok(live) => Some(live),
+        Err(e) if opts.strict => return Err(e),
+        Err(e) => {
+            if reachable {
                 tracing::warn!(error = %e, "the listener could not start: breakers run on local state and reconnect in the background");
-                None
             }
+            None
         }
-    } else {
-        None
     };
     shared.set_degraded(first.is_none());
     let span = tracing::info_span!("resilient_circuit.listener", namespace = %opts.namespace);
