@@ -102,6 +102,9 @@ struct Slow {
     version: i64,
     /// Live breaker handles using this cell; while any exist, the policy is fixed.
     handles: u32,
+    /// A manual override made here is on its way to the database: until its answer arrives,
+    /// changes from elsewhere (an older trip's late answer or NOTIFY) must not undo it.
+    awaiting_force: bool,
 }
 
 /// One key's state in one storage.
@@ -167,6 +170,7 @@ impl KeyCell {
                 leases: VecDeque::new(),
                 version: 0,
                 handles: 0,
+                awaiting_force: false,
             }),
             lease_requested: AtomicBool::new(false),
             changed: Notify::new(),
@@ -493,7 +497,7 @@ impl KeyCell {
         authoritative: bool,
     ) -> (Option<Transition>, bool) {
         let mut slow = self.lock();
-        if !authoritative && version <= slow.version {
+        if !authoritative && (version <= slow.version || slow.awaiting_force) {
             return (None, false); // stale or repeated
         }
         slow.version = version;
@@ -521,9 +525,20 @@ impl KeyCell {
         self.changed.notify_waiters();
     }
 
+    /// True while a manual override made here waits for the database's answer.
+    pub(crate) fn awaiting_force(&self) -> bool {
+        self.lock().awaiting_force
+    }
+
+    /// The database answered (or failed to answer) a manual override made here.
+    pub(crate) fn force_settled(&self) {
+        self.lock().awaiting_force = false;
+    }
+
     /// A manual override, applied locally (the shared store publishes it separately).
     pub(crate) fn force(&self, to: State, cooldown: Duration) -> Option<Transition> {
         let mut slow = self.lock();
+        slow.awaiting_force = self.online.is_some();
         if to == State::HalfOpen {
             slow.probes_free = slow.policy.probe_count();
         }

@@ -1200,3 +1200,79 @@ async fn breaker_recovers_locally_during_an_outage() {
         "one good probe closes it"
     );
 }
+
+/// A manual close made just after a local trip is not undone by the trip's late NOTIFY or
+/// answer: the instance goes CLOSED -> OPEN -> CLOSED once, never back to OPEN.
+#[tokio::test]
+async fn force_closed_is_not_undone_by_a_late_trip() {
+    let db = test_db().await;
+    let _schema = instance(&db).await;
+    let proxy = Proxy::start(db.addr()).await;
+    // Transition calls through a slow link (300 ms each way), the listener direct: the trip's
+    // NOTIFY reaches this instance while its own close is still on the way.
+    let slow = Storage::connect_with(
+        options(&db.conninfo_via(proxy.addr()))
+            .statement_timeout(Duration::from_secs(5))
+            .listener_dsn(&format!(
+                "host={} port={} application_name=force-listener",
+                db.host(),
+                db.port()
+            ))
+            .expect("listener DSN"),
+    )
+    .await
+    .expect("connects");
+    let warm = trip_fast(CircuitBreaker::builder(unique_key("warm")).storage(slow.clone()))
+        .build()
+        .expect("valid");
+    fail(&warm).await;
+    assert!(eventually(WAIT, || async { slow.pending_publications() == 0 }).await);
+    proxy.set_mode(Mode::Delay(Duration::from_millis(300)));
+
+    let key = unique_key("force-race");
+    let mut w = Watched::new(&slow, &key, trip_fast);
+    fail(&w.cb).await;
+    // Let the trip's statement leave (it then spends 300 ms in the proxy). No event marks a
+    // statement on the wire, hence the short pause; it is far below the proxy's delay.
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    assert_eq!(slow.pending_publications(), 1, "the trip is in flight");
+    w.cb.force_closed();
+    let client = db.client().await;
+    // The table ends CLOSED once both calls went through (the trip first, then the close).
+    assert!(
+        eventually(WAIT, || async {
+            client
+                .query_opt(
+                    "SELECT 1 FROM rc_circuit_breakers WHERE resource_key = $1 AND state = 'CLOSED'",
+                    &[&key],
+                )
+                .await
+                .ok()
+                .flatten()
+                .is_some()
+        })
+        .await
+    );
+    // A marker change on another key: once the listener applied it, every earlier NOTIFY
+    // (including the trip's) has been applied too.
+    let marker = unique_key("marker");
+    let mut m = Watched::new(&slow, &marker, trip_fast);
+    client
+        .execute(
+            "INSERT INTO rc_circuit_breakers (resource_key, state, open_until) VALUES ($1, 'OPEN', now() + interval '1 hour')",
+            &[&marker],
+        )
+        .await
+        .expect("marker");
+    assert!(m.reaches(State::Open, WAIT).await);
+    let mut seen = Vec::new();
+    while let Ok(c) = w.changes.try_recv() {
+        seen.push((c.from, c.to));
+    }
+    assert_eq!(
+        seen,
+        vec![(State::Closed, State::Open), (State::Open, State::Closed)],
+        "the close was undone by the trip's late NOTIFY"
+    );
+    assert_eq!(w.cb.state(), State::Closed);
+}

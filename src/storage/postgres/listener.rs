@@ -140,14 +140,15 @@ async fn resync(shared: &Arc<Shared>, client: &Client) -> Result<(), StorageErro
             .try_get(3)
             .map_err(|e| StorageError::db("reading the snapshot", &e))?;
         let cell = shared.cell(&storage, &key);
-        if !shared.ahead_of_table(&key) {
+        if !shared.ahead_of_table(&key) && !cell.awaiting_force() {
             shared.apply(&cell, &state, version, payload::remaining(remaining), true);
         }
         seen.insert(key);
     }
     for entry in storage.cells.iter() {
         let cell = entry.value();
-        if !seen.contains(&*cell.key) && !shared.ahead_of_table(&cell.key) {
+        if !seen.contains(&*cell.key) && !shared.ahead_of_table(&cell.key) && !cell.awaiting_force()
+        {
             // No row: CLOSED (a deleted row means CLOSED), at version 0.
             shared.apply(cell, "CLOSED", 0, Duration::ZERO, true);
         }

@@ -265,11 +265,22 @@ impl Shared {
     /// Applies a row returned by a transition function (o_state, o_version, o_remaining_ms) and
     /// returns the lease it granted, if any.
     fn apply_row(&self, cell: &KeyCell, row: &Row) -> Option<i64> {
+        self.apply_answer(cell, row, false)
+    }
+
+    /// Applies a function's answer; `authoritative` as in [`KeyCell::apply_remote`].
+    fn apply_answer(&self, cell: &KeyCell, row: &Row, authoritative: bool) -> Option<i64> {
         let state: String = row.try_get(0).ok()?;
         let version: i64 = row.try_get(1).ok()?;
         let remaining: i64 = row.try_get(2).ok()?;
         let lease: Option<i64> = row.try_get(3).ok()?;
-        self.apply(cell, &state, version, payload::remaining(remaining), false);
+        self.apply(
+            cell,
+            &state,
+            version,
+            payload::remaining(remaining),
+            authoritative,
+        );
         lease
     }
 
@@ -475,12 +486,15 @@ impl Instance {
                     &[&shared.opts.namespace, &&*cell.key, &to.as_str(), &cooldown_ms],
                 )
                 .await;
+            // The override's own answer is the truth for this key from now on: apply it over
+            // anything held, then let changes from elsewhere through again.
             match r {
                 Ok(row) => {
-                    shared.apply_row(&cell, &row);
+                    shared.apply_answer(&cell, &row, true);
                 }
                 Err(e) => tracing::warn!(key = %cell.key, error = %e, "could not publish a manual override"),
             }
+            cell.force_settled();
         });
     }
 }
