@@ -10,15 +10,13 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use resilient_circuit::storage::postgres::PostgresOptions;
-use resilient_circuit::{
-    Builder, CircuitBreaker, CircuitError, Ratio, State, StatusChange, Storage, StorageError,
-};
+use resilient_circuit::{CircuitBreaker, CircuitError, Ratio, State, Storage, StorageError};
+use support::breakers::{fail, trip_fast, Logs, Watched};
 use support::{eventually, test_db, unique_key, Cluster, Mode, Proxy, TestDb};
-use tokio::sync::mpsc;
 use tokio_postgres::Client;
 
 /// Waiting for something that is expected in milliseconds (a NOTIFY, a pending publication).
@@ -40,92 +38,6 @@ const BLACKHOLE_DETECTED: Duration = Duration::from_secs(10);
 /// Anything on the call path while the database is slow or unreachable: no I/O, no await on
 /// the database, so microseconds; milliseconds only if the thread is preempted.
 const CALL_PATH: Duration = Duration::from_millis(20);
-
-fn trip_fast(b: Builder) -> Builder {
-    b.failure_limit(Ratio::new(1, 1))
-        .cooldown(Duration::from_secs(60))
-}
-
-async fn fail(cb: &CircuitBreaker) {
-    let _ = cb.call(|| async { Err::<(), _>("down") }).await;
-}
-
-/// A breaker plus a stream of the transitions it sees, to await instead of sleeping.
-struct Watched {
-    cb: CircuitBreaker,
-    changes: mpsc::UnboundedReceiver<StatusChange>,
-}
-
-impl Watched {
-    fn new(storage: &Storage, key: &str, configure: impl FnOnce(Builder) -> Builder) -> Watched {
-        let (tx, changes) = mpsc::unbounded_channel();
-        let builder = CircuitBreaker::builder(key)
-            .storage(storage.clone())
-            .on_status_change(move |c| {
-                let _ = tx.send(c.clone());
-            });
-        let cb = configure(builder).build().expect("valid breaker");
-        Watched { cb, changes }
-    }
-
-    /// Waits until the breaker is in `state` (at once if it is already), at most `within`.
-    async fn reaches(&mut self, state: State, within: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + within;
-        while self.cb.state() != state {
-            match tokio::time::timeout_at(deadline, self.changes.recv()).await {
-                Ok(Some(_)) => continue,
-                _ => return false,
-            }
-        }
-        true
-    }
-}
-
-/// Log lines captured on this thread (a current-thread runtime runs every task of the test,
-/// the instance's listener and publishers included, on it).
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-struct LogWriter(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for LogWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
-    type Writer = LogWriter;
-
-    fn make_writer(&'a self) -> LogWriter {
-        LogWriter(self.0.clone())
-    }
-}
-
-impl Logs {
-    /// Captures WARN and above on this thread until the guard is dropped.
-    fn capture() -> (Logs, tracing::subscriber::DefaultGuard) {
-        let logs = Logs::default();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(logs.clone())
-            .with_max_level(tracing::Level::WARN)
-            .with_ansi(false)
-            .finish();
-        (logs, tracing::subscriber::set_default(subscriber))
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
-    }
-}
 
 /// Panics anywhere in this process (spawned library tasks included) since the first call.
 fn panics() -> usize {
@@ -315,12 +227,12 @@ async fn database_down_at_start_then_up() {
     cluster.start_again().await;
     let pg_ready = up.elapsed();
     assert!(
-        on_early.reaches(State::Open, AFTER_OUTAGE).await,
+        on_early.reaches_within(State::Open, AFTER_OUTAGE).await,
         "the instance connected before the outage gets the trip"
     );
     let early_saw = up.elapsed();
     assert!(
-        on_late2.reaches(State::Open, AFTER_OUTAGE).await,
+        on_late2.reaches_within(State::Open, AFTER_OUTAGE).await,
         "the other late instance gets the trip"
     );
     let late2_saw = up.elapsed();
@@ -388,7 +300,7 @@ async fn trip_expiring_during_outage_does_not_wedge() {
         w.cb.state(),
         storage.pending_publications()
     );
-    assert!(w.reaches(State::Closed, WAIT).await);
+    assert!(w.reaches_within(State::Closed, WAIT).await);
     eprintln!(
         "MEASURED trip_expiring_during_outage_does_not_wedge: admitting again {:?} after the database came back",
         up.elapsed()
@@ -614,7 +526,7 @@ async fn restart_under_traffic_converges() {
         .await
         .expect("marker");
     for m in &mut markers {
-        assert!(m.reaches(State::Open, WAIT).await);
+        assert!(m.reaches_within(State::Open, WAIT).await);
     }
     let rows = table(&admin, "default").await;
     for (i, s) in storages.iter().enumerate() {
@@ -675,7 +587,7 @@ async fn listener_backend_killed_reconnects_within_a_second() {
     .expect("trip by SQL");
     tx.commit().await.expect("commit");
     assert!(
-        w.reaches(State::Open, LISTENER_KILLED).await,
+        w.reaches_within(State::Open, LISTENER_KILLED).await,
         "the trip is seen within {LISTENER_KILLED:?} of the kill"
     );
     let healed = killed_at.elapsed();
@@ -777,7 +689,7 @@ async fn blackholed_connection_detected_and_recovers() {
     proxy.set_mode(Mode::Pass);
     let back = Instant::now();
     assert!(
-        on_direct.reaches(State::Open, AFTER_OUTAGE).await,
+        on_direct.reaches_within(State::Open, AFTER_OUTAGE).await,
         "the pending trip is published once the path is back"
     );
     let published = back.elapsed();
@@ -830,7 +742,7 @@ async fn timed_out_publication_is_not_replayed_over_a_later_close() {
     let mut on_direct = Watched::new(&direct, &key, trip_fast);
     fail(&on_via.cb).await;
     assert!(
-        on_direct.reaches(State::Open, WAIT).await,
+        on_direct.reaches_within(State::Open, WAIT).await,
         "the database committed the trip"
     );
     let timed_out = eventually(WAIT, || async {
@@ -853,8 +765,8 @@ async fn timed_out_publication_is_not_replayed_over_a_later_close() {
         )
         .await
         .expect("operator's close");
-    assert!(on_via.reaches(State::Closed, WAIT).await);
-    assert!(on_direct.reaches(State::Closed, WAIT).await);
+    assert!(on_via.reaches_within(State::Closed, WAIT).await);
+    assert!(on_direct.reaches_within(State::Closed, WAIT).await);
 
     // A listener reconnect (here: its backend killed) republishes what is still pending.
     let killed: Vec<bool> = client
@@ -939,7 +851,10 @@ async fn slow_database_does_not_slow_calls() {
     let during = admissions(&hot, n);
     let in_flight = via.pending_publications();
     for w in &mut seen {
-        assert!(w.reaches(State::Open, WAIT).await, "the trip is published");
+        assert!(
+            w.reaches_within(State::Open, WAIT).await,
+            "the trip is published"
+        );
     }
     let published = publishing.elapsed();
     let trips = stats(trips);
@@ -998,7 +913,10 @@ async fn burst_of_ten_thousand_keys_converges() {
         .expect("burst of inserts");
     let committed = started.elapsed();
     for m in &mut markers {
-        assert!(m.reaches(State::Open, WAIT).await, "the burst arrives");
+        assert!(
+            m.reaches_within(State::Open, WAIT).await,
+            "the burst arrives"
+        );
     }
     let first = started.elapsed();
     let rows = table(&client, "default").await;
@@ -1031,7 +949,7 @@ async fn burst_of_ten_thousand_keys_converges() {
         .expect("burst of updates");
     for m in &mut markers {
         assert!(
-            m.reaches(State::Closed, WAIT).await,
+            m.reaches_within(State::Closed, WAIT).await,
             "the second burst arrives"
         );
     }
@@ -1137,7 +1055,10 @@ async fn fifty_instances_converge() {
         .await
         .expect("marker");
     for m in &mut markers {
-        assert!(m.reaches(State::Open, WAIT).await, "every instance follows");
+        assert!(
+            m.reaches_within(State::Open, WAIT).await,
+            "every instance follows"
+        );
     }
     let converged = burst.elapsed();
     let rows = table(&client, "default").await;
@@ -1196,7 +1117,7 @@ async fn breaker_recovers_locally_during_an_outage() {
             .expect("after the cooldown a local probe runs although the database is down");
     assert_eq!(probe, "probe");
     assert!(
-        w.reaches(State::Closed, WAIT).await,
+        w.reaches_within(State::Closed, WAIT).await,
         "one good probe closes it"
     );
 }
@@ -1264,7 +1185,7 @@ async fn force_closed_is_not_undone_by_a_late_trip() {
         )
         .await
         .expect("marker");
-    assert!(m.reaches(State::Open, WAIT).await);
+    assert!(m.reaches_within(State::Open, WAIT).await);
     let mut seen = Vec::new();
     while let Ok(c) = w.changes.try_recv() {
         seen.push((c.from, c.to));

@@ -6,108 +6,19 @@ mod support;
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use resilient_circuit::storage::postgres::{PostgresOptions, SslMode};
-use resilient_circuit::{
-    Builder, ChangeOrigin, CircuitBreaker, ConfigError, Ratio, State, StatusChange, Storage,
-    StorageError,
-};
+use resilient_circuit::{ChangeOrigin, CircuitBreaker, ConfigError, State, Storage, StorageError};
+use support::breakers::{fail, trip_fast, Logs, Watched};
 use support::{eventually, test_db, unique_key, Cluster, TestDb};
-use tokio::sync::mpsc;
 use tokio_postgres::Client;
 
 const WAIT: Duration = Duration::from_secs(10);
 
 /// A password that must never show up in an error, a `Debug` or a log line.
 const PASSWORD: &str = "Hunter2-s3cr3t-PW";
-
-fn trip_fast(b: Builder) -> Builder {
-    b.failure_limit(Ratio::new(1, 1))
-        .cooldown(Duration::from_secs(60))
-}
-
-async fn fail(cb: &CircuitBreaker) {
-    let _ = cb.call(|| async { Err::<(), _>("down") }).await;
-}
-
-/// A breaker plus a stream of the transitions it sees, to await instead of sleeping.
-struct Watched {
-    cb: CircuitBreaker,
-    changes: mpsc::UnboundedReceiver<StatusChange>,
-}
-
-impl Watched {
-    fn new(storage: &Storage, key: &str, configure: impl FnOnce(Builder) -> Builder) -> Watched {
-        let (tx, changes) = mpsc::unbounded_channel();
-        let builder = CircuitBreaker::builder(key)
-            .storage(storage.clone())
-            .on_status_change(move |c| {
-                let _ = tx.send(c.clone());
-            });
-        let cb = configure(builder).build().expect("valid breaker");
-        Watched { cb, changes }
-    }
-
-    /// Waits until the breaker is in `state` (at once if it is already).
-    async fn reaches(&mut self, state: State) -> bool {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while self.cb.state() != state {
-            match tokio::time::timeout_at(deadline, self.changes.recv()).await {
-                Ok(Some(_)) => continue,
-                _ => return false,
-            }
-        }
-        true
-    }
-}
-
-/// Log lines captured on this thread (a current-thread runtime runs every task of the test,
-/// the instances' listeners included, on it).
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-struct LogWriter(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for LogWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
-    type Writer = LogWriter;
-
-    fn make_writer(&'a self) -> LogWriter {
-        LogWriter(self.0.clone())
-    }
-}
-
-impl Logs {
-    /// Captures WARN and above on this thread until the guard is dropped.
-    fn capture() -> (Logs, tracing::subscriber::DefaultGuard) {
-        let logs = Logs::default();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(logs.clone())
-            .with_max_level(tracing::Level::WARN)
-            .with_ansi(false)
-            .finish();
-        (logs, tracing::subscriber::set_default(subscriber))
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
-    }
-}
 
 /// Panics anywhere in this process (spawned library tasks included) since the first call.
 fn panics() -> usize {

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use resilient_circuit::storage::postgres::PostgresOptions;
-use resilient_circuit::{CircuitBreaker, Ratio, State, StatusChange, Storage, StorageError};
+use resilient_circuit::{CircuitBreaker, Ratio, State, Storage, StorageError};
+use support::breakers::{fail, trip_fast, Watched};
 use support::{test_db, unique_key, TestDb};
-use tokio::sync::mpsc;
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -23,50 +23,6 @@ async fn instance(db: &TestDb) -> Storage {
     Storage::connect_with(opts(db))
         .await
         .expect("connects to the test database")
-}
-
-/// A breaker plus a stream of the transitions it sees, to await instead of sleeping.
-struct Watched {
-    cb: CircuitBreaker,
-    changes: mpsc::UnboundedReceiver<StatusChange>,
-}
-
-impl Watched {
-    fn new(
-        storage: &Storage,
-        key: &str,
-        configure: impl FnOnce(resilient_circuit::Builder) -> resilient_circuit::Builder,
-    ) -> Watched {
-        let (tx, changes) = mpsc::unbounded_channel();
-        let builder = CircuitBreaker::builder(key)
-            .storage(storage.clone())
-            .on_status_change(move |c| {
-                let _ = tx.send(c.clone());
-            });
-        let cb = configure(builder).build().expect("valid breaker");
-        Watched { cb, changes }
-    }
-
-    /// Waits until the breaker is in `state` (returns at once if it is already).
-    async fn reaches(&mut self, state: State) -> bool {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while self.cb.state() != state {
-            match tokio::time::timeout_at(deadline, self.changes.recv()).await {
-                Ok(Some(_)) => continue,
-                _ => return false,
-            }
-        }
-        true
-    }
-}
-
-fn trip_fast(b: resilient_circuit::Builder) -> resilient_circuit::Builder {
-    b.failure_limit(Ratio::new(1, 1))
-        .cooldown(Duration::from_secs(60))
-}
-
-async fn fail(cb: &CircuitBreaker) {
-    let _ = cb.call(|| async { Err::<(), _>("down") }).await;
 }
 
 /// A trip on instance A is seen on instance B, which then rejects without running the call.
@@ -541,6 +497,9 @@ async fn lease_of_a_crashed_prober_expires() {
     fail(&on_a.cb).await;
     assert!(on_b.reaches(State::Open).await);
     tokio::time::sleep(on_a.cb.cooldown_remaining() + Duration::from_millis(20)).await;
+    // Before A asks: the database grants the lease after this instant, so it expires after
+    // `leased_at + lease`.
+    let leased_at = std::time::Instant::now();
     let mut taken = None;
     for _ in 0..40 {
         if let Ok(p) = on_a.cb.acquire().await {
@@ -549,7 +508,6 @@ async fn lease_of_a_crashed_prober_expires() {
         }
     }
     let permit = taken.expect("A leases the only probe");
-    let leased_at = std::time::Instant::now();
     // A dies holding it: the permit is never reported nor returned.
     std::mem::forget(permit);
     drop(on_a);

@@ -25,6 +25,7 @@
 //! connection timeouts would fire at once).
 #![allow(dead_code)]
 
+pub mod breakers;
 pub mod cluster;
 pub mod proxy;
 

@@ -1,0 +1,108 @@
+//! Breaker-level helpers shared by the PostgreSQL test files: a breaker whose transitions can be
+//! awaited, the tripping shortcuts, and WARN-log capture.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use resilient_circuit::{Builder, CircuitBreaker, State, StatusChange, Storage};
+use tokio::sync::mpsc;
+
+/// How long `Watched::reaches` waits by default.
+pub const REACH: Duration = Duration::from_secs(10);
+
+/// Trips on the first failure and stays open a minute.
+pub fn trip_fast(b: Builder) -> Builder {
+    b.failure_limit(resilient_circuit::Ratio::new(1, 1))
+        .cooldown(Duration::from_secs(60))
+}
+
+/// One failed call.
+pub async fn fail(cb: &CircuitBreaker) {
+    let _ = cb.call(|| async { Err::<(), _>("down") }).await;
+}
+
+/// A breaker plus a stream of the transitions it sees, to await instead of sleeping.
+pub struct Watched {
+    pub cb: CircuitBreaker,
+    pub changes: mpsc::UnboundedReceiver<StatusChange>,
+}
+
+impl Watched {
+    pub fn new(
+        storage: &Storage,
+        key: &str,
+        configure: impl FnOnce(Builder) -> Builder,
+    ) -> Watched {
+        let (tx, changes) = mpsc::unbounded_channel();
+        let builder = CircuitBreaker::builder(key)
+            .storage(storage.clone())
+            .on_status_change(move |c| {
+                let _ = tx.send(c.clone());
+            });
+        let cb = configure(builder).build().expect("valid breaker");
+        Watched { cb, changes }
+    }
+
+    /// Waits until the breaker is in `state` (at once if it is already), at most [`REACH`].
+    pub async fn reaches(&mut self, state: State) -> bool {
+        self.reaches_within(state, REACH).await
+    }
+
+    /// Waits until the breaker is in `state` (at once if it is already), at most `within`.
+    pub async fn reaches_within(&mut self, state: State, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        while self.cb.state() != state {
+            match tokio::time::timeout_at(deadline, self.changes.recv()).await {
+                Ok(Some(_)) => continue,
+                _ => return false,
+            }
+        }
+        true
+    }
+}
+
+/// Log lines captured on this thread (a current-thread runtime runs every task of the test,
+/// the instance's listener and publishers included, on it).
+#[derive(Clone, Default)]
+pub struct Logs(Arc<Mutex<Vec<u8>>>);
+
+pub struct LogWriter(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
+    type Writer = LogWriter;
+
+    fn make_writer(&'a self) -> LogWriter {
+        LogWriter(self.0.clone())
+    }
+}
+
+impl Logs {
+    /// Captures WARN and above on this thread until the guard is dropped.
+    pub fn capture() -> (Logs, tracing::subscriber::DefaultGuard) {
+        let logs = Logs::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(logs.clone())
+            .with_max_level(tracing::Level::WARN)
+            .with_ansi(false)
+            .finish();
+        (logs, tracing::subscriber::set_default(subscriber))
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
+    }
+}
