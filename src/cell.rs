@@ -129,6 +129,9 @@ pub(crate) struct KeyCell {
     slow: Mutex<Slow>,
     /// Set while a lease request to the shared store is in flight, so callers do not flood it.
     pub(crate) lease_requested: AtomicBool,
+    /// Shared stores: how many transitions this instance decided for the key (trips and
+    /// overrides), so the answer to an override can tell whether a newer decision followed it.
+    pub(crate) local_decisions: AtomicU64,
     /// Woken when a lease arrives or the state changes, for `call` waiting on a probe.
     pub(crate) changed: Notify,
     callbacks: Mutex<Vec<Weak<Callback>>>,
@@ -173,6 +176,7 @@ impl KeyCell {
                 awaiting_force: false,
             }),
             lease_requested: AtomicBool::new(false),
+            local_decisions: AtomicU64::new(0),
             changed: Notify::new(),
             clock,
             online,
@@ -523,6 +527,12 @@ impl KeyCell {
             .store(slow.leases.len() as u32, Ordering::Relaxed);
         drop(slow);
         self.changed.notify_waiters();
+    }
+
+    /// Records that the shared row reached `version` without changing the state held.
+    pub(crate) fn raise_version(&self, version: i64) {
+        let mut slow = self.lock();
+        slow.version = slow.version.max(version);
     }
 
     /// True while a manual override made here waits for the database's answer.

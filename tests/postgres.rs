@@ -530,3 +530,93 @@ async fn lease_of_a_crashed_prober_expires() {
     p.success();
     assert!(on_b.reaches(State::Closed).await);
 }
+
+/// A burst of local trips on many keys (sent in batches) reaches the table and every other
+/// instance, one transition per key.
+#[tokio::test]
+async fn burst_of_local_trips_is_published_in_batches() {
+    let db = test_db().await;
+    let (a, b) = (instance(&db).await, instance(&db).await);
+    let keys: Vec<String> = (0..300).map(|i| unique_key(&format!("burst{i}"))).collect();
+    let on_a: Vec<CircuitBreaker> = keys
+        .iter()
+        .map(|k| {
+            trip_fast(CircuitBreaker::builder(k).storage(a.clone()))
+                .build()
+                .expect("valid")
+        })
+        .collect();
+    let mut on_b: Vec<Watched> = keys
+        .iter()
+        .map(|k| Watched::new(&b, k, trip_fast))
+        .collect();
+    for cb in &on_a {
+        fail(cb).await;
+    }
+    // B's transitions arrive through its callbacks; wait for all of them, then count.
+    assert!(
+        support::eventually(WAIT, || async {
+            on_b.iter().all(|w| w.cb.state() == State::Open)
+        })
+        .await,
+        "every key reached B"
+    );
+    assert!(support::eventually(WAIT, || async { a.pending_publications() == 0 }).await);
+    let client = db.client().await;
+    let open: i64 = client
+        .query_one(
+            "SELECT count(*) FROM rc_circuit_breakers WHERE state = 'OPEN' AND resource_key = ANY($1)",
+            &[&keys],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(open, 300);
+    for w in &mut on_b {
+        let mut opened = 0;
+        while let Ok(c) = w.changes.try_recv() {
+            opened += usize::from(c.to == State::Open);
+        }
+        assert_eq!(opened, 1, "{}: one transition", w.cb.key());
+    }
+}
+
+/// A trip decided right after a manual close wins: the close's late answer neither cancels it
+/// nor closes the instance again, and the fleet ends OPEN.
+#[tokio::test]
+async fn trip_after_force_closed_wins() {
+    let db = test_db().await;
+    let (a, b) = (instance(&db).await, instance(&db).await);
+    let key = unique_key("close-then-trip");
+    let on_a = Watched::new(&a, &key, trip_fast);
+    let mut on_b = Watched::new(&b, &key, trip_fast);
+    fail(&on_a.cb).await;
+    assert!(on_b.reaches(State::Open).await);
+    assert!(support::eventually(WAIT, || async { a.pending_publications() == 0 }).await);
+    on_a.cb.force_closed();
+    fail(&on_a.cb).await; // the window trips again at once, before the close is answered
+    assert_eq!(on_a.cb.state(), State::Open);
+    let client = db.client().await;
+    assert!(
+        support::eventually(WAIT, || async {
+            a.pending_publications() == 0
+                && client
+                    .query_opt(
+                        "SELECT 1 FROM rc_circuit_breakers WHERE resource_key = $1 AND state = 'OPEN' AND open_until > now()",
+                        &[&key],
+                    )
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_some()
+        })
+        .await,
+        "the second trip reached the table"
+    );
+    assert!(on_b.reaches(State::Open).await);
+    assert_eq!(
+        on_a.cb.state(),
+        State::Open,
+        "the close's answer did not undo the trip"
+    );
+}

@@ -38,6 +38,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "inline_remaining_ms",
         sql: include_str!("../../../sql/0004_inline_remaining_ms.sql"),
     },
+    Migration {
+        version: 5,
+        name: "batched_transitions",
+        sql: include_str!("../../../sql/0005_batched_transitions.sql"),
+    },
 ];
 
 /// Serializes concurrent migrators across the fleet (an arbitrary constant: "rc_migr").

@@ -17,6 +17,7 @@ pub(crate) mod config;
 mod listener;
 pub mod migrate;
 mod payload;
+mod publish;
 pub(crate) mod tls;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -67,6 +68,8 @@ pub(crate) struct Shared {
     /// Trips decided locally that the database has not accepted yet, with their local deadline.
     /// Published again after a reconnect if their cooldown has not ended.
     pub(crate) pending_trips: DashMap<Arc<str>, u64>,
+    /// Trips and overrides on their way to the database, sent in batches.
+    outbox: publish::Outbox,
     clock: Arc<dyn Clock>,
 }
 
@@ -115,6 +118,7 @@ async fn connect_inner(opts: PostgresOptions) -> Result<Storage, StorageError> {
             holder,
             runtime: tokio::runtime::Handle::current(),
             pending_trips: DashMap::new(),
+            outbox: publish::Outbox::default(),
             clock,
         });
         made = Some(shared.clone());
@@ -224,6 +228,30 @@ impl Shared {
         }
     }
 
+    /// Like `call`, for a function returning several rows.
+    async fn call_many(
+        &self,
+        during: &'static str,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, StorageError> {
+        let work = async {
+            let client = self.client(during).await?;
+            let stmt = client
+                .prepare_cached(sql)
+                .await
+                .map_err(|e| StorageError::db(during, &e))?;
+            client
+                .query(&stmt, params)
+                .await
+                .map_err(|e| StorageError::db(during, &e))
+        };
+        match tokio::time::timeout(self.opts.statement_timeout, work).await {
+            Ok(r) => r,
+            Err(_) => Err(StorageError::Timeout(self.opts.statement_timeout, during)),
+        }
+    }
+
     pub(crate) fn set_degraded(&self, degraded: bool) {
         let was = !self.online.swap(!degraded, Ordering::Relaxed);
         if was != degraded {
@@ -265,15 +293,22 @@ impl Shared {
     /// Applies a row returned by a transition function (o_state, o_version, o_remaining_ms) and
     /// returns the lease it granted, if any.
     fn apply_row(&self, cell: &KeyCell, row: &Row) -> Option<i64> {
-        self.apply_answer(cell, row, false)
+        self.apply_columns(cell, row, 0, false)
     }
 
-    /// Applies a function's answer; `authoritative` as in [`KeyCell::apply_remote`].
-    fn apply_answer(&self, cell: &KeyCell, row: &Row, authoritative: bool) -> Option<i64> {
-        let state: String = row.try_get(0).ok()?;
-        let version: i64 = row.try_get(1).ok()?;
-        let remaining: i64 = row.try_get(2).ok()?;
-        let lease: Option<i64> = row.try_get(3).ok()?;
+    /// Applies a function's answer whose state columns start at `first`; `authoritative` as in
+    /// [`KeyCell::apply_remote`].
+    pub(crate) fn apply_columns(
+        &self,
+        cell: &KeyCell,
+        row: &Row,
+        first: usize,
+        authoritative: bool,
+    ) -> Option<i64> {
+        let state: String = row.try_get(first).ok()?;
+        let version: i64 = row.try_get(first + 1).ok()?;
+        let remaining: i64 = row.try_get(first + 2).ok()?;
+        let lease: Option<i64> = row.try_get(first + 3).ok()?;
         self.apply(
             cell,
             &state,
@@ -330,46 +365,7 @@ impl Shared {
         let keys: Vec<Arc<str>> = self.pending_trips.iter().map(|e| e.key().clone()).collect();
         for key in keys {
             if let Some(cell) = storage.cells.get(&key).map(|c| c.clone()) {
-                self.runtime.spawn(self.clone().trip(cell));
-            }
-        }
-    }
-
-    async fn trip(self: Arc<Self>, cell: Arc<KeyCell>) {
-        let Some(deadline) = self.pending_trips.get(&cell.key).map(|d| *d) else {
-            return;
-        };
-        let remaining = deadline.saturating_sub(self.clock.now_nanos());
-        if remaining == 0 {
-            self.pending_trips.remove(&cell.key);
-            return;
-        }
-        let cooldown_ms = i64::try_from(remaining / 1_000_000)
-            .unwrap_or(i64::MAX)
-            .max(1);
-        let log_bits = cell.execution_log();
-        let failures = i32::try_from(log_bits.iter().filter(|s| !**s).count()).unwrap_or(i32::MAX);
-        let log = serde_json::Value::from(log_bits);
-        let r = self
-            .call(
-                "publishing a trip",
-                "SELECT * FROM public.rc_trip($1, $2, $3, $4, $5)",
-                &[
-                    &self.opts.namespace,
-                    &&*cell.key,
-                    &cooldown_ms,
-                    &failures,
-                    &log,
-                ],
-            )
-            .await;
-        match r {
-            Ok(row) => {
-                self.pending_trips.remove(&cell.key);
-                self.apply_row(&cell, &row);
-            }
-            Err(e) => {
-                tracing::warn!(key = %cell.key, error = %e, "could not publish a trip; it stays local and is published when the database is back");
+                self.queue_trip(cell);
             }
         }
     }
@@ -468,33 +464,18 @@ impl Instance {
             .now_nanos()
             .saturating_add(duration_nanos(cooldown));
         self.shared.pending_trips.insert(cell.key.clone(), deadline);
-        self.shared
-            .runtime
-            .spawn(self.shared.clone().trip(cell.clone()));
+        cell.local_decisions.fetch_add(1, Ordering::AcqRel);
+        self.shared.queue_trip(cell.clone());
     }
 
     pub(crate) fn publish_force(&self, cell: &Arc<KeyCell>, to: State, cooldown: Duration) {
-        let shared = self.shared.clone();
-        let cell = cell.clone();
         self.shared.pending_trips.remove(&cell.key);
-        self.shared.runtime.spawn(async move {
-            let cooldown_ms = i64::try_from(cooldown.as_millis()).unwrap_or(i64::MAX);
-            let r = shared
-                .call(
-                    "forcing a state",
-                    "SELECT * FROM public.rc_force($1, $2, $3, $4)",
-                    &[&shared.opts.namespace, &&*cell.key, &to.as_str(), &cooldown_ms],
-                )
-                .await;
-            // The override's own answer is the truth for this key from now on: apply it over
-            // anything held, then let changes from elsewhere through again.
-            match r {
-                Ok(row) => {
-                    shared.apply_answer(&cell, &row, true);
-                }
-                Err(e) => tracing::warn!(key = %cell.key, error = %e, "could not publish a manual override"),
-            }
-            cell.force_settled();
+        let seq = cell.local_decisions.fetch_add(1, Ordering::AcqRel) + 1;
+        self.shared.queue_force(publish::Force {
+            cell: cell.clone(),
+            to,
+            cooldown,
+            seq,
         });
     }
 }
