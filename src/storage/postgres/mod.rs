@@ -203,32 +203,25 @@ impl Shared {
         })
     }
 
-    /// Runs one transition function: one round trip on a pooled connection, bounded by the
-    /// statement timeout.
+    /// Runs one transition function returning one row: see [`call_many`](Self::call_many).
     async fn call(
         &self,
         during: &'static str,
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Row, StorageError> {
-        let work = async {
-            let client = self.client(during).await?;
-            let stmt = client
-                .prepare_cached(sql)
-                .await
-                .map_err(|e| StorageError::db(during, &e))?;
-            client
-                .query_one(&stmt, params)
-                .await
-                .map_err(|e| StorageError::db(during, &e))
-        };
-        match tokio::time::timeout(self.opts.statement_timeout, work).await {
-            Ok(r) => r,
-            Err(_) => Err(StorageError::Timeout(self.opts.statement_timeout, during)),
-        }
+        self.call_many(during, sql, params)
+            .await?
+            .into_iter()
+            .next()
+            .ok_or(StorageError::Database {
+                during,
+                cause: "the function returned no row".into(),
+            })
     }
 
-    /// Like `call`, for a function returning several rows.
+    /// Runs one transition function: one round trip on a pooled connection (its statement
+    /// prepared once per connection), bounded by the statement timeout.
     async fn call_many(
         &self,
         during: &'static str,
