@@ -49,7 +49,8 @@
 //! * `cell`: one key's state word and private lock — **the hot path**, and every atomic ordering.
 //! * `policy`, `window`: the pure decision rules and the outcome ring, testable without a clock.
 //! * [`storage`]: the key map; `storage::postgres` holds the shared backend, its listener
-//!   (`listener.rs`), its outbox of transitions (`publish.rs`) and its SQL calls; the SQL itself lives in `sql/` as numbered migrations.
+//!   (`listener.rs`), its outbox of transitions (`publish.rs`) and its SQL calls; the SQL itself
+//!   lives in `sql/` as numbered migrations.
 //! * [`clock`]: monotonic time, injectable for tests.
 
 #![warn(missing_docs)]
