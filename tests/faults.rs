@@ -10,12 +10,12 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use resilient_circuit::storage::postgres::PostgresOptions;
 use resilient_circuit::{CircuitBreaker, CircuitError, Ratio, State, Storage, StorageError};
-use support::breakers::{fail, trip_fast, Logs, Watched};
+use support::breakers::{fail, panics, row_state, trip_fast, Logs, Watched};
 use support::{eventually, test_db, unique_key, Cluster, Mode, Proxy, TestDb};
 use tokio_postgres::Client;
 
@@ -39,22 +39,34 @@ const BLACKHOLE_DETECTED: Duration = Duration::from_secs(10);
 /// the database, so microseconds; milliseconds only if the thread is preempted.
 const CALL_PATH: Duration = Duration::from_millis(20);
 
-/// Panics anywhere in this process (spawned library tasks included) since the first call.
-fn panics() -> usize {
-    static COUNT: AtomicUsize = AtomicUsize::new(0);
-    static HOOK: OnceLock<()> = OnceLock::new();
-    HOOK.get_or_init(|| {
-        let previous = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            COUNT.fetch_add(1, Ordering::SeqCst);
-            previous(info);
-        }));
-    });
-    COUNT.load(Ordering::SeqCst)
-}
-
 fn options(conninfo: &str) -> PostgresOptions {
     PostgresOptions::from_dsn(conninfo).expect("test conninfo parses")
+}
+
+/// An instance whose transition calls go through `proxy` while its listener (named
+/// `listener_name`) connects directly, warmed up so that the transition functions are already
+/// prepared on its pooled connection and a publication is one round trip.
+async fn slow_transitions(
+    db: &TestDb,
+    proxy: &Proxy,
+    listener_name: &str,
+    tune: impl FnOnce(PostgresOptions) -> PostgresOptions,
+) -> Storage {
+    let listener = format!(
+        "host={} port={} application_name={listener_name}",
+        db.host(),
+        db.port()
+    );
+    let opts = tune(options(&db.conninfo_via(proxy.addr())))
+        .listener_dsn(&listener)
+        .expect("listener DSN");
+    let storage = Storage::connect_with(opts).await.expect("connects");
+    let warm = trip_fast(CircuitBreaker::builder(unique_key("warm")).storage(storage.clone()))
+        .build()
+        .expect("valid");
+    fail(&warm).await;
+    assert!(eventually(WAIT, || async { storage.pending_publications() == 0 }).await);
+    storage
 }
 
 async fn instance(db: &TestDb) -> Storage {
@@ -714,25 +726,11 @@ async fn timed_out_publication_is_not_replayed_over_a_later_close() {
     let proxy = Proxy::start(db.addr()).await;
     // The pool (one connection) goes through the proxy, the listener directly: only the
     // transition calls are slow.
-    let via = Storage::connect_with(
-        options(&db.conninfo_via(proxy.addr()))
-            .pool_size(1)
+    let via = slow_transitions(&db, &proxy, "replay-listener", |o| {
+        o.pool_size(1)
             .statement_timeout(Duration::from_millis(1500))
-            .listener_dsn(&format!(
-                "host={} port={} application_name=replay-listener",
-                db.host(),
-                db.port()
-            ))
-            .expect("listener DSN"),
-    )
-    .await
-    .expect("connects");
-    // Warm up: rc_trip is prepared on the pooled connection, so a publication is one round trip.
-    let warm = trip_fast(CircuitBreaker::builder(unique_key("warm")).storage(via.clone()))
-        .build()
-        .expect("valid");
-    fail(&warm).await;
-    assert!(eventually(WAIT, || async { via.pending_publications() == 0 }).await);
+    })
+    .await;
 
     // 1 s each way: the trip reaches the database after 1 s and commits; its answer would be
     // back after 2 s, but the statement timeout gives up at 1.5 s.
@@ -1131,23 +1129,10 @@ async fn force_closed_is_not_undone_by_a_late_trip() {
     let proxy = Proxy::start(db.addr()).await;
     // Transition calls through a slow link (300 ms each way), the listener direct: the trip's
     // NOTIFY reaches this instance while its own close is still on the way.
-    let slow = Storage::connect_with(
-        options(&db.conninfo_via(proxy.addr()))
-            .statement_timeout(Duration::from_secs(5))
-            .listener_dsn(&format!(
-                "host={} port={} application_name=force-listener",
-                db.host(),
-                db.port()
-            ))
-            .expect("listener DSN"),
-    )
-    .await
-    .expect("connects");
-    let warm = trip_fast(CircuitBreaker::builder(unique_key("warm")).storage(slow.clone()))
-        .build()
-        .expect("valid");
-    fail(&warm).await;
-    assert!(eventually(WAIT, || async { slow.pending_publications() == 0 }).await);
+    let slow = slow_transitions(&db, &proxy, "force-listener", |o| {
+        o.statement_timeout(Duration::from_secs(5))
+    })
+    .await;
     proxy.set_mode(Mode::Delay(Duration::from_millis(300)));
 
     let key = unique_key("force-race");
@@ -1162,15 +1147,7 @@ async fn force_closed_is_not_undone_by_a_late_trip() {
     // The table ends CLOSED once both calls went through (the trip first, then the close).
     assert!(
         eventually(WAIT, || async {
-            client
-                .query_opt(
-                    "SELECT 1 FROM rc_circuit_breakers WHERE resource_key = $1 AND state = 'CLOSED'",
-                    &[&key],
-                )
-                .await
-                .ok()
-                .flatten()
-                .is_some()
+            row_state(&client, &key).await.as_deref() == Some("CLOSED")
         })
         .await
     );

@@ -5,13 +5,11 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use resilient_circuit::storage::postgres::{PostgresOptions, SslMode};
 use resilient_circuit::{ChangeOrigin, CircuitBreaker, ConfigError, State, Storage, StorageError};
-use support::breakers::{fail, trip_fast, Logs, Watched};
+use support::breakers::{fail, panics, trip_fast, Logs, Watched};
 use support::{eventually, test_db, unique_key, Cluster, TestDb};
 use tokio_postgres::Client;
 
@@ -19,20 +17,6 @@ const WAIT: Duration = Duration::from_secs(10);
 
 /// A password that must never show up in an error, a `Debug` or a log line.
 const PASSWORD: &str = "Hunter2-s3cr3t-PW";
-
-/// Panics anywhere in this process (spawned library tasks included) since the first call.
-fn panics() -> usize {
-    static COUNT: AtomicUsize = AtomicUsize::new(0);
-    static HOOK: OnceLock<()> = OnceLock::new();
-    HOOK.get_or_init(|| {
-        let previous = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            COUNT.fetch_add(1, Ordering::SeqCst);
-            previous(info);
-        }));
-    });
-    COUNT.load(Ordering::SeqCst)
-}
 
 fn options(db: &TestDb) -> PostgresOptions {
     PostgresOptions::from_dsn(&db.conninfo())

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use resilient_circuit::storage::postgres::PostgresOptions;
 use resilient_circuit::{CircuitBreaker, Ratio, State, Storage, StorageError};
-use support::breakers::{fail, trip_fast, Watched};
+use support::breakers::{fail, row_state, trip_fast, Watched};
 use support::{test_db, unique_key, TestDb};
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -66,15 +66,7 @@ async fn new_instance_sees_open_at_once() {
     let client = db.client().await;
     assert!(
         support::eventually(WAIT, || async {
-            client
-                .query_opt(
-                    "SELECT 1 FROM rc_circuit_breakers WHERE resource_key = $1 AND state = 'OPEN'",
-                    &[&key],
-                )
-                .await
-                .ok()
-                .flatten()
-                .is_some()
+            row_state(&client, &key).await.as_deref() == Some("OPEN")
         })
         .await
     );
@@ -347,20 +339,7 @@ async fn stale_notifications_are_ignored() {
     let mut w = Watched::new(&a, &key, trip_fast);
     fail(&w.cb).await;
     let client = db.client().await;
-    assert!(
-        support::eventually(WAIT, || async {
-            client
-                .query_opt(
-                    "SELECT 1 FROM rc_circuit_breakers WHERE resource_key = $1",
-                    &[&key],
-                )
-                .await
-                .ok()
-                .flatten()
-                .is_some()
-        })
-        .await
-    );
+    assert!(support::eventually(WAIT, || async { row_state(&client, &key).await.is_some() }).await);
     let version: i64 = client
         .query_one(
             "SELECT version FROM rc_circuit_breakers WHERE resource_key = $1",

@@ -1,11 +1,13 @@
 //! Breaker-level helpers shared by the PostgreSQL test files: a breaker whose transitions can be
 //! awaited, the tripping shortcuts, and WARN-log capture.
 
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use resilient_circuit::{Builder, CircuitBreaker, State, StatusChange, Storage};
 use tokio::sync::mpsc;
+use tokio_postgres::Client;
 
 /// How long `Watched::reaches` waits by default.
 pub const REACH: Duration = Duration::from_secs(10);
@@ -105,4 +107,31 @@ impl Logs {
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
     }
+}
+
+/// The `state` of `key`'s row (any namespace), or `None` while it has no row.
+pub async fn row_state(client: &Client, key: &str) -> Option<String> {
+    client
+        .query_opt(
+            "SELECT state FROM rc_circuit_breakers WHERE resource_key = $1",
+            &[&key],
+        )
+        .await
+        .ok()
+        .flatten()
+        .map(|r| r.get(0))
+}
+
+/// Panics anywhere in this process (spawned library tasks included) since the first call.
+pub fn panics() -> usize {
+    static COUNT: AtomicUsize = AtomicUsize::new(0);
+    static HOOK: OnceLock<()> = OnceLock::new();
+    HOOK.get_or_init(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            COUNT.fetch_add(1, Ordering::SeqCst);
+            previous(info);
+        }));
+    });
+    COUNT.load(Ordering::SeqCst)
 }
