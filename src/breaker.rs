@@ -5,7 +5,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cell::{Admission, Callback, KeyCell, Lease, Recorded, STATE_MASK};
-use crate::{Builder, ChangeOrigin, CircuitError, Rejected, State, Storage};
+use crate::{
+    Builder, ChangeOrigin, CircuitError, Rejected, State, Storage, StorageError, MAX_DURATION,
+};
+
+/// Counts a rejection handed to the caller (once per call, whichever path rejected it).
+#[cold]
+fn counted(r: Rejected) -> Rejected {
+    metrics::counter!("resilient_circuit_rejected_total").increment(1);
+    r
+}
 
 /// Whether a finished call counts as a success or a failure of the protected resource.
 ///
@@ -154,10 +163,12 @@ impl CircuitBreaker {
     pub fn try_acquire(&self) -> Result<Permit<'_>, Rejected> {
         match self.inner.cell.admit() {
             Admission::Closed(word) => Ok(Permit::new(self, word, None)),
-            admission => self.admission_slow(admission),
+            admission => self.admission_slow(admission).map_err(counted),
         }
     }
 
+    /// The slow paths of admission; a rejection is not counted yet (the caller counts what it
+    /// returns, once).
     #[cold]
     fn admission_slow(&self, admission: Admission) -> Result<Permit<'_>, Rejected> {
         match admission {
@@ -171,15 +182,20 @@ impl CircuitBreaker {
                 if wants_lease {
                     self.inner.storage.request_lease(&self.inner.cell);
                 }
-                metrics::counter!("resilient_circuit_rejected_total").increment(1);
                 Err(Rejected::new(self.inner.cell.clone(), state, retry_after))
             }
         }
     }
 
-    /// Like [`try_acquire`](Self::try_acquire), but when a fleet-wide probe permit is being
-    /// leased from the database, waits for it up to the builder's `probe_wait`.
+    /// Like [`try_acquire`](Self::try_acquire), but when this caller could become a fleet-wide
+    /// probe (a lease is being asked of the database, or may be asked), waits for it up to the
+    /// builder's `probe_wait`. Callers that cannot (every slot of the round is leased elsewhere,
+    /// the cooldown is not over) are rejected at once.
     pub async fn acquire(&self) -> Result<Permit<'_>, Rejected> {
+        self.acquire_uncounted().await.map_err(counted)
+    }
+
+    async fn acquire_uncounted(&self) -> Result<Permit<'_>, Rejected> {
         let cell = &self.inner.cell;
         let deadline = tokio::time::Instant::now() + self.inner.probe_wait;
         loop {
@@ -187,17 +203,29 @@ impl CircuitBreaker {
             let notified = cell.changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let rejected = match self.try_acquire() {
-                Ok(p) => return Ok(p),
-                Err(r) => r,
+            let rejected = match cell.admit() {
+                Admission::Closed(word) => return Ok(Permit::new(self, word, None)),
+                admission => match self.admission_slow(admission) {
+                    Ok(p) => return Ok(p),
+                    Err(r) => r,
+                },
             };
-            let waitable = cell.fleet()
-                && (rejected.state() == State::HalfOpen
-                    || (rejected.state() == State::Open && rejected.retry_after().is_none()));
-            if !waitable || tokio::time::timeout_at(deadline, notified).await.is_err() {
+            if !self.may_wait(&rejected)
+                || tokio::time::timeout_at(deadline, notified).await.is_err()
+            {
                 return Err(rejected);
             }
         }
+    }
+
+    /// Only a lease request in flight can turn a rejected caller into a probe.
+    fn may_wait(&self, rejected: &Rejected) -> bool {
+        let cell = &self.inner.cell;
+        cell.fleet()
+            && rejected.retry_after().is_none()
+            && cell
+                .lease_requested
+                .load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Runs `f` if the breaker admits it; every `Err` counts as a failure, every `Ok` as a
@@ -232,34 +260,82 @@ impl CircuitBreaker {
         Fut: Future<Output = Result<T, E>>,
         C: FnOnce(&Result<T, E>) -> Outcome,
     {
-        let permit = match self.try_acquire() {
-            Ok(p) => p,
-            Err(_) if self.inner.cell.fleet() => self.acquire().await?,
-            Err(r) => return Err(r.into()),
+        let permit = match self.inner.cell.admit() {
+            Admission::Closed(word) => Permit::new(self, word, None),
+            admission => match self.admission_slow(admission) {
+                Ok(p) => p,
+                Err(r) if self.may_wait(&r) => self.acquire().await?,
+                Err(r) => return Err(counted(r).into()),
+            },
         };
         let result = f().await;
         permit.record(classify(&result));
         result.map_err(CircuitError::Inner)
     }
 
-    /// Opens the breaker now for `cooldown`, whatever its window says (an operator's override).
-    /// With a PostgreSQL storage the whole fleet follows.
+    /// Opens the breaker now for `cooldown` (at most [`MAX_DURATION`](crate::MAX_DURATION);
+    /// longer is clamped), whatever its window says: an operator's override. With a PostgreSQL
+    /// storage the whole fleet follows: the override is sent in the background and retried
+    /// until the database takes it. [`force_open_confirmed`](Self::force_open_confirmed) says
+    /// when it did.
     pub fn force_open(&self, cooldown: Duration) {
-        self.force(State::Open, cooldown);
+        self.force(State::Open, cooldown, false);
     }
 
     /// Closes the breaker now and empties its window. With a PostgreSQL storage the whole fleet
-    /// follows.
+    /// follows (see [`force_open`](Self::force_open)).
     pub fn force_closed(&self) {
-        self.force(State::Closed, Duration::ZERO);
+        self.force(State::Closed, Duration::ZERO, false);
     }
 
-    fn force(&self, to: State, cooldown: Duration) {
+    /// [`force_open`](Self::force_open), then waits until the database accepted the override
+    /// (at once in memory). While the database is unreachable the override stays in force here
+    /// and is retried, so this waits as long; bound it with `tokio::time::timeout`. An error
+    /// means the database refused it for good (a role that may not write the table, say).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use resilient_circuit::{CircuitBreaker, State, Storage};
+    /// use std::time::Duration;
+    /// let cb = CircuitBreaker::builder("confirmed").storage(Storage::in_memory()).build()?;
+    /// cb.force_open_confirmed(Duration::from_secs(60)).await?;
+    /// assert_eq!(cb.state(), State::Open);
+    /// # Ok(()) }
+    /// ```
+    pub async fn force_open_confirmed(&self, cooldown: Duration) -> Result<(), StorageError> {
+        self.force_confirmed(State::Open, cooldown).await
+    }
+
+    /// [`force_closed`](Self::force_closed), then waits until the database accepted it; see
+    /// [`force_open_confirmed`](Self::force_open_confirmed).
+    pub async fn force_closed_confirmed(&self) -> Result<(), StorageError> {
+        self.force_confirmed(State::Closed, Duration::ZERO).await
+    }
+
+    async fn force_confirmed(&self, to: State, cooldown: Duration) -> Result<(), StorageError> {
+        match self.force(to, cooldown, true) {
+            None => Ok(()),
+            Some(rx) => rx.await.unwrap_or(Err(StorageError::Database {
+                during: "forcing a state",
+                cause: "the storage shut down before the database answered".into(),
+            })),
+        }
+    }
+
+    fn force(
+        &self,
+        to: State,
+        cooldown: Duration,
+        confirm: bool,
+    ) -> Option<tokio::sync::oneshot::Receiver<Result<(), StorageError>>> {
+        let cooldown = cooldown.min(MAX_DURATION);
         let cell = &self.inner.cell;
         if let Some(t) = cell.force(to, cooldown) {
             cell.notify(t, ChangeOrigin::Local);
         }
-        self.inner.storage.publish_force(cell, to, cooldown);
+        self.inner
+            .storage
+            .publish_force(cell, to, cooldown, confirm)
     }
 
     /// The outcomes in the closed window, oldest first (`true` = success), as the ancestor's

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cell::Callback;
-use crate::policy::Policy;
+use crate::policy::{Policy, MAX_DURATION};
 use crate::{CircuitBreaker, ConfigError, Ratio, StatusChange, Storage};
 
 /// The longest key the shared table holds (`varchar(255)`), in bytes.
@@ -47,13 +47,17 @@ impl Builder {
         }
     }
 
-    /// Where the state lives. Default: [`Storage::global`], one in-memory store per process.
+    /// Where the state lives. Default: [`Storage::global`], one in-memory store per process,
+    /// which is **not shared** with other processes and ignores the `RC_DB_*` variables; for
+    /// state shared by the fleet pass `Storage::from_env().await?` (or
+    /// [`Storage::connect`]). The first breaker built without a storage says so at INFO.
     pub fn storage(mut self, storage: Storage) -> Self {
         self.storage = Some(storage);
         self
     }
 
-    /// How long the breaker stays open before it lets probes through.
+    /// How long the breaker stays open before it lets probes through. At most
+    /// [`MAX_DURATION`](crate::MAX_DURATION) (ten years); `build` refuses a longer one.
     pub fn cooldown(mut self, cooldown: Duration) -> Self {
         self.policy.cooldown = cooldown;
         self
@@ -91,11 +95,24 @@ impl Builder {
     /// Validates and builds. Breakers with the same key on the same storage share one state.
     pub fn build(self) -> Result<CircuitBreaker, ConfigError> {
         validate_key(&self.key)?;
+        if self.policy.cooldown > MAX_DURATION {
+            return Err(ConfigError::DurationTooLong {
+                name: "cooldown",
+                given: self.policy.cooldown,
+                max: MAX_DURATION,
+            });
+        }
         self.policy.failure_limit.validate("failure_limit")?;
         if let Some(s) = self.policy.success_limit {
             s.validate("success_limit")?;
         }
-        let storage = self.storage.unwrap_or_else(|| Storage::global().clone());
+        let storage = self.storage.unwrap_or_else(|| {
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| {
+                tracing::info!(key = %self.key, "a breaker built without .storage() uses the process-wide in-memory store: its state is not shared with other instances (RC_DB_* is read only by Storage::from_env)");
+            });
+            Storage::global().clone()
+        });
         let cell = storage.cell_for(&self.key, self.policy)?;
         if let Some(cb) = &self.callback {
             cell.add_callback(cb);

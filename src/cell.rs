@@ -35,6 +35,7 @@ use tokio::sync::Notify;
 
 use crate::clock::{duration_nanos, Clock};
 use crate::policy::Policy;
+use crate::storage::postgres::precedence::{FleetView, PendingTrip, Remote, Source, Verdict};
 use crate::window::OutcomeWindow;
 use crate::{ChangeOrigin, State, StatusChange};
 
@@ -98,13 +99,10 @@ struct Slow {
     probes_free: u32,
     /// Fleet mode: leases granted by the database and not yet taken by a caller.
     leases: VecDeque<Lease>,
-    /// Version of the shared row last applied (0: none seen).
-    version: i64,
+    /// Shared stores: what this cell knows of the row, and who wins (`precedence.rs`).
+    view: FleetView,
     /// Live breaker handles using this cell; while any exist, the policy is fixed.
     handles: u32,
-    /// A manual override made here is on its way to the database: until its answer arrives,
-    /// changes from elsewhere (an older trip's late answer or NOTIFY) must not undo it.
-    awaiting_force: bool,
 }
 
 /// One key's state in one storage.
@@ -129,6 +127,10 @@ pub(crate) struct KeyCell {
     slow: Mutex<Slow>,
     /// Set while a lease request to the shared store is in flight, so callers do not flood it.
     pub(crate) lease_requested: AtomicBool,
+    /// Clock nanoseconds before which asking the database for a probe lease is pointless (every
+    /// slot of the round is leased until then); 0 when it may be asked. Reset by every
+    /// transition, since a NOTIFY of a new state is the other reason to ask again.
+    lease_retry_at: AtomicU64,
     /// Shared stores: how many transitions this instance decided for the key (trips and
     /// overrides), so the answer to an override can tell whether a newer decision followed it.
     pub(crate) local_decisions: AtomicU64,
@@ -171,11 +173,11 @@ impl KeyCell {
                 half_open: OutcomeWindow::new(policy.probe_count()),
                 probes_free: 0,
                 leases: VecDeque::new(),
-                version: 0,
+                view: FleetView::default(),
                 handles: 0,
-                awaiting_force: false,
             }),
             lease_requested: AtomicBool::new(false),
+            lease_retry_at: AtomicU64::new(0),
             local_decisions: AtomicU64::new(0),
             changed: Notify::new(),
             clock,
@@ -282,7 +284,7 @@ impl KeyCell {
                         return Admission::Rejected {
                             state: State::HalfOpen,
                             retry_after: None,
-                            wants_lease: self.fleet(),
+                            wants_lease: self.fleet() && self.may_ask_lease(),
                         };
                     }
                     w = now;
@@ -299,10 +301,10 @@ impl KeyCell {
                     }
                     if self.fleet() {
                         // The database starts the half-open round, not us.
-                        return self.take_probe().unwrap_or(Admission::Rejected {
+                        return self.take_probe().unwrap_or_else(|| Admission::Rejected {
                             state: State::Open,
                             retry_after: None,
-                            wants_lease: true,
+                            wants_lease: self.may_ask_lease(),
                         });
                     }
                     let mut slow = self.lock();
@@ -336,6 +338,25 @@ impl KeyCell {
             retry_after,
             wants_lease: false,
         }
+    }
+
+    /// Fleet mode: false while the database said every probe slot is leased (until the first
+    /// lease expires or the state changes).
+    fn may_ask_lease(&self) -> bool {
+        // Relaxed: a hint; asking once too often or too late is harmless.
+        let at = self.lease_retry_at.load(Ordering::Relaxed);
+        at == 0 || self.clock.now_nanos() >= at
+    }
+
+    /// Fleet mode: the database granted no lease; do not ask again for `wait` (unless the state
+    /// changes first).
+    pub(crate) fn lease_refused_for(&self, wait: Duration) {
+        let at = self
+            .clock
+            .now_nanos()
+            .saturating_add(duration_nanos(wait))
+            .max(1);
+        self.lease_retry_at.store(at, Ordering::Relaxed);
     }
 
     /// Takes one probe permit if the breaker is half-open and one is free.
@@ -476,6 +497,7 @@ impl KeyCell {
             slow.probes_free
         };
         self.probes_hint.store(hint, Ordering::Relaxed);
+        self.lease_retry_at.store(0, Ordering::Relaxed);
         let epoch = (cur >> EPOCH_SHIFT).wrapping_add(1);
         // Release: publishes the deadline, the probe hint and the cleared windows with the word.
         self.word
@@ -484,39 +506,94 @@ impl KeyCell {
         Transition { from, to }
     }
 
-    /// Applies a state of the shared row (its absence is Closed at version 0).
-    ///
-    /// A notification (`authoritative == false`) applies only if its version is newer than the
-    /// one held: notifications may repeat or arrive after a reload that already covered them. A
-    /// reload (`authoritative == true`) always applies, even a lower version, so a forged
-    /// notification with a huge version cannot pin a key, and a local state the table does not
-    /// back (an expired unpublished trip) is replaced. `remaining` is the cooldown left
-    /// by the database's clock. Returns the transition, if the state changed, and whether
-    /// anything was applied.
-    pub(crate) fn apply_remote(
-        &self,
-        to: State,
-        version: i64,
-        remaining: Duration,
-        authoritative: bool,
-    ) -> (Option<Transition>, bool) {
+    /// Judges a state of the shared row from `source` (see `precedence.rs`) and applies it if it
+    /// wins. Returns the transition, if the state changed.
+    pub(crate) fn apply_remote(&self, incoming: Remote, source: Source) -> Option<Transition> {
         let mut slow = self.lock();
-        if !authoritative && (version <= slow.version || slow.awaiting_force) {
-            return (None, false); // stale or repeated
-        }
-        slow.version = version;
-        let deadline = self.deadline_after(remaining);
+        let verdict = slow.view.judge(incoming, source, self.clock.now_nanos());
+        self.carry_out(&mut slow, verdict)
+    }
+
+    fn carry_out(&self, slow: &mut Slow, verdict: Verdict) -> Option<Transition> {
+        let Verdict::Apply(r) = verdict else {
+            return None;
+        };
+        let deadline = self.deadline_after(r.remaining);
         let cur = State::from_bits(self.word.load(Ordering::Relaxed));
-        if cur == to {
-            if to == State::Open {
+        if cur == r.state {
+            if r.state == State::Open {
                 if let Some(d) = deadline {
+                    // Release: pairs with admission's Acquire of the word, as for transitions.
                     self.open_deadline.store(d, Ordering::Release);
                 }
             }
-            return (None, true);
+            return None;
         }
-        let t = self.set_state(&mut slow, to, deadline.filter(|_| to == State::Open));
-        (Some(t), true)
+        if r.state == State::HalfOpen && !self.fleet() {
+            // A round the fleet began, learned of just as the database went away: run it here.
+            slow.probes_free = slow.policy.probe_count();
+        }
+        Some(self.set_state(slow, r.state, deadline.filter(|_| r.state == State::Open)))
+    }
+
+    /// Records a local trip on its way to the database; returns its sequence number.
+    pub(crate) fn trip_pending(&self, deadline: u64, basis: i64) -> u64 {
+        let seq = self.local_decisions.fetch_add(1, Ordering::AcqRel) + 1;
+        self.lock().view.pending_trip = Some(PendingTrip {
+            deadline,
+            basis,
+            seq,
+        });
+        seq
+    }
+
+    /// The local trip not yet accepted, if any.
+    pub(crate) fn pending_trip(&self) -> Option<PendingTrip> {
+        self.lock().view.pending_trip
+    }
+
+    /// Forgets a pending trip whose cooldown is over (not worth publishing any more).
+    pub(crate) fn drop_pending_trip(&self, seq: u64) {
+        self.lock().view.trip_answered(seq);
+    }
+
+    /// The database answered trip `seq` with the row as it is now.
+    pub(crate) fn trip_answered(&self, seq: u64, row: Remote) -> Option<Transition> {
+        let mut slow = self.lock();
+        slow.view.trip_answered(seq);
+        let verdict = slow.view.judge(row, Source::Answer, self.clock.now_nanos());
+        self.carry_out(&mut slow, verdict)
+    }
+
+    /// The database answered an override of ours (made as local decision `seq`).
+    pub(crate) fn override_answered(&self, seq: u64, row: Remote) -> Option<Transition> {
+        let superseded = self.local_decisions.load(Ordering::Acquire) != seq;
+        self.apply_remote(row, Source::OverrideAnswer { superseded })
+    }
+
+    /// An override of ours will not reach the database.
+    pub(crate) fn override_abandoned(&self) -> Option<Transition> {
+        let mut slow = self.lock();
+        let verdict = slow.view.override_abandoned(self.clock.now_nanos());
+        self.carry_out(&mut slow, verdict)
+    }
+
+    /// The storage lost the database: a fleet half-open round cannot go on (its leases and
+    /// reports need the database), so a half-open cell starts a round of its own, in a new epoch
+    /// so that outcomes of fleet probes in flight count as neither. Without this the key would
+    /// reject every call until the database is back.
+    pub(crate) fn go_local(&self) {
+        let mut slow = self.lock();
+        if self.state() == State::HalfOpen {
+            slow.probes_free = slow.policy.probe_count();
+            slow.leases.clear();
+            self.set_state(&mut slow, State::HalfOpen, None);
+            // set_state sets the fleet hint (0 leases) while `online` may still be read as true.
+            self.probes_hint.store(slow.probes_free, Ordering::Relaxed);
+        }
+        drop(slow);
+        self.lease_retry_at.store(0, Ordering::Relaxed);
+        self.changed.notify_waiters();
     }
 
     /// Fleet mode: leases the database granted for this key.
@@ -529,26 +606,15 @@ impl KeyCell {
         self.changed.notify_waiters();
     }
 
-    /// Records that the shared row reached `version` without changing the state held.
-    pub(crate) fn raise_version(&self, version: i64) {
-        let mut slow = self.lock();
-        slow.version = slow.version.max(version);
-    }
-
-    /// True while a manual override made here waits for the database's answer.
-    pub(crate) fn awaiting_force(&self) -> bool {
-        self.lock().awaiting_force
-    }
-
-    /// The database answered (or failed to answer) a manual override made here.
-    pub(crate) fn force_settled(&self) {
-        self.lock().awaiting_force = false;
-    }
-
     /// A manual override, applied locally (the shared store publishes it separately).
     pub(crate) fn force(&self, to: State, cooldown: Duration) -> Option<Transition> {
         let mut slow = self.lock();
-        slow.awaiting_force = self.online.is_some();
+        if self.online.is_some() {
+            // Until its answer arrives, changes from elsewhere (an older trip's late answer or
+            // NOTIFY) must not undo it; a trip of ours still pending is superseded by it.
+            slow.view.overrides_in_flight += 1;
+            slow.view.pending_trip = None;
+        }
         if to == State::HalfOpen {
             slow.probes_free = slow.policy.probe_count();
         }
@@ -603,8 +669,10 @@ impl KeyCell {
         }
     }
 
-    /// True when no handle holds this cell and it is not open, so a bounded store may drop it.
+    /// True when nothing but the store holds this cell (no handle, no outbox entry, no request
+    /// in flight) and it is CLOSED, so a bounded store may drop it: a key absent from the store
+    /// is CLOSED, so nothing is lost. An open or half-open key is never dropped.
     pub(crate) fn evictable(self: &Arc<Self>) -> bool {
-        Arc::strong_count(self) == 1 && self.state() != State::Open
+        Arc::strong_count(self) == 1 && self.state() == State::Closed
     }
 }

@@ -165,6 +165,16 @@ pub enum ConfigError {
         /// The limits in force.
         existing: String,
     },
+    /// A duration (cooldown, lease) longer than the crate accepts.
+    #[error("{name} of {given:?} is longer than the maximum of {max:?} (ten years)")]
+    DurationTooLong {
+        /// Which setting.
+        name: &'static str,
+        /// What was given.
+        given: Duration,
+        /// The maximum, [`MAX_DURATION`](crate::MAX_DURATION).
+        max: Duration,
+    },
     /// An environment variable or option holds a value that cannot be used.
     #[error("invalid {name}: {reason}")]
     InvalidSetting {
@@ -208,8 +218,17 @@ pub enum StorageError {
     #[error("TLS setup failed: {0}")]
     Tls(String),
     /// A statement did not complete in time.
-    #[error("PostgreSQL did not answer within {0:?} during {1}")]
-    Timeout(Duration, &'static str),
+    #[error("PostgreSQL did not answer within {after:?} during {during}")]
+    Timeout {
+        /// The limit that passed.
+        after: Duration,
+        /// What we were doing.
+        during: &'static str,
+    },
+    /// [`Storage::connect`](crate::Storage::connect) was called outside a tokio runtime; the
+    /// instance's background tasks need one.
+    #[error("resilient-circuit's PostgreSQL storage must be connected inside a tokio runtime (its listener and outbox are tokio tasks)")]
+    NoRuntime,
 }
 
 impl StorageError {

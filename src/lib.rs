@@ -70,6 +70,7 @@ pub use breaker::{CircuitBreaker, Outcome, Permit};
 pub use builder::{Builder, MAX_KEY_LEN};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{CircuitError, ConfigError, Rejected, StorageError};
+pub use policy::MAX_DURATION;
 pub use ratio::Ratio;
 pub use state::{ChangeOrigin, State, StatusChange, UnknownState};
 pub use storage::Storage;

@@ -5,6 +5,11 @@ use std::time::Duration;
 use crate::window::OutcomeWindow;
 use crate::{Ratio, State};
 
+/// The longest cooldown, lease or override the crate accepts: ten years of 365 days (the SQL
+/// functions clamp to the same bound, `rc_max_ms()`). Longer ones are refused when a breaker is
+/// built and clamped in overrides made at run time.
+pub const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
 /// What a breaker is configured to do; identical for every handle of a key on one storage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Policy {
@@ -30,6 +35,16 @@ impl Policy {
         self.success_limit
             .unwrap_or(self.failure_limit)
             .denominator()
+    }
+
+    /// How many of a half-open round's probes must succeed for it to close: the success
+    /// limit's numerator, or, without one, enough that the failures stay under the failure
+    /// limit (the rule of [`half_open_verdict`](Self::half_open_verdict), as a count).
+    pub(crate) fn probe_close_threshold(&self) -> u32 {
+        match self.success_limit {
+            Some(s) => s.numerator(),
+            None => (self.probe_count() + 1).saturating_sub(self.failure_limit.numerator()),
+        }
     }
 
     /// A closed breaker trips when its window is full and holds at least `num` failures.

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use resilient_circuit::storage::postgres::PostgresOptions;
 use resilient_circuit::{CircuitBreaker, Ratio, State, Storage, StorageError};
-use support::breakers::{fail, row_state, trip_fast, Watched};
+use support::breakers::{fail, notify_signed, row_state, trip_fast, Watched};
 use support::{test_db, unique_key, TestDb};
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -348,32 +348,20 @@ async fn stale_notifications_are_ignored() {
         .await
         .expect("row")
         .get(0);
-    let send = |state: &str, version: i64| {
-        serde_json::json!({"v":1,"ns":"default","key":key,"state":state,"version":version,"remaining_ms":0}).to_string()
-    };
-    // A stale CLOSED (same version), then a fresh HALF_OPEN as an event marker: if the stale one
-    // had been applied we would see CLOSED before HALF_OPEN.
-    client
-        .execute(
-            "SELECT pg_notify('rc_circuit_breakers', $1)",
-            &[&send("CLOSED", version)],
-        )
-        .await
-        .expect("notify");
-    client
-        .execute(
-            "SELECT pg_notify('rc_circuit_breakers', $1)",
-            &[&send("CLOSED", version - 1)],
-        )
-        .await
-        .expect("notify");
-    client
-        .execute(
-            "SELECT pg_notify('rc_circuit_breakers', $1)",
-            &[&send("HALF_OPEN", version + 1_000_000)],
-        )
-        .await
-        .expect("notify");
+    // A stale CLOSED (same version), an older one, then a fresh HALF_OPEN as an event marker:
+    // if a stale one had been applied we would see CLOSED before HALF_OPEN. All three carry a
+    // valid MAC: only their versions make them stale.
+    notify_signed(&client, "default", &key, "CLOSED", version, 0).await;
+    notify_signed(&client, "default", &key, "CLOSED", version - 1, 0).await;
+    notify_signed(
+        &client,
+        "default",
+        &key,
+        "HALF_OPEN",
+        version + 1_000_000,
+        0,
+    )
+    .await;
     let change = tokio::time::timeout(WAIT, w.changes.recv())
         .await
         .expect("a change")

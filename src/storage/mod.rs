@@ -42,7 +42,7 @@ pub struct Storage {
 pub(crate) struct StorageInner {
     pub(crate) cells: DashMap<Arc<str>, Arc<KeyCell>>,
     pub(crate) clock: Arc<dyn Clock>,
-    /// In-memory bound; `usize::MAX` for the PostgreSQL snapshot, which the table bounds.
+    /// About how many keys to keep: past it, idle CLOSED keys are dropped.
     capacity: usize,
     pub(crate) backend: Backend,
 }
@@ -131,7 +131,7 @@ impl Storage {
     pub fn pending_publications(&self) -> usize {
         match &self.inner.backend {
             Backend::Memory => 0,
-            Backend::Postgres(pg) => pg.shared.pending_trips.len(),
+            Backend::Postgres(pg) => pg.shared.pending(),
         }
     }
 
@@ -186,15 +186,7 @@ impl Storage {
     pub(crate) fn cell_for(&self, key: &str, policy: Policy) -> Result<Arc<KeyCell>, ConfigError> {
         let cell = match self.inner.cells.get(key) {
             Some(c) => c.clone(),
-            None => {
-                self.make_room();
-                let cell = self.new_cell(key.into(), policy);
-                self.inner
-                    .cells
-                    .entry(cell.key.clone())
-                    .or_insert(cell)
-                    .clone()
-            }
+            None => self.inner.cell(key.into(), policy),
         };
         cell.claim(policy)
             .map_err(|existing| ConfigError::ConflictingPolicy {
@@ -209,43 +201,6 @@ impl Storage {
                 ),
             })?;
         Ok(cell)
-    }
-
-    pub(crate) fn new_cell(&self, key: Arc<str>, policy: Policy) -> Arc<KeyCell> {
-        let online = match &self.inner.backend {
-            Backend::Memory => None,
-            Backend::Postgres(pg) => Some(pg.shared.online.clone()),
-        };
-        Arc::new(KeyCell::new(key, policy, self.inner.clock.clone(), online))
-    }
-
-    /// Keeps an in-memory store near its capacity by dropping idle keys, an eighth at a time so
-    /// the scan is amortized over many insertions. A store full of live or open keys scans on
-    /// every new key (about 50 µs for 8192 keys): building breakers is not a hot path.
-    fn make_room(&self) {
-        let cells = &self.inner.cells;
-        let capacity = self.inner.capacity;
-        let len = cells.len();
-        if len < capacity {
-            return;
-        }
-        let step = (capacity / 8).max(1);
-        let excess = len + 1 - capacity.saturating_sub(step);
-        let victims: Vec<Arc<str>> = cells
-            .iter()
-            .filter(|e| e.value().evictable())
-            .take(excess)
-            .map(|e| e.key().clone())
-            .collect();
-        if victims.is_empty() {
-            tracing::warn!(
-                capacity,
-                "in-memory circuit breaker store is full of live or open breakers; growing past its capacity"
-            );
-        }
-        for k in victims {
-            cells.remove_if(&k, |_, c| c.evictable());
-        }
     }
 
     /// Fleet mode: ask the database for a probe lease for `cell`.
@@ -271,10 +226,70 @@ impl Storage {
         }
     }
 
-    /// Publishes a manual override.
-    pub(crate) fn publish_force(&self, cell: &Arc<KeyCell>, to: State, cooldown: Duration) {
-        if let Backend::Postgres(pg) = &self.inner.backend {
-            pg.publish_force(cell, to, cooldown);
+    /// Publishes a manual override; the returned receiver (shared stores only) hears whether
+    /// the database accepted it.
+    pub(crate) fn publish_force(
+        &self,
+        cell: &Arc<KeyCell>,
+        to: State,
+        cooldown: Duration,
+        confirm: bool,
+    ) -> Option<tokio::sync::oneshot::Receiver<Result<(), StorageError>>> {
+        let Backend::Postgres(pg) = &self.inner.backend else {
+            return None;
+        };
+        let (tx, rx) = if confirm {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        pg.publish_force(cell, to, cooldown, tx);
+        rx
+    }
+}
+
+impl StorageInner {
+    /// Makes the cell of `key` with `policy` (unclaimed), or returns the one another thread made
+    /// first. The one place cells are made, for breakers and for rows alike.
+    pub(crate) fn cell(&self, key: Arc<str>, policy: Policy) -> Arc<KeyCell> {
+        self.make_room();
+        let online = match &self.backend {
+            Backend::Memory => None,
+            Backend::Postgres(pg) => Some(pg.shared.online.clone()),
+        };
+        self.cells
+            .entry(key.clone())
+            .or_insert_with(|| Arc::new(KeyCell::new(key, policy, self.clock.clone(), online)))
+            .clone()
+    }
+
+    /// Keeps the map near its capacity by dropping idle keys (no handle, CLOSED), an eighth at a
+    /// time so the scan is amortized over many insertions. A map full of live or non-closed keys
+    /// scans on every new key (about 50 µs for 8192 keys): making cells is not a hot path.
+    fn make_room(&self) {
+        let cells = &self.cells;
+        let capacity = self.capacity;
+        let len = cells.len();
+        if len < capacity {
+            return;
+        }
+        let step = (capacity / 8).max(1);
+        let excess = len + 1 - capacity.saturating_sub(step);
+        let victims: Vec<Arc<str>> = cells
+            .iter()
+            .filter(|e| e.value().evictable())
+            .take(excess)
+            .map(|e| e.key().clone())
+            .collect();
+        if victims.is_empty() {
+            tracing::warn!(
+                capacity,
+                "circuit breaker store is full of live or non-closed breakers; growing past its capacity"
+            );
+        }
+        for k in victims {
+            cells.remove_if(&k, |_, c| c.evictable());
         }
     }
 }

@@ -135,3 +135,23 @@ pub fn panics() -> usize {
     });
     COUNT.load(Ordering::SeqCst)
 }
+
+/// Sends a notification signed like the trigger's (the test role is the owner, so it may call
+/// `rc_notify_payload`): for tests of what instances do with real-looking stale or repeated
+/// notifications.
+pub async fn notify_signed(
+    client: &Client,
+    namespace: &str,
+    key: &str,
+    state: &str,
+    version: i64,
+    remaining_ms: i64,
+) {
+    client
+        .execute(
+            "SELECT pg_notify('rc_circuit_breakers', public.rc_notify_payload('row', $1, $2, $3, $4, $5))",
+            &[&namespace, &key, &state, &version, &remaining_ms],
+        )
+        .await
+        .expect("a signed notification");
+}

@@ -3,29 +3,54 @@
 //! It owns a dedicated connection (pools drop notifications) on which it LISTENs to the channel
 //! the trigger `rc_notify_change` sends on. After every (re)connect it LISTENs first, then reloads
 //! the whole namespace, because notifications sent while it was away are lost; notifications that
-//! repeat what the reload read are dropped by their version. A heartbeat under a timeout finds a
-//! black-holed connection that TCP alone would keep for many minutes, and a periodic reload is the
-//! safety net for anything else.
+//! repeat what the reload read are dropped by their version (`precedence.rs`). Notifications
+//! count only with a valid MAC (`payload.rs`). A heartbeat under a timeout finds a black-holed
+//! connection that TCP alone would keep for many minutes, and a periodic reload is the safety net
+//! for anything else. No user code runs on this task (`callbacks.rs`).
 
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::{AsyncMessage, Client, Notification};
 
-use super::{payload, Shared};
+use super::payload::{self, NotifyKey, Op};
+use super::precedence::{Remote, Source};
+use super::{statements, Shared};
 use crate::error::{describe_pg_error, StorageError};
+use crate::State;
 
 /// The channel the trigger notifies on.
 pub(crate) const CHANNEL: &str = "rc_circuit_breakers";
 
-/// A connected, listening, synchronized listener connection.
+/// Notifications buffered between the connection and the listener loop. Past it the connection
+/// task drops them and asks for a full reload instead of growing without bound.
+const QUEUE: usize = 16_384;
+
+/// Notifications applied in one turn of the loop before the timers get a look.
+const TURN: usize = 256;
+
+/// A connection that stayed up this long resets the reconnect backoff.
+const STABLE_AFTER: Duration = Duration::from_secs(30);
+
+/// How often a listener that cannot reconnect says so at WARN.
+const WARN_EVERY: Duration = Duration::from_secs(60);
+
+/// A connected, listening listener connection.
 pub(crate) struct Live {
     client: Client,
-    notes: mpsc::UnboundedReceiver<Notification>,
+    notes: mpsc::Receiver<Notification>,
+    /// Set by the connection task when it had to drop notifications.
+    overflowed: Arc<AtomicBool>,
     driver: JoinHandle<()>,
+    /// Authenticates notifications; `None` when this role may not read it (notifications are
+    /// then confirmed from the table before they count).
+    key: Option<NotifyKey>,
 }
 
 impl Drop for Live {
@@ -35,10 +60,14 @@ impl Drop for Live {
     }
 }
 
-/// Connects, LISTENs, then loads the namespace into the cells.
+/// Connects, LISTENs, then loads the namespace into the cells. Verifies (or creates) the schema
+/// first if that has not succeeded yet (an instance that started while the database was down).
 pub(crate) async fn connect_and_sync(shared: &Arc<Shared>) -> Result<Live, StorageError> {
-    let live = open(shared).await?;
-    sync(shared, &live).await?;
+    if !shared.schema_ready.load(Ordering::Relaxed) {
+        shared.prepare_schema().await?;
+    }
+    let mut live = open(shared).await?;
+    sync(shared, &mut live).await?;
     Ok(live)
 }
 
@@ -62,18 +91,23 @@ pub(crate) async fn open(shared: &Arc<Shared>) -> Result<Live, StorageError> {
                 })
             }
         };
-    let (tx, notes) = mpsc::unbounded_channel();
+    let (tx, notes) = mpsc::channel(QUEUE);
+    let overflowed = Arc::new(AtomicBool::new(false));
+    let flag = overflowed.clone();
     // Notifications only surface through poll_message, so the connection is driven here rather
     // than spawned as a plain future.
     let driver = tokio::spawn(async move {
         let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
         while let Some(msg) = messages.next().await {
             match msg {
-                Ok(AsyncMessage::Notification(n)) => {
-                    if tx.send(n).is_err() {
-                        return;
+                Ok(AsyncMessage::Notification(n)) => match tx.try_send(n) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        // The loop cannot keep up: drop, and have it reload everything.
+                        flag.store(true, Ordering::Relaxed);
                     }
-                }
+                    Err(mpsc::error::TrySendError::Closed(_)) => return,
+                },
                 Ok(_) => {}
                 Err(e) => {
                     tracing::warn!(error = %describe_pg_error(&e), "listener connection failed");
@@ -85,28 +119,59 @@ pub(crate) async fn open(shared: &Arc<Shared>) -> Result<Live, StorageError> {
     let live = Live {
         client,
         notes,
+        overflowed,
         driver,
+        key: None,
     };
     let listen = live.client.batch_execute("LISTEN rc_circuit_breakers");
     match tokio::time::timeout(shared.opts.statement_timeout, listen).await {
         Ok(r) => r.map_err(|e| StorageError::db("listening", &e))?,
         Err(_) => {
-            return Err(StorageError::Timeout(
-                shared.opts.statement_timeout,
-                "listening",
-            ))
+            return Err(StorageError::Timeout {
+                after: shared.opts.statement_timeout,
+                during: "listening",
+            })
         }
     }
     Ok(live)
 }
 
-/// Loads the namespace into the cells over a listening connection (after LISTEN, so nothing
-/// committed from here on is missed).
-pub(crate) async fn sync(shared: &Arc<Shared>, live: &Live) -> Result<(), StorageError> {
+/// Reads the notification key, then loads the namespace into the cells over a listening
+/// connection (after LISTEN, so nothing committed from here on is missed).
+pub(crate) async fn sync(shared: &Arc<Shared>, live: &mut Live) -> Result<(), StorageError> {
     let bound = shared.opts.statement_timeout * 4;
-    match tokio::time::timeout(bound, resync(shared, &live.client)).await {
+    let work = async {
+        live.key = notify_key(&live.client).await?;
+        resync(shared, &live.client).await
+    };
+    match tokio::time::timeout(bound, work).await {
         Ok(r) => r,
-        Err(_) => Err(StorageError::Timeout(bound, "loading the snapshot")),
+        Err(_) => Err(StorageError::Timeout {
+            after: bound,
+            during: "loading the snapshot",
+        }),
+    }
+}
+
+/// The notification key, or `None` (with a warning) when this role may not read it.
+async fn notify_key(client: &Client) -> Result<Option<NotifyKey>, StorageError> {
+    match client.query_one(statements::NOTIFY_KEY, &[]).await {
+        Ok(row) => {
+            let bytes: Vec<u8> = row
+                .try_get(0)
+                .map_err(|e| StorageError::db("reading the notification key", &e))?;
+            NotifyKey::new(&bytes)
+                .map(Some)
+                .map_err(|cause| StorageError::Database {
+                    during: "reading the notification key",
+                    cause,
+                })
+        }
+        Err(e) if e.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) => {
+            tracing::warn!(error = %describe_pg_error(&e), "this role may not read the notification key: every notification is confirmed from the table before it counts (one extra query each)");
+            Ok(None)
+        }
+        Err(e) => Err(StorageError::db("reading the notification key", &e)),
     }
 }
 
@@ -114,80 +179,120 @@ pub(crate) async fn sync(shared: &Arc<Shared>, live: &Live) -> Result<(), Storag
 async fn resync(shared: &Arc<Shared>, client: &Client) -> Result<(), StorageError> {
     let started = std::time::Instant::now();
     let rows = client
-        .query(
-            "SELECT o_key, o_state, o_version, o_remaining_ms FROM public.rc_snapshot($1)",
-            &[&shared.opts.namespace],
-        )
+        .query(statements::SNAPSHOT, &[&shared.opts.namespace])
         .await
         .map_err(|e| StorageError::db("loading the snapshot", &e))?;
     let Some(storage) = shared.storage.upgrade() else {
         return Ok(());
     };
-    // The reload is the truth: it applies every row whose version differs from the one held,
-    // except over a local trip still waiting to be published.
-    let mut seen = std::collections::HashSet::with_capacity(rows.len());
+    let mut seen = HashSet::with_capacity(rows.len());
     for row in &rows {
-        let key: String = row
-            .try_get(0)
-            .map_err(|e| StorageError::db("reading the snapshot", &e))?;
-        let state: String = row
-            .try_get(1)
-            .map_err(|e| StorageError::db("reading the snapshot", &e))?;
-        let version: i64 = row
-            .try_get(2)
-            .map_err(|e| StorageError::db("reading the snapshot", &e))?;
-        let remaining: i64 = row
-            .try_get(3)
-            .map_err(|e| StorageError::db("reading the snapshot", &e))?;
-        let cell = shared.cell(&storage, &key);
-        if !shared.ahead_of_table(&key) && !cell.awaiting_force() {
-            shared.apply(&cell, &state, version, payload::remaining(remaining), true);
-        }
+        let (key, remote) = statements::decode_snapshot(row)?;
+        shared.apply_key(&storage, &key, remote, Source::Reload);
         seen.insert(key);
     }
-    for entry in storage.cells.iter() {
-        let cell = entry.value();
-        if !seen.contains(&*cell.key) && !shared.ahead_of_table(&cell.key) && !cell.awaiting_force()
-        {
-            // No row: CLOSED (a deleted row means CLOSED), at version 0.
-            shared.apply(cell, "CLOSED", 0, Duration::ZERO, true);
-        }
+    // Collected first: applying runs no user code, but nothing runs under the map's locks.
+    let gone: Vec<_> = storage
+        .cells
+        .iter()
+        .filter(|e| !seen.contains(&**e.key()))
+        .map(|e| e.value().clone())
+        .collect();
+    let closed = Remote {
+        state: State::Closed,
+        version: 0,
+        remaining: Duration::ZERO,
+    };
+    for cell in gone {
+        shared.apply(&cell, closed, Source::Reload);
     }
     tracing::debug!(rows = rows.len(), elapsed = ?started.elapsed(), "snapshot loaded");
     metrics::counter!("resilient_circuit_resyncs_total").increment(1);
     Ok(())
 }
 
-/// Applies one notification; bad payloads are logged and skipped.
-fn apply_notification(shared: &Shared, n: &Notification) {
+/// What one notification asks of the loop.
+enum Next {
+    Nothing,
+    /// Not authenticated: read this key's row before believing it.
+    Confirm(String),
+    /// Reload everything.
+    Reload,
+}
+
+/// Applies one notification; bad or forged payloads are logged and skipped.
+fn apply_notification(shared: &Shared, key: Option<&NotifyKey>, n: &Notification) -> Next {
     if n.channel() != CHANNEL {
-        return;
+        return Next::Nothing;
     }
+    let bad = |why: &dyn std::fmt::Display| {
+        tracing::warn!(error = %why, "ignoring a notification");
+        metrics::counter!("resilient_circuit_bad_notifications_total").increment(1);
+        Next::Nothing
+    };
     let change = match payload::parse(n.payload()) {
         Ok(c) => c,
-        Err(e) => {
-            tracing::warn!(error = %e, "ignoring a notification");
-            metrics::counter!("resilient_circuit_bad_notifications_total").increment(1);
-            return;
-        }
+        Err(e) => return bad(&e),
     };
+    match key {
+        Some(k) if !k.verify(&change) => {
+            return bad(&"its MAC does not verify: it was not sent by the table's trigger")
+        }
+        Some(_) => {}
+        None if change.op == Op::Reset => return Next::Reload,
+        None if change.namespace == shared.opts.namespace => return Next::Confirm(change.key),
+        None => return Next::Nothing,
+    }
+    if change.op == Op::Reset {
+        return Next::Reload;
+    }
+    shared.seen(change.version);
     if change.namespace != shared.opts.namespace {
-        return;
+        return Next::Nothing;
     }
     if let Some(s) = &change.unknown_state {
         tracing::warn!(key = %change.key, state = %s, "row has an unknown state; treating it as CLOSED");
     }
     let Some(storage) = shared.storage.upgrade() else {
-        return;
+        return Next::Nothing;
     };
-    let cell = shared.cell(&storage, &change.key);
-    shared.apply(
-        &cell,
-        change.state.as_str(),
-        change.version,
-        change.remaining,
-        false,
-    );
+    let remote = Remote {
+        state: change.state,
+        version: change.version,
+        remaining: change.remaining,
+    };
+    shared.apply_key(&storage, &change.key, remote, Source::Notification);
+    Next::Nothing
+}
+
+/// Reads the rows of notifications that could not be authenticated and applies them.
+async fn confirm(
+    shared: &Arc<Shared>,
+    client: &Client,
+    keys: Vec<String>,
+) -> Result<(), StorageError> {
+    let rows = client
+        .query(statements::CONFIRM, &[&shared.opts.namespace, &keys])
+        .await
+        .map_err(|e| StorageError::db("confirming notifications", &e))?;
+    let Some(storage) = shared.storage.upgrade() else {
+        return Ok(());
+    };
+    let mut found = HashSet::new();
+    for row in &rows {
+        let (key, remote) = statements::decode_snapshot(row)?;
+        shared.apply_key(&storage, &key, remote, Source::Reload);
+        found.insert(key);
+    }
+    for key in keys.iter().filter(|k| !found.contains(*k)) {
+        let closed = Remote {
+            state: State::Closed,
+            version: 0,
+            remaining: Duration::ZERO,
+        };
+        shared.apply_key(&storage, key, closed, Source::Reload);
+    }
+    Ok(())
 }
 
 enum Ended {
@@ -195,17 +300,18 @@ enum Ended {
     Lost(String),
 }
 
-/// The listener task: serve, and on loss reconnect with capped, jittered backoff.
+/// The listener task: serve, and on loss reconnect with capped, jittered backoff. The backoff
+/// grows across connections that die young, so a proxy that keeps killing sessions cannot make
+/// it reload in a tight loop.
 pub(crate) async fn run(
     shared: Arc<Shared>,
     first: Option<Live>,
     mut shutdown: watch::Receiver<()>,
 ) {
-    let span =
-        tracing::info_span!("resilient_circuit.listener", namespace = %shared.opts.namespace);
-    let _e = span.enter();
     let mut live = first;
     let mut backoff = Backoff::default();
+    let mut failures: u64 = 0;
+    let mut last_warn: Option<tokio::time::Instant> = None;
     loop {
         let current = match live.take() {
             Some(l) => l,
@@ -217,8 +323,18 @@ pub(crate) async fn run(
                 match attempt {
                     Ok(l) => l,
                     Err(e) => {
+                        failures += 1;
                         let wait = backoff.next_delay();
-                        tracing::debug!(error = %e, ?wait, "listener reconnect failed");
+                        let due = match last_warn {
+                            None => true,
+                            Some(t) => t.elapsed() >= WARN_EVERY,
+                        };
+                        if due {
+                            last_warn = Some(tokio::time::Instant::now());
+                            tracing::warn!(error = %e, attempts = failures, "cannot reach PostgreSQL; breakers run on local state and the listener keeps trying");
+                        } else {
+                            tracing::debug!(error = %e, ?wait, "listener reconnect failed");
+                        }
                         tokio::select! {
                             _ = tokio::time::sleep(wait) => continue,
                             _ = shutdown.changed() => return,
@@ -227,15 +343,28 @@ pub(crate) async fn run(
                 }
             }
         };
-        backoff = Backoff::default();
+        if failures > 0 {
+            tracing::info!(attempts = failures, "listener reconnected");
+        }
+        failures = 0;
+        last_warn = None;
         shared.set_degraded(false);
-        shared.republish_pending();
+        let since = tokio::time::Instant::now();
         match serve(&shared, current, &mut shutdown).await {
             Ended::Shutdown => return,
             Ended::Lost(why) => {
                 tracing::warn!(reason = %why, "listener lost its connection; reconnecting");
                 metrics::counter!("resilient_circuit_listener_reconnects_total").increment(1);
                 shared.set_degraded(true);
+                if since.elapsed() >= STABLE_AFTER {
+                    backoff = Backoff::default();
+                }
+                // Pause before reconnecting: short after a long healthy spell, longer each
+                // time a fresh connection dies again.
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff.next_delay()) => {}
+                    _ = shutdown.changed() => return,
+                }
             }
         }
     }
@@ -250,14 +379,42 @@ async fn serve(shared: &Arc<Shared>, mut live: Live, shutdown: &mut watch::Recei
     let mut reconcile =
         tokio::time::interval_at(start + opts.reconcile_interval, opts.reconcile_interval);
     reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let reload_bound = opts.statement_timeout * 4;
     loop {
+        // Not biased: under a storm of notifications the heartbeat and the reconcile timer still
+        // get their turn (notifications are taken a batch at a time).
+        let mut reload = false;
         tokio::select! {
-            biased;
             _ = shutdown.changed() => return Ended::Shutdown,
-            note = live.notes.recv() => match note {
-                Some(n) => apply_notification(shared, &n),
-                None => return Ended::Lost("connection closed".into()),
-            },
+            note = live.notes.recv() => {
+                let Some(first) = note else {
+                    return Ended::Lost("connection closed".into());
+                };
+                let mut to_confirm = Vec::new();
+                let mut next = Some(first);
+                let mut taken = 0;
+                while let Some(n) = next.take() {
+                    match apply_notification(shared, live.key.as_ref(), &n) {
+                        Next::Nothing => {}
+                        Next::Confirm(k) => to_confirm.push(k),
+                        Next::Reload => reload = true,
+                    }
+                    taken += 1;
+                    if taken < TURN {
+                        next = live.notes.try_recv().ok();
+                    }
+                }
+                if !to_confirm.is_empty() {
+                    to_confirm.sort();
+                    to_confirm.dedup();
+                    let work = confirm(shared, &live.client, to_confirm);
+                    match tokio::time::timeout(opts.statement_timeout, work).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => return Ended::Lost(format!("confirming notifications failed: {e}")),
+                        Err(_) => return Ended::Lost("confirming notifications timed out".into()),
+                    }
+                }
+            }
             _ = heartbeat.tick() => {
                 let ping = tokio::time::timeout(opts.statement_timeout, live.client.simple_query(""));
                 match ping.await {
@@ -266,12 +423,19 @@ async fn serve(shared: &Arc<Shared>, mut live: Live, shutdown: &mut watch::Recei
                     Err(_) => return Ended::Lost(format!("heartbeat unanswered for {:?}", opts.statement_timeout)),
                 }
             }
-            _ = reconcile.tick() => {
-                match tokio::time::timeout(opts.statement_timeout * 4, resync(shared, &live.client)).await {
-                    Ok(Ok(())) => shared.republish_pending(),
-                    Ok(Err(e)) => return Ended::Lost(format!("reconciliation failed: {e}")),
-                    Err(_) => return Ended::Lost("reconciliation timed out".into()),
-                }
+            _ = reconcile.tick() => reload = true,
+        }
+        if live.overflowed.swap(false, Ordering::Relaxed) {
+            tracing::warn!(
+                "notifications arrived faster than they could be applied; reloading every row"
+            );
+            reload = true;
+        }
+        if reload {
+            match tokio::time::timeout(reload_bound, resync(shared, &live.client)).await {
+                Ok(Ok(())) => shared.outbox_kick(),
+                Ok(Err(e)) => return Ended::Lost(format!("reconciliation failed: {e}")),
+                Err(_) => return Ended::Lost("reconciliation timed out".into()),
             }
         }
     }

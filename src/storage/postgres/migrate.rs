@@ -43,6 +43,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "batched_transitions",
         sql: include_str!("../../../sql/0005_batched_transitions.sql"),
     },
+    Migration {
+        version: 6,
+        name: "hardening",
+        sql: include_str!("../../../sql/0006_hardening.sql"),
+    },
 ];
 
 /// Serializes concurrent migrators across the fleet (an arbitrary constant: "rc_migr").

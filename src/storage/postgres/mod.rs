@@ -5,27 +5,32 @@
 //!   task in `listener.rs`, which applies every change to the local cells and
 //!   reloads the whole namespace after each (re)connect;
 //! * a small deadpool pool (`application_name` `resilient-circuit`) for the transition functions
-//!   of `sql/0003_transitions.sql`. deadpool because it is async-native, small, recycles broken
-//!   connections and its `prepare_cached` keeps each function call to one round trip;
+//!   (`statements.rs` lists every statement; the SQL is in `sql/`). deadpool because it is
+//!   async-native, small, recycles broken connections and its `prepare_cached` keeps each
+//!   function call to one round trip;
 //! * the storage's map of cells, which is the snapshot every breaker reads.
 //!
 //! Transitions decided here are applied locally first (the instance stops its own calls at once)
-//! and then published; the database's answer is applied as soon as it arrives, and the other
-//! instances follow by NOTIFY.
+//! and then published through the outbox (`publish.rs`); the database's answer is applied as
+//! soon as it arrives, and the other instances follow by NOTIFY. Which of two conflicting
+//! versions of a key wins is decided in one place, `precedence.rs`. Callbacks of transitions
+//! made elsewhere run on their own thread (`callbacks.rs`).
 
+mod callbacks;
 pub(crate) mod config;
 mod listener;
 pub mod migrate;
 mod payload;
+pub(crate) mod precedence;
 mod publish;
+pub mod statements;
 pub(crate) mod tls;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use dashmap::DashMap;
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{Hook, HookError, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use postgres_openssl::MakeTlsConnector;
 use tokio::sync::watch;
 use tokio_postgres::types::ToSql;
@@ -34,15 +39,16 @@ use tracing::Instrument;
 
 pub use config::{ParseSslModeError, PostgresOptions, SslMode, TargetSessionAttrs};
 
-use crate::cell::{KeyCell, Lease};
+use crate::cell::{KeyCell, Lease, Transition};
 use crate::clock::{duration_nanos, Clock, SystemClock};
 use crate::error::{describe_pg_error, StorageError};
 use crate::policy::Policy;
 use crate::storage::{Backend, Storage, StorageInner};
-use crate::{ChangeOrigin, State};
+use crate::State;
+use precedence::{Remote, Source};
 
-/// How long an instance waits before asking again for a probe lease the database refused.
-const LEASE_RETRY_PAUSE: Duration = Duration::from_millis(25);
+/// How long an instance waits before asking again for a probe lease after an error.
+const LEASE_ERROR_PAUSE: Duration = Duration::from_millis(250);
 
 /// One instance's link to the shared table; owned by its [`Storage`].
 pub(crate) struct Instance {
@@ -56,20 +62,27 @@ pub(crate) struct Shared {
     pub(crate) opts: PostgresOptions,
     /// The LISTEN connection's TLS connector (its own settings when a listener DSN is given).
     pub(crate) listener_tls: MakeTlsConnector,
+    /// The pool's TLS connector, also used to cancel a call on the server.
+    pool_tls: MakeTlsConnector,
     pool: Pool,
     /// The storage's cells; weak so that dropping the last `Storage` ends everything.
     pub(crate) storage: Weak<StorageInner>,
     /// True while the listener is connected; the cells read it to decide whether half-open
     /// probes are leased from the database or counted locally.
     pub(crate) online: Arc<AtomicBool>,
+    /// The schema was verified (or created) on some connection; until then every reconnect
+    /// checks it first.
+    pub(crate) schema_ready: AtomicBool,
+    /// The newest row version this instance has seen from any key (authenticated notifications,
+    /// reloads, answers): the `basis` of the trips it decides (see `precedence.rs`).
+    max_seen: AtomicI64,
     /// Identifies this instance's probe leases (`holder` column).
     holder: String,
     runtime: tokio::runtime::Handle,
-    /// Trips decided locally that the database has not accepted yet, with their local deadline.
-    /// Published again after a reconnect if their cooldown has not ended.
-    pub(crate) pending_trips: DashMap<Arc<str>, u64>,
     /// Trips and overrides on their way to the database, sent in batches.
     outbox: publish::Outbox,
+    /// Callbacks of transitions made elsewhere.
+    callbacks: callbacks::Callbacks,
     clock: Arc<dyn Clock>,
 }
 
@@ -80,6 +93,7 @@ pub(crate) async fn connect(opts: PostgresOptions) -> Result<Storage, StorageErr
 }
 
 async fn connect_inner(opts: PostgresOptions) -> Result<Storage, StorageError> {
+    let runtime = tokio::runtime::Handle::try_current().map_err(|_| StorageError::NoRuntime)?;
     let tls = tls::make_tls(&opts)?;
     let listener_tls = tls::make_listener_tls(&opts)?;
     let manager = Manager::from_config(
@@ -89,11 +103,25 @@ async fn connect_inner(opts: PostgresOptions) -> Result<Storage, StorageError> {
             recycling_method: RecyclingMethod::Fast,
         },
     );
+    // Server-side limits, so that a call the client gave up on cannot keep a row lock.
+    let limits = format!(
+        "SET statement_timeout = {0}; SET lock_timeout = {0}",
+        statements::millis(opts.statement_timeout)
+    );
     let pool = Pool::builder(manager)
         .max_size(opts.pool_size.max(1))
         .runtime(Runtime::Tokio1)
         .create_timeout(Some(opts.connect_timeout))
         .wait_timeout(Some(opts.statement_timeout))
+        .post_create(Hook::async_fn(move |client, _| {
+            let limits = limits.clone();
+            Box::pin(async move {
+                client
+                    .batch_execute(&limits)
+                    .await
+                    .map_err(HookError::Backend)
+            })
+        }))
         .build()
         .map_err(|e| StorageError::Database {
             during: "building the connection pool",
@@ -108,17 +136,21 @@ async fn connect_inner(opts: PostgresOptions) -> Result<Storage, StorageError> {
         clock.now_nanos()
     );
     let mut made = None;
-    let storage = Storage::with_backend_cyclic(usize::MAX, clock.clone(), |weak| {
+    let capacity = super::DEFAULT_MEMORY_CAPACITY;
+    let storage = Storage::with_backend_cyclic(capacity, clock.clone(), |weak| {
         let shared = Arc::new(Shared {
             opts: opts.clone(),
             listener_tls,
+            pool_tls: tls,
             pool,
             storage: weak,
             online: Arc::new(AtomicBool::new(false)),
+            schema_ready: AtomicBool::new(false),
+            max_seen: AtomicI64::new(0),
             holder,
-            runtime: tokio::runtime::Handle::current(),
-            pending_trips: DashMap::new(),
+            runtime,
             outbox: publish::Outbox::default(),
+            callbacks: callbacks::Callbacks::start(),
             clock,
         });
         made = Some(shared.clone());
@@ -149,7 +181,7 @@ async fn connect_inner(opts: PostgresOptions) -> Result<Storage, StorageError> {
     // The listener loads every row of the namespace before we return, so that a breaker built
     // next is OPEN on its first call if the fleet's is.
     let synced = match opened {
-        Ok(live) if reachable => listener::sync(&shared, &live).await.map(|()| live),
+        Ok(mut live) if reachable => listener::sync(&shared, &mut live).await.map(|()| live),
         Ok(_) => Err(StorageError::Connect {
             target: opts.target(),
             cause: "the schema check failed".into(),
@@ -173,16 +205,19 @@ async fn connect_inner(opts: PostgresOptions) -> Result<Storage, StorageError> {
 }
 
 impl Shared {
-    /// Verifies the schema, applying the migrations when allowed.
-    async fn prepare_schema(&self) -> Result<(), StorageError> {
+    /// Verifies the schema, applying the migrations when allowed; remembers success.
+    pub(crate) async fn prepare_schema(&self) -> Result<(), StorageError> {
         let mut client = self.client("checking the schema").await?;
-        match migrate::verify(&client).await {
+        let r = match migrate::verify(&client).await {
             Err(StorageError::SchemaNotReady { .. }) if self.opts.auto_create => {
-                migrate::migrate(&mut client).await?;
-                Ok(())
+                migrate::migrate(&mut client).await.map(|_| ())
             }
             other => other,
+        };
+        if r.is_ok() {
+            self.schema_ready.store(true, Ordering::Relaxed);
         }
+        r
     }
 
     /// A pooled connection, with errors that name the target and never the password.
@@ -203,33 +238,19 @@ impl Shared {
         })
     }
 
-    /// Runs one transition function returning one row: see [`call_many`](Self::call_many).
-    async fn call(
-        &self,
-        during: &'static str,
-        sql: &str,
-        params: &[&(dyn ToSql + Sync)],
-    ) -> Result<Row, StorageError> {
-        self.call_many(during, sql, params)
-            .await?
-            .into_iter()
-            .next()
-            .ok_or(StorageError::Database {
-                during,
-                cause: "the function returned no row".into(),
-            })
-    }
-
     /// Runs one transition function: one round trip on a pooled connection (its statement
-    /// prepared once per connection), bounded by the statement timeout.
+    /// prepared once per connection), bounded by the statement timeout. A call the timeout
+    /// abandons is cancelled on the server too, so it does not keep a row lock.
     async fn call_many(
         &self,
         during: &'static str,
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Row>, StorageError> {
+        let mut cancel = None;
         let work = async {
             let client = self.client(during).await?;
+            cancel = Some(client.cancel_token());
             let stmt = client
                 .prepare_cached(sql)
                 .await
@@ -239,19 +260,52 @@ impl Shared {
                 .await
                 .map_err(|e| StorageError::db(during, &e))
         };
-        match tokio::time::timeout(self.opts.statement_timeout, work).await {
+        let result = tokio::time::timeout(self.opts.statement_timeout, work).await;
+        match result {
             Ok(r) => r,
-            Err(_) => Err(StorageError::Timeout(self.opts.statement_timeout, during)),
+            Err(_) => {
+                if let Some(token) = cancel {
+                    let tls = self.pool_tls.clone();
+                    self.runtime.spawn(async move {
+                        let _ = token.cancel_query(tls).await;
+                    });
+                }
+                Err(StorageError::Timeout {
+                    after: self.opts.statement_timeout,
+                    during,
+                })
+            }
         }
     }
 
+    /// Runs one transition function that answers one row, decoded.
+    async fn call_one(
+        &self,
+        during: &'static str,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<statements::RowState, StorageError> {
+        let rows = self.call_many(during, sql, params).await?;
+        let row = rows.first().ok_or(StorageError::Database {
+            during,
+            cause: "the function returned no row".into(),
+        })?;
+        statements::decode(row, during)
+    }
+
+    /// Marks the instance connected or not. On a loss, half-open cells start local rounds (a
+    /// fleet round needs the database) and callers waiting for a probe lease are woken.
     pub(crate) fn set_degraded(&self, degraded: bool) {
         let was = !self.online.swap(!degraded, Ordering::Relaxed);
         if was != degraded {
             if degraded {
                 tracing::warn!(target = %self.opts.target(), "lost PostgreSQL: breakers run on local state until it is back");
+                for cell in self.cells() {
+                    cell.go_local();
+                }
             } else {
                 tracing::info!(target = %self.opts.target(), "PostgreSQL connection established; breakers follow the fleet");
+                self.outbox.kick();
             }
         }
         metrics::gauge!("resilient_circuit_degraded", "namespace" => self.opts.namespace.clone())
@@ -262,105 +316,60 @@ impl Shared {
         !self.online.load(Ordering::Relaxed)
     }
 
-    /// The cell of `key`, made unclaimed (default policy) when a row names a key no breaker here
-    /// has asked for yet.
-    pub(crate) fn cell(&self, storage: &StorageInner, key: &str) -> Arc<KeyCell> {
-        if let Some(c) = storage.cells.get(key) {
-            return c.clone();
+    /// Every cell, collected first: nothing may run under the map's shard locks (callbacks and
+    /// code that builds breakers would deadlock on them).
+    pub(crate) fn cells(&self) -> Vec<Arc<KeyCell>> {
+        match self.storage.upgrade() {
+            Some(storage) => storage.cells.iter().map(|e| e.value().clone()).collect(),
+            None => Vec::new(),
         }
-        let key: Arc<str> = key.into();
-        storage
-            .cells
-            .entry(key.clone())
-            .or_insert_with(|| {
-                Arc::new(KeyCell::new(
-                    key,
-                    Policy::default(),
-                    storage.clock.clone(),
-                    Some(self.online.clone()),
-                ))
-            })
-            .clone()
     }
 
-    /// Applies a row returned by a transition function (o_state, o_version, o_remaining_ms) and
-    /// returns the lease it granted, if any.
-    fn apply_row(&self, cell: &KeyCell, row: &Row) -> Option<i64> {
-        self.apply_columns(cell, row, 0, false)
+    /// The newest version seen from any key.
+    pub(crate) fn seen(&self, version: i64) {
+        self.max_seen.fetch_max(version, Ordering::Relaxed);
     }
 
-    /// Applies a function's answer whose state columns start at `first`; `authoritative` as in
-    /// [`KeyCell::apply_remote`].
-    pub(crate) fn apply_columns(
+    /// Applies a state of `key`'s row from `source`. A key with no cell here needs one only if
+    /// the row is not CLOSED (absence means CLOSED), so CLOSED rows of keys no breaker uses
+    /// cost no memory.
+    pub(crate) fn apply_key(
         &self,
-        cell: &KeyCell,
-        row: &Row,
-        first: usize,
-        authoritative: bool,
-    ) -> Option<i64> {
-        let state: String = row.try_get(first).ok()?;
-        let version: i64 = row.try_get(first + 1).ok()?;
-        let remaining: i64 = row.try_get(first + 2).ok()?;
-        let lease: Option<i64> = row.try_get(first + 3).ok()?;
-        self.apply(
-            cell,
-            &state,
-            version,
-            payload::remaining(remaining),
-            authoritative,
-        );
-        lease
-    }
-
-    /// Applies one known state of a row to its cell and runs callbacks on a transition. See
-    /// [`KeyCell::apply_remote`] for `authoritative`.
-    pub(crate) fn apply(
-        &self,
-        cell: &KeyCell,
-        state: &str,
-        version: i64,
-        remaining: Duration,
-        authoritative: bool,
+        storage: &StorageInner,
+        key: &str,
+        remote: Remote,
+        source: Source,
     ) {
-        let to = state.parse::<State>().unwrap_or_else(|_| {
-            tracing::warn!(key = %cell.key, state, "row has an unknown state; treating it as CLOSED");
-            State::Closed
-        });
-        let (t, applied) = cell.apply_remote(to, version, remaining, authoritative);
-        if applied {
-            // The table moved past whatever this instance had decided and not yet published:
-            // replaying that trip later would undo a newer decision (an operator's close, say).
-            self.pending_trips.remove(&cell.key);
-        }
-        if let Some(t) = t {
-            cell.notify(t, ChangeOrigin::Remote);
-        }
-    }
-
-    /// True while `key` holds a local trip the database has not accepted and whose cooldown has
-    /// not ended: a reload must not overwrite it. Expired ones are forgotten here.
-    pub(crate) fn ahead_of_table(&self, key: &str) -> bool {
-        let now = self.clock.now_nanos();
-        let ahead = self.pending_trips.get(key).is_some_and(|d| *d > now);
-        if !ahead {
-            self.pending_trips.remove(key);
-        }
-        ahead
-    }
-
-    /// Publishes the trips decided while the database was unreachable, if still in cooldown.
-    pub(crate) fn republish_pending(self: &Arc<Self>) {
-        let Some(storage) = self.storage.upgrade() else {
-            return;
+        self.seen(remote.version);
+        let cell = match storage.cells.get(key).map(|c| c.clone()) {
+            Some(c) => c,
+            None if remote.state == State::Closed => return,
+            None => storage.cell(key.into(), Policy::default()),
         };
-        let now = self.clock.now_nanos();
-        self.pending_trips.retain(|_, deadline| *deadline > now);
-        let keys: Vec<Arc<str>> = self.pending_trips.iter().map(|e| e.key().clone()).collect();
-        for key in keys {
-            if let Some(cell) = storage.cells.get(&key).map(|c| c.clone()) {
-                self.queue_trip(cell);
-            }
+        self.apply(&cell, remote, source);
+    }
+
+    /// Applies a state of `cell`'s row from `source`; callbacks of a transition are queued.
+    pub(crate) fn apply(&self, cell: &Arc<KeyCell>, remote: Remote, source: Source) {
+        self.seen(remote.version);
+        if let Some(t) = cell.apply_remote(remote, source) {
+            self.transitioned(cell, t);
         }
+    }
+
+    /// Queues the callbacks of a transition that did not come from a call of this process.
+    pub(crate) fn transitioned(&self, cell: &Arc<KeyCell>, t: Transition) {
+        self.callbacks.queue(cell, t);
+    }
+
+    /// Retry the outbox now (the database answered again).
+    pub(crate) fn outbox_kick(&self) {
+        self.outbox.kick();
+    }
+
+    /// How many trips and overrides wait for the database's acceptance.
+    pub(crate) fn pending(&self) -> usize {
+        self.outbox.len()
     }
 }
 
@@ -369,53 +378,69 @@ impl Instance {
         self.shared.is_degraded()
     }
 
+    /// Fleet mode: asks the database for a probe lease for `cell`, in the background. One
+    /// request per key at a time; when every slot of the round is leased, the database says
+    /// until when, and no one asks again before that (or before the state changes).
     pub(crate) fn request_lease(&self, cell: &Arc<KeyCell>) {
         // A plain load first: rejected callers arrive in crowds, and an unconditional swap would
         // write to the cell on every one of them.
         if cell.lease_requested.load(Ordering::Relaxed)
             || cell.lease_requested.swap(true, Ordering::AcqRel)
         {
-            return; // one request in flight per key is enough
+            return;
         }
+        // Clears the flag however the task ends: finished, failed, or dropped unrun because
+        // the runtime that connected has shut down.
+        let guard = LeaseRequest(cell.clone());
         let shared = self.shared.clone();
-        let cell = cell.clone();
         self.shared.runtime.spawn(async move {
+            let cell = &guard.0;
             let policy = cell.policy();
             let probes = i32::try_from(policy.probe_count()).unwrap_or(i32::MAX);
-            let lease_ms = i64::try_from(shared.opts.lease_timeout.as_millis()).unwrap_or(i64::MAX);
+            let close_at = i32::try_from(policy.probe_close_threshold()).unwrap_or(i32::MAX);
+            let lease_ms = statements::millis(shared.opts.lease_timeout);
+            // The lease's life counts from the request: a slow answer must not make it look
+            // younger than the database's.
+            let asked_at = shared.clock.now_nanos();
             let r = shared
-                .call(
+                .call_one(
                     "leasing a probe",
-                    "SELECT * FROM public.rc_acquire_probe($1, $2, $3, $4, $5)",
+                    statements::ACQUIRE_PROBE,
                     &[
                         &shared.opts.namespace,
                         &&*cell.key,
                         &shared.holder,
                         &lease_ms,
                         &probes,
+                        &close_at,
                     ],
                 )
                 .await;
             match r {
                 Ok(row) => {
-                    if let Some(id) = shared.apply_row(&cell, &row) {
-                        // Keep a margin so we never start a probe on a lease about to expire.
-                        let life = duration_nanos(shared.opts.lease_timeout) / 10 * 9;
-                        let expires_at = shared.clock.now_nanos().saturating_add(life);
-                        cell.add_leases([Lease { id, expires_at }]);
-                    } else {
-                        // Every slot of the round is taken elsewhere: ask again only after a
-                        // pause, so rejected callers do not keep a statement in flight.
-                        tokio::time::sleep(LEASE_RETRY_PAUSE).await;
+                    shared.apply(cell, row.remote(&cell.key), Source::Answer);
+                    match row.lease_id {
+                        Some(id) => {
+                            // Keep a margin so we never start a probe on a lease about to expire.
+                            let life = duration_nanos(shared.opts.lease_timeout) / 10 * 9;
+                            cell.add_leases([Lease {
+                                id,
+                                expires_at: asked_at.saturating_add(life),
+                            }]);
+                        }
+                        None => {
+                            // Every slot is leased (until the first lease expires), or the
+                            // cooldown is not over by the database's clock.
+                            let wait = row.retry_ms.unwrap_or(row.remaining_ms).max(1);
+                            cell.lease_refused_for(statements::remaining(wait));
+                        }
                     }
                 }
                 Err(e) => {
                     tracing::warn!(key = %cell.key, error = %e, "could not lease a probe");
-                    tokio::time::sleep(LEASE_RETRY_PAUSE).await;
+                    cell.lease_refused_for(LEASE_ERROR_PAUSE);
                 }
             }
-            cell.lease_requested.store(false, Ordering::Release);
-            cell.changed.notify_waiters();
         });
     }
 
@@ -424,51 +449,68 @@ impl Instance {
         let cell = cell.clone();
         self.shared.runtime.spawn(async move {
             let policy = cell.policy();
-            let probes = policy.probe_count();
-            let close_at = match policy.success_limit {
-                Some(s) => s.numerator(),
-                None => probes - policy.failure_limit.numerator() + 1,
-            };
-            let (probes, close_at) = (
-                i32::try_from(probes).unwrap_or(i32::MAX),
-                i32::try_from(close_at).unwrap_or(i32::MAX),
-            );
-            let cooldown_ms = i64::try_from(policy.cooldown.as_millis()).unwrap_or(i64::MAX);
+            let probes = i32::try_from(policy.probe_count()).unwrap_or(i32::MAX);
+            let close_at = i32::try_from(policy.probe_close_threshold()).unwrap_or(i32::MAX);
+            let cooldown_ms = statements::millis(policy.cooldown);
             let r = shared
-                .call(
+                .call_one(
                     "reporting a probe",
-                    "SELECT * FROM public.rc_report_probe($1, $2, $3, $4, $5, $6, $7)",
-                    &[&shared.opts.namespace, &&*cell.key, &lease.id, &success, &probes, &close_at, &cooldown_ms],
+                    statements::REPORT_PROBE,
+                    &[
+                        &shared.opts.namespace,
+                        &&*cell.key,
+                        &lease.id,
+                        &success,
+                        &probes,
+                        &close_at,
+                        &cooldown_ms,
+                    ],
                 )
                 .await;
             match r {
-                Ok(row) => {
-                    shared.apply_row(&cell, &row);
-                }
+                Ok(row) => shared.apply(&cell, row.remote(&cell.key), Source::Answer),
                 Err(e) => tracing::warn!(key = %cell.key, error = %e, "could not report a probe result; its lease will expire"),
             }
         });
     }
 
+    /// Publishes a trip this instance decided: pending until the database answers, with the
+    /// newest version seen as its basis (see `precedence.rs`).
     pub(crate) fn publish_trip(&self, cell: &Arc<KeyCell>, cooldown: Duration) {
         let deadline = self
             .shared
             .clock
             .now_nanos()
             .saturating_add(duration_nanos(cooldown));
-        self.shared.pending_trips.insert(cell.key.clone(), deadline);
-        cell.local_decisions.fetch_add(1, Ordering::AcqRel);
-        self.shared.queue_trip(cell.clone());
+        let basis = self.shared.max_seen.load(Ordering::Relaxed);
+        cell.trip_pending(deadline, basis);
+        self.shared.outbox.trip(&self.shared, cell.clone());
     }
 
-    pub(crate) fn publish_force(&self, cell: &Arc<KeyCell>, to: State, cooldown: Duration) {
-        self.shared.pending_trips.remove(&cell.key);
+    /// Publishes a manual override; `done` hears whether the database accepted it.
+    pub(crate) fn publish_force(
+        &self,
+        cell: &Arc<KeyCell>,
+        to: State,
+        cooldown: Duration,
+        done: Option<publish::Done>,
+    ) {
         let seq = cell.local_decisions.fetch_add(1, Ordering::AcqRel) + 1;
-        self.shared.queue_force(publish::Force {
-            cell: cell.clone(),
-            to,
-            cooldown,
-            seq,
-        });
+        self.shared.outbox.force(
+            &self.shared,
+            cell.clone(),
+            publish::Force { to, cooldown, seq },
+            done,
+        );
+    }
+}
+
+/// Clears a cell's lease-request flag when dropped.
+struct LeaseRequest(Arc<KeyCell>);
+
+impl Drop for LeaseRequest {
+    fn drop(&mut self) {
+        self.0.lease_requested.store(false, Ordering::Release);
+        self.0.changed.notify_waiters();
     }
 }

@@ -1,11 +1,16 @@
-//! Parsing of the NOTIFY payloads the trigger `rc_notify_change` sends (version 1).
+//! Parsing and authenticating the NOTIFY payloads the trigger `rc_notify_change` sends (format
+//! version 2, `sql/0006_hardening.sql`).
 //!
-//! Payloads come from the database, and any writer with access to the channel can send one, so
-//! every field is checked and nothing here can panic.
+//! Any session that can connect may `pg_notify` on our channel, so a payload counts only with a
+//! valid MAC: HMAC-SHA256 under the key `rc_notify_key()` hands to roles allowed to write the
+//! table. Every field is checked and nothing here can panic.
 
 use std::borrow::Cow;
 use std::time::Duration;
 
+use openssl::hash::MessageDigest;
+use openssl::pkey::{PKey, Private};
+use openssl::sign::Signer;
 use serde::Deserialize;
 
 use crate::State;
@@ -13,9 +18,19 @@ use crate::State;
 /// NOTIFY refuses payloads of 8000 bytes or more; anything longer did not come from our trigger.
 pub(crate) const MAX_PAYLOAD: usize = 8000;
 
+/// What a notification announces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Op {
+    /// One row changed (or was deleted: then CLOSED).
+    Row,
+    /// The table was truncated: reload everything.
+    Reset,
+}
+
 /// One change of one row, as announced.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Change {
+    pub(crate) op: Op,
     pub(crate) namespace: String,
     pub(crate) key: String,
     pub(crate) state: State,
@@ -23,6 +38,9 @@ pub(crate) struct Change {
     pub(crate) unknown_state: Option<String>,
     pub(crate) version: i64,
     pub(crate) remaining: Duration,
+    /// The MAC as sent (lowercase hex) and the text it must cover.
+    mac: String,
+    signed: String,
 }
 
 /// Why a payload was ignored.
@@ -32,13 +50,55 @@ pub(crate) enum PayloadError {
     TooLong(usize),
     #[error("payload is not the expected JSON: {0}")]
     Malformed(String),
-    #[error("payload format version {0} is not supported (this build reads version 1)")]
+    #[error("payload format version {0} is not supported (this build reads version 2)")]
     UnknownVersion(u64),
+}
+
+/// The key notifications are authenticated with.
+#[derive(Clone)]
+pub(crate) struct NotifyKey(PKey<Private>);
+
+impl std::fmt::Debug for NotifyKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NotifyKey(<redacted>)")
+    }
+}
+
+impl NotifyKey {
+    /// The key as `rc_notify_key()` returns it.
+    pub(crate) fn new(key: &[u8]) -> Result<NotifyKey, String> {
+        if key.len() < 16 {
+            return Err(format!(
+                "notification key of {} bytes is too short",
+                key.len()
+            ));
+        }
+        PKey::hmac(key)
+            .map(NotifyKey)
+            .map_err(|e| format!("notification key unusable: {e}"))
+    }
+
+    /// HMAC-SHA256 of `text`, lowercase hex.
+    pub(crate) fn mac_hex(&self, text: &str) -> Option<String> {
+        let mut signer = Signer::new(MessageDigest::sha256(), &self.0).ok()?;
+        signer.update(text.as_bytes()).ok()?;
+        let mac = signer.sign_to_vec().ok()?;
+        Some(mac.iter().map(|b| format!("{b:02x}")).collect())
+    }
+
+    /// True when `change` carries a valid MAC under this key.
+    pub(crate) fn verify(&self, change: &Change) -> bool {
+        self.mac_hex(&change.signed).is_some_and(|m| {
+            m.len() == change.mac.len() && openssl::memcmp::eq(m.as_bytes(), change.mac.as_bytes())
+        })
+    }
 }
 
 #[derive(Deserialize)]
 struct Wire<'a> {
     v: u64,
+    #[serde(borrow)]
+    op: Cow<'a, str>,
     #[serde(borrow)]
     ns: Cow<'a, str>,
     #[serde(borrow)]
@@ -47,6 +107,8 @@ struct Wire<'a> {
     state: Cow<'a, str>,
     version: i64,
     remaining_ms: i64,
+    #[serde(borrow)]
+    mac: Cow<'a, str>,
 }
 
 #[derive(Deserialize)]
@@ -54,8 +116,8 @@ struct VersionOnly {
     v: u64,
 }
 
-/// Parses one payload. Unknown state strings become Closed (reported in `unknown_state`), a
-/// negative remaining time becomes zero.
+/// Parses one payload (not yet authenticated: see [`NotifyKey::verify`]). Unknown state strings
+/// become Closed (reported in `unknown_state`), a negative remaining time becomes zero.
 pub(crate) fn parse(payload: &str) -> Result<Change, PayloadError> {
     if payload.len() >= MAX_PAYLOAD {
         return Err(PayloadError::TooLong(payload.len()));
@@ -65,15 +127,50 @@ pub(crate) fn parse(payload: &str) -> Result<Change, PayloadError> {
         Err(e) => {
             // A newer trigger may send a different shape: say so rather than "malformed".
             if let Ok(VersionOnly { v }) = serde_json::from_str(payload) {
-                if v != 1 {
+                if v != 2 {
                     return Err(PayloadError::UnknownVersion(v));
                 }
             }
             return Err(PayloadError::Malformed(e.to_string()));
         }
     };
-    if wire.v != 1 {
+    if wire.v != 2 {
         return Err(PayloadError::UnknownVersion(wire.v));
+    }
+    let op = match &*wire.op {
+        "row" => Op::Row,
+        "reset" => Op::Reset,
+        other => {
+            return Err(PayloadError::Malformed(format!(
+                "unknown op {:?}",
+                other.chars().take(20).collect::<String>()
+            )))
+        }
+    };
+    // Exactly what the trigger MACs: lengths in bytes, so no two payloads share an input.
+    let signed = format!(
+        "2|{}|{}:{}|{}:{}|{}|{}|{}",
+        wire.op,
+        wire.ns.len(),
+        wire.ns,
+        wire.key.len(),
+        wire.key,
+        wire.state,
+        wire.version,
+        wire.remaining_ms
+    );
+    if op == Op::Reset {
+        return Ok(Change {
+            op,
+            namespace: String::new(),
+            key: String::new(),
+            state: State::Closed,
+            unknown_state: None,
+            version: wire.version,
+            remaining: Duration::ZERO,
+            mac: wire.mac.into_owned(),
+            signed,
+        });
     }
     // The columns are varchar(255): anything else was not written by the trigger, and must not
     // make the listener create cells without bound.
@@ -90,18 +187,16 @@ pub(crate) fn parse(payload: &str) -> Result<Change, PayloadError> {
         Err(_) => (State::Closed, Some(wire.state.into_owned())),
     };
     Ok(Change {
+        op,
         namespace: wire.ns.into_owned(),
         key: wire.key.into_owned(),
         state,
         unknown_state,
         version: wire.version,
-        remaining: remaining(wire.remaining_ms),
+        remaining: super::statements::remaining(wire.remaining_ms),
+        mac: wire.mac.into_owned(),
+        signed,
     })
-}
-
-/// Milliseconds from the database into a duration; negative means over.
-pub(crate) fn remaining(ms: i64) -> Duration {
-    Duration::from_millis(u64::try_from(ms).unwrap_or(0))
 }
 
 #[cfg(test)]

@@ -1,244 +1,454 @@
-//! Publishing this instance's own transitions: trips and manual overrides wait in an outbox and
-//! go to the database in batches, one statement and one commit per batch.
+//! The outbox: this instance's trips and manual overrides on their way to the database, sent in
+//! batches, one statement and one commit per batch, and retried until the database answers.
 //!
 //! PostgreSQL serializes the commits of transactions that NOTIFY, so throughput is bounded by
 //! commits, not by work. A lone transition is still sent at once (a batch of one); while a batch
-//! is in flight, the next transitions gather behind it and share the next commit. Keys are sorted
-//! so that instances batching the same keys lock rows in the same order.
+//! is in flight, the next transitions gather behind it and share the next commit.
+//!
+//! The outbox holds at most one entry per key: the key's latest override, and whether a trip
+//! was decided after it. So it is bounded by the number of keys however fast a key trips (a zero
+//! cooldown during an outage), and a key's trip decided after an override still reaches the
+//! database after it. Keys are sorted in each statement so that instances batching the same keys
+//! lock rows in the same order. A batch that fails is retried with capped backoff (and at once
+//! when the listener reconnects); a key the database refuses is dropped with a warning and never
+//! sinks the other keys of its batch.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::cell::KeyCell;
-use crate::State;
+use tokio::sync::{oneshot, Notify};
 
+use super::precedence::Remote;
+use super::statements::{self, RowState};
 use super::Shared;
+use crate::cell::KeyCell;
+use crate::error::StorageError;
+use crate::State;
 
 /// The largest batch sent in one statement.
 const MAX_BATCH: usize = 512;
+/// First pause after a failed batch; doubles up to [`RETRY_CAP`].
+const RETRY_BASE: Duration = Duration::from_millis(50);
+const RETRY_CAP: Duration = Duration::from_secs(5);
+
+/// Where the caller of a confirmed override hears the database's answer.
+pub(crate) type Done = oneshot::Sender<Result<(), StorageError>>;
 
 /// A manual override waiting to be sent.
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct Force {
-    pub(crate) cell: Arc<KeyCell>,
     pub(crate) to: State,
     pub(crate) cooldown: Duration,
     /// The cell's `local_decisions` count when the override was made.
     pub(crate) seq: u64,
 }
 
-/// One thing to send. Trips and overrides share one queue, so that a key's trip decided after
-/// an override reaches the database after it.
-pub(crate) enum Job {
-    Trip(Arc<KeyCell>),
-    Force(Force),
+/// What one key has to send.
+struct Entry {
+    cell: Arc<KeyCell>,
+    force: Option<Force>,
+    /// Callers waiting to hear that the override (or a later one of the key) was accepted.
+    done: Vec<Done>,
+    /// A trip decided after `force` (its data is the cell's pending trip).
+    trip: bool,
 }
 
-/// One queue of pending sends and whether a task is draining it.
-struct Lane<T> {
-    queue: Mutex<Vec<T>>,
-    /// True while a flush task owns the lane; at most one per lane, so batches keep their order.
-    draining: AtomicBool,
-}
-
-impl<T> Default for Lane<T> {
-    fn default() -> Self {
-        Lane {
-            queue: Mutex::new(Vec::new()),
-            draining: AtomicBool::new(false),
-        }
-    }
-}
-
-impl<T> Lane<T> {
-    /// Queues `item`; true when the caller must start a flush task.
-    fn push(&self, item: T) -> bool {
-        self.queue
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(item);
-        !self.draining.swap(true, Ordering::AcqRel)
-    }
-
-    /// The next batch, or `None` when the lane is empty and released.
-    fn next_batch(&self) -> Option<Vec<T>> {
-        loop {
-            let batch = {
-                let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-                let n = q.len().min(MAX_BATCH);
-                q.drain(..n).collect::<Vec<T>>()
-            };
-            if !batch.is_empty() {
-                return Some(batch);
-            }
-            self.draining.store(false, Ordering::Release);
-            // Something queued between the drain and the release found the lane draining and
-            // started no task: take the lane back, unless its own task already did.
-            let empty = self
-                .queue
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .is_empty();
-            if empty || self.draining.swap(true, Ordering::AcqRel) {
-                return None;
-            }
-        }
-    }
+#[derive(Default)]
+struct Queue {
+    /// Keys in the order their entries were made.
+    order: VecDeque<Arc<str>>,
+    entries: HashMap<Arc<str>, Entry>,
 }
 
 /// The outbox of one instance.
 #[derive(Default)]
 pub(crate) struct Outbox {
-    jobs: Lane<Job>,
+    queue: Mutex<Queue>,
+    /// True while a flush task owns the outbox; at most one, so batches keep their order.
+    draining: AtomicBool,
+    /// Cuts a retry pause short (the listener reconnected).
+    kick: Notify,
+    /// Entries taken out for the batch being sent.
+    in_flight: std::sync::atomic::AtomicUsize,
+}
+
+impl Outbox {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        // Nothing but pushes and pops run under this lock.
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Entries waiting or being sent (each a key with an override, a trip, or both).
+    pub(crate) fn len(&self) -> usize {
+        let q = self.lock();
+        q.entries.len() + self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Retry now rather than at the end of the current pause.
+    pub(crate) fn kick(&self) {
+        self.kick.notify_one();
+    }
+
+    /// Queues `cell`'s pending trip.
+    pub(crate) fn trip(&self, shared: &Arc<Shared>, cell: Arc<KeyCell>) {
+        {
+            let mut q = self.lock();
+            let key = cell.key.clone();
+            match q.entries.get_mut(&key) {
+                Some(e) => e.trip = true,
+                None => {
+                    q.order.push_back(key.clone());
+                    q.entries.insert(
+                        key,
+                        Entry {
+                            cell,
+                            force: None,
+                            done: Vec::new(),
+                            trip: true,
+                        },
+                    );
+                }
+            }
+        }
+        self.start(shared);
+    }
+
+    /// Queues an override; it replaces an earlier override and trip of the key still waiting
+    /// (a later decision), whose waiters then hear about this one.
+    pub(crate) fn force(
+        &self,
+        shared: &Arc<Shared>,
+        cell: Arc<KeyCell>,
+        force: Force,
+        done: Option<Done>,
+    ) {
+        {
+            let mut q = self.lock();
+            let key = cell.key.clone();
+            match q.entries.get_mut(&key) {
+                Some(e) => {
+                    if e.force.is_some() {
+                        // The replaced override will never be answered.
+                        let _ = e.cell.override_abandoned();
+                    }
+                    e.force = Some(force);
+                    e.trip = false;
+                    e.done.extend(done);
+                }
+                None => {
+                    q.order.push_back(key.clone());
+                    q.entries.insert(
+                        key,
+                        Entry {
+                            cell,
+                            force: Some(force),
+                            done: done.into_iter().collect(),
+                            trip: false,
+                        },
+                    );
+                }
+            }
+        }
+        self.start(shared);
+    }
+
+    /// Starts a flush task unless one is running.
+    fn start(&self, shared: &Arc<Shared>) {
+        if self.draining.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let guard = Draining {
+            shared: shared.clone(),
+            armed: true,
+        };
+        shared.runtime.spawn(Shared::flush(guard));
+    }
+
+    /// The next batch, oldest keys first; `None` when the outbox is empty.
+    fn next_batch(&self) -> Option<Vec<Entry>> {
+        let mut q = self.lock();
+        let mut batch = Vec::new();
+        while batch.len() < MAX_BATCH {
+            let Some(key) = q.order.pop_front() else {
+                break;
+            };
+            if let Some(e) = q.entries.remove(&key) {
+                batch.push(e);
+            }
+        }
+        // Under the queue's lock, so `len` never sees an entry in neither place.
+        self.in_flight.store(batch.len(), Ordering::Release);
+        (!batch.is_empty()).then_some(batch)
+    }
+
+    /// Puts entries that could not be sent back in front, unless the key got a newer entry
+    /// meanwhile (which then wins: an override replaces, a trip merges).
+    fn requeue(&self, entries: Vec<Entry>) {
+        let mut q = self.lock();
+        self.in_flight.store(0, Ordering::Release);
+        for mut e in entries.into_iter().rev() {
+            let key = e.cell.key.clone();
+            match q.entries.remove(&key) {
+                Some(newer) => {
+                    if newer.force.is_some() {
+                        if e.force.is_some() {
+                            let _ = e.cell.override_abandoned();
+                        }
+                        let mut newer = newer;
+                        newer.done.append(&mut e.done);
+                        q.entries.insert(key, newer);
+                    } else {
+                        e.trip |= newer.trip;
+                        q.entries.insert(key, e);
+                    }
+                }
+                None => {
+                    q.order.push_front(key.clone());
+                    q.entries.insert(key, e);
+                }
+            }
+        }
+    }
+}
+
+/// Releases the outbox when the flush task ends, however it ends (finished, or dropped unrun
+/// because the runtime shut down), so a later transition starts a new one.
+struct Draining {
+    shared: Arc<Shared>,
+    /// False once the flag was released by hand (it may belong to another task by then).
+    armed: bool,
+}
+
+impl Drop for Draining {
+    fn drop(&mut self) {
+        if self.armed {
+            self.shared.outbox.draining.store(false, Ordering::Release);
+        }
+    }
 }
 
 impl Shared {
-    /// Sends `cell`'s pending trip (see `pending_trips`) with the next batch.
-    pub(crate) fn queue_trip(self: &Arc<Self>, cell: Arc<KeyCell>) {
-        self.queue(Job::Trip(cell));
-    }
-
-    /// Sends a manual override with the next batch.
-    pub(crate) fn queue_force(self: &Arc<Self>, force: Force) {
-        self.queue(Job::Force(force));
-    }
-
-    fn queue(self: &Arc<Self>, job: Job) {
-        if self.outbox.jobs.push(job) {
-            self.runtime.spawn(self.clone().flush());
+    /// Drains the outbox: each batch sends its overrides, then its trips (a key's trip was
+    /// decided after its override), one statement each.
+    async fn flush(mut guard: Draining) {
+        let this = guard.shared.clone();
+        let mut pause = RETRY_BASE;
+        loop {
+            let Some(batch) = this.outbox.next_batch() else {
+                // Release, then look again: something queued between the last look and the
+                // release found the outbox draining and started no task.
+                guard.armed = false;
+                this.outbox.draining.store(false, Ordering::Release);
+                if this.outbox.lock().entries.is_empty()
+                    || this.outbox.draining.swap(true, Ordering::AcqRel)
+                {
+                    return; // empty, or another task owns it now
+                }
+                guard.armed = true;
+                continue;
+            };
+            let failed = this.send(batch).await;
+            if failed.is_empty() {
+                this.outbox.in_flight.store(0, Ordering::Release);
+                pause = RETRY_BASE;
+                continue;
+            }
+            this.outbox.requeue(failed);
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = this.outbox.kick.notified() => {}
+            }
+            pause = (pause * 2).min(RETRY_CAP);
         }
     }
 
-    /// Drains the outbox: each batch is split into runs of trips and runs of overrides, sent in
-    /// the order they were queued, one statement per run.
-    async fn flush(self: Arc<Self>) {
-        while let Some(batch) = self.outbox.jobs.next_batch() {
-            let mut trips = Vec::new();
-            let mut forces = Vec::new();
-            for job in batch {
-                match job {
-                    Job::Trip(cell) => {
-                        if !forces.is_empty() {
-                            self.send_forces(std::mem::take(&mut forces)).await;
-                        }
-                        trips.push(cell);
-                    }
-                    Job::Force(force) => {
-                        if !trips.is_empty() {
-                            self.send_trips(std::mem::take(&mut trips)).await;
-                        }
-                        forces.push(force);
-                    }
+    /// Sends one batch; returns the entries to try again.
+    async fn send(&self, batch: Vec<Entry>) -> Vec<Entry> {
+        let mut forces: Vec<Entry> = Vec::new();
+        let mut trips_only: Vec<Entry> = Vec::new();
+        for e in batch {
+            if e.force.is_some() {
+                forces.push(e);
+            } else {
+                trips_only.push(e);
+            }
+        }
+        let mut retry = Vec::new();
+        let mut trips: Vec<Arc<KeyCell>> = Vec::new();
+        if !forces.is_empty() {
+            let (sent, failed) = self.send_forces(forces).await;
+            for e in sent {
+                if e.trip {
+                    trips.push(e.cell);
                 }
             }
-            if !trips.is_empty() {
-                self.send_trips(trips).await;
-            }
-            if !forces.is_empty() {
-                self.send_forces(forces).await;
+            retry.extend(failed);
+        }
+        trips.extend(trips_only.into_iter().map(|e| e.cell));
+        if !trips.is_empty() {
+            for cell in self.send_trips(trips).await {
+                retry.push(Entry {
+                    cell,
+                    force: None,
+                    done: Vec::new(),
+                    trip: true,
+                });
             }
         }
+        retry
     }
 
-    async fn send_trips(&self, mut cells: Vec<Arc<KeyCell>>) {
+    /// Sends pending trips; returns the cells to try again.
+    async fn send_trips(&self, mut cells: Vec<Arc<KeyCell>>) -> Vec<Arc<KeyCell>> {
         cells.sort_by(|a, b| a.key.cmp(&b.key));
         cells.dedup_by(|a, b| a.key == b.key);
         let now = self.clock.now_nanos();
-        let (mut keys, mut cooldowns, mut failures, mut logs) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut keys, mut cooldowns, mut failures, mut logs, mut bases) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let mut by_key = HashMap::with_capacity(cells.len());
         for cell in cells {
-            // Settled meanwhile (the table moved on, an override, or the cooldown ended).
-            let Some(deadline) = self.pending_trips.get(&cell.key).map(|d| *d) else {
+            // Settled meanwhile (the table moved on, an override) or not worth sending.
+            let Some(pending) = cell.pending_trip() else {
                 continue;
             };
-            let remaining = deadline.saturating_sub(now);
-            if remaining == 0 {
-                self.pending_trips.remove(&cell.key);
+            let remaining = pending.deadline.saturating_sub(now);
+            if remaining < 1_000_000 {
+                cell.drop_pending_trip(pending.seq); // its cooldown is over
                 continue;
             }
             let log = cell.execution_log();
             keys.push(cell.key.to_string());
-            cooldowns.push(
-                i64::try_from(remaining / 1_000_000)
-                    .unwrap_or(i64::MAX)
-                    .max(1),
-            );
+            cooldowns.push(i64::try_from(remaining / 1_000_000).unwrap_or(i64::MAX));
             failures.push(i32::try_from(log.iter().filter(|s| !**s).count()).unwrap_or(i32::MAX));
             logs.push(serde_json::Value::from(log));
-            by_key.insert(cell.key.clone(), cell);
+            bases.push(pending.basis);
+            by_key.insert(cell.key.clone(), (cell, pending.seq));
         }
         if keys.is_empty() {
-            return;
+            return Vec::new();
         }
+        let during = "publishing trips";
         let r = self
             .call_many(
-                "publishing trips",
-                "SELECT * FROM public.rc_trip_many($1, $2, $3, $4, $5)",
-                &[&self.opts.namespace, &keys, &cooldowns, &failures, &logs],
+                during,
+                statements::TRIP_MANY,
+                &[
+                    &self.opts.namespace,
+                    &keys,
+                    &cooldowns,
+                    &failures,
+                    &logs,
+                    &bases,
+                ],
             )
             .await;
-        match r {
-            Ok(rows) => {
-                for row in &rows {
-                    let Some(cell) = row.try_get::<_, &str>(0).ok().and_then(|k| by_key.get(k))
-                    else {
+        let rows = match r {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::warn!(key = %keys[0], more = keys.len() - 1, error = %e, "could not publish a trip; it stays local and is sent again");
+                return by_key.into_values().map(|(c, _)| c).collect();
+            }
+        };
+        for row in &rows {
+            match statements::decode_batch(row, during) {
+                Ok((key, answer)) => {
+                    let Some((cell, seq)) = by_key.remove(key.as_str()) else {
                         continue;
                     };
-                    self.pending_trips.remove(&cell.key);
-                    self.apply_columns(cell, row, 1, false);
+                    match answer {
+                        Ok(state) => self.trip_answered(&cell, seq, &state),
+                        Err(e) => {
+                            tracing::warn!(key = %cell.key, error = %e, "the database refused a trip; it stays local");
+                            cell.drop_pending_trip(seq);
+                        }
+                    }
                 }
+                Err(e) => tracing::warn!(error = %e, "unreadable answer to a trip"),
             }
-            Err(e) => {
-                tracing::warn!(key = %keys[0], more = keys.len() - 1, error = %e, "could not publish a trip; it stays local and is published when the database is back");
-            }
+        }
+        // Keys the answer did not mention: try again.
+        by_key.into_values().map(|(c, _)| c).collect()
+    }
+
+    fn trip_answered(&self, cell: &Arc<KeyCell>, seq: u64, row: &RowState) {
+        let remote: Remote = row.remote(&cell.key);
+        self.seen(remote.version);
+        if let Some(t) = cell.trip_answered(seq, remote) {
+            self.transitioned(cell, t);
         }
     }
 
-    async fn send_forces(&self, mut forces: Vec<Force>) {
-        // The last override of a key wins; sorting keeps the lock order of `send_trips`.
-        forces.reverse();
-        forces.sort_by(|a, b| a.cell.key.cmp(&b.cell.key));
-        forces.dedup_by(|a, b| a.cell.key == b.cell.key);
-        let keys: Vec<String> = forces.iter().map(|f| f.cell.key.to_string()).collect();
-        let states: Vec<&str> = forces.iter().map(|f| f.to.as_str()).collect();
-        let cooldowns: Vec<i64> = forces
-            .iter()
-            .map(|f| i64::try_from(f.cooldown.as_millis()).unwrap_or(i64::MAX))
-            .collect();
+    /// Sends overrides; returns (entries sent, entries to try again).
+    async fn send_forces(&self, mut entries: Vec<Entry>) -> (Vec<Entry>, Vec<Entry>) {
+        entries.sort_by(|a, b| a.cell.key.cmp(&b.cell.key));
+        let mut keys = Vec::with_capacity(entries.len());
+        let mut states = Vec::with_capacity(entries.len());
+        let mut cooldowns = Vec::with_capacity(entries.len());
+        for e in &entries {
+            let Some(f) = e.force else { continue };
+            keys.push(e.cell.key.to_string());
+            states.push(f.to.as_str());
+            cooldowns.push(statements::millis(f.cooldown));
+        }
+        let during = "forcing states";
         let r = self
             .call_many(
-                "forcing states",
-                "SELECT * FROM public.rc_force_many($1, $2, $3, $4)",
+                during,
+                statements::FORCE_MANY,
                 &[&self.opts.namespace, &keys, &states, &cooldowns],
             )
             .await;
-        match r {
-            Ok(rows) => {
-                let by_key: HashMap<&str, &Force> =
-                    forces.iter().map(|f| (&*f.cell.key, f)).collect();
-                for row in &rows {
-                    let Some(f) = row.try_get::<_, &str>(0).ok().and_then(|k| by_key.get(k)) else {
-                        continue;
-                    };
-                    if f.cell.local_decisions.load(Ordering::Acquire) == f.seq {
-                        // The override's own answer is the truth for this key from now on.
-                        self.apply_columns(&f.cell, row, 1, true);
-                    } else if let Ok(version) = row.try_get::<_, i64>(2) {
-                        // This instance decided again since (a trip, queued behind): keep that
-                        // decision, but know the override's version so its NOTIFY is not news.
-                        f.cell.raise_version(version);
-                    }
-                }
-            }
+        let rows = match r {
+            Ok(rows) => rows,
             Err(e) => {
-                tracing::warn!(key = %keys[0], more = keys.len() - 1, error = %e, "could not publish a manual override");
+                tracing::warn!(key = %keys[0], more = keys.len() - 1, error = %e, "could not publish a manual override; it is sent again");
+                return (Vec::new(), entries);
+            }
+        };
+        let mut answers: HashMap<String, Result<RowState, String>> = HashMap::new();
+        for row in &rows {
+            match statements::decode_batch(row, during) {
+                Ok((key, answer)) => {
+                    answers.insert(key, answer);
+                }
+                Err(e) => tracing::warn!(error = %e, "unreadable answer to an override"),
             }
         }
-        // Answered or failed: changes from elsewhere may apply again.
-        for f in &forces {
-            f.cell.force_settled();
+        let (mut sent, mut retry) = (Vec::new(), Vec::new());
+        for mut e in entries {
+            let Some(f) = e.force else { continue };
+            match answers.remove(&*e.cell.key) {
+                Some(Ok(row)) => {
+                    let remote = row.remote(&e.cell.key);
+                    self.seen(remote.version);
+                    if let Some(t) = e.cell.override_answered(f.seq, remote) {
+                        self.transitioned(&e.cell, t);
+                    }
+                    for d in e.done.drain(..) {
+                        let _ = d.send(Ok(()));
+                    }
+                    sent.push(e);
+                }
+                Some(Err(cause)) => {
+                    // Refused for good (bad input, no privilege): say so, and stop holding
+                    // the key against the fleet.
+                    tracing::warn!(key = %e.cell.key, error = %cause, "the database refused a manual override");
+                    if let Some(t) = e.cell.override_abandoned() {
+                        self.transitioned(&e.cell, t);
+                    }
+                    for d in e.done.drain(..) {
+                        let _ = d.send(Err(StorageError::Database {
+                            during: "forcing a state",
+                            cause: cause.clone(),
+                        }));
+                    }
+                    sent.push(e);
+                }
+                None => retry.push(e),
+            }
         }
+        (sent, retry)
     }
 }

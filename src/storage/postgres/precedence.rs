@@ -1,0 +1,179 @@
+//! Who wins: the rules that decide between what this instance decided on its own (trips,
+//! manual overrides) and what arrives from the table (notifications, reloads, the answers of the
+//! transition functions). Every such decision in the crate is made by [`FleetView::judge`], under
+//! the key's private lock; nothing else compares versions.
+//!
+//! Versions come from one database sequence and, for one key, follow commit order (migration
+//! `0006`), so a higher version is a later decision.
+//!
+//! | case | rule | test |
+//! |---|---|---|
+//! | notification not newer than the version held | ignored: a repeat, or covered by a reload or an answer | `postgres::stale_notifications_are_ignored` |
+//! | notification newer | applied, except over a local trip not yet accepted that was decided after it (its version is at most the trip's basis); a trip decided before it is dropped, as the database refuses it too | `postgres::trip_on_a_is_seen_on_b` |
+//! | notification while an override of ours is in flight | the newest is kept and applied after the override's answer, if newer than it | `hardening::notification_during_override_is_not_lost` |
+//! | answer to our own override | applied unless older than the version held; a later local decision (a trip queued behind) keeps the state, the version is raised | `faults::force_closed_is_not_undone_by_a_late_trip`, `postgres::trip_after_force_closed_wins` |
+//! | any other answer (our trip, a probe lease or report) | applied unless older than the version held: an answer never lowers a newer version | `hardening::late_answer_does_not_lower_a_newer_version` |
+//! | reload row (or no row: CLOSED at version 0) | authoritative, even if older (it is the table now), except over a local trip not yet accepted and not older than the row, or an override in flight | `faults::restart_under_traffic_converges`, `hardening::stale_trip_is_not_replayed_over_a_later_close` |
+//! | local trip published | carries the newest version this instance had seen when it decided (`basis`); the database refuses it over a row with a newer version | `hardening::stale_trip_is_not_replayed_over_a_later_close` |
+
+use std::time::Duration;
+
+use crate::State;
+
+/// A state of the shared row, as some source reported it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Remote {
+    pub(crate) state: State,
+    pub(crate) version: i64,
+    /// Cooldown left, by the database's clock, when the source read it.
+    pub(crate) remaining: Duration,
+}
+
+/// Where a [`Remote`] comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// A NOTIFY from the trigger (authenticated), or a row confirmed after one.
+    Notification,
+    /// The full reload after a (re)connect or on the reconcile timer.
+    Reload,
+    /// A transition function's answer to a call of ours that is not an override.
+    Answer,
+    /// The answer to our own manual override. `superseded`: this instance decided again for the
+    /// key after making it (a trip queued behind it).
+    OverrideAnswer { superseded: bool },
+}
+
+/// A local trip the database has not accepted yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PendingTrip {
+    /// Clock nanoseconds at which its cooldown ends; past it the trip is not worth publishing.
+    pub(crate) deadline: u64,
+    /// The newest version this instance had seen when it decided.
+    pub(crate) basis: i64,
+    /// Tells this trip from a later one of the same key.
+    pub(crate) seq: u64,
+}
+
+/// What to do with a [`Remote`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// Make the cell's state this one.
+    Apply(Remote),
+    /// Nothing to change.
+    Ignore,
+}
+
+/// What one key's cell knows of the shared row, beside its state word.
+#[derive(Debug, Default)]
+pub(crate) struct FleetView {
+    /// Version of the row last applied (0: none).
+    pub(crate) version: i64,
+    /// Overrides of ours on their way to the database.
+    pub(crate) overrides_in_flight: u32,
+    /// The newest notification received while an override was in flight.
+    pub(crate) deferred: Option<Remote>,
+    /// Our trip not yet accepted by the database.
+    pub(crate) pending_trip: Option<PendingTrip>,
+}
+
+impl FleetView {
+    /// Judges `incoming` from `source` at clock time `now`, and updates the bookkeeping (version,
+    /// pending trip, deferred notification) as if the verdict is carried out.
+    pub(crate) fn judge(&mut self, incoming: Remote, source: Source, now: u64) -> Verdict {
+        match source {
+            Source::Notification | Source::Answer => {
+                if self.overrides_in_flight > 0 {
+                    let newest = self.deferred.map_or(self.version, |d| d.version);
+                    if incoming.version > newest {
+                        self.deferred = Some(incoming);
+                    }
+                    return Verdict::Ignore;
+                }
+                let newer = match source {
+                    Source::Notification => incoming.version > self.version,
+                    _ => incoming.version >= self.version,
+                };
+                if !newer {
+                    return Verdict::Ignore;
+                }
+                self.accept(incoming, now)
+            }
+            Source::OverrideAnswer { superseded } => {
+                self.overrides_in_flight = self.overrides_in_flight.saturating_sub(1);
+                let mut best =
+                    (incoming.version >= self.version && !superseded).then_some(incoming);
+                if superseded {
+                    self.version = self.version.max(incoming.version);
+                    // The trip behind was decided after this override: it knows of it.
+                    if let Some(p) = &mut self.pending_trip {
+                        p.basis = p.basis.max(incoming.version);
+                    }
+                }
+                if self.overrides_in_flight == 0 {
+                    if let Some(d) = self.deferred.take() {
+                        if d.version > best.map_or(self.version, |b| b.version) {
+                            best = Some(d);
+                        }
+                    }
+                }
+                match best {
+                    Some(r) => self.accept(r, now),
+                    None => Verdict::Ignore,
+                }
+            }
+            Source::Reload => {
+                if self.overrides_in_flight > 0 {
+                    return Verdict::Ignore;
+                }
+                if let Some(p) = self.pending_trip {
+                    if p.deadline > now && incoming.version <= p.basis {
+                        return Verdict::Ignore; // we are ahead of the table: published next
+                    }
+                    self.pending_trip = None;
+                }
+                self.version = incoming.version;
+                Verdict::Apply(incoming)
+            }
+        }
+    }
+
+    /// `incoming` is newer than anything held: take it, unless our own trip not yet accepted
+    /// was decided after it (the database will accept that trip over it).
+    fn accept(&mut self, incoming: Remote, now: u64) -> Verdict {
+        self.version = incoming.version;
+        if let Some(p) = self.pending_trip {
+            if p.deadline > now && incoming.version <= p.basis {
+                return Verdict::Ignore;
+            }
+            // The table moved on after our decision (the database refuses the trip), or the
+            // trip's cooldown is over: follow the table.
+            self.pending_trip = None;
+        }
+        Verdict::Apply(incoming)
+    }
+
+    /// The database answered our trip `seq` (accepted or refused): it is no longer pending.
+    pub(crate) fn trip_answered(&mut self, seq: u64) {
+        if self.pending_trip.is_some_and(|p| p.seq == seq) {
+            self.pending_trip = None;
+        }
+    }
+
+    /// An override of ours failed for good: stop waiting for its answer, and apply what arrived
+    /// meanwhile.
+    pub(crate) fn override_abandoned(&mut self, now: u64) -> Verdict {
+        self.overrides_in_flight = self.overrides_in_flight.saturating_sub(1);
+        if self.overrides_in_flight == 0 {
+            if let Some(d) = self.deferred.take() {
+                if d.version > self.version {
+                    return self.accept(d, now);
+                }
+            }
+        }
+        Verdict::Ignore
+    }
+}
+
+#[cfg(test)]
+#[path = "precedence_tests.rs"]
+mod tests;

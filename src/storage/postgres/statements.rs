@@ -1,0 +1,137 @@
+//! Every statement the instance sends, in one place, with the columns it reads back.
+//!
+//! The functions are defined in `sql/` (the newest definition of each is in
+//! `0006_hardening.sql`); rows are decoded once, by column name, into [`RowState`], so a
+//! migration that renames or retypes a column fails loudly here instead of being misread.
+
+use std::time::Duration;
+
+use tokio_postgres::Row;
+
+use super::precedence::Remote;
+use crate::error::StorageError;
+use crate::State;
+
+/// Every row of a namespace: `o_key, o_state, o_version, o_remaining_ms`.
+pub(crate) const SNAPSHOT: &str =
+    "SELECT o_key, o_state, o_version, o_remaining_ms FROM public.rc_snapshot($1)";
+
+/// Some rows of a namespace, to confirm notifications that could not be authenticated.
+pub(crate) const CONFIRM: &str = "SELECT o_key, o_state, o_version, o_remaining_ms \
+     FROM public.rc_snapshot($1) WHERE o_key = ANY($2)";
+
+/// The notification key (refused unless the session's role may write the table).
+pub(crate) const NOTIFY_KEY: &str = "SELECT public.rc_notify_key()";
+
+/// Trips: namespace, keys, cooldowns (ms), failure counts, logs, bases.
+pub(crate) const TRIP_MANY: &str = "SELECT * FROM public.rc_trip_many($1, $2, $3, $4, $5, $6)";
+
+/// Manual overrides: namespace, keys, states, cooldowns (ms).
+pub(crate) const FORCE_MANY: &str = "SELECT * FROM public.rc_force_many($1, $2, $3, $4)";
+
+/// One probe lease: namespace, key, holder, lease (ms), probes, close threshold.
+pub(crate) const ACQUIRE_PROBE: &str =
+    "SELECT * FROM public.rc_acquire_probe($1, $2, $3, $4, $5, $6)";
+
+/// One probe result: namespace, key, lease, success, probes, close threshold, cooldown (ms).
+pub(crate) const REPORT_PROBE: &str =
+    "SELECT * FROM public.rc_report_probe($1, $2, $3, $4, $5, $6, $7)";
+
+/// The functions the statements above call, with their argument types, as `pg_proc` lists them
+/// (checked against the catalog by a test, so a migration cannot drift from the code).
+pub const FUNCTIONS: &[&str] = &[
+    "rc_snapshot(text)",
+    "rc_notify_key()",
+    "rc_trip_many(text,text[],bigint[],integer[],jsonb[],bigint[])",
+    "rc_force_many(text,text[],text[],bigint[])",
+    "rc_acquire_probe(text,text,text,bigint,integer,integer)",
+    "rc_report_probe(text,text,bigint,boolean,integer,integer,bigint)",
+];
+
+/// One row as a transition function answers it (`o_state, o_version, o_remaining_ms,
+/// o_lease_id, o_retry_ms`, and for the batched ones `o_key`, `o_error`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RowState {
+    /// The state column as written (an unknown string is kept for the warning).
+    pub(crate) state: String,
+    pub(crate) version: i64,
+    pub(crate) remaining_ms: i64,
+    /// A probe lease granted by this call.
+    pub(crate) lease_id: Option<i64>,
+    /// No lease granted: how long until one may be.
+    pub(crate) retry_ms: Option<i64>,
+}
+
+impl RowState {
+    /// The row as a [`Remote`]; an unknown state string reads as CLOSED (with a warning).
+    pub(crate) fn remote(&self, key: &str) -> Remote {
+        Remote {
+            state: parse_state(key, &self.state),
+            version: self.version,
+            remaining: remaining(self.remaining_ms),
+        }
+    }
+}
+
+/// Decodes a transition function's answer.
+pub(crate) fn decode(row: &Row, during: &'static str) -> Result<RowState, StorageError> {
+    let err = |e: tokio_postgres::Error| StorageError::db(during, &e);
+    Ok(RowState {
+        state: row.try_get("o_state").map_err(err)?,
+        version: row.try_get("o_version").map_err(err)?,
+        remaining_ms: row.try_get("o_remaining_ms").map_err(err)?,
+        lease_id: row.try_get("o_lease_id").map_err(err)?,
+        retry_ms: row.try_get("o_retry_ms").map_err(err)?,
+    })
+}
+
+/// Decodes one row of a batched function: its key, and its state or the error the database
+/// gave for that key alone.
+pub(crate) fn decode_batch(
+    row: &Row,
+    during: &'static str,
+) -> Result<(String, Result<RowState, String>), StorageError> {
+    let err = |e: tokio_postgres::Error| StorageError::db(during, &e);
+    let key: String = row.try_get("o_key").map_err(err)?;
+    let error: Option<String> = row.try_get("o_error").map_err(err)?;
+    if let Some(e) = error {
+        return Ok((key, Err(e)));
+    }
+    Ok((key, Ok(decode(row, during)?)))
+}
+
+/// Decodes a snapshot row: key and state.
+pub(crate) fn decode_snapshot(row: &Row) -> Result<(String, Remote), StorageError> {
+    let during = "reading the snapshot";
+    let err = |e: tokio_postgres::Error| StorageError::db(during, &e);
+    let key: String = row.try_get("o_key").map_err(err)?;
+    let state: String = row.try_get("o_state").map_err(err)?;
+    let remote = Remote {
+        state: parse_state(&key, &state),
+        version: row.try_get("o_version").map_err(err)?,
+        remaining: remaining(row.try_get("o_remaining_ms").map_err(err)?),
+    };
+    Ok((key, remote))
+}
+
+/// A state column; unknown strings (a hand-written row) count as CLOSED, with a warning.
+pub(crate) fn parse_state(key: &str, state: &str) -> State {
+    state.parse::<State>().unwrap_or_else(|_| {
+        tracing::warn!(
+            key,
+            state,
+            "row has an unknown state; treating it as CLOSED"
+        );
+        State::Closed
+    })
+}
+
+/// Milliseconds from the database into a duration; negative means over.
+pub(crate) fn remaining(ms: i64) -> Duration {
+    Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+}
+
+/// A duration as the functions take it: whole milliseconds, saturating.
+pub(crate) fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
