@@ -1153,6 +1153,73 @@ fn eviction_spares_open_and_live_keys() {
     assert!(storage.states().iter().all(|(_, s)| *s == Open));
 }
 
+/// `Storage::in_memory()` is bounded at `DEFAULT_MEMORY_CAPACITY` (8,192) keys: three times as
+/// many idle keys never make it hold more, it stays near the bound (it drops an eighth at a
+/// time), and open keys and keys with live handles made before them are all kept.
+#[test]
+fn default_store_is_bounded_at_8192_keys() {
+    use resilient_circuit::storage::DEFAULT_MEMORY_CAPACITY as CAPACITY;
+    assert_eq!(CAPACITY, 8192, "the README promises 8,192");
+    let storage = Storage::in_memory();
+    let open: Vec<String> = (0..50).map(|i| format!("open-{i}")).collect();
+    for key in &open {
+        // No handle is kept: only being open protects it.
+        CircuitBreaker::builder(key.as_str())
+            .storage(storage.clone())
+            .build()
+            .unwrap()
+            .force_open(Duration::from_secs(3600));
+    }
+    let live: Vec<CircuitBreaker> = (0..50)
+        .map(|i| {
+            let cb = CircuitBreaker::builder(format!("live-{i}"))
+                .storage(storage.clone())
+                .failure_limit(r(2, 2))
+                .build()
+                .unwrap();
+            cb.try_acquire().unwrap().failure(); // one failure remembered, still closed
+            cb
+        })
+        .collect();
+    let idle_total = 3 * CAPACITY;
+    let mut max = 0;
+    for i in 0..idle_total {
+        idle_key(&storage, &format!("idle-{i}"));
+        max = max.max(storage.len());
+    }
+    assert!(max <= CAPACITY, "held {max} keys, capacity {CAPACITY}");
+    let len = storage.len();
+    assert!(
+        len >= CAPACITY - CAPACITY / 8 - 1,
+        "idle keys are dropped an eighth at a time, not all at once: {len} held"
+    );
+    let states = storage.states();
+    let idle_held = states
+        .iter()
+        .filter(|(k, _)| k.starts_with("idle-"))
+        .count();
+    assert!(
+        idle_held < idle_total && idle_held + open.len() + live.len() == len,
+        "{idle_held} of {idle_total} idle keys held, {len} keys in all"
+    );
+    for key in &open {
+        assert_eq!(storage.state_of(key), Some(Open), "{key} was dropped");
+    }
+    for (i, cb) in live.iter().enumerate() {
+        let again = CircuitBreaker::builder(format!("live-{i}"))
+            .storage(storage.clone())
+            .failure_limit(r(2, 2))
+            .build()
+            .unwrap();
+        assert_eq!(
+            again.execution_log(),
+            vec![false],
+            "live-{i} kept its window"
+        );
+        assert_eq!(cb.state(), Closed);
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Types
 // ---------------------------------------------------------------------------------------------

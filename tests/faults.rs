@@ -26,10 +26,20 @@ const WAIT: Duration = Duration::from_secs(10);
 /// [2.5 s, 5 s]), then one connect + LISTEN + snapshot; 3 s of slack for a loaded 2-core machine.
 const AFTER_OUTAGE: Duration = Duration::from_secs(8);
 
-/// A killed listener backend: the first reconnect has no backoff (a failed one waits 25–50 ms),
-/// and connect + LISTEN + snapshot are a few localhost round trips, so 1 s is the guarantee. The
+/// A killed listener backend, from the kill: the test refuses connections for a few tens of ms
+/// after it (a few failed attempts, so the next one comes within 25–200 ms of backoff), then
+/// connect + LISTEN + snapshot are a few localhost round trips, so 1 s is the guarantee. The
 /// extra second is slack for scheduler stalls while other crates compile on the same 2 cores.
 const LISTENER_KILLED: Duration = Duration::from_secs(2);
+
+/// How long `database_down_at_start_then_up` keeps the database down after its local trip.
+const OUTAGE_AFTER_TRIP: Duration = Duration::from_secs(2);
+
+/// How much later than the local deadline a published trip's row may end: the time between
+/// the publication reading the local clock and the database's `clock_timestamp()` (a connect,
+/// a prepare and a call on a loaded 2-core machine). Well below `OUTAGE_AFTER_TRIP`, so a trip
+/// that restarted its full cooldown on publication fails the check.
+const PUBLISH_SLACK: Duration = Duration::from_millis(1000);
 
 /// A black hole on defaults: one heartbeat interval (2 s) plus the heartbeat's statement
 /// timeout (2 s) is 4 s; the documented bound is 10 s.
@@ -218,7 +228,9 @@ async fn database_down_at_start_then_up() {
     );
     let on_late = Watched::new(&late, &key, trip_fast);
     let mut on_late2 = Watched::new(&late2, &key, trip_fast);
+    let tripping = Instant::now();
     fail(&on_late.cb).await;
+    let tripped = Instant::now();
     assert_eq!(
         on_late.cb.state(),
         State::Open,
@@ -232,6 +244,11 @@ async fn database_down_at_start_then_up() {
         "the trip waits for the database"
     );
 
+    // The outage goes on after the trip, so that what is left of its cooldown when it is
+    // published (at most 60 s - OUTAGE_AFTER_TRIP) and a fresh full cooldown (60 s) differ by
+    // far more than the margin of the check below. Part of the scenario, not a wait for an
+    // event.
+    tokio::time::sleep_until((tripped + OUTAGE_AFTER_TRIP).into()).await;
     let down_for = started.elapsed();
     // Timed from the start command: the listeners may be back before start_again() has seen
     // the server ready.
@@ -258,17 +275,41 @@ async fn database_down_at_start_then_up() {
         eventually(WAIT, || async { late.pending_publications() == 0 }).await,
         "the pending trip was accepted"
     );
+    // The published row holds what was left of the cooldown (60 s from the local trip), by
+    // the database clock; a cooldown restarted on publication would be about 60 s from now.
+    let admin = cluster.client(&db).await;
+    let since_trip_before = tripping.elapsed();
+    let row_left: f64 = admin
+        .query_one(
+            "SELECT extract(epoch FROM open_until - clock_timestamp())::float8
+             FROM rc_circuit_breakers WHERE resource_key = $1 AND state = 'OPEN'",
+            &[&key],
+        )
+        .await
+        .expect("the published trip's row")
+        .get(0);
+    let since_trip_after = tripping.elapsed();
+    let expected_max = 60.0 - since_trip_before.as_secs_f64();
+    let expected_min = 60.0 - since_trip_after.as_secs_f64();
+    // The row may end a little later than the local deadline (by the time the publication
+    // took between reading the local clock and reaching the database), never earlier.
+    assert!(
+        row_left >= expected_min - 0.05 && row_left <= expected_max + PUBLISH_SLACK.as_secs_f64(),
+        "the published cooldown is what was left of the local one: the row has {row_left:.3} s left, \
+         expected {expected_min:.3}..{expected_max:.3} s (+{PUBLISH_SLACK:?}) since the trip was {since_trip_before:?} ago"
+    );
     let left = on_early.cb.cooldown_remaining();
     assert!(
-        left > Duration::from_secs(45) && left <= Duration::from_secs(60),
-        "the republished trip keeps what is left of its cooldown: {left:?}"
+        left <= Duration::from_secs_f64(expected_max + PUBLISH_SLACK.as_secs_f64())
+            && left >= Duration::from_secs(45),
+        "the other instances follow the published cooldown: {left:?}"
     );
     eprintln!(
-        "MEASURED database_down_at_start_then_up: down {down_for:?} before the start command; from it: server ready (as seen by the harness) {pg_ready:?}, early instance saw the trip {early_saw:?}, late2 {late2_saw:?}, all synced {synced:?}"
+        "MEASURED database_down_at_start_then_up: down {down_for:?} before the start command; published row had {row_left:.3} s left {since_trip_before:?} after the local trip (cooldown 60 s); from it: server ready (as seen by the harness) {pg_ready:?}, early instance saw the trip {early_saw:?}, late2 {late2_saw:?}, all synced {synced:?}"
     );
 }
 
-/// A trip made while the database is down whose cooldown ends before it returns does not leave the instance stuck OPEN: afterwards it follows the table (CLOSED, no row) and admits calls.
+/// A trip made while the database is down whose cooldown ends before it returns is never written to the table, and does not leave the instance stuck OPEN: afterwards it follows the table (CLOSED, no row) and admits calls.
 #[tokio::test]
 async fn trip_expiring_during_outage_does_not_wedge() {
     let cluster = Cluster::start().await;
@@ -296,6 +337,19 @@ async fn trip_expiring_during_outage_does_not_wedge() {
     cluster.start_again().await;
     let up = Instant::now();
     assert!(eventually(AFTER_OUTAGE, || async { !storage.is_degraded() }).await);
+    // The expired trip is forgotten rather than published: once nothing is pending (a trip
+    // being republished stays pending until the database has answered), the table must still
+    // have no row for the key.
+    assert!(
+        eventually(WAIT, || async { storage.pending_publications() == 0 }).await,
+        "the expired trip does not stay pending"
+    );
+    let client = cluster.client(&db).await;
+    assert_eq!(
+        row_state(&client, &key).await,
+        None,
+        "a trip whose cooldown ended during the outage was written to the table"
+    );
     let admitted = eventually(AFTER_OUTAGE, || async {
         match w.cb.try_acquire() {
             Ok(p) => {
@@ -313,6 +367,11 @@ async fn trip_expiring_during_outage_does_not_wedge() {
         storage.pending_publications()
     );
     assert!(w.reaches_within(State::Closed, WAIT).await);
+    assert_eq!(
+        row_state(&client, &key).await,
+        None,
+        "still no row once the instance has synced and admitted calls"
+    );
     eprintln!(
         "MEASURED trip_expiring_during_outage_does_not_wedge: admitting again {:?} after the database came back",
         up.elapsed()
@@ -388,13 +447,14 @@ async fn traffic(
     tally
 }
 
-/// A database restart while four instances carry traffic: callers only see rejections and their own errors, nothing panics or hangs, the listeners resync, and every instance ends equal to the table including a change made during the restart window.
+/// A database restart while four instances carry traffic: callers only see rejections and their own errors, nothing panics or hangs, the listeners resync, and every instance ends equal to the table, including an operator's change committed while every listener was still away (the instances reach the database through a proxy that refuses them until the change is in), which only the reload after the reconnect can deliver.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_under_traffic_converges() {
     let panics_before = panics();
     let cluster = Cluster::start().await;
     let db = cluster.create_db().await;
-    let conninfo = cluster.conninfo(&db);
+    let proxy = Proxy::start(cluster.addr()).await;
+    let conninfo = cluster.conninfo_via(&db, proxy.addr());
     let mut storages = Vec::new();
     for _ in 0..4 {
         storages.push(
@@ -455,10 +515,16 @@ async fn restart_under_traffic_converges() {
 
     failing.store(true, Ordering::Relaxed);
     let restart = Instant::now();
-    cluster.restart().await;
+    cluster.stop().await;
+    assert!(
+        eventually(WAIT, || async { storages.iter().all(|s| s.is_degraded()) }).await,
+        "every instance notices the stop"
+    );
+    // Keep the instances away until the operator's change is committed, so that no listener
+    // can be back in time to get its NOTIFY.
+    proxy.set_mode(Mode::Cut);
+    cluster.start_again().await;
     let restarted = restart.elapsed();
-    // The restart window: the database accepts connections again, the listeners are still
-    // reconnecting (backoff) or resyncing.
     let admin = cluster.client(&db).await;
     admin
         .batch_execute(
@@ -468,7 +534,28 @@ async fn restart_under_traffic_converges() {
                WHERE resource_key = 'operator-1';",
         )
         .await
-        .expect("operator's change during the restart window");
+        .expect("operator's change while the instances are away");
+    let listening: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'resilient-circuit-listener'",
+            &[],
+        )
+        .await
+        .expect("pg_stat_activity")
+        .get(0);
+    assert!(
+        listening == 0 && storages.iter().all(|s| s.is_degraded()),
+        "no listener was connected when the operator's change committed ({listening} listening)"
+    );
+    assert!(
+        storages.iter().all(|s| {
+            s.state_of("operator-0") == Some(State::Closed)
+                && s.state_of("operator-1") == Some(State::Open)
+        }),
+        "nothing has delivered the change yet"
+    );
+    proxy.set_mode(Mode::Pass);
+    let reopened = Instant::now();
     assert!(
         eventually(AFTER_OUTAGE, || async {
             storages.iter().all(|s| !s.is_degraded())
@@ -477,6 +564,7 @@ async fn restart_under_traffic_converges() {
         "every listener reconnects"
     );
     let reconnected = restart.elapsed();
+    let reconnected_after_pass = reopened.elapsed();
     let seen = eventually(WAIT, || async {
         storages.iter().all(|s| {
             s.state_of("operator-0") == Some(State::Open)
@@ -491,6 +579,7 @@ async fn restart_under_traffic_converges() {
         "the operator's change and the trips made during the outage reach every instance"
     );
     let converged = restart.elapsed();
+    let converged_after_pass = reopened.elapsed();
     // Traffic after recovery, then stop it.
     let after = rounds.load(Ordering::Relaxed);
     assert!(
@@ -550,12 +639,15 @@ async fn restart_under_traffic_converges() {
     }
     assert_eq!(panics(), panics_before, "something panicked (see stderr)");
     eprintln!(
-        "MEASURED restart_under_traffic_converges: from the stop command: server ready again {restarted:?}, all listeners reconnected {reconnected:?}, operator change and outage trips on every instance {converged:?}; calls ok={} rejected={} inner={} max latency {:?}",
+        "MEASURED restart_under_traffic_converges: from the stop command: server ready again {restarted:?}, all listeners reconnected {reconnected:?}, operator change and outage trips on every instance {converged:?}; from the proxy letting them through: reconnected {reconnected_after_pass:?}, converged {converged_after_pass:?}; calls ok={} rejected={} inner={} max latency {:?}",
         total.ok, total.rejected, total.inner, total.max_latency
     );
 }
 
-/// The listener's backend killed by pg_terminate_backend: it reconnects and resyncs within 1 s (+1 s slack), so a trip written by SQL right after the kill is seen.
+/// The listener's backend killed by pg_terminate_backend while a trip is written by SQL: the
+/// trip is committed while the listener is down (new connections to the database are refused
+/// meanwhile, so it cannot be back in time to get the NOTIFY) and reaches the instance by the
+/// reload after the reconnect, within 1 s (+1 s slack) of the kill.
 #[tokio::test]
 async fn listener_backend_killed_reconnects_within_a_second() {
     let cluster = Cluster::start().await;
@@ -565,7 +657,9 @@ async fn listener_backend_killed_reconnects_within_a_second() {
         .expect("connects");
     let key = unique_key("killed");
     let mut w = Watched::new(&storage, &key, |b| b);
-    let mut client = cluster.client(&db).await;
+    // Opened before the lock-out below, which spares existing connections.
+    let client = cluster.client(&db).await;
+    let admin = cluster.client("postgres").await;
     let listeners = "SELECT pid FROM pg_stat_activity WHERE application_name = 'resilient-circuit-listener' AND datname = current_database()";
     let before: Vec<i32> = client
         .query(listeners, &[])
@@ -575,12 +669,14 @@ async fn listener_backend_killed_reconnects_within_a_second() {
         .map(|r| r.get(0))
         .collect();
     assert_eq!(before.len(), 1, "one listener connection");
+    let allow = |yes: bool| format!("ALTER DATABASE \"{db}\" ALLOW_CONNECTIONS {yes}");
+    admin
+        .batch_execute(&allow(false))
+        .await
+        .expect("refusing new connections to the database");
     let killed_at = Instant::now();
-    // One transaction: the kill waits (up to 5 s) for the backend to exit, and the NOTIFY of
-    // the INSERT is only sent at COMMIT, after it is gone. A listener that has not re-LISTENed
-    // by then must find the row in its resync.
-    let tx = client.transaction().await.expect("begin");
-    let killed: Vec<bool> = tx
+    // Waits (up to 5 s) for the backend to exit.
+    let killed: Vec<bool> = client
         .query(
             "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE application_name = 'resilient-circuit-listener' AND datname = current_database()",
             &[],
@@ -591,20 +687,47 @@ async fn listener_backend_killed_reconnects_within_a_second() {
         .map(|r| r.get(0))
         .collect();
     assert_eq!(killed, [true], "the listener's backend was terminated");
-    tx.execute(
-        "INSERT INTO rc_circuit_breakers (resource_key, state, open_until) VALUES ($1, 'OPEN', now() + interval '1 hour')",
-        &[&key],
-    )
-    .await
-    .expect("trip by SQL");
-    tx.commit().await.expect("commit");
+    assert!(
+        eventually(WAIT, || async { storage.is_degraded() }).await,
+        "the instance notices its listener is gone"
+    );
+    client
+        .execute(
+            "INSERT INTO rc_circuit_breakers (resource_key, state, open_until) VALUES ($1, 'OPEN', now() + interval '1 hour')",
+            &[&key],
+        )
+        .await
+        .expect("trip by SQL");
+    // Committed while no listener was connected: its NOTIFY reached no one of this instance.
+    let during: Vec<i32> = client
+        .query(listeners, &[])
+        .await
+        .expect("pg_stat_activity")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(
+        during.is_empty() && storage.is_degraded(),
+        "the listener was down when the trip committed: {during:?}"
+    );
+    assert_eq!(w.cb.state(), State::Closed, "nothing has delivered it yet");
+    admin
+        .batch_execute(&allow(true))
+        .await
+        .expect("accepting connections again");
+    let allowed_at = Instant::now();
+    let locked_out = killed_at.elapsed();
     assert!(
         w.reaches_within(State::Open, LISTENER_KILLED).await,
-        "the trip is seen within {LISTENER_KILLED:?} of the kill"
+        "the trip is seen within {LISTENER_KILLED:?} of the kill, by the reload after the reconnect"
     );
     let healed = killed_at.elapsed();
+    let after_allowed = allowed_at.elapsed();
     assert!(healed <= LISTENER_KILLED, "{healed:?}");
-    assert!(!storage.is_degraded());
+    assert!(
+        eventually(WAIT, || async { !storage.is_degraded() }).await,
+        "the instance is healthy again"
+    );
     let after: Vec<i32> = client
         .query(listeners, &[])
         .await
@@ -617,7 +740,7 @@ async fn listener_backend_killed_reconnects_within_a_second() {
         "a new listener backend: {before:?} -> {after:?}"
     );
     eprintln!(
-        "MEASURED listener_backend_killed_reconnects_within_a_second: trip seen {healed:?} after the kill"
+        "MEASURED listener_backend_killed_reconnects_within_a_second: trip seen {healed:?} after the kill; connections were refused for the first {locked_out:?}, trip seen {after_allowed:?} after they were accepted again"
     );
 }
 

@@ -296,38 +296,115 @@ async fn ancestor_upsert_propagates() {
     assert!(w.reaches(State::Closed).await);
 }
 
-/// Instances in different namespaces do not see each other's breakers.
+/// Writes an OPEN row for `marker` in `namespace` by SQL and waits until every `watchers` has
+/// applied it. Notifications reach a listener in commit order, so by then each has also handled
+/// (applied or ignored) every change committed before.
+async fn mark(
+    client: &tokio_postgres::Client,
+    namespace: &str,
+    marker: &str,
+    watchers: &mut [Watched],
+) {
+    client
+        .execute(
+            "INSERT INTO rc_circuit_breakers (resource_key, namespace, state, open_until)
+             VALUES ($1, $2, 'OPEN', now() + interval '1 hour')",
+            &[&marker, &namespace],
+        )
+        .await
+        .expect("marker row");
+    for w in watchers {
+        assert!(
+            w.reaches(State::Open).await,
+            "the {namespace} marker arrives"
+        );
+    }
+}
+
+/// Instances in different namespaces do not see each other's breakers: a trip in red reaches
+/// red's other instance and not blue's two, and a trip in blue reaches blue's other instance
+/// and not red's two; each namespace's table row is its own.
 #[tokio::test]
 async fn namespaces_isolate() {
     let db = test_db().await;
-    let red = Storage::connect_with(opts(&db).namespace("red"))
-        .await
-        .expect("red");
-    let blue = Storage::connect_with(opts(&db).namespace("blue"))
-        .await
-        .expect("blue");
-    let red_twin = Storage::connect_with(opts(&db).namespace("red"))
-        .await
-        .expect("red twin");
-    let key = unique_key("shared-name");
-    let on_red = Watched::new(&red, &key, trip_fast);
-    let on_blue = Watched::new(&blue, &key, trip_fast);
-    let mut on_red_twin = Watched::new(&red_twin, &key, trip_fast);
+    let connect = |ns: &'static str| {
+        let o = opts(&db).namespace(ns);
+        async move { Storage::connect_with(o).await.expect(ns) }
+    };
+    let (red, red_twin) = (connect("red").await, connect("red").await);
+    let (blue, blue_twin) = (connect("blue").await, connect("blue").await);
+    let client = db.client().await;
+    // The same names in both namespaces: `tripped_in_red` is tripped by red only,
+    // `tripped_in_blue` by blue only.
+    let tripped_in_red = unique_key("shared-name");
+    let tripped_in_blue = unique_key("shared-name");
+    let watch = |s: &Storage, key: &str| Watched::new(s, key, trip_fast);
+    let (on_red, mut on_red_twin) = (
+        watch(&red, &tripped_in_red),
+        watch(&red_twin, &tripped_in_red),
+    );
+    let (blue_sees_red, blue_twin_sees_red) = (
+        watch(&blue, &tripped_in_red),
+        watch(&blue_twin, &tripped_in_red),
+    );
+    let (on_blue, mut on_blue_twin) = (
+        watch(&blue, &tripped_in_blue),
+        watch(&blue_twin, &tripped_in_blue),
+    );
+    let (red_sees_blue, red_twin_sees_blue) = (
+        watch(&red, &tripped_in_blue),
+        watch(&red_twin, &tripped_in_blue),
+    );
+
     fail(&on_red.cb).await;
     assert!(
         on_red_twin.reaches(State::Open).await,
-        "same namespace follows"
+        "red's other instance follows red's trip"
     );
-    // The twin saw it, so the notification has been delivered to every listener by now; blue
-    // received it too and must have ignored it. Prove blue's listener works with its own trip.
-    assert_eq!(on_blue.cb.state(), State::Closed);
-    let client = db.client().await;
-    let n: i64 = client
-        .query_one("SELECT count(*) FROM rc_circuit_breakers WHERE resource_key = $1 AND namespace = 'blue'", &[&key])
+    assert!(support::eventually(WAIT, || async { red.pending_publications() == 0 }).await);
+    let blue_marker = unique_key("blue-marker");
+    let mut blue_markers = [watch(&blue, &blue_marker), watch(&blue_twin, &blue_marker)];
+    mark(&client, "blue", &blue_marker, &mut blue_markers).await;
+    assert_eq!(
+        (blue_sees_red.cb.state(), blue_twin_sees_red.cb.state()),
+        (State::Closed, State::Closed),
+        "blue's instances received red's trip and ignored it"
+    );
+
+    fail(&on_blue.cb).await;
+    assert!(
+        on_blue_twin.reaches(State::Open).await,
+        "blue's other instance follows blue's trip: blue's listener works"
+    );
+    assert!(support::eventually(WAIT, || async { blue.pending_publications() == 0 }).await);
+    let red_marker = unique_key("red-marker");
+    let mut red_markers = [watch(&red, &red_marker), watch(&red_twin, &red_marker)];
+    mark(&client, "red", &red_marker, &mut red_markers).await;
+    assert_eq!(
+        (red_sees_blue.cb.state(), red_twin_sees_blue.cb.state()),
+        (State::Closed, State::Closed),
+        "red's instances received blue's trip and ignored it"
+    );
+
+    let rows: Vec<(String, String)> = client
+        .query(
+            "SELECT resource_key, namespace FROM rc_circuit_breakers
+             WHERE resource_key = ANY($1) ORDER BY namespace",
+            &[&vec![tripped_in_red.clone(), tripped_in_blue.clone()]],
+        )
         .await
-        .expect("count")
-        .get(0);
-    assert_eq!(n, 0);
+        .expect("rows")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        rows,
+        vec![
+            (tripped_in_blue.clone(), "blue".to_owned()),
+            (tripped_in_red.clone(), "red".to_owned()),
+        ],
+        "one row per trip, each in its own namespace"
+    );
 }
 
 /// Notifications whose version is not newer than the one held are ignored.
@@ -409,19 +486,63 @@ async fn schema_not_ready_then_concurrent_migration() {
     );
 }
 
-/// A healthy closed breaker issues no statement at all: 10,000 calls leave the table untouched.
+/// What the instance's backends last ran: (pid, application_name, query_start), by pid.
+async fn instance_activity(client: &tokio_postgres::Client) -> Vec<(i32, String, String)> {
+    client
+        .query(
+            "SELECT pid, application_name, coalesce(query_start::text, '') FROM pg_stat_activity
+             WHERE datname = current_database() AND application_name LIKE 'resilient-circuit%'
+             ORDER BY pid",
+            &[],
+        )
+        .await
+        .expect("pg_stat_activity")
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect()
+}
+
+/// A healthy closed breaker sends nothing to the database: during 10,000 healthy calls (and 100
+/// failures below the limit) not one byte goes from the instance to the server, counted by a
+/// proxy the instance reaches the server through, and none of its backends starts a statement.
+/// A trip on the same instance, afterwards, does send bytes and run a statement, so both
+/// counters see this instance's traffic.
 #[tokio::test]
 async fn healthy_calls_cause_no_statements() {
     let db = test_db().await;
-    let a = instance(&db).await;
+    let proxy = support::Proxy::start(db.addr()).await;
+    // No heartbeat and no reconciliation during the test: only calls could send anything.
+    let quiet = PostgresOptions::from_dsn(&db.conninfo_via(proxy.addr()))
+        .expect("test conninfo parses")
+        .auto_create(true)
+        .heartbeat_interval(Duration::from_secs(3600))
+        .reconcile_interval(Duration::from_secs(3600));
+    let a = Storage::connect_with(quiet).await.expect("connects");
+    assert!(
+        proxy.bytes_from_clients() > 0,
+        "the instance goes through the proxy"
+    );
     let key = unique_key("healthy");
     let cb = CircuitBreaker::builder(&key)
         .storage(a.clone())
         .build()
         .expect("valid");
+    let tripper = trip_fast(CircuitBreaker::builder(unique_key("control")).storage(a.clone()))
+        .build()
+        .expect("valid");
     let client = db.client().await;
-    let stats = "SELECT n_tup_ins + n_tup_upd + n_tup_del FROM pg_stat_user_tables WHERE relname = 'rc_circuit_breakers'";
-    let _: Option<i64> = client.query_one(stats, &[]).await.expect("stats").get(0);
+    // connect_with has had an answer to everything it sent, so every byte it sent has been
+    // read by the proxy already.
+    let sent_before = proxy.bytes_from_clients();
+    let activity_before = instance_activity(&client).await;
+    assert!(
+        activity_before.len() >= 2
+            && activity_before
+                .iter()
+                .any(|(_, app, _)| app == "resilient-circuit-listener"),
+        "the listener and a pooled connection: {activity_before:?}"
+    );
+
     for _ in 0..10_000 {
         cb.try_acquire().expect("closed").success();
     }
@@ -431,6 +552,20 @@ async fn healthy_calls_cause_no_statements() {
             cb.call(|| async { Ok::<_, ()>(()) }).await.ok();
         }
     }
+    assert_eq!(cb.state(), State::Closed);
+    // Absence can only be watched over a window: long enough for anything the calls spawned to
+    // run and write to its socket (a local round trip takes well under a millisecond).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        proxy.bytes_from_clients() - sent_before,
+        0,
+        "healthy calls sent bytes to the server"
+    );
+    assert_eq!(
+        instance_activity(&client).await,
+        activity_before,
+        "the instance's backends ran a statement (or a new one connected) during healthy calls"
+    );
     let rows: i64 = client
         .query_one(
             "SELECT count(*) FROM rc_circuit_breakers WHERE resource_key = $1",
@@ -440,7 +575,21 @@ async fn healthy_calls_cause_no_statements() {
         .expect("count")
         .get(0);
     assert_eq!(rows, 0, "failures below the limit never wrote a row");
-    assert_eq!(cb.state(), State::Closed);
+
+    // Positive control: one trip on the same instance is seen by both counters.
+    fail(&tripper).await;
+    assert_eq!(tripper.state(), State::Open);
+    assert!(support::eventually(WAIT, || async { a.pending_publications() == 0 }).await);
+    let trip_bytes = proxy.bytes_from_clients() - sent_before;
+    assert!(trip_bytes > 0, "a trip sends bytes through the proxy");
+    assert_ne!(
+        instance_activity(&client).await,
+        activity_before,
+        "a trip runs a statement on one of the instance's backends"
+    );
+    eprintln!(
+        "MEASURED healthy_calls_cause_no_statements: 0 bytes to the server during 10,400 calls; one trip sent {trip_bytes} bytes"
+    );
 }
 
 /// A probe lease held by an instance that dies is given back when it expires, so a crashed

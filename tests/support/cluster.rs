@@ -554,6 +554,11 @@ impl Cluster {
         self.admin_parts().with_db(db).conninfo()
     }
 
+    /// Like [`Cluster::conninfo`], but connecting through `addr` (a proxy).
+    pub fn conninfo_via(&self, db: &str, addr: SocketAddr) -> String {
+        self.admin_parts().with_db(db).with_addr(addr).conninfo()
+    }
+
     /// `postgresql://postgres@127.0.0.1:<port>/<db>`.
     pub fn url(&self, db: &str) -> String {
         self.admin_parts().with_db(db).url()

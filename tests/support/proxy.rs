@@ -17,10 +17,14 @@
 //!
 //! All tasks run on the runtime that called [`Proxy::start`] and end when the
 //! [`Proxy`] is dropped (every open connection is then reset).
+//!
+//! [`Proxy::bytes_from_clients`] and [`Proxy::bytes_from_servers`] count the
+//! bytes read from each side (whether then forwarded, delayed or swallowed),
+//! e.g. to show that a client sent nothing at all for a while.
 
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,7 +47,15 @@ pub struct Proxy {
     mode: watch::Sender<Mode>,
     accepted: Arc<AtomicUsize>,
     open: Arc<AtomicUsize>,
+    bytes: Arc<Bytes>,
     acceptor: JoinHandle<()>,
+}
+
+/// Bytes read from each side, over every connection.
+#[derive(Default)]
+struct Bytes {
+    from_clients: AtomicU64,
+    from_servers: AtomicU64,
 }
 
 impl Proxy {
@@ -59,12 +71,14 @@ impl Proxy {
         let (mode, mode_rx) = watch::channel(Mode::Pass);
         let accepted = Arc::new(AtomicUsize::new(0));
         let open = Arc::new(AtomicUsize::new(0));
+        let bytes = Arc::new(Bytes::default());
         let acceptor = tokio::spawn(accept_loop(
             listener,
             target,
             mode_rx,
             accepted.clone(),
             open.clone(),
+            bytes.clone(),
         ));
         Proxy {
             addr,
@@ -72,6 +86,7 @@ impl Proxy {
             mode,
             accepted,
             open,
+            bytes,
             acceptor,
         }
     }
@@ -108,6 +123,18 @@ impl Proxy {
     pub fn open_connections(&self) -> usize {
         self.open.load(Ordering::SeqCst)
     }
+
+    /// Bytes read so far from clients (towards the server), over every
+    /// connection and in every mode: counted when the proxy reads them,
+    /// before any delay, and also when they are swallowed by a black hole.
+    pub fn bytes_from_clients(&self) -> u64 {
+        self.bytes.from_clients.load(Ordering::SeqCst)
+    }
+
+    /// Bytes read so far from the server (towards clients), likewise.
+    pub fn bytes_from_servers(&self) -> u64 {
+        self.bytes.from_servers.load(Ordering::SeqCst)
+    }
 }
 
 impl Drop for Proxy {
@@ -124,6 +151,7 @@ async fn accept_loop(
     mut mode: watch::Receiver<Mode>,
     accepted: Arc<AtomicUsize>,
     open: Arc<AtomicUsize>,
+    bytes: Arc<Bytes>,
 ) {
     loop {
         let socket = tokio::select! {
@@ -147,10 +175,21 @@ async fn accept_loop(
         match current {
             Mode::Cut => reset(socket),
             Mode::Blackhole => {
-                tokio::spawn(blackholed(socket, mode.clone(), OpenGuard::new(&open)));
+                tokio::spawn(blackholed(
+                    socket,
+                    mode.clone(),
+                    OpenGuard::new(&open),
+                    bytes.clone(),
+                ));
             }
             Mode::Pass | Mode::Delay(_) => {
-                tokio::spawn(forward(socket, target, mode.clone(), OpenGuard::new(&open)));
+                tokio::spawn(forward(
+                    socket,
+                    target,
+                    mode.clone(),
+                    OpenGuard::new(&open),
+                    bytes.clone(),
+                ));
             }
         }
     }
@@ -217,14 +256,21 @@ async fn guarded<F: Future>(
 
 /// A connection accepted in `Blackhole`: swallow everything, reset when the
 /// mode changes.
-async fn blackholed(mut client: TcpStream, mut mode: watch::Receiver<Mode>, _open: OpenGuard) {
+async fn blackholed(
+    mut client: TcpStream,
+    mut mode: watch::Receiver<Mode>,
+    _open: OpenGuard,
+    bytes: Arc<Bytes>,
+) {
     let poisoned = AtomicBool::new(true);
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         match guarded(client.read(&mut buf), &mut mode, &poisoned).await {
             None => return reset(client),
             Some(Ok(0)) | Some(Err(_)) => return, // the client gave up
-            Some(Ok(_)) => {}
+            Some(Ok(n)) => {
+                bytes.from_clients.fetch_add(n as u64, Ordering::SeqCst);
+            }
         }
     }
 }
@@ -242,6 +288,7 @@ async fn forward(
     target: SocketAddr,
     mut mode: watch::Receiver<Mode>,
     _open: OpenGuard,
+    bytes: Arc<Bytes>,
 ) {
     let poisoned = AtomicBool::new(false);
     let connect = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(target));
@@ -254,8 +301,20 @@ async fn forward(
     let outcome = {
         let (mut client_r, mut client_w) = client.split();
         let (mut upstream_r, mut upstream_w) = upstream.split();
-        let to_server = pump(&mut client_r, &mut upstream_w, mode.clone(), &poisoned);
-        let to_client = pump(&mut upstream_r, &mut client_w, mode.clone(), &poisoned);
+        let to_server = pump(
+            &mut client_r,
+            &mut upstream_w,
+            mode.clone(),
+            &poisoned,
+            &bytes.from_clients,
+        );
+        let to_client = pump(
+            &mut upstream_r,
+            &mut client_w,
+            mode.clone(),
+            &poisoned,
+            &bytes.from_servers,
+        );
         tokio::pin!(to_server, to_client);
         let (mut server_done, mut client_done) = (false, false);
         loop {
@@ -280,12 +339,13 @@ async fn forward(
     }
 }
 
-/// Copies one direction, applying the mode to every chunk.
+/// Copies one direction, applying the mode to every chunk and counting what it reads in `read`.
 async fn pump<R, W>(
     from: &mut R,
     to: &mut W,
     mut mode: watch::Receiver<Mode>,
     poisoned: &AtomicBool,
+    read: &AtomicU64,
 ) -> Outcome
 where
     R: AsyncRead + Unpin,
@@ -297,6 +357,7 @@ where
             None | Some(Err(_)) => return Outcome::Reset,
             Some(Ok(n)) => n,
         };
+        read.fetch_add(n as u64, Ordering::SeqCst);
         let current = *mode.borrow();
         if current == Mode::Blackhole {
             poisoned.store(true, Ordering::SeqCst);
