@@ -5,11 +5,13 @@
 //!
 //! * `closed_single_thread`: one thread, one closed and healthy breaker. For `resilient_circuit`
 //!   the window is first filled with successes, so the breaker is *clean* and a success is the
-//!   documented one-load fast path. Measured: `try_acquire` + `success`, `state`, the
-//!   synchronous equivalent of `call` (`try_acquire`, run, classify the `Result`, `record`), and
-//!   the async `call` polled on a current-thread Tokio runtime; `recloser`'s and `failsafe`'s
-//!   `call` with an `Ok` result.
-//! * `closed_two_threads`: the same `call`-shaped operation of each library, with two threads
+//!   documented one-load fast path. Measured: `try_acquire` + `success`, `state`,
+//!   `acquire_run_record` (public API only: `try_acquire`, run the operation, `record` its
+//!   `Outcome::from_result`; what the async `call` does, without a future, and the same shape as
+//!   the peers' synchronous `call`), and the public async `call` polled on a current-thread Tokio
+//!   runtime; `recloser`'s and `failsafe`'s `call` with an `Ok` result.
+//! * `closed_two_threads`: the same operations (`acquire_run_record` for this crate, `call` for
+//!   the peers), with two threads
 //!   hammering *one shared* breaker. Each `iter_custom` sample spawns two scoped threads that
 //!   meet at a barrier and then each run `iters` operations; each thread times itself from the
 //!   barrier's release, and the sample is the slower thread's time. Per-call figures are thus
@@ -116,9 +118,10 @@ mod rc {
         black_box(r).ok();
     }
 
-    /// What `call` does, without the future: admit, run, classify, record.
+    /// Public API only: admit, run, classify the `Result`, record. What `call` does, without the
+    /// future; not itself a function of the crate.
     #[inline(always)]
-    pub fn call_sync(cb: &CircuitBreaker) -> Result<u64, CircuitError<()>> {
+    pub fn acquire_run_record(cb: &CircuitBreaker) -> Result<u64, CircuitError<()>> {
         let permit = cb.try_acquire()?;
         let r = work();
         permit.record(Outcome::from_result(&r));
@@ -228,8 +231,8 @@ mod closed_single_thread {
         group.bench_function("resilient_circuit/state", |b| {
             b.iter(|| black_box(cb.state()))
         });
-        group.bench_function("resilient_circuit/call_sync", |b| {
-            b.iter(|| black_box(rc::call_sync(&cb)).ok())
+        group.bench_function("resilient_circuit/acquire_run_record", |b| {
+            b.iter(|| black_box(rc::acquire_run_record(&cb)).ok())
         });
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
@@ -264,9 +267,9 @@ mod closed_two_threads {
         group.bench_function("resilient_circuit/try_acquire_success", |b| {
             two_threads(b, || rc::acquire_success(&cb))
         });
-        group.bench_function("resilient_circuit/call_sync", |b| {
+        group.bench_function("resilient_circuit/acquire_run_record", |b| {
             two_threads(b, || {
-                black_box(rc::call_sync(&cb)).ok();
+                black_box(rc::acquire_run_record(&cb)).ok();
             })
         });
 

@@ -7,7 +7,7 @@
 //! of a role that may `CREATE DATABASE`), else `host=127.0.0.1 user=postgres dbname=test`, applies
 //! the migrations there and drops it at the end. When no server answers it says so and exits 0.
 //!
-//! * `cargo bench --bench propagation` (cargo passes `--bench`): the full run, about a minute.
+//! * `cargo bench --bench propagation` (cargo passes `--bench`): the full run, 80 s on 2 cores.
 //! * `cargo test --bench propagation`, `cargo test --benches`, `cargo test --all-targets` (no
 //!   `--bench` argument) or `cargo bench --bench propagation -- --test`: a quick run with small
 //!   sizes that only checks every path works; its figures are not comparable with the goals.
@@ -29,15 +29,26 @@
 //!    notes the first rejection; the main thread notes the time just before A's tripping
 //!    `try_acquire().failure()`. B's `on_status_change` also notes when B applied the change.
 //!    Then A `force_closed()`s, both must read CLOSED again, and 2 ms pass before the next trip.
-//!    Also without the spinner (a bare listener on the side splits the path into A's and B's
-//!    shares), tripped from a tokio task (as an async application does), and, as a what-if, with
-//!    the crate's connections at `synchronous_commit=off` (a DSN `options` setting).
+//!    After each trip and its re-close, the same run takes one raw UPDATE -> NOTIFY sample (as in
+//!    phase 1, bare connections) with the same spinner spinning on B and the same 2 ms of rest
+//!    before: the floor under the trips' own conditions, which the propagation is divided by
+//!    (and by phase 1's back-to-back and from-idle floors, which ran without the spinner).
+//!    Also: without the spinner (a bare listener on the side notes when the NOTIFY reaches one
+//!    more connection), tripped from a tokio task (as an async application does), and, as a
+//!    what-if, with the crate's connections at `synchronous_commit=off` (a DSN `options`
+//!    setting). **B's own share**: B's connections go through a proxy in this process (plain TCP,
+//!    std threads) that notes the instant just before it writes the NotificationResponse's bytes
+//!    to B's listener socket; from there to B's first rejection (spinner) and to B's callback,
+//!    all on one clock. The proxy hop is outside that interval.
 //! 3. **Start-up**: `Storage::connect_with` until it returns with the namespace loaded, with 1,000
 //!    and 10,000 rows (a tenth OPEN), an empty namespace, and `sslmode=disable`; plus the parts:
 //!    a TLS context, a bare connection, the snapshot query alone.
 //! 4. **Memory per breaker**: a counting global allocator (live bytes requested) around connecting
-//!    an instance that loads 10,000 rows, less an instance of an empty namespace; then the cost of
-//!    a `CircuitBreaker` handle on each key. RSS deltas for reference.
+//!    an instance that loads 10,000 rows, less an instance of an empty namespace (the map entry,
+//!    the cell, the key); then `CircuitBreaker` handles built on each of those keys (their heap
+//!    plus `size_of::<CircuitBreaker>()`, as the handles themselves live in a Vec allocated
+//!    before counting); and breakers built on 10,000 keys the instance has never seen (the build
+//!    creates the cell). RSS deltas for reference.
 //! 5. **50 instances**: 50 `Storage`s, one breaker each on one key; instance 0 trips; each other
 //!    instance's `on_status_change` notes when it went OPEN. 50 instances need 100 connections:
 //!    when the server has no room for them (the default `max_connections` is 100), the full run
@@ -47,6 +58,13 @@
 //!    trip / `force_closed`, each step waiting until another instance has seen it, for about 5 s.
 //!    Counted: NOTIFYs of the namespace (every accepted state change sends exactly one). What-ifs:
 //!    `synchronous_commit=off`, a pool of one connection per instance, and both.
+//!
+//! 7. **The wire**: one instance whose connections go through the proxy of phase 2 (plain TCP),
+//!    which counts the round trips each connection starts (Sync and Query messages; the listener's
+//!    connection, told apart by its `application_name`, separately): while building a breaker,
+//!    during a million healthy `try_acquire` + `success` and 100,000 healthy `call().await`,
+//!    per transition one at a time (trip / `force_closed`, each acknowledged before the next),
+//!    and per transition when 100 keys trip, then close, at once.
 //!
 //! `RC_BENCH_PHASES=2,3` runs only some phases (phase 1 runs with 2, 3 and 4 together).
 //! Set `RUST_LOG` (e.g. `RUST_LOG=resilient_circuit=debug`) to see the crate's logs on stderr.
@@ -674,6 +692,253 @@ fn reclose(a_storage: &Storage, a: &CircuitBreaker, all: &[CircuitBreaker]) -> R
 }
 
 // ---------------------------------------------------------------------------------------------
+// A counting TCP proxy (plain TCP only), for what only the wire shows.
+
+/// What the proxy saw.
+#[derive(Default)]
+struct WireLog {
+    /// Round trips the pool's connections started: Sync (extended protocol) and Query (simple
+    /// protocol) messages from the client.
+    pool_round_trips: AtomicU64,
+    /// The same on the listener's connection (LISTEN, reloads, heartbeats).
+    listener_round_trips: AtomicU64,
+    /// Connections accepted so far.
+    connections: AtomicU64,
+    /// NotificationResponses to the listener's connection: payload and the instant just before
+    /// the proxy wrote the bytes that complete it to the client's socket.
+    notifications: Mutex<Vec<(Instant, String)>>,
+}
+
+/// A TCP proxy in front of the server for one instance, on plain std threads (blocking I/O, so it
+/// takes nothing from the tokio runtime and answers as soon as the kernel wakes it). It parses
+/// the protocol in both directions; the instance must connect with `sslmode=disable`.
+struct WireProxy {
+    port: u16,
+    log: Arc<WireLog>,
+    stop: Arc<AtomicBool>,
+    sockets: Arc<Mutex<Vec<std::net::TcpStream>>>,
+}
+
+/// Splits complete protocol messages off `buf`; calls `f(type, body)` for each. `untyped` is the
+/// number of leading untyped messages still expected (the client's startup message).
+fn split_messages(buf: &mut Vec<u8>, untyped: &mut usize, mut f: impl FnMut(u8, &[u8])) {
+    let mut at = 0;
+    loop {
+        let head = if *untyped > 0 { 4 } else { 5 };
+        if buf.len() < at + head {
+            break;
+        }
+        let ty = if head == 5 { buf[at] } else { 0 };
+        let len_at = at + head - 4;
+        let len = u32::from_be_bytes([
+            buf[len_at],
+            buf[len_at + 1],
+            buf[len_at + 2],
+            buf[len_at + 3],
+        ]) as usize;
+        let end = len_at + len.max(4);
+        if buf.len() < end {
+            break;
+        }
+        let body = &buf[len_at + 4..end];
+        if head == 4 {
+            // SSLRequest / GSSENCRequest (8 bytes, a magic code) are followed by another
+            // untyped message; the startup message ends the untyped part.
+            let code = body
+                .get(..4)
+                .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]));
+            if !matches!(code, Some(80_877_103 | 80_877_104)) {
+                *untyped -= 1;
+            }
+        }
+        f(ty, body);
+        at = end;
+    }
+    buf.drain(..at);
+}
+
+impl WireProxy {
+    fn start(upstream: std::net::SocketAddr) -> R<WireProxy> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let port = listener.local_addr()?.port();
+        let log = Arc::new(WireLog::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let sockets = Arc::new(Mutex::new(Vec::new()));
+        let (l, st, so) = (log.clone(), stop.clone(), sockets.clone());
+        std::thread::Builder::new()
+            .name("wire-proxy".into())
+            .spawn(move || {
+                for client in listener.incoming() {
+                    if st.load(Ordering::Acquire) {
+                        return;
+                    }
+                    let Ok(client) = client else { continue };
+                    let Ok(server) = std::net::TcpStream::connect(upstream) else {
+                        continue;
+                    };
+                    let _ = client.set_nodelay(true);
+                    let _ = server.set_nodelay(true);
+                    if let (Ok(c), Ok(s)) = (client.try_clone(), server.try_clone()) {
+                        so.lock().unwrap_or_else(|e| e.into_inner()).extend([c, s]);
+                    }
+                    l.connections.fetch_add(1, Ordering::Relaxed);
+                    let _ = Self::pipe(client, server, l.clone());
+                }
+            })?;
+        Ok(WireProxy {
+            port,
+            log,
+            stop,
+            sockets,
+        })
+    }
+
+    /// Two threads per connection: client -> server and server -> client.
+    fn pipe(client: std::net::TcpStream, server: std::net::TcpStream, log: Arc<WireLog>) -> R<()> {
+        use std::io::{Read, Write};
+        // The role is known once the client's startup message is through: shared with the
+        // other direction (0 unknown, 1 listener, 2 pool).
+        let role = Arc::new(std::sync::atomic::AtomicU8::new(0));
+        let (mut c_rd, mut s_wr) = (client.try_clone()?, server.try_clone()?);
+        let (mut s_rd, mut c_wr) = (server, client);
+        let (up_log, up_role) = (log.clone(), role.clone());
+        std::thread::Builder::new()
+            .name("wire-up".into())
+            .spawn(move || {
+                let (mut buf, mut untyped, mut chunk) = (Vec::new(), 1usize, [0u8; 16384]);
+                loop {
+                    let n = match c_rd.read(&mut chunk) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    buf.extend_from_slice(&chunk[..n]);
+                    split_messages(&mut buf, &mut untyped, |ty, body| match ty {
+                        0 => {
+                            // Startup: protocol version, then name\0value\0 pairs.
+                            let text = String::from_utf8_lossy(body.get(4..).unwrap_or(&[]));
+                            let mut parts = text.split('\0');
+                            let mut listener = false;
+                            while let (Some(k), Some(v)) = (parts.next(), parts.next()) {
+                                if k.ends_with("application_name") && v.ends_with("-listener") {
+                                    listener = true;
+                                }
+                            }
+                            if body.len() > 8 {
+                                up_role.store(if listener { 1 } else { 2 }, Ordering::Release);
+                            }
+                        }
+                        b'S' | b'Q' => {
+                            let counter = if up_role.load(Ordering::Acquire) == 1 {
+                                &up_log.listener_round_trips
+                            } else {
+                                &up_log.pool_round_trips
+                            };
+                            counter.fetch_add(1, Ordering::Relaxed);
+                        }
+                        _ => {}
+                    });
+                    if s_wr.write_all(&chunk[..n]).is_err() {
+                        break;
+                    }
+                }
+                let _ = s_wr.shutdown(std::net::Shutdown::Both);
+            })?;
+        std::thread::Builder::new()
+            .name("wire-down".into())
+            .spawn(move || {
+                let (mut buf, mut untyped, mut chunk) = (Vec::new(), 0usize, [0u8; 16384]);
+                let mut payloads = Vec::new();
+                loop {
+                    let n = match s_rd.read(&mut chunk) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    buf.extend_from_slice(&chunk[..n]);
+                    split_messages(&mut buf, &mut untyped, |ty, body| {
+                        if ty == b'A' && body.len() > 4 {
+                            // NotificationResponse: pid, channel\0, payload\0.
+                            let text = String::from_utf8_lossy(&body[4..]);
+                            if let Some(p) = text.split('\0').nth(1) {
+                                payloads.push(p.to_owned());
+                            }
+                        }
+                    });
+                    let at = Instant::now();
+                    if c_wr.write_all(&chunk[..n]).is_err() {
+                        break;
+                    }
+                    if !payloads.is_empty() && role.load(Ordering::Acquire) == 1 {
+                        let mut v = log.notifications.lock().unwrap_or_else(|e| e.into_inner());
+                        v.extend(payloads.drain(..).map(|p| (at, p)));
+                    }
+                    payloads.clear();
+                }
+                let _ = c_wr.shutdown(std::net::Shutdown::Both);
+            })?;
+        Ok(())
+    }
+
+    /// `(pool, listener)` round trips so far.
+    fn round_trips(&self) -> (u64, u64) {
+        (
+            self.log.pool_round_trips.load(Ordering::Relaxed),
+            self.log.listener_round_trips.load(Ordering::Relaxed),
+        )
+    }
+
+    /// When the NotificationResponse announcing `ns`/`key` -> `state` was handed to the
+    /// listener's socket; waits for it up to `WAIT`.
+    fn notified(&self, ns: &str, key: &str, state: &str) -> R<Instant> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            {
+                let mut v = self
+                    .log
+                    .notifications
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                let found = v.iter().position(|(_, p)| {
+                    serde_json::from_str::<serde_json::Value>(p)
+                        .is_ok_and(|j| j["ns"] == ns && j["key"] == key && j["state"] == state)
+                });
+                if let Some(i) = found {
+                    let at = v[i].0;
+                    v.drain(..=i);
+                    return Ok(at);
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("the proxy saw no NOTIFY of {ns}/{key} -> {state}").into());
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+
+    fn clear_notifications(&self) {
+        self.log
+            .notifications
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+}
+
+impl Drop for WireProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
+        for s in self
+            .sockets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // 1. Raw NOTIFY.
 
 struct Floor {
@@ -882,6 +1147,8 @@ async fn phase_raw(t: &Target, sizes: &Sizes, report: &mut Report) -> R<Floor> {
 struct Spinner {
     arm: Option<std_mpsc::Sender<()>>,
     spinning: Arc<AtomicBool>,
+    /// Ends a spin that is not waiting for a rejection (a floor sample).
+    stop: Arc<AtomicBool>,
     result: std_mpsc::Receiver<Option<Instant>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -892,6 +1159,8 @@ impl Spinner {
         let (res_tx, res_rx) = std_mpsc::channel();
         let spinning = Arc::new(AtomicBool::new(false));
         let flag = spinning.clone();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
         let thread = std::thread::Builder::new()
             .name("rejection-spinner".into())
             .spawn(move || {
@@ -903,7 +1172,7 @@ impl Spinner {
                             Ok(permit) => drop(permit),
                             Err(_) => break Some(Instant::now()),
                         }
-                        if Instant::now() >= deadline {
+                        if Instant::now() >= deadline || stopped.load(Ordering::Acquire) {
                             break None;
                         }
                         // Two cores only: leave the other runnable threads (the listener, the
@@ -919,6 +1188,7 @@ impl Spinner {
         Ok(Spinner {
             arm: Some(arm_tx),
             spinning,
+            stop,
             result: res_rx,
             thread: Some(thread),
         })
@@ -931,6 +1201,17 @@ impl Spinner {
             return Err("the spinner thread did not start".into());
         }
         Ok(())
+    }
+
+    /// Ends a spin during which no rejection is expected; an error if there was one.
+    fn stop(&self) -> R<()> {
+        self.stop.store(true, Ordering::Release);
+        let seen = self.result.recv_timeout(WAIT + Duration::from_secs(1))?;
+        self.stop.store(false, Ordering::Release);
+        match seen {
+            None => Ok(()),
+            Some(_) => Err("B rejected during a floor sample".into()),
+        }
     }
 
     fn first_rejection(&self) -> R<Instant> {
@@ -990,8 +1271,12 @@ impl Slot {
 
 impl Pair {
     async fn connect(t: &Target, ns: &str, options: Option<&str>) -> R<Pair> {
-        let a = Storage::connect_with(t.opts_with(ns, options)?).await?;
-        let b = Storage::connect_with(t.opts_with(ns, options)?).await?;
+        Pair::connect_with(t.opts_with(ns, options)?, t.opts_with(ns, options)?).await
+    }
+
+    async fn connect_with(a_opts: PostgresOptions, b_opts: PostgresOptions) -> R<Pair> {
+        let a = Storage::connect_with(a_opts).await?;
+        let b = Storage::connect_with(b_opts).await?;
         let key = "payments_api";
         let applied = Arc::new(Slot::default());
         let slot = applied.clone();
@@ -1026,31 +1311,110 @@ struct TripSamples {
     applied: Vec<Duration>,
     /// A bare listener of the same database received the NOTIFY (decomposition runs only).
     notified: Vec<Duration>,
-    /// From that NOTIFY's arrival on the bare listener to B's callback.
-    listener_to_applied: Vec<Duration>,
+    /// Raw UPDATE -> NOTIFY samples taken between the trips, under the same spinner.
+    floor: Vec<Duration>,
+    /// Proxied B only: from the trip to the proxy handing the NOTIFY to B's listener socket.
+    to_wire: Vec<Duration>,
+    /// Proxied B only: from that hand-over to B's first rejection (spinner).
+    wire_to_rejected: Vec<Duration>,
+    /// Proxied B only: from that hand-over to B's `on_status_change`.
+    wire_to_applied: Vec<Duration>,
+    /// Proxied B only: samples where B's rejection or callback came before the hand-over's
+    /// instant (impossible unless the clocks disagree; counted, not clamped).
+    wire_negative: usize,
 }
 
-/// `warmup + n` trips by A, each followed by a fleet-wide close.
-async fn trips(
-    p: &Pair,
-    ns: &str,
-    warmup: usize,
-    n: usize,
-    spinner: Option<&Spinner>,
-    mut raw: Option<&mut NotifyListener>,
-    from_task: bool,
-) -> R<TripSamples> {
-    let mut out = TripSamples::default();
-    let all = [p.a_cb.clone(), p.b_cb.clone()];
-    for i in 0..warmup + n {
-        p.take_applied();
-        if let Some(l) = raw.as_deref_mut() {
-            while l.rx.try_recv().is_ok() {}
-        }
+/// A raw UPDATE -> NOTIFY probe on bare connections, sampled between the trips of a series.
+struct FloorProbe {
+    writer: Client,
+    listener: NotifyListener,
+    update: tokio_postgres::Statement,
+    ns: String,
+    flip: usize,
+}
+
+impl FloorProbe {
+    async fn new(t: &Target, ns: &str) -> R<FloorProbe> {
+        let writer = t.client().await?;
+        writer
+            .execute(
+                "INSERT INTO public.rc_circuit_breakers (resource_key, namespace, state) \
+                 VALUES ('raw', $1, 'CLOSED')",
+                &[&ns],
+            )
+            .await?;
+        let listener = t.transport.listener(&t.cfg).await?;
+        let update = writer
+            .prepare(
+                "UPDATE public.rc_circuit_breakers SET state = $1 \
+                 WHERE namespace = $2 AND resource_key = 'raw'",
+            )
+            .await?;
+        Ok(FloorProbe {
+            writer,
+            listener,
+            update,
+            ns: ns.to_owned(),
+            flip: 0,
+        })
+    }
+
+    /// One sample, with `spinner` spinning on B throughout as during a trip.
+    async fn sample(&mut self, spinner: Option<&Spinner>) -> R<Duration> {
+        self.flip += 1;
+        let state = if self.flip % 2 == 0 { "CLOSED" } else { "OPEN" };
+        while self.listener.rx.try_recv().is_ok() {}
         if let Some(s) = spinner {
             s.arm()?;
         }
-        let t0 = if from_task {
+        let t0 = Instant::now();
+        let changed = self
+            .writer
+            .execute(&self.update, &[&state, &self.ns])
+            .await?;
+        let at = recv_change(&mut self.listener.rx, &self.ns, "raw", state).await?;
+        if let Some(s) = spinner {
+            s.stop()?;
+        }
+        if changed != 1 {
+            return Err(format!("UPDATE changed {changed} rows").into());
+        }
+        Ok(at.saturating_duration_since(t0))
+    }
+}
+
+/// What a series of trips measures besides B's callback.
+#[derive(Default)]
+struct Extras<'a> {
+    /// A thread spinning on B's `try_acquire` notes B's first rejection.
+    spinner: Option<&'a Spinner>,
+    /// A bare listener notes the NOTIFY's arrival on a connection of its own.
+    raw: Option<&'a mut NotifyListener>,
+    /// Trip from a tokio task rather than the bench's main thread.
+    from_task: bool,
+    /// After each trip (and its re-close), a raw UPDATE -> NOTIFY sample under the same spinner.
+    floor: Option<&'a mut FloorProbe>,
+    /// B's connections go through this proxy, which notes when it handed the NOTIFY to B.
+    wire: Option<&'a WireProxy>,
+}
+
+/// `warmup + n` trips by A, each followed by a fleet-wide close.
+async fn trips(p: &Pair, ns: &str, warmup: usize, n: usize, mut x: Extras<'_>) -> R<TripSamples> {
+    let mut out = TripSamples::default();
+    let all = [p.a_cb.clone(), p.b_cb.clone()];
+    let key = p.a_cb.key().to_owned();
+    for i in 0..warmup + n {
+        p.take_applied();
+        if let Some(l) = x.raw.as_deref_mut() {
+            while l.rx.try_recv().is_ok() {}
+        }
+        if let Some(w) = x.wire {
+            w.clear_notifications();
+        }
+        if let Some(s) = x.spinner {
+            s.arm()?;
+        }
+        let t0 = if x.from_task {
             // As an async application trips: on a runtime worker, whose spawns stay local.
             let a_cb = p.a_cb.clone();
             tokio::spawn(async move {
@@ -1070,7 +1434,7 @@ async fn trips(
                 .failure();
             t0
         };
-        let rejected = match spinner {
+        let rejected = match x.spinner {
             Some(s) => Some(s.first_rejection()?),
             None => None,
         };
@@ -1078,8 +1442,12 @@ async fn trips(
         if p.b_cb.try_acquire().is_ok() {
             return Err("B admitted a call after applying OPEN".into());
         }
-        let notified = match raw.as_deref_mut() {
-            Some(l) => Some(recv_change(&mut l.rx, ns, p.a_cb.key(), "OPEN").await?),
+        let notified = match x.raw.as_deref_mut() {
+            Some(l) => Some(recv_change(&mut l.rx, ns, &key, "OPEN").await?),
+            None => None,
+        };
+        let wired = match x.wire {
+            Some(w) => Some(w.notified(ns, &key, "OPEN")?),
             None => None,
         };
         if i >= warmup {
@@ -1089,55 +1457,79 @@ async fn trips(
             out.applied.push(cb_at.saturating_duration_since(t0));
             if let Some(at) = notified {
                 out.notified.push(at.saturating_duration_since(t0));
-                out.listener_to_applied
-                    .push(cb_at.saturating_duration_since(at));
+            }
+            if let Some(w) = wired {
+                out.to_wire.push(w.saturating_duration_since(t0));
+                for (end, into) in [
+                    (rejected, &mut out.wire_to_rejected),
+                    (Some(cb_at), &mut out.wire_to_applied),
+                ] {
+                    match end.map(|e| e.checked_duration_since(w)) {
+                        Some(Some(d)) => into.push(d),
+                        Some(None) => out.wire_negative += 1,
+                        None => {}
+                    }
+                }
             }
         }
         reclose(&p.a, &p.a_cb, &all)?;
+        if let Some(f) = x.floor.as_deref_mut() {
+            // reclose() ended with 2 ms of rest, as before a trip; rest again after the sample
+            // so that the next trip starts from the same idleness.
+            let d = f.sample(x.spinner).await?;
+            if i >= warmup {
+                out.floor.push(d);
+            }
+            std::thread::sleep(IDLE_GAP);
+        }
     }
     Ok(out)
 }
 
-fn ratio_note(s: Stats, floor: &Floor) -> Option<String> {
-    let f = floor.tls?;
-    let mut note = format!(
-        "p50 {} / p99 {} of the raw NOTIFY floor (TLS, from idle)",
-        ratio(s.p50, f.p50),
-        ratio(s.p99, f.p99)
-    );
-    if let Some(b) = floor.busy {
-        note.push_str(&format!(
-            "; p50 {} / p99 {} of the back-to-back floor",
-            ratio(s.p50, b.p50),
-            ratio(s.p99, b.p99)
-        ));
-    }
-    if let Some(p) = floor.plain {
-        note.push_str(&format!(
-            "; p50 {} of the plain-TCP floor",
-            ratio(s.p50, p.p50)
-        ));
-    }
-    Some(note)
+/// The server's TCP address, for a proxy in front of it (`None` for a Unix socket).
+fn tcp_upstream(cfg: &Config) -> Option<std::net::SocketAddr> {
+    use std::net::ToSocketAddrs;
+    let host = match cfg.get_hosts().first()? {
+        tokio_postgres::config::Host::Tcp(h) => h.clone(),
+        #[allow(unreachable_patterns)]
+        _ => return None,
+    };
+    let port = cfg.get_ports().first().copied().unwrap_or(5432);
+    (host.as_str(), port).to_socket_addrs().ok()?.next()
+}
+
+/// Options for an instance of namespace `ns` whose connections all go through `proxy`, in plain
+/// TCP (the proxy parses the protocol).
+fn proxied_opts(t: &Target, ns: &str, proxy: &WireProxy) -> R<PostgresOptions> {
+    Ok(t.opts(ns)?
+        .host("127.0.0.1")
+        .port(proxy.port)
+        .ssl_mode(SslMode::Disable))
 }
 
 async fn phase_propagation(t: &Target, sizes: &Sizes, floor: &Floor, report: &mut Report) -> R<()> {
     report.section("2. trip-to-reject: A trips (failure on a 1/1 breaker) -> B's first rejection");
     let pair = Pair::connect(t, "prop", None).await?;
 
-    // The headline: a thread spinning on B's try_acquire.
+    // The headline: a thread spinning on B's try_acquire. Between the trips, under the same
+    // spinner and after the same rest, a raw UPDATE -> NOTIFY sample on bare connections: the
+    // floor under the very conditions of the trips.
     let spinner = Spinner::spawn(pair.b_cb.clone())?;
+    let mut probe = FloorProbe::new(t, "floor_spin").await?;
     let spun = trips(
         &pair,
         "prop",
         sizes.trip_warmup,
         sizes.trips,
-        Some(&spinner),
-        None,
-        false,
+        Extras {
+            spinner: Some(&spinner),
+            floor: Some(&mut probe),
+            ..Extras::default()
+        },
     )
     .await?;
     drop(spinner);
+    drop(probe);
     let st = report.dist(
         "trip -> B's first rejection (spinner)",
         &spun.rejected,
@@ -1148,49 +1540,59 @@ async fn phase_propagation(t: &Target, sizes: &Sizes, floor: &Floor, report: &mu
         &spun.applied,
         "B's on_status_change",
     );
-    if let Some(note) = st.and_then(|s| ratio_note(s, floor)) {
+    let same_run = report.dist(
+        "raw UPDATE -> NOTIFY between those trips (same spinner)",
+        &spun.floor,
+        "bare connections; spinner on B, 2 ms rest before, as each trip",
+    );
+    if let (Some(s), Some(f)) = (st, same_run) {
         report.value(
-            "  ratio to raw NOTIFY (spinner)",
+            "  ratio to the same-run floor (spinner)",
             spun.rejected.len(),
-            String::new(),
-            &note,
+            format!("{} / {}", ratio(s.p50, f.p50), ratio(s.p99, f.p99)),
+            "p50 / p99 of trip -> rejection over p50 / p99 of the floor above",
+        );
+    }
+    if let (Some(s), Some(b)) = (st, floor.busy) {
+        report.value(
+            "  ratio to the back-to-back floor (phase 1)",
+            spun.rejected.len(),
+            format!("{} / {}", ratio(s.p50, b.p50), ratio(s.p99, b.p99)),
+            "p50 / p99; that floor ran with no spinner and no rest between samples",
+        );
+    }
+    if let (Some(s), Some(f)) = (st, floor.tls) {
+        report.value(
+            "  ratio to the from-idle floor (phase 1)",
+            spun.rejected.len(),
+            format!("{} / {}", ratio(s.p50, f.p50), ratio(s.p99, f.p99)),
+            "p50 / p99; that floor ran with no spinner, 2 ms rest before each sample",
         );
     }
 
-    // Without the spinner, with a bare listener on the side to split the path in two.
+    // Without the spinner, with a bare listener on the side (A's and the database's share as
+    // one more listener connection sees it).
     let mut raw = t.transport.listener(&t.cfg).await?;
     let quiet = trips(
         &pair,
         "prop",
         sizes.trip_warmup,
         sizes.trips,
-        None,
-        Some(&mut raw),
-        false,
+        Extras {
+            raw: Some(&mut raw),
+            ..Extras::default()
+        },
     )
     .await?;
-    let quiet_st = report.dist(
+    report.dist(
         "trip -> B applied it (no spinner)",
         &quiet.applied,
         "only B's callback; the main thread blocks on a condvar",
     );
-    if let Some(note) = quiet_st.and_then(|s| ratio_note(s, floor)) {
-        report.value(
-            "  ratio to raw NOTIFY (no spinner)",
-            quiet.applied.len(),
-            String::new(),
-            &note,
-        );
-    }
     report.dist(
-        "  A side: trip -> NOTIFY on a bare listener",
+        "  trip -> NOTIFY on a bare listener",
         &quiet.notified,
-        "spawn, pool, rc_trip(), commit, NOTIFY",
-    );
-    report.dist(
-        "  B side: bare listener got it -> B applied it",
-        &quiet.listener_to_applied,
-        "B's listener task, channel, serve task, parse, apply",
+        "A's spawn, pool, rc_trip(), commit, NOTIFY, delivery to another connection",
     );
 
     // The same, tripped from a runtime task as an async application would.
@@ -1199,9 +1601,11 @@ async fn phase_propagation(t: &Target, sizes: &Sizes, floor: &Floor, report: &mu
         "prop",
         sizes.trip_warmup,
         sizes.trips,
-        None,
-        Some(&mut raw),
-        true,
+        Extras {
+            raw: Some(&mut raw),
+            from_task: true,
+            ..Extras::default()
+        },
     )
     .await?;
     report.dist(
@@ -1209,26 +1613,7 @@ async fn phase_propagation(t: &Target, sizes: &Sizes, floor: &Floor, report: &mu
         &in_task.applied,
         "no spinner; the crate's spawn stays on the worker",
     );
-    report.dist(
-        "  A side: trip -> NOTIFY on a bare listener",
-        &in_task.notified,
-        "",
-    );
-    if let Some(s) = st {
-        report.goal(
-            "propagation p50",
-            "<= 0.5 ms",
-            ms(s.p50),
-            s.p50 <= Duration::from_micros(500),
-        );
-        report.goal(
-            "propagation p99",
-            "<= 2 ms",
-            ms(s.p99),
-            s.p99 <= Duration::from_millis(2),
-        );
-    }
-
+    report.dist("  trip -> NOTIFY on a bare listener", &in_task.notified, "");
     // What the crate's own connections are.
     let c = t.client().await?;
     let rows = c
@@ -1247,6 +1632,78 @@ async fn phase_propagation(t: &Target, sizes: &Sizes, floor: &Floor, report: &mu
         "the crate's connections during phase 2: {}",
         described.join(", ")
     ));
+    drop(raw);
+    if let Some(s) = st {
+        report.goal(
+            "propagation p50",
+            "<= 0.5 ms",
+            ms(s.p50),
+            s.p50 <= Duration::from_micros(500),
+        );
+        report.goal(
+            "propagation p99",
+            "<= 2 ms",
+            ms(s.p99),
+            s.p99 <= Duration::from_millis(2),
+        );
+    }
+
+    // B's own share, on one clock: B's connections go through a proxy in this process that notes
+    // the instant it hands the NOTIFY's bytes to B's listener socket; the spinner and B's
+    // callback note when B's snapshot shows OPEN.
+    match tcp_upstream(&t.cfg) {
+        None => report.note("B's own share not measured: the server is not on TCP".into()),
+        Some(addr) => {
+            let proxy = WireProxy::start(addr)?;
+            let wired =
+                Pair::connect_with(t.opts("prop_wire")?, proxied_opts(t, "prop_wire", &proxy)?)
+                    .await?;
+            let spinner = Spinner::spawn(wired.b_cb.clone())?;
+            let w = trips(
+                &wired,
+                "prop_wire",
+                sizes.trip_warmup,
+                sizes.trips,
+                Extras {
+                    spinner: Some(&spinner),
+                    wire: Some(&proxy),
+                    ..Extras::default()
+                },
+            )
+            .await?;
+            drop(spinner);
+            report.dist(
+                "B's share: NOTIFY handed to B's socket -> B's first rejection",
+                &w.wire_to_rejected,
+                "B proxied, plain TCP; spinner on B; one process, one clock",
+            );
+            report.dist(
+                "B's share: NOTIFY handed to B's socket -> B's callback",
+                &w.wire_to_applied,
+                "same trips; B's on_status_change",
+            );
+            report.dist(
+                "  trip -> NOTIFY handed to B's socket (through the proxy)",
+                &w.to_wire,
+                "A's and the database's share plus the proxy hop",
+            );
+            report.dist(
+                "  trip -> B's first rejection (through the proxy)",
+                &w.rejected,
+                "includes the proxy hop; not comparable with the headline",
+            );
+            if w.wire_negative > 0 {
+                report.note(format!(
+                    "B's share: {} samples had B's rejection or callback before the proxy's \
+                     hand-over instant; left out",
+                    w.wire_negative
+                ));
+            }
+            drop(wired);
+            drop(proxy);
+        }
+    }
+
     drop(pair);
 
     // What-if: the crate's connections with synchronous_commit=off (a DSN option, no code change).
@@ -1257,9 +1714,10 @@ async fn phase_propagation(t: &Target, sizes: &Sizes, floor: &Floor, report: &mu
         "prop_async",
         sizes.trip_warmup,
         sizes.trips,
-        Some(&spinner),
-        None,
-        false,
+        Extras {
+            spinner: Some(&spinner),
+            ..Extras::default()
+        },
     )
     .await?;
     drop(spinner);
@@ -1269,7 +1727,6 @@ async fn phase_propagation(t: &Target, sizes: &Sizes, floor: &Floor, report: &mu
         "options=-c synchronous_commit=off in the DSN",
     );
     drop(pair);
-    drop(raw);
     Ok(())
 }
 
@@ -1470,6 +1927,9 @@ async fn phase_startup(t: &Target, sizes: &Sizes, report: &mut Report) -> R<()> 
             (r2 - r1) as f64 / n as f64
         ),
     );
+    // The handles' own bytes live wherever the application keeps them (here a Vec allocated
+    // before counting): added as size_of, on top of the heap they allocate.
+    let inline = std::mem::size_of::<CircuitBreaker>();
     let mut handles = Vec::with_capacity(n);
     let l3 = live_bytes();
     for k in &keys {
@@ -1479,19 +1939,60 @@ async fn phase_startup(t: &Target, sizes: &Sizes, report: &mut Report) -> R<()> 
                 .build()?,
         );
     }
+    settle().await;
     let l4 = live_bytes();
+    let per_handle = (l4 - l3) as f64 / n as f64;
     report.value(
-        "per CircuitBreaker handle built on a key",
+        "per CircuitBreaker handle built on a loaded key",
         n,
-        format!("{:.0} B", (l4 - l3) as f64 / n as f64),
-        "default policy, no callback; in addition to the key's cell",
+        format!("{:.0} B", per_handle + inline as f64),
+        &format!(
+            "{per_handle:.0} B of heap + {inline} B of the handle itself (size_of); default \
+             policy, no callback; in addition to the key's cell"
+        ),
+    );
+    let loaded_total = per_key + per_handle + inline as f64;
+    report.value(
+        "per breaker, loaded key + its handle",
+        n,
+        format!("{loaded_total:.0} B"),
+        &format!(
+            "the map entry, the cell, the {key_len:.0}-byte key, the handle and its heap; \
+             {:.0} B beyond the key",
+            loaded_total - key_len
+        ),
+    );
+    // Breakers on keys the instance has never seen: the build creates the cell.
+    let fresh: Vec<String> = (1..=n).map(|i| format!("new-{i:06}")).collect();
+    let mut fresh_handles = Vec::with_capacity(n);
+    let l5 = live_bytes();
+    for k in &fresh {
+        fresh_handles.push(
+            CircuitBreaker::builder(k.as_str())
+                .storage(empty.clone())
+                .build()?,
+        );
+    }
+    settle().await;
+    let l6 = live_bytes();
+    let fresh_total = (l6 - l5) as f64 / n as f64 + inline as f64;
+    report.value(
+        "per breaker built on a new key (cell created by the build)",
+        n,
+        format!("{fresh_total:.0} B"),
+        &format!(
+            "everything the build allocates (map entry, cell, key copies, handle heap) + the \
+             {inline}-byte handle; {:.0} B beyond the {key_len:.0}-byte key",
+            fresh_total - key_len
+        ),
     );
     report.goal(
-        "memory per breaker beyond the key",
+        "memory per breaker, handle included, beyond the key",
         "<= 1 KiB",
-        format!("{:.0} B", per_key - key_len),
-        per_key - key_len <= 1024.0,
+        format!("{:.0} B", loaded_total - key_len),
+        loaded_total - key_len <= 1024.0,
     );
+    drop(fresh_handles);
     drop(handles);
     drop((empty, full));
     Ok(())
@@ -2084,6 +2585,157 @@ async fn cycle_key(
 }
 
 // ---------------------------------------------------------------------------------------------
+// 7. The wire: round trips, counted.
+
+/// Waits until `storage` has no transition in flight or queued.
+fn settled(storage: &Storage) -> R<()> {
+    if !spin_until(WAIT, || storage.pending_publications() == 0) {
+        return Err("a transition was not acknowledged within 5 s".into());
+    }
+    Ok(())
+}
+
+async fn phase_wire(t: &Target, sizes: &Sizes, report: &mut Report) -> R<()> {
+    report.section(
+        "7. wire: round trips one instance starts (Sync/Query messages seen by a proxy, plain TCP)",
+    );
+    let Some(addr) = tcp_upstream(&t.cfg) else {
+        report.note("phase 7 skipped: the server is not on TCP".into());
+        return Ok(());
+    };
+    let proxy = WireProxy::start(addr)?;
+    let storage = Storage::connect_with(proxied_opts(t, "wire", &proxy)?).await?;
+    let quiet = || tokio::time::sleep(Duration::from_millis(100));
+    quiet().await;
+    let (p0, l0) = proxy.round_trips();
+    let healthy = CircuitBreaker::builder("healthy")
+        .storage(storage.clone())
+        .build()?;
+    quiet().await;
+    let (p1, l1) = proxy.round_trips();
+    report.value(
+        "round trips to build a breaker (pool)",
+        1,
+        (p1 - p0).to_string(),
+        &format!(
+            "CircuitBreaker::builder(..).build() on a new key; since connect: pool {p0}, \
+             listener {l0} (LISTEN, the reload)"
+        ),
+    );
+
+    // Healthy calls: the synchronous pair and the async call.
+    let (n_sync, n_async) = if sizes.quick {
+        (10_000u64, 1_000u64)
+    } else {
+        (1_000_000, 100_000)
+    };
+    let t0 = Instant::now();
+    for _ in 0..n_sync {
+        healthy
+            .try_acquire()
+            .map_err(|r| format!("the healthy breaker rejected: {r}"))?
+            .success();
+    }
+    for _ in 0..n_async {
+        healthy
+            .call(|| async { Ok::<_, ()>(()) })
+            .await
+            .map_err(|_| "the healthy breaker's call failed")?;
+    }
+    let calls_took = t0.elapsed();
+    quiet().await;
+    let (p2, l2) = proxy.round_trips();
+    let calls = n_sync + n_async;
+    report.value(
+        "round trips per healthy call (pool)",
+        calls,
+        format!("{}", (p2 - p1) as f64 / calls as f64),
+        &format!(
+            "{} in all during {n_sync} try_acquire+success and {n_async} call().await ({}, \
+             then 100 ms); the listener's own: {} in the same {} (heartbeats, per instance)",
+            p2 - p1,
+            ms(calls_took),
+            l2 - l1,
+            ms(calls_took + Duration::from_millis(100)),
+        ),
+    );
+
+    // Transitions one at a time: trip, wait for the acknowledgement, rest, force_closed, ...
+    let cb = trip_fast(CircuitBreaker::builder("cycled").storage(storage.clone())).build()?;
+    let cycles = if sizes.quick { 10 } else { 200 };
+    let mut counted = (0, 0);
+    for i in 0..3 + cycles {
+        if i == 3 {
+            quiet().await;
+            counted.0 = proxy.round_trips().0;
+        }
+        cb.try_acquire()
+            .map_err(|r| format!("the cycled breaker is not closed: {r}"))?
+            .failure();
+        settled(&storage)?;
+        std::thread::sleep(IDLE_GAP);
+        cb.force_closed();
+        settled(&storage)?;
+        std::thread::sleep(IDLE_GAP);
+    }
+    quiet().await;
+    counted.1 = proxy.round_trips().0;
+    report.value(
+        "round trips per transition, one at a time (pool)",
+        2 * cycles,
+        format!(
+            "{:.2}",
+            (counted.1 - counted.0) as f64 / (2 * cycles) as f64
+        ),
+        &format!(
+            "{} for {cycles} trips + {cycles} force_closed, each acknowledged before the next",
+            counted.1 - counted.0
+        ),
+    );
+
+    // A burst: many keys change at once and share statements.
+    let burst = if sizes.quick { 10 } else { 100 };
+    let many: Vec<CircuitBreaker> = (0..burst)
+        .map(|i| {
+            trip_fast(CircuitBreaker::builder(format!("burst-{i}")).storage(storage.clone()))
+                .build()
+        })
+        .collect::<Result<_, _>>()?;
+    quiet().await;
+    let b0 = proxy.round_trips().0;
+    for cb in &many {
+        cb.try_acquire()
+            .map_err(|r| format!("a burst breaker is not closed: {r}"))?
+            .failure();
+    }
+    settled(&storage)?;
+    quiet().await;
+    let b1 = proxy.round_trips().0;
+    for cb in &many {
+        cb.force_closed();
+    }
+    settled(&storage)?;
+    quiet().await;
+    let b2 = proxy.round_trips().0;
+    report.value(
+        &format!("round trips per transition, {burst} keys tripped at once (pool)"),
+        burst,
+        format!("{:.2}", (b1 - b0) as f64 / burst as f64),
+        &format!("{} in all", b1 - b0),
+    );
+    report.value(
+        &format!("round trips per transition, {burst} keys force_closed at once (pool)"),
+        burst,
+        format!("{:.2}", (b2 - b1) as f64 / burst as f64),
+        &format!("{} in all", b2 - b1),
+    );
+    drop((many, cb, healthy));
+    drop(storage);
+    drop(proxy);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
 // Main.
 
 /// `RC_BENCH_PHASES=2,3` runs only those phases (for profiling one of them); default all.
@@ -2115,6 +2767,9 @@ async fn phases(main: &Target, admin: &Client, sizes: &Sizes, report: &mut Repor
     }
     if wanted(6) {
         phase_tps(main, sizes, report).await?;
+    }
+    if wanted(7) {
+        phase_wire(main, sizes, report).await?;
     }
     Ok(())
 }
