@@ -117,11 +117,7 @@ pub(crate) fn decode_snapshot(row: &Row) -> Result<(String, Remote), StorageErro
 /// A state column; unknown strings (a hand-written row) count as CLOSED, with a warning.
 pub(crate) fn parse_state(key: &str, state: &str) -> State {
     state.parse::<State>().unwrap_or_else(|_| {
-        tracing::warn!(
-            key,
-            state,
-            "row has an unknown state; treating it as CLOSED"
-        );
+        tracing::warn!(key = %key, state = %state, "row has an unknown state; treating it as CLOSED");
         State::Closed
     })
 }
