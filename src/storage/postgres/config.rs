@@ -866,6 +866,13 @@ impl PostgresOptions {
                 });
             }
         }
+        if self.lease_timeout > crate::MAX_DURATION {
+            return Err(ConfigError::DurationTooLong {
+                name: "lease_timeout",
+                given: self.lease_timeout,
+                max: crate::MAX_DURATION,
+            });
+        }
         if self.keepalives {
             for (name, d) in [
                 ("keepalives_idle", self.keepalives_idle),
@@ -975,8 +982,9 @@ impl PostgresOptions {
         }
         let attrs = match (ep.target_session_attrs, listener) {
             (Some(a), _) => a,
-            (None, true) => TargetSessionAttrs::ReadWrite,
-            (None, false) => TargetSessionAttrs::Any,
+            // Both connections need the primary: LISTEN is refused on a standby, and every
+            // pooled statement writes. An explicit setting still wins.
+            (None, _) => TargetSessionAttrs::ReadWrite,
         };
         c.target_session_attrs(attrs.to_tokio());
         if let Some(b) = ep.channel_binding {

@@ -335,7 +335,8 @@ fn defaults() {
     assert_eq!(c.get_keepalives_retries(), Some(3));
     assert_eq!(c.get_tcp_user_timeout(), Some(&Duration::from_secs(8)));
     assert_eq!(c.get_ssl_mode(), PgSslMode::Prefer);
-    assert_eq!(c.get_target_session_attrs(), PgAttrs::Any);
+    // The pool writes on every call, so it needs the primary too.
+    assert_eq!(c.get_target_session_attrs(), PgAttrs::ReadWrite);
     let n = PostgresOptions::new().pg_config("x").unwrap();
     assert_eq!(n.get_hosts(), [tcp("localhost")]);
     assert_eq!(n.get_user(), Some("postgres"));
@@ -658,7 +659,8 @@ fn listener_settings() {
     );
     assert_eq!(
         plain.pg_config("x").unwrap().get_target_session_attrs(),
-        PgAttrs::Any
+        PgAttrs::ReadWrite,
+        "the pool writes, so it needs the primary too"
     );
 
     let o = main.clone().listener_dsn("host=primary port=5432 sslmode=verify-full sslrootcert=/ca.pem keepalives_idle=30 application_name=lsn").unwrap();
