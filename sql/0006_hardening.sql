@@ -47,6 +47,10 @@ ALTER TABLE public.rc_circuit_breakers
 
 ALTER TABLE public.rc_probe_leases ADD COLUMN IF NOT EXISTS round_id bigint NULL;
 
+-- Instances verify the schema at connect; what it records is no secret, and a role holding only
+-- the ancestor's grants must be able to read it.
+GRANT SELECT ON public.rc_schema_migrations TO PUBLIC;
+
 -- The notification key. Readable by the owner only; rc_notify_key() hands it to sessions that
 -- may write the table (they could change any row anyway, so they lose nothing by it).
 -- ipad/opad are the key padded to SHA-256's 64-byte block and XORed with 0x36 / 0x5c (RFC 2104).
@@ -499,7 +503,7 @@ RETURNS TABLE (o_key text, o_state text, o_version bigint, o_remaining_ms bigint
                o_lease_id bigint, o_retry_ms bigint, o_error text)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
 BEGIN
-    PERFORM public.rc_require_write();
+    -- rc_trip / rc_force check the caller's right for each key (reported per key).
     FOR i IN 1 .. coalesce(array_length(p_keys, 1), 0) LOOP
         BEGIN
             RETURN QUERY SELECT p_keys[i], t.*, NULL::text
@@ -520,7 +524,7 @@ RETURNS TABLE (o_key text, o_state text, o_version bigint, o_remaining_ms bigint
                o_lease_id bigint, o_retry_ms bigint, o_error text)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
 BEGIN
-    PERFORM public.rc_require_write();
+    -- rc_trip / rc_force check the caller's right for each key (reported per key).
     FOR i IN 1 .. coalesce(array_length(p_keys, 1), 0) LOOP
         BEGIN
             RETURN QUERY SELECT p_keys[i], t.*, NULL::text

@@ -232,6 +232,25 @@ pub enum StorageError {
 }
 
 impl StorageError {
+    /// The SQLSTATE of a statement the server refused (e.g. `42501`, insufficient privilege),
+    /// when this error carries one.
+    pub fn sqlstate(&self) -> Option<&str> {
+        let StorageError::Database { cause, .. } = self else {
+            return None;
+        };
+        let at = cause.rfind("(SQLSTATE ")? + "(SQLSTATE ".len();
+        cause.get(at..at + 5)
+    }
+
+    /// True when trying again cannot help: the server refused the statement itself (bad input,
+    /// no privilege, missing schema), as opposed to a lost connection or a timeout.
+    pub(crate) fn is_permanent(&self) -> bool {
+        matches!(
+            self.sqlstate().and_then(|s| s.get(..2)),
+            Some("22" | "23" | "42" | "P0" | "2B" | "28")
+        )
+    }
+
     pub(crate) fn db(during: &'static str, e: &tokio_postgres::Error) -> Self {
         StorageError::Database {
             during,

@@ -343,6 +343,82 @@ impl TestDb {
     }
 }
 
+impl TestDb {
+    /// A new login role holding exactly `grants` on this database's objects (each a GRANT
+    /// statement with `{role}` where the role's name goes), dropped with the returned guard.
+    /// Declare the guard before the `TestDb` it belongs to, so the database (where its grants
+    /// live) is dropped first.
+    pub async fn role(&self, grants: &[&str]) -> TestRole {
+        let name = format!("rc_role_{}_{:08x}", std::process::id(), random_u32());
+        let client = self.client().await;
+        client
+            .batch_execute(&format!("CREATE ROLE \"{name}\" LOGIN"))
+            .await
+            .unwrap_or_else(|e| panic!("CREATE ROLE {name}: {}", error_chain(&e)));
+        for g in grants {
+            let sql = g.replace("{role}", &format!("\"{name}\""));
+            client
+                .batch_execute(&sql)
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {}", error_chain(&e)));
+        }
+        TestRole {
+            name,
+            admin: self.admin.clone(),
+            db: self.name.clone(),
+        }
+    }
+
+    /// This database's conninfo, logging in as `role`.
+    pub fn conninfo_as(&self, role: &TestRole) -> String {
+        ConnParts {
+            user: role.name.clone(),
+            password: None,
+            ..self.parts()
+        }
+        .conninfo()
+    }
+}
+
+/// A login role made by [`TestDb::role`]; dropped (with whatever it owns) when this is dropped.
+pub struct TestRole {
+    name: String,
+    admin: ConnParts,
+    db: String,
+}
+
+impl TestRole {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Drop for TestRole {
+    fn drop(&mut self) {
+        let admin = self.admin.clone();
+        let name = self.name.clone();
+        let db = self.db.clone();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            rt.block_on(async move {
+                // Its grants live in the test database, which may still exist.
+                if let Ok(c) = admin.with_db(&db).connect().await {
+                    let _ = c.batch_execute(&format!("DROP OWNED BY \"{name}\"")).await;
+                }
+                let c = admin.connect().await.ok()?;
+                let _ = c
+                    .batch_execute(&format!("DROP ROLE IF EXISTS \"{name}\""))
+                    .await;
+                Some(())
+            })
+        })
+        .join();
+    }
+}
+
 impl Drop for TestDb {
     fn drop(&mut self) {
         let admin = self.admin.clone();

@@ -346,6 +346,13 @@ impl Shared {
             .await;
         let rows = match r {
             Ok(rows) => rows,
+            Err(e) if e.is_permanent() => {
+                tracing::warn!(key = %keys[0], more = keys.len() - 1, error = %e, "the database refused to publish trips; they stay local");
+                for (cell, seq) in by_key.into_values() {
+                    cell.drop_pending_trip(seq);
+                }
+                return Vec::new();
+            }
             Err(e) => {
                 tracing::warn!(key = %keys[0], more = keys.len() - 1, error = %e, "could not publish a trip; it stays local and is sent again");
                 return by_key.into_values().map(|(c, _)| c).collect();
@@ -402,6 +409,22 @@ impl Shared {
             .await;
         let rows = match r {
             Ok(rows) => rows,
+            Err(e) if e.is_permanent() => {
+                tracing::warn!(key = %keys[0], more = keys.len() - 1, error = %e, "the database refused manual overrides");
+                let cause = e.to_string();
+                for e in &mut entries {
+                    if let Some(t) = e.cell.override_abandoned() {
+                        self.transitioned(&e.cell, t);
+                    }
+                    for d in e.done.drain(..) {
+                        let _ = d.send(Err(StorageError::Database {
+                            during: "forcing a state",
+                            cause: cause.clone(),
+                        }));
+                    }
+                }
+                return (entries, Vec::new());
+            }
             Err(e) => {
                 tracing::warn!(key = %keys[0], more = keys.len() - 1, error = %e, "could not publish a manual override; it is sent again");
                 return (Vec::new(), entries);

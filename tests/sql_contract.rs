@@ -1,0 +1,753 @@
+//! The SQL contract (issue "Hardening II"): the table and its functions hold however the table is
+//! written — by this crate, by the Python ancestor's plain upserts on a role that owns nothing,
+//! by operators, by cleanup DELETEs — and the functions refuse bad input with clear errors.
+
+mod support;
+
+use std::time::Duration;
+
+use resilient_circuit::storage::postgres::PostgresOptions;
+use resilient_circuit::{CircuitBreaker, Ratio, State, Storage};
+use support::breakers::{fail, row_state, trip_fast, Watched};
+use support::{eventually, test_db, unique_key, TestDb};
+use tokio_postgres::Client;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// What the ancestor's `pg-setup --grant-to` grants: the table, nothing else.
+const ANCESTOR_GRANT: &str =
+    "GRANT SELECT, INSERT, UPDATE, DELETE ON public.rc_circuit_breakers TO {role}";
+
+async fn migrated(db: &TestDb) -> Storage {
+    Storage::connect_with(
+        PostgresOptions::from_dsn(&db.conninfo())
+            .expect("dsn")
+            .auto_create(true),
+    )
+    .await
+    .expect("migrates")
+}
+
+async fn connect_as(conninfo: &str) -> Client {
+    let (client, connection) = tokio_postgres::connect(conninfo, tokio_postgres::NoTls)
+        .await
+        .expect("connects");
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    client
+}
+
+/// The text of a database error.
+fn message(e: &tokio_postgres::Error) -> String {
+    e.as_db_error()
+        .map(|d| d.message().to_owned())
+        .unwrap_or_else(|| e.to_string())
+}
+
+/// Hardening II, 1: a role holding only the ancestor's grants writes rows the way the ancestor
+/// does (upsert, update, delete; the triggers need the sequence and the lease table, which it has
+/// no right to) and runs an instance: trip, fleet probe, override.
+#[tokio::test]
+async fn least_privilege_role_writes_and_runs_an_instance() {
+    let db = test_db().await;
+    let _owner = migrated(&db).await;
+    let role = db.role(&[ANCESTOR_GRANT]).await;
+    let app = connect_as(&db.conninfo_as(&role)).await;
+    let key = unique_key("py");
+    app.execute(
+        "INSERT INTO rc_circuit_breakers (resource_key, namespace, state, failure_count, open_until, execution_log)
+         VALUES ($1, 'default', 'OPEN', 3, now() + interval '1 hour', '[false,false,false]')
+         ON CONFLICT (resource_key, namespace) DO UPDATE
+         SET state = EXCLUDED.state, failure_count = EXCLUDED.failure_count,
+             open_until = EXCLUDED.open_until, execution_log = EXCLUDED.execution_log",
+        &[&key],
+    )
+    .await
+    .expect("the ancestor's upsert works on its own grant");
+    app.execute(
+        "UPDATE rc_circuit_breakers SET state = 'CLOSED', open_until = NULL WHERE resource_key = $1",
+        &[&key],
+    )
+    .await
+    .expect("update");
+    app.execute(
+        "DELETE FROM rc_circuit_breakers WHERE resource_key = $1",
+        &[&key],
+    )
+    .await
+    .expect("delete");
+
+    let opts = PostgresOptions::from_dsn(&db.conninfo_as(&role)).expect("dsn");
+    let a = Storage::connect_with(opts.clone())
+        .await
+        .expect("connects as the app role");
+    let b = Storage::connect_with(opts)
+        .await
+        .expect("connects as the app role");
+    assert!(!a.is_degraded());
+    let key = unique_key("app");
+    let on_a = CircuitBreaker::builder(&key)
+        .storage(a.clone())
+        .failure_limit(Ratio::new(1, 1))
+        .cooldown(Duration::from_millis(100))
+        .build()
+        .expect("valid");
+    let mut on_b = Watched::new(&b, &key, |b| {
+        b.failure_limit(Ratio::new(1, 1))
+            .cooldown(Duration::from_millis(100))
+    });
+    fail(&on_a).await;
+    assert!(
+        on_b.reaches(State::Open).await,
+        "the trip reached the fleet"
+    );
+    let probe = loop {
+        match on_a.acquire().await {
+            Ok(p) => break p,
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    };
+    assert!(probe.is_probe(), "a fleet probe was leased");
+    probe.success();
+    assert!(
+        on_b.reaches(State::Closed).await,
+        "the probe's report closed it"
+    );
+    on_a.force_open_confirmed(Duration::from_secs(60))
+        .await
+        .expect("the override is accepted");
+    assert!(on_b.reaches(State::Open).await);
+}
+
+/// Hardening II, 1 (refusal): a role that may read but not write the table cannot move a
+/// breaker through the functions (they run as the owner), and the override says why.
+#[tokio::test]
+async fn read_only_role_cannot_change_breakers() {
+    let db = test_db().await;
+    let owner = migrated(&db).await;
+    let role = db
+        .role(&["GRANT SELECT ON public.rc_circuit_breakers TO {role}"])
+        .await;
+    let ro = connect_as(&db.conninfo_as(&role)).await;
+    let e = ro
+        .query("SELECT * FROM rc_force('default', 'k', 'OPEN', 1000)", &[])
+        .await
+        .expect_err("refused");
+    assert!(
+        message(&e).contains("may not change circuit breakers"),
+        "{e:?}"
+    );
+    let e = ro
+        .query("SELECT rc_notify_key()", &[])
+        .await
+        .expect_err("the key is for writers only");
+    assert!(
+        message(&e).contains("may not change circuit breakers"),
+        "{e:?}"
+    );
+
+    // An instance on it still follows the fleet (notifications confirmed from the table).
+    let ro_storage =
+        Storage::connect_with(PostgresOptions::from_dsn(&db.conninfo_as(&role)).expect("dsn"))
+            .await
+            .expect("a reader connects");
+    let key = unique_key("ro");
+    let mut seen = Watched::new(&ro_storage, &key, |b| b);
+    let writer = trip_fast(CircuitBreaker::builder(&key).storage(owner.clone()))
+        .build()
+        .expect("valid");
+    fail(&writer).await;
+    assert!(
+        seen.reaches(State::Open).await,
+        "a reader follows by confirmed notifications"
+    );
+    let err = seen
+        .cb
+        .force_closed_confirmed()
+        .await
+        .expect_err("the reader's override is refused");
+    assert!(
+        err.to_string().contains("may not change circuit breakers"),
+        "{err}"
+    );
+}
+
+/// Hardening II, 2: a DELETE racing a trip: the trip's INSERT waits for the deletion, so its
+/// version is newer and every instance ends OPEN, like the table.
+#[tokio::test]
+async fn delete_racing_a_trip_does_not_hide_the_open() {
+    let db = test_db().await;
+    let a = migrated(&db).await;
+    let key = unique_key("race");
+    let mut w = Watched::new(&a, &key, |b| b);
+    let admin = db.client().await;
+    admin
+        .execute(
+            "SELECT * FROM rc_force('default', $1, 'CLOSED', 0)",
+            &[&key],
+        )
+        .await
+        .expect("row");
+    let deleter = db.client().await;
+    let tripper = db.client().await;
+    let del_key = key.clone();
+    let deleting = tokio::spawn(async move {
+        deleter
+            .query(
+                "WITH d AS (DELETE FROM rc_circuit_breakers WHERE namespace = 'default' AND resource_key = $1 RETURNING 1)
+                 SELECT pg_sleep(1) FROM d",
+                &[&del_key],
+            )
+            .await
+    });
+    let active = |q: &'static str| {
+        let admin = &admin;
+        async move {
+            admin
+                .query_one(q, &[])
+                .await
+                .map(|r| r.get::<_, i64>(0))
+                .unwrap_or(0)
+                > 0
+        }
+    };
+    assert!(
+        eventually(WAIT, || active(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep' AND datname = current_database()"
+        ))
+        .await,
+        "the deletion holds the row"
+    );
+    let trip_key = key.clone();
+    let tripping = tokio::spawn(async move {
+        tripper
+            .query(
+                "SELECT * FROM rc_trip('default', $1, 60000, 5, '[]', NULL)",
+                &[&trip_key],
+            )
+            .await
+    });
+    assert!(
+        eventually(WAIT, || active("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%rc_trip%' AND datname = current_database()")).await,
+        "the trip waits for the deletion"
+    );
+    deleting.await.expect("task").expect("deleted");
+    tripping.await.expect("task").expect("tripped");
+    assert_eq!(row_state(&admin, &key).await.as_deref(), Some("OPEN"));
+    assert!(
+        w.reaches(State::Open).await,
+        "the instance believes the table"
+    );
+    // And a fresh look agrees.
+    let b = migrated(&db).await;
+    assert_eq!(b.state_of(&key), Some(State::Open));
+}
+
+/// Hardening II, 2 (the realistic form): a cleanup DELETE of many CLOSED rows while sessions
+/// trip some of those keys: every OPEN row is believed OPEN by the listening instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cleanup_delete_during_trips_hides_nothing() {
+    let db = test_db().await;
+    let a = migrated(&db).await;
+    let admin = db.client().await;
+    admin
+        .batch_execute(
+            "INSERT INTO rc_circuit_breakers (resource_key, state, updated_at)
+             SELECT 'old-' || i, 'CLOSED', now() - interval '8 days' FROM generate_series(1, 20000) i",
+        )
+        .await
+        .expect("old rows");
+    // The update trigger keeps updated_at current; put it back in the past.
+    admin
+        .batch_execute(
+            "ALTER TABLE rc_circuit_breakers DISABLE TRIGGER update_rc_circuit_breakers_updated_at;
+             UPDATE rc_circuit_breakers SET updated_at = now() - interval '8 days';
+             ALTER TABLE rc_circuit_breakers ENABLE TRIGGER update_rc_circuit_breakers_updated_at;",
+        )
+        .await
+        .expect("aged");
+    let cleaner = db.client().await;
+    let cleaning = tokio::spawn(async move {
+        cleaner
+            .execute(
+                "DELETE FROM rc_circuit_breakers WHERE state = 'CLOSED' AND updated_at < now() - interval '7 days'",
+                &[],
+            )
+            .await
+    });
+    let mut trippers = Vec::new();
+    for s in 0..4 {
+        let c = db.client().await;
+        trippers.push(tokio::spawn(async move {
+            for i in (s * 50..s * 50 + 50).map(|i| i * 97 % 20000 + 1) {
+                c.query(
+                    "SELECT * FROM rc_trip('default', $1, 600000, 5, '[]', NULL)",
+                    &[&format!("old-{i}")],
+                )
+                .await
+                .expect("trip");
+            }
+        }));
+    }
+    cleaning.await.expect("task").expect("cleanup");
+    for t in trippers {
+        t.await.expect("task");
+    }
+    let marker = unique_key("marker");
+    let mut m = Watched::new(&a, &marker, |b| b);
+    admin
+        .execute(
+            "INSERT INTO rc_circuit_breakers (resource_key, state, open_until) VALUES ($1, 'OPEN', now() + interval '1 hour')",
+            &[&marker],
+        )
+        .await
+        .expect("marker");
+    assert!(m.reaches(State::Open).await);
+    let open: Vec<String> = admin
+        .query(
+            "SELECT resource_key FROM rc_circuit_breakers WHERE state = 'OPEN' AND resource_key LIKE 'old-%'",
+            &[],
+        )
+        .await
+        .expect("rows")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(!open.is_empty());
+    let hidden: Vec<&String> = open
+        .iter()
+        .filter(|k| a.state_of(k) != Some(State::Open))
+        .collect();
+    assert!(
+        hidden.is_empty(),
+        "{} of {} OPEN rows believed otherwise: {hidden:?}",
+        hidden.len(),
+        open.len()
+    );
+}
+
+async fn one(client: &Client, sql: &str) -> (String, Option<i64>, Option<i64>) {
+    let row = client
+        .query_one(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+    (
+        row.get("o_state"),
+        row.get("o_lease_id"),
+        row.get("o_retry_ms"),
+    )
+}
+
+/// Hardening II, 3: the round's size is fixed when it starts; a later caller asking for fewer
+/// probes neither wedges the round nor resizes it.
+#[tokio::test]
+async fn round_size_is_fixed_when_it_starts() {
+    let db = test_db().await;
+    let _a = migrated(&db).await;
+    let c = db.client().await;
+    one(&c, "SELECT * FROM rc_trip('ns', 'w', 0, 3, '[]')").await;
+    let (state, lease, _) = one(
+        &c,
+        "SELECT * FROM rc_acquire_probe('ns', 'w', 'h1', 100, 3)",
+    )
+    .await;
+    assert_eq!(state, "HALF_OPEN");
+    let lease = lease.expect("a lease");
+    one(
+        &c,
+        &format!("SELECT * FROM rc_report_probe('ns', 'w', {lease}, true, 3, 3, 1000)"),
+    )
+    .await;
+    // Another instance with a smaller round asks: the round is still 3 (2 slots left).
+    let (_, l2, _) = one(
+        &c,
+        "SELECT * FROM rc_acquire_probe('ns', 'w', 'h2', 100, 1)",
+    )
+    .await;
+    let (_, l3, _) = one(
+        &c,
+        "SELECT * FROM rc_acquire_probe('ns', 'w', 'h2', 100, 1)",
+    )
+    .await;
+    let (_, l4, retry) = one(
+        &c,
+        "SELECT * FROM rc_acquire_probe('ns', 'w', 'h2', 100, 1)",
+    )
+    .await;
+    assert!(
+        l2.is_some() && l3.is_some(),
+        "two more slots in a round of 3"
+    );
+    assert!(l4.is_none(), "no fourth slot");
+    assert!(
+        retry.is_some_and(|ms| ms > 0 && ms <= 100),
+        "told when to ask again: {retry:?}"
+    );
+    // The leases expire unused: their slots come back, whoever asks.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let (_, l5, _) = one(
+        &c,
+        "SELECT * FROM rc_acquire_probe('ns', 'w', 'h3', 1000, 1)",
+    )
+    .await;
+    let l5 = l5.expect("an expired lease's slot is free again");
+    let (_, l6, _) = one(
+        &c,
+        "SELECT * FROM rc_acquire_probe('ns', 'w', 'h3', 1000, 1)",
+    )
+    .await;
+    let l6 = l6.expect("a round of 3 has room for it");
+    one(
+        &c,
+        &format!("SELECT * FROM rc_report_probe('ns', 'w', {l5}, true, 1, 1, 1000)"),
+    )
+    .await;
+    let (state, ..) = one(
+        &c,
+        &format!("SELECT * FROM rc_report_probe('ns', 'w', {l6}, true, 1, 1, 1000)"),
+    )
+    .await;
+    assert_eq!(state, "CLOSED", "three successes close a round of 3");
+    for bad in ["0", "-1", "NULL"] {
+        let e = c
+            .query(
+                &format!("SELECT * FROM rc_acquire_probe('ns', 'w', 'h', 100, {bad})"),
+                &[],
+            )
+            .await
+            .expect_err("refused");
+        assert!(
+            message(&e).contains("probe count must be at least 1"),
+            "{bad}: {e:?}"
+        );
+    }
+}
+
+/// Hardening II, 4: a round begun by a plain write (the ancestor, an operator) starts clean:
+/// counts and leases of an earlier round do not carry over, and a stale lease's report does not
+/// count in the new round.
+#[tokio::test]
+async fn rounds_have_an_identity() {
+    let db = test_db().await;
+    let _a = migrated(&db).await;
+    let c = db.client().await;
+    one(&c, "SELECT * FROM rc_trip('ns', 'r', 0, 3, '[]')").await;
+    let (_, l1, _) = one(
+        &c,
+        "SELECT * FROM rc_acquire_probe('ns', 'r', 'h', 60000, 3)",
+    )
+    .await;
+    let (_, l2, _) = one(
+        &c,
+        "SELECT * FROM rc_acquire_probe('ns', 'r', 'h', 60000, 3)",
+    )
+    .await;
+    let (l1, l2) = (l1.expect("lease"), l2.expect("lease"));
+    one(
+        &c,
+        &format!("SELECT * FROM rc_report_probe('ns', 'r', {l1}, true, 3, 3, 1000)"),
+    )
+    .await;
+    // An operator reopens it, then the ancestor moves it to HALF_OPEN itself.
+    c.batch_execute(
+        "UPDATE rc_circuit_breakers SET state = 'OPEN', open_until = now() - interval '1 s' WHERE resource_key = 'r';
+         UPDATE rc_circuit_breakers SET state = 'HALF_OPEN' WHERE resource_key = 'r';",
+    )
+    .await
+    .expect("plain writes");
+    let row = c
+        .query_one(
+            "SELECT probe_successes, probe_failures, round_id = version AS fresh,
+                    (SELECT count(*) FROM rc_probe_leases WHERE resource_key = 'r') AS leases
+             FROM rc_circuit_breakers WHERE resource_key = 'r'",
+            &[],
+        )
+        .await
+        .expect("row");
+    assert_eq!(row.get::<_, i32>(0), 0, "successes reset");
+    assert_eq!(row.get::<_, i32>(1), 0, "failures reset");
+    assert!(row.get::<_, bool>(2), "a new round id");
+    assert_eq!(row.get::<_, i64>(3), 0, "the old round's leases are gone");
+    // The old round's second lease reports: it does not count.
+    one(
+        &c,
+        &format!("SELECT * FROM rc_report_probe('ns', 'r', {l2}, true, 3, 3, 1000)"),
+    )
+    .await;
+    let n: i32 = c
+        .query_one(
+            "SELECT probe_successes FROM rc_circuit_breakers WHERE resource_key = 'r'",
+            &[],
+        )
+        .await
+        .expect("row")
+        .get(0);
+    assert_eq!(n, 0, "a stale lease's report counted in the new round");
+    // The new round is sized by its first asker and closes after its own probes only.
+    let mut leases = Vec::new();
+    for _ in 0..2 {
+        let (_, l, _) = one(
+            &c,
+            "SELECT * FROM rc_acquire_probe('ns', 'r', 'h', 60000, 2)",
+        )
+        .await;
+        leases.push(l.expect("lease"));
+    }
+    one(
+        &c,
+        &format!(
+            "SELECT * FROM rc_report_probe('ns', 'r', {}, true, 9, 9, 1000)",
+            leases[0]
+        ),
+    )
+    .await;
+    let (state, ..) = one(
+        &c,
+        &format!(
+            "SELECT * FROM rc_report_probe('ns', 'r', {}, true, 9, 9, 1000)",
+            leases[1]
+        ),
+    )
+    .await;
+    assert_eq!(state, "CLOSED");
+}
+
+/// Hardening II, 5: a table made by an older ancestor with `open_until timestamp` (no time zone)
+/// is converted, so a cooldown no longer depends on the writer's and reader's TimeZone.
+#[tokio::test]
+async fn old_timestamp_column_is_converted() {
+    let db = test_db().await;
+    let c = db.client().await;
+    c.batch_execute(
+        "CREATE TABLE public.rc_circuit_breakers (
+             resource_key varchar(255) NOT NULL, namespace varchar(255) NOT NULL DEFAULT 'default',
+             state varchar(50) NOT NULL, failure_count integer NOT NULL DEFAULT 0,
+             open_until timestamp NULL, execution_log jsonb NULL,
+             created_at timestamp DEFAULT now(), updated_at timestamp DEFAULT now(),
+             PRIMARY KEY (resource_key, namespace))",
+    )
+    .await
+    .expect("the old table");
+    let _a = migrated(&db).await;
+    let ty: String = c
+        .query_one(
+            "SELECT data_type FROM information_schema.columns WHERE table_name = 'rc_circuit_breakers' AND column_name = 'open_until'",
+            &[],
+        )
+        .await
+        .expect("column")
+        .get(0);
+    assert_eq!(ty, "timestamp with time zone");
+    c.batch_execute("SET TimeZone = 'Asia/Tokyo'")
+        .await
+        .expect("tz");
+    c.query(
+        "SELECT * FROM rc_trip('default', 'tz', 30000, 1, '[]')",
+        &[],
+    )
+    .await
+    .expect("trip");
+    let utc = db.client().await;
+    utc.batch_execute("SET TimeZone = 'UTC'").await.expect("tz");
+    let left: i64 = utc
+        .query_one(
+            "SELECT rc_remaining_ms(open_until) FROM rc_circuit_breakers WHERE resource_key = 'tz'",
+            &[],
+        )
+        .await
+        .expect("row")
+        .get(0);
+    assert!((25_000..=30_000).contains(&left), "{left} ms left of 30 s");
+}
+
+/// Hardening II, 6: one bad element of a batch is reported for its key; the others apply.
+#[tokio::test]
+async fn one_bad_element_does_not_sink_a_batch() {
+    let db = test_db().await;
+    let _a = migrated(&db).await;
+    let c = db.client().await;
+    let rows = c
+        .query(
+            "SELECT o_key, o_state, o_error FROM rc_force_many('ns', ARRAY['a','b','c','d'],
+                 ARRAY['OPEN','OPEN','BOGUS','OPEN'], ARRAY[1000, 9223372036854775807, 1000, NULL]::bigint[])",
+            &[],
+        )
+        .await
+        .expect("the batch runs");
+    let got: Vec<(String, Option<String>, Option<String>)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(got[0].1.as_deref(), Some("OPEN"));
+    assert_eq!(
+        got[1].1.as_deref(),
+        Some("OPEN"),
+        "a huge cooldown is clamped"
+    );
+    assert!(
+        got[2]
+            .2
+            .as_deref()
+            .is_some_and(|e| e.contains("must be OPEN or CLOSED")),
+        "{got:?}"
+    );
+    assert!(
+        got[3]
+            .2
+            .as_deref()
+            .is_some_and(|e| e.contains("cooldown must not be NULL")),
+        "{got:?}"
+    );
+    let open: i64 = c
+        .query_one(
+            "SELECT count(*) FROM rc_circuit_breakers WHERE state = 'OPEN'",
+            &[],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(open, 2);
+    // Short arrays: the missing cooldown is NULL, refused for that key alone.
+    let rows = c
+        .query(
+            "SELECT o_key, o_state, o_error FROM rc_trip_many('ns', ARRAY['e','f'], ARRAY[1000]::bigint[],
+                 ARRAY[1,1], ARRAY['[]'::jsonb, '[]'::jsonb], NULL)",
+            &[],
+        )
+        .await
+        .expect("the batch runs");
+    assert_eq!(rows[0].get::<_, Option<String>>(1).as_deref(), Some("OPEN"));
+    assert!(rows[1]
+        .get::<_, Option<String>>(2)
+        .is_some_and(|e| e.contains("cooldown must not be NULL")));
+}
+
+/// Hardening II, 8: bad arguments get the function's own message, never a silent wrong answer.
+#[tokio::test]
+async fn functions_refuse_bad_arguments() {
+    let db = test_db().await;
+    let _a = migrated(&db).await;
+    let c = db.client().await;
+    let long = format!("{}  ", "k".repeat(255));
+    let cases = [
+        (
+            "SELECT * FROM rc_trip('ns', '', 1000, 1, '[]')",
+            "1 to 255 characters",
+        ),
+        (
+            "SELECT * FROM rc_trip('ns', NULL, 1000, 1, '[]')",
+            "1 to 255 characters",
+        ),
+        (
+            "SELECT * FROM rc_trip('ns', 'k', NULL, 1, '[]')",
+            "cooldown must not be NULL",
+        ),
+        (
+            "SELECT * FROM rc_force('ns', 'k', NULL, 1000)",
+            "must be OPEN or CLOSED, not NULL",
+        ),
+        (
+            "SELECT * FROM rc_force('ns', 'k', 'OPEN', NULL)",
+            "cooldown must not be NULL",
+        ),
+        (
+            "SELECT * FROM rc_trip('', 'k', 1000, 1, '[]')",
+            "namespace must have",
+        ),
+    ];
+    for (sql, expected) in cases {
+        let e = c.query(sql, &[]).await.expect_err(sql);
+        assert!(message(&e).contains(expected), "{sql}: {}", message(&e));
+    }
+    let e = c
+        .query("SELECT * FROM rc_trip('ns', $1, 1000, 1, '[]')", &[&long])
+        .await
+        .expect_err("a 257-character key is refused, not cut");
+    assert!(
+        message(&e).contains("1 to 255 characters"),
+        "{}",
+        message(&e)
+    );
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM rc_circuit_breakers", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(n, 0, "nothing was written");
+}
+
+/// Hardening II, 8: TRUNCATE is announced (instances reload and see every key CLOSED), and a
+/// notification carries the cooldown left when it commits, not when the row was written.
+#[tokio::test]
+async fn truncate_is_announced_and_cooldowns_count_from_commit() {
+    let db = test_db().await;
+    let a = migrated(&db).await;
+    let key = unique_key("trunc");
+    let mut w = Watched::new(&a, &key, |b| b);
+    let c = db.client().await;
+    c.execute(
+        "SELECT * FROM rc_force('default', $1, 'OPEN', 600000)",
+        &[&key],
+    )
+    .await
+    .expect("open");
+    assert!(w.reaches(State::Open).await);
+    c.batch_execute("TRUNCATE rc_circuit_breakers")
+        .await
+        .expect("truncate");
+    assert!(
+        w.reaches(State::Closed).await,
+        "a TRUNCATE reaches the instance"
+    );
+
+    let late = unique_key("late");
+    let mut l = Watched::new(&a, &late, |b| b);
+    c.batch_execute(&format!(
+        "BEGIN; SELECT * FROM rc_force('default', '{late}', 'OPEN', 3000); SELECT pg_sleep(1.5); COMMIT;"
+    ))
+    .await
+    .expect("a slow transaction");
+    assert!(l.reaches(State::Open).await);
+    let left = l.cb.cooldown_remaining();
+    assert!(
+        left <= Duration::from_millis(1600),
+        "{left:?} left of a 3 s cooldown committed 1.5 s late"
+    );
+}
+
+/// The functions the code calls exist in the catalog with the argument types it sends.
+#[tokio::test]
+async fn statements_match_the_catalog() {
+    let db = test_db().await;
+    let _a = migrated(&db).await;
+    let c = db.client().await;
+    for f in resilient_circuit::storage::postgres::statements::FUNCTIONS {
+        let found: bool = c
+            .query_one(
+                "SELECT to_regprocedure($1) IS NOT NULL",
+                &[&format!("public.{f}")],
+            )
+            .await
+            .expect("catalog")
+            .get(0);
+        assert!(found, "{f} is not in pg_proc");
+    }
+}
+
+/// The migration list compiled into the crate is exactly the files of `sql/`, in order.
+#[test]
+fn migration_list_matches_the_sql_folder() {
+    let mut files: Vec<String> = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/sql"))
+        .expect("sql/")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".sql"))
+        .collect();
+    files.sort();
+    let listed: Vec<String> = resilient_circuit::storage::postgres::migrate::MIGRATIONS
+        .iter()
+        .map(|m| format!("{:04}_{}.sql", m.version, m.name))
+        .collect();
+    assert_eq!(files, listed);
+}
