@@ -38,7 +38,7 @@
 //!
 //! # Metrics
 //!
-//! Through the [`metrics`](https://docs.rs/metrics) facade (free when no recorder is installed):
+//! Through the [`metrics`] facade (free when no recorder is installed):
 //! `resilient_circuit_transitions_total{to}`, `resilient_circuit_rejected_total`,
 //! `resilient_circuit_degraded{namespace}` (0 or 1), `resilient_circuit_resyncs_total`,
 //! `resilient_circuit_listener_reconnects_total`, `resilient_circuit_bad_notifications_total`.
@@ -48,9 +48,10 @@
 //! * [`breaker`]: `CircuitBreaker`, `Permit`, `Outcome` — what callers touch.
 //! * `cell`: one key's state word and private lock — **the hot path**, and every atomic ordering.
 //! * `policy`, `window`: the pure decision rules and the outcome ring, testable without a clock.
-//! * [`storage`]: the key map; `storage::postgres` holds the shared backend, its listener
-//!   (`listener.rs`), its outbox of transitions (`publish.rs`) and its SQL calls; the SQL itself
-//!   lives in `sql/` as numbered migrations.
+//! * [`storage`]: the key map; `storage::postgres` holds the shared backend: its listener
+//!   (`listener.rs`), who wins between local decisions and the table (`precedence.rs`), its
+//!   outbox of transitions (`publish.rs`) and every statement it sends (`statements.rs`); the
+//!   SQL itself lives in `sql/` as numbered migrations.
 //! * [`clock`]: monotonic time, injectable for tests.
 
 #![warn(missing_docs)]

@@ -747,3 +747,135 @@ async fn failed_publication_is_retried_while_the_listener_is_up() {
     );
     let _ = version_of(&client, &key).await;
 }
+
+/// Hardening I, 10: a probe lease's local deadline counts from the request, not from the
+/// answer: over a slow link, an instance must stop using a lease before the database lets
+/// someone else have its slot.
+#[tokio::test]
+async fn lease_deadline_counts_from_the_request() {
+    let db = test_db().await;
+    let proxy = Proxy::start(db.addr()).await;
+    let lease = Duration::from_secs(2);
+    let a = pool_behind(&db, &proxy, |o| o.lease_timeout(lease)).await;
+    let key = unique_key("lease");
+    let cb = CircuitBreaker::builder(&key)
+        .storage(a.clone())
+        .failure_limit(Ratio::new(1, 1))
+        .cooldown(Duration::from_millis(50))
+        .build()
+        .expect("valid");
+    fail(&cb).await;
+    assert!(eventually(WAIT, || async { a.pending_publications() == 0 }).await);
+    // Every packet of the pool now waits 500 ms: the lease is granted ~0.5 s after the request
+    // and its answer arrives ~1 s after it.
+    proxy.set_mode(Mode::Delay(Duration::from_millis(500)));
+    let client = db.client().await;
+    tokio::time::sleep(Duration::from_millis(60)).await; // the cooldown (50 ms) passes
+    let probe = loop {
+        match cb.acquire().await {
+            Ok(p) => break p,
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    };
+    drop(probe); // cancelled: the lease goes back to the instance for the next caller
+    let left: i64 = client
+        .query_one(
+            "SELECT ceil(extract(epoch FROM (max(expires_at) - clock_timestamp())) * 1000)::bigint
+             FROM rc_probe_leases WHERE resource_key = $1",
+            &[&key],
+        )
+        .await
+        .expect("the lease row")
+        .get(0);
+    // Just after the database's expiry, the instance must not start a probe on that lease.
+    tokio::time::sleep(Duration::from_millis(
+        u64::try_from(left).unwrap_or(0) + 100,
+    ))
+    .await;
+    proxy.set_mode(Mode::Pass);
+    assert!(
+        cb.try_acquire().is_err(),
+        "a lease the database has expired was still used locally"
+    );
+}
+
+/// Risk: a proxy that kills every session right after it connects must not make the listener
+/// reconnect and reload in a tight loop: the backoff grows across connections that die young.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_sessions_do_not_cause_a_reconnect_storm() {
+    let db = test_db().await;
+    let a = instance(&db).await;
+    let client = db.client().await;
+    let mut killed = std::collections::HashSet::new();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(4) {
+        let pids: Vec<i32> = client
+            .query(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database()
+                   AND application_name = 'resilient-circuit-listener'",
+                &[],
+            )
+            .await
+            .expect("pg_stat_activity")
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        for pid in pids {
+            if killed.insert(pid) {
+                let _ = client
+                    .execute("SELECT pg_terminate_backend($1)", &[&pid])
+                    .await;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(
+        killed.len() <= 12,
+        "{} listener sessions in 4 s: the reconnects are not backing off",
+        killed.len()
+    );
+    assert!(
+        killed.len() >= 3,
+        "the test killed {} sessions",
+        killed.len()
+    );
+    assert!(
+        eventually(Duration::from_secs(15), || async { !a.is_degraded() }).await,
+        "it reconnects once the killing stops"
+    );
+}
+
+/// Risk: a storm of notifications larger than the listener's buffer is neither kept without
+/// bound nor lost: the listener drops the excess and reloads every row (here it finds a change
+/// that no notification announced; reconciliation is an hour away).
+#[tokio::test]
+async fn notification_storm_past_the_buffer_reloads() {
+    let db = test_db().await;
+    let a = Storage::connect_with(
+        options(&db.conninfo())
+            .notification_buffer(8)
+            .reconcile_interval(Duration::from_secs(3600)),
+    )
+    .await
+    .expect("connects");
+    let key = unique_key("silent");
+    let w = Watched::new(&a, &key, |b| b);
+    let client = db.client().await;
+    client
+        .batch_execute(&format!(
+            "SET session_replication_role = replica;
+             INSERT INTO rc_circuit_breakers (resource_key, state, open_until, version)
+             VALUES ('{key}', 'OPEN', now() + interval '1 hour', 1000000);
+             SET session_replication_role = origin;
+             SELECT pg_notify('rc_circuit_breakers',
+                    rc_notify_payload('row', 'elsewhere', 'k' || i, 'OPEN', i, 0))
+             FROM generate_series(1, 2000) i;"
+        ))
+        .await
+        .expect("silent write, then a storm");
+    assert!(
+        eventually(WAIT, || async { w.cb.state() == State::Open }).await,
+        "the overflow made the listener reload"
+    );
+    assert!(!a.is_degraded());
+}

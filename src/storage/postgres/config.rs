@@ -403,6 +403,7 @@ pub struct PostgresOptions {
     pub(crate) connect_timeout: Duration,
     pub(crate) lease_timeout: Duration,
     pub(crate) pool_size: usize,
+    pub(crate) notification_buffer: usize,
     pub(crate) heartbeat_interval: Duration,
     pub(crate) keepalives: bool,
     pub(crate) keepalives_idle: Duration,
@@ -465,6 +466,7 @@ impl PostgresOptions {
             connect_timeout: Duration::from_secs(5),
             lease_timeout: Duration::from_secs(10),
             pool_size: 4,
+            notification_buffer: 16_384,
             heartbeat_interval: Duration::from_secs(2),
             keepalives: true,
             keepalives_idle: Duration::from_secs(10),
@@ -817,6 +819,14 @@ impl PostgresOptions {
         self
     }
 
+    /// How many notifications may wait between the LISTEN connection and the loop that applies
+    /// them. Past it the listener drops them and reloads every row instead, so a storm can
+    /// neither grow memory without bound nor lose a change. Default 16,384.
+    pub fn notification_buffer(mut self, size: usize) -> Self {
+        self.notification_buffer = size;
+        self
+    }
+
     /// A separate address for the LISTEN connection, as a URL or conninfo string; fields it does
     /// not set (user, password, dbname, TLS settings, …) are taken from the main settings, and
     /// an address given here (host, hostaddr or port) replaces the main one as a whole.
@@ -885,6 +895,12 @@ impl PostgresOptions {
                     });
                 }
             }
+        }
+        if self.notification_buffer == 0 {
+            return Err(ConfigError::InvalidSetting {
+                name: "notification_buffer",
+                reason: "must be at least 1".into(),
+            });
         }
         if self.pool_size == 0 {
             return Err(ConfigError::InvalidSetting {

@@ -28,10 +28,6 @@ use crate::State;
 /// The channel the trigger notifies on.
 pub(crate) const CHANNEL: &str = "rc_circuit_breakers";
 
-/// Notifications buffered between the connection and the listener loop. Past it the connection
-/// task drops them and asks for a full reload instead of growing without bound.
-const QUEUE: usize = 16_384;
-
 /// Notifications applied in one turn of the loop before the timers get a look.
 const TURN: usize = 256;
 
@@ -91,7 +87,7 @@ pub(crate) async fn open(shared: &Arc<Shared>) -> Result<Live, StorageError> {
                 })
             }
         };
-    let (tx, notes) = mpsc::channel(QUEUE);
+    let (tx, notes) = mpsc::channel(shared.opts.notification_buffer);
     let overflowed = Arc::new(AtomicBool::new(false));
     let flag = overflowed.clone();
     // Notifications only surface through poll_message, so the connection is driven here rather
