@@ -273,7 +273,7 @@ impl CircuitBreaker {
         result.map_err(CircuitError::Inner)
     }
 
-    /// Opens the breaker now for `cooldown` (at most [`MAX_DURATION`](crate::MAX_DURATION);
+    /// Opens the breaker now for `cooldown` (at most [`MAX_DURATION`];
     /// longer is clamped), whatever its window says: an operator's override. With a PostgreSQL
     /// storage the whole fleet follows: the override is sent in the background and retried
     /// until the database takes it. [`force_open_confirmed`](Self::force_open_confirmed) says

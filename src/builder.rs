@@ -57,7 +57,7 @@ impl Builder {
     }
 
     /// How long the breaker stays open before it lets probes through. At most
-    /// [`MAX_DURATION`](crate::MAX_DURATION) (ten years); `build` refuses a longer one.
+    /// [`MAX_DURATION`] (ten years); `build` refuses a longer one.
     pub fn cooldown(mut self, cooldown: Duration) -> Self {
         self.policy.cooldown = cooldown;
         self
