@@ -4,7 +4,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::cell::{Admission, Callback, KeyCell, Lease, Recorded, STATE_MASK};
+use crate::cell::{Admission, Callback, KeyCell, Lease, Recorded, StateWord};
 use crate::{
     Builder, ChangeOrigin, CircuitError, Rejected, State, Storage, StorageError, MAX_DURATION,
 };
@@ -221,7 +221,7 @@ impl CircuitBreaker {
     /// Only a lease request in flight can turn a rejected caller into a probe.
     fn may_wait(&self, rejected: &Rejected) -> bool {
         let cell = &self.inner.cell;
-        cell.fleet()
+        cell.is_fleet()
             && rejected.retry_after().is_none()
             && cell
                 .lease_requested
@@ -359,14 +359,14 @@ impl CircuitBreaker {
 pub struct Permit<'a> {
     breaker: &'a CircuitBreaker,
     /// The state word the call was admitted under.
-    admitted: u64,
+    admitted: StateWord,
     lease: Option<Lease>,
     reported: bool,
 }
 
 impl<'a> Permit<'a> {
     #[inline]
-    fn new(breaker: &'a CircuitBreaker, admitted: u64, lease: Option<Lease>) -> Self {
+    fn new(breaker: &'a CircuitBreaker, admitted: StateWord, lease: Option<Lease>) -> Self {
         Permit {
             breaker,
             admitted,
@@ -377,7 +377,7 @@ impl<'a> Permit<'a> {
 
     /// True when this call is a half-open probe.
     pub fn is_probe(&self) -> bool {
-        self.admitted & STATE_MASK != 0
+        !self.admitted.is_closed()
     }
 
     /// The call succeeded. On a closed, healthy breaker this is one atomic load.

@@ -39,9 +39,92 @@ use crate::storage::postgres::precedence::{FleetView, PendingTrip, Remote, Sourc
 use crate::window::OutcomeWindow;
 use crate::{ChangeOrigin, State, StatusChange};
 
-pub(crate) const STATE_MASK: u64 = 0b011;
-pub(crate) const CLEAN: u64 = 0b100;
+const STATE_MASK: u64 = 0b011;
+const CLEAN: u64 = 0b100;
 const EPOCH_SHIFT: u32 = 3;
+
+/// The packed state word (see the module doc); the only place its bits are read or written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct StateWord(u64);
+
+impl StateWord {
+    /// Epoch 0, closed, not clean: a new cell.
+    const INITIAL: StateWord = StateWord(0);
+
+    /// The state.
+    #[inline]
+    pub(crate) const fn state(self) -> State {
+        state_from_bits(self.0)
+    }
+
+    /// Closed (tested without decoding: the hot path's one compare).
+    #[inline]
+    pub(crate) const fn is_closed(self) -> bool {
+        self.0 & STATE_MASK == 0
+    }
+
+    /// Closed with a window full of successes: a success changes nothing.
+    #[inline]
+    const fn is_closed_and_clean(self) -> bool {
+        self.0 & (STATE_MASK | CLEAN) == CLEAN
+    }
+
+    /// Same epoch: no transition happened between the two words.
+    #[inline]
+    const fn same_epoch(self, other: StateWord) -> bool {
+        self.0 >> EPOCH_SHIFT == other.0 >> EPOCH_SHIFT
+    }
+
+    /// This word with the clean bit set or cleared.
+    #[inline]
+    const fn with_clean(self, clean: bool) -> StateWord {
+        if clean {
+            StateWord(self.0 | CLEAN)
+        } else {
+            StateWord(self.0 & !CLEAN)
+        }
+    }
+
+    /// The word after a transition to `to`: the next epoch, not clean.
+    #[inline]
+    const fn next(self, to: State) -> StateWord {
+        let epoch = (self.0 >> EPOCH_SHIFT).wrapping_add(1);
+        StateWord((epoch << EPOCH_SHIFT) | state_to_bits(to))
+    }
+}
+
+const fn state_to_bits(s: State) -> u64 {
+    match s {
+        State::Closed => 0,
+        State::Open => 1,
+        State::HalfOpen => 2,
+    }
+}
+
+const fn state_from_bits(bits: u64) -> State {
+    match bits & STATE_MASK {
+        0 => State::Closed,
+        1 => State::Open,
+        _ => State::HalfOpen,
+    }
+}
+
+/// A state and an optional duration in one word, for [`Rejected`](crate::Rejected): bits 62–63
+/// the state, bits 0–61 the duration in nanoseconds plus one (0: none).
+pub(crate) fn pack_rejection(state: State, retry_after: Option<Duration>) -> u64 {
+    const RETRY_BITS: u64 = (1 << 62) - 1;
+    let retry = retry_after.map_or(0, |d| duration_nanos(d).min(RETRY_BITS - 1) + 1);
+    (state_to_bits(state) << 62) | retry
+}
+
+/// The inverse of [`pack_rejection`].
+pub(crate) fn unpack_rejection(packed: u64) -> (State, Option<Duration>) {
+    let retry = match packed & ((1 << 62) - 1) {
+        0 => None,
+        n => Some(Duration::from_nanos(n - 1)),
+    };
+    (state_from_bits(packed >> 62), retry)
+}
 
 /// A status-change callback as stored by a breaker handle.
 pub(crate) type Callback = dyn Fn(&StatusChange) + Send + Sync;
@@ -58,9 +141,9 @@ pub(crate) struct Lease {
 #[derive(Debug)]
 pub(crate) enum Admission {
     /// Run; the word the call was admitted under.
-    Closed(u64),
+    Closed(StateWord),
     /// Run as a half-open probe.
-    Probe(u64, Option<Lease>),
+    Probe(StateWord, Option<Lease>),
     /// Do not run.
     Rejected {
         state: State,
@@ -149,7 +232,7 @@ impl std::fmt::Debug for KeyCell {
         f.debug_struct("KeyCell")
             .field("key", &self.key)
             .field("state", &self.state())
-            .field("fleet", &self.fleet())
+            .field("fleet", &self.is_fleet())
             .finish_non_exhaustive()
     }
 }
@@ -164,7 +247,7 @@ impl KeyCell {
         KeyCell {
             _written_below: CacheLine,
             key,
-            word: AtomicU64::new(State::Closed.to_bits()),
+            word: AtomicU64::new(StateWord::INITIAL.0),
             open_deadline: AtomicU64::new(0),
             probes_hint: AtomicU32::new(0),
             slow: Mutex::new(Slow {
@@ -188,12 +271,22 @@ impl KeyCell {
 
     /// True when half-open probes come from the shared store right now.
     #[inline]
-    pub(crate) fn fleet(&self) -> bool {
+    pub(crate) fn is_fleet(&self) -> bool {
         // Relaxed: a mode hint; a call that reads it just as the connection changes takes either
         // path, and both are safe (a lease reported while offline simply expires).
         self.online
             .as_ref()
             .is_some_and(|o| o.load(Ordering::Relaxed))
+    }
+
+    #[inline]
+    fn load(&self, order: Ordering) -> StateWord {
+        StateWord(self.word.load(order))
+    }
+
+    #[inline]
+    fn store(&self, w: StateWord, order: Ordering) {
+        self.word.store(w.0, order);
     }
 
     fn lock(&self) -> MutexGuard<'_, Slow> {
@@ -216,13 +309,13 @@ impl KeyCell {
             slow.half_open = OutcomeWindow::new(policy.probe_count());
             // No permit is out (permits borrow a live handle), so a half-open round restarts
             // with the new probe count.
-            let cur = self.word.load(Ordering::Relaxed);
-            if State::from_bits(cur) == State::HalfOpen && !self.fleet() {
+            let cur = self.load(Ordering::Relaxed);
+            if cur.state() == State::HalfOpen && !self.is_fleet() {
                 slow.probes_free = policy.probe_count();
                 self.probes_hint.store(slow.probes_free, Ordering::Relaxed);
             }
             // The new window is empty, so it is not clean any more.
-            self.word.store(cur & !CLEAN, Ordering::Release);
+            self.store(cur.with_clean(false), Ordering::Release);
         }
         slow.handles += 1;
         Ok(())
@@ -242,13 +335,13 @@ impl KeyCell {
     #[inline]
     pub(crate) fn state(&self) -> State {
         // Relaxed: the caller gets a state, no data published with it.
-        State::from_bits(self.word.load(Ordering::Relaxed))
+        self.load(Ordering::Relaxed).state()
     }
 
     /// Time left in the current cooldown (zero when not open or already over).
     pub(crate) fn cooldown_remaining(&self) -> Duration {
-        let w = self.word.load(Ordering::Acquire);
-        if State::from_bits(w) != State::Open {
+        let w = self.load(Ordering::Acquire);
+        if w.state() != State::Open {
             return Duration::ZERO;
         }
         let deadline = self.open_deadline.load(Ordering::Relaxed);
@@ -261,30 +354,30 @@ impl KeyCell {
     pub(crate) fn admit(&self) -> Admission {
         // Acquire pairs with the Release store of every transition: if we see Open we also see
         // its deadline.
-        let w = self.word.load(Ordering::Acquire);
-        if w & STATE_MASK == 0 {
+        let w = self.load(Ordering::Acquire);
+        if w.is_closed() {
             return Admission::Closed(w);
         }
         self.admit_slow(w)
     }
 
     #[cold]
-    fn admit_slow(&self, mut w: u64) -> Admission {
+    fn admit_slow(&self, mut w: StateWord) -> Admission {
         // Other threads may move the breaker while we look (start a round, finish it, reopen):
         // look again a few times rather than reject with a state that no longer holds.
         for _ in 0..4 {
-            match State::from_bits(w) {
+            match w.state() {
                 State::Closed => return Admission::Closed(w),
                 State::HalfOpen => {
                     if let Some(p) = self.take_probe() {
                         return p;
                     }
-                    let now = self.word.load(Ordering::Acquire);
-                    if State::from_bits(now) == State::HalfOpen {
+                    let now = self.load(Ordering::Acquire);
+                    if now.state() == State::HalfOpen {
                         return Admission::Rejected {
                             state: State::HalfOpen,
                             retry_after: None,
-                            wants_lease: self.fleet() && self.may_ask_lease(),
+                            wants_lease: self.is_fleet() && self.may_ask_lease(),
                         };
                     }
                     w = now;
@@ -299,7 +392,7 @@ impl KeyCell {
                             wants_lease: false,
                         };
                     }
-                    if self.fleet() {
+                    if self.is_fleet() {
                         // The database starts the half-open round, not us.
                         return self.take_probe().unwrap_or_else(|| Admission::Rejected {
                             state: State::Open,
@@ -308,7 +401,7 @@ impl KeyCell {
                         });
                     }
                     let mut slow = self.lock();
-                    let started = if self.word.load(Ordering::Relaxed) == w {
+                    let started = if self.load(Ordering::Relaxed) == w {
                         slow.probes_free = slow.policy.probe_count();
                         Some(self.set_state(&mut slow, State::HalfOpen, None))
                     } else {
@@ -319,13 +412,13 @@ impl KeyCell {
                         // Outside the lock: callbacks may call back into this breaker.
                         self.notify(t, ChangeOrigin::Local);
                     }
-                    w = self.word.load(Ordering::Acquire);
+                    w = self.load(Ordering::Acquire);
                 }
             }
         }
         // Still churning after four looks (a zero cooldown under heavy contention): reject with
         // what holds now.
-        let state = State::from_bits(w);
+        let state = w.state();
         if state == State::Closed {
             return Admission::Closed(w);
         }
@@ -365,8 +458,8 @@ impl KeyCell {
             return None;
         }
         let mut slow = self.lock();
-        let cur = self.word.load(Ordering::Relaxed);
-        if self.fleet() {
+        let cur = self.load(Ordering::Relaxed);
+        if self.is_fleet() {
             let now = self.clock.now_nanos();
             // A lease may outlive a round that ended elsewhere; the database ignores its result.
             while let Some(lease) = slow.leases.pop_front() {
@@ -379,7 +472,7 @@ impl KeyCell {
             self.probes_hint.store(0, Ordering::Relaxed);
             None
         } else {
-            if State::from_bits(cur) != State::HalfOpen || slow.probes_free == 0 {
+            if cur.state() != State::HalfOpen || slow.probes_free == 0 {
                 return None;
             }
             slow.probes_free -= 1;
@@ -390,13 +483,17 @@ impl KeyCell {
 
     /// Records a call's outcome. `admitted` is the word the call was admitted under.
     #[inline]
-    pub(crate) fn record(&self, admitted: u64, probe: Option<Lease>, success: bool) -> Recorded {
+    pub(crate) fn record(
+        &self,
+        admitted: StateWord,
+        probe: Option<Lease>,
+        success: bool,
+    ) -> Recorded {
         if success && probe.is_none() {
             // Fast path: same epoch, still closed and clean. Relaxed is enough: a success on a
             // window full of successes changes nothing, whatever happened in between.
-            let cur = self.word.load(Ordering::Relaxed);
-            if cur >> EPOCH_SHIFT == admitted >> EPOCH_SHIFT && cur & (STATE_MASK | CLEAN) == CLEAN
-            {
+            let cur = self.load(Ordering::Relaxed);
+            if cur.same_epoch(admitted) && cur.is_closed_and_clean() {
                 return Recorded::Nothing;
             }
         }
@@ -404,18 +501,18 @@ impl KeyCell {
     }
 
     #[cold]
-    fn record_slow(&self, admitted: u64, probe: Option<Lease>, success: bool) -> Recorded {
+    fn record_slow(&self, admitted: StateWord, probe: Option<Lease>, success: bool) -> Recorded {
         if let Some(lease) = probe {
             // A leased probe's result belongs to the database's round, even if we went offline
             // meanwhile (it then fails to report and the lease expires).
             return Recorded::Report(lease, success);
         }
         let mut slow = self.lock();
-        let cur = self.word.load(Ordering::Relaxed);
-        if cur >> EPOCH_SHIFT != admitted >> EPOCH_SHIFT {
+        let cur = self.load(Ordering::Relaxed);
+        if !cur.same_epoch(admitted) {
             return Recorded::Nothing; // admitted under an earlier state: counts as neither
         }
-        match State::from_bits(cur) {
+        match cur.state() {
             State::Closed => {
                 slow.closed.push(success);
                 if slow.policy.closed_trips(&slow.closed) {
@@ -423,10 +520,10 @@ impl KeyCell {
                     return Recorded::Changed(self.set_state(&mut slow, State::Open, deadline));
                 }
                 let clean = slow.closed.is_full() && slow.closed.failures() == 0;
-                let next = if clean { cur | CLEAN } else { cur & !CLEAN };
+                let next = cur.with_clean(clean);
                 if next != cur {
                     // Release for symmetry with transitions; nothing else is published here.
-                    self.word.store(next, Ordering::Release);
+                    self.store(next, Ordering::Release);
                 }
                 Recorded::Nothing
             }
@@ -446,17 +543,17 @@ impl KeyCell {
     }
 
     /// A permit dropped without an outcome: a probe gives its slot back.
-    pub(crate) fn cancel(&self, admitted: u64, probe: Option<Lease>) {
+    pub(crate) fn cancel(&self, admitted: StateWord, probe: Option<Lease>) {
         let mut slow = self.lock();
-        let cur = self.word.load(Ordering::Relaxed);
+        let cur = self.load(Ordering::Relaxed);
         if let Some(lease) = probe {
             // The lease is still ours until it expires; keep it for the next caller.
-            if State::from_bits(cur) == State::HalfOpen {
+            if cur.state() == State::HalfOpen {
                 slow.leases.push_back(lease);
                 self.probes_hint
                     .store(slow.leases.len() as u32, Ordering::Relaxed);
             }
-        } else if cur == admitted && State::from_bits(cur) == State::HalfOpen {
+        } else if cur == admitted && cur.state() == State::HalfOpen {
             slow.probes_free += 1;
             self.probes_hint.store(slow.probes_free, Ordering::Relaxed);
         } else {
@@ -477,8 +574,8 @@ impl KeyCell {
     /// Changes state under the lock; returns the transition. Windows of the state entered start
     /// empty.
     fn set_state(&self, slow: &mut Slow, to: State, deadline: Option<u64>) -> Transition {
-        let cur = self.word.load(Ordering::Relaxed);
-        let from = State::from_bits(cur);
+        let cur = self.load(Ordering::Relaxed);
+        let from = cur.state();
         if let Some(d) = deadline {
             self.open_deadline.store(d, Ordering::Relaxed);
         }
@@ -491,17 +588,15 @@ impl KeyCell {
             slow.leases.clear();
             slow.probes_free = 0;
         }
-        let hint = if self.fleet() {
+        let hint = if self.is_fleet() {
             slow.leases.len() as u32
         } else {
             slow.probes_free
         };
         self.probes_hint.store(hint, Ordering::Relaxed);
         self.lease_retry_at.store(0, Ordering::Relaxed);
-        let epoch = (cur >> EPOCH_SHIFT).wrapping_add(1);
         // Release: publishes the deadline, the probe hint and the cleared windows with the word.
-        self.word
-            .store((epoch << EPOCH_SHIFT) | to.to_bits(), Ordering::Release);
+        self.store(cur.next(to), Ordering::Release);
         self.changed.notify_waiters();
         Transition { from, to }
     }
@@ -519,7 +614,7 @@ impl KeyCell {
             return None;
         };
         let deadline = self.deadline_after(r.remaining);
-        let cur = State::from_bits(self.word.load(Ordering::Relaxed));
+        let cur = self.load(Ordering::Relaxed).state();
         if cur == r.state {
             if r.state == State::Open {
                 if let Some(d) = deadline {
@@ -529,7 +624,7 @@ impl KeyCell {
             }
             return None;
         }
-        if r.state == State::HalfOpen && !self.fleet() {
+        if r.state == State::HalfOpen && !self.is_fleet() {
             // A round the fleet began, learned of just as the database went away: run it here.
             slow.probes_free = slow.policy.probe_count();
         }
@@ -676,3 +771,7 @@ impl KeyCell {
         Arc::strong_count(self) == 1 && self.state() == State::Closed
     }
 }
+
+#[cfg(test)]
+#[path = "cell_tests.rs"]
+mod tests;

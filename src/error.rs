@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::cell::KeyCell;
+use crate::cell::{pack_rejection, unpack_rejection, KeyCell};
 use crate::{Ratio, State};
 
 /// A call refused by an open (or busy half-open) breaker: the protected operation did not run.
@@ -14,23 +14,15 @@ use crate::{Ratio, State};
 #[derive(Clone)]
 pub struct Rejected {
     cell: Arc<KeyCell>,
-    /// Bits 62–63: the state; bits 0–61: `retry_after` in nanoseconds plus one (0: unknown).
+    /// The state and `retry_after`, packed by `cell.rs`.
     packed: u64,
 }
 
-const RETRY_BITS: u64 = (1 << 62) - 1;
-
 impl Rejected {
     pub(crate) fn new(cell: Arc<KeyCell>, state: State, retry_after: Option<Duration>) -> Self {
-        let retry = retry_after.map_or(0, |d| {
-            u64::try_from(d.as_nanos())
-                .unwrap_or(u64::MAX)
-                .min(RETRY_BITS - 1)
-                + 1
-        });
         Rejected {
             cell,
-            packed: (state.to_bits() << 62) | retry,
+            packed: pack_rejection(state, retry_after),
         }
     }
 
@@ -41,15 +33,12 @@ impl Rejected {
 
     /// The state that refused the call: `Open`, or `HalfOpen` when every probe slot is taken.
     pub fn state(&self) -> State {
-        State::from_bits(self.packed >> 62)
+        unpack_rejection(self.packed).0
     }
 
     /// How long until the cooldown ends, when the breaker is open and the time is known.
     pub fn retry_after(&self) -> Option<Duration> {
-        match self.packed & RETRY_BITS {
-            0 => None,
-            n => Some(Duration::from_nanos(n - 1)),
-        }
+        unpack_rejection(self.packed).1
     }
 }
 

@@ -46,3 +46,29 @@ fn half_open_table() {
         assert_eq!(p.half_open_verdict(&w), *verdict, "{outcomes:?}");
     }
 }
+
+/// The close threshold the database is given agrees with the local verdict, for every window
+/// and outcome count up to 12.
+#[test]
+fn close_threshold_agrees_with_the_verdict() {
+    for den in 1..=12u32 {
+        for num in 1..=den {
+            for success in [None, Some(Ratio::new(num, den))] {
+                let p = policy(Ratio::new(num, den), success);
+                let n = p.probe_count();
+                for successes in 0..=n {
+                    let mut w = OutcomeWindow::new(n);
+                    for i in 0..n {
+                        w.push(i < successes);
+                    }
+                    let closes = p.half_open_verdict(&w) == Some(State::Closed);
+                    assert_eq!(
+                        closes,
+                        successes >= p.probe_close_threshold(),
+                        "{p:?} with {successes} of {n} successes"
+                    );
+                }
+            }
+        }
+    }
+}

@@ -32,22 +32,6 @@ impl State {
             State::HalfOpen => "HALF_OPEN",
         }
     }
-
-    pub(crate) const fn to_bits(self) -> u64 {
-        match self {
-            State::Closed => 0,
-            State::Open => 1,
-            State::HalfOpen => 2,
-        }
-    }
-
-    pub(crate) const fn from_bits(bits: u64) -> State {
-        match bits & 3 {
-            0 => State::Closed,
-            1 => State::Open,
-            _ => State::HalfOpen,
-        }
-    }
 }
 
 impl fmt::Display for State {

@@ -1,0 +1,50 @@
+//! Unit tests of `cell.rs`: the state word's encoding.
+
+use super::*;
+use proptest::prelude::*;
+
+#[test]
+fn state_word_transitions() {
+    let w = StateWord::INITIAL;
+    assert!(w.is_closed() && !w.is_closed_and_clean());
+    let clean = w.with_clean(true);
+    assert!(clean.is_closed_and_clean() && clean.same_epoch(w));
+    let open = clean.next(State::Open);
+    assert_eq!(open.state(), State::Open);
+    assert!(!open.is_closed() && !open.same_epoch(clean));
+    assert!(
+        !open.with_clean(true).is_closed_and_clean(),
+        "only a closed word is clean"
+    );
+    let half = open.next(State::HalfOpen);
+    assert_eq!(
+        (half.state(), half.next(State::Closed).state()),
+        (State::HalfOpen, State::Closed)
+    );
+}
+
+proptest! {
+    /// A rejection's state and retry time survive packing (times past 2^62 ns saturate).
+    #[test]
+    fn rejection_round_trips(s in 0u8..3, nanos in proptest::option::of(any::<u64>())) {
+        let state = [State::Closed, State::Open, State::HalfOpen][usize::from(s)];
+        let retry = nanos.map(Duration::from_nanos);
+        let (st, back) = unpack_rejection(pack_rejection(state, retry));
+        prop_assert_eq!(st, state);
+        let limit = (1u64 << 62) - 2;
+        prop_assert_eq!(back, nanos.map(|n| Duration::from_nanos(n.min(limit))));
+    }
+
+    /// The epoch grows with every transition and the state is what was asked.
+    #[test]
+    fn next_changes_epoch_and_state(steps in proptest::collection::vec(0u8..3, 1..50)) {
+        let mut w = StateWord::INITIAL;
+        for s in steps {
+            let to = [State::Closed, State::Open, State::HalfOpen][usize::from(s)];
+            let n = w.next(to);
+            prop_assert!(!n.same_epoch(w));
+            prop_assert_eq!(n.state(), to);
+            w = n;
+        }
+    }
+}
