@@ -1,54 +1,58 @@
-//! The PostgreSQL backend: one [`Storage`] made by `connect` is one instance of the fleet.
+//! The PostgreSQL backend: one [`Storage`](crate::Storage) made by `connect` is one instance of
+//! the fleet. This file is the table of contents and the state the pieces share (`Shared`).
 //!
-//! An instance has
-//! * a dedicated LISTEN connection (`application_name` `resilient-circuit-listener`) driven by the
-//!   task in `listener.rs`, which applies every change to the local cells and
-//!   reloads the whole namespace after each (re)connect;
-//! * a small deadpool pool (`application_name` `resilient-circuit`) for the transition functions
-//!   (`statements.rs` lists every statement; the SQL is in `sql/`). deadpool because it is
-//!   async-native, small, recycles broken connections and its `prepare_cached` keeps each
-//!   function call to one round trip;
-//! * the storage's map of cells, which is the snapshot every breaker reads.
+//! | file | what it is for |
+//! |---|---|
+//! | `connect.rs` | making an instance: pool, schema, first snapshot, listener task; shutdown |
+//! | `listener.rs` | **the listener**: LISTEN, reload after every (re)connect, heartbeat, backoff |
+//! | `payload.rs` | NOTIFY payloads: parsing and HMAC authentication |
+//! | `precedence.rs` | **who wins** between our own decisions and what the table says |
+//! | `publish.rs` | the outbox: our trips and overrides, one entry per key, batched, retried |
+//! | `leases.rs` | fleet-wide half-open probes: leases and reports |
+//! | `pool.rs` | one transition call on a pooled connection, bounded and cancellable |
+//! | `statements.rs` | every statement we send and the columns we read back |
+//! | `callbacks.rs` | the thread that runs callbacks of transitions made elsewhere |
+//! | `migrate.rs` | the schema: `sql/` applied in order, with checksums |
+//! | `config.rs`, `tls.rs` | `PostgresOptions`, `RC_DB_*`, TLS modes |
 //!
-//! Transitions decided here are applied locally first (the instance stops its own calls at once)
-//! and then published through the outbox (`publish.rs`); the database's answer is applied as
-//! soon as it arrives, and the other instances follow by NOTIFY. Which of two conflicting
-//! versions of a key wins is decided in one place, `precedence.rs`. Callbacks of transitions
-//! made elsewhere run on their own thread (`callbacks.rs`).
+//! One trip, end to end: `Permit::failure` (`breaker.rs`) → the cell trips locally (`cell.rs`)
+//! → `publish_trip` below marks it pending with its basis → the outbox sends `rc_trip_many`
+//! (`publish.rs`, SQL in `sql/`) → the row lock, the trigger and the NOTIFY at commit → every
+//! listener verifies and applies it (`listener.rs`, `payload.rs`) by the rules of
+//! `precedence.rs` → each instance's cell changes state, and its callbacks run on
+//! `callbacks.rs`'s thread.
 
 mod callbacks;
 pub(crate) mod config;
+mod connect;
+mod leases;
 mod listener;
 pub mod migrate;
 mod payload;
+mod pool;
 pub(crate) mod precedence;
 mod publish;
 pub mod statements;
 pub(crate) mod tls;
 
+pub(crate) use connect::connect;
+
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use deadpool_postgres::{Hook, HookError, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::Pool;
 use postgres_openssl::MakeTlsConnector;
 use tokio::sync::watch;
-use tokio_postgres::types::ToSql;
-use tokio_postgres::Row;
-use tracing::Instrument;
 
 pub use config::{ParseSslModeError, PostgresOptions, SslMode, TargetSessionAttrs};
 
-use crate::cell::{KeyCell, Lease, Transition};
-use crate::clock::{duration_nanos, Clock, SystemClock};
-use crate::error::{describe_pg_error, StorageError};
+use crate::cell::{KeyCell, Transition};
+use crate::clock::{duration_nanos, Clock};
 use crate::policy::Policy;
-use crate::storage::{Backend, Storage, StorageInner};
+use crate::storage::StorageInner;
 use crate::State;
 use precedence::{Remote, Source};
-
-/// How long an instance waits before asking again for a probe lease after an error.
-const LEASE_ERROR_PAUSE: Duration = Duration::from_millis(250);
 
 /// One instance's link to the shared table; owned by its [`Storage`].
 pub(crate) struct Instance {
@@ -86,213 +90,7 @@ pub(crate) struct Shared {
     clock: Arc<dyn Clock>,
 }
 
-/// Connects an instance: see [`Storage::connect_with`].
-pub(crate) async fn connect(opts: PostgresOptions) -> Result<Storage, StorageError> {
-    let span = tracing::info_span!("resilient_circuit.connect", target = %opts.target(), namespace = %opts.namespace);
-    connect_inner(opts).instrument(span).await
-}
-
-async fn connect_inner(opts: PostgresOptions) -> Result<Storage, StorageError> {
-    let runtime = tokio::runtime::Handle::try_current().map_err(|_| StorageError::NoRuntime)?;
-    let tls = tls::make_tls(&opts)?;
-    let listener_tls = tls::make_listener_tls(&opts)?;
-    let manager = Manager::from_config(
-        opts.pg_config("resilient-circuit")?,
-        tls.clone(),
-        ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
-        },
-    );
-    // Server-side limits, so that a call the client gave up on cannot keep a row lock.
-    let limits = format!(
-        "SET statement_timeout = {0}; SET lock_timeout = {0}",
-        statements::millis(opts.statement_timeout)
-    );
-    let pool = Pool::builder(manager)
-        .max_size(opts.pool_size.max(1))
-        .runtime(Runtime::Tokio1)
-        .create_timeout(Some(opts.connect_timeout))
-        .wait_timeout(Some(opts.statement_timeout))
-        .post_create(Hook::async_fn(move |client, _| {
-            let limits = limits.clone();
-            Box::pin(async move {
-                client
-                    .batch_execute(&limits)
-                    .await
-                    .map_err(HookError::Backend)
-            })
-        }))
-        .build()
-        .map_err(|e| StorageError::Database {
-            during: "building the connection pool",
-            cause: e.to_string(),
-        })?;
-    let (shutdown_tx, shutdown_rx) = watch::channel(());
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let holder = format!(
-        "{}:{}:{:x}",
-        std::env::var("HOSTNAME").unwrap_or_else(|_| "host".into()),
-        std::process::id(),
-        clock.now_nanos()
-    );
-    let mut made = None;
-    let capacity = super::DEFAULT_MEMORY_CAPACITY;
-    let storage = Storage::with_backend_cyclic(capacity, clock.clone(), |weak| {
-        let shared = Arc::new(Shared {
-            opts: opts.clone(),
-            listener_tls,
-            pool_tls: tls,
-            pool,
-            storage: weak,
-            online: Arc::new(AtomicBool::new(false)),
-            schema_ready: AtomicBool::new(false),
-            max_seen: AtomicI64::new(0),
-            holder,
-            runtime,
-            outbox: publish::Outbox::default(),
-            callbacks: callbacks::Callbacks::start(),
-            clock,
-        });
-        made = Some(shared.clone());
-        Backend::Postgres(Instance {
-            shared,
-            _shutdown: shutdown_tx,
-        })
-    });
-    let Some(shared) = made else {
-        return Err(StorageError::Database {
-            during: "starting the instance",
-            cause: "internal: backend not built".into(),
-        });
-    };
-
-    // The schema check and the listener's connection at the same time (two round-trip chains,
-    // one wait); the snapshot then needs both, since it calls the schema's functions.
-    let (schema, opened) = tokio::join!(shared.prepare_schema(), listener::open(&shared));
-    let reachable = match schema {
-        Ok(()) => true,
-        Err(e @ StorageError::SchemaNotReady { .. }) => return Err(e),
-        Err(e) if opts.strict => return Err(e),
-        Err(e) => {
-            tracing::warn!(error = %e, "PostgreSQL is unreachable: breakers run on local state and reconnect in the background");
-            false
-        }
-    };
-    // The listener loads every row of the namespace before we return, so that a breaker built
-    // next is OPEN on its first call if the fleet's is.
-    let synced = match opened {
-        Ok(mut live) if reachable => listener::sync(&shared, &mut live).await.map(|()| live),
-        Ok(_) => Err(StorageError::Connect {
-            target: opts.target(),
-            cause: "the schema check failed".into(),
-        }),
-        Err(e) => Err(e),
-    };
-    let first = match synced {
-        Ok(live) => Some(live),
-        Err(e) if opts.strict => return Err(e),
-        Err(e) => {
-            if reachable {
-                tracing::warn!(error = %e, "the listener could not start: breakers run on local state and reconnect in the background");
-            }
-            None
-        }
-    };
-    shared.set_degraded(first.is_none());
-    let span = tracing::info_span!("resilient_circuit.listener", namespace = %opts.namespace);
-    tokio::spawn(listener::run(shared, first, shutdown_rx).instrument(span));
-    Ok(storage)
-}
-
 impl Shared {
-    /// Verifies the schema, applying the migrations when allowed; remembers success.
-    pub(crate) async fn prepare_schema(&self) -> Result<(), StorageError> {
-        let mut client = self.client("checking the schema").await?;
-        let r = match migrate::verify(&client).await {
-            Err(StorageError::SchemaNotReady { .. }) if self.opts.auto_create => {
-                migrate::migrate(&mut client).await.map(|_| ())
-            }
-            other => other,
-        };
-        if r.is_ok() {
-            self.schema_ready.store(true, Ordering::Relaxed);
-        }
-        r
-    }
-
-    /// A pooled connection, with errors that name the target and never the password.
-    async fn client(
-        &self,
-        during: &'static str,
-    ) -> Result<deadpool_postgres::Object, StorageError> {
-        self.pool.get().await.map_err(|e| {
-            let cause = match &e {
-                deadpool_postgres::PoolError::Backend(pg) => describe_pg_error(pg),
-                other => other.to_string(),
-            };
-            tracing::debug!(during, %cause, "no database connection");
-            StorageError::Connect {
-                target: self.opts.target(),
-                cause,
-            }
-        })
-    }
-
-    /// Runs one transition function: one round trip on a pooled connection (its statement
-    /// prepared once per connection), bounded by the statement timeout. A call the timeout
-    /// abandons is cancelled on the server too, so it does not keep a row lock.
-    async fn call_many(
-        &self,
-        during: &'static str,
-        sql: &str,
-        params: &[&(dyn ToSql + Sync)],
-    ) -> Result<Vec<Row>, StorageError> {
-        let mut cancel = None;
-        let work = async {
-            let client = self.client(during).await?;
-            cancel = Some(client.cancel_token());
-            let stmt = client
-                .prepare_cached(sql)
-                .await
-                .map_err(|e| StorageError::db(during, &e))?;
-            client
-                .query(&stmt, params)
-                .await
-                .map_err(|e| StorageError::db(during, &e))
-        };
-        let result = tokio::time::timeout(self.opts.statement_timeout, work).await;
-        match result {
-            Ok(r) => r,
-            Err(_) => {
-                if let Some(token) = cancel {
-                    let tls = self.pool_tls.clone();
-                    self.runtime.spawn(async move {
-                        let _ = token.cancel_query(tls).await;
-                    });
-                }
-                Err(StorageError::Timeout {
-                    after: self.opts.statement_timeout,
-                    during,
-                })
-            }
-        }
-    }
-
-    /// Runs one transition function that answers one row, decoded.
-    async fn call_one(
-        &self,
-        during: &'static str,
-        sql: &str,
-        params: &[&(dyn ToSql + Sync)],
-    ) -> Result<statements::RowState, StorageError> {
-        let rows = self.call_many(during, sql, params).await?;
-        let row = rows.first().ok_or(StorageError::Database {
-            during,
-            cause: "the function returned no row".into(),
-        })?;
-        statements::decode(row, during)
-    }
-
     /// Marks the instance connected or not. On a loss, half-open cells start local rounds (a
     /// fleet round needs the database) and callers waiting for a probe lease are woken.
     pub(crate) fn set_degraded(&self, degraded: bool) {
@@ -378,102 +176,6 @@ impl Instance {
         self.shared.is_degraded()
     }
 
-    /// Fleet mode: asks the database for a probe lease for `cell`, in the background. One
-    /// request per key at a time; when every slot of the round is leased, the database says
-    /// until when, and no one asks again before that (or before the state changes).
-    pub(crate) fn request_lease(&self, cell: &Arc<KeyCell>) {
-        // A plain load first: rejected callers arrive in crowds, and an unconditional swap would
-        // write to the cell on every one of them.
-        if cell.lease_requested.load(Ordering::Relaxed)
-            || cell.lease_requested.swap(true, Ordering::AcqRel)
-        {
-            return;
-        }
-        // Clears the flag however the task ends: finished, failed, or dropped unrun because
-        // the runtime that connected has shut down.
-        let guard = LeaseRequest(cell.clone());
-        let shared = self.shared.clone();
-        self.shared.runtime.spawn(async move {
-            let cell = &guard.0;
-            let policy = cell.policy();
-            let probes = i32::try_from(policy.probe_count()).unwrap_or(i32::MAX);
-            let close_at = i32::try_from(policy.probe_close_threshold()).unwrap_or(i32::MAX);
-            let lease_ms = statements::millis(shared.opts.lease_timeout);
-            // The lease's life counts from the request: a slow answer must not make it look
-            // younger than the database's.
-            let asked_at = shared.clock.now_nanos();
-            let r = shared
-                .call_one(
-                    "leasing a probe",
-                    statements::ACQUIRE_PROBE,
-                    &[
-                        &shared.opts.namespace,
-                        &&*cell.key,
-                        &shared.holder,
-                        &lease_ms,
-                        &probes,
-                        &close_at,
-                    ],
-                )
-                .await;
-            match r {
-                Ok(row) => {
-                    shared.apply(cell, row.remote(&cell.key), Source::Answer);
-                    match row.lease_id {
-                        Some(id) => {
-                            // Keep a margin so we never start a probe on a lease about to expire.
-                            let life = duration_nanos(shared.opts.lease_timeout) / 10 * 9;
-                            cell.add_leases([Lease {
-                                id,
-                                expires_at: asked_at.saturating_add(life),
-                            }]);
-                        }
-                        None => {
-                            // Every slot is leased (until the first lease expires), or the
-                            // cooldown is not over by the database's clock.
-                            let wait = row.retry_ms.unwrap_or(row.remaining_ms).max(1);
-                            cell.lease_refused_for(statements::remaining(wait));
-                        }
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(key = %cell.key, error = %e, "could not lease a probe");
-                    cell.lease_refused_for(LEASE_ERROR_PAUSE);
-                }
-            }
-        });
-    }
-
-    pub(crate) fn report_probe(&self, cell: &Arc<KeyCell>, lease: Lease, success: bool) {
-        let shared = self.shared.clone();
-        let cell = cell.clone();
-        self.shared.runtime.spawn(async move {
-            let policy = cell.policy();
-            let probes = i32::try_from(policy.probe_count()).unwrap_or(i32::MAX);
-            let close_at = i32::try_from(policy.probe_close_threshold()).unwrap_or(i32::MAX);
-            let cooldown_ms = statements::millis(policy.cooldown);
-            let r = shared
-                .call_one(
-                    "reporting a probe",
-                    statements::REPORT_PROBE,
-                    &[
-                        &shared.opts.namespace,
-                        &&*cell.key,
-                        &lease.id,
-                        &success,
-                        &probes,
-                        &close_at,
-                        &cooldown_ms,
-                    ],
-                )
-                .await;
-            match r {
-                Ok(row) => shared.apply(&cell, row.remote(&cell.key), Source::Answer),
-                Err(e) => tracing::warn!(key = %cell.key, error = %e, "could not report a probe result; its lease will expire"),
-            }
-        });
-    }
-
     /// Publishes a trip this instance decided: pending until the database answers, with the
     /// newest version seen as its basis (see `precedence.rs`).
     pub(crate) fn publish_trip(&self, cell: &Arc<KeyCell>, cooldown: Duration) {
@@ -502,15 +204,5 @@ impl Instance {
             publish::Force { to, cooldown, seq },
             done,
         );
-    }
-}
-
-/// Clears a cell's lease-request flag when dropped.
-struct LeaseRequest(Arc<KeyCell>);
-
-impl Drop for LeaseRequest {
-    fn drop(&mut self) {
-        self.0.lease_requested.store(false, Ordering::Release);
-        self.0.changed.notify_waiters();
     }
 }

@@ -1,0 +1,153 @@
+//! Making an instance: the pool (with server-side time limits), the schema check or migration,
+//! the listener's first connection and the first snapshot, then the listener task. The instance
+//! shuts down when its last `Storage` is dropped: that drops the shutdown sender, which ends the
+//! listener, and with it every connection.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
+
+use deadpool_postgres::{Hook, HookError, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio::sync::watch;
+use tracing::Instrument;
+
+use super::{
+    callbacks, listener, migrate, publish, statements, tls, Instance, PostgresOptions, Shared,
+};
+use crate::clock::{Clock, SystemClock};
+use crate::error::StorageError;
+use crate::storage::{Backend, Storage};
+
+/// Connects an instance: see [`Storage::connect_with`].
+pub(crate) async fn connect(opts: PostgresOptions) -> Result<Storage, StorageError> {
+    let span = tracing::info_span!("resilient_circuit.connect", target = %opts.target(), namespace = %opts.namespace);
+    connect_inner(opts).instrument(span).await
+}
+
+async fn connect_inner(opts: PostgresOptions) -> Result<Storage, StorageError> {
+    let runtime = tokio::runtime::Handle::try_current().map_err(|_| StorageError::NoRuntime)?;
+    let tls = tls::make_tls(&opts)?;
+    let listener_tls = tls::make_listener_tls(&opts)?;
+    let manager = Manager::from_config(
+        opts.pg_config("resilient-circuit")?,
+        tls.clone(),
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    // Server-side limits, so that a call the client gave up on cannot keep a row lock.
+    let limits = format!(
+        "SET statement_timeout = {0}; SET lock_timeout = {0}",
+        statements::millis(opts.statement_timeout)
+    );
+    let pool = Pool::builder(manager)
+        .max_size(opts.pool_size.max(1))
+        .runtime(Runtime::Tokio1)
+        .create_timeout(Some(opts.connect_timeout))
+        .wait_timeout(Some(opts.statement_timeout))
+        .post_create(Hook::async_fn(move |client, _| {
+            let limits = limits.clone();
+            Box::pin(async move {
+                client
+                    .batch_execute(&limits)
+                    .await
+                    .map_err(HookError::Backend)
+            })
+        }))
+        .build()
+        .map_err(|e| StorageError::Database {
+            during: "building the connection pool",
+            cause: e.to_string(),
+        })?;
+    let (shutdown_tx, shutdown_rx) = watch::channel(());
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let holder = format!(
+        "{}:{}:{:x}",
+        std::env::var("HOSTNAME").unwrap_or_else(|_| "host".into()),
+        std::process::id(),
+        clock.now_nanos()
+    );
+    let mut made = None;
+    let capacity = crate::storage::DEFAULT_MEMORY_CAPACITY;
+    let storage = Storage::with_backend_cyclic(capacity, clock.clone(), |weak| {
+        let shared = Arc::new(Shared {
+            opts: opts.clone(),
+            listener_tls,
+            pool_tls: tls,
+            pool,
+            storage: weak,
+            online: Arc::new(AtomicBool::new(false)),
+            schema_ready: AtomicBool::new(false),
+            max_seen: AtomicI64::new(0),
+            holder,
+            runtime,
+            outbox: publish::Outbox::default(),
+            callbacks: callbacks::Callbacks::start(),
+            clock,
+        });
+        made = Some(shared.clone());
+        Backend::Postgres(Instance {
+            shared,
+            _shutdown: shutdown_tx,
+        })
+    });
+    let Some(shared) = made else {
+        return Err(StorageError::Database {
+            during: "starting the instance",
+            cause: "internal: backend not built".into(),
+        });
+    };
+
+    // The schema check and the listener's connection at the same time (two round-trip chains,
+    // one wait); the snapshot then needs both, since it calls the schema's functions.
+    let (schema, opened) = tokio::join!(shared.prepare_schema(), listener::open(&shared));
+    let reachable = match schema {
+        Ok(()) => true,
+        Err(e @ StorageError::SchemaNotReady { .. }) => return Err(e),
+        Err(e) if opts.strict => return Err(e),
+        Err(e) => {
+            tracing::warn!(error = %e, "PostgreSQL is unreachable: breakers run on local state and reconnect in the background");
+            false
+        }
+    };
+    // The listener loads every row of the namespace before we return, so that a breaker built
+    // next is OPEN on its first call if the fleet's is.
+    let synced = match opened {
+        Ok(mut live) if reachable => listener::sync(&shared, &mut live).await.map(|()| live),
+        Ok(_) => Err(StorageError::Connect {
+            target: opts.target(),
+            cause: "the schema check failed".into(),
+        }),
+        Err(e) => Err(e),
+    };
+    let first = match synced {
+        Ok(live) => Some(live),
+        Err(e) if opts.strict => return Err(e),
+        Err(e) => {
+            if reachable {
+                tracing::warn!(error = %e, "the listener could not start: breakers run on local state and reconnect in the background");
+            }
+            None
+        }
+    };
+    shared.set_degraded(first.is_none());
+    let span = tracing::info_span!("resilient_circuit.listener", namespace = %opts.namespace);
+    tokio::spawn(listener::run(shared, first, shutdown_rx).instrument(span));
+    Ok(storage)
+}
+
+impl Shared {
+    /// Verifies the schema, applying the migrations when allowed; remembers success.
+    pub(crate) async fn prepare_schema(&self) -> Result<(), StorageError> {
+        let mut client = self.client("checking the schema").await?;
+        let r = match migrate::verify(&client).await {
+            Err(StorageError::SchemaNotReady { .. }) if self.opts.auto_create => {
+                migrate::migrate(&mut client).await.map(|_| ())
+            }
+            other => other,
+        };
+        if r.is_ok() {
+            self.schema_ready.store(true, Ordering::Relaxed);
+        }
+        r
+    }
+}

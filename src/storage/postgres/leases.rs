@@ -1,0 +1,123 @@
+//! Fleet-wide half-open probes: asking the database for a lease, and reporting a probe's result.
+//! One request per key at a time; when every slot of the round is leased, the database says until
+//! when, and nobody asks again before that or before the state changes.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::precedence::Source;
+use super::{statements, Instance};
+use crate::cell::{KeyCell, Lease};
+use crate::clock::duration_nanos;
+
+/// How long an instance waits before asking again for a probe lease after an error.
+const LEASE_ERROR_PAUSE: Duration = Duration::from_millis(250);
+
+impl Instance {
+    /// Fleet mode: asks the database for a probe lease for `cell`, in the background. One
+    /// request per key at a time; when every slot of the round is leased, the database says
+    /// until when, and no one asks again before that (or before the state changes).
+    pub(crate) fn request_lease(&self, cell: &Arc<KeyCell>) {
+        // A plain load first: rejected callers arrive in crowds, and an unconditional swap would
+        // write to the cell on every one of them.
+        if cell.lease_requested.load(Ordering::Relaxed)
+            || cell.lease_requested.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        // Clears the flag however the task ends: finished, failed, or dropped unrun because
+        // the runtime that connected has shut down.
+        let guard = LeaseRequest(cell.clone());
+        let shared = self.shared.clone();
+        self.shared.runtime.spawn(async move {
+            let cell = &guard.0;
+            let policy = cell.policy();
+            let probes = i32::try_from(policy.probe_count()).unwrap_or(i32::MAX);
+            let close_at = i32::try_from(policy.probe_close_threshold()).unwrap_or(i32::MAX);
+            let lease_ms = statements::millis(shared.opts.lease_timeout);
+            // The lease's life counts from the request: a slow answer must not make it look
+            // younger than the database's.
+            let asked_at = shared.clock.now_nanos();
+            let r = shared
+                .call_one(
+                    "leasing a probe",
+                    statements::ACQUIRE_PROBE,
+                    &[
+                        &shared.opts.namespace,
+                        &&*cell.key,
+                        &shared.holder,
+                        &lease_ms,
+                        &probes,
+                        &close_at,
+                    ],
+                )
+                .await;
+            match r {
+                Ok(row) => {
+                    shared.apply(cell, row.remote(&cell.key), Source::Answer);
+                    match row.lease_id {
+                        Some(id) => {
+                            // Keep a margin so we never start a probe on a lease about to expire.
+                            let life = duration_nanos(shared.opts.lease_timeout) / 10 * 9;
+                            cell.add_leases([Lease {
+                                id,
+                                expires_at: asked_at.saturating_add(life),
+                            }]);
+                        }
+                        None => {
+                            // Every slot is leased (until the first lease expires), or the
+                            // cooldown is not over by the database's clock.
+                            let wait = row.retry_ms.unwrap_or(row.remaining_ms).max(1);
+                            cell.lease_refused_for(statements::remaining(wait));
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(key = %cell.key, error = %e, "could not lease a probe");
+                    cell.lease_refused_for(LEASE_ERROR_PAUSE);
+                }
+            }
+        });
+    }
+
+    pub(crate) fn report_probe(&self, cell: &Arc<KeyCell>, lease: Lease, success: bool) {
+        let shared = self.shared.clone();
+        let cell = cell.clone();
+        self.shared.runtime.spawn(async move {
+            let policy = cell.policy();
+            let probes = i32::try_from(policy.probe_count()).unwrap_or(i32::MAX);
+            let close_at = i32::try_from(policy.probe_close_threshold()).unwrap_or(i32::MAX);
+            let cooldown_ms = statements::millis(policy.cooldown);
+            let r = shared
+                .call_one(
+                    "reporting a probe",
+                    statements::REPORT_PROBE,
+                    &[
+                        &shared.opts.namespace,
+                        &&*cell.key,
+                        &lease.id,
+                        &success,
+                        &probes,
+                        &close_at,
+                        &cooldown_ms,
+                    ],
+                )
+                .await;
+            match r {
+                Ok(row) => shared.apply(&cell, row.remote(&cell.key), Source::Answer),
+                Err(e) => tracing::warn!(key = %cell.key, error = %e, "could not report a probe result; its lease will expire"),
+            }
+        });
+    }
+}
+
+/// Clears a cell's lease-request flag when dropped.
+struct LeaseRequest(Arc<KeyCell>);
+
+impl Drop for LeaseRequest {
+    fn drop(&mut self) {
+        self.0.lease_requested.store(false, Ordering::Release);
+        self.0.changed.notify_waiters();
+    }
+}

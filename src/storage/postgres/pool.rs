@@ -1,0 +1,83 @@
+//! Transition calls: one statement on a pooled connection, prepared once per connection,
+//! bounded by the statement timeout, and cancelled on the server when the client gives up.
+
+use tokio_postgres::types::ToSql;
+use tokio_postgres::Row;
+
+use super::{statements, Shared};
+use crate::error::{describe_pg_error, StorageError};
+
+impl Shared {
+    /// A pooled connection, with errors that name the target and never the password.
+    pub(crate) async fn client(
+        &self,
+        during: &'static str,
+    ) -> Result<deadpool_postgres::Object, StorageError> {
+        self.pool.get().await.map_err(|e| {
+            let cause = match &e {
+                deadpool_postgres::PoolError::Backend(pg) => describe_pg_error(pg),
+                other => other.to_string(),
+            };
+            tracing::debug!(during, %cause, "no database connection");
+            StorageError::Connect {
+                target: self.opts.target(),
+                cause,
+            }
+        })
+    }
+
+    /// Runs one transition function: one round trip on a pooled connection (its statement
+    /// prepared once per connection), bounded by the statement timeout. A call the timeout
+    /// abandons is cancelled on the server too, so it does not keep a row lock.
+    pub(crate) async fn call_many(
+        &self,
+        during: &'static str,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, StorageError> {
+        let mut cancel = None;
+        let work = async {
+            let client = self.client(during).await?;
+            cancel = Some(client.cancel_token());
+            let stmt = client
+                .prepare_cached(sql)
+                .await
+                .map_err(|e| StorageError::db(during, &e))?;
+            client
+                .query(&stmt, params)
+                .await
+                .map_err(|e| StorageError::db(during, &e))
+        };
+        let result = tokio::time::timeout(self.opts.statement_timeout, work).await;
+        match result {
+            Ok(r) => r,
+            Err(_) => {
+                if let Some(token) = cancel {
+                    let tls = self.pool_tls.clone();
+                    self.runtime.spawn(async move {
+                        let _ = token.cancel_query(tls).await;
+                    });
+                }
+                Err(StorageError::Timeout {
+                    after: self.opts.statement_timeout,
+                    during,
+                })
+            }
+        }
+    }
+
+    /// Runs one transition function that answers one row, decoded.
+    pub(crate) async fn call_one(
+        &self,
+        during: &'static str,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<statements::RowState, StorageError> {
+        let rows = self.call_many(during, sql, params).await?;
+        let row = rows.first().ok_or(StorageError::Database {
+            during,
+            cause: "the function returned no row".into(),
+        })?;
+        statements::decode(row, during)
+    }
+}
