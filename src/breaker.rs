@@ -221,11 +221,7 @@ impl CircuitBreaker {
     /// Only a lease request in flight can turn a rejected caller into a probe.
     fn may_wait(&self, rejected: &Rejected) -> bool {
         let cell = &self.inner.cell;
-        cell.is_fleet()
-            && rejected.retry_after().is_none()
-            && cell
-                .lease_requested
-                .load(std::sync::atomic::Ordering::Acquire)
+        cell.is_fleet() && rejected.retry_after().is_none() && cell.lease_request_in_flight()
     }
 
     /// Runs `f` if the breaker admits it; every `Err` counts as a failure, every `Ok` as a

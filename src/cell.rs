@@ -209,14 +209,14 @@ pub(crate) struct KeyCell {
     _written_below: CacheLine,
     slow: Mutex<Slow>,
     /// Set while a lease request to the shared store is in flight, so callers do not flood it.
-    pub(crate) lease_requested: AtomicBool,
+    lease_requested: AtomicBool,
     /// Clock nanoseconds before which asking the database for a probe lease is pointless (every
     /// slot of the round is leased until then); 0 when it may be asked. Reset by every
     /// transition, since a NOTIFY of a new state is the other reason to ask again.
     lease_retry_at: AtomicU64,
     /// Shared stores: how many transitions this instance decided for the key (trips and
     /// overrides), so the answer to an override can tell whether a newer decision followed it.
-    pub(crate) local_decisions: AtomicU64,
+    local_decisions: AtomicU64,
     /// Woken when a lease arrives or the state changes, for `call` waiting on a probe.
     pub(crate) changed: Notify,
     callbacks: Mutex<Vec<Weak<Callback>>>,
@@ -433,6 +433,33 @@ impl KeyCell {
         }
     }
 
+    /// Fleet mode: claims the right to ask the database for a lease; false when a request is
+    /// already in flight.
+    pub(crate) fn begin_lease_request(&self) -> bool {
+        // A plain load first: rejected callers arrive in crowds, and an unconditional swap would
+        // write to this line on every one of them. AcqRel on the swap: one claimant wins.
+        !self.lease_requested.load(Ordering::Relaxed)
+            && !self.lease_requested.swap(true, Ordering::AcqRel)
+    }
+
+    /// The lease request ended (answered, failed, or dropped unrun); wakes waiting callers.
+    pub(crate) fn end_lease_request(&self) {
+        // Release: the leases added before are visible to whoever sees the flag clear.
+        self.lease_requested.store(false, Ordering::Release);
+        self.changed.notify_waiters();
+    }
+
+    /// True while a lease request is in flight (a rejected caller may then become a probe).
+    pub(crate) fn lease_request_in_flight(&self) -> bool {
+        self.lease_requested.load(Ordering::Acquire)
+    }
+
+    /// Numbers this instance's next own decision for the key (a trip or an override).
+    pub(crate) fn next_decision(&self) -> u64 {
+        // AcqRel: an override's answer compares against the latest number (`override_answered`).
+        self.local_decisions.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
     /// Fleet mode: false while the database said every probe slot is leased (until the first
     /// lease expires or the state changes).
     fn may_ask_lease(&self) -> bool {
@@ -633,7 +660,7 @@ impl KeyCell {
 
     /// Records a local trip on its way to the database; returns its sequence number.
     pub(crate) fn trip_pending(&self, deadline: u64, basis: i64) -> u64 {
-        let seq = self.local_decisions.fetch_add(1, Ordering::AcqRel) + 1;
+        let seq = self.next_decision();
         self.lock().view.pending_trip = Some(PendingTrip {
             deadline,
             basis,

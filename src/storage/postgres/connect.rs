@@ -146,6 +146,7 @@ impl Shared {
             other => other,
         };
         if r.is_ok() {
+            // Relaxed: at worst a reconnect checks the schema once more.
             self.schema_ready.store(true, Ordering::Relaxed);
         }
         r

@@ -2,7 +2,6 @@
 //! One request per key at a time; when every slot of the round is leased, the database says until
 //! when, and nobody asks again before that or before the state changes.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,12 +18,8 @@ impl Instance {
     /// request per key at a time; when every slot of the round is leased, the database says
     /// until when, and no one asks again before that (or before the state changes).
     pub(crate) fn request_lease(&self, cell: &Arc<KeyCell>) {
-        // A plain load first: rejected callers arrive in crowds, and an unconditional swap would
-        // write to the cell on every one of them.
-        if cell.lease_requested.load(Ordering::Relaxed)
-            || cell.lease_requested.swap(true, Ordering::AcqRel)
-        {
-            return;
+        if !cell.begin_lease_request() {
+            return; // one request in flight per key is enough
         }
         // Clears the flag however the task ends: finished, failed, or dropped unrun because
         // the runtime that connected has shut down.
@@ -117,7 +112,6 @@ struct LeaseRequest(Arc<KeyCell>);
 
 impl Drop for LeaseRequest {
     fn drop(&mut self) {
-        self.0.lease_requested.store(false, Ordering::Release);
-        self.0.changed.notify_waiters();
+        self.0.end_lease_request();
     }
 }

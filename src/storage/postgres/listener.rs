@@ -59,7 +59,9 @@ impl Drop for Live {
 /// Connects, LISTENs, then loads the namespace into the cells. Verifies (or creates) the schema
 /// first if that has not succeeded yet (an instance that started while the database was down).
 pub(crate) async fn connect_and_sync(shared: &Arc<Shared>) -> Result<Live, StorageError> {
-    if !shared.schema_ready.load(Ordering::Relaxed) {
+    if !shared.schema_ready.load(Ordering::Relaxed)
+    /* see `prepare_schema` */
+    {
         shared.prepare_schema().await?;
     }
     let mut live = open(shared).await?;
@@ -100,6 +102,7 @@ pub(crate) async fn open(shared: &Arc<Shared>) -> Result<Live, StorageError> {
                     Ok(()) => {}
                     Err(mpsc::error::TrySendError::Full(_)) => {
                         // The loop cannot keep up: drop, and have it reload everything.
+                        // Relaxed: the flag only asks for a reload, which reads the table.
                         flag.store(true, Ordering::Relaxed);
                     }
                     Err(mpsc::error::TrySendError::Closed(_)) => return,
@@ -421,7 +424,9 @@ async fn serve(shared: &Arc<Shared>, mut live: Live, shutdown: &mut watch::Recei
             }
             _ = reconcile.tick() => reload = true,
         }
-        if live.overflowed.swap(false, Ordering::Relaxed) {
+        if live.overflowed.swap(false, Ordering::Relaxed)
+        /* see `open` */
+        {
             tracing::warn!(
                 "notifications arrived faster than they could be applied; reloading every row"
             );

@@ -94,6 +94,7 @@ impl Shared {
     /// Marks the instance connected or not. On a loss, half-open cells start local rounds (a
     /// fleet round needs the database) and callers waiting for a probe lease are woken.
     pub(crate) fn set_degraded(&self, degraded: bool) {
+        // Relaxed: a mode flag the cells read as a hint (see `KeyCell::is_fleet`).
         let was = !self.online.swap(!degraded, Ordering::Relaxed);
         if was != degraded {
             if degraded {
@@ -111,7 +112,7 @@ impl Shared {
     }
 
     pub(crate) fn is_degraded(&self) -> bool {
-        !self.online.load(Ordering::Relaxed)
+        !self.online.load(Ordering::Relaxed) // a hint, as above
     }
 
     /// Every cell, collected first: nothing may run under the map's shard locks (callbacks and
@@ -125,6 +126,8 @@ impl Shared {
 
     /// The newest version seen from any key.
     pub(crate) fn seen(&self, version: i64) {
+        // Relaxed: a high-water mark; a trip decided a moment later than a version arrived
+        // only has an older basis, which makes the database stricter with it, never wrong.
         self.max_seen.fetch_max(version, Ordering::Relaxed);
     }
 
@@ -184,7 +187,7 @@ impl Instance {
             .clock
             .now_nanos()
             .saturating_add(duration_nanos(cooldown));
-        let basis = self.shared.max_seen.load(Ordering::Relaxed);
+        let basis = self.shared.max_seen.load(Ordering::Relaxed); // see `seen`
         cell.trip_pending(deadline, basis);
         self.shared.outbox.trip(&self.shared, cell.clone());
     }
@@ -197,7 +200,7 @@ impl Instance {
         cooldown: Duration,
         done: Option<publish::Done>,
     ) {
-        let seq = cell.local_decisions.fetch_add(1, Ordering::AcqRel) + 1;
+        let seq = cell.next_decision();
         self.shared.outbox.force(
             &self.shared,
             cell.clone(),

@@ -83,6 +83,7 @@ impl Outbox {
     /// Entries waiting or being sent (each a key with an override, a trip, or both).
     pub(crate) fn len(&self) -> usize {
         let q = self.lock();
+        // Written under the same lock: the two add up to a consistent count.
         q.entries.len() + self.in_flight.load(Ordering::Acquire)
     }
 
@@ -156,6 +157,7 @@ impl Outbox {
 
     /// Starts a flush task unless one is running.
     fn start(&self, shared: &Arc<Shared>) {
+        // AcqRel: exactly one caller wins the outbox and starts a task.
         if self.draining.swap(true, Ordering::AcqRel) {
             return;
         }
