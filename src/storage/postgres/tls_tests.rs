@@ -194,7 +194,8 @@ async fn verify_ca_skips_the_host_name() {
     assert_eq!(seen, Ok(None), "client said: {client}");
 }
 
-/// verify-full without sslrootcert uses the system store, which does not trust the self-signed certificate.
+/// verify-full without sslrootcert uses the system store, which does not trust the self-signed
+/// certificate.
 #[tokio::test]
 async fn verify_full_without_root_uses_system_store() {
     let dir = Dir::new();
@@ -215,7 +216,8 @@ async fn require_without_root_verifies_nothing() {
     assert_eq!(seen, Ok(None), "client said: {client}");
 }
 
-/// require with an sslrootcert that does not sign the server's certificate fails, as libpq (a root file turns verification on).
+/// require with an sslrootcert that does not sign the server's certificate fails, as libpq (a root
+/// file turns verification on).
 #[tokio::test]
 async fn require_with_root_verifies_the_chain() {
     let dir = Dir::new();
@@ -297,7 +299,8 @@ fn missing_files_name_the_setting() {
     assert!(make_tls(&base().ssl_cert(&c).ssl_key(&k)).is_ok());
 }
 
-/// A key that does not match the certificate, or an encrypted key, is refused (and OpenSSL never prompts for a passphrase).
+/// A key that does not match the certificate, or an encrypted key, is refused (and OpenSSL never
+/// prompts for a passphrase).
 #[test]
 fn bad_client_keys_are_refused() {
     let dir = Dir::new();
@@ -324,7 +327,8 @@ fn bad_client_keys_are_refused() {
     );
 }
 
-/// TLS modes that need the handshake refuse a host given only as hostaddr; prefer and disable do not.
+/// TLS modes that need the handshake refuse a host given only as hostaddr; prefer and disable do
+/// not.
 #[test]
 fn tls_needs_a_host_name() {
     let addr_only = || PostgresOptions::from_dsn("hostaddr=10.0.0.1 user=u").unwrap();
@@ -339,7 +343,8 @@ fn tls_needs_a_host_name() {
     }
 }
 
-/// sslmode=disable and Unix sockets ignore the TLS files, as libpq; `sslrootcert=system` is only for verify-full.
+/// sslmode=disable and Unix sockets ignore the TLS files, as libpq; `sslrootcert=system` is only
+/// for verify-full.
 #[test]
 fn files_ignored_when_tls_is_not_used_and_system_roots() {
     let missing = |o: PostgresOptions| {
