@@ -1,4 +1,4 @@
-//! Unit tests of `config.rs`.
+//! Unit tests of `config/`.
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;

@@ -1622,5 +1622,5 @@ fn apply_param(
 }
 
 #[cfg(test)]
-#[path = "config_tests.rs"]
+#[path = "mod_tests.rs"]
 mod tests;
