@@ -1,5 +1,6 @@
 //! Unit tests of `env.rs`: the `RC_DB_*` variables, and the README's copy of their table.
 
+use super::super::endpoint::DEFAULT_PORT;
 use super::super::tests::*;
 use super::*;
 
@@ -193,4 +194,120 @@ fn env_nothing_set_is_none() {
     ]))
     .unwrap()
     .is_none());
+}
+
+/// Rows of a markdown table whose first cell names an `RC_*` variable, as (variable cell,
+/// default cell); `///` prefixes are stripped, so this reads rustdoc tables too.
+fn env_table<'a>(lines: impl Iterator<Item = &'a str>) -> Vec<(String, String)> {
+    lines
+        .filter_map(|l| {
+            let l = l.trim_start();
+            let l = l.strip_prefix("///").map_or(l, str::trim_start);
+            let cells: Vec<&str> = l.strip_prefix('|')?.split('|').map(str::trim).collect();
+            (cells.len() >= 3 && cells[0].starts_with("`RC_"))
+                .then(|| (cells[0].to_owned(), cells[1].to_owned()))
+        })
+        .collect()
+}
+
+/// The table on `PostgresOptions::from_env` (this file's sibling `env.rs`).
+fn doc_table() -> Vec<(String, String)> {
+    let src = include_str!("env.rs");
+    let doc = &src[..src.find("pub fn from_env").expect("from_env in env.rs")];
+    env_table(doc.lines())
+}
+
+/// The variable names of a table's first cell (`` `RC_DB_SSLCERT` / `RC_DB_SSLKEY` `` is two).
+fn names(cell: &str) -> Vec<String> {
+    cell.split('/')
+        .map(|n| n.trim().trim_matches('`').to_owned())
+        .collect()
+}
+
+/// The README's copy of the `RC_DB_*` table (section "PostgreSQL") lists the same variables with
+/// the same defaults as the one on `PostgresOptions::from_env`, so the two cannot drift.
+#[test]
+fn readme_env_table_matches_from_env_docs() {
+    let readme = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"));
+    let start = readme
+        .find("\n## PostgreSQL\n")
+        .expect("README has a PostgreSQL section");
+    let section = &readme[start + 1..];
+    let end = section[3..].find("\n## ").map_or(section.len(), |i| i + 3);
+    let readme_rows = env_table(section[..end].lines());
+    let doc_rows = doc_table();
+    assert!(
+        doc_rows.len() >= 10,
+        "from_env's table not found: {doc_rows:?}"
+    );
+    let as_map = |rows: &[(String, String)]| -> std::collections::BTreeMap<String, String> {
+        rows.iter().cloned().collect()
+    };
+    assert_eq!(
+        as_map(&doc_rows).len(),
+        doc_rows.len(),
+        "a variable twice in from_env's table"
+    );
+    assert_eq!(
+        as_map(&readme_rows),
+        as_map(&doc_rows),
+        "README.md's RC_DB_* table (left) differs from PostgresOptions::from_env's (right)"
+    );
+}
+
+/// The table on `from_env` lists exactly the variables `env.rs` reads, and its defaults are
+/// the values the code falls back on.
+#[test]
+fn from_env_docs_match_the_code() {
+    let src = include_str!("env.rs");
+    let code: String = src
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("//"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let mut read: Vec<String> = code
+        .split('"')
+        .skip(1)
+        .step_by(2)
+        .filter(|s| s.starts_with("RC_") && s.bytes().all(|b| b.is_ascii_uppercase() || b == b'_'))
+        .map(str::to_owned)
+        .collect();
+    read.sort();
+    read.dedup();
+    let rows = doc_table();
+    let mut documented: Vec<String> = rows.iter().flat_map(|(v, _)| names(v)).collect();
+    documented.sort();
+    assert_eq!(
+        documented, read,
+        "from_env's table (left) vs the variables env.rs reads"
+    );
+
+    let o = PostgresOptions::from_lookup(env(&[("RC_DB_HOST", "h"), ("RC_DB_PASSWORD", PW)]))
+        .unwrap()
+        .unwrap();
+    let tick = |v: &dyn std::fmt::Display| format!("`{v}`");
+    let flag = |b: bool| tick(&u8::from(b));
+    let ms = |d: Duration| tick(&d.as_millis());
+    let port = o.conn.ports.first().copied().unwrap_or(DEFAULT_PORT);
+    let actual = [
+        ("RC_DB_PORT", tick(&port)),
+        ("RC_DB_NAME", tick(o.conn.dbname.as_ref().unwrap())),
+        ("RC_DB_USER", tick(o.conn.user.as_ref().unwrap())),
+        ("RC_DB_SSLMODE", tick(&o.tls_settings().mode)),
+        ("RC_DB_STRICT", flag(o.strict)),
+        ("RC_DB_AUTO_CREATE", flag(o.auto_create)),
+        ("RC_NAMESPACE", tick(&o.namespace)),
+        ("RC_DB_RECONCILE_INTERVAL_MS", ms(o.reconcile_interval)),
+        ("RC_DB_STATEMENT_TIMEOUT_MS", ms(o.statement_timeout)),
+        ("RC_DB_CONNECT_TIMEOUT_MS", ms(o.connect_timeout)),
+    ];
+    for (cell, default) in &rows {
+        for name in names(cell) {
+            let want = actual
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map_or("unset".to_owned(), |(_, d)| d.clone());
+            assert_eq!(default, &want, "default of {name} in from_env's table");
+        }
+    }
 }
