@@ -165,9 +165,10 @@ impl PostgresOptions {
     /// the default), `keepalives`, `keepalives_idle`, `keepalives_interval`, `keepalives_count` (or
     /// `keepalives_retries`), `tcp_user_timeout` (milliseconds, as libpq), `target_session_attrs`
     /// (`any`, `read-write`, `read-only`), `channel_binding` and `load_balance_hosts`; accepts and
-    /// ignores `client_encoding=UTF8`, `gssencmode` other than `require`, `sslsni` and
-    /// `sslcompression`; refuses the rest. A missing host or user is reported when connecting (or
-    /// by `from_env`), so the setters can still supply them.
+    /// ignores `client_encoding=UTF8`, `gssencmode` other than `require`, `sslnegotiation=postgres`
+    /// (what tokio-postgres does anyway), `sslsni` and `sslcompression`; refuses the rest. A
+    /// missing host or user is reported when connecting (or by `from_env`), so the setters can
+    /// still supply them.
     ///
     /// Errors are `ConfigError::InvalidSetting { name: "dsn", .. }` and never contain the
     /// password.

@@ -19,9 +19,10 @@
 //! * ends a URL's credentials at the first `@`, so an unencoded `@` in a password, which libpq
 //!   reads (it splits at the last `@` of the authority), turns the rest into the host name;
 //! * accepts `sslnegotiation=direct`, which this crate's TLS connector cannot do;
-//! * echoes an unknown option's name verbatim (``unknown option `…` ``), so a stray password
-//!   token such as `password=x s3cr3t=1` ends up in the error, and its errors name no source
-//!   (`dsn`, `RC_DB_DSN`, `listener_dsn`);
+//! * puts an unknown option's name verbatim in its error's cause (`source()`, `Debug`), so a
+//!   stray password token such as `password=x s3cr3t=1` ends up in logs, while its `Display`
+//!   only says "invalid connection string", naming neither the key nor the source (`dsn`,
+//!   `RC_DB_DSN`, `listener_dsn`);
 //! * cannot tell a key the DSN gave from tokio-postgres's own default (`keepalives`,
 //!   `connect_timeout`, `target_session_attrs`, …), which the listener's inheritance and the
 //!   setters' precedence need.

@@ -184,6 +184,120 @@ fn unknown_and_unsupported_options() {
     .is_ok());
 }
 
+/// What tokio-postgres's own `Config::from_str` does differently, the reasons `parse.rs` exists
+/// (see its module doc). If this fails after an upgrade, delegating to it may have become
+/// possible.
+#[test]
+fn tokio_postgres_parser_differs_where_documented() {
+    use std::str::FromStr;
+    let tp = tokio_postgres::Config::from_str;
+    let ours = PostgresOptions::from_dsn;
+
+    // libpq's verify modes, any case: refused there, read here.
+    for dsn in [
+        "host=h user=u sslmode=verify-full",
+        "postgresql://u@h/d?sslmode=verify-ca",
+        "host=h user=u sslmode=REQUIRE",
+    ] {
+        assert!(tp(dsn).is_err(), "tokio-postgres accepts {dsn}");
+        assert!(ours(dsn).is_ok(), "{dsn}");
+    }
+    // Keys libpq DSNs carry that tokio-postgres does not know.
+    for key in [
+        "sslrootcert=/ca.pem",
+        "sslcert=/c.pem",
+        "sslkey=/k.pem",
+        "keepalives_count=3",
+        "fallback_application_name=x",
+        "client_encoding=UTF8",
+        "gssencmode=disable",
+        "sslsni=1",
+        "sslcompression=0",
+    ] {
+        let dsn = format!("host=h user=u {key}");
+        assert!(tp(&dsn).is_err(), "tokio-postgres accepts {dsn}");
+        assert!(ours(&dsn).is_ok(), "{dsn}");
+    }
+    // tcp_user_timeout: seconds there, milliseconds (as libpq) here.
+    let dsn = "host=h user=u tcp_user_timeout=9000";
+    let theirs = tp(dsn).unwrap();
+    assert_eq!(
+        theirs.get_tcp_user_timeout(),
+        Some(&Duration::from_secs(9000))
+    );
+    let mine = ours(dsn).unwrap().pg_config("x").unwrap();
+    assert_eq!(
+        mine.get_tcp_user_timeout(),
+        Some(&Duration::from_millis(9000))
+    );
+    // Empty values: an error in conninfo, an empty password in a URL; "unset" here.
+    assert!(tp("host=h user=u password=").is_err());
+    assert_eq!(ours("host=h user=u password=").unwrap().conn.password, None);
+    let theirs = tp("postgresql://u@h/d?password=").unwrap();
+    assert_eq!(theirs.get_password(), Some(&b""[..]));
+    assert_eq!(
+        ours("postgresql://u@h/d?password=").unwrap().conn.password,
+        None
+    );
+    // An unencoded `@` in the password: the first `@` ends the credentials there, the last here.
+    let theirs = tp("postgresql://u:p@ss@h/d").unwrap();
+    assert_eq!(theirs.get_hosts(), [tcp("ss@h")]);
+    assert_eq!(ours("postgresql://u:p@ss@h/d").unwrap().conn.hosts, ["h"]);
+    // A mode this crate's TLS connector cannot do.
+    assert!(tp("host=h user=u sslnegotiation=direct").is_ok());
+    assert!(ours("host=h user=u sslnegotiation=direct").is_err());
+    // A stray password token as a key: echoed there, hidden here.
+    let dsn = format!("user=app password={PW} {PW}=1");
+    let e = tp(&dsn).unwrap_err();
+    let cause = std::error::Error::source(&e).map(ToString::to_string);
+    assert!(
+        cause.is_some_and(|c| c.contains(PW)),
+        "no longer echoed: {e:?}"
+    );
+    assert!(format!("{e:?}").contains(PW), "no longer echoed: {e:?}");
+    assert_hidden(&ours(&dsn).unwrap_err());
+}
+
+/// Every key the table accepts is named in `PostgresOptions::from_dsn`'s docs, so the one table
+/// and the public list cannot drift.
+#[test]
+fn from_dsn_docs_name_every_accepted_key() {
+    let src = include_str!("options.rs");
+    let before = &src[..src.find("pub fn from_dsn").expect("from_dsn in options.rs")];
+    let doc: Vec<&str> = before
+        .trim_end()
+        .lines()
+        .rev()
+        .take_while(|l| l.trim_start().starts_with("///"))
+        .collect();
+    let doc = doc.join("\n");
+    for (key, handling) in KEYS {
+        if !matches!(handling, Refuse) {
+            let named = doc.contains(&format!("`{key}`")) || doc.contains(&format!("`{key}="));
+            assert!(named, "from_dsn's docs do not name `{key}`");
+        }
+    }
+}
+
+/// Keys are listed once, and refused keys say so by name while unknown ones are "unknown".
+#[test]
+fn key_table_is_consistent() {
+    let mut names: Vec<&str> = KEYS.iter().map(|(k, _)| *k).collect();
+    names.sort_unstable();
+    let n = names.len();
+    names.dedup();
+    assert_eq!(names.len(), n, "a key is listed twice");
+    for (key, handling) in KEYS {
+        let e = PostgresOptions::from_dsn(&format!("host=h user=u {key}=x"));
+        if matches!(handling, Refuse) {
+            let e = e.unwrap_err().to_string();
+            assert!(e.contains(&format!("`{key}` is not supported")), "{e}");
+        } else if let Err(e) = e {
+            assert!(!e.to_string().contains("unknown option"), "{key}: {e}");
+        }
+    }
+}
+
 proptest! {
     /// from_dsn never panics, whatever the string.
     #[test]
