@@ -82,3 +82,28 @@ fn dsn_network_settings_and_setter_precedence() {
         Some(&Duration::from_millis(1500))
     );
 }
+
+/// Each network setting a DSN gives replaces the options' value; the others are kept.
+#[test]
+fn network_overrides_replace_only_what_they_give() {
+    let base = Network {
+        connect_timeout: Duration::from_secs(5),
+        keepalives: true,
+        keepalives_idle: Duration::from_secs(10),
+        keepalives_interval: Duration::from_secs(2),
+        keepalives_retries: 3,
+        tcp_user_timeout: Duration::from_secs(8),
+    };
+    assert_eq!(NetworkOverrides::default().over(base), base);
+    let dsn = NetworkOverrides {
+        keepalives_idle: Some(Duration::from_secs(30)),
+        tcp_user_timeout: Some(Duration::ZERO),
+        ..NetworkOverrides::default()
+    };
+    let want = Network {
+        keepalives_idle: Duration::from_secs(30),
+        tcp_user_timeout: Duration::ZERO,
+        ..base
+    };
+    assert_eq!(dsn.over(base), want);
+}
