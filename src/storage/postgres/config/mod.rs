@@ -1,0 +1,36 @@
+//! [`PostgresOptions`]: connection and behaviour settings of the PostgreSQL backend, from a DSN
+//! ([`PostgresOptions::from_dsn`]), the ancestor's `RC_DB_*` variables
+//! ([`PostgresOptions::from_env`], whose docs carry the table), or the typed builder.
+//!
+//! One concept per file, as sqlx splits its connect options:
+//!
+//! * `modes`: libpq's `sslmode` and `target_session_attrs` ([`SslMode`], [`TargetSessionAttrs`],
+//!   [`ParseSslModeError`]);
+//! * `redact`: the password wrapper and the rules for quoting input in errors;
+//! * `endpoint`: where one connection goes, its TCP settings, and the one place where a DSN's
+//!   TCP settings meet the options' values;
+//! * `parse`: the URL and conninfo parser, with the one table of libpq keys (and why it is not
+//!   tokio-postgres's);
+//! * `env`: `from_env` and the `RC_DB_*` table;
+//! * `options`: [`PostgresOptions`] itself, its defaults and setters.
+//!
+//! # Secrets
+//!
+//! The password is kept in a wrapper whose `Debug` prints `"<redacted>"`, [`PostgresOptions`]'s
+//! `Display` and `target()` leave it out, and error messages only quote a piece of the input when
+//! it is a short plain token that neither contains nor is contained in the password.
+
+mod endpoint;
+mod env;
+mod modes;
+mod options;
+mod parse;
+mod redact;
+
+pub(crate) use endpoint::TlsSettings;
+pub use modes::{ParseSslModeError, SslMode, TargetSessionAttrs};
+pub use options::PostgresOptions;
+
+#[cfg(test)]
+#[path = "mod_tests.rs"]
+mod tests;

@@ -1,0 +1,526 @@
+//! [`PostgresOptions`]: the settings of the PostgreSQL backend, their defaults, the typed
+//! setters, the checks made before connecting, and the resulting tokio-postgres configurations
+//! of the pool and the listener.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::endpoint::{Endpoint, Network, TlsSettings};
+use super::modes::{SslMode, TargetSessionAttrs};
+use super::parse::parse_dsn;
+use super::redact::Secret;
+use crate::ConfigError;
+
+/// The ancestor's database name for the discrete form.
+pub(super) const DEFAULT_DBNAME: &str = "resilient_circuit_db";
+/// The ancestor's role for the discrete form.
+pub(super) const DEFAULT_USER: &str = "postgres";
+/// Namespace when none is given (the ancestor's).
+const DEFAULT_NAMESPACE: &str = "default";
+/// `application_name` of the LISTEN connection unless the listener DSN sets one.
+pub(crate) const LISTENER_APPLICATION_NAME: &str = "resilient-circuit-listener";
+/// The table's `namespace` column is `varchar(255)`.
+const MAX_NAMESPACE_LEN: usize = 255;
+
+/// Settings of the PostgreSQL backend: where to connect, how to authenticate and verify the
+/// server, and how the instance behaves (namespace, timeouts, pool size).
+///
+/// Made from a DSN ([`from_dsn`](Self::from_dsn)), the environment ([`from_env`](Self::from_env))
+/// or [`new`](Self::new), then refined with the setters, each of which documents its default.
+/// `Debug` and `Display` never show the password.
+///
+/// ```
+/// use std::time::Duration;
+/// use resilient_circuit::storage::postgres::PostgresOptions;
+///
+/// let opts = PostgresOptions::from_dsn(
+///     "postgresql://app:s3cr3t@db.internal:5432/breakers?sslmode=verify-full",
+/// )?
+/// .namespace("checkout")
+/// .statement_timeout(Duration::from_millis(500));
+/// assert!(!format!("{opts:?} {opts}").contains("s3cr3t"));
+/// # Ok::<(), resilient_circuit::ConfigError>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct PostgresOptions {
+    /// Where the pool's connections go.
+    pub(crate) conn: Endpoint,
+    /// Where the LISTEN connection goes when not `conn` (pgbouncer in transaction mode drops
+    /// LISTEN); unset fields are taken from `conn`.
+    pub(crate) listener: Option<Endpoint>,
+    pub(crate) namespace: String,
+    pub(crate) auto_create: bool,
+    pub(crate) strict: bool,
+    pub(crate) reconcile_interval: Duration,
+    pub(crate) statement_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) lease_timeout: Duration,
+    pub(crate) pool_size: usize,
+    pub(crate) notification_buffer: usize,
+    pub(crate) heartbeat_interval: Duration,
+    pub(crate) keepalives: bool,
+    pub(crate) keepalives_idle: Duration,
+    pub(crate) keepalives_interval: Duration,
+    pub(crate) keepalives_retries: u32,
+    /// `Duration::ZERO`: the system's default.
+    pub(crate) tcp_user_timeout: Duration,
+}
+
+impl Default for PostgresOptions {
+    fn default() -> Self {
+        PostgresOptions::new()
+    }
+}
+
+impl fmt::Display for PostgresOptions {
+    /// `user@host:port/dbname sslmode=… namespace=…`, plus the listener's target when separate.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(u) = &self.conn.user {
+            write!(f, "{u}@")?;
+        }
+        write!(
+            f,
+            "{} sslmode={} namespace={}",
+            self.target(),
+            self.conn.sslmode.unwrap_or_default(),
+            self.namespace
+        )?;
+        if self.listener.is_some() {
+            write!(f, " listener={}", self.listener_target())?;
+        }
+        Ok(())
+    }
+}
+
+impl PostgresOptions {
+    /// The ancestor's discrete defaults: `postgres@localhost:5432/resilient_circuit_db`, no
+    /// password, `sslmode=prefer`, and every behaviour setting at its default.
+    pub fn new() -> Self {
+        Self::with_endpoint(Endpoint {
+            source: "options",
+            hosts: vec!["localhost".into()],
+            dbname: Some(DEFAULT_DBNAME.into()),
+            user: Some(DEFAULT_USER.into()),
+            ..Endpoint::default()
+        })
+    }
+
+    /// Every behaviour setting at its default around `conn`, whose network settings (from a
+    /// DSN) become the options' own so that the setters can override them.
+    pub(super) fn with_endpoint(mut conn: Endpoint) -> Self {
+        let mut o = PostgresOptions {
+            conn: Endpoint::default(),
+            listener: None,
+            namespace: DEFAULT_NAMESPACE.into(),
+            auto_create: false,
+            strict: false,
+            reconcile_interval: Duration::from_secs(30),
+            statement_timeout: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(5),
+            lease_timeout: Duration::from_secs(10),
+            pool_size: 4,
+            notification_buffer: 16_384,
+            heartbeat_interval: Duration::from_secs(2),
+            keepalives: true,
+            keepalives_idle: Duration::from_secs(10),
+            keepalives_interval: Duration::from_secs(2),
+            keepalives_retries: 3,
+            tcp_user_timeout: Duration::from_secs(8),
+        };
+        let network = std::mem::take(&mut conn.network).over(o.network());
+        o.set_network(network);
+        o.conn = conn;
+        o
+    }
+
+    /// The network settings in force (the setters', or the DSN's, or the defaults).
+    fn network(&self) -> Network {
+        Network {
+            connect_timeout: self.connect_timeout,
+            keepalives: self.keepalives,
+            keepalives_idle: self.keepalives_idle,
+            keepalives_interval: self.keepalives_interval,
+            keepalives_retries: self.keepalives_retries,
+            tcp_user_timeout: self.tcp_user_timeout,
+        }
+    }
+
+    fn set_network(&mut self, n: Network) {
+        self.connect_timeout = n.connect_timeout;
+        self.keepalives = n.keepalives;
+        self.keepalives_idle = n.keepalives_idle;
+        self.keepalives_interval = n.keepalives_interval;
+        self.keepalives_retries = n.keepalives_retries;
+        self.tcp_user_timeout = n.tcp_user_timeout;
+    }
+
+    /// Settings from a `postgresql://` / `postgres://` URL or a libpq `key=value` conninfo string,
+    /// every other setting at its default.
+    ///
+    /// Understands libpq's keys `host`, `hostaddr`, `port`, `dbname`, `user`, `password`,
+    /// `options`, `application_name`, `fallback_application_name`, `sslmode` (including `verify-ca`
+    /// and `verify-full`), `sslrootcert`, `sslcert`, `sslkey`, `connect_timeout` (seconds; 0 keeps
+    /// the default), `keepalives`, `keepalives_idle`, `keepalives_interval`, `keepalives_count` (or
+    /// `keepalives_retries`), `tcp_user_timeout` (milliseconds, as libpq), `target_session_attrs`
+    /// (`any`, `read-write`, `read-only`), `channel_binding` and `load_balance_hosts`; accepts and
+    /// ignores `client_encoding=UTF8`, `gssencmode` other than `require`, `sslnegotiation=postgres`
+    /// (what tokio-postgres does anyway), `sslsni` and `sslcompression`; refuses the rest. A
+    /// missing host or user is reported when connecting (or by `from_env`), so the setters can
+    /// still supply them.
+    ///
+    /// Errors are `ConfigError::InvalidSetting { name: "dsn", .. }` and never contain the
+    /// password.
+    pub fn from_dsn(dsn: &str) -> Result<Self, ConfigError> {
+        Ok(Self::with_endpoint(parse_dsn(dsn, "dsn")?))
+    }
+
+    /// Connects to `host` only (a name, an IP address, or a Unix socket directory starting with
+    /// `/`), replacing the host list. Default from [`new`](Self::new): `localhost`.
+    pub fn host(mut self, host: impl Into<String>) -> Self {
+        self.conn.hosts = vec![host.into()];
+        self
+    }
+
+    /// Tries `hosts` in order (libpq's comma-separated `host`), replacing the host list; combine
+    /// with [`target_session_attrs`](Self::target_session_attrs) to find the primary.
+    pub fn hosts<I, S>(mut self, hosts: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.conn.hosts = hosts.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Connects to this address instead of resolving the host name (libpq's `hostaddr`); the
+    /// host name is still what TLS sends and verifies. Default: none.
+    pub fn hostaddr(mut self, addr: IpAddr) -> Self {
+        self.conn.hostaddrs = vec![addr];
+        self
+    }
+
+    /// Port of every host. Default `5432`.
+    pub fn port(mut self, port: u16) -> Self {
+        self.conn.ports = vec![port];
+        self
+    }
+
+    /// Database name. Default from [`new`](Self::new): `resilient_circuit_db`; from a DSN without
+    /// one, the server's default (the user name).
+    pub fn dbname(mut self, dbname: impl Into<String>) -> Self {
+        self.conn.dbname = Some(dbname.into());
+        self
+    }
+
+    /// Role to log in as. Default from [`new`](Self::new): `postgres`.
+    pub fn user(mut self, user: impl Into<String>) -> Self {
+        self.conn.user = Some(user.into());
+        self
+    }
+
+    /// Password. Default: none. Never printed.
+    pub fn password(mut self, password: impl Into<String>) -> Self {
+        self.conn.password = Some(Secret::new(password.into()));
+        self
+    }
+
+    /// TLS mode (see [`SslMode`]). Default `prefer`, as libpq.
+    #[doc(alias = "sslmode")]
+    pub fn ssl_mode(mut self, mode: SslMode) -> Self {
+        self.conn.sslmode = Some(mode);
+        self
+    }
+
+    /// PEM file of the certificate authorities that sign the server's certificate (only these
+    /// are trusted; the literal `system` means the system store). Default: none, meaning the
+    /// system store for `verify-ca` / `verify-full` and no verification for `prefer` / `require`.
+    #[doc(alias = "sslrootcert")]
+    pub fn ssl_root_cert(mut self, path: impl Into<PathBuf>) -> Self {
+        self.conn.sslrootcert = Some(path.into());
+        self
+    }
+
+    /// PEM file of the client certificate (and its chain), for certificate authentication.
+    /// Needs [`ssl_key`](Self::ssl_key). Default: none.
+    #[doc(alias = "sslcert")]
+    pub fn ssl_cert(mut self, path: impl Into<PathBuf>) -> Self {
+        self.conn.sslcert = Some(path.into());
+        self
+    }
+
+    /// PEM file of the client certificate's private key, unencrypted (libpq's `sslpassword` is
+    /// not supported). Default: none.
+    #[doc(alias = "sslkey")]
+    pub fn ssl_key(mut self, path: impl Into<PathBuf>) -> Self {
+        self.conn.sslkey = Some(path.into());
+        self
+    }
+
+    /// `application_name` of the pool's connections, shown in `pg_stat_activity`. Default:
+    /// `resilient-circuit` (the listener's is `resilient-circuit-listener` unless the listener
+    /// DSN names one).
+    pub fn application_name(mut self, name: impl Into<String>) -> Self {
+        self.conn.application_name = Some(name.into());
+        self
+    }
+
+    /// Which server of a host list to use. Default `any` for the pool; the listener uses
+    /// `read-write` unless this is set, because LISTEN is refused on a standby.
+    pub fn target_session_attrs(mut self, attrs: TargetSessionAttrs) -> Self {
+        self.conn.target_session_attrs = Some(attrs);
+        self
+    }
+
+    /// Time limit of each connection attempt (per address). Default 5 s.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Time limit of each transition call (one round trip to the database); past it the call
+    /// counts as failed and the local decision stands. Default 2 s.
+    pub fn statement_timeout(mut self, timeout: Duration) -> Self {
+        self.statement_timeout = timeout;
+        self
+    }
+
+    /// TCP keepalives on every connection, so that an idle connection to a vanished server is
+    /// noticed. Default on.
+    pub fn keepalives(mut self, on: bool) -> Self {
+        self.keepalives = on;
+        self
+    }
+
+    /// Idle time before the first keepalive probe. Default 10 s.
+    pub fn keepalives_idle(mut self, idle: Duration) -> Self {
+        self.keepalives_idle = idle;
+        self
+    }
+
+    /// Time between keepalive probes. Default 2 s.
+    pub fn keepalives_interval(mut self, interval: Duration) -> Self {
+        self.keepalives_interval = interval;
+        self
+    }
+
+    /// Unanswered keepalive probes before the connection is dropped. Default 3 (so an idle dead
+    /// connection is found after about 10 + 3 × 2 = 16 s).
+    pub fn keepalives_retries(mut self, retries: u32) -> Self {
+        self.keepalives_retries = retries;
+        self
+    }
+
+    /// How long sent data may stay unacknowledged before the kernel drops the connection
+    /// (`TCP_USER_TIMEOUT`, Linux only; ignored elsewhere). Without it a black-holed connection
+    /// with data in flight lingers for 15–20 minutes. `Duration::ZERO` keeps the system default.
+    /// Default 8 s.
+    pub fn tcp_user_timeout(mut self, timeout: Duration) -> Self {
+        self.tcp_user_timeout = timeout;
+        self
+    }
+
+    /// How often the listener pings its connection (under the statement timeout), so that a
+    /// black-holed LISTEN connection is found within about 10 s by default, together with the
+    /// TCP user timeout. Default 2 s.
+    pub fn heartbeat_interval(mut self, every: Duration) -> Self {
+        self.heartbeat_interval = every;
+        self
+    }
+
+    /// Period of the full reload of the namespace that backs up notifications (which are lost
+    /// while the listener is away, and not durable). Default 30 s.
+    pub fn reconcile_interval(mut self, every: Duration) -> Self {
+        self.reconcile_interval = every;
+        self
+    }
+
+    /// Namespace of this instance's breakers (the table's `namespace` column): breakers share
+    /// state only within a namespace. 1–255 bytes, no control characters. Default `default`.
+    pub fn namespace(mut self, ns: impl Into<String>) -> Self {
+        self.namespace = ns.into();
+        self
+    }
+
+    /// Lets `connect` create or upgrade the schema (under an advisory lock) when it is missing or
+    /// old; needs a role that may create tables. Default off.
+    pub fn auto_create(mut self, yes: bool) -> Self {
+        self.auto_create = yes;
+        self
+    }
+
+    /// Makes `connect` fail when PostgreSQL is unreachable at start, instead of running on local
+    /// state and connecting in the background. Default off.
+    pub fn strict(mut self, yes: bool) -> Self {
+        self.strict = yes;
+        self
+    }
+
+    /// How long a half-open probe lease taken by this instance lasts before it expires and
+    /// another instance may probe. Default 10 s.
+    pub fn lease_timeout(mut self, timeout: Duration) -> Self {
+        self.lease_timeout = timeout;
+        self
+    }
+
+    /// Connections in the pool that runs transition calls (the listener has its own). Default 4.
+    #[doc(alias = "probe_pool_size")]
+    pub fn pool_size(mut self, size: usize) -> Self {
+        self.pool_size = size;
+        self
+    }
+
+    /// How many notifications may wait between the LISTEN connection and the loop that applies
+    /// them. Past it the listener drops them and reloads every row instead, so a storm can
+    /// neither grow memory without bound nor lose a change. Default 16,384.
+    pub fn notification_buffer(mut self, size: usize) -> Self {
+        self.notification_buffer = size;
+        self
+    }
+
+    /// A separate address for the LISTEN connection, as a URL or conninfo string; fields it does
+    /// not set (user, password, dbname, TLS settings, …) are taken from the main settings, and
+    /// an address given here (host, hostaddr or port) replaces the main one as a whole.
+    ///
+    /// Needed behind pgbouncer in transaction pooling, which cannot keep a LISTEN: point this at
+    /// PostgreSQL directly or at a session-pooling pgbouncer. Default: the main address.
+    pub fn listener_dsn(mut self, dsn: &str) -> Result<Self, ConfigError> {
+        self.listener = Some(parse_dsn(dsn, "listener_dsn")?);
+        Ok(self)
+    }
+
+    /// A separate host and port for the LISTEN connection, everything else from the main
+    /// settings (see [`listener_dsn`](Self::listener_dsn)).
+    pub fn listener_host(mut self, host: impl Into<String>, port: u16) -> Self {
+        self.listener = Some(Endpoint {
+            source: "listener_host",
+            hosts: vec![host.into()],
+            ports: vec![port],
+            ..Endpoint::default()
+        });
+        self
+    }
+
+    /// The listener's endpoint, with unset fields from the main one.
+    pub(super) fn listener_endpoint(&self) -> Endpoint {
+        match &self.listener {
+            Some(l) => l.over(&self.conn),
+            None => self.conn.clone(),
+        }
+    }
+
+    /// Refuses settings the backend cannot run with.
+    pub(super) fn check(&self) -> Result<(), ConfigError> {
+        check_namespace(&self.namespace, "namespace")?;
+        let positive = [
+            ("connect_timeout", self.connect_timeout),
+            ("statement_timeout", self.statement_timeout),
+            ("reconcile_interval", self.reconcile_interval),
+            ("lease_timeout", self.lease_timeout),
+            ("heartbeat_interval", self.heartbeat_interval),
+        ];
+        for (name, d) in positive {
+            if d.is_zero() {
+                return Err(ConfigError::InvalidSetting {
+                    name,
+                    reason: "must be greater than zero".into(),
+                });
+            }
+        }
+        if self.lease_timeout > crate::MAX_DURATION {
+            return Err(ConfigError::DurationTooLong {
+                name: "lease_timeout",
+                given: self.lease_timeout,
+                max: crate::MAX_DURATION,
+            });
+        }
+        if self.keepalives {
+            for (name, d) in [
+                ("keepalives_idle", self.keepalives_idle),
+                ("keepalives_interval", self.keepalives_interval),
+            ] {
+                if d < Duration::from_secs(1) {
+                    return Err(ConfigError::InvalidSetting {
+                        name,
+                        reason: "must be at least 1 s (the kernel counts in seconds)".into(),
+                    });
+                }
+            }
+        }
+        if self.notification_buffer == 0 {
+            return Err(ConfigError::InvalidSetting {
+                name: "notification_buffer",
+                reason: "must be at least 1".into(),
+            });
+        }
+        if self.pool_size == 0 {
+            return Err(ConfigError::InvalidSetting {
+                name: "pool_size",
+                reason: "must be at least 1".into(),
+            });
+        }
+        self.conn.check()
+    }
+
+    /// The pool's connection settings, everything applied; `application_name` is used unless
+    /// the DSN or [`application_name`](Self::application_name) set one (or the DSN's
+    /// `fallback_application_name`).
+    pub(crate) fn pg_config(
+        &self,
+        application_name: &str,
+    ) -> Result<tokio_postgres::Config, ConfigError> {
+        self.check()?;
+        Ok(self.conn.pg_config(&self.network(), application_name))
+    }
+
+    /// The LISTEN connection's settings: the listener DSN or host when set, the main settings
+    /// otherwise, with `application_name` `resilient-circuit-listener` and, unless set
+    /// explicitly, `target_session_attrs=read-write`.
+    pub(crate) fn listener_pg_config(&self) -> Result<tokio_postgres::Config, ConfigError> {
+        self.check()?;
+        let ep = self.listener_endpoint();
+        ep.check()?;
+        let network = ep.network.over(self.network());
+        Ok(ep.pg_config(&network, LISTENER_APPLICATION_NAME))
+    }
+
+    /// TLS settings of the pool's connections.
+    pub(crate) fn tls_settings(&self) -> TlsSettings {
+        self.conn.tls_settings()
+    }
+
+    /// TLS settings of the LISTEN connection (differ from the pool's only when the listener DSN
+    /// sets its own).
+    pub(crate) fn listener_tls_settings(&self) -> TlsSettings {
+        self.listener_endpoint().tls_settings()
+    }
+
+    /// `host:port/dbname` of the pool's connections, for logs and errors; never the password.
+    pub(crate) fn target(&self) -> String {
+        self.conn.target()
+    }
+
+    /// `host:port/dbname` of the LISTEN connection.
+    pub(crate) fn listener_target(&self) -> String {
+        self.listener_endpoint().target()
+    }
+}
+
+/// Refuses a namespace the table cannot hold.
+pub(super) fn check_namespace(ns: &str, name: &'static str) -> Result<(), ConfigError> {
+    let reason = if ns.is_empty() {
+        "is empty".to_owned()
+    } else if ns.len() > MAX_NAMESPACE_LEN {
+        format!("{} bytes, the limit is {MAX_NAMESPACE_LEN}", ns.len())
+    } else if let Some(i) = ns.find(char::is_control) {
+        format!("control character at byte {i}")
+    } else {
+        return Ok(());
+    };
+    Err(ConfigError::InvalidSetting { name, reason })
+}
+
+#[cfg(test)]
+#[path = "options_tests.rs"]
+mod tests;
