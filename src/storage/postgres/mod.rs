@@ -13,7 +13,7 @@
 //! | `statements.rs` | every statement we send and the columns we read back |
 //! | `callbacks.rs` | the thread that runs callbacks of transitions made elsewhere |
 //! | `migrate.rs` | the schema: `sql/` applied in order, with checksums |
-//! | `config.rs`, `tls.rs` | `PostgresOptions`, `RC_DB_*`, TLS modes |
+//! | `config/`, `tls.rs` | `PostgresOptions`, `RC_DB_*`, the DSN parser; TLS modes |
 //!
 //! One trip, end to end: `Permit::failure` (`breaker.rs`) → the cell trips locally (`cell.rs`)
 //! → `publish_trip` below marks it pending with its basis → the outbox sends `rc_trip_many`
