@@ -42,7 +42,7 @@ async fn connect_inner(opts: PostgresOptions) -> Result<Storage, StorageError> {
     let pool = Pool::builder(manager)
         .max_size(opts.pool_size.max(1))
         .runtime(Runtime::Tokio1)
-        .create_timeout(Some(opts.connect_timeout))
+        .create_timeout(Some(opts.network.connect_timeout))
         .wait_timeout(Some(opts.statement_timeout))
         .post_create(Hook::async_fn(move |client, _| {
             let limits = limits.clone();

@@ -74,7 +74,7 @@ pub(crate) async fn open(shared: &Arc<Shared>) -> Result<Live, StorageError> {
     let config = shared.opts.listener_pg_config()?;
     let connect = config.connect(shared.listener_tls.clone());
     let (client, mut connection) =
-        match tokio::time::timeout(shared.opts.connect_timeout, connect).await {
+        match tokio::time::timeout(shared.opts.network.connect_timeout, connect).await {
             Ok(Ok(pair)) => pair,
             Ok(Err(e)) => {
                 return Err(StorageError::Connect {
@@ -85,7 +85,7 @@ pub(crate) async fn open(shared: &Arc<Shared>) -> Result<Live, StorageError> {
             Err(_) => {
                 return Err(StorageError::Connect {
                     target: shared.opts.listener_target(),
-                    cause: format!("no answer within {:?}", shared.opts.connect_timeout),
+                    cause: format!("no answer within {:?}", shared.opts.network.connect_timeout),
                 })
             }
         };

@@ -72,7 +72,7 @@ fn listener_settings() {
 #[test]
 fn dsn_network_settings_and_setter_precedence() {
     let o = PostgresOptions::from_dsn("host=h user=u connect_timeout=0 keepalives=0").unwrap();
-    assert_eq!(o.connect_timeout, Duration::from_secs(5));
+    assert_eq!(o.network.connect_timeout, Duration::from_secs(5));
     assert!(!o.pg_config("x").unwrap().get_keepalives());
     let o = PostgresOptions::from_dsn("host=h user=u connect_timeout=9")
         .unwrap()

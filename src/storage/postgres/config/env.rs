@@ -139,7 +139,7 @@ impl PostgresOptions {
             opts.statement_timeout = parse_millis(&v, &cx.named("RC_DB_STATEMENT_TIMEOUT_MS"))?;
         }
         if let Some(v) = var("RC_DB_CONNECT_TIMEOUT_MS") {
-            opts.connect_timeout = parse_millis(&v, &cx.named("RC_DB_CONNECT_TIMEOUT_MS"))?;
+            opts.network.connect_timeout = parse_millis(&v, &cx.named("RC_DB_CONNECT_TIMEOUT_MS"))?;
         }
         opts.check()?;
         if opts.listener.is_some() {

@@ -81,7 +81,7 @@ fn env_discrete_defaults() {
     assert!(!o.strict && !o.auto_create && o.listener.is_none());
     assert_eq!(o.statement_timeout, Duration::from_secs(2));
     assert_eq!(o.reconcile_interval, Duration::from_secs(30));
-    assert_eq!(o.connect_timeout, Duration::from_secs(5));
+    assert_eq!(o.network.connect_timeout, Duration::from_secs(5));
 }
 
 /// RC_DB_DSN wins over the discrete variables and its errors are named RC_DB_DSN.
@@ -299,7 +299,7 @@ fn from_env_docs_match_the_code() {
         ("RC_NAMESPACE", tick(&o.namespace)),
         ("RC_DB_RECONCILE_INTERVAL_MS", ms(o.reconcile_interval)),
         ("RC_DB_STATEMENT_TIMEOUT_MS", ms(o.statement_timeout)),
-        ("RC_DB_CONNECT_TIMEOUT_MS", ms(o.connect_timeout)),
+        ("RC_DB_CONNECT_TIMEOUT_MS", ms(o.network.connect_timeout)),
     ];
     for (cell, default) in &rows {
         for name in names(cell) {

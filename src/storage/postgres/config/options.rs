@@ -55,17 +55,13 @@ pub struct PostgresOptions {
     pub(crate) strict: bool,
     pub(crate) reconcile_interval: Duration,
     pub(crate) statement_timeout: Duration,
-    pub(crate) connect_timeout: Duration,
     pub(crate) lease_timeout: Duration,
     pub(crate) pool_size: usize,
     pub(crate) notification_buffer: usize,
     pub(crate) heartbeat_interval: Duration,
-    pub(crate) keepalives: bool,
-    pub(crate) keepalives_idle: Duration,
-    pub(crate) keepalives_interval: Duration,
-    pub(crate) keepalives_retries: u32,
-    /// `Duration::ZERO`: the system's default.
-    pub(crate) tcp_user_timeout: Duration,
+    /// TCP settings in force for both connections (a DSN's own settings were merged in when it
+    /// was parsed; a listener DSN's are merged over these when its connection is built).
+    pub(crate) network: Network,
 }
 
 impl Default for PostgresOptions {
@@ -118,42 +114,22 @@ impl PostgresOptions {
             strict: false,
             reconcile_interval: Duration::from_secs(30),
             statement_timeout: Duration::from_secs(2),
-            connect_timeout: Duration::from_secs(5),
             lease_timeout: Duration::from_secs(10),
             pool_size: 4,
             notification_buffer: 16_384,
             heartbeat_interval: Duration::from_secs(2),
-            keepalives: true,
-            keepalives_idle: Duration::from_secs(10),
-            keepalives_interval: Duration::from_secs(2),
-            keepalives_retries: 3,
-            tcp_user_timeout: Duration::from_secs(8),
+            network: Network {
+                connect_timeout: Duration::from_secs(5),
+                keepalives: true,
+                keepalives_idle: Duration::from_secs(10),
+                keepalives_interval: Duration::from_secs(2),
+                keepalives_retries: 3,
+                tcp_user_timeout: Duration::from_secs(8),
+            },
         };
-        let network = std::mem::take(&mut conn.network).over(o.network());
-        o.set_network(network);
+        o.network = std::mem::take(&mut conn.network).over(o.network);
         o.conn = conn;
         o
-    }
-
-    /// The network settings in force (the setters', or the DSN's, or the defaults).
-    fn network(&self) -> Network {
-        Network {
-            connect_timeout: self.connect_timeout,
-            keepalives: self.keepalives,
-            keepalives_idle: self.keepalives_idle,
-            keepalives_interval: self.keepalives_interval,
-            keepalives_retries: self.keepalives_retries,
-            tcp_user_timeout: self.tcp_user_timeout,
-        }
-    }
-
-    fn set_network(&mut self, n: Network) {
-        self.connect_timeout = n.connect_timeout;
-        self.keepalives = n.keepalives;
-        self.keepalives_idle = n.keepalives_idle;
-        self.keepalives_interval = n.keepalives_interval;
-        self.keepalives_retries = n.keepalives_retries;
-        self.tcp_user_timeout = n.tcp_user_timeout;
     }
 
     /// Settings from a `postgresql://` / `postgres://` URL or a libpq `key=value` conninfo string,
@@ -275,7 +251,7 @@ impl PostgresOptions {
 
     /// Time limit of each connection attempt (per address). Default 5 s.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
+        self.network.connect_timeout = timeout;
         self
     }
 
@@ -289,26 +265,26 @@ impl PostgresOptions {
     /// TCP keepalives on every connection, so that an idle connection to a vanished server is
     /// noticed. Default on.
     pub fn keepalives(mut self, on: bool) -> Self {
-        self.keepalives = on;
+        self.network.keepalives = on;
         self
     }
 
     /// Idle time before the first keepalive probe. Default 10 s.
     pub fn keepalives_idle(mut self, idle: Duration) -> Self {
-        self.keepalives_idle = idle;
+        self.network.keepalives_idle = idle;
         self
     }
 
     /// Time between keepalive probes. Default 2 s.
     pub fn keepalives_interval(mut self, interval: Duration) -> Self {
-        self.keepalives_interval = interval;
+        self.network.keepalives_interval = interval;
         self
     }
 
     /// Unanswered keepalive probes before the connection is dropped. Default 3 (so an idle dead
     /// connection is found after about 10 + 3 × 2 = 16 s).
     pub fn keepalives_retries(mut self, retries: u32) -> Self {
-        self.keepalives_retries = retries;
+        self.network.keepalives_retries = retries;
         self
     }
 
@@ -317,7 +293,7 @@ impl PostgresOptions {
     /// with data in flight lingers for 15–20 minutes. `Duration::ZERO` keeps the system default.
     /// Default 8 s.
     pub fn tcp_user_timeout(mut self, timeout: Duration) -> Self {
-        self.tcp_user_timeout = timeout;
+        self.network.tcp_user_timeout = timeout;
         self
     }
 
@@ -414,7 +390,7 @@ impl PostgresOptions {
     pub(super) fn check(&self) -> Result<(), ConfigError> {
         check_namespace(&self.namespace, "namespace")?;
         let positive = [
-            ("connect_timeout", self.connect_timeout),
+            ("connect_timeout", self.network.connect_timeout),
             ("statement_timeout", self.statement_timeout),
             ("reconcile_interval", self.reconcile_interval),
             ("lease_timeout", self.lease_timeout),
@@ -435,10 +411,10 @@ impl PostgresOptions {
                 max: crate::MAX_DURATION,
             });
         }
-        if self.keepalives {
+        if self.network.keepalives {
             for (name, d) in [
-                ("keepalives_idle", self.keepalives_idle),
-                ("keepalives_interval", self.keepalives_interval),
+                ("keepalives_idle", self.network.keepalives_idle),
+                ("keepalives_interval", self.network.keepalives_interval),
             ] {
                 if d < Duration::from_secs(1) {
                     return Err(ConfigError::InvalidSetting {
@@ -471,7 +447,7 @@ impl PostgresOptions {
         application_name: &str,
     ) -> Result<tokio_postgres::Config, ConfigError> {
         self.check()?;
-        Ok(self.conn.pg_config(&self.network(), application_name))
+        Ok(self.conn.pg_config(&self.network, application_name))
     }
 
     /// The LISTEN connection's settings: the listener DSN or host when set, the main settings
@@ -481,7 +457,7 @@ impl PostgresOptions {
         self.check()?;
         let ep = self.listener_endpoint();
         ep.check()?;
-        let network = ep.network.over(self.network());
+        let network = ep.network.over(self.network);
         Ok(ep.pg_config(&network, LISTENER_APPLICATION_NAME))
     }
 

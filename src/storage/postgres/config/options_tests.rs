@@ -8,7 +8,7 @@ use super::*;
 #[test]
 fn defaults() {
     let o = PostgresOptions::from_dsn("host=h user=u").unwrap();
-    assert_eq!(o.connect_timeout, Duration::from_secs(5));
+    assert_eq!(o.network.connect_timeout, Duration::from_secs(5));
     assert_eq!(o.statement_timeout, Duration::from_secs(2));
     assert_eq!(o.heartbeat_interval, Duration::from_secs(2));
     assert_eq!(o.reconcile_interval, Duration::from_secs(30));
