@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use resilient_circuit::storage::postgres::PostgresOptions;
 use resilient_circuit::{CircuitBreaker, CircuitError, Ratio, State, Storage, StorageError};
-use support::breakers::{fail, panics, row_state, trip_fast, Logs, Watched};
+use support::breakers::{fail, instance, panics, row_state, trip_fast, Logs, Watched};
 use support::{eventually, test_db, unique_key, Cluster, Mode, Proxy, TestDb};
 use tokio_postgres::Client;
 
@@ -77,12 +77,6 @@ async fn slow_transitions(
     fail(&warm).await;
     assert!(eventually(WAIT, || async { storage.pending_publications() == 0 }).await);
     storage
-}
-
-async fn instance(db: &TestDb) -> Storage {
-    Storage::connect_with(options(&db.conninfo()).auto_create(true))
-        .await
-        .expect("connects to the test database")
 }
 
 /// The table's view of a namespace: key -> state.

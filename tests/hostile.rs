@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use resilient_circuit::storage::postgres::{PostgresOptions, SslMode};
 use resilient_circuit::{ChangeOrigin, CircuitBreaker, ConfigError, State, Storage, StorageError};
-use support::breakers::{fail, panics, trip_fast, Logs, Watched};
+use support::breakers::{fail, instance, panics, trip_fast, Logs, Watched};
 use support::{eventually, test_db, unique_key, Cluster, TestDb};
 use tokio_postgres::Client;
 
@@ -17,18 +17,6 @@ const WAIT: Duration = Duration::from_secs(10);
 
 /// A password that must never show up in an error, a `Debug` or a log line.
 const PASSWORD: &str = "Hunter2-s3cr3t-PW";
-
-fn options(db: &TestDb) -> PostgresOptions {
-    PostgresOptions::from_dsn(&db.conninfo())
-        .expect("test conninfo parses")
-        .auto_create(true)
-}
-
-async fn instance(db: &TestDb) -> Storage {
-    Storage::connect_with(options(db))
-        .await
-        .expect("connects to the test database")
-}
 
 async fn notify(client: &Client, payload: &str) {
     client

@@ -8,22 +8,10 @@ use std::time::Duration;
 
 use resilient_circuit::storage::postgres::PostgresOptions;
 use resilient_circuit::{CircuitBreaker, Ratio, State, Storage, StorageError};
-use support::breakers::{fail, notify_signed, row_state, trip_fast, Watched};
+use support::breakers::{fail, instance, notify_signed, options, row_state, trip_fast, Watched};
 use support::{test_db, unique_key, TestDb};
 
 const WAIT: Duration = Duration::from_secs(5);
-
-fn opts(db: &TestDb) -> PostgresOptions {
-    PostgresOptions::from_dsn(&db.conninfo())
-        .expect("test conninfo parses")
-        .auto_create(true)
-}
-
-async fn instance(db: &TestDb) -> Storage {
-    Storage::connect_with(opts(db))
-        .await
-        .expect("connects to the test database")
-}
 
 /// A trip on instance A is seen on instance B, which then rejects without running the call.
 #[tokio::test]
@@ -328,7 +316,7 @@ async fn mark(
 async fn namespaces_isolate() {
     let db = test_db().await;
     let connect = |ns: &'static str| {
-        let o = opts(&db).namespace(ns);
+        let o = options(&db).namespace(ns);
         async move { Storage::connect_with(o).await.expect(ns) }
     };
     let (red, red_twin) = (connect("red").await, connect("red").await);
@@ -598,7 +586,7 @@ async fn healthy_calls_cause_no_statements() {
 async fn lease_of_a_crashed_prober_expires() {
     let db = test_db().await;
     let lease = Duration::from_millis(600);
-    let short = |db: &TestDb| opts(db).lease_timeout(lease);
+    let short = |db: &TestDb| options(db).lease_timeout(lease);
     let a = Storage::connect_with(short(&db)).await.expect("a");
     let b = Storage::connect_with(short(&db)).await.expect("b");
     let key = unique_key("crashed-prober");

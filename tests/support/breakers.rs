@@ -1,16 +1,33 @@
-//! Breaker-level helpers shared by the PostgreSQL test files: a breaker whose transitions can be
-//! awaited, the tripping shortcuts, and WARN-log capture.
+//! Breaker-level helpers shared by the PostgreSQL test files: an instance on a test database, a
+//! breaker whose transitions can be awaited, the tripping shortcuts, and WARN-log capture.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use resilient_circuit::storage::postgres::PostgresOptions;
 use resilient_circuit::{Builder, CircuitBreaker, State, StatusChange, Storage};
 use tokio::sync::mpsc;
 use tokio_postgres::Client;
 
+use super::TestDb;
+
 /// How long `Watched::reaches` waits by default.
 pub const REACH: Duration = Duration::from_secs(10);
+
+/// Options for an instance on `db`, creating the schema if it is missing.
+pub fn options(db: &TestDb) -> PostgresOptions {
+    PostgresOptions::from_dsn(&db.conninfo())
+        .expect("test conninfo parses")
+        .auto_create(true)
+}
+
+/// An instance on `db` with [`options`].
+pub async fn instance(db: &TestDb) -> Storage {
+    Storage::connect_with(options(db))
+        .await
+        .expect("connects to the test database")
+}
 
 /// Trips on the first failure and stays open a minute.
 pub fn trip_fast(b: Builder) -> Builder {

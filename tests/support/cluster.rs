@@ -361,6 +361,9 @@ pub struct Cluster {
     dir: PathBuf,
     data: PathBuf,
     port: u16,
+    /// Extra ` -c 'name=value'` server options after the defaults (see
+    /// [`Cluster::start_with`]); kept for restarts.
+    settings: String,
 }
 
 enum StartError {
@@ -371,6 +374,18 @@ impl Cluster {
     /// Creates and starts a cluster, returning once it accepts connections.
     /// Panics with instructions when the PostgreSQL binaries are missing.
     pub async fn start() -> Cluster {
+        Cluster::start_with(&[]).await
+    }
+
+    /// Like [`Cluster::start`], with extra server settings (`-c name=value`)
+    /// placed after the defaults, so they override them (the last setting on
+    /// the command line wins): e.g. the propagation bench mirrors its main
+    /// server's `fsync`, `synchronous_commit` and TLS settings.
+    pub async fn start_with(settings: &[(String, String)]) -> Cluster {
+        let settings: String = settings
+            .iter()
+            .map(|(k, v)| format!(" -c {}", sh_quote(&format!("{k}={v}"))))
+            .collect();
         let tools = PgTools::find().unwrap_or_else(|| panic!("{NO_POSTGRES_HELP}"));
         let template = template(tools).await;
         let n = NEXT_CLUSTER.fetch_add(1, Ordering::Relaxed);
@@ -391,6 +406,7 @@ impl Cluster {
                 dir: dir.clone(),
                 data: data.clone(),
                 port: pick_port(),
+                settings: settings.clone(),
             };
             match cluster.pg_start().await {
                 Ok(()) => {
@@ -422,9 +438,10 @@ impl Cluster {
         let log_before = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0) as usize;
         let opts = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off \
-             -c full_page_writes=off -c max_connections=200",
+             -c full_page_writes=off -c max_connections=200{}",
             self.port,
-            sh_quote(&self.dir.to_string_lossy())
+            sh_quote(&self.dir.to_string_lossy()),
+            self.settings
         );
         let out = run(self.tools.command(
             "pg_ctl",
