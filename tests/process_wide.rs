@@ -1,6 +1,7 @@
 //! Checks of process-wide behaviour, in a test binary of their own so that nothing else in the
 //! process installs a metrics recorder or builds a breaker without a storage first.
 
+#[allow(dead_code, unused_imports)] // this binary uses a few helpers of the shared kit
 mod support;
 
 use std::collections::HashMap;

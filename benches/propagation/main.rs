@@ -39,6 +39,7 @@ mod raw_notify;
 mod report;
 mod round_trips;
 mod startup;
+#[allow(dead_code, unused_imports)] // the bench uses the cluster launcher of the tests' kit
 #[path = "../../tests/support/mod.rs"]
 mod support;
 mod throughput;

@@ -525,12 +525,6 @@ impl Cluster {
         self.pg_stop("fast").await;
     }
 
-    /// Stops the server in immediate mode (like a crash: no checkpoint; the
-    /// next start does crash recovery).
-    pub async fn stop_immediate(&self) {
-        self.pg_stop("immediate").await;
-    }
-
     /// Starts a stopped server again on the same port, returning once it
     /// accepts connections.
     pub async fn start_again(&self) {
@@ -551,10 +545,6 @@ impl Cluster {
 
     pub fn port(&self) -> u16 {
         self.port
-    }
-
-    pub fn host(&self) -> &'static str {
-        "127.0.0.1"
     }
 
     /// `127.0.0.1:<port>`, e.g. as a [`super::Proxy`] target.

@@ -23,15 +23,12 @@
 //! through `RC_TEST_DATABASE_URL` must accept plain connections. It uses real
 //! time: don't call it from a test whose tokio clock is paused (the
 //! connection timeouts would fire at once).
-#![allow(dead_code)]
 
 pub mod breakers;
 pub mod cluster;
 pub mod proxy;
 
-#[allow(unused_imports)]
 pub use cluster::Cluster;
-#[allow(unused_imports)]
 pub use proxy::{Mode, Proxy};
 
 use std::future::Future;
@@ -385,12 +382,6 @@ pub struct TestRole {
     name: String,
     admin: ConnParts,
     db: String,
-}
-
-impl TestRole {
-    pub fn name(&self) -> &str {
-        &self.name
-    }
 }
 
 impl Drop for TestRole {

@@ -18,9 +18,9 @@
 //! All tasks run on the runtime that called [`Proxy::start`] and end when the
 //! [`Proxy`] is dropped (every open connection is then reset).
 //!
-//! [`Proxy::bytes_from_clients`] and [`Proxy::bytes_from_servers`] count the
-//! bytes read from each side (whether then forwarded, delayed or swallowed),
-//! e.g. to show that a client sent nothing at all for a while.
+//! [`Proxy::bytes_from_clients`] counts the bytes read from clients (whether
+//! then forwarded, delayed or swallowed), e.g. to show that a client sent
+//! nothing at all for a while.
 
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -43,7 +43,6 @@ pub enum Mode {
 
 pub struct Proxy {
     addr: SocketAddr,
-    target: SocketAddr,
     mode: watch::Sender<Mode>,
     accepted: Arc<AtomicUsize>,
     open: Arc<AtomicUsize>,
@@ -82,7 +81,6 @@ impl Proxy {
         ));
         Proxy {
             addr,
-            target,
             mode,
             accepted,
             open,
@@ -94,18 +92,6 @@ impl Proxy {
     /// The address clients should connect to.
     pub fn addr(&self) -> SocketAddr {
         self.addr
-    }
-
-    pub fn port(&self) -> u16 {
-        self.addr.port()
-    }
-
-    pub fn target(&self) -> SocketAddr {
-        self.target
-    }
-
-    pub fn mode(&self) -> Mode {
-        *self.mode.borrow()
     }
 
     /// Switches mode; takes effect at once on current connections too.
@@ -129,11 +115,6 @@ impl Proxy {
     /// before any delay, and also when they are swallowed by a black hole.
     pub fn bytes_from_clients(&self) -> u64 {
         self.bytes.from_clients.load(Ordering::SeqCst)
-    }
-
-    /// Bytes read so far from the server (towards clients), likewise.
-    pub fn bytes_from_servers(&self) -> u64 {
-        self.bytes.from_servers.load(Ordering::SeqCst)
     }
 }
 

@@ -2,7 +2,7 @@
 //! written — by this crate, by the Python ancestor's plain upserts on a role that owns nothing,
 //! by operators, by cleanup DELETEs — and the functions refuse bad input with clear errors.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -6,7 +6,7 @@
 //! Every test prints its measurements on stderr as `MEASURED <test>: ...` (see them with
 //! `--nocapture`); the bounds asserted are the constants below, each with its reason.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

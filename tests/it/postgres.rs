@@ -1,6 +1,6 @@
 //! Shared state over PostgreSQL: every test runs against a real server, in a database of its own.
 
-mod support;
+use crate::support;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -2,7 +2,7 @@
 //! payloads, keys made to break quoting, and bad configuration. Nothing may panic, every other
 //! key must keep working, and no error may show a password.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -694,7 +694,7 @@ fn bad_variables_name_the_variable() {
         let out = std::process::Command::new(&exe)
             .args([
                 "--exact",
-                "env_probe_child",
+                "hostile::env_probe_child",
                 "--ignored",
                 "--nocapture",
                 "--test-threads=1",
@@ -707,7 +707,7 @@ fn bad_variables_name_the_variable() {
             .expect("running the child");
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "child failed: {stdout}");
-        // The harness prints "test env_probe_child ... " before the child's first line.
+        // The harness prints "test hostile::env_probe_child ... " before the child's first line.
         let line = |tag: &str| {
             stdout
                 .lines()

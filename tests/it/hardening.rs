@@ -2,7 +2,7 @@
 //! each failed on the code before the fix. Real PostgreSQL, a database per test; faults go
 //! through the test proxy, never the shared server.
 
-mod support;
+use crate::support;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};

@@ -1,6 +1,6 @@
 //! Tests of the test support code itself (tests/support).
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 
@@ -160,7 +160,12 @@ async fn cluster_exit_child() {
 async fn cluster_is_cleaned_up_at_process_exit() {
     let exe = std::env::current_exe().expect("current_exe failed");
     let out = tokio::process::Command::new(exe)
-        .args(["--ignored", "--exact", "cluster_exit_child", "--nocapture"])
+        .args([
+            "--ignored",
+            "--exact",
+            "harness::cluster_exit_child",
+            "--nocapture",
+        ])
         .env("RC_HARNESS_CHILD", "1")
         .output()
         .await

@@ -1,0 +1,16 @@
+//! The integration tests, as one binary so that a 2-core machine links once. One module per
+//! subject; every PostgreSQL test runs in a database of its own, so they run in parallel.
+//! `tests/process_wide.rs` stays a binary of its own: it installs a process-wide metrics recorder.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod breaker;
+mod concurrency;
+mod faults;
+mod hardening;
+mod harness;
+mod hostile;
+mod model;
+mod postgres;
+mod sql_contract;
