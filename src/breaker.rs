@@ -314,6 +314,7 @@ impl CircuitBreaker {
             Some(rx) => rx.await.unwrap_or(Err(StorageError::Database {
                 during: "forcing a state",
                 cause: "the storage shut down before the database answered".into(),
+                source: None,
             })),
         }
     }

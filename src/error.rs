@@ -202,6 +202,10 @@ pub enum StorageError {
         during: &'static str,
         /// The server's message, or the client's.
         cause: String,
+        /// The driver's error, when there is one (a statement's error never holds a password):
+        /// match its SQLSTATE with [`StorageError::sqlstate`].
+        #[source]
+        source: Option<Arc<tokio_postgres::Error>>,
     },
     /// The TLS setup failed (certificate files, verification mode).
     #[error("TLS setup failed: {0}")]
@@ -224,9 +228,12 @@ impl StorageError {
     /// The SQLSTATE of a statement the server refused (e.g. `42501`, insufficient privilege),
     /// when this error carries one.
     pub fn sqlstate(&self) -> Option<&str> {
-        let StorageError::Database { cause, .. } = self else {
+        let StorageError::Database { cause, source, .. } = self else {
             return None;
         };
+        if let Some(code) = source.as_ref().and_then(|e| e.code()) {
+            return Some(code.code());
+        }
         let at = cause.rfind("(SQLSTATE ")? + "(SQLSTATE ".len();
         cause.get(at..at + 5)
     }
@@ -240,10 +247,11 @@ impl StorageError {
         )
     }
 
-    pub(crate) fn db(during: &'static str, e: &tokio_postgres::Error) -> Self {
+    pub(crate) fn db(during: &'static str, e: tokio_postgres::Error) -> Self {
         StorageError::Database {
             during,
-            cause: describe_pg_error(e),
+            cause: describe_pg_error(&e),
+            source: Some(Arc::new(e)),
         }
     }
 }

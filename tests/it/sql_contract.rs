@@ -171,6 +171,11 @@ async fn read_only_role_cannot_change_breakers() {
         err.to_string().contains("may not change circuit breakers"),
         "{err}"
     );
+    assert_eq!(
+        err.sqlstate(),
+        Some("42501"),
+        "insufficient_privilege, matchable"
+    );
 }
 
 /// Hardening II, 2: a DELETE racing a trip: the trip's INSERT waits for the deletion, so its
@@ -750,4 +755,32 @@ fn migration_list_matches_the_sql_folder() {
         .map(|m| format!("{:04}_{}.sql", m.version, m.name))
         .collect();
     assert_eq!(files, listed);
+}
+
+/// A statement the server refuses keeps the driver's error as its source, SQLSTATE and all.
+#[tokio::test]
+async fn database_errors_keep_their_source() {
+    let db = test_db().await;
+    let storage = Storage::connect(&db.conninfo()).await;
+    let err = storage.expect_err("no schema, no auto_create");
+    assert!(err.to_string().contains("schema is not ready"), "{err}");
+    let (client, connection) = tokio_postgres::connect(&db.conninfo(), tokio_postgres::NoTls)
+        .await
+        .expect("connects");
+    tokio::spawn(connection);
+    let mut c = client;
+    let e = resilient_circuit::storage::postgres::migrate::migrate(&mut c).await;
+    assert!(e.is_ok(), "{e:?}");
+    let role = db
+        .role(&["GRANT SELECT ON public.rc_circuit_breakers TO {role}"])
+        .await;
+    let mut ro = connect_as(&db.conninfo_as(&role)).await;
+    let err = resilient_circuit::storage::postgres::migrate::migrate(&mut ro)
+        .await
+        .expect_err("a reader may not migrate");
+    assert!(err.sqlstate().is_some(), "{err:?}");
+    assert!(
+        std::error::Error::source(&err).is_some(),
+        "the driver's error is the source: {err:?}"
+    );
 }

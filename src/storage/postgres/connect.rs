@@ -57,6 +57,7 @@ async fn connect_inner(opts: PostgresOptions) -> Result<Storage, StorageError> {
         .map_err(|e| StorageError::Database {
             during: "building the connection pool",
             cause: e.to_string(),
+            source: None,
         })?;
     let (shutdown_tx, shutdown_rx) = watch::channel(());
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
@@ -94,6 +95,7 @@ async fn connect_inner(opts: PostgresOptions) -> Result<Storage, StorageError> {
         return Err(StorageError::Database {
             during: "starting the instance",
             cause: "internal: backend not built".into(),
+            source: None,
         });
     };
 

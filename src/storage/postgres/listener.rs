@@ -124,7 +124,7 @@ pub(crate) async fn open(shared: &Arc<Shared>) -> Result<Live, StorageError> {
     };
     let listen = live.client.batch_execute("LISTEN rc_circuit_breakers");
     match tokio::time::timeout(shared.opts.statement_timeout, listen).await {
-        Ok(r) => r.map_err(|e| StorageError::db("listening", &e))?,
+        Ok(r) => r.map_err(|e| StorageError::db("listening", e))?,
         Err(_) => {
             return Err(StorageError::Timeout {
                 after: shared.opts.statement_timeout,
@@ -158,19 +158,20 @@ async fn notify_key(client: &Client) -> Result<Option<NotifyKey>, StorageError> 
         Ok(row) => {
             let bytes: Vec<u8> = row
                 .try_get(0)
-                .map_err(|e| StorageError::db("reading the notification key", &e))?;
+                .map_err(|e| StorageError::db("reading the notification key", e))?;
             NotifyKey::new(&bytes)
                 .map(Some)
                 .map_err(|cause| StorageError::Database {
                     during: "reading the notification key",
                     cause,
+                    source: None,
                 })
         }
         Err(e) if e.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) => {
             tracing::warn!(error = %describe_pg_error(&e), "this role may not read the notification key: every notification is confirmed from the table before it counts (one extra query each)");
             Ok(None)
         }
-        Err(e) => Err(StorageError::db("reading the notification key", &e)),
+        Err(e) => Err(StorageError::db("reading the notification key", e)),
     }
 }
 
@@ -180,7 +181,7 @@ async fn resync(shared: &Arc<Shared>, client: &Client) -> Result<(), StorageErro
     let rows = client
         .query(statements::SNAPSHOT, &[&shared.opts.namespace])
         .await
-        .map_err(|e| StorageError::db("loading the snapshot", &e))?;
+        .map_err(|e| StorageError::db("loading the snapshot", e))?;
     let Some(storage) = shared.storage.upgrade() else {
         return Ok(());
     };
@@ -273,7 +274,7 @@ async fn confirm(
     let rows = client
         .query(statements::CONFIRM, &[&shared.opts.namespace, &keys])
         .await
-        .map_err(|e| StorageError::db("confirming notifications", &e))?;
+        .map_err(|e| StorageError::db("confirming notifications", e))?;
     let Some(storage) = shared.storage.upgrade() else {
         return Ok(());
     };

@@ -71,7 +71,7 @@ pub(crate) async fn verify(client: &Client) -> Result<(), StorageError> {
             &[],
         )
         .await
-        .map_err(|e| StorageError::db("checking the schema", &e))?;
+        .map_err(|e| StorageError::db("checking the schema", e))?;
     if !exists.get::<_, bool>(0) {
         return Err(StorageError::SchemaNotReady {
             reason: "table public.rc_schema_migrations does not exist (no migration applied)"
@@ -84,7 +84,7 @@ pub(crate) async fn verify(client: &Client) -> Result<(), StorageError> {
             &[],
         )
         .await
-        .map_err(|e| StorageError::db("checking the schema", &e))?;
+        .map_err(|e| StorageError::db("checking the schema", e))?;
     for m in MIGRATIONS {
         let applied = rows
             .iter()
@@ -115,7 +115,7 @@ pub(crate) async fn verify(client: &Client) -> Result<(), StorageError> {
 /// Applies every missing migration, all in one transaction under an advisory lock so that
 /// instances starting together apply each file once. Idempotent.
 pub async fn migrate(client: &mut Client) -> Result<Vec<i32>, StorageError> {
-    let err = |e: tokio_postgres::Error| StorageError::db("applying migrations", &e);
+    let err = |e: tokio_postgres::Error| StorageError::db("applying migrations", e);
     let mut applied = Vec::new();
     let tx = client.transaction().await.map_err(err)?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])

@@ -42,11 +42,11 @@ impl Shared {
             let stmt = client
                 .prepare_cached(sql)
                 .await
-                .map_err(|e| StorageError::db(during, &e))?;
+                .map_err(|e| StorageError::db(during, e))?;
             client
                 .query(&stmt, params)
                 .await
-                .map_err(|e| StorageError::db(during, &e))
+                .map_err(|e| StorageError::db(during, e))
         };
         let result = tokio::time::timeout(self.opts.statement_timeout, work).await;
         match result {
@@ -77,6 +77,7 @@ impl Shared {
         let row = rows.first().ok_or(StorageError::Database {
             during,
             cause: "the function returned no row".into(),
+            source: None,
         })?;
         statements::decode(row, during)
     }

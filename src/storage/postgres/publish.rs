@@ -413,7 +413,10 @@ impl Shared {
             Ok(rows) => rows,
             Err(e) if e.is_permanent() => {
                 tracing::warn!(key = %keys[0], more = keys.len() - 1, error = %e, "the database refused manual overrides");
-                let cause = e.to_string();
+                let (cause, source) = match e {
+                    StorageError::Database { cause, source, .. } => (cause, source),
+                    other => (other.to_string(), None),
+                };
                 for e in &mut entries {
                     if let Some(t) = e.cell.override_abandoned() {
                         self.transitioned(&e.cell, t);
@@ -422,6 +425,7 @@ impl Shared {
                         let _ = d.send(Err(StorageError::Database {
                             during: "forcing a state",
                             cause: cause.clone(),
+                            source: source.clone(),
                         }));
                     }
                 }
@@ -467,6 +471,7 @@ impl Shared {
                         let _ = d.send(Err(StorageError::Database {
                             during: "forcing a state",
                             cause: cause.clone(),
+                            source: None,
                         }));
                     }
                     sent.push(e);

@@ -75,7 +75,7 @@ impl RowState {
 
 /// Decodes a transition function's answer.
 pub(crate) fn decode(row: &Row, during: &'static str) -> Result<RowState, StorageError> {
-    let err = |e: tokio_postgres::Error| StorageError::db(during, &e);
+    let err = |e: tokio_postgres::Error| StorageError::db(during, e);
     Ok(RowState {
         state: row.try_get("o_state").map_err(err)?,
         version: row.try_get("o_version").map_err(err)?,
@@ -91,7 +91,7 @@ pub(crate) fn decode_batch(
     row: &Row,
     during: &'static str,
 ) -> Result<(String, Result<RowState, String>), StorageError> {
-    let err = |e: tokio_postgres::Error| StorageError::db(during, &e);
+    let err = |e: tokio_postgres::Error| StorageError::db(during, e);
     let key: String = row.try_get("o_key").map_err(err)?;
     let error: Option<String> = row.try_get("o_error").map_err(err)?;
     if let Some(e) = error {
@@ -103,7 +103,7 @@ pub(crate) fn decode_batch(
 /// Decodes a snapshot row: key and state.
 pub(crate) fn decode_snapshot(row: &Row) -> Result<(String, Remote), StorageError> {
     let during = "reading the snapshot";
-    let err = |e: tokio_postgres::Error| StorageError::db(during, &e);
+    let err = |e: tokio_postgres::Error| StorageError::db(during, e);
     let key: String = row.try_get("o_key").map_err(err)?;
     let state: String = row.try_get("o_state").map_err(err)?;
     let remote = Remote {
