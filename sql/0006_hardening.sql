@@ -14,7 +14,8 @@
 --   the change becomes visible, and carry an HMAC-SHA256 under a key that only roles allowed to
 --   write the table can read (rc_notify_key()); a NOTIFY from anyone else is ignored.
 -- * Functions validate their input (NULLs, empty or over-long keys, cooldowns past the maximum);
---   the batched ones report a failure per key instead of rolling the batch back.
+--   the batched ones report bad arguments per key instead of rolling the batch back, and refuse
+--   a caller without the right to write as a whole.
 
 -- The ancestor created open_until as `timestamp` (without time zone) in some versions; a cooldown
 -- then depends on each session's TimeZone. Convert, reading old values as UTC.
@@ -111,20 +112,28 @@ $$;
 CREATE OR REPLACE FUNCTION public.rc_max_ms() RETURNS bigint
 LANGUAGE sql IMMUTABLE AS $$ SELECT 315360000000::bigint $$;
 
--- A key argument, or a clear error: varchar(255) would silently cut trailing spaces, and the
--- function would then answer for a different key than it wrote.
+-- What is wrong with a key argument, or NULL: varchar(255) would silently cut trailing spaces,
+-- and a function would then answer for a different key than it wrote.
+CREATE OR REPLACE FUNCTION public.rc_key_error(p_ns text, p_key text) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE
+        WHEN p_key IS NULL OR p_key = '' OR char_length(p_key) > 255 THEN
+            'circuit breaker key must have 1 to 255 characters, got '
+            || coalesce(char_length(p_key)::text, 'NULL')
+        WHEN p_ns IS NULL OR p_ns = '' OR char_length(p_ns) > 255 THEN
+            'namespace must have 1 to 255 characters, got '
+            || coalesce(char_length(p_ns)::text, 'NULL')
+    END
+$$;
+
+-- A key argument, or that error.
 CREATE OR REPLACE FUNCTION public.rc_check_key(p_ns text, p_key text) RETURNS void
 LANGUAGE plpgsql IMMUTABLE AS $$
+DECLARE
+    err text := public.rc_key_error(p_ns, p_key);
 BEGIN
-    IF p_key IS NULL OR p_key = '' OR char_length(p_key) > 255 THEN
-        RAISE EXCEPTION 'circuit breaker key must have 1 to 255 characters, got %',
-            coalesce(char_length(p_key)::text, 'NULL')
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    IF p_ns IS NULL OR p_ns = '' OR char_length(p_ns) > 255 THEN
-        RAISE EXCEPTION 'namespace must have 1 to 255 characters, got %',
-            coalesce(char_length(p_ns)::text, 'NULL')
-            USING ERRCODE = 'invalid_parameter_value';
+    IF err IS NOT NULL THEN
+        RAISE EXCEPTION '%', err USING ERRCODE = 'invalid_parameter_value';
     END IF;
 END
 $$;
@@ -496,25 +505,31 @@ END
 $$;
 
 -- rc_trip for each key, in the order given (callers sort them, so two instances batching
--- overlapping keys lock rows in the same order). A key that fails gets its error in o_error and
--- the others go on: one bad element does not roll back the batch.
+-- overlapping keys lock rows in the same order). A key with bad arguments gets its error in o_error
+-- and the others go on: one bad element does not roll back the batch. The arguments are checked
+-- here rather than by catching rc_trip's exceptions: an exception block is a subtransaction per
+-- key, which costs a quarter of the transitions per second.
 CREATE FUNCTION public.rc_trip_many(
     p_ns text, p_keys text[], p_cooldown_ms bigint[], p_failures integer[], p_logs jsonb[],
     p_basis bigint[] DEFAULT NULL)
 RETURNS TABLE (o_key text, o_state text, o_version bigint, o_remaining_ms bigint,
                o_lease_id bigint, o_retry_ms bigint, o_error text)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+DECLARE
+    err text;
 BEGIN
-    -- rc_trip / rc_force check the caller's right for each key (reported per key).
+    PERFORM public.rc_require_write();
     FOR i IN 1 .. coalesce(array_length(p_keys, 1), 0) LOOP
-        BEGIN
-            RETURN QUERY SELECT p_keys[i], t.*, NULL::text
-                FROM public.rc_trip(p_ns, p_keys[i], p_cooldown_ms[i], p_failures[i], p_logs[i],
-                                    p_basis[i]) AS t;
-        EXCEPTION WHEN OTHERS THEN
+        err := coalesce(public.rc_key_error(p_ns, p_keys[i]),
+                        CASE WHEN p_cooldown_ms[i] IS NULL THEN 'cooldown must not be NULL' END);
+        IF err IS NOT NULL THEN
             RETURN QUERY SELECT p_keys[i], NULL::text, NULL::bigint, NULL::bigint, NULL::bigint,
-                                NULL::bigint, SQLERRM || ' (SQLSTATE ' || SQLSTATE || ')';
-        END;
+                                NULL::bigint, err;
+            CONTINUE;
+        END IF;
+        RETURN QUERY SELECT p_keys[i], t.*, NULL::text
+            FROM public.rc_trip(p_ns, p_keys[i], p_cooldown_ms[i], p_failures[i], p_logs[i],
+                                p_basis[i]) AS t;
     END LOOP;
 END
 $$;
@@ -525,16 +540,24 @@ CREATE FUNCTION public.rc_force_many(
 RETURNS TABLE (o_key text, o_state text, o_version bigint, o_remaining_ms bigint,
                o_lease_id bigint, o_retry_ms bigint, o_error text)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+DECLARE
+    err text;
 BEGIN
-    -- rc_trip / rc_force check the caller's right for each key (reported per key).
+    PERFORM public.rc_require_write();
     FOR i IN 1 .. coalesce(array_length(p_keys, 1), 0) LOOP
-        BEGIN
-            RETURN QUERY SELECT p_keys[i], t.*, NULL::text
-                FROM public.rc_force(p_ns, p_keys[i], p_states[i], p_cooldown_ms[i]) AS t;
-        EXCEPTION WHEN OTHERS THEN
+        err := coalesce(public.rc_key_error(p_ns, p_keys[i]),
+                        CASE WHEN p_states[i] IS NULL OR p_states[i] NOT IN ('OPEN', 'CLOSED')
+                             THEN 'rc_force: state must be OPEN or CLOSED, not '
+                                  || coalesce(p_states[i], 'NULL') END,
+                        CASE WHEN p_states[i] = 'OPEN' AND p_cooldown_ms[i] IS NULL
+                             THEN 'cooldown must not be NULL' END);
+        IF err IS NOT NULL THEN
             RETURN QUERY SELECT p_keys[i], NULL::text, NULL::bigint, NULL::bigint, NULL::bigint,
-                                NULL::bigint, SQLERRM || ' (SQLSTATE ' || SQLSTATE || ')';
-        END;
+                                NULL::bigint, err;
+            CONTINUE;
+        END IF;
+        RETURN QUERY SELECT p_keys[i], t.*, NULL::text
+            FROM public.rc_force(p_ns, p_keys[i], p_states[i], p_cooldown_ms[i]) AS t;
     END LOOP;
 END
 $$;

@@ -761,15 +761,26 @@ impl KeyCell {
         cbs.push(Arc::downgrade(cb));
     }
 
+    /// The log line and the metric of a transition, without the callbacks.
+    pub(crate) fn announce(&self, t: Transition, origin: ChangeOrigin) {
+        tracing::info!(key = %self.key, from = %t.from, to = %t.to, ?origin, "circuit breaker changed state");
+        metrics::counter!("resilient_circuit_transitions_total", "to" => t.to.as_str())
+            .increment(1);
+    }
+
+    /// True when some live breaker handle registered a status-change callback on this key.
+    pub(crate) fn has_callbacks(&self) -> bool {
+        let cbs = self.callbacks.lock().unwrap_or_else(|e| e.into_inner());
+        cbs.iter().any(|w| w.strong_count() > 0)
+    }
+
     /// Runs the status-change callbacks outside every lock; a panicking one is logged and the
     /// others still run.
     pub(crate) fn notify(&self, t: Transition, origin: ChangeOrigin) {
         if t.from == t.to {
             return;
         }
-        tracing::info!(key = %self.key, from = %t.from, to = %t.to, ?origin, "circuit breaker changed state");
-        metrics::counter!("resilient_circuit_transitions_total", "to" => t.to.as_str())
-            .increment(1);
+        self.announce(t, origin);
         let live: Vec<Arc<Callback>> = {
             let cbs = self.callbacks.lock().unwrap_or_else(|e| e.into_inner());
             cbs.iter().filter_map(Weak::upgrade).collect()

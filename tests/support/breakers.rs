@@ -110,19 +110,55 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
 }
 
 impl Logs {
-    /// Captures WARN and above on this thread until the guard is dropped.
-    pub fn capture() -> (Logs, tracing::subscriber::DefaultGuard) {
+    /// Captures WARN and above logged on this thread until the guard is dropped.
+    ///
+    /// One process-wide subscriber writes each line to the capture of the thread that logged it
+    /// (if any). A subscriber per thread (`set_default`) would be simpler, but with many tests
+    /// in one binary tracing may cache a callsite as uninteresting while no capturing thread
+    /// exists, and later events of that callsite are then lost.
+    pub fn capture() -> (Logs, Capturing) {
+        static INSTALLED: OnceLock<()> = OnceLock::new();
+        INSTALLED.get_or_init(|| {
+            let subscriber = tracing_subscriber::fmt()
+                .with_writer(ThreadSink)
+                .with_max_level(tracing::Level::WARN)
+                .with_ansi(false)
+                .finish();
+            tracing::subscriber::set_global_default(subscriber)
+                .expect("no other global subscriber in the test binary");
+        });
         let logs = Logs::default();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(logs.clone())
-            .with_max_level(tracing::Level::WARN)
-            .with_ansi(false)
-            .finish();
-        (logs, tracing::subscriber::set_default(subscriber))
+        SINK.with(|s| *s.borrow_mut() = Some(logs.0.clone()));
+        (logs, Capturing)
     }
 
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
+    }
+}
+
+thread_local! {
+    /// Where this thread's log lines go while a test captures them.
+    static SINK: std::cell::RefCell<Option<Arc<Mutex<Vec<u8>>>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Stops this thread's capture when dropped.
+pub struct Capturing;
+
+impl Drop for Capturing {
+    fn drop(&mut self) {
+        SINK.with(|s| *s.borrow_mut() = None);
+    }
+}
+
+/// Writes to the current thread's capture, or nowhere.
+struct ThreadSink;
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for ThreadSink {
+    type Writer = LogWriter;
+
+    fn make_writer(&'a self) -> LogWriter {
+        LogWriter(SINK.with(|s| s.borrow().clone()).unwrap_or_default())
     }
 }
 

@@ -40,6 +40,12 @@ impl Callbacks {
         if t.from == t.to {
             return;
         }
+        if !cell.has_callbacks() {
+            // No user code to run: the log line and the metric need no thread hop. (A callback
+            // registered at this very moment misses this one transition, as if registered after.)
+            cell.announce(t, ChangeOrigin::Remote);
+            return;
+        }
         if self.tx.send((cell.clone(), t)).is_err() {
             // The thread could not be started: log at least.
             tracing::info!(key = %cell.key, from = %t.from, to = %t.to, "circuit breaker changed state (remote)");
