@@ -784,3 +784,47 @@ async fn database_errors_keep_their_source() {
         "the driver's error is the source: {err:?}"
     );
 }
+
+/// A migration waits for another instance's migration however short the statement timeout of the
+/// pool's sessions is (they carry it so that an abandoned call frees its row lock).
+#[tokio::test]
+async fn migration_is_not_cut_by_the_statement_timeout() {
+    let db = test_db().await;
+    let mut holder = db.client().await;
+    let tx = holder.transaction().await.expect("tx");
+    // The advisory lock instances migrate under ("rc_migr").
+    tx.execute("SELECT pg_advisory_xact_lock(32197408853682034)", &[])
+        .await
+        .expect("lock");
+    let connecting = tokio::spawn({
+        let opts = PostgresOptions::from_dsn(&db.conninfo())
+            .expect("dsn")
+            .auto_create(true)
+            .strict(true)
+            .statement_timeout(Duration::from_millis(300));
+        async move { Storage::connect_with(opts).await }
+    });
+    let admin = db.client().await;
+    assert!(
+        eventually(WAIT, || async {
+            admin
+                .query_one(
+                    "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+                     WHERE NOT l.granted AND l.locktype = 'advisory' AND a.datname = current_database()",
+                    &[],
+                )
+                .await
+                .map(|r| r.get::<_, i64>(0) > 0)
+                .unwrap_or(false)
+        })
+        .await,
+        "the instance waits for the lock"
+    );
+    tokio::time::sleep(Duration::from_millis(800)).await; // longer than the statement timeout
+    tx.commit().await.expect("release");
+    let storage = connecting
+        .await
+        .expect("task")
+        .expect("migrated once the other migration is done");
+    assert!(!storage.is_degraded());
+}

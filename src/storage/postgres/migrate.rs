@@ -118,6 +118,12 @@ pub async fn migrate(client: &mut Client) -> Result<Vec<i32>, StorageError> {
     let err = |e: tokio_postgres::Error| StorageError::db("applying migrations", e);
     let mut applied = Vec::new();
     let tx = client.transaction().await.map_err(err)?;
+    // The pool's sessions carry short statement and lock timeouts (so an abandoned transition
+    // call frees its row lock); a migration may rewrite a large table or wait for another
+    // instance's migration, so it lifts them for its own transaction.
+    tx.batch_execute("SET LOCAL statement_timeout = 0; SET LOCAL lock_timeout = 0")
+        .await
+        .map_err(err)?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .await
         .map_err(err)?;
