@@ -879,3 +879,47 @@ async fn notification_storm_past_the_buffer_reloads() {
     );
     assert!(!a.is_degraded());
 }
+
+/// Risk: when the runtime an instance was connected on shuts down, its background tasks are
+/// gone; a lease request that can no longer run must not leave callers waiting `probe_wait` on
+/// every call (its flag is cleared when the task is dropped unrun).
+#[test]
+fn a_dead_runtime_does_not_leave_callers_waiting() {
+    let rt = |_: ()| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+    };
+    let main = rt(());
+    let db = main.block_on(test_db());
+    let first = rt(());
+    let key = unique_key("deadrt");
+    let (storage, cb) = first.block_on(async {
+        let storage = instance(&db).await;
+        let cb = CircuitBreaker::builder(&key)
+            .storage(storage.clone())
+            .failure_limit(Ratio::new(1, 1))
+            .cooldown(Duration::from_millis(50))
+            .build()
+            .expect("valid");
+        fail(&cb).await;
+        assert!(eventually(WAIT, || async { storage.pending_publications() == 0 }).await);
+        tokio::time::sleep(Duration::from_millis(80)).await; // the cooldown passes
+        (storage, cb)
+    });
+    drop(first); // shuts the instance's runtime down, tasks and all
+    main.block_on(async {
+        for _ in 0..3 {
+            let t = Instant::now();
+            let r = cb.call(|| async { Ok::<_, ()>(()) }).await;
+            assert!(r.is_err(), "no lease can be had");
+            assert!(
+                t.elapsed() < Duration::from_millis(500),
+                "a caller waited {:?} for a request that can never run",
+                t.elapsed()
+            );
+        }
+    });
+    drop(storage);
+}
