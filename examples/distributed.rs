@@ -89,6 +89,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         r.map_err(|e| e.to_string())
     );
 
+    // Instance 3 has its own listener: wait until it too holds the trip, then for its cooldown.
+    while instances[2].state() != State::Open {
+        tokio::task::yield_now().await;
+    }
     tokio::time::sleep(instances[2].cooldown_remaining()).await;
     println!(
         "{} T3: cooldown over; instance 3 calls first and leases the probe",
