@@ -126,8 +126,9 @@ impl Storage {
         postgres::connect(options).await
     }
 
-    /// How many transitions this instance decided that the database has not acknowledged yet
-    /// (in flight, or waiting for the database to come back). Always 0 in memory.
+    /// How many keys have a transition this instance decided (a trip, an override, or both) that
+    /// the database has not answered yet: in flight, or waiting to be retried. One per key however
+    /// often it tripped. Always 0 in memory.
     pub fn pending_publications(&self) -> usize {
         match &self.inner.backend {
             Backend::Memory => 0,
