@@ -54,7 +54,7 @@ pub const MIGRATIONS: &[Migration] = &[
 const MIGRATION_LOCK: i64 = 0x72_63_5f_6d_69_67_72;
 
 /// FNV-1a of the SQL text: enough to notice an edited file, no dependency.
-pub(crate) fn checksum(sql: &str) -> String {
+pub fn checksum(sql: &str) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in sql.bytes() {
         h ^= u64::from(b);
@@ -63,8 +63,9 @@ pub(crate) fn checksum(sql: &str) -> String {
     format!("{h:016x}")
 }
 
-/// Read-only check that every migration is applied with the checksum of this build.
-pub(crate) async fn verify(client: &Client) -> Result<(), StorageError> {
+/// Read-only check that every migration is applied with the checksum of this build; the
+/// error's reason names the first one that is not.
+pub async fn verify(client: &Client) -> Result<(), StorageError> {
     let exists = client
         .query_one(
             "SELECT to_regclass('public.rc_schema_migrations') IS NOT NULL",
@@ -110,6 +111,31 @@ pub(crate) async fn verify(client: &Client) -> Result<(), StorageError> {
         }
     }
     Ok(())
+}
+
+/// The migrations not yet recorded as applied, in order (read-only: what
+/// [`migrate`] would apply now).
+pub async fn pending(client: &Client) -> Result<Vec<&'static Migration>, StorageError> {
+    let err = |e: tokio_postgres::Error| StorageError::db("checking the schema", e);
+    let exists = client
+        .query_one(
+            "SELECT to_regclass('public.rc_schema_migrations') IS NOT NULL",
+            &[],
+        )
+        .await
+        .map_err(err)?;
+    if !exists.get::<_, bool>(0) {
+        return Ok(MIGRATIONS.iter().collect());
+    }
+    let rows = client
+        .query("SELECT version FROM public.rc_schema_migrations", &[])
+        .await
+        .map_err(err)?;
+    let done: Vec<i32> = rows.iter().map(|r| r.get(0)).collect();
+    Ok(MIGRATIONS
+        .iter()
+        .filter(|m| !done.contains(&m.version))
+        .collect())
 }
 
 /// Applies every missing migration, all in one transaction under an advisory lock so that

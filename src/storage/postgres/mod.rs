@@ -13,6 +13,7 @@
 //! | `statements.rs` | every statement we send and the columns we read back |
 //! | `callbacks.rs` | the thread that runs callbacks of transitions made elsewhere |
 //! | `migrate.rs` | the schema: `sql/` applied in order, with checksums |
+//! | `admin.rs` | one plain connection for tools (the `resilient-circuit` command) |
 //! | `config/`, `tls.rs` | `PostgresOptions`, `RC_DB_*`, the DSN parser; TLS modes |
 //!
 //! One trip, end to end: `Permit::failure` (`breaker.rs`) → the cell trips locally (`cell.rs`)
@@ -22,6 +23,7 @@
 //! `precedence.rs` → each instance's cell changes state, and its callbacks run on
 //! `callbacks.rs`'s thread.
 
+pub mod admin;
 mod callbacks;
 pub(crate) mod config;
 mod connect;
