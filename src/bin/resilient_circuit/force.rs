@@ -1,0 +1,108 @@
+//! `open`, `close`, `delete`: overrides every instance obeys (through the table's triggers).
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use resilient_circuit::storage::postgres::PostgresOptions;
+
+use super::{connect, namespace, CliError};
+
+/// `rc_max_ms()`: the longest hold the SQL accepts (ten years), "until close".
+const MAX_MS: i64 = 315_360_000_000;
+
+#[derive(Debug, clap::Args)]
+pub struct KeyArgs {
+    /// The breaker's key.
+    key: String,
+    /// The namespace (default: RC_NAMESPACE, else `default`).
+    #[arg(long, value_name = "NS")]
+    namespace: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct OpenArgs {
+    #[command(flatten)]
+    target: KeyArgs,
+    /// Hold it OPEN this long (e.g. 30s, 5m, 1h); without it, until `close`.
+    #[arg(long = "for", value_name = "DURATION", value_parser = parse_duration)]
+    hold: Option<Duration>,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (e.g. 30s, 5m, 1h)"))?;
+    if d.is_zero() {
+        return Err("must be longer than zero".into());
+    }
+    if d.as_millis() > MAX_MS as u128 {
+        return Err("at most 10 years (3650 days)".into());
+    }
+    Ok(d)
+}
+
+async fn force(
+    opts: &PostgresOptions,
+    target: &KeyArgs,
+    state: &str,
+    ms: i64,
+) -> Result<i64, CliError> {
+    let ns = namespace(opts, &target.namespace);
+    let session = connect(opts).await?;
+    let row = session
+        .client()
+        .query_one(
+            "SELECT o_version FROM public.rc_force($1, $2, $3, $4)",
+            &[&ns, &target.key, &state, &ms],
+        )
+        .await
+        .map_err(|e| CliError::db("forcing the breaker", e))?;
+    Ok(row.get(0))
+}
+
+pub async fn open(opts: &PostgresOptions, args: OpenArgs) -> Result<ExitCode, CliError> {
+    let ms = args
+        .hold
+        .map_or(MAX_MS, |d| i64::try_from(d.as_millis()).unwrap_or(MAX_MS));
+    let version = force(opts, &args.target, "OPEN", ms).await?;
+    let how_long = match args.hold {
+        Some(d) => format!("for {}", humantime::format_duration(d)),
+        None => "until `close`".into(),
+    };
+    say!(
+        "{} in namespace {} is OPEN {how_long} (version {version})",
+        args.target.key,
+        namespace(opts, &args.target.namespace)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn close(opts: &PostgresOptions, args: KeyArgs) -> Result<ExitCode, CliError> {
+    let version = force(opts, &args, "CLOSED", 0).await?;
+    say!(
+        "{} in namespace {} is CLOSED (version {version})",
+        args.key,
+        namespace(opts, &args.namespace)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn delete(opts: &PostgresOptions, args: KeyArgs) -> Result<ExitCode, CliError> {
+    let ns = namespace(opts, &args.namespace);
+    let session = connect(opts).await?;
+    let n = session
+        .client()
+        .execute(
+            "DELETE FROM public.rc_circuit_breakers WHERE namespace = $1 AND resource_key = $2",
+            &[&ns, &args.key],
+        )
+        .await
+        .map_err(|e| CliError::db("deleting the breaker", e))?;
+    if n == 0 {
+        say!("{} in namespace {ns} has no row (it is CLOSED)", args.key);
+    } else {
+        say!(
+            "{} in namespace {ns} deleted (every instance sees it CLOSED)",
+            args.key
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
