@@ -6,6 +6,7 @@
 mod support;
 
 mod breaker;
+mod cli;
 mod concurrency;
 mod faults;
 mod hardening;

@@ -1,0 +1,423 @@
+//! The `resilient-circuit` command, end to end: the built binary against a fresh database.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use resilient_circuit::storage::postgres::PostgresOptions;
+use resilient_circuit::{CircuitBreaker, Ratio, State, Storage};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+use crate::support::breakers::Watched;
+use crate::support::{eventually, test_db, unique_key, TestDb};
+
+const BIN: &str = env!("CARGO_BIN_EXE_resilient-circuit");
+const WAIT: Duration = Duration::from_secs(10);
+
+/// What one run printed.
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+/// The command with `dsn` in `RC_DB_DSN` and no other RC_* variable.
+fn command(dsn: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new(BIN);
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("RC_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("RC_DB_DSN", dsn)
+        .args(args)
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    cmd
+}
+
+async fn run(dsn: &str, args: &[&str]) -> Run {
+    let out = tokio::time::timeout(Duration::from_secs(60), command(dsn, args).output())
+        .await
+        .expect("the command ends")
+        .expect("the command runs");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Runs and expects exit 0.
+async fn ok(dsn: &str, args: &[&str]) -> Run {
+    let r = run(dsn, args).await;
+    assert_eq!(
+        r.code, 0,
+        "{args:?} failed\nstdout:\n{}\nstderr:\n{}",
+        r.stdout, r.stderr
+    );
+    r
+}
+
+async fn set_up(db: &TestDb) {
+    ok(&db.conninfo(), &["setup", "--yes"]).await;
+}
+
+fn instance_options(conninfo: &str) -> PostgresOptions {
+    PostgresOptions::from_dsn(conninfo)
+        .expect("test conninfo parses")
+        .strict(true)
+}
+
+async fn row_count(db: &TestDb, key: &str) -> i64 {
+    db.client()
+        .await
+        .query_one(
+            "SELECT count(*) FROM public.rc_circuit_breakers WHERE resource_key = $1",
+            &[&key],
+        )
+        .await
+        .expect("counts")
+        .get(0)
+}
+
+#[tokio::test]
+async fn check_fails_on_an_empty_database_and_names_the_fix() {
+    let db = test_db().await;
+    let r = run(&db.conninfo(), &["check"]).await;
+    assert_eq!(r.code, 1, "stdout:\n{}\nstderr:\n{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("MISSING schema"), "{}", r.stdout);
+    assert!(r
+        .stdout
+        .contains("MISSING function public.rc_snapshot(text)"));
+    assert!(
+        r.stderr.contains("fix: resilient-circuit setup"),
+        "{}",
+        r.stderr
+    );
+    // The ancestor's name answers too.
+    assert_eq!(run(&db.conninfo(), &["pg-check"]).await.code, 1);
+}
+
+#[tokio::test]
+async fn setup_then_check_succeed() {
+    let db = test_db().await;
+    let r = ok(&db.conninfo(), &["pg-setup", "--yes"]).await;
+    assert!(r.stdout.contains("setup complete"), "{}", r.stdout);
+    let r = ok(&db.conninfo(), &["check"]).await;
+    assert!(r.stdout.contains("the database is ready"), "{}", r.stdout);
+    assert!(!r.stdout.contains("MISSING"), "{}", r.stdout);
+    // Idempotent.
+    let r = ok(&db.conninfo(), &["setup", "--yes"]).await;
+    assert!(r.stdout.contains("every migration was applied already"));
+}
+
+#[tokio::test]
+async fn setup_without_yes_off_a_terminal_is_refused() {
+    let db = test_db().await;
+    let r = run(&db.conninfo(), &["setup"]).await;
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("--yes"), "{}", r.stderr);
+    assert_eq!(
+        run(&db.conninfo(), &["check"]).await.code,
+        1,
+        "nothing applied"
+    );
+}
+
+#[tokio::test]
+async fn setup_dry_run_changes_nothing() {
+    let db = test_db().await;
+    let role = db.role(&[]).await;
+    let r = ok(
+        &db.conninfo(),
+        &[
+            "setup",
+            "--dry-run",
+            "--grant-to",
+            role_name(&db, &role).as_str(),
+        ],
+    )
+    .await;
+    assert!(r
+        .stdout
+        .contains("CREATE TABLE IF NOT EXISTS public.rc_circuit_breakers"));
+    assert!(r
+        .stdout
+        .contains("GRANT SELECT, INSERT, UPDATE, DELETE ON public.rc_circuit_breakers TO \""));
+    let exists: bool = db
+        .client()
+        .await
+        .query_one(
+            "SELECT to_regclass('public.rc_schema_migrations') IS NOT NULL \
+                 OR to_regclass('public.rc_circuit_breakers') IS NOT NULL",
+            &[],
+        )
+        .await
+        .expect("queries")
+        .get(0);
+    assert!(!exists, "a dry run created tables");
+    assert_eq!(run(&db.conninfo(), &["check"]).await.code, 1);
+}
+
+/// The role's name, from its conninfo (`user=...`).
+fn role_name(db: &TestDb, role: &crate::support::TestRole) -> String {
+    db.conninfo_as(role)
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix("user="))
+        .expect("conninfo names the user")
+        .to_owned()
+}
+
+/// The grant `setup --grant-to` gives is all an instance needs: it connects, trips, leases a
+/// probe from the database and forces, on a role that owns nothing.
+#[tokio::test]
+async fn setup_grant_to_is_enough_for_an_instance() {
+    let db = test_db().await;
+    let role = db.role(&[]).await;
+    let name = role_name(&db, &role);
+    let r = run(&db.conninfo(), &["check", "--role", &name]).await;
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr.contains(&format!("--grant-to {name}")),
+        "{}",
+        r.stderr
+    );
+
+    ok(&db.conninfo(), &["setup", "--yes", "--grant-to", &name]).await;
+    ok(&db.conninfo(), &["check", "--role", &name]).await;
+
+    let storage = Storage::connect_with(instance_options(&db.conninfo_as(&role)))
+        .await
+        .expect("an instance on the granted role connects");
+    let key = unique_key("granted");
+    let cb = CircuitBreaker::builder(&key)
+        .storage(storage.clone())
+        .failure_limit(Ratio::new(1, 1))
+        .cooldown(Duration::from_millis(300))
+        .build()
+        .expect("valid");
+    let _ = cb.call(|| async { Err::<(), _>("down") }).await;
+    assert!(eventually(WAIT, || async { storage.pending_publications() == 0 }).await);
+    let admin = db.client().await;
+    let state: String = admin
+        .query_one(
+            "SELECT state::text FROM public.rc_circuit_breakers WHERE resource_key = $1",
+            &[&key],
+        )
+        .await
+        .expect("the trip reached the table")
+        .get(0);
+    assert_eq!(state, "OPEN");
+
+    let probe = loop {
+        match cb.acquire().await {
+            Ok(p) => break p,
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    assert!(probe.is_probe());
+    let leases: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM public.rc_probe_leases WHERE resource_key = $1",
+            &[&key],
+        )
+        .await
+        .expect("counts")
+        .get(0);
+    assert_eq!(leases, 1, "the probe was leased from the database");
+    drop(probe);
+
+    cb.force_open_confirmed(Duration::from_secs(600))
+        .await
+        .expect("the role may force");
+    cb.force_closed_confirmed().await.expect("and close");
+    assert!(!storage.is_degraded());
+}
+
+#[tokio::test]
+async fn status_shows_a_trip_as_text_and_json() {
+    let db = test_db().await;
+    set_up(&db).await;
+    let storage = Storage::connect_with(instance_options(&db.conninfo()))
+        .await
+        .expect("connects");
+    let key = unique_key("status");
+    let cb = CircuitBreaker::builder(&key)
+        .storage(storage.clone())
+        .failure_limit(Ratio::new(1, 1))
+        .cooldown(Duration::from_secs(120))
+        .build()
+        .expect("valid");
+    let _ = cb.call(|| async { Err::<(), _>("down") }).await;
+    assert!(eventually(WAIT, || async { storage.pending_publications() == 0 }).await);
+
+    let r = ok(&db.conninfo(), &["status"]).await;
+    let header = r.stdout.lines().next().expect("a header");
+    assert!(header.starts_with("KEY"), "{}", r.stdout);
+    let line = r
+        .stdout
+        .lines()
+        .find(|l| l.starts_with(&key))
+        .unwrap_or_else(|| panic!("no line for {key}:\n{}", r.stdout));
+    assert!(line.contains("OPEN"), "{line}");
+    assert!(!line.contains('\x1b'), "no colour off a terminal: {line:?}");
+    // Aligned: the STATE column starts where its header does.
+    assert_eq!(header.find("STATE"), line.find("OPEN"), "{}", r.stdout);
+
+    let r = ok(&db.conninfo(), &["status", "--json"]).await;
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).expect("JSON");
+    assert_eq!(v["namespace"], "default");
+    let b = &v["breakers"][0];
+    assert_eq!(b["key"], key.as_str());
+    assert_eq!(b["state"], "OPEN");
+    assert!(b["failure_count"].is_i64());
+    let secs = b["half_open_in_seconds"].as_f64().expect("seconds");
+    assert!(secs > 60.0 && secs <= 120.0, "{secs}");
+    assert!(b["version"].as_i64().expect("version") > 0);
+    assert!(b["updated_at"].as_str().expect("time").ends_with('Z'));
+
+    let r = ok(
+        &db.conninfo(),
+        &["status", "--json", "--namespace", "elsewhere"],
+    )
+    .await;
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).expect("JSON");
+    assert_eq!(v["breakers"].as_array().map(Vec::len), Some(0));
+}
+
+#[tokio::test]
+async fn open_close_delete_reach_a_running_instance() {
+    let db = test_db().await;
+    set_up(&db).await;
+    let storage = Storage::connect_with(instance_options(&db.conninfo()))
+        .await
+        .expect("connects");
+    let key = unique_key("override");
+    let mut w = Watched::new(&storage, &key, |b| b);
+    assert_eq!(w.cb.state(), State::Closed);
+
+    let r = ok(&db.conninfo(), &["open", &key]).await;
+    assert!(r.stdout.contains("until `close`"), "{}", r.stdout);
+    assert!(
+        w.reaches_within(State::Open, WAIT).await,
+        "open reached the instance"
+    );
+    let r = ok(&db.conninfo(), &["status"]).await;
+    assert!(r.stdout.contains("until close"), "{}", r.stdout);
+
+    ok(&db.conninfo(), &["close", &key]).await;
+    assert!(
+        w.reaches_within(State::Closed, WAIT).await,
+        "close reached the instance"
+    );
+
+    ok(&db.conninfo(), &["open", &key, "--for", "5m"]).await;
+    assert!(w.reaches_within(State::Open, WAIT).await);
+    let r = ok(&db.conninfo(), &["delete", &key]).await;
+    assert!(r.stdout.contains("deleted"), "{}", r.stdout);
+    assert!(
+        w.reaches_within(State::Closed, WAIT).await,
+        "delete reached the instance"
+    );
+    assert_eq!(row_count(&db, &key).await, 0);
+
+    let bad = run(&db.conninfo(), &["open", &key, "--for", "soon"]).await;
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
+}
+
+#[tokio::test]
+async fn watch_prints_a_line_per_change() {
+    let db = test_db().await;
+    set_up(&db).await;
+    let mut child = command(&db.conninfo(), &["watch"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("watch starts");
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let started = tokio::time::timeout(WAIT, async {
+        while let Some(line) = stderr.next_line().await.expect("reads") {
+            if line.starts_with("watching") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(started.ok(), Some(true), "watch announced itself");
+
+    let key = unique_key("watched");
+    ok(&db.conninfo(), &["open", &key, "--for", "30s"]).await;
+    let line = tokio::time::timeout(WAIT, stdout.next_line())
+        .await
+        .expect("a line within the wait")
+        .expect("reads")
+        .expect("a line");
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(fields.len(), 5, "{line}");
+    assert!(fields[0].ends_with('Z'), "{line}");
+    assert_eq!(&fields[1..4], &["default", key.as_str(), "OPEN"], "{line}");
+    assert!(fields[4].starts_with('v'), "{line}");
+    child.kill().await.expect("kills watch");
+}
+
+#[tokio::test]
+async fn usage_errors_exit_2() {
+    let db = test_db().await;
+    assert_eq!(run(&db.conninfo(), &["no-such-command"]).await.code, 2);
+    assert_eq!(
+        run(&db.conninfo(), &["open"]).await.code,
+        2,
+        "KEY is required"
+    );
+    let r = run(&db.conninfo(), &["setup", "--yes", "--grant-to", ""]).await;
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("must not be empty"), "{}", r.stderr);
+    // Not configured at all.
+    let mut cmd = command("", &["status"]);
+    cmd.env_remove("RC_DB_DSN");
+    let out = cmd.output().await.expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not configured"));
+}
+
+#[tokio::test]
+async fn a_password_in_the_dsn_is_never_printed() {
+    let db = test_db().await;
+    let secret = "Hunter2-very-secret";
+    // Trust authentication ignores the password, so these connect.
+    let dsn = format!("{} password={secret}", db.conninfo());
+    let wrong_db = format!("{dsn} dbname=rc_no_such_database_{}", std::process::id());
+    let mut outputs = Vec::new();
+    for (dsn, args) in [
+        (&dsn, &["check"][..]),
+        (&dsn, &["setup", "--dry-run"][..]),
+        (&dsn, &["setup", "--yes"][..]),
+        (&dsn, &["status"][..]),
+        (&dsn, &["status", "--json"][..]),
+        (&dsn, &["open", "k"][..]),
+        (&wrong_db, &["check"][..]),
+        (&wrong_db, &["setup"][..]),
+    ] {
+        let r = run(dsn, args).await;
+        outputs.push((args, r));
+    }
+    // And through --dsn, badly formed.
+    let r = run(
+        "",
+        &["--dsn", &format!("postgres://u:{secret}@[bad/x"), "check"],
+    )
+    .await;
+    outputs.push((&["--dsn"][..], r));
+    for (args, r) in &outputs {
+        assert!(
+            !r.stdout.contains(secret) && !r.stderr.contains(secret),
+            "{args:?} printed the password:\n{}\n{}",
+            r.stdout,
+            r.stderr
+        );
+    }
+    assert_ne!(outputs[6].1.code, 0, "a missing database is an error");
+}
