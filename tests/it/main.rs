@@ -14,4 +14,5 @@ mod harness;
 mod hostile;
 mod model;
 mod postgres;
+mod seed_sql;
 mod sql_contract;
