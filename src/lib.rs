@@ -65,6 +65,7 @@ mod policy;
 mod ratio;
 mod state;
 pub mod storage;
+mod telemetry;
 mod window;
 
 pub use breaker::{CircuitBreaker, Outcome, Permit};
