@@ -13,8 +13,10 @@ use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusBuilder;
 use prometheus_parse::{Scrape, Value};
+use resilient_circuit::storage::postgres::PostgresOptions;
 use resilient_circuit::{CircuitBreaker, Ratio, State, Storage};
 use support::breakers::{fail, options};
+use support::proxy::{Mode, Proxy};
 use support::{eventually, test_db};
 
 /// Buckets for the two duration histograms, in seconds (as in the example).
@@ -330,6 +332,60 @@ async fn a_scrape_shows_every_state_count_and_instance_metric() {
         None,
         "no error, no series"
     );
+
+    // An instance that loses its connection: degraded, reconnecting, a trip pending and failing,
+    // then all caught up once the path is back.
+    let cut_ns = "scrape_cut";
+    let proxy = Proxy::start(db.addr()).await;
+    let c = Storage::connect_with(
+        PostgresOptions::from_dsn(&db.conninfo_via(proxy.addr()))
+            .expect("dsn")
+            .auto_create(true)
+            .namespace(cut_ns),
+    )
+    .await
+    .expect("connects through the proxy");
+    let cut = |extra: &[(&'static str, &'static str)]| {
+        let mut v = vec![("namespace", cut_ns)];
+        v.extend_from_slice(extra);
+        v
+    };
+    proxy.set_mode(Mode::Cut);
+    assert!(eventually(Duration::from_secs(20), || async { c.is_degraded() }).await);
+    let on_c = CircuitBreaker::builder("scrape_cut_key")
+        .storage(c.clone())
+        .failure_limit(Ratio::new(1, 1))
+        .cooldown(Duration::from_secs(60))
+        .build()
+        .expect("valid");
+    fail(&on_c).await;
+    let ok = eventually(Duration::from_secs(20), || async {
+        let s = scrape_async(addr).await;
+        s.value("resilient_circuit_degraded", &cut(&[])) == Some(1.0)
+            && s.value("resilient_circuit_listener_connected", &cut(&[])) == Some(0.0)
+            && s.value("resilient_circuit_listener_reconnects_total", &cut(&[])) >= Some(1.0)
+            && s.value("resilient_circuit_pending_publications", &cut(&[])) == Some(1.0)
+            && s.value(
+                "resilient_circuit_store_errors_total",
+                &cut(&[("op", "publish_trips")]),
+            ) >= Some(1.0)
+    })
+    .await;
+    assert!(ok, "the cut instance:\n{}", scrape_async(addr).await.text);
+    proxy.set_mode(Mode::Pass);
+    let ok = eventually(Duration::from_secs(30), || async {
+        let s = scrape_async(addr).await;
+        s.value("resilient_circuit_degraded", &cut(&[])) == Some(0.0)
+            && s.value("resilient_circuit_listener_connected", &cut(&[])) == Some(1.0)
+            && s.value("resilient_circuit_pending_publications", &cut(&[])) == Some(0.0)
+    })
+    .await;
+    assert!(
+        ok,
+        "the instance is back:\n{}",
+        scrape_async(addr).await.text
+    );
+    let s = scrape_async(addr).await;
 
     if std::env::var_os("SHOW_SCRAPE").is_some() {
         eprintln!("{}", s.text);
