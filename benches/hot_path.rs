@@ -21,6 +21,11 @@
 //! * `open_reject`: the cost of being refused by an open breaker whose cooldown is far from over,
 //!   single-threaded and with two threads sharing the breaker.
 //!
+//! * `closed_single_thread/resilient_circuit/try_acquire_success_call_metrics`: the same with the
+//!   opt-in per-call metrics (`Builder::call_metrics(true)`) counted by a real recorder
+//!   (`metrics-exporter-prometheus`'s, installed for that breaker only with
+//!   `metrics::with_local_recorder`): what counting every success costs.
+//!
 //! Excluded: anything that changes state (trips, half-open probes, re-closing), the PostgreSQL
 //! storage and its listener (the hot path reads the same local cell whatever the storage), key
 //! lookup (`Storage::cell_for` runs once per `build`, never per call), and metrics/tracing
@@ -89,8 +94,14 @@ mod rc {
 
     /// A closed breaker whose window is full of successes ("clean").
     pub fn healthy(key: &str) -> CircuitBreaker {
+        healthy_with(key, false)
+    }
+
+    /// [`healthy`], with the opt-in per-call metrics or not.
+    pub fn healthy_with(key: &str, call_metrics: bool) -> CircuitBreaker {
         let cb = CircuitBreaker::builder(key)
             .storage(Storage::in_memory())
+            .call_metrics(call_metrics)
             .failure_limit(Ratio::new(FAILURES_TO_TRIP, WINDOW))
             .cooldown(COOLDOWN)
             .build()
@@ -227,6 +238,14 @@ mod closed_single_thread {
         let cb = rc::healthy("closed_single_thread");
         group.bench_function("resilient_circuit/try_acquire_success", |b| {
             b.iter(|| rc::acquire_success(&cb))
+        });
+        // A real recorder for this breaker's handles only: the rest of the bench keeps none.
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let counted = metrics::with_local_recorder(&recorder, || {
+            rc::healthy_with("closed_single_thread_counted", true)
+        });
+        group.bench_function("resilient_circuit/try_acquire_success_call_metrics", |b| {
+            b.iter(|| rc::acquire_success(&counted))
         });
         group.bench_function("resilient_circuit/state", |b| {
             b.iter(|| black_box(cb.state()))

@@ -5,16 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cell::{Admission, Callback, KeyCell, Lease, Recorded, StateWord};
+use crate::telemetry::{CallMetrics, CallOutcome};
 use crate::{
     Builder, ChangeOrigin, CircuitError, Rejected, State, Storage, StorageError, MAX_DURATION,
 };
-
-/// Counts a rejection handed to the caller (once per call, whichever path rejected it).
-#[cold]
-fn counted(r: Rejected) -> Rejected {
-    metrics::counter!("resilient_circuit_rejected_total").increment(1);
-    r
-}
 
 /// Whether a finished call counts as a success or a failure of the protected resource.
 ///
@@ -86,6 +80,9 @@ struct Inner {
     /// Keeps this handle's callback alive; the cell holds it weakly.
     _callback: Option<Arc<Callback>>,
     probe_wait: Duration,
+    /// The opt-in per-call metrics ([`Builder::call_metrics`]); `None` costs the success path
+    /// one predictable branch, no metrics call.
+    calls: Option<CallMetrics>,
 }
 
 impl Drop for Inner {
@@ -115,15 +112,26 @@ impl CircuitBreaker {
         storage: Storage,
         callback: Option<Arc<Callback>>,
         probe_wait: Duration,
+        call_metrics: bool,
     ) -> Self {
+        let calls = call_metrics.then(|| CallMetrics::new(&cell.key, storage.metrics_namespace()));
         CircuitBreaker {
             inner: Arc::new(Inner {
                 cell,
                 storage,
                 _callback: callback,
                 probe_wait,
+                calls,
             }),
         }
+    }
+
+    /// Counts a rejection handed to the caller (once per call, whichever path rejected it).
+    #[cold]
+    fn counted(&self, r: Rejected) -> Rejected {
+        let cell = &self.inner.cell;
+        cell.metrics.rejected(cell.rejection_reason(r.state()));
+        r
     }
 
     /// The breaker's key.
@@ -163,7 +171,7 @@ impl CircuitBreaker {
     pub fn try_acquire(&self) -> Result<Permit<'_>, Rejected> {
         match self.inner.cell.admit() {
             Admission::Closed(word) => Ok(Permit::new(self, word, None)),
-            admission => self.admission_slow(admission).map_err(counted),
+            admission => self.admission_slow(admission).map_err(|r| self.counted(r)),
         }
     }
 
@@ -173,7 +181,13 @@ impl CircuitBreaker {
     fn admission_slow(&self, admission: Admission) -> Result<Permit<'_>, Rejected> {
         match admission {
             Admission::Closed(word) => Ok(Permit::new(self, word, None)),
-            Admission::Probe(word, lease) => Ok(Permit::new(self, word, lease)),
+            Admission::Probe(word, lease) => {
+                // Ended in `KeyCell::record_slow` or `KeyCell::cancel`, on the same condition.
+                if !word.is_closed() || lease.is_some() {
+                    self.inner.cell.metrics.probe_started();
+                }
+                Ok(Permit::new(self, word, lease))
+            }
             Admission::Rejected {
                 state,
                 retry_after,
@@ -192,7 +206,7 @@ impl CircuitBreaker {
     /// builder's `probe_wait`. Callers that cannot (every slot of the round is leased elsewhere,
     /// the cooldown is not over) are rejected at once.
     pub async fn acquire(&self) -> Result<Permit<'_>, Rejected> {
-        self.acquire_uncounted().await.map_err(counted)
+        self.acquire_uncounted().await.map_err(|r| self.counted(r))
     }
 
     async fn acquire_uncounted(&self) -> Result<Permit<'_>, Rejected> {
@@ -261,10 +275,17 @@ impl CircuitBreaker {
             admission => match self.admission_slow(admission) {
                 Ok(p) => p,
                 Err(r) if self.may_wait(&r) => self.acquire().await?,
-                Err(r) => return Err(counted(r).into()),
+                Err(r) => return Err(self.counted(r).into()),
             },
         };
+        let Some(calls) = &self.inner.calls else {
+            let result = f().await;
+            permit.record(classify(&result));
+            return result.map_err(CircuitError::Inner);
+        };
+        let started = std::time::Instant::now();
         let result = f().await;
+        calls.duration(started.elapsed());
         permit.record(classify(&result));
         result.map_err(CircuitError::Inner)
     }
@@ -398,6 +419,24 @@ impl<'a> Permit<'a> {
             Recorded::Nothing => {}
             other => self.breaker.after_record(other),
         }
+        if let Some(calls) = &self.breaker.inner.calls {
+            calls.call(match outcome {
+                Outcome::Success => CallOutcome::Success,
+                Outcome::Failure => CallOutcome::Failure,
+            });
+        }
+    }
+
+    /// Dropped without an outcome: a probe gives its slot back, and the call counts as
+    /// cancelled.
+    #[cold]
+    fn dropped_unreported(&self) {
+        if self.is_probe() || self.lease.is_some() {
+            self.breaker.cell().cancel(self.admitted, self.lease);
+        }
+        if let Some(calls) = &self.breaker.inner.calls {
+            calls.call(CallOutcome::Cancelled);
+        }
     }
 }
 
@@ -421,8 +460,8 @@ impl CircuitBreaker {
 impl Drop for Permit<'_> {
     #[inline]
     fn drop(&mut self) {
-        if !self.reported && (self.is_probe() || self.lease.is_some()) {
-            self.breaker.cell().cancel(self.admitted, self.lease);
+        if !self.reported {
+            self.dropped_unreported();
         }
     }
 }

@@ -24,6 +24,7 @@ pub struct Builder {
     policy: Policy,
     callback: Option<Arc<Callback>>,
     probe_wait: Duration,
+    call_metrics: bool,
 }
 
 impl std::fmt::Debug for Builder {
@@ -32,6 +33,7 @@ impl std::fmt::Debug for Builder {
             .field("key", &self.key)
             .field("policy", &self.policy)
             .field("probe_wait", &self.probe_wait)
+            .field("call_metrics", &self.call_metrics)
             .finish_non_exhaustive()
     }
 }
@@ -44,6 +46,7 @@ impl Builder {
             policy: Policy::default(),
             callback: None,
             probe_wait: Duration::from_secs(1),
+            call_metrics: false,
         }
     }
 
@@ -92,6 +95,17 @@ impl Builder {
         self
     }
 
+    /// Counts every call of this handle (and its clones) in `resilient_circuit_calls_total`
+    /// by outcome, and times those run through [`call`](CircuitBreaker::call) and
+    /// [`call_with`](CircuitBreaker::call_with) in `resilient_circuit_call_duration_seconds`.
+    /// Default: off, since counting every success adds an atomic increment to a path that is
+    /// otherwise one load and a compare (see the crate docs, "Metrics"). Rejections, states and
+    /// transitions are always counted.
+    pub fn call_metrics(mut self, on: bool) -> Self {
+        self.call_metrics = on;
+        self
+    }
+
     /// Validates and builds. Breakers with the same key on the same storage share one state.
     pub fn build(self) -> Result<CircuitBreaker, ConfigError> {
         validate_key(&self.key)?;
@@ -117,11 +131,13 @@ impl Builder {
         if let Some(cb) = &self.callback {
             cell.add_callback(cb);
         }
+        cell.publish_state();
         Ok(CircuitBreaker::from_parts(
             cell,
             storage,
             self.callback,
             self.probe_wait,
+            self.call_metrics,
         ))
     }
 }

@@ -36,6 +36,7 @@ use tokio::sync::Notify;
 use crate::clock::{duration_nanos, Clock};
 use crate::policy::Policy;
 use crate::storage::postgres::precedence::{FleetView, PendingTrip, Remote, Source, Verdict};
+use crate::telemetry::{KeyMetrics, Reason};
 use crate::window::OutcomeWindow;
 use crate::{ChangeOrigin, State, StatusChange};
 
@@ -217,6 +218,11 @@ pub(crate) struct KeyCell {
     /// Shared stores: how many transitions this instance decided for the key (trips and
     /// overrides), so the answer to an override can tell whether a newer decision followed it.
     local_decisions: AtomicU64,
+    /// True while the breaker is open because of `force_open` on this instance (the `forced`
+    /// reason of rejections).
+    forced_open: AtomicBool,
+    /// This key's metric handles (`telemetry.rs`), touched only off the hot path.
+    pub(crate) metrics: KeyMetrics,
     /// Woken when a lease arrives or the state changes, for `call` waiting on a probe.
     pub(crate) changed: Notify,
     callbacks: Mutex<Vec<Weak<Callback>>>,
@@ -243,8 +249,13 @@ impl KeyCell {
         policy: Policy,
         clock: Arc<dyn Clock>,
         online: Option<Arc<AtomicBool>>,
+        namespace: &str,
     ) -> Self {
+        let metrics = KeyMetrics::new(&key, namespace);
+        metrics.state(State::Closed, None);
         KeyCell {
+            forced_open: AtomicBool::new(false),
+            metrics,
             _written_below: CacheLine,
             key,
             word: AtomicU64::new(StateWord::INITIAL.0),
@@ -529,6 +540,9 @@ impl KeyCell {
 
     #[cold]
     fn record_slow(&self, admitted: StateWord, probe: Option<Lease>, success: bool) -> Recorded {
+        if !admitted.is_closed() || probe.is_some() {
+            self.metrics.probe_ended(); // started in `CircuitBreaker::admission_slow`
+        }
         if let Some(lease) = probe {
             // A leased probe's result belongs to the database's round, even if we went offline
             // meanwhile (it then fails to report and the lease expires).
@@ -571,6 +585,7 @@ impl KeyCell {
 
     /// A permit dropped without an outcome: a probe gives its slot back.
     pub(crate) fn cancel(&self, admitted: StateWord, probe: Option<Lease>) {
+        self.metrics.probe_ended(); // only probes are cancelled (see `Permit`'s drop)
         let mut slow = self.lock();
         let cur = self.load(Ordering::Relaxed);
         if let Some(lease) = probe {
@@ -622,6 +637,7 @@ impl KeyCell {
         };
         self.probes_hint.store(hint, Ordering::Relaxed);
         self.lease_retry_at.store(0, Ordering::Relaxed);
+        self.forced_open.store(false, Ordering::Relaxed);
         // Release: publishes the deadline, the probe hint and the cleared windows with the word.
         self.store(cur.next(to), Ordering::Release);
         self.changed.notify_waiters();
@@ -647,6 +663,7 @@ impl KeyCell {
                 if let Some(d) = deadline {
                     // Release: pairs with admission's Acquire of the word, as for transitions.
                     self.open_deadline.store(d, Ordering::Release);
+                    self.metrics.open_until(Some(r.remaining));
                 }
             }
             return None;
@@ -746,6 +763,8 @@ impl KeyCell {
             None
         };
         let t = self.set_state(&mut slow, to, deadline);
+        // Relaxed: read only to label a rejection.
+        self.forced_open.store(to == State::Open, Ordering::Relaxed);
         (t.from != t.to).then_some(t)
     }
 
@@ -761,11 +780,29 @@ impl KeyCell {
         cbs.push(Arc::downgrade(cb));
     }
 
-    /// The log line and the metric of a transition, without the callbacks.
+    /// The log line and the metrics of a transition, without the callbacks.
     pub(crate) fn announce(&self, t: Transition, origin: ChangeOrigin) {
         tracing::info!(key = %self.key, from = %t.from, to = %t.to, ?origin, "circuit breaker changed state");
-        metrics::counter!("resilient_circuit_transitions_total", "to" => t.to.as_str())
-            .increment(1);
+        self.metrics.transition(t.from, t.to, origin);
+        self.publish_state();
+    }
+
+    /// Sets the state gauges from the state the cell is in *now*, not from a transition's `to`:
+    /// transitions announced out of order (two threads, or the callbacks thread) still leave the
+    /// gauges right once the last one is announced.
+    pub(crate) fn publish_state(&self) {
+        let state = self.state();
+        let open_for = (state == State::Open).then(|| self.cooldown_remaining());
+        self.metrics.state(state, open_for);
+    }
+
+    /// The reason label of a rejection in `state`.
+    pub(crate) fn rejection_reason(&self, state: State) -> Reason {
+        match state {
+            State::HalfOpen => Reason::HalfOpenFull,
+            _ if self.forced_open.load(Ordering::Relaxed) => Reason::Forced,
+            _ => Reason::Open,
+        }
     }
 
     /// True when some live breaker handle registered a status-change callback on this key.

@@ -38,14 +38,37 @@
 //!
 //! # Metrics
 //!
-//! Through the [`metrics`] facade (free when no recorder is installed):
-//! `resilient_circuit_transitions_total{to}`, `resilient_circuit_rejected_total`,
-//! `resilient_circuit_degraded{namespace}` (0 or 1), `resilient_circuit_resyncs_total`,
-//! `resilient_circuit_listener_reconnects_total`, `resilient_circuit_bad_notifications_total`.
+//! Through the [`metrics`] facade; the application installs a recorder (`examples/prometheus.rs`
+//! serves them to Prometheus, `dashboards/resilient-circuit.json` charts them). **Install it
+//! before making storages and breakers**: their handles are made once and cached, and those made
+//! without a recorder stay no-ops. The README's "Metrics" section describes every metric.
+//!
+//! Per key, labelled `key` and `namespace` (the PostgreSQL namespace, or `in-memory`); keys are
+//! bounded by the code that builds breakers, so do not key breakers by user input:
+//! `resilient_circuit_state{state}` (1 for the current state, 0 for the other two, all three set
+//! at build and on every transition), `resilient_circuit_rejected_calls_total{reason = open |
+//! half_open_full | forced}` (once per rejected call), `resilient_circuit_transitions_total{from,
+//! to, origin = local | remote}`, `resilient_circuit_open_until_timestamp_seconds`,
+//! `resilient_circuit_half_open_probes_in_flight`.
+//!
+//! Per call, **opt-in** with [`Builder::call_metrics`]: `resilient_circuit_calls_total{outcome =
+//! success | failure | cancelled}` and the `resilient_circuit_call_duration_seconds` histogram
+//! (calls through [`call`](CircuitBreaker::call) and [`call_with`](CircuitBreaker::call_with)).
+//! Off by default: a success on a healthy closed breaker is one load and a compare, and counting
+//! it would add an atomic increment; off, they cost one predictable branch.
+//!
+//! Per PostgreSQL instance, labelled `namespace`: `resilient_circuit_listener_connected`,
+//! `resilient_circuit_degraded`, `resilient_circuit_listener_reconnects_total`,
+//! `resilient_circuit_resyncs_total`, `resilient_circuit_notifications_total`,
+//! `resilient_circuit_bad_notifications_total`,
+//! `resilient_circuit_store_operation_duration_seconds{op}`,
+//! `resilient_circuit_store_errors_total{op}`, `resilient_circuit_pending_publications`. There is
+//! no notification lag: it would need the database's commit time, which payloads do not carry.
 //!
 //! # Layout
 //!
 //! * [`breaker`]: `CircuitBreaker`, `Permit`, `Outcome` — what callers touch.
+//! * `telemetry`: every metric's name, labels and cached handles.
 //! * `cell`: one key's state word and private lock — **the hot path**, and every atomic ordering.
 //! * `policy`, `window`: the pure decision rules and the outcome ring, testable without a clock.
 //! * [`storage`]: the key map; `storage::postgres` holds the shared backend: its listener
@@ -65,6 +88,7 @@ mod policy;
 mod ratio;
 mod state;
 pub mod storage;
+mod telemetry;
 mod window;
 
 pub use breaker::{CircuitBreaker, Outcome, Permit};

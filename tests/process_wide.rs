@@ -65,7 +65,7 @@ impl Recorder for &'static Counting {
     }
 }
 
-/// Hardening I, 10: a rejected `call` counts once in `resilient_circuit_rejected_total`, on the
+/// Hardening I, 10: a rejected `call` counts once in `resilient_circuit_rejected_calls_total`, on the
 /// fleet path too (it used to count each look: two or three per call). And (Hardening I, risks) a
 /// breaker built without a storage says at INFO which storage it uses.
 #[tokio::test]
@@ -73,7 +73,7 @@ async fn rejections_count_once_and_the_default_storage_says_so() {
     static COUNTING: std::sync::OnceLock<&'static Counting> = std::sync::OnceLock::new();
     let counting: &'static Counting = COUNTING.get_or_init(|| Box::leak(Box::default()));
     metrics::set_global_recorder(counting).expect("the only recorder of this process");
-    let rejected = || counting.get("resilient_circuit_rejected_total");
+    let rejected = || counting.get("resilient_circuit_rejected_calls_total");
 
     let logs = Logs::default();
     let subscriber = tracing_subscriber::fmt()

@@ -13,6 +13,7 @@ use dashmap::DashMap;
 use crate::cell::{KeyCell, Lease, Transition};
 use crate::clock::{Clock, SystemClock};
 use crate::policy::Policy;
+use crate::telemetry::MEMORY_NAMESPACE;
 use crate::{ConfigError, State, StorageError};
 
 /// Shared state over PostgreSQL (see the crate docs, "Shared state").
@@ -151,6 +152,15 @@ impl Storage {
         GLOBAL.get_or_init(Storage::in_memory)
     }
 
+    /// The `namespace` label of this storage's metrics: the PostgreSQL namespace, or
+    /// `"in-memory"`.
+    pub(crate) fn metrics_namespace(&self) -> &str {
+        match &self.inner.backend {
+            Backend::Memory => MEMORY_NAMESPACE,
+            Backend::Postgres(pg) => &pg.shared.opts.namespace,
+        }
+    }
+
     /// `"in-memory"` or `"postgres"`.
     pub fn backend_name(&self) -> &'static str {
         match self.inner.backend {
@@ -255,13 +265,24 @@ impl StorageInner {
     /// first. The one place cells are made, for breakers and for rows alike.
     pub(crate) fn cell(&self, key: Arc<str>, policy: Policy) -> Arc<KeyCell> {
         self.make_room();
-        let online = match &self.backend {
-            Backend::Memory => None,
-            Backend::Postgres(pg) => Some(pg.shared.online.clone()),
-        };
         self.cells
             .entry(key.clone())
-            .or_insert_with(|| Arc::new(KeyCell::new(key, policy, self.clock.clone(), online)))
+            .or_insert_with(|| {
+                let (online, namespace) = match &self.backend {
+                    Backend::Memory => (None, MEMORY_NAMESPACE),
+                    Backend::Postgres(pg) => (
+                        Some(pg.shared.online.clone()),
+                        pg.shared.opts.namespace.as_str(),
+                    ),
+                };
+                Arc::new(KeyCell::new(
+                    key,
+                    policy,
+                    self.clock.clone(),
+                    online,
+                    namespace,
+                ))
+            })
             .clone()
     }
 

@@ -84,6 +84,7 @@ async fn connect_inner(opts: PostgresOptions) -> Result<Storage, StorageError> {
             outbox: publish::Outbox::default(),
             callbacks: callbacks::Callbacks::start(),
             clock,
+            metrics: crate::telemetry::InstanceMetrics::new(&opts.namespace),
         });
         made = Some(shared.clone());
         Backend::Postgres(Instance {

@@ -180,8 +180,11 @@ async fn resync(shared: &Arc<Shared>, client: &Client) -> Result<(), StorageErro
     let started = std::time::Instant::now();
     let rows = client
         .query(statements::SNAPSHOT, &[&shared.opts.namespace])
-        .await
-        .map_err(|e| StorageError::db("loading the snapshot", e))?;
+        .await;
+    shared
+        .metrics
+        .store_operation("snapshot", started.elapsed(), rows.is_ok());
+    let rows = rows.map_err(|e| StorageError::db("loading the snapshot", e))?;
     let Some(storage) = shared.storage.upgrade() else {
         return Ok(());
     };
@@ -207,7 +210,7 @@ async fn resync(shared: &Arc<Shared>, client: &Client) -> Result<(), StorageErro
         shared.apply(&cell, closed, Source::Reload);
     }
     tracing::debug!(rows = rows.len(), elapsed = ?started.elapsed(), "snapshot loaded");
-    metrics::counter!("resilient_circuit_resyncs_total").increment(1);
+    shared.metrics.resyncs.increment(1);
     Ok(())
 }
 
@@ -225,9 +228,10 @@ fn apply_notification(shared: &Shared, key: Option<&NotifyKey>, n: &Notification
     if n.channel() != CHANNEL {
         return Next::Nothing;
     }
+    shared.metrics.notifications.increment(1);
     let bad = |why: &dyn std::fmt::Display| {
         tracing::warn!(error = %why, "ignoring a notification");
-        metrics::counter!("resilient_circuit_bad_notifications_total").increment(1);
+        shared.metrics.bad_notifications.increment(1);
         Next::Nothing
     };
     let change = match payload::parse(n.payload()) {
@@ -354,7 +358,7 @@ pub(crate) async fn run(
             Ended::Shutdown => return,
             Ended::Lost(why) => {
                 tracing::warn!(reason = %why, "listener lost its connection; reconnecting");
-                metrics::counter!("resilient_circuit_listener_reconnects_total").increment(1);
+                shared.metrics.reconnects.increment(1);
                 shared.set_degraded(true);
                 if since.elapsed() >= STABLE_AFTER {
                     backoff = Backoff::default();

@@ -53,6 +53,7 @@ use crate::cell::{KeyCell, Transition};
 use crate::clock::{duration_nanos, Clock};
 use crate::policy::Policy;
 use crate::storage::StorageInner;
+use crate::telemetry::InstanceMetrics;
 use crate::State;
 use precedence::{Remote, Source};
 
@@ -90,6 +91,8 @@ pub(crate) struct Shared {
     /// Callbacks of transitions made elsewhere.
     callbacks: callbacks::Callbacks,
     clock: Arc<dyn Clock>,
+    /// This instance's metric handles (`telemetry.rs`).
+    pub(crate) metrics: InstanceMetrics,
 }
 
 impl Shared {
@@ -109,8 +112,7 @@ impl Shared {
                 self.outbox.kick();
             }
         }
-        metrics::gauge!("resilient_circuit_degraded", "namespace" => self.opts.namespace.clone())
-            .set(if degraded { 1.0 } else { 0.0 });
+        self.metrics.connected(!degraded);
     }
 
     pub(crate) fn is_degraded(&self) -> bool {
@@ -173,6 +175,11 @@ impl Shared {
     /// How many trips and overrides wait for the database's acceptance.
     pub(crate) fn pending(&self) -> usize {
         self.outbox.len()
+    }
+
+    /// Sets the `pending_publications` gauge after the outbox changed.
+    pub(crate) fn pending_changed(&self) {
+        self.metrics.pending.set(self.outbox.len() as f64);
     }
 }
 

@@ -7,6 +7,17 @@ use tokio_postgres::Row;
 use super::{statements, Shared};
 use crate::error::{describe_pg_error, StorageError};
 
+/// The `op` label of a transition call: short, fixed names for the few `during`s there are.
+fn operation(during: &'static str) -> &'static str {
+    match during {
+        "leasing a probe" => "acquire_probe",
+        "reporting a probe" => "report_probe",
+        "publishing trips" => "publish_trips",
+        "forcing states" => "force_states",
+        _ => "other",
+    }
+}
+
 impl Shared {
     /// A pooled connection, with errors that name the target and never the password.
     pub(crate) async fn client(
@@ -48,7 +59,13 @@ impl Shared {
                 .await
                 .map_err(|e| StorageError::db(during, e))
         };
+        let started = std::time::Instant::now();
         let result = tokio::time::timeout(self.opts.statement_timeout, work).await;
+        self.metrics.store_operation(
+            operation(during),
+            started.elapsed(),
+            matches!(result, Ok(Ok(_))),
+        );
         match result {
             Ok(r) => r,
             Err(_) => {

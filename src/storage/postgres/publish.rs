@@ -157,6 +157,7 @@ impl Outbox {
 
     /// Starts a flush task unless one is running.
     fn start(&self, shared: &Arc<Shared>) {
+        shared.pending_changed();
         // AcqRel: exactly one caller wins the outbox and starts a task.
         if self.draining.swap(true, Ordering::AcqRel) {
             return;
@@ -254,10 +255,12 @@ impl Shared {
             let failed = this.send(batch).await;
             if failed.is_empty() {
                 this.outbox.in_flight.store(0, Ordering::Release);
+                this.pending_changed();
                 pause = RETRY_BASE;
                 continue;
             }
             this.outbox.requeue(failed);
+            this.pending_changed();
             tokio::select! {
                 _ = tokio::time::sleep(pause) => {}
                 _ = this.outbox.kick.notified() => {}
