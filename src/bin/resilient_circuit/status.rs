@@ -115,7 +115,8 @@ pub async fn run(opts: &PostgresOptions, args: Args) -> Result<ExitCode, CliErro
                         if s >= HELD_S {
                             return "until close".to_owned();
                         }
-                        humantime::format_duration(Duration::from_millis((s * 1000.0) as u64))
+                        // Whole seconds, rounded up: "4m 59s", not "4m 59s 859ms".
+                        humantime::format_duration(Duration::from_secs(s.max(0.0).ceil() as u64))
                             .to_string()
                     })
                     .unwrap_or_else(|| "-".into()),
