@@ -14,7 +14,7 @@ use metrics::{
 };
 use resilient_circuit::storage::postgres::PostgresOptions;
 use resilient_circuit::{CircuitBreaker, Ratio, State, Storage};
-use support::breakers::{fail, Logs};
+use support::breakers::{fail, fleet_probe, published, Logs};
 use support::{eventually, test_db, unique_key};
 
 /// Counts every counter increment by name.
@@ -115,18 +115,8 @@ async fn rejections_count_once_and_the_default_storage_says_so() {
     };
     let (on_a, on_b) = (build(&a), build(&b));
     fail(&on_a).await;
-    assert!(
-        eventually(Duration::from_secs(10), || async {
-            a.pending_publications() == 0
-        })
-        .await
-    );
-    let probe = loop {
-        match on_a.acquire().await {
-            Ok(p) => break p,
-            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
-    };
+    published(&a).await;
+    let probe = fleet_probe(&on_a).await;
     assert!(
         eventually(Duration::from_secs(10), || async {
             on_b.state() == State::HalfOpen

@@ -12,7 +12,9 @@ use resilient_circuit::storage::postgres::PostgresOptions;
 use resilient_circuit::{
     CircuitBreaker, ConfigError, Ratio, State, Storage, StorageError, MAX_DURATION,
 };
-use support::breakers::{fail, row_state, trip_fast, Logs, Watched};
+use support::breakers::{
+    fail, fleet_probe, published, quick_trip, row_state, trip_fast, Logs, Watched,
+};
 use support::{eventually, test_db, unique_key, Mode, Proxy, TestDb};
 
 /// Something expected in milliseconds.
@@ -182,21 +184,11 @@ async fn half_open_key_recovers_locally_when_the_database_goes_away() {
     let proxy = Proxy::start(db.addr()).await;
     let a = behind(&db, &proxy).await;
     let key = unique_key("halfopen");
-    let cb = CircuitBreaker::builder(&key)
-        .storage(a.clone())
-        .failure_limit(Ratio::new(1, 1))
-        .cooldown(Duration::from_millis(200))
-        .build()
-        .expect("valid");
+    let cb = quick_trip(&a, &key, Duration::from_millis(200));
     fail(&cb).await;
-    assert!(eventually(WAIT, || async { a.pending_publications() == 0 }).await);
+    published(&a).await;
     // The fleet probe: leased from the database and held.
-    let probe = loop {
-        match cb.acquire().await {
-            Ok(p) => break p,
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    };
+    let probe = fleet_probe(&cb).await;
     assert!(probe.is_probe());
     assert_eq!(cb.state(), State::HalfOpen);
     assert!(cb.try_acquire().is_err(), "the only slot is taken");
@@ -224,14 +216,9 @@ async fn open_key_probes_locally_after_its_cooldown_during_an_outage() {
     let proxy = Proxy::start(db.addr()).await;
     let a = behind(&db, &proxy).await;
     let key = unique_key("open-outage");
-    let cb = CircuitBreaker::builder(&key)
-        .storage(a.clone())
-        .failure_limit(Ratio::new(1, 1))
-        .cooldown(Duration::from_millis(300))
-        .build()
-        .expect("valid");
+    let cb = quick_trip(&a, &key, Duration::from_millis(300));
     fail(&cb).await;
-    assert!(eventually(WAIT, || async { a.pending_publications() == 0 }).await);
+    published(&a).await;
     proxy.set_mode(Mode::Cut);
     assert!(eventually(WAIT, || async { a.is_degraded() }).await);
     assert!(
@@ -564,23 +551,11 @@ async fn full_half_open_round_fails_fast_and_stops_polling() {
     let proxy = Proxy::start(db.addr()).await;
     let b = pool_behind(&db, &proxy, |o| o.lease_timeout(Duration::from_secs(5))).await;
     let key = unique_key("fastfail");
-    let build = |s: &Storage| {
-        CircuitBreaker::builder(&key)
-            .storage(s.clone())
-            .failure_limit(Ratio::new(1, 1))
-            .cooldown(Duration::from_millis(100))
-            .build()
-            .expect("valid")
-    };
+    let build = |s: &Storage| quick_trip(s, &key, Duration::from_millis(100));
     let (on_a, on_b) = (build(&a), build(&b));
     fail(&on_a).await;
-    assert!(eventually(WAIT, || async { a.pending_publications() == 0 }).await);
-    let probe = loop {
-        match on_a.acquire().await {
-            Ok(p) => break p,
-            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
-    };
+    published(&a).await;
+    let probe = fleet_probe(&on_a).await;
     assert!(eventually(WAIT, || async { on_b.state() == State::HalfOpen }).await);
     // B's first call asks the database and learns the round is full.
     let _ = on_b.call(|| async { Ok::<_, ()>(()) }).await;
@@ -758,25 +733,15 @@ async fn lease_deadline_counts_from_the_request() {
     let lease = Duration::from_secs(2);
     let a = pool_behind(&db, &proxy, |o| o.lease_timeout(lease)).await;
     let key = unique_key("lease");
-    let cb = CircuitBreaker::builder(&key)
-        .storage(a.clone())
-        .failure_limit(Ratio::new(1, 1))
-        .cooldown(Duration::from_millis(50))
-        .build()
-        .expect("valid");
+    let cb = quick_trip(&a, &key, Duration::from_millis(50));
     fail(&cb).await;
-    assert!(eventually(WAIT, || async { a.pending_publications() == 0 }).await);
+    published(&a).await;
     // Every packet of the pool now waits 500 ms: the lease is granted ~0.5 s after the request
     // and its answer arrives ~1 s after it.
     proxy.set_mode(Mode::Delay(Duration::from_millis(500)));
     let client = db.client().await;
     tokio::time::sleep(Duration::from_millis(60)).await; // the cooldown (50 ms) passes
-    let probe = loop {
-        match cb.acquire().await {
-            Ok(p) => break p,
-            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
-    };
+    let probe = fleet_probe(&cb).await;
     drop(probe); // cancelled: the lease goes back to the instance for the next caller
     let left: i64 = client
         .query_one(
@@ -897,14 +862,9 @@ fn a_dead_runtime_does_not_leave_callers_waiting() {
     let key = unique_key("deadrt");
     let (storage, cb) = first.block_on(async {
         let storage = instance(&db).await;
-        let cb = CircuitBreaker::builder(&key)
-            .storage(storage.clone())
-            .failure_limit(Ratio::new(1, 1))
-            .cooldown(Duration::from_millis(50))
-            .build()
-            .expect("valid");
+        let cb = quick_trip(&storage, &key, Duration::from_millis(50));
         fail(&cb).await;
-        assert!(eventually(WAIT, || async { storage.pending_publications() == 0 }).await);
+        published(&storage).await;
         tokio::time::sleep(Duration::from_millis(80)).await; // the cooldown passes
         (storage, cb)
     });

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use resilient_circuit::storage::postgres::PostgresOptions;
 use resilient_circuit::{CircuitBreaker, Ratio, State, Storage};
-use support::breakers::{fail, row_state, trip_fast, Watched};
+use support::breakers::{fail, fleet_probe, row_state, trip_fast, Watched};
 use support::{eventually, test_db, unique_key, TestDb};
 use tokio_postgres::Client;
 
@@ -102,12 +102,7 @@ async fn least_privilege_role_writes_and_runs_an_instance() {
         on_b.reaches(State::Open).await,
         "the trip reached the fleet"
     );
-    let probe = loop {
-        match on_a.acquire().await {
-            Ok(p) => break p,
-            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
-    };
+    let probe = fleet_probe(&on_a).await;
     assert!(probe.is_probe(), "a fleet probe was leased");
     probe.success();
     assert!(

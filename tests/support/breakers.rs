@@ -208,3 +208,36 @@ pub async fn notify_signed(
         .await
         .expect("a signed notification");
 }
+
+/// A breaker that trips on its first failure and rests for `cooldown`.
+pub fn quick_trip(storage: &Storage, key: &str, cooldown: Duration) -> CircuitBreaker {
+    CircuitBreaker::builder(key)
+        .storage(storage.clone())
+        .failure_limit(resilient_circuit::Ratio::new(1, 1))
+        .cooldown(cooldown)
+        .build()
+        .expect("valid breaker")
+}
+
+/// Waits (at most [`REACH`]) until `storage` has no trip or override waiting for the database.
+pub async fn published(storage: &Storage) {
+    assert!(
+        super::eventually(REACH, || async { storage.pending_publications() == 0 }).await,
+        "still {} publications pending after {REACH:?}",
+        storage.pending_publications()
+    );
+}
+
+/// A fleet probe permit: asks until the database leases one (at most [`REACH`]).
+pub async fn fleet_probe(cb: &CircuitBreaker) -> resilient_circuit::Permit<'_> {
+    let deadline = tokio::time::Instant::now() + REACH;
+    loop {
+        match cb.acquire().await {
+            Ok(p) => return p,
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                panic!("no probe lease within {REACH:?}: {e}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
