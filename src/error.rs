@@ -14,7 +14,7 @@ use crate::{Ratio, State};
 #[derive(Clone)]
 pub struct Rejected {
     cell: Arc<KeyCell>,
-    /// The state and `retry_after`, packed by `cell.rs`.
+    /// The state and `retry_after`, packed by `cell/word.rs`.
     packed: u64,
 }
 

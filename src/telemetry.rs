@@ -5,7 +5,7 @@
 //! cached handle, never a registry lookup. With no recorder installed when they are made they are
 //! no-op handles for good: install the recorder before making storages and breakers.
 //!
-//! Nothing here runs on the closed-breaker admission or the clean-success path (`cell.rs`); the
+//! Nothing here runs on the closed-breaker admission or the clean-success path (`cell/mod.rs`); the
 //! only per-call metrics are opt-in ([`Builder::call_metrics`](crate::Builder::call_metrics)).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

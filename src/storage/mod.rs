@@ -1,6 +1,6 @@
 //! [`Storage`]: where breaker state lives — in memory, or shared by a fleet through PostgreSQL.
 //!
-//! A storage owns the map from key to `KeyCell` (`src/cell.rs`). Breakers look their cell up once, at build
+//! A storage owns the map from key to `KeyCell` (`src/cell/`). Breakers look their cell up once, at build
 //! time, and keep it. The in-memory backend stops there; the PostgreSQL backend
 //! ([`postgres`]) also keeps the cells in step with the shared table and
 //! publishes this instance's transitions.

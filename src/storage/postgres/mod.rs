@@ -16,7 +16,7 @@
 //! | `admin.rs` | one plain connection for tools (the `resilient-circuit` command) |
 //! | `config/`, `tls.rs` | `PostgresOptions`, `RC_DB_*`, the DSN parser; TLS modes |
 //!
-//! One trip, end to end: `Permit::failure` (`breaker.rs`) → the cell trips locally (`cell.rs`)
+//! One trip, end to end: `Permit::failure` (`breaker.rs`) → the cell trips locally (`cell/mod.rs`)
 //! → `publish_trip` below marks it pending with its basis → the outbox sends `rc_trip_many`
 //! (`publish.rs`, SQL in `sql/`) → the row lock, the trigger and the NOTIFY at commit → every
 //! listener verifies and applies it (`listener.rs`, `payload.rs`) by the rules of

@@ -1,4 +1,4 @@
-//! Unit tests of `cell.rs`: the state word's encoding.
+//! Unit tests of `cell/word.rs`: the state word's encoding.
 
 use super::*;
 use proptest::prelude::*;

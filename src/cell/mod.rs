@@ -22,6 +22,10 @@
 //! measure on, the atomic word under 1 ns. Everything else (windows, probe leases, the database
 //! version) sits behind a mutex private to this key, taken only when something changes.
 //!
+//! This file is the hot path (admission, recording, the private lock); `word.rs` holds the
+//! word's encoding, `fleet.rs` what a shared store adds (lease requests, the row's state as the
+//! fleet reports it, our own decisions on their way), none of it on a closed breaker's path.
+//!
 //! Memory ordering, once: every write happens under `slow`'s mutex and ends with a `Release` store
 //! of the word; readers load the word with `Acquire`, so the deadline and probe count written
 //! before that store are visible to whoever sees the new word.
@@ -35,97 +39,15 @@ use tokio::sync::Notify;
 
 use crate::clock::{duration_nanos, Clock};
 use crate::policy::Policy;
-use crate::storage::postgres::precedence::{FleetView, PendingTrip, Remote, Source, Verdict};
+use crate::storage::postgres::precedence::FleetView;
 use crate::telemetry::{KeyMetrics, Reason};
 use crate::window::OutcomeWindow;
+
+mod fleet;
+mod word;
+
 use crate::{ChangeOrigin, State, StatusChange};
-
-const STATE_MASK: u64 = 0b011;
-const CLEAN: u64 = 0b100;
-const EPOCH_SHIFT: u32 = 3;
-
-/// The packed state word (see the module doc); the only place its bits are read or written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct StateWord(u64);
-
-impl StateWord {
-    /// Epoch 0, closed, not clean: a new cell.
-    const INITIAL: StateWord = StateWord(0);
-
-    /// The state.
-    #[inline]
-    pub(crate) const fn state(self) -> State {
-        state_from_bits(self.0)
-    }
-
-    /// Closed (tested without decoding: the hot path's one compare).
-    #[inline]
-    pub(crate) const fn is_closed(self) -> bool {
-        self.0 & STATE_MASK == 0
-    }
-
-    /// Closed with a window full of successes: a success changes nothing.
-    #[inline]
-    const fn is_closed_and_clean(self) -> bool {
-        self.0 & (STATE_MASK | CLEAN) == CLEAN
-    }
-
-    /// Same epoch: no transition happened between the two words.
-    #[inline]
-    const fn same_epoch(self, other: StateWord) -> bool {
-        self.0 >> EPOCH_SHIFT == other.0 >> EPOCH_SHIFT
-    }
-
-    /// This word with the clean bit set or cleared.
-    #[inline]
-    const fn with_clean(self, clean: bool) -> StateWord {
-        if clean {
-            StateWord(self.0 | CLEAN)
-        } else {
-            StateWord(self.0 & !CLEAN)
-        }
-    }
-
-    /// The word after a transition to `to`: the next epoch, not clean.
-    #[inline]
-    const fn next(self, to: State) -> StateWord {
-        let epoch = (self.0 >> EPOCH_SHIFT).wrapping_add(1);
-        StateWord((epoch << EPOCH_SHIFT) | state_to_bits(to))
-    }
-}
-
-const fn state_to_bits(s: State) -> u64 {
-    match s {
-        State::Closed => 0,
-        State::Open => 1,
-        State::HalfOpen => 2,
-    }
-}
-
-const fn state_from_bits(bits: u64) -> State {
-    match bits & STATE_MASK {
-        0 => State::Closed,
-        1 => State::Open,
-        _ => State::HalfOpen,
-    }
-}
-
-/// A state and an optional duration in one word, for [`Rejected`](crate::Rejected): bits 62–63
-/// the state, bits 0–61 the duration in nanoseconds plus one (0: none).
-pub(crate) fn pack_rejection(state: State, retry_after: Option<Duration>) -> u64 {
-    const RETRY_BITS: u64 = (1 << 62) - 1;
-    let retry = retry_after.map_or(0, |d| duration_nanos(d).min(RETRY_BITS - 1) + 1);
-    (state_to_bits(state) << 62) | retry
-}
-
-/// The inverse of [`pack_rejection`].
-pub(crate) fn unpack_rejection(packed: u64) -> (State, Option<Duration>) {
-    let retry = match packed & ((1 << 62) - 1) {
-        0 => None,
-        n => Some(Duration::from_nanos(n - 1)),
-    };
-    (state_from_bits(packed >> 62), retry)
-}
+pub(crate) use word::{pack_rejection, unpack_rejection, StateWord};
 
 /// A status-change callback as stored by a breaker handle.
 pub(crate) type Callback = dyn Fn(&StatusChange) + Send + Sync;
@@ -444,52 +366,6 @@ impl KeyCell {
         }
     }
 
-    /// Fleet mode: claims the right to ask the database for a lease; false when a request is
-    /// already in flight.
-    pub(crate) fn begin_lease_request(&self) -> bool {
-        // A plain load first: rejected callers arrive in crowds, and an unconditional swap would
-        // write to this line on every one of them. AcqRel on the swap: one claimant wins.
-        !self.lease_requested.load(Ordering::Relaxed)
-            && !self.lease_requested.swap(true, Ordering::AcqRel)
-    }
-
-    /// The lease request ended (answered, failed, or dropped unrun); wakes waiting callers.
-    pub(crate) fn end_lease_request(&self) {
-        // Release: the leases added before are visible to whoever sees the flag clear.
-        self.lease_requested.store(false, Ordering::Release);
-        self.changed.notify_waiters();
-    }
-
-    /// True while a lease request is in flight (a rejected caller may then become a probe).
-    pub(crate) fn lease_request_in_flight(&self) -> bool {
-        self.lease_requested.load(Ordering::Acquire)
-    }
-
-    /// Numbers this instance's next own decision for the key (a trip or an override).
-    pub(crate) fn next_decision(&self) -> u64 {
-        // AcqRel: an override's answer compares against the latest number (`override_answered`).
-        self.local_decisions.fetch_add(1, Ordering::AcqRel) + 1
-    }
-
-    /// Fleet mode: false while the database said every probe slot is leased (until the first
-    /// lease expires or the state changes).
-    fn may_ask_lease(&self) -> bool {
-        // Relaxed: a hint; asking once too often or too late is harmless.
-        let at = self.lease_retry_at.load(Ordering::Relaxed);
-        at == 0 || self.clock.now_nanos() >= at
-    }
-
-    /// Fleet mode: the database granted no lease; do not ask again for `wait` (unless the state
-    /// changes first).
-    pub(crate) fn lease_refused_for(&self, wait: Duration) {
-        let at = self
-            .clock
-            .now_nanos()
-            .saturating_add(duration_nanos(wait))
-            .max(1);
-        self.lease_retry_at.store(at, Ordering::Relaxed);
-    }
-
     /// Takes one probe permit if the breaker is half-open and one is free.
     fn take_probe(&self) -> Option<Admission> {
         if self.probes_hint.load(Ordering::Relaxed) == 0 {
@@ -644,107 +520,6 @@ impl KeyCell {
         Transition { from, to }
     }
 
-    /// Judges a state of the shared row from `source` (see `precedence.rs`) and applies it if it
-    /// wins. Returns the transition, if the state changed.
-    pub(crate) fn apply_remote(&self, incoming: Remote, source: Source) -> Option<Transition> {
-        let mut slow = self.lock();
-        let verdict = slow.view.judge(incoming, source, self.clock.now_nanos());
-        self.carry_out(&mut slow, verdict)
-    }
-
-    fn carry_out(&self, slow: &mut Slow, verdict: Verdict) -> Option<Transition> {
-        let Verdict::Apply(r) = verdict else {
-            return None;
-        };
-        let deadline = self.deadline_after(r.remaining);
-        let cur = self.load(Ordering::Relaxed).state();
-        if cur == r.state {
-            if r.state == State::Open {
-                if let Some(d) = deadline {
-                    // Release: pairs with admission's Acquire of the word, as for transitions.
-                    self.open_deadline.store(d, Ordering::Release);
-                    self.metrics.open_until(Some(r.remaining));
-                }
-            }
-            return None;
-        }
-        if r.state == State::HalfOpen && !self.is_fleet() {
-            // A round the fleet began, learned of just as the database went away: run it here.
-            slow.probes_free = slow.policy.probe_count();
-        }
-        Some(self.set_state(slow, r.state, deadline.filter(|_| r.state == State::Open)))
-    }
-
-    /// Records a local trip on its way to the database; returns its sequence number.
-    pub(crate) fn trip_pending(&self, deadline: u64, basis: i64) -> u64 {
-        let seq = self.next_decision();
-        self.lock().view.pending_trip = Some(PendingTrip {
-            deadline,
-            basis,
-            seq,
-        });
-        seq
-    }
-
-    /// The local trip not yet accepted, if any.
-    pub(crate) fn pending_trip(&self) -> Option<PendingTrip> {
-        self.lock().view.pending_trip
-    }
-
-    /// Forgets a pending trip whose cooldown is over (not worth publishing any more).
-    pub(crate) fn drop_pending_trip(&self, seq: u64) {
-        self.lock().view.trip_answered(seq);
-    }
-
-    /// The database answered trip `seq` with the row as it is now.
-    pub(crate) fn trip_answered(&self, seq: u64, row: Remote) -> Option<Transition> {
-        let mut slow = self.lock();
-        slow.view.trip_answered(seq);
-        let verdict = slow.view.judge(row, Source::Answer, self.clock.now_nanos());
-        self.carry_out(&mut slow, verdict)
-    }
-
-    /// The database answered an override of ours (made as local decision `seq`).
-    pub(crate) fn override_answered(&self, seq: u64, row: Remote) -> Option<Transition> {
-        let superseded = self.local_decisions.load(Ordering::Acquire) != seq;
-        self.apply_remote(row, Source::OverrideAnswer { superseded })
-    }
-
-    /// An override of ours will not reach the database.
-    pub(crate) fn override_abandoned(&self) -> Option<Transition> {
-        let mut slow = self.lock();
-        let verdict = slow.view.override_abandoned(self.clock.now_nanos());
-        self.carry_out(&mut slow, verdict)
-    }
-
-    /// The storage lost the database: a fleet half-open round cannot go on (its leases and
-    /// reports need the database), so a half-open cell starts a round of its own, in a new epoch
-    /// so that outcomes of fleet probes in flight count as neither. Without this the key would
-    /// reject every call until the database is back.
-    pub(crate) fn go_local(&self) {
-        let mut slow = self.lock();
-        if self.state() == State::HalfOpen {
-            slow.probes_free = slow.policy.probe_count();
-            slow.leases.clear();
-            self.set_state(&mut slow, State::HalfOpen, None);
-            // set_state sets the fleet hint (0 leases) while `online` may still be read as true.
-            self.probes_hint.store(slow.probes_free, Ordering::Relaxed);
-        }
-        drop(slow);
-        self.lease_retry_at.store(0, Ordering::Relaxed);
-        self.changed.notify_waiters();
-    }
-
-    /// Fleet mode: leases the database granted for this key.
-    pub(crate) fn add_leases(&self, leases: impl IntoIterator<Item = Lease>) {
-        let mut slow = self.lock();
-        slow.leases.extend(leases);
-        self.probes_hint
-            .store(slow.leases.len() as u32, Ordering::Relaxed);
-        drop(slow);
-        self.changed.notify_waiters();
-    }
-
     /// A manual override, applied locally (the shared store publishes it separately).
     pub(crate) fn force(&self, to: State, cooldown: Duration) -> Option<Transition> {
         let mut slow = self.lock();
@@ -846,7 +621,3 @@ impl KeyCell {
         Arc::strong_count(self) == 1 && self.state() == State::Closed
     }
 }
-
-#[cfg(test)]
-#[path = "cell_tests.rs"]
-mod tests;

@@ -1,0 +1,161 @@
+//! The cell's side of a shared store: probe-lease requests, the row's state as the fleet reports
+//! it (judged by `storage::postgres::precedence`), our own trips and overrides on their way, and
+//! the switch to local half-open rounds when the database goes away. Nothing here is on the path
+//! of a call on a closed breaker.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use super::{KeyCell, Lease, Slow, Transition};
+use crate::clock::duration_nanos;
+use crate::storage::postgres::precedence::{PendingTrip, Remote, Source, Verdict};
+use crate::State;
+
+impl KeyCell {
+    /// Fleet mode: claims the right to ask the database for a lease; false when a request is
+    /// already in flight.
+    pub(crate) fn begin_lease_request(&self) -> bool {
+        // A plain load first: rejected callers arrive in crowds, and an unconditional swap would
+        // write to this line on every one of them. AcqRel on the swap: one claimant wins.
+        !self.lease_requested.load(Ordering::Relaxed)
+            && !self.lease_requested.swap(true, Ordering::AcqRel)
+    }
+
+    /// The lease request ended (answered, failed, or dropped unrun); wakes waiting callers.
+    pub(crate) fn end_lease_request(&self) {
+        // Release: the leases added before are visible to whoever sees the flag clear.
+        self.lease_requested.store(false, Ordering::Release);
+        self.changed.notify_waiters();
+    }
+
+    /// True while a lease request is in flight (a rejected caller may then become a probe).
+    pub(crate) fn lease_request_in_flight(&self) -> bool {
+        self.lease_requested.load(Ordering::Acquire)
+    }
+
+    /// Numbers this instance's next own decision for the key (a trip or an override).
+    pub(crate) fn next_decision(&self) -> u64 {
+        // AcqRel: an override's answer compares against the latest number (`override_answered`).
+        self.local_decisions.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// Fleet mode: false while the database said every probe slot is leased (until the first
+    /// lease expires or the state changes).
+    pub(super) fn may_ask_lease(&self) -> bool {
+        // Relaxed: a hint; asking once too often or too late is harmless.
+        let at = self.lease_retry_at.load(Ordering::Relaxed);
+        at == 0 || self.clock.now_nanos() >= at
+    }
+
+    /// Fleet mode: the database granted no lease; do not ask again for `wait` (unless the state
+    /// changes first).
+    pub(crate) fn lease_refused_for(&self, wait: Duration) {
+        let at = self
+            .clock
+            .now_nanos()
+            .saturating_add(duration_nanos(wait))
+            .max(1);
+        self.lease_retry_at.store(at, Ordering::Relaxed);
+    }
+
+    /// Judges a state of the shared row from `source` (see `precedence.rs`) and applies it if it
+    /// wins. Returns the transition, if the state changed.
+    pub(crate) fn apply_remote(&self, incoming: Remote, source: Source) -> Option<Transition> {
+        let mut slow = self.lock();
+        let verdict = slow.view.judge(incoming, source, self.clock.now_nanos());
+        self.carry_out(&mut slow, verdict)
+    }
+
+    fn carry_out(&self, slow: &mut Slow, verdict: Verdict) -> Option<Transition> {
+        let Verdict::Apply(r) = verdict else {
+            return None;
+        };
+        let deadline = self.deadline_after(r.remaining);
+        let cur = self.load(Ordering::Relaxed).state();
+        if cur == r.state {
+            if r.state == State::Open {
+                if let Some(d) = deadline {
+                    // Release: pairs with admission's Acquire of the word, as for transitions.
+                    self.open_deadline.store(d, Ordering::Release);
+                    self.metrics.open_until(Some(r.remaining));
+                }
+            }
+            return None;
+        }
+        if r.state == State::HalfOpen && !self.is_fleet() {
+            // A round the fleet began, learned of just as the database went away: run it here.
+            slow.probes_free = slow.policy.probe_count();
+        }
+        Some(self.set_state(slow, r.state, deadline.filter(|_| r.state == State::Open)))
+    }
+
+    /// Records a local trip on its way to the database; returns its sequence number.
+    pub(crate) fn trip_pending(&self, deadline: u64, basis: i64) -> u64 {
+        let seq = self.next_decision();
+        self.lock().view.pending_trip = Some(PendingTrip {
+            deadline,
+            basis,
+            seq,
+        });
+        seq
+    }
+
+    /// The local trip not yet accepted, if any.
+    pub(crate) fn pending_trip(&self) -> Option<PendingTrip> {
+        self.lock().view.pending_trip
+    }
+
+    /// Forgets a pending trip whose cooldown is over (not worth publishing any more).
+    pub(crate) fn drop_pending_trip(&self, seq: u64) {
+        self.lock().view.trip_answered(seq);
+    }
+
+    /// The database answered trip `seq` with the row as it is now.
+    pub(crate) fn trip_answered(&self, seq: u64, row: Remote) -> Option<Transition> {
+        let mut slow = self.lock();
+        slow.view.trip_answered(seq);
+        let verdict = slow.view.judge(row, Source::Answer, self.clock.now_nanos());
+        self.carry_out(&mut slow, verdict)
+    }
+
+    /// The database answered an override of ours (made as local decision `seq`).
+    pub(crate) fn override_answered(&self, seq: u64, row: Remote) -> Option<Transition> {
+        let superseded = self.local_decisions.load(Ordering::Acquire) != seq;
+        self.apply_remote(row, Source::OverrideAnswer { superseded })
+    }
+
+    /// An override of ours will not reach the database.
+    pub(crate) fn override_abandoned(&self) -> Option<Transition> {
+        let mut slow = self.lock();
+        let verdict = slow.view.override_abandoned(self.clock.now_nanos());
+        self.carry_out(&mut slow, verdict)
+    }
+
+    /// The storage lost the database: a fleet half-open round cannot go on (its leases and
+    /// reports need the database), so a half-open cell starts a round of its own, in a new epoch
+    /// so that outcomes of fleet probes in flight count as neither. Without this the key would
+    /// reject every call until the database is back.
+    pub(crate) fn go_local(&self) {
+        let mut slow = self.lock();
+        if self.state() == State::HalfOpen {
+            slow.probes_free = slow.policy.probe_count();
+            slow.leases.clear();
+            self.set_state(&mut slow, State::HalfOpen, None);
+            // set_state sets the fleet hint (0 leases) while `online` may still be read as true.
+            self.probes_hint.store(slow.probes_free, Ordering::Relaxed);
+        }
+        drop(slow);
+        self.lease_retry_at.store(0, Ordering::Relaxed);
+        self.changed.notify_waiters();
+    }
+
+    /// Fleet mode: leases the database granted for this key.
+    pub(crate) fn add_leases(&self, leases: impl IntoIterator<Item = Lease>) {
+        let mut slow = self.lock();
+        slow.leases.extend(leases);
+        self.probes_hint
+            .store(slow.leases.len() as u32, Ordering::Relaxed);
+        drop(slow);
+        self.changed.notify_waiters();
+    }
+}
