@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 
 use resilient_circuit::storage::postgres::PostgresOptions;
 use resilient_circuit::{CircuitBreaker, CircuitError, Ratio, State, Storage, StorageError};
-use support::breakers::{fail, instance, panics, row_state, trip_fast, Logs, Watched};
+use support::breakers::{
+    caught_up, fail, insert_open, instance, panics, row_state, trip_fast, Logs, Watched,
+};
 use support::{eventually, test_db, unique_key, Cluster, Mode, Proxy, TestDb};
 use tokio_postgres::Client;
 
@@ -608,21 +610,8 @@ async fn restart_under_traffic_converges() {
     );
     // A marker written after everything else: once every instance has seen it, each has
     // applied every earlier change, so the snapshots can be compared with the table.
-    let marker = unique_key("marker");
-    let mut markers: Vec<Watched> = storages
-        .iter()
-        .map(|s| Watched::new(s, &marker, |b| b))
-        .collect();
-    admin
-        .execute(
-            "INSERT INTO rc_circuit_breakers (resource_key, state, open_until) VALUES ($1, 'OPEN', now() + interval '1 hour')",
-            &[&marker],
-        )
-        .await
-        .expect("marker");
-    for m in &mut markers {
-        assert!(m.reaches_within(State::Open, WAIT).await);
-    }
+    let all: Vec<&Storage> = storages.iter().collect();
+    assert!(caught_up(&admin, &all, WAIT).await);
     let rows = table(&admin, "default").await;
     for (i, s) in storages.iter().enumerate() {
         let diff = differences(s, &rows, false);
@@ -685,13 +674,7 @@ async fn listener_backend_killed_reconnects_within_a_second() {
         eventually(WAIT, || async { storage.is_degraded() }).await,
         "the instance notices its listener is gone"
     );
-    client
-        .execute(
-            "INSERT INTO rc_circuit_breakers (resource_key, state, open_until) VALUES ($1, 'OPEN', now() + interval '1 hour')",
-            &[&key],
-        )
-        .await
-        .expect("trip by SQL");
+    insert_open(&client, &key).await;
     // Committed while no listener was connected: its NOTIFY reached no one of this instance.
     let during: Vec<i32> = client
         .query(listeners, &[])
@@ -1157,24 +1140,11 @@ async fn fifty_instances_converge() {
         .await,
         "every trip was accepted"
     );
-    let marker = unique_key("marker");
-    let mut markers: Vec<Watched> = storages
-        .iter()
-        .map(|s| Watched::new(s, &marker, |b| b))
-        .collect();
-    client
-        .execute(
-            "INSERT INTO rc_circuit_breakers (resource_key, state, open_until) VALUES ($1, 'OPEN', now() + interval '1 hour')",
-            &[&marker],
-        )
-        .await
-        .expect("marker");
-    for m in &mut markers {
-        assert!(
-            m.reaches_within(State::Open, WAIT).await,
-            "every instance follows"
-        );
-    }
+    let all: Vec<&Storage> = storages.iter().collect();
+    assert!(
+        caught_up(&client, &all, WAIT).await,
+        "every instance follows"
+    );
     let converged = burst.elapsed();
     let rows = table(&client, "default").await;
     assert_eq!(rows.len(), 21);
@@ -1270,16 +1240,7 @@ async fn force_closed_is_not_undone_by_a_late_trip() {
     );
     // A marker change on another key: once the listener applied it, every earlier NOTIFY
     // (including the trip's) has been applied too.
-    let marker = unique_key("marker");
-    let mut m = Watched::new(&slow, &marker, trip_fast);
-    client
-        .execute(
-            "INSERT INTO rc_circuit_breakers (resource_key, state, open_until) VALUES ($1, 'OPEN', now() + interval '1 hour')",
-            &[&marker],
-        )
-        .await
-        .expect("marker");
-    assert!(m.reaches_within(State::Open, WAIT).await);
+    assert!(caught_up(&client, &[&slow], WAIT).await);
     let mut seen = Vec::new();
     while let Ok(c) = w.changes.try_recv() {
         seen.push((c.from, c.to));

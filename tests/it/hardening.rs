@@ -13,7 +13,8 @@ use resilient_circuit::{
     CircuitBreaker, ConfigError, Ratio, State, Storage, StorageError, MAX_DURATION,
 };
 use support::breakers::{
-    fail, fleet_probe, published, quick_trip, row_state, trip_fast, Logs, Watched,
+    caught_up, fail, fleet_probe, insert_open, published, quick_trip, row_state, trip_fast, Logs,
+    Watched, REACH,
 };
 use support::{eventually, test_db, unique_key, Mode, Proxy, TestDb};
 
@@ -111,16 +112,7 @@ async fn stale_trip_is_not_replayed_over_a_later_close() {
         "A follows the later close"
     );
     // A marker committed after A's answer: once B has it, anything A's trip caused has reached B.
-    let marker = unique_key("marker");
-    let mut m = Watched::new(&b, &marker, |b| b);
-    client
-        .execute(
-            "INSERT INTO rc_circuit_breakers (resource_key, state, open_until) VALUES ($1, 'OPEN', now() + interval '1 hour')",
-            &[&marker],
-        )
-        .await
-        .expect("marker");
-    assert!(m.reaches(State::Open).await);
+    assert!(caught_up(&client, &[&b], REACH).await);
     assert_eq!(
         row_state(&client, &key).await.as_deref(),
         Some("CLOSED"),
@@ -292,25 +284,11 @@ async fn callbacks_cannot_stall_or_deadlock_the_listener() {
         })
         .build()
         .expect("valid");
-    for k in [&slow_key] {
-        client
-            .execute(
-                "INSERT INTO rc_circuit_breakers (resource_key, state, open_until) VALUES ($1, 'OPEN', now() + interval '1 hour')",
-                &[k],
-            )
-            .await
-            .expect("row");
-    }
+    insert_open(&client, &slow_key).await;
     let other = unique_key("other");
     let mut w = Watched::new(&a, &other, |b| b);
     let started = Instant::now();
-    client
-        .execute(
-            "INSERT INTO rc_circuit_breakers (resource_key, state, open_until) VALUES ($1, 'OPEN', now() + interval '1 hour')",
-            &[&other],
-        )
-        .await
-        .expect("row");
+    insert_open(&client, &other).await;
     // `w`'s callback queues behind the blocked one, so look at the state, not the callback.
     assert!(
         eventually(Duration::from_secs(2), || async {
@@ -347,17 +325,8 @@ async fn key_map_stays_bounded_and_late_breakers_see_the_fleet() {
         )
         .await
         .expect("rows");
-    let marker = unique_key("marker");
-    let mut m = Watched::new(&a, &marker, |b| b);
-    client
-        .execute(
-            "INSERT INTO rc_circuit_breakers (resource_key, state, open_until) VALUES ($1, 'OPEN', now() + interval '1 hour')",
-            &[&marker],
-        )
-        .await
-        .expect("marker");
     assert!(
-        m.reaches(State::Open).await,
+        caught_up(&client, &[&a], REACH).await,
         "every notification was handled"
     );
     assert!(a.len() < 100, "20,000 CLOSED rows made {} cells", a.len());

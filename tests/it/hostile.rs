@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use resilient_circuit::storage::postgres::{PostgresOptions, SslMode};
 use resilient_circuit::{ChangeOrigin, CircuitBreaker, ConfigError, State, Storage, StorageError};
-use support::breakers::{fail, instance, panics, trip_fast, Logs, Watched};
+use support::breakers::{fail, insert_open, instance, panics, trip_fast, Logs, Watched};
 use support::{eventually, test_db, unique_key, Cluster, TestDb};
 use tokio_postgres::Client;
 
@@ -231,13 +231,7 @@ async fn hostile_rows_are_tolerated() {
     let normal = unique_key("normal");
     let mut on_a = Watched::new(&a, &normal, |b| b);
     let mut on_b = Watched::new(&b, &normal, |b| b);
-    client
-        .execute(
-            "INSERT INTO rc_circuit_breakers (resource_key, state, open_until) VALUES ($1, 'OPEN', now() + interval '1 hour')",
-            &[&normal],
-        )
-        .await
-        .expect("normal row");
+    insert_open(&client, &normal).await;
     assert!(
         on_a.reaches(State::Open).await,
         "a normal key still propagates"
@@ -341,13 +335,7 @@ async fn hostile_payloads_are_ignored() {
     assert!(refused.is_err(), "NOTIFY refuses 8000 bytes");
 
     // The real change, sent after all of them on the same channel.
-    client
-        .execute(
-            "INSERT INTO rc_circuit_breakers (resource_key, state, open_until) VALUES ($1, 'OPEN', now() + interval '1 hour')",
-            &[&key],
-        )
-        .await
-        .expect("real trip");
+    insert_open(&client, &key).await;
     let first = tokio::time::timeout(WAIT, w.changes.recv())
         .await
         .expect("the listener survived and applied the real change")
@@ -395,13 +383,7 @@ async fn payloads_with_impossible_keys_are_ignored() {
     for k in [&longest, &just_over] {
         notify(&client, &payload(k)).await;
     }
-    client
-        .execute(
-            "INSERT INTO rc_circuit_breakers (resource_key, state, open_until) VALUES ($1, 'OPEN', now() + interval '1 hour')",
-            &[&key],
-        )
-        .await
-        .expect("real trip");
+    insert_open(&client, &key).await;
     assert!(w.reaches(State::Open).await, "the listener carries on");
     let made: Vec<usize> = a
         .states()
@@ -429,13 +411,7 @@ async fn forged_notifications_are_ignored() {
     // A real payload to tamper with: the trigger's, captured on our own LISTEN.
     let (listener, mut notes) = listen(&db).await;
     let marker = unique_key("marker");
-    client
-        .execute(
-            "INSERT INTO rc_circuit_breakers (resource_key, state, open_until) VALUES ($1, 'OPEN', now() + interval '1 hour')",
-            &[&marker],
-        )
-        .await
-        .expect("marker row");
+    insert_open(&client, &marker).await;
     let real = tokio::time::timeout(WAIT, notes.recv())
         .await
         .expect("the trigger notifies")

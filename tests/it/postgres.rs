@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use resilient_circuit::storage::postgres::PostgresOptions;
 use resilient_circuit::{CircuitBreaker, Ratio, State, Storage, StorageError};
-use support::breakers::{fail, instance, notify_signed, options, row_state, trip_fast, Watched};
+use support::breakers::{
+    fail, insert_open, instance, notify_signed, options, row_state, trip_fast, Watched,
+};
 use support::{test_db, unique_key, TestDb};
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -206,13 +208,7 @@ async fn plain_sql_writes_propagate() {
     let key = unique_key("ops");
     let mut w = Watched::new(&a, &key, |b| b);
     let client = db.client().await;
-    client
-        .execute(
-            "INSERT INTO rc_circuit_breakers (resource_key, state, open_until) VALUES ($1, 'OPEN', now() + interval '1 hour')",
-            &[&key],
-        )
-        .await
-        .expect("insert");
+    insert_open(&client, &key).await;
     assert!(w.reaches(State::Open).await, "INSERT propagates");
     assert!(w.cb.cooldown_remaining() > Duration::from_secs(3500));
     client

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use resilient_circuit::storage::postgres::PostgresOptions;
 use resilient_circuit::{CircuitBreaker, Ratio, State, Storage};
-use support::breakers::{fail, fleet_probe, row_state, trip_fast, Watched};
+use support::breakers::{caught_up, fail, fleet_probe, row_state, trip_fast, Watched, REACH};
 use support::{eventually, test_db, unique_key, TestDb};
 use tokio_postgres::Client;
 
@@ -294,16 +294,7 @@ async fn cleanup_delete_during_trips_hides_nothing() {
     for t in trippers {
         t.await.expect("task");
     }
-    let marker = unique_key("marker");
-    let mut m = Watched::new(&a, &marker, |b| b);
-    admin
-        .execute(
-            "INSERT INTO rc_circuit_breakers (resource_key, state, open_until) VALUES ($1, 'OPEN', now() + interval '1 hour')",
-            &[&marker],
-        )
-        .await
-        .expect("marker");
-    assert!(m.reaches(State::Open).await);
+    assert!(caught_up(&admin, &[&a], REACH).await);
     let open: Vec<String> = admin
         .query(
             "SELECT resource_key FROM rc_circuit_breakers WHERE state = 'OPEN' AND resource_key LIKE 'old-%'",

@@ -241,3 +241,32 @@ pub async fn fleet_probe(cb: &CircuitBreaker) -> resilient_circuit::Permit<'_> {
         }
     }
 }
+
+/// Writes `key`'s row OPEN for an hour by plain SQL, as an operator or the Python ancestor would.
+pub async fn insert_open(client: &Client, key: &str) {
+    client
+        .execute(
+            "INSERT INTO rc_circuit_breakers (resource_key, state, open_until) VALUES ($1, 'OPEN', now() + interval '1 hour')",
+            &[&key],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("inserting the OPEN row of {key}: {e}"));
+}
+
+/// A barrier on the notification stream: commits a new OPEN row and waits (at most `within`)
+/// until every one of `storages` has applied it. Notifications arrive in commit order, so each
+/// storage has then applied everything committed before the call. False on a timeout.
+pub async fn caught_up(client: &Client, storages: &[&Storage], within: Duration) -> bool {
+    let marker = super::unique_key("marker");
+    let mut watched: Vec<Watched> = storages
+        .iter()
+        .map(|s| Watched::new(s, &marker, |b| b))
+        .collect();
+    insert_open(client, &marker).await;
+    for w in &mut watched {
+        if !w.reaches_within(State::Open, within).await {
+            return false;
+        }
+    }
+    true
+}

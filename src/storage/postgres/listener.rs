@@ -23,7 +23,6 @@ use super::payload::{self, NotifyKey, Op};
 use super::precedence::{Remote, Source};
 use super::{statements, Shared};
 use crate::error::{describe_pg_error, StorageError};
-use crate::State;
 
 /// The channel the trigger notifies on.
 pub(crate) const CHANNEL: &str = "rc_circuit_breakers";
@@ -201,13 +200,8 @@ async fn resync(shared: &Arc<Shared>, client: &Client) -> Result<(), StorageErro
         .filter(|e| !seen.contains(&**e.key()))
         .map(|e| e.value().clone())
         .collect();
-    let closed = Remote {
-        state: State::Closed,
-        version: 0,
-        remaining: Duration::ZERO,
-    };
     for cell in gone {
-        shared.apply(&cell, closed, Source::Reload);
+        shared.apply(&cell, Remote::ABSENT, Source::Reload);
     }
     tracing::debug!(rows = rows.len(), elapsed = ?started.elapsed(), "snapshot loaded");
     shared.metrics.resyncs.increment(1);
@@ -289,12 +283,7 @@ async fn confirm(
         found.insert(key);
     }
     for key in keys.iter().filter(|k| !found.contains(*k)) {
-        let closed = Remote {
-            state: State::Closed,
-            version: 0,
-            remaining: Duration::ZERO,
-        };
-        shared.apply_key(&storage, key, closed, Source::Reload);
+        shared.apply_key(&storage, key, Remote::ABSENT, Source::Reload);
     }
     Ok(())
 }

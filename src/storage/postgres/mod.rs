@@ -145,10 +145,12 @@ impl Shared {
         remote: Remote,
         source: Source,
     ) {
-        self.seen(remote.version);
         let cell = match storage.cells.get(key).map(|c| c.clone()) {
             Some(c) => c,
-            None if remote.state == State::Closed => return,
+            None if remote.state == State::Closed => {
+                self.seen(remote.version);
+                return;
+            }
             None => storage.cell(key.into(), Policy::default()),
         };
         self.apply(&cell, remote, source);

@@ -29,6 +29,15 @@ pub(crate) struct Remote {
     pub(crate) remaining: Duration,
 }
 
+impl Remote {
+    /// A key without a row: CLOSED at version 0.
+    pub(crate) const ABSENT: Remote = Remote {
+        state: State::Closed,
+        version: 0,
+        remaining: Duration::ZERO,
+    };
+}
+
 /// Where a [`Remote`] comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Source {

@@ -16,9 +16,11 @@ use crate::State;
 pub(crate) const SNAPSHOT: &str =
     "SELECT o_key, o_state, o_version, o_remaining_ms FROM public.rc_snapshot($1)";
 
-/// Some rows of a namespace, to confirm notifications that could not be authenticated.
-pub(crate) const CONFIRM: &str = "SELECT o_key, o_state, o_version, o_remaining_ms \
-     FROM public.rc_snapshot($1) WHERE o_key = ANY($2)";
+/// Some rows of a namespace, to confirm notifications that could not be authenticated: by the
+/// primary key, not through `rc_snapshot` (which would read the whole namespace for each batch).
+pub(crate) const CONFIRM: &str = "SELECT resource_key AS o_key, state AS o_state, \
+     version AS o_version, public.rc_remaining_ms(open_until) AS o_remaining_ms \
+     FROM public.rc_circuit_breakers WHERE namespace = $1 AND resource_key = ANY($2)";
 
 /// The notification key (refused unless the session's role may write the table).
 pub(crate) const NOTIFY_KEY: &str = "SELECT public.rc_notify_key()";
