@@ -62,12 +62,18 @@
 //! `resilient_circuit_resyncs_total`, `resilient_circuit_notifications_total`,
 //! `resilient_circuit_bad_notifications_total`,
 //! `resilient_circuit_store_operation_duration_seconds{op}`,
-//! `resilient_circuit_store_errors_total{op}`, `resilient_circuit_pending_publications`. There is
-//! no notification lag: it would need the database's commit time, which payloads do not carry.
+//! `resilient_circuit_store_errors_total{op}`, `resilient_circuit_pending_publications`,
+//! `resilient_circuit_notification_lag_seconds` (commit to snapshot, by the database's clock).
+//!
+//! # Change stream
+//!
+//! [`Storage::changes`] streams every transition an instance sees, local or remote, with the row
+//! version and the database's commit time when known; see [`Changes`].
 //!
 //! # Layout
 //!
 //! * [`breaker`]: `CircuitBreaker`, `Permit`, `Outcome` — what callers touch.
+//! * [`changes`]: the change stream of a storage.
 //! * `telemetry`: every metric's name, labels and cached handles.
 //! * `cell`: one key's state word and private lock — **the hot path**, and every atomic ordering.
 //! * `policy`, `window`: the pure decision rules and the outcome ring, testable without a clock.
@@ -82,6 +88,7 @@
 pub mod breaker;
 mod builder;
 mod cell;
+pub mod changes;
 pub mod clock;
 mod error;
 mod policy;
@@ -93,6 +100,7 @@ mod window;
 
 pub use breaker::{CircuitBreaker, Outcome, Permit};
 pub use builder::{Builder, MAX_KEY_LEN};
+pub use changes::{Change, Changes};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{CircuitError, ConfigError, Rejected, StorageError};
 pub use policy::MAX_DURATION;

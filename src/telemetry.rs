@@ -34,6 +34,7 @@ pub(crate) const RESYNCS: &str = "resilient_circuit_resyncs_total";
 pub(crate) const STORE_DURATION: &str = "resilient_circuit_store_operation_duration_seconds";
 pub(crate) const STORE_ERRORS: &str = "resilient_circuit_store_errors_total";
 pub(crate) const PENDING: &str = "resilient_circuit_pending_publications";
+pub(crate) const NOTIFICATION_LAG: &str = "resilient_circuit_notification_lag_seconds";
 
 /// The label value of a state: lower case, as Prometheus labels usually are.
 pub(crate) const fn state_label(s: State) -> &'static str {
@@ -90,6 +91,11 @@ fn describe() {
         describe_gauge!(
             PENDING,
             "Keys with a trip or override the database has not accepted yet"
+        );
+        describe_histogram!(
+            NOTIFICATION_LAG,
+            Unit::Seconds,
+            "From a change's commit to this instance's snapshot, by the database's clock"
         );
     });
 }
@@ -228,6 +234,7 @@ pub(crate) struct InstanceMetrics {
     pub(crate) bad_notifications: Counter,
     pub(crate) resyncs: Counter,
     pub(crate) pending: Gauge,
+    pub(crate) notification_lag: Histogram,
 }
 
 impl InstanceMetrics {
@@ -242,6 +249,7 @@ impl InstanceMetrics {
             bad_notifications: metrics::counter!(BAD_NOTIFICATIONS, "namespace" => ns.clone()),
             resyncs: metrics::counter!(RESYNCS, "namespace" => ns.clone()),
             pending: metrics::gauge!(PENDING, "namespace" => ns.clone()),
+            notification_lag: metrics::histogram!(NOTIFICATION_LAG, "namespace" => ns.clone()),
             namespace: ns,
         }
     }

@@ -283,6 +283,9 @@ async fn a_scrape_shows_every_state_count_and_instance_metric() {
         let s = scrape_async(addr).await;
         s.value("resilient_circuit_notifications_total", &pg(&[]))
             .is_some_and(|n| n >= 1.0)
+            // b measured how long a's trip took to reach it
+            && s.value("resilient_circuit_notification_lag_seconds", &pg(&[]))
+                .is_some_and(|n| n >= 1.0)
             && s.value(
                 "resilient_circuit_transitions_total",
                 &pg(&[
@@ -297,6 +300,7 @@ async fn a_scrape_shows_every_state_count_and_instance_metric() {
     let s = scrape_async(addr).await;
     assert!(ok, "a notification and b's remote transition:\n{}", s.text);
     assert_eq!(s.get("resilient_circuit_listener_connected", &pg(&[])), 1.0);
+
     assert_eq!(s.get("resilient_circuit_degraded", &pg(&[])), 0.0);
     assert_eq!(
         s.get("resilient_circuit_pending_publications", &pg(&[])),

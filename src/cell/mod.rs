@@ -46,6 +46,7 @@ use crate::window::OutcomeWindow;
 mod fleet;
 mod word;
 
+use crate::changes::Feed;
 use crate::{ChangeOrigin, State, StatusChange};
 pub(crate) use word::{pack_rejection, unpack_rejection, StateWord};
 
@@ -147,6 +148,9 @@ pub(crate) struct KeyCell {
     pub(crate) metrics: KeyMetrics,
     /// Woken when a lease arrives or the state changes, for `call` waiting on a probe.
     pub(crate) changed: Notify,
+    /// The storage's change stream (`changes.rs`): local transitions are streamed from
+    /// [`notify`](Self::notify), remote ones where the table's state is applied.
+    pub(crate) feed: Feed,
     callbacks: Mutex<Vec<Weak<Callback>>>,
 }
 
@@ -172,6 +176,7 @@ impl KeyCell {
         clock: Arc<dyn Clock>,
         online: Option<Arc<AtomicBool>>,
         namespace: &str,
+        feed: Feed,
     ) -> Self {
         let metrics = KeyMetrics::new(&key, namespace);
         metrics.state(State::Closed, None);
@@ -196,6 +201,7 @@ impl KeyCell {
             lease_retry_at: AtomicU64::new(0),
             local_decisions: AtomicU64::new(0),
             changed: Notify::new(),
+            feed,
             clock,
             online,
             callbacks: Mutex::new(Vec::new()),
@@ -593,6 +599,10 @@ impl KeyCell {
             return;
         }
         self.announce(t, origin);
+        if origin == ChangeOrigin::Local {
+            self.feed
+                .send(&self.key, t.from, t.to, ChangeOrigin::Local, None, None);
+        }
         let live: Vec<Arc<Callback>> = {
             let cbs = self.callbacks.lock().unwrap_or_else(|e| e.into_inner());
             cbs.iter().filter_map(Weak::upgrade).collect()

@@ -11,6 +11,7 @@ use std::time::Duration;
 use dashmap::DashMap;
 
 use crate::cell::{KeyCell, Lease, Transition};
+use crate::changes::{Changes, Feed};
 use crate::clock::{Clock, SystemClock};
 use crate::policy::Policy;
 use crate::telemetry::MEMORY_NAMESPACE;
@@ -46,6 +47,8 @@ pub(crate) struct StorageInner {
     /// About how many keys to keep: past it, idle CLOSED keys are dropped.
     capacity: usize,
     pub(crate) backend: Backend,
+    /// Every transition of every cell, for [`Storage::changes`].
+    pub(crate) feed: Feed,
 }
 
 pub(crate) enum Backend {
@@ -89,11 +92,19 @@ impl Storage {
         backend: impl FnOnce(std::sync::Weak<StorageInner>) -> Backend,
     ) -> Self {
         Storage {
-            inner: Arc::new_cyclic(|weak| StorageInner {
-                cells: DashMap::new(),
-                clock,
-                capacity,
-                backend: backend(weak.clone()),
+            inner: Arc::new_cyclic(|weak| {
+                let backend = backend(weak.clone());
+                let feed = Feed::new(match &backend {
+                    Backend::Memory => MEMORY_NAMESPACE,
+                    Backend::Postgres(pg) => &pg.shared.opts.namespace,
+                });
+                StorageInner {
+                    cells: DashMap::new(),
+                    clock,
+                    capacity,
+                    backend,
+                    feed,
+                }
             }),
         }
     }
@@ -125,6 +136,20 @@ impl Storage {
     /// Must be called inside a tokio runtime; the instance's background tasks run on it.
     pub async fn connect_with(options: postgres::PostgresOptions) -> Result<Storage, StorageError> {
         postgres::connect(options).await
+    }
+
+    /// Every transition this instance sees from now on, local or remote, as a stream: each with
+    /// its origin and, for remote ones, the row version and the database's commit time. A
+    /// receiver that falls more than [`CHANGE_BUFFER`](crate::changes::CHANGE_BUFFER) changes
+    /// behind is told how many it missed ([`Lagged`](crate::changes::Lagged)); it never slows
+    /// the listener. Status-change callbacks ([`Builder::on_status_change`](crate::Builder::on_status_change))
+    /// see the same transitions, per key.
+    ///
+    /// A PostgreSQL instance sees the transitions of keys it holds a breaker for, and of every
+    /// key of its namespace that leaves CLOSED (a key absent here is CLOSED, so that is every
+    /// transition that matters to it). See [`Changes`] for an example.
+    pub fn changes(&self) -> Changes {
+        self.inner.feed.subscribe()
     }
 
     /// How many keys have a transition this instance decided (a trip, an override, or both) that
@@ -281,6 +306,7 @@ impl StorageInner {
                     self.clock.clone(),
                     online,
                     namespace,
+                    self.feed.clone(),
                 ))
             })
             .clone()

@@ -356,10 +356,37 @@ async fn watch_prints_a_line_per_change() {
         .expect("reads")
         .expect("a line");
     let fields: Vec<&str> = line.split_whitespace().collect();
-    assert_eq!(fields.len(), 5, "{line}");
+    assert_eq!(fields.len(), 8, "{line}");
     assert!(fields[0].ends_with('Z'), "{line}");
     assert_eq!(&fields[1..4], &["default", key.as_str(), "OPEN"], "{line}");
-    assert!(fields[4].starts_with('v'), "{line}");
+    let version: i64 = db
+        .client()
+        .await
+        .query_one(
+            "SELECT version FROM rc_circuit_breakers WHERE resource_key = $1",
+            &[&key],
+        )
+        .await
+        .expect("the row exists")
+        .get(0);
+    assert_eq!(fields[4], format!("v{version}"), "{line}");
+    assert_eq!(&fields[5..7], &["from=CLOSED", "origin=remote"], "{line}");
+    let delay = fields[7]
+        .strip_prefix("delay=")
+        .and_then(|d| d.strip_suffix("ms"))
+        .and_then(|d| d.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("a delay in ms: {line}"));
+    assert!((0.0..10_000.0).contains(&delay), "{line}");
+
+    // Back to CLOSED: the same command sees it.
+    ok(&db.conninfo(), &["close", &key]).await;
+    let line = tokio::time::timeout(WAIT, stdout.next_line())
+        .await
+        .expect("a line within the wait")
+        .expect("reads")
+        .expect("a line");
+    assert!(line.contains(&format!(" {key} CLOSED ")), "{line}");
+    assert!(line.contains(" from=OPEN origin=remote "), "{line}");
     child.kill().await.expect("kills watch");
 }
 

@@ -6,6 +6,7 @@
 mod support;
 
 mod breaker;
+mod changes;
 mod cli;
 mod concurrency;
 mod faults;

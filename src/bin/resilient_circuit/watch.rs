@@ -1,74 +1,87 @@
-//! `watch`: one line per announced change (time, namespace, key, state, version), until Ctrl-C.
+//! `watch`: one line per transition of a namespace's breakers, until Ctrl-C. Built on
+//! [`Storage::changes`]: the command is one more instance of the fleet that holds no breakers,
+//! so it sees what every instance sees, through the same listener, reconnects and reloads.
 
 use std::io::Write;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use resilient_circuit::storage::postgres::PostgresOptions;
+use resilient_circuit::{Change, ChangeOrigin, State, Storage};
+use tokio_stream::StreamExt;
 
-use super::{connect, CliError};
+use super::{namespace, CliError};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Only this namespace (default: every namespace).
+    /// The namespace to watch (default: RC_DB_NAMESPACE, else `default`).
     #[arg(long, value_name = "NS")]
     namespace: Option<String>,
 }
 
 pub async fn run(opts: &PostgresOptions, args: Args) -> Result<ExitCode, CliError> {
-    let mut session = connect(opts).await?;
-    let authenticated = session.listen().await?;
-    match &args.namespace {
-        Some(ns) => eprintln!("watching namespace {ns} (Ctrl-C to stop)"),
-        None => eprintln!("watching every namespace (Ctrl-C to stop)"),
+    let ns = namespace(opts, &args.namespace).to_owned();
+    // Strict: an operator asking to watch wants to hear that the database is not there.
+    let storage = Storage::connect_with(opts.clone().namespace(&ns).strict(true)).await?;
+    let mut changes = storage.changes();
+    eprintln!("watching namespace {ns} on {opts} (Ctrl-C to stop)");
+    let mut now_not_closed: Vec<(String, State)> = storage
+        .states()
+        .into_iter()
+        .filter(|(_, s)| *s != State::Closed)
+        .collect();
+    now_not_closed.sort_by(|a, b| a.0.cmp(&b.0));
+    for (key, state) in &now_not_closed {
+        eprintln!("now {state}: {key}");
     }
-    if !authenticated {
-        eprintln!(
-            "this role may not read the notification key: changes are shown unverified (marked ?)"
-        );
-    }
+
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
+    // Polls the connection flag, which has no event of its own, to tell the operator.
+    let mut health = tokio::time::interval(Duration::from_secs(1));
+    let mut degraded = false;
     let mut out = std::io::stdout();
     loop {
         let next = tokio::select! {
             _ = &mut ctrl_c => return Ok(ExitCode::SUCCESS),
-            next = session.next_change() => next,
-        };
-        let change = match next {
-            None => {
-                return Err(CliError::Problem(
-                    "the connection to the database was lost".into(),
-                ))
-            }
-            Some(Err(why)) => {
-                eprintln!("ignored a notification: {why}");
+            _ = health.tick() => {
+                if storage.is_degraded() != degraded {
+                    degraded = !degraded;
+                    if degraded {
+                        eprintln!("lost the database: reconnecting (changes made meanwhile are shown when it is back)");
+                    } else {
+                        eprintln!("connected again: every row reloaded");
+                    }
+                }
                 continue;
             }
-            Some(Ok(c)) => c,
+            next = changes.next() => next,
         };
-        if authenticated && !change.authenticated {
-            eprintln!("ignored a notification with a bad signature (not sent by the trigger)");
-            continue;
-        }
-        let now = humantime::format_rfc3339_millis(std::time::SystemTime::now());
-        let mark = if change.authenticated { "" } else { " ?" };
-        if change.reset {
-            writeln!(
-                out,
-                "{now} * * RESET (table truncated: every breaker CLOSED) v{}{mark}",
-                change.version
-            )?;
-        } else if args
-            .namespace
-            .as_deref()
-            .map_or(true, |ns| ns == change.namespace)
-        {
-            writeln!(
-                out,
-                "{now} {} {} {} v{}{mark}",
-                change.namespace, change.key, change.state, change.version
-            )?;
+        match next {
+            None => return Err(CliError::Problem("the change stream ended".into())),
+            Some(Err(lagged)) => eprintln!("{lagged}: this terminal is too slow"),
+            Some(Ok(change)) => writeln!(out, "{}", line(&change))?,
         }
         out.flush()?;
     }
+}
+
+/// `TIME NAMESPACE KEY STATE vVERSION from=STATE origin=local|remote [delay=MSms]`.
+fn line(c: &Change) -> String {
+    let time = humantime::format_rfc3339_millis(c.seen_at);
+    let version = c
+        .version
+        .map_or_else(|| "v-".to_owned(), |v| format!("v{v}"));
+    let origin = match c.origin {
+        ChangeOrigin::Local => "local",
+        _ => "remote",
+    };
+    let mut line = format!(
+        "{time} {} {} {} {version} from={} origin={origin}",
+        c.namespace, c.key, c.to, c.from
+    );
+    if let Some(delay) = c.delay() {
+        line.push_str(&format!(" delay={:.1}ms", delay.as_secs_f64() * 1e3));
+    }
+    line
 }

@@ -79,6 +79,7 @@ async fn connect_inner(opts: PostgresOptions) -> Result<Storage, StorageError> {
             online: Arc::new(AtomicBool::new(false)),
             schema_ready: AtomicBool::new(false),
             max_seen: AtomicI64::new(0),
+            clock_offset_us: AtomicI64::new(0),
             holder,
             runtime,
             outbox: publish::Outbox::default(),

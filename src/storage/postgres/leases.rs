@@ -50,7 +50,7 @@ impl Instance {
                 .await;
             match r {
                 Ok(row) => {
-                    shared.apply(cell, row.remote(&cell.key), Source::Answer);
+                    shared.apply(cell, row.remote(&cell.key), Source::Answer, None);
                     match row.lease_id {
                         Some(id) => {
                             // Keep a margin so we never start a probe on a lease about to expire.
@@ -100,7 +100,7 @@ impl Instance {
                 )
                 .await;
             match r {
-                Ok(row) => shared.apply(&cell, row.remote(&cell.key), Source::Answer),
+                Ok(row) => shared.apply(&cell, row.remote(&cell.key), Source::Answer, None),
                 Err(e) => tracing::warn!(key = %cell.key, error = %e, "could not report a probe result; its lease will expire"),
             }
         });

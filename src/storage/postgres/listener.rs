@@ -140,6 +140,7 @@ pub(crate) async fn sync(shared: &Arc<Shared>, live: &mut Live) -> Result<(), St
     let bound = shared.opts.statement_timeout * 4;
     let work = async {
         live.key = notify_key(&live.client).await?;
+        measure_clock(shared, &live.client).await?;
         resync(shared, &live.client).await
     };
     match tokio::time::timeout(bound, work).await {
@@ -149,6 +150,30 @@ pub(crate) async fn sync(shared: &Arc<Shared>, live: &mut Live) -> Result<(), St
             during: "loading the snapshot",
         }),
     }
+}
+
+/// Reads the database's clock, so that notification lag is measured by it: the lag of a change
+/// is (local now + offset) − commit time, whatever the two clocks disagree by. Good to half the
+/// round trip.
+async fn measure_clock(shared: &Shared, client: &Client) -> Result<(), StorageError> {
+    let before = unix_micros();
+    let row = client
+        .query_one(statements::DATABASE_CLOCK, &[])
+        .await
+        .map_err(|e| StorageError::db("reading the database's clock", e))?;
+    let after = unix_micros();
+    let db: i64 = row
+        .try_get(0)
+        .map_err(|e| StorageError::db("reading the database's clock", e))?;
+    shared.set_clock_offset(db.saturating_sub(before / 2 + after / 2));
+    Ok(())
+}
+
+/// The local clock in microseconds since the Unix epoch (0 before it).
+pub(crate) fn unix_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
 }
 
 /// The notification key, or `None` (with a warning) when this role may not read it.
@@ -190,7 +215,7 @@ async fn resync(shared: &Arc<Shared>, client: &Client) -> Result<(), StorageErro
     let mut seen = HashSet::with_capacity(rows.len());
     for row in &rows {
         let (key, remote) = statements::decode_snapshot(row)?;
-        shared.apply_key(&storage, &key, remote, Source::Reload);
+        shared.apply_key(&storage, &key, remote, Source::Reload, None);
         seen.insert(key);
     }
     // Collected first: applying runs no user code, but nothing runs under the map's locks.
@@ -201,7 +226,7 @@ async fn resync(shared: &Arc<Shared>, client: &Client) -> Result<(), StorageErro
         .map(|e| e.value().clone())
         .collect();
     for cell in gone {
-        shared.apply(&cell, Remote::ABSENT, Source::Reload);
+        shared.apply(&cell, Remote::ABSENT, Source::Reload, None);
     }
     tracing::debug!(rows = rows.len(), elapsed = ?started.elapsed(), "snapshot loaded");
     shared.metrics.resyncs.increment(1);
@@ -244,7 +269,9 @@ fn apply_notification(shared: &Shared, key: Option<&NotifyKey>, n: &Notification
     if change.op == Op::Reset {
         return Next::Reload;
     }
-    shared.seen(change.version);
+    // Only a version never seen before counts for the lag: a replayed payload (whose unsigned
+    // timestamp anyone listening could edit) carries a version already held.
+    let fresh = shared.seen(change.version);
     if change.namespace != shared.opts.namespace {
         return Next::Nothing;
     }
@@ -259,7 +286,16 @@ fn apply_notification(shared: &Shared, key: Option<&NotifyKey>, n: &Notification
         version: change.version,
         remaining: change.remaining,
     };
-    shared.apply_key(&storage, &change.key, remote, Source::Notification);
+    shared.apply_key(
+        &storage,
+        &change.key,
+        remote,
+        Source::Notification,
+        change.committed_at_us,
+    );
+    if let (true, Some(at)) = (fresh, change.committed_at_us) {
+        shared.lag_since(at);
+    }
     Next::Nothing
 }
 
@@ -279,11 +315,11 @@ async fn confirm(
     let mut found = HashSet::new();
     for row in &rows {
         let (key, remote) = statements::decode_snapshot(row)?;
-        shared.apply_key(&storage, &key, remote, Source::Reload);
+        shared.apply_key(&storage, &key, remote, Source::Reload, None);
         found.insert(key);
     }
     for key in keys.iter().filter(|k| !found.contains(*k)) {
-        shared.apply_key(&storage, key, Remote::ABSENT, Source::Reload);
+        shared.apply_key(&storage, key, Remote::ABSENT, Source::Reload, None);
     }
     Ok(())
 }

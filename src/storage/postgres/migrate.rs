@@ -48,6 +48,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "hardening",
         sql: include_str!("../../../sql/0006_hardening.sql"),
     },
+    Migration {
+        version: 7,
+        name: "notify_commit_time",
+        sql: include_str!("../../../sql/0007_notify_commit_time.sql"),
+    },
 ];
 
 /// Serializes concurrent migrators across the fleet (an arbitrary constant: "rc_migr").

@@ -54,7 +54,7 @@ use crate::clock::{duration_nanos, Clock};
 use crate::policy::Policy;
 use crate::storage::StorageInner;
 use crate::telemetry::InstanceMetrics;
-use crate::State;
+use crate::{ChangeOrigin, State};
 use precedence::{Remote, Source};
 
 /// One instance's link to the shared table; owned by its [`Storage`].
@@ -83,6 +83,9 @@ pub(crate) struct Shared {
     /// The newest row version this instance has seen from any key (authenticated notifications,
     /// reloads, answers): the `basis` of the trips it decides (see `precedence.rs`).
     max_seen: AtomicI64,
+    /// The database's clock minus ours, in microseconds, measured at each (re)connect: lag is
+    /// measured by the database's clock.
+    clock_offset_us: AtomicI64,
     /// Identifies this instance's probe leases (`holder` column).
     holder: String,
     runtime: tokio::runtime::Handle,
@@ -128,22 +131,24 @@ impl Shared {
         }
     }
 
-    /// The newest version seen from any key.
-    pub(crate) fn seen(&self, version: i64) {
+    /// The newest version seen from any key; true when `version` is newer than every one
+    /// seen before.
+    pub(crate) fn seen(&self, version: i64) -> bool {
         // Relaxed: a high-water mark; a trip decided a moment later than a version arrived
         // only has an older basis, which makes the database stricter with it, never wrong.
-        self.max_seen.fetch_max(version, Ordering::Relaxed);
+        self.max_seen.fetch_max(version, Ordering::Relaxed) < version
     }
 
     /// Applies a state of `key`'s row from `source`. A key with no cell here needs one only if
     /// the row is not CLOSED (absence means CLOSED), so CLOSED rows of keys no breaker uses
-    /// cost no memory.
+    /// cost no memory. `committed_at_us`: when the database committed it, if it said.
     pub(crate) fn apply_key(
         &self,
         storage: &StorageInner,
         key: &str,
         remote: Remote,
         source: Source,
+        committed_at_us: Option<i64>,
     ) {
         let cell = match storage.cells.get(key).map(|c| c.clone()) {
             Some(c) => c,
@@ -153,20 +158,55 @@ impl Shared {
             }
             None => storage.cell(key.into(), Policy::default()),
         };
-        self.apply(&cell, remote, source);
+        self.apply(&cell, remote, source, committed_at_us);
     }
 
-    /// Applies a state of `cell`'s row from `source`; callbacks of a transition are queued.
-    pub(crate) fn apply(&self, cell: &Arc<KeyCell>, remote: Remote, source: Source) {
+    /// Applies a state of `cell`'s row from `source`; a transition is streamed at once and its
+    /// callbacks are queued.
+    pub(crate) fn apply(
+        &self,
+        cell: &Arc<KeyCell>,
+        remote: Remote,
+        source: Source,
+        committed_at_us: Option<i64>,
+    ) {
         self.seen(remote.version);
         if let Some(t) = cell.apply_remote(remote, source) {
-            self.transitioned(cell, t);
+            self.transitioned(cell, t, Some(remote.version), committed_at_us);
         }
     }
 
-    /// Queues the callbacks of a transition that did not come from a call of this process.
-    pub(crate) fn transitioned(&self, cell: &Arc<KeyCell>, t: Transition) {
+    /// A transition that did not come from a call of this process (the table's state, applied):
+    /// streamed at once, its callbacks queued. `version`: the row version that made it.
+    pub(crate) fn transitioned(
+        &self,
+        cell: &Arc<KeyCell>,
+        t: Transition,
+        version: Option<i64>,
+        committed_at_us: Option<i64>,
+    ) {
+        cell.feed.send(
+            &cell.key,
+            t.from,
+            t.to,
+            ChangeOrigin::Remote,
+            version,
+            committed_at_us,
+        );
         self.callbacks.queue(cell, t);
+    }
+
+    pub(crate) fn set_clock_offset(&self, us: i64) {
+        // Relaxed: one number, read alone.
+        self.clock_offset_us.store(us, Ordering::Relaxed);
+    }
+
+    /// A notification committed at `at_us` (database clock) is in the snapshot now.
+    pub(crate) fn lag_since(&self, at_us: i64) {
+        let now =
+            listener::unix_micros().saturating_add(self.clock_offset_us.load(Ordering::Relaxed));
+        let lag_us = now.saturating_sub(at_us).max(0);
+        self.metrics.notification_lag.record(lag_us as f64 / 1e6);
     }
 
     /// Retry the outbox now (the database answered again).

@@ -36,6 +36,10 @@ pub(crate) struct Change {
     pub(crate) unknown_state: Option<String>,
     pub(crate) version: i64,
     pub(crate) remaining: Duration,
+    /// When the change committed, in microseconds since the Unix epoch by the database's clock
+    /// (`at_us`, migration 0007; absent from older triggers). Not covered by the MAC: see
+    /// `sql/0007_notify_commit_time.sql` for why that is safe.
+    pub(crate) committed_at_us: Option<i64>,
     /// The MAC as sent (lowercase hex) and the text it must cover.
     mac: String,
     signed: String,
@@ -138,6 +142,8 @@ struct Wire<'a> {
     state: Cow<'a, str>,
     version: i64,
     remaining_ms: i64,
+    #[serde(default)]
+    at_us: Option<i64>,
     #[serde(borrow)]
     mac: Cow<'a, str>,
 }
@@ -199,6 +205,7 @@ pub(crate) fn parse(payload: &str) -> Result<Change, PayloadError> {
             unknown_state: None,
             version: wire.version,
             remaining: Duration::ZERO,
+            committed_at_us: wire.at_us,
             mac: wire.mac.into_owned(),
             signed,
         });
@@ -225,6 +232,7 @@ pub(crate) fn parse(payload: &str) -> Result<Change, PayloadError> {
         unknown_state,
         version: wire.version,
         remaining: super::statements::remaining(wire.remaining_ms),
+        committed_at_us: wire.at_us,
         mac: wire.mac.into_owned(),
         signed,
     })

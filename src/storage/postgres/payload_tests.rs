@@ -31,7 +31,29 @@ fn parses_trigger_output() {
     assert_eq!(c.state, State::Open);
     assert_eq!(c.version, 12);
     assert_eq!(c.remaining, Duration::from_millis(100));
+    assert_eq!(
+        c.committed_at_us, None,
+        "a trigger before migration 7 sends no time"
+    );
     assert!(k.verify(&c));
+}
+
+/// Migration 7's commit time is read, and left out of the MAC: a payload verifies with or
+/// without it, so listeners of either build accept the other's trigger during an upgrade.
+#[test]
+fn commit_time_is_read_and_not_signed() {
+    let k = NotifyKey::new(KEY).expect("key");
+    let mut wire: serde_json::Value =
+        serde_json::from_str(&signed("row", "default", "k", "OPEN", 12, 100)).expect("json");
+    wire["at_us"] = serde_json::json!(1_795_978_174_529_755_i64);
+    let c = parse(&wire.to_string()).expect("valid payload");
+    assert_eq!(c.committed_at_us, Some(1_795_978_174_529_755));
+    assert!(k.verify(&c));
+    wire["at_us"] = serde_json::json!("yesterday");
+    assert!(matches!(
+        parse(&wire.to_string()),
+        Err(PayloadError::Malformed(_))
+    ));
 }
 
 /// A MAC made with another key, or over other content, does not verify.

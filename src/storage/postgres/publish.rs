@@ -388,7 +388,7 @@ impl Shared {
         let remote: Remote = row.remote(&cell.key);
         self.seen(remote.version);
         if let Some(t) = cell.trip_answered(seq, remote) {
-            self.transitioned(cell, t);
+            self.transitioned(cell, t, Some(remote.version), None);
         }
     }
 
@@ -422,7 +422,7 @@ impl Shared {
                 };
                 for e in &mut entries {
                     if let Some(t) = e.cell.override_abandoned() {
-                        self.transitioned(&e.cell, t);
+                        self.transitioned(&e.cell, t, None, None);
                     }
                     for d in e.done.drain(..) {
                         let _ = d.send(Err(StorageError::Database {
@@ -456,7 +456,7 @@ impl Shared {
                     let remote = row.remote(&e.cell.key);
                     self.seen(remote.version);
                     if let Some(t) = e.cell.override_answered(f.seq, remote) {
-                        self.transitioned(&e.cell, t);
+                        self.transitioned(&e.cell, t, Some(remote.version), None);
                     }
                     for d in e.done.drain(..) {
                         let _ = d.send(Ok(()));
@@ -468,7 +468,7 @@ impl Shared {
                     // the key against the fleet.
                     tracing::warn!(key = %e.cell.key, error = %cause, "the database refused a manual override");
                     if let Some(t) = e.cell.override_abandoned() {
-                        self.transitioned(&e.cell, t);
+                        self.transitioned(&e.cell, t, None, None);
                     }
                     for d in e.done.drain(..) {
                         let _ = d.send(Err(StorageError::Database {

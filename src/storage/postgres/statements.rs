@@ -22,6 +22,10 @@ pub(crate) const CONFIRM: &str = "SELECT resource_key AS o_key, state AS o_state
      version AS o_version, public.rc_remaining_ms(open_until) AS o_remaining_ms \
      FROM public.rc_circuit_breakers WHERE namespace = $1 AND resource_key = ANY($2)";
 
+/// The database's clock, microseconds since the Unix epoch (as notifications' `at_us`).
+pub(crate) const DATABASE_CLOCK: &str =
+    "SELECT pg_catalog.floor(pg_catalog.date_part('epoch', pg_catalog.clock_timestamp()) * 1000000)::bigint";
+
 /// The notification key (refused unless the session's role may write the table).
 pub(crate) const NOTIFY_KEY: &str = "SELECT public.rc_notify_key()";
 
