@@ -251,10 +251,10 @@ async fn a_scrape_shows_every_state_count_and_instance_metric() {
     // One PostgreSQL instance: the per-instance metrics, and a remote transition.
     let db = test_db().await;
     let pg_ns = "scrape_ns";
-    let a = Storage::connect_with(options(&db).namespace(pg_ns))
+    let a = Storage::connect_with(options(&db).await.namespace(pg_ns))
         .await
         .expect("connects");
-    let b = Storage::connect_with(options(&db).namespace(pg_ns))
+    let b = Storage::connect_with(options(&db).await.namespace(pg_ns))
         .await
         .expect("connects");
     let pg_key = "scrape_fleet";
@@ -342,9 +342,8 @@ async fn a_scrape_shows_every_state_count_and_instance_metric() {
     let cut_ns = "scrape_cut";
     let proxy = Proxy::start(db.addr()).await;
     let c = Storage::connect_with(
-        PostgresOptions::from_dsn(&db.conninfo_via(proxy.addr()))
+        PostgresOptions::from_dsn(&db.app_conninfo_via(proxy.addr()).await)
             .expect("dsn")
-            .auto_create(true)
             .namespace(cut_ns),
     )
     .await

@@ -99,9 +99,7 @@ async fn rejections_count_once_and_the_default_storage_says_so() {
 
     // The fleet path: a half-open round whose only slot another instance holds.
     let db = test_db().await;
-    let opts = PostgresOptions::from_dsn(&db.conninfo())
-        .expect("dsn")
-        .auto_create(true);
+    let opts = PostgresOptions::from_dsn(&db.app_conninfo().await).expect("dsn");
     let a = Storage::connect_with(opts.clone()).await.expect("connects");
     let b = Storage::connect_with(opts).await.expect("connects");
     let key = unique_key("fleet");

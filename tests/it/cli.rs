@@ -131,12 +131,7 @@ async fn setup_dry_run_changes_nothing() {
     let role = db.role(&[]).await;
     let r = ok(
         &db.conninfo(),
-        &[
-            "setup",
-            "--dry-run",
-            "--grant-to",
-            role_name(&db, &role).as_str(),
-        ],
+        &["setup", "--dry-run", "--grant-to", role.name()],
     )
     .await;
     assert!(r
@@ -160,22 +155,13 @@ async fn setup_dry_run_changes_nothing() {
     assert_eq!(run(&db.conninfo(), &["check"]).await.code, 1);
 }
 
-/// The role's name, from its conninfo (`user=...`).
-fn role_name(db: &TestDb, role: &crate::support::TestRole) -> String {
-    db.conninfo_as(role)
-        .split_whitespace()
-        .find_map(|kv| kv.strip_prefix("user="))
-        .expect("conninfo names the user")
-        .to_owned()
-}
-
 /// The grant `setup --grant-to` gives is all an instance needs: it connects, trips, leases a
 /// probe from the database and forces, on a role that owns nothing.
 #[tokio::test]
 async fn setup_grant_to_is_enough_for_an_instance() {
     let db = test_db().await;
     let role = db.role(&[]).await;
-    let name = role_name(&db, &role);
+    let name = role.name().to_owned();
     let r = run(&db.conninfo(), &["check", "--role", &name]).await;
     assert_eq!(r.code, 1);
     assert!(
@@ -239,7 +225,7 @@ async fn setup_grant_to_is_enough_for_an_instance() {
 async fn status_shows_a_trip_as_text_and_json() {
     let db = test_db().await;
     set_up(&db).await;
-    let storage = Storage::connect_with(instance_options(&db.conninfo()))
+    let storage = Storage::connect_with(instance_options(&db.app_conninfo().await))
         .await
         .expect("connects");
     let key = unique_key("status");
@@ -290,7 +276,7 @@ async fn status_shows_a_trip_as_text_and_json() {
 async fn open_close_delete_reach_a_running_instance() {
     let db = test_db().await;
     set_up(&db).await;
-    let storage = Storage::connect_with(instance_options(&db.conninfo()))
+    let storage = Storage::connect_with(instance_options(&db.app_conninfo().await))
         .await
         .expect("connects");
     let key = unique_key("override");

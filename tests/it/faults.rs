@@ -69,7 +69,7 @@ async fn slow_transitions(
         db.host(),
         db.port()
     );
-    let opts = tune(options(&db.conninfo_via(proxy.addr())))
+    let opts = tune(options(&db.app_conninfo_via(proxy.addr()).await))
         .listener_dsn(&listener)
         .expect("listener DSN");
     let storage = Storage::connect_with(opts).await.expect("connects");
@@ -310,11 +310,10 @@ async fn database_down_at_start_then_up() {
 async fn trip_expiring_during_outage_does_not_wedge() {
     let cluster = Cluster::start().await;
     let db = cluster.create_db().await;
+    let app = cluster.app_role(&db).await;
     // Reconciling every 500 ms: even full resyncs must not leave it stuck.
     let storage = Storage::connect_with(
-        options(&cluster.conninfo(&db))
-            .auto_create(true)
-            .reconcile_interval(Duration::from_millis(500)),
+        options(&app.conninfo()).reconcile_interval(Duration::from_millis(500)),
     )
     .await
     .expect("connects");
@@ -450,11 +449,12 @@ async fn restart_under_traffic_converges() {
     let cluster = Cluster::start().await;
     let db = cluster.create_db().await;
     let proxy = Proxy::start(cluster.addr()).await;
-    let conninfo = cluster.conninfo_via(&db, proxy.addr());
+    let app = cluster.app_role(&db).await;
+    let conninfo = app.conninfo_via(proxy.addr());
     let mut storages = Vec::new();
     for _ in 0..4 {
         storages.push(
-            Storage::connect_with(options(&conninfo).auto_create(true))
+            Storage::connect_with(options(&conninfo))
                 .await
                 .expect("connects"),
         );
@@ -635,7 +635,8 @@ async fn restart_under_traffic_converges() {
 async fn listener_backend_killed_reconnects_within_a_second() {
     let cluster = Cluster::start().await;
     let db = cluster.create_db().await;
-    let storage = Storage::connect_with(options(&cluster.conninfo(&db)).auto_create(true))
+    let app = cluster.app_role(&db).await;
+    let storage = Storage::connect_with(options(&app.conninfo()))
         .await
         .expect("connects");
     let key = unique_key("killed");
@@ -728,7 +729,7 @@ async fn blackholed_connection_detected_and_recovers() {
     let db = test_db().await;
     let direct = instance(&db).await;
     let proxy = Proxy::start(db.addr()).await;
-    let via = Storage::connect_with(options(&db.conninfo_via(proxy.addr())))
+    let via = Storage::connect_with(options(&db.app_conninfo_via(proxy.addr()).await))
         .await
         .expect("connects through the proxy");
     assert!(!via.is_degraded());
@@ -909,7 +910,8 @@ async fn slow_database_does_not_slow_calls() {
     // (SSL request, startup, prepare, execute) of 1 s each, which the default 2 s statement
     // timeout would cut.
     let via = Storage::connect_with(
-        options(&db.conninfo_via(proxy.addr())).statement_timeout(Duration::from_secs(10)),
+        options(&db.app_conninfo_via(proxy.addr()).await)
+            .statement_timeout(Duration::from_secs(10)),
     )
     .await
     .expect("connects through the proxy");
@@ -1076,8 +1078,9 @@ async fn fifty_instances_converge() {
     // crowd the shared server.
     let cluster = Cluster::start().await;
     let db = cluster.create_db().await;
-    let conninfo = cluster.conninfo(&db);
-    let first = Storage::connect_with(options(&conninfo).auto_create(true).pool_size(1))
+    let app = cluster.app_role(&db).await;
+    let conninfo = app.conninfo();
+    let first = Storage::connect_with(options(&conninfo).pool_size(1))
         .await
         .expect("connects");
     let started = Instant::now();
@@ -1182,7 +1185,8 @@ async fn fifty_instances_converge() {
 async fn breaker_recovers_locally_during_an_outage() {
     let cluster = Cluster::start().await;
     let db = cluster.create_db().await;
-    let storage = Storage::connect_with(options(&cluster.conninfo(&db)).auto_create(true))
+    let app = cluster.app_role(&db).await;
+    let storage = Storage::connect_with(options(&app.conninfo()))
         .await
         .expect("connects");
     let key = unique_key("local-round");

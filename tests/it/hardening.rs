@@ -21,14 +21,13 @@ use support::{eventually, test_db, unique_key, Mode, Proxy, TestDb};
 /// Something expected in milliseconds.
 const WAIT: Duration = Duration::from_secs(10);
 
+/// Options logging in as `conninfo`'s role (the tests' application role: see `TestDb::app`).
 fn options(conninfo: &str) -> PostgresOptions {
-    PostgresOptions::from_dsn(conninfo)
-        .expect("test conninfo parses")
-        .auto_create(true)
+    PostgresOptions::from_dsn(conninfo).expect("test conninfo parses")
 }
 
 async fn instance(db: &TestDb) -> Storage {
-    Storage::connect_with(options(&db.conninfo()))
+    Storage::connect_with(options(&db.app_conninfo().await))
         .await
         .expect("connects")
 }
@@ -37,7 +36,8 @@ async fn instance(db: &TestDb) -> Storage {
 /// pushed out of the test's way so that only what the test names can heal it.
 async fn behind(db: &TestDb, proxy: &Proxy) -> Storage {
     Storage::connect_with(
-        options(&db.conninfo_via(proxy.addr())).reconcile_interval(Duration::from_secs(3600)),
+        options(&db.app_conninfo_via(proxy.addr()).await)
+            .reconcile_interval(Duration::from_secs(3600)),
     )
     .await
     .expect("connects through the proxy")
@@ -50,7 +50,7 @@ async fn pool_behind(
     tune: impl FnOnce(PostgresOptions) -> PostgresOptions,
 ) -> Storage {
     let listener = format!("host={} port={}", db.host(), db.port());
-    let opts = tune(options(&db.conninfo_via(proxy.addr())))
+    let opts = tune(options(&db.app_conninfo_via(proxy.addr()).await))
         .listener_dsn(&listener)
         .expect("listener DSN");
     Storage::connect_with(opts).await.expect("connects")
@@ -231,7 +231,7 @@ async fn open_key_probes_locally_after_its_cooldown_during_an_outage() {
 async fn callbacks_cannot_stall_or_deadlock_the_listener() {
     let db = test_db().await;
     let a = Storage::connect_with(
-        options(&db.conninfo()).reconcile_interval(Duration::from_millis(200)),
+        options(&db.app_conninfo().await).reconcile_interval(Duration::from_millis(200)),
     )
     .await
     .expect("connects");
@@ -473,7 +473,8 @@ async fn instance_started_degraded_creates_the_schema_when_the_database_comes() 
     let cluster = support::Cluster::start().await;
     let db = cluster.create_db().await;
     cluster.stop().await;
-    let a = Storage::connect_with(options(&cluster.conninfo(&db)))
+    // About setup: the one place an instance runs as the superuser, to create the schema.
+    let a = Storage::connect_with(options(&cluster.conninfo(&db)).auto_create(true))
         .await
         .expect("starts degraded");
     assert!(a.is_degraded());
@@ -572,7 +573,7 @@ use std::future::Future;
 async fn abandoned_call_releases_the_server() {
     let db = test_db().await;
     let a = Storage::connect_with(
-        options(&db.conninfo()).statement_timeout(Duration::from_millis(500)),
+        options(&db.app_conninfo().await).statement_timeout(Duration::from_millis(500)),
     )
     .await
     .expect("connects");
@@ -786,7 +787,7 @@ async fn killed_sessions_do_not_cause_a_reconnect_storm() {
 async fn notification_storm_past_the_buffer_reloads() {
     let db = test_db().await;
     let a = Storage::connect_with(
-        options(&db.conninfo())
+        options(&db.app_conninfo().await)
             .notification_buffer(8)
             .reconcile_interval(Duration::from_secs(3600)),
     )

@@ -11,7 +11,7 @@ use resilient_circuit::{CircuitBreaker, Ratio, State, Storage, StorageError};
 use support::breakers::{
     fail, insert_open, instance, notify_signed, options, row_state, trip_fast, Watched,
 };
-use support::{test_db, unique_key, TestDb};
+use support::{test_db, unique_key};
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -311,8 +311,9 @@ async fn mark(
 #[tokio::test]
 async fn namespaces_isolate() {
     let db = test_db().await;
+    let base = options(&db).await;
     let connect = |ns: &'static str| {
-        let o = options(&db).namespace(ns);
+        let o = base.clone().namespace(ns);
         async move { Storage::connect_with(o).await.expect(ns) }
     };
     let (red, red_twin) = (connect("red").await, connect("red").await);
@@ -453,7 +454,17 @@ async fn schema_not_ready_then_concurrent_migration() {
         "{err:?}"
     );
     assert!(err.to_string().contains("RC_DB_AUTO_CREATE=1"), "{err}");
-    let (x, y, z) = tokio::join!(instance(&db), instance(&db), instance(&db));
+    // About setup: instances of a role that may create tables (here the superuser).
+    let migrating = || async {
+        Storage::connect_with(
+            PostgresOptions::from_dsn(&db.conninfo())
+                .expect("parses")
+                .auto_create(true),
+        )
+        .await
+        .expect("migrates and connects")
+    };
+    let (x, y, z) = tokio::join!(migrating(), migrating(), migrating());
     assert_eq!(
         (x.backend_name(), y.backend_name(), z.backend_name()),
         ("postgres", "postgres", "postgres")
@@ -496,9 +507,8 @@ async fn healthy_calls_cause_no_statements() {
     let db = test_db().await;
     let proxy = support::Proxy::start(db.addr()).await;
     // No heartbeat and no reconciliation during the test: only calls could send anything.
-    let quiet = PostgresOptions::from_dsn(&db.conninfo_via(proxy.addr()))
+    let quiet = PostgresOptions::from_dsn(&db.app_conninfo_via(proxy.addr()).await)
         .expect("test conninfo parses")
-        .auto_create(true)
         .heartbeat_interval(Duration::from_secs(3600))
         .reconcile_interval(Duration::from_secs(3600));
     let a = Storage::connect_with(quiet).await.expect("connects");
@@ -582,9 +592,9 @@ async fn healthy_calls_cause_no_statements() {
 async fn lease_of_a_crashed_prober_expires() {
     let db = test_db().await;
     let lease = Duration::from_millis(600);
-    let short = |db: &TestDb| options(db).lease_timeout(lease);
-    let a = Storage::connect_with(short(&db)).await.expect("a");
-    let b = Storage::connect_with(short(&db)).await.expect("b");
+    let short = options(&db).await.lease_timeout(lease);
+    let a = Storage::connect_with(short.clone()).await.expect("a");
+    let b = Storage::connect_with(short).await.expect("b");
     let key = unique_key("crashed-prober");
     let configure = |bld: resilient_circuit::Builder| {
         bld.failure_limit(Ratio::new(1, 1))

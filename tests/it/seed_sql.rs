@@ -51,12 +51,9 @@ async fn app_instance(conninfo: &str) -> Storage {
 #[tokio::test]
 async fn seed_monitoring_queries_return_the_right_rows() {
     let db = test_db().await;
-    // The schema, by its owner; then everything else as a role that owns nothing.
-    drop(crate::support::breakers::instance(&db).await);
-    let role = db
-        .role(&["GRANT SELECT, INSERT, UPDATE, DELETE ON public.rc_circuit_breakers TO {role}"])
-        .await;
-    let conninfo = db.conninfo_as(&role);
+    // The schema, by its owner; then everything else as a role that owns nothing, holding what
+    // `setup --grant-to` grants.
+    let conninfo = db.app_conninfo().await;
     let storage = app_instance(&conninfo).await;
     let payment = trip_fast(CircuitBreaker::builder("payment_service").storage(storage.clone()))
         .build()

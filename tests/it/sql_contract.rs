@@ -18,14 +18,11 @@ const WAIT: Duration = Duration::from_secs(10);
 const ANCESTOR_GRANT: &str =
     "GRANT SELECT, INSERT, UPDATE, DELETE ON public.rc_circuit_breakers TO {role}";
 
+/// An instance on `db` once the schema is set up (`TestDb::app`), as the application role.
 async fn migrated(db: &TestDb) -> Storage {
-    Storage::connect_with(
-        PostgresOptions::from_dsn(&db.conninfo())
-            .expect("dsn")
-            .auto_create(true),
-    )
-    .await
-    .expect("migrates")
+    Storage::connect_with(PostgresOptions::from_dsn(&db.app_conninfo().await).expect("dsn"))
+        .await
+        .expect("connects as the application role")
 }
 
 async fn connect_as(conninfo: &str) -> Client {
@@ -120,7 +117,7 @@ async fn least_privilege_role_writes_and_runs_an_instance() {
 #[tokio::test]
 async fn read_only_role_cannot_change_breakers() {
     let db = test_db().await;
-    let owner = migrated(&db).await;
+    let writer_instance = migrated(&db).await;
     let role = db
         .role(&["GRANT SELECT ON public.rc_circuit_breakers TO {role}"])
         .await;
@@ -149,7 +146,7 @@ async fn read_only_role_cannot_change_breakers() {
             .expect("a reader connects");
     let key = unique_key("ro");
     let mut seen = Watched::new(&ro_storage, &key, |b| b);
-    let writer = trip_fast(CircuitBreaker::builder(&key).storage(owner.clone()))
+    let writer = trip_fast(CircuitBreaker::builder(&key).storage(writer_instance.clone()))
         .build()
         .expect("valid");
     fail(&writer).await;
@@ -813,4 +810,55 @@ async fn migration_is_not_cut_by_the_statement_timeout() {
         .expect("task")
         .expect("migrated once the other migration is done");
     assert!(!storage.is_degraded());
+}
+
+/// Exactly the functions that need more than the application role holds run as the schema's
+/// owner (the triggers, the notification key, and the transition functions that write leases or
+/// check the caller), each with its `search_path` pinned; nothing else is SECURITY DEFINER.
+#[tokio::test]
+async fn only_what_needs_it_is_security_definer_with_a_pinned_search_path() {
+    let db = test_db().await;
+    let _ = db.app().await; // the schema, set up as an operator would
+    let rows = db
+        .client()
+        .await
+        .query(
+            "SELECT p.oid::regprocedure::text, p.prosecdef, p.proconfig
+             FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+             WHERE n.nspname = 'public' ORDER BY 1",
+            &[],
+        )
+        .await
+        .expect("reads the catalog");
+    let mut definers = Vec::new();
+    for row in &rows {
+        let (name, definer, config): (String, bool, Option<Vec<String>>) =
+            (row.get(0), row.get(1), row.get(2));
+        if definer {
+            assert_eq!(
+                config.as_deref(),
+                Some(&["search_path=pg_catalog, public".to_owned()][..]),
+                "{name} runs as the owner, so its search_path is pinned"
+            );
+            definers.push(name);
+        } else {
+            assert_eq!(config, None, "{name}");
+        }
+    }
+    assert_eq!(
+        definers,
+        [
+            "rc_acquire_probe(text,text,text,bigint,integer,integer)",
+            "rc_bump_version()",
+            "rc_force(text,text,text,bigint)",
+            "rc_force_many(text,text[],text[],bigint[])",
+            "rc_notify_change()",
+            "rc_notify_key()",
+            "rc_notify_truncate()",
+            "rc_report_probe(text,text,bigint,boolean,integer,integer,bigint)",
+            "rc_require_write()",
+            "rc_trip(text,text,bigint,integer,jsonb,bigint)",
+            "rc_trip_many(text,text[],bigint[],integer[],jsonb[],bigint[])",
+        ]
+    );
 }

@@ -15,16 +15,15 @@ use super::TestDb;
 /// How long `Watched::reaches` waits by default.
 pub const REACH: Duration = Duration::from_secs(10);
 
-/// Options for an instance on `db`, creating the schema if it is missing.
-pub fn options(db: &TestDb) -> PostgresOptions {
-    PostgresOptions::from_dsn(&db.conninfo())
-        .expect("test conninfo parses")
-        .auto_create(true)
+/// Options for an instance on `db`, logging in as its application role (a role that owns
+/// nothing, holding what `setup --grant-to` grants; the schema is set up on first use).
+pub async fn options(db: &TestDb) -> PostgresOptions {
+    PostgresOptions::from_dsn(&db.app_conninfo().await).expect("test conninfo parses")
 }
 
 /// An instance on `db` with [`options`].
 pub async fn instance(db: &TestDb) -> Storage {
-    Storage::connect_with(options(db))
+    Storage::connect_with(options(db).await)
         .await
         .expect("connects to the test database")
 }

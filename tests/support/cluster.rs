@@ -561,11 +561,6 @@ impl Cluster {
         self.admin_parts().with_db(db).conninfo()
     }
 
-    /// Like [`Cluster::conninfo`], but connecting through `addr` (a proxy).
-    pub fn conninfo_via(&self, db: &str, addr: SocketAddr) -> String {
-        self.admin_parts().with_db(db).with_addr(addr).conninfo()
-    }
-
     /// `postgresql://postgres@127.0.0.1:<port>/<db>`.
     pub fn url(&self, db: &str) -> String {
         self.admin_parts().with_db(db).url()
@@ -597,6 +592,12 @@ impl Cluster {
         // Keep it: no need to drop it one by one, the cluster is throwaway.
         std::mem::forget(db);
         name
+    }
+
+    /// Sets database `db` up for an application and returns its role (see
+    /// [`TestDb::app`]); connect with [`super::TestRole::conninfo`].
+    pub async fn app_role(&self, db: &str) -> super::TestRole {
+        super::app_role(self.admin_parts(), db).await
     }
 
     /// A [`TestDb`] on this cluster (dropped with the value, if the cluster

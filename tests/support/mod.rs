@@ -200,6 +200,8 @@ pub struct TestDb {
     name: String,
     /// Connection to the admin database that created (and will drop) it.
     admin: ConnParts,
+    /// The application role ([`TestDb::app`]), made on first use; dropped after the database.
+    app: OnceCell<TestRole>,
 }
 
 /// A new, uniquely named, empty database for one test. See the module docs
@@ -270,7 +272,11 @@ impl TestDb {
                 Err(e) => panic!("{sql} failed on {}: {}", admin.conninfo(), error_chain(&e)),
             }
         }
-        TestDb { name, admin }
+        TestDb {
+            name,
+            admin,
+            app: OnceCell::new(),
+        }
     }
 
     /// The database name (`rc_test_<pid>_<counter>_<random>`).
@@ -346,42 +352,111 @@ impl TestDb {
     /// Declare the guard before the `TestDb` it belongs to, so the database (where its grants
     /// live) is dropped first.
     pub async fn role(&self, grants: &[&str]) -> TestRole {
-        let name = format!("rc_role_{}_{:08x}", std::process::id(), random_u32());
         let client = self.client().await;
-        client
-            .batch_execute(&format!("CREATE ROLE \"{name}\" LOGIN"))
-            .await
-            .unwrap_or_else(|e| panic!("CREATE ROLE {name}: {}", error_chain(&e)));
+        let role = TestRole::create(&self.admin, &self.name, &client).await;
         for g in grants {
-            let sql = g.replace("{role}", &format!("\"{name}\""));
+            let sql = g.replace("{role}", &format!("\"{}\"", role.name));
             client
                 .batch_execute(&sql)
                 .await
                 .unwrap_or_else(|e| panic!("{sql}: {}", error_chain(&e)));
         }
-        TestRole {
-            name,
-            admin: self.admin.clone(),
-            db: self.name.clone(),
-        }
+        role
     }
 
     /// This database's conninfo, logging in as `role`.
     pub fn conninfo_as(&self, role: &TestRole) -> String {
-        ConnParts {
-            user: role.name.clone(),
-            password: None,
-            ..self.parts()
-        }
-        .conninfo()
+        role.conninfo()
+    }
+
+    /// The role the instances of a test run as: on first use the schema is set up as an
+    /// operator would (the migrations, as the admin) and a login role that owns nothing gets
+    /// exactly what `resilient-circuit setup --grant-to` grants (`migrate::grant_statement`).
+    pub async fn app(&self) -> &TestRole {
+        self.app
+            .get_or_init(|| app_role(self.admin.clone(), &self.name))
+            .await
+    }
+
+    /// This database's conninfo as its application role ([`TestDb::app`]).
+    pub async fn app_conninfo(&self) -> String {
+        self.app().await.conninfo()
+    }
+
+    /// Like [`TestDb::app_conninfo`], but connecting through `addr` (a proxy).
+    pub async fn app_conninfo_via(&self, addr: SocketAddr) -> String {
+        self.app().await.conninfo_via(addr)
     }
 }
 
-/// A login role made by [`TestDb::role`]; dropped (with whatever it owns) when this is dropped.
+/// Sets database `db` of the server reached by `admin` up for an application, as an operator
+/// would: applies the migrations as the admin, then makes a login role that owns nothing and
+/// grants it what `setup --grant-to` grants. The role is dropped with the returned guard.
+pub(crate) async fn app_role(admin: ConnParts, db: &str) -> TestRole {
+    use resilient_circuit::storage::postgres::migrate;
+    let mut client = admin.with_db(db).connect().await.unwrap_or_else(|e| {
+        panic!(
+            "connecting to {db} to set it up failed: {}",
+            error_chain(&e)
+        )
+    });
+    migrate::migrate(&mut client)
+        .await
+        .unwrap_or_else(|e| panic!("applying the migrations to {db}: {e}"));
+    let role = TestRole::create(&admin, db, &client).await;
+    let grant = migrate::grant_statement(&role.name).expect("a valid role name");
+    client
+        .batch_execute(&grant)
+        .await
+        .unwrap_or_else(|e| panic!("{grant}: {}", error_chain(&e)));
+    role
+}
+
+/// A login role made by [`TestDb::role`] or [`TestDb::app`]; dropped (with whatever it owns)
+/// when this is dropped.
 pub struct TestRole {
     name: String,
     admin: ConnParts,
     db: String,
+}
+
+impl TestRole {
+    /// `CREATE ROLE ... LOGIN` through `client` (the admin's), for database `db`.
+    async fn create(admin: &ConnParts, db: &str, client: &Client) -> TestRole {
+        let name = format!("rc_role_{}_{:08x}", std::process::id(), random_u32());
+        client
+            .batch_execute(&format!("CREATE ROLE \"{name}\" LOGIN"))
+            .await
+            .unwrap_or_else(|e| panic!("CREATE ROLE {name}: {}", error_chain(&e)));
+        TestRole {
+            name,
+            admin: admin.clone(),
+            db: db.to_owned(),
+        }
+    }
+
+    /// The role's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn parts(&self) -> ConnParts {
+        ConnParts {
+            user: self.name.clone(),
+            password: None,
+            ..self.admin.with_db(&self.db)
+        }
+    }
+
+    /// Its database's conninfo, logging in as this role.
+    pub fn conninfo(&self) -> String {
+        self.parts().conninfo()
+    }
+
+    /// Like [`TestRole::conninfo`], but connecting through `addr` (a proxy).
+    pub fn conninfo_via(&self, addr: SocketAddr) -> String {
+        self.parts().with_addr(addr).conninfo()
+    }
 }
 
 impl Drop for TestRole {

@@ -21,6 +21,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use resilient_circuit::storage::postgres::admin::AdminSession;
+use resilient_circuit::storage::postgres::migrate;
 use resilient_circuit::storage::postgres::PostgresOptions;
 use resilient_circuit::{ConfigError, StorageError};
 
@@ -196,29 +197,13 @@ pub fn confirm(question: &str) -> Result<bool, CliError> {
     Ok(matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes"))
 }
 
-/// `name` as a double-quoted SQL identifier. Refuses what cannot name a role: an empty name,
-/// a NUL, or more than 63 bytes (PostgreSQL would silently cut it, and grant to another role).
+/// `name` as a double-quoted SQL identifier; a name that cannot be a role is a usage error.
 pub fn quote_ident(name: &str) -> Result<String, CliError> {
-    if name.is_empty() {
-        return Err(CliError::Usage("a role name must not be empty".into()));
-    }
-    if name.contains('\0') {
-        return Err(CliError::Usage(
-            "a role name must not contain a NUL character".into(),
-        ));
-    }
-    if name.len() > 63 {
-        return Err(CliError::Usage(format!(
-            "a role name has at most 63 bytes, this one has {}",
-            name.len()
-        )));
-    }
-    Ok(format!("\"{}\"", name.replace('"', "\"\"")))
+    migrate::quote_role(name).map_err(|e| CliError::Usage(e.to_string()))
 }
 
-/// The privileges on `public.rc_circuit_breakers` that this crate and the Python ancestor need
-/// (the triggers and transition functions are SECURITY DEFINER, so nothing else).
-pub const PRIVILEGES: [&str; 4] = ["SELECT", "INSERT", "UPDATE", "DELETE"];
+/// The privileges an application role needs (see [`migrate::APP_PRIVILEGES`]).
+pub const PRIVILEGES: [&str; 4] = migrate::APP_PRIVILEGES;
 
 /// Which of [`PRIVILEGES`] `role` lacks; `Err` when the role does not exist.
 pub async fn missing_privileges(

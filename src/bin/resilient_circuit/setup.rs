@@ -27,14 +27,8 @@ pub async fn run(opts: &PostgresOptions, args: Args) -> Result<ExitCode, CliErro
         .grant_to
         .iter()
         .map(|role| {
-            Ok((
-                role.as_str(),
-                format!(
-                    "GRANT {} ON public.rc_circuit_breakers TO {}",
-                    PRIVILEGES.join(", "),
-                    quote_ident(role)?
-                ),
-            ))
+            let sql = migrate::grant_statement(role).map_err(|e| CliError::Usage(e.to_string()))?;
+            Ok((role.as_str(), sql))
         })
         .collect::<Result<Vec<_>, CliError>>()?;
     let mut session = connect(opts).await?;

@@ -55,6 +55,55 @@ pub const MIGRATIONS: &[Migration] = &[
     },
 ];
 
+/// What an application role needs on `public.rc_circuit_breakers`, and all it needs, for this
+/// crate and the Python ancestor alike: the triggers and transition functions run as the
+/// schema's owner (`SECURITY DEFINER`), so nothing else is granted.
+pub const APP_PRIVILEGES: [&str; 4] = ["SELECT", "INSERT", "UPDATE", "DELETE"];
+
+/// A name that cannot be a role: empty, with a NUL, or longer than PostgreSQL's 63 bytes (it
+/// would silently cut the name, and grant to another role).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidRoleName(String);
+
+/// `name` as a double-quoted SQL identifier, or why it cannot name a role.
+pub fn quote_role(name: &str) -> Result<String, InvalidRoleName> {
+    if name.is_empty() {
+        return Err(InvalidRoleName("a role name must not be empty".into()));
+    }
+    if name.contains('\0') {
+        return Err(InvalidRoleName(
+            "a role name must not contain a NUL character".into(),
+        ));
+    }
+    if name.len() > 63 {
+        return Err(InvalidRoleName(format!(
+            "a role name has at most 63 bytes, this one has {}",
+            name.len()
+        )));
+    }
+    Ok(format!("\"{}\"", name.replace('"', "\"\"")))
+}
+
+/// The statement that gives `role` [`APP_PRIVILEGES`]: what `resilient-circuit setup
+/// --grant-to ROLE` runs after the migrations.
+///
+/// ```
+/// use resilient_circuit::storage::postgres::migrate::grant_statement;
+/// assert_eq!(
+///     grant_statement("app").unwrap(),
+///     r#"GRANT SELECT, INSERT, UPDATE, DELETE ON public.rc_circuit_breakers TO "app""#
+/// );
+/// assert!(grant_statement("").is_err());
+/// ```
+pub fn grant_statement(role: &str) -> Result<String, InvalidRoleName> {
+    Ok(format!(
+        "GRANT {} ON public.rc_circuit_breakers TO {}",
+        APP_PRIVILEGES.join(", "),
+        quote_role(role)?
+    ))
+}
+
 /// Serializes concurrent migrators across the fleet (an arbitrary constant: "rc_migr").
 const MIGRATION_LOCK: i64 = 0x72_63_5f_6d_69_67_72;
 
