@@ -160,3 +160,38 @@ async fn the_stream_ends_with_its_storage() {
     assert!(matches!(changes.next().await, Some(Ok(_))));
     assert_eq!(changes.next().await, None);
 }
+
+/// A breaker's whole local cycle is streamed in order: trip, half-open after the cooldown,
+/// close on a good probe.
+#[tokio::test]
+async fn a_local_cycle_is_streamed_in_order() {
+    let clock = std::sync::Arc::new(resilient_circuit::ManualClock::new());
+    let storage = Storage::in_memory_with(16, clock.clone());
+    let mut changes = storage.changes();
+    let cb = trip_fast(CircuitBreaker::builder("cycle").storage(storage.clone()))
+        .success_limit(resilient_circuit::Ratio::new(1, 1))
+        .build()
+        .expect("valid");
+    fail(&cb).await;
+    clock.advance(Duration::from_secs(61));
+    cb.try_acquire()
+        .expect("a probe after the cooldown")
+        .success();
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let c = next_of(&mut changes, "cycle").await;
+        assert_eq!(
+            (c.origin, c.version, c.namespace.as_str()),
+            (ChangeOrigin::Local, None, "in-memory")
+        );
+        seen.push((c.from, c.to));
+    }
+    assert_eq!(
+        seen,
+        [
+            (State::Closed, State::Open),
+            (State::Open, State::HalfOpen),
+            (State::HalfOpen, State::Closed)
+        ]
+    );
+}
