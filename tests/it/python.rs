@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use resilient_circuit::storage::postgres::PostgresOptions;
-use resilient_circuit::{State, Storage};
+use resilient_circuit::{Ratio, State, Storage};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
@@ -28,7 +28,7 @@ use tokio::sync::OnceCell;
 use tokio_postgres::Client;
 
 use crate::cli::{ok, role_name, Run};
-use crate::support::breakers::{caught_up, fail, published, trip_fast, Watched};
+use crate::support::breakers::{caught_up, fail, fleet_probe, published, trip_fast, Watched};
 use crate::support::{test_db, unique_key, TestDb};
 
 /// The version the table is shared with, and what pip installs.
@@ -681,6 +681,58 @@ async fn rust_close_reaches_python(f: &mut Fleet) {
     );
 }
 
+/// A Rust instance trips a key on three failures in three calls and, after the cooldown, begins
+/// a half-open round (it holds a fleet probe). A Python process on the same key, closing on two
+/// successes of three probes, probes from a window of its own: three successes close the key
+/// for everyone, none of them reopens it.
+async fn rust_half_open_reaches_python(f: &mut Fleet) {
+    let key = unique_key("rust-probes");
+    let cooldown = Duration::from_millis(300);
+    let mut w = Watched::new(&f.rust, &key, |b| {
+        b.failure_limit(Ratio::new(3, 3)).cooldown(cooldown)
+    });
+    let mut other = Watched::new(&f.other, &key, |b| b);
+    f.py.policy(&key, Duration::from_secs(60), Some([2, 3]))
+        .await;
+    let a = f.py.call(&key, false).await;
+    assert_eq!(a["outcome"], "ok", "{a}");
+    assert!(caught_up(&f.admin, &[&f.rust], WAIT).await);
+    for _ in 0..3 {
+        fail(&w.cb).await;
+    }
+    assert_eq!(w.cb.state(), State::Open);
+    published(&f.rust).await;
+    let a = f.py.call(&key, false).await;
+    assert_eq!(a["outcome"], "rejected", "{a}");
+
+    tokio::time::sleep(w.cb.cooldown_remaining()).await;
+    let probe = fleet_probe(&w.cb).await;
+    assert!(probe.is_probe());
+    assert_eq!(
+        f.py.read(&key).await,
+        json!({"state": "HALF_OPEN", "failure_count": 0, "open_until": 0, "execution_log": []}),
+        "the Rust round began as the ancestor begins one: an empty window"
+    );
+    assert!(other.reaches(State::HalfOpen).await);
+
+    for n in 1..=3 {
+        let a = f.py.call(&key, false).await;
+        assert_eq!(a["outcome"], "ok", "Python probe {n} runs: {a}");
+        let expected = if n < 3 { "HALF_OPEN" } else { "CLOSED" };
+        assert_eq!(
+            a["status"], expected,
+            "after {n} successful Python probe(s) in the Rust round: {a}"
+        );
+    }
+    drop(probe);
+    assert_eq!(f.row(&key).await.0, "CLOSED");
+    assert!(
+        w.reaches(State::Closed).await,
+        "the Python close reached Rust"
+    );
+    assert!(other.reaches(State::Closed).await);
+}
+
 fn summary(lags: &[Lag]) -> String {
     let mut after: Vec<f64> = lags.iter().map(|l| l.after_commit_ms).collect();
     after.sort_by(f64::total_cmp);
@@ -779,13 +831,15 @@ async fn rust_trip_is_rejected_by_python_on_its_next_check() {
     );
 }
 
-/// Python's HALF_OPEN and close reach the Rust instances, and a Rust close reaches Python.
+/// Python's HALF_OPEN and close reach the Rust instances; a Rust half-open round and close reach
+/// Python.
 #[tokio::test]
 async fn recovery_crosses_between_python_and_rust() {
     let db = test_db().await;
     ok(&db.conninfo(), &["setup", "--yes"]).await;
     let mut f = Fleet::on(&db, &db.conninfo()).await;
     python_recovery_reaches_rust(&mut f).await;
+    rust_half_open_reaches_python(&mut f).await;
     rust_close_reaches_python(&mut f).await;
 }
 
@@ -815,6 +869,7 @@ async fn on_a_role_that_owns_nothing_python_and_rust_see_each_other() {
     let lags = python_trip_reaches_rust(&mut f, 3).await;
     let took = rust_trip_reaches_python(&mut f).await;
     python_recovery_reaches_rust(&mut f).await;
+    rust_half_open_reaches_python(&mut f).await;
     rust_close_reaches_python(&mut f).await;
     eprintln!(
         "MEASURED on_a_role_that_owns_nothing_python_and_rust_see_each_other: {}; Python's next \

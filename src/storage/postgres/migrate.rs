@@ -48,6 +48,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "hardening",
         sql: include_str!("../../../sql/0006_hardening.sql"),
     },
+    Migration {
+        version: 7,
+        name: "python_interop",
+        sql: include_str!("../../../sql/0007_python_interop.sql"),
+    },
 ];
 
 /// Serializes concurrent migrators across the fleet (an arbitrary constant: "rc_migr").
