@@ -681,6 +681,39 @@ async fn rust_close_reaches_python(f: &mut Fleet) {
     );
 }
 
+/// A deleted row (`resilient-circuit delete`) is CLOSED for the Rust instances, but the Python
+/// package 0.8.6 keeps its own view of a key whose row is gone: it goes on rejecting until its
+/// own cooldown ends. A close, which writes a row, reaches it.
+async fn delete_reaches_rust_but_not_python(f: &mut Fleet) {
+    let key = unique_key("deleted");
+    let mut w = Watched::new(&f.rust, &key, |b| b);
+    f.py.policy(&key, Duration::from_secs(60), None).await;
+    let a = f.py.call(&key, true).await;
+    applied_write(&a, "OPEN");
+    assert!(w.reaches(State::Open).await);
+    let deleted = f
+        .admin
+        .execute(
+            "DELETE FROM public.rc_circuit_breakers WHERE resource_key = $1",
+            &[&key],
+        )
+        .await
+        .expect("deletes");
+    assert_eq!(deleted, 1);
+    assert!(w.reaches(State::Closed).await, "the delete reached Rust");
+    let a = f.py.call(&key, false).await;
+    assert_eq!(
+        (&a["outcome"], &a["status"]),
+        (&json!("rejected"), &json!("OPEN")),
+        "Python 0.8.6 ignores a missing row: {a}"
+    );
+    w.cb.force_closed_confirmed()
+        .await
+        .expect("the database takes the close");
+    let a = f.py.call(&key, false).await;
+    assert_eq!(a["outcome"], "ok", "the close reached Python: {a}");
+}
+
 /// A Rust instance trips a key on three failures in three calls and, after the cooldown, begins
 /// a half-open round (it holds a fleet probe). A Python process on the same key, closing on two
 /// successes of three probes, probes from a window of its own: three successes close the key
@@ -832,7 +865,7 @@ async fn rust_trip_is_rejected_by_python_on_its_next_check() {
 }
 
 /// Python's HALF_OPEN and close reach the Rust instances; a Rust half-open round and close reach
-/// Python.
+/// Python (a deleted row does not).
 #[tokio::test]
 async fn recovery_crosses_between_python_and_rust() {
     let db = test_db().await;
@@ -841,6 +874,7 @@ async fn recovery_crosses_between_python_and_rust() {
     python_recovery_reaches_rust(&mut f).await;
     rust_half_open_reaches_python(&mut f).await;
     rust_close_reaches_python(&mut f).await;
+    delete_reaches_rust_but_not_python(&mut f).await;
 }
 
 /// All of the above with Python and Rust on a role that owns nothing, granted by `setup
