@@ -152,11 +152,16 @@ async fn prepare_venv() -> Result<PathBuf, String> {
         Err(e) => Err(e),
     };
     let _ = std::fs::remove_dir_all(&tmp);
-    result?;
+    let ours = result?;
     eprintln!(
-        "MEASURED python venv: made {} ({PY_REQUIREMENT}) in {:?}",
+        "MEASURED python venv: made {} ({PY_REQUIREMENT}) in {:?}{}",
         dir.display(),
-        started.elapsed()
+        started.elapsed(),
+        if ours {
+            ""
+        } else {
+            "; another process published its own first, which is kept"
+        }
     );
     Ok(dir)
 }
@@ -206,16 +211,16 @@ async fn build(tmp: &Path) -> Result<(), String> {
         .map_err(|e| format!("pip installed {PY_REQUIREMENT}, but {e}"))
 }
 
-/// Renames the finished `tmp` to `dir`. When `dir` is there already, keeps it if it verifies
-/// (another process published first), else moves it aside and tries once more.
-async fn publish(tmp: &Path, dir: &Path) -> Result<(), String> {
+/// Renames the finished `tmp` to `dir` (true). When `dir` is there already, keeps it if it
+/// verifies (false: another process published first), else moves it aside and tries once more.
+async fn publish(tmp: &Path, dir: &Path) -> Result<bool, String> {
     let mut last = String::new();
     for _ in 0..2 {
         match std::fs::rename(tmp, dir) {
-            Ok(()) => return Ok(()),
+            Ok(()) => return Ok(true),
             Err(e) if dir.exists() => {
                 if verify(dir).await.is_ok() {
-                    return Ok(());
+                    return Ok(false);
                 }
                 last = format!("{} is in the way and broken ({e})", dir.display());
                 let aside = dir.with_file_name(format!(
