@@ -15,10 +15,10 @@ const BIN: &str = env!("CARGO_BIN_EXE_resilient-circuit");
 const WAIT: Duration = Duration::from_secs(10);
 
 /// What one run printed.
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
+pub(crate) struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
 }
 
 /// The command with `dsn` in `RC_DB_DSN` and no other RC_* variable.
@@ -36,7 +36,7 @@ fn command(dsn: &str, args: &[&str]) -> Command {
     cmd
 }
 
-async fn run(dsn: &str, args: &[&str]) -> Run {
+pub(crate) async fn run(dsn: &str, args: &[&str]) -> Run {
     let out = tokio::time::timeout(Duration::from_secs(60), command(dsn, args).output())
         .await
         .expect("the command ends")
@@ -49,7 +49,7 @@ async fn run(dsn: &str, args: &[&str]) -> Run {
 }
 
 /// Runs and expects exit 0.
-async fn ok(dsn: &str, args: &[&str]) -> Run {
+pub(crate) async fn ok(dsn: &str, args: &[&str]) -> Run {
     let r = run(dsn, args).await;
     assert_eq!(
         r.code, 0,

@@ -15,5 +15,6 @@ mod harness;
 mod hostile;
 mod model;
 mod postgres;
+mod python;
 mod seed_sql;
 mod sql_contract;

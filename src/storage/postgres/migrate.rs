@@ -53,6 +53,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "notify_commit_time",
         sql: include_str!("../../../sql/0007_notify_commit_time.sql"),
     },
+    Migration {
+        version: 8,
+        name: "python_interop",
+        sql: include_str!("../../../sql/0008_python_interop.sql"),
+    },
 ];
 
 /// What an application role needs on `public.rc_circuit_breakers`, and all it needs, for this

@@ -1,8 +1,9 @@
 //! Every statement the instance sends, in one place, with the columns it reads back.
 //!
 //! The functions are defined in `sql/` (the newest definition of each is in
-//! `0006_hardening.sql`); rows are decoded once, by column name, into `RowState`, so a
-//! migration that renames or retypes a column fails loudly here instead of being misread.
+//! `0006_hardening.sql`, but `rc_acquire_probe`'s in `0008_python_interop.sql`); rows are decoded
+//! once, by column name, into `RowState`, so a migration that renames or retypes a column fails
+//! loudly here instead of being misread.
 
 use std::time::Duration;
 
