@@ -42,6 +42,22 @@ if ! have_pg_binaries; then
   fi
 fi
 
+# The pgbouncer tests (tests/it/pgbouncer.rs) start their own pgbouncer in front of a
+# throwaway cluster.
+have_pgbouncer() {
+  [[ -n ${RC_TEST_PGBOUNCER:-} && -x ${RC_TEST_PGBOUNCER} ]] || command -v pgbouncer >/dev/null || [[ -x /usr/sbin/pgbouncer ]]
+}
+if ! have_pgbouncer; then
+  if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+    echo "test.sh: installing pgbouncer (Debian package pgbouncer)"
+    apt-get update -q
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends pgbouncer
+  else
+    echo "test.sh: the tests need pgbouncer: sudo apt-get install pgbouncer (or set RC_TEST_PGBOUNCER)" >&2
+    exit 1
+  fi
+fi
+
 if [[ -n ${RC_TEST_DATABASE_URL:-} ]]; then
   echo "test.sh: test databases on \$RC_TEST_DATABASE_URL"
 elif local_server_answers; then

@@ -14,6 +14,7 @@ mod hardening;
 mod harness;
 mod hostile;
 mod model;
+mod pgbouncer;
 mod postgres;
 mod python;
 mod seed_sql;

@@ -71,6 +71,11 @@ pub(crate) struct PgTools {
 }
 
 impl PgTools {
+    /// uid/gid of the `postgres` OS user when this process is root (whom servers run as).
+    pub(crate) fn owner(&self) -> Option<(u32, u32)> {
+        self.owner
+    }
+
     /// The PostgreSQL binaries, if installed: a directory holding `initdb`,
     /// `pg_ctl` and `postgres`: `RC_TEST_PG_BINDIR`, else the first on PATH,
     /// else the highest version under `/usr/lib/postgresql/*/bin`.
@@ -134,7 +139,7 @@ impl PgTools {
     }
 
     /// Creates `dir` (mode 0700 and owned by `postgres` when we are root).
-    fn make_dir(&self, dir: &Path) {
+    pub(crate) fn make_dir(&self, dir: &Path) {
         std::fs::create_dir(dir)
             .unwrap_or_else(|e| panic!("creating {} failed: {e}", dir.display()));
         if let Some((uid, gid)) = self.owner {
@@ -174,7 +179,7 @@ fn id_of(flag: &str) -> u32 {
         .expect("`id` printed something that is not a number")
 }
 
-fn is_executable(p: &Path) -> bool {
+pub(crate) fn is_executable(p: &Path) -> bool {
     std::fs::metadata(p)
         .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
         .unwrap_or(false)
@@ -186,7 +191,7 @@ fn has_server_tools(dir: &Path) -> bool {
         .all(|t| is_executable(&dir.join(t)))
 }
 
-fn find_on_path(name: &str) -> Option<PathBuf> {
+pub(crate) fn find_on_path(name: &str) -> Option<PathBuf> {
     std::env::split_paths(&std::env::var_os("PATH")?)
         .map(|d| d.join(name))
         .find(|p| is_executable(p))
@@ -260,7 +265,7 @@ done
 
 // The watchdog is never waited for: it outlives this process by design.
 #[allow(clippy::zombie_processes)]
-fn process_dir(tools: &'static PgTools) -> &'static Path {
+pub(crate) fn process_dir(tools: &'static PgTools) -> &'static Path {
     static DIR: OnceLock<ProcessDir> = OnceLock::new();
     &DIR.get_or_init(|| {
         let path =
@@ -340,7 +345,7 @@ async fn run(cmd: Command) -> std::process::Output {
 
 /// A free TCP port on 127.0.0.1, below the ephemeral range (so no outgoing
 /// connection takes it while the cluster is stopped).
-fn pick_port() -> u16 {
+pub(crate) fn pick_port() -> u16 {
     for _ in 0..200 {
         let port = 20000 + (random_u32() % 12000) as u16;
         if TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {

@@ -26,6 +26,7 @@
 
 pub mod breakers;
 pub mod cluster;
+pub mod pgbouncer;
 pub mod proxy;
 
 pub use cluster::Cluster;

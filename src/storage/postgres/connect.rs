@@ -34,11 +34,18 @@ async fn connect_inner(opts: PostgresOptions) -> Result<Storage, StorageError> {
             recycling_method: RecyclingMethod::Fast,
         },
     );
-    // Server-side limits, so that a call the client gave up on cannot keep a row lock.
-    let limits = format!(
-        "SET statement_timeout = {0}; SET lock_timeout = {0}",
-        statements::millis(opts.statement_timeout)
-    );
+    // Server-side limits, so that a call the client gave up on cannot keep a row lock. Not
+    // through a transaction pooler: the settings would stay on its server connection for its
+    // other clients (the client's timeout still cancels a call on the server).
+    let limits = (!opts.transaction_pooler).then(|| {
+        format!(
+            "SET statement_timeout = {0}; SET lock_timeout = {0}",
+            statements::millis(opts.statement_timeout)
+        )
+    });
+    if opts.transaction_pooler && opts.listener.is_none() {
+        tracing::warn!(target = %opts.target(), "RC_DB_TRANSACTION_POOLER is set but no listener address: a LISTEN through a transaction pooler hears nothing; set RC_DB_LISTENER_DSN to PostgreSQL's own address (the listener checks itself and polls the table meanwhile)");
+    }
     let pool = Pool::builder(manager)
         .max_size(opts.pool_size.max(1))
         .runtime(Runtime::Tokio1)
@@ -47,10 +54,10 @@ async fn connect_inner(opts: PostgresOptions) -> Result<Storage, StorageError> {
         .post_create(Hook::async_fn(move |client, _| {
             let limits = limits.clone();
             Box::pin(async move {
-                client
-                    .batch_execute(&limits)
-                    .await
-                    .map_err(HookError::Backend)
+                match limits {
+                    Some(sql) => client.batch_execute(&sql).await.map_err(HookError::Backend),
+                    None => Ok(()),
+                }
             })
         }))
         .build()

@@ -17,6 +17,7 @@ use futures_util::StreamExt;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_postgres::error::SqlState;
+use tokio_postgres::types::Type;
 use tokio_postgres::{AsyncMessage, Client, Notification};
 
 use super::payload::{self, NotifyKey, Op};
@@ -36,6 +37,10 @@ const STABLE_AFTER: Duration = Duration::from_secs(30);
 /// How often a listener that cannot reconnect says so at WARN.
 const WARN_EVERY: Duration = Duration::from_secs(60);
 
+/// How often a listener that hears nothing (behind a transaction pooler) reloads the table
+/// instead: the ancestor's own refresh interval.
+pub(crate) const DEAF_POLL: Duration = Duration::from_secs(1);
+
 /// A connected, listening listener connection.
 pub(crate) struct Live {
     client: Client,
@@ -46,6 +51,9 @@ pub(crate) struct Live {
     /// Authenticates notifications; `None` when this role may not read it (notifications are
     /// then confirmed from the table before they count).
     key: Option<NotifyKey>,
+    /// A NOTIFY sent from another session did not come back (see [`hears_others`]): the
+    /// listener follows the table by reloading it every [`DEAF_POLL`].
+    deaf: bool,
 }
 
 impl Drop for Live {
@@ -114,14 +122,18 @@ pub(crate) async fn open(shared: &Arc<Shared>) -> Result<Live, StorageError> {
             }
         }
     });
-    let live = Live {
+    let mut live = Live {
         client,
         notes,
         overflowed,
         driver,
         key: None,
+        deaf: false,
     };
-    let listen = live.client.batch_execute("LISTEN rc_circuit_breakers");
+    // The self-check channel is made of our own hex digits: nothing from outside reaches the SQL.
+    let check = format!("rc_selfcheck_{:016x}", jitter(u64::MAX));
+    let sql = format!("LISTEN rc_circuit_breakers; LISTEN {check}");
+    let listen = live.client.batch_execute(&sql);
     match tokio::time::timeout(shared.opts.statement_timeout, listen).await {
         Ok(r) => r.map_err(|e| StorageError::db("listening", e))?,
         Err(_) => {
@@ -131,7 +143,51 @@ pub(crate) async fn open(shared: &Arc<Shared>) -> Result<Live, StorageError> {
             })
         }
     }
+    live.deaf = !hears_others(shared, &mut live, &check).await;
+    if live.deaf {
+        tracing::warn!(
+            target = %shared.opts.listener_target(),
+            "the listener does not hear notifications sent by other sessions: it goes through a pooler in transaction mode (pgbouncer). Set RC_DB_LISTENER_DSN (PostgresOptions::listener_dsn) to PostgreSQL's own address; until then this instance follows the table by reloading it every {DEAF_POLL:?}"
+        );
+    }
     Ok(live)
+}
+
+/// Sends a NOTIFY on `channel` from a pooled session and waits for it on the listener. Through
+/// a transaction-mode pooler the LISTEN stays on a server session that no client is attached
+/// to, and nothing comes back. Other notifications received meanwhile are dropped: the reload
+/// that follows every connect covers them. True when the check could not be made (no pooled
+/// connection): a reconnect checks again.
+async fn hears_others(shared: &Shared, live: &mut Live, channel: &str) -> bool {
+    let bound = shared.opts.statement_timeout;
+    let send = async {
+        let client = shared.client("checking the listener").await?;
+        client
+            .query_typed(
+                "SELECT pg_catalog.pg_notify($1, '')",
+                &[(&channel, Type::TEXT)],
+            )
+            .await
+            .map_err(|e| StorageError::db("checking the listener", e))
+    };
+    match tokio::time::timeout(bound, send).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "could not check that the listener hears other sessions");
+            return true;
+        }
+        Err(_) => return true,
+    }
+    let deadline = tokio::time::Instant::now() + bound;
+    loop {
+        match tokio::time::timeout_at(deadline, live.notes.recv()).await {
+            Ok(Some(n)) if n.channel() == channel => return true,
+            Ok(Some(_)) => continue,
+            // The connection ended: the loop will notice and reconnect.
+            Ok(None) => return true,
+            Err(_) => return false,
+        }
+    }
 }
 
 /// Reads the notification key, then loads the namespace into the cells over a listening
@@ -158,13 +214,16 @@ pub(crate) async fn sync(shared: &Arc<Shared>, live: &mut Live) -> Result<(), St
 async fn measure_clock(shared: &Shared, client: &Client) -> Result<(), StorageError> {
     let before = unix_micros();
     let row = client
-        .query_one(statements::DATABASE_CLOCK, &[])
+        .query_typed(statements::DATABASE_CLOCK, &[])
         .await
         .map_err(|e| StorageError::db("reading the database's clock", e))?;
     let after = unix_micros();
-    let db: i64 = row
-        .try_get(0)
-        .map_err(|e| StorageError::db("reading the database's clock", e))?;
+    let db: i64 = match row.first() {
+        Some(row) => row
+            .try_get(0)
+            .map_err(|e| StorageError::db("reading the database's clock", e))?,
+        None => return Ok(()),
+    };
     shared.set_clock_offset(db.saturating_sub(before / 2 + after / 2));
     Ok(())
 }
@@ -178,11 +237,14 @@ pub(crate) fn unix_micros() -> i64 {
 
 /// The notification key, or `None` (with a warning) when this role may not read it.
 async fn notify_key(client: &Client) -> Result<Option<NotifyKey>, StorageError> {
-    match client.query_one(statements::NOTIFY_KEY, &[]).await {
-        Ok(row) => {
-            let bytes: Vec<u8> = row
-                .try_get(0)
-                .map_err(|e| StorageError::db("reading the notification key", e))?;
+    match client.query_typed(statements::NOTIFY_KEY, &[]).await {
+        Ok(rows) => {
+            let bytes: Vec<u8> = match rows.first() {
+                Some(row) => row
+                    .try_get(0)
+                    .map_err(|e| StorageError::db("reading the notification key", e))?,
+                None => Vec::new(), // refused below as a key of 0 bytes
+            };
             NotifyKey::new(&bytes)
                 .map(Some)
                 .map_err(|cause| StorageError::Database {
@@ -203,7 +265,10 @@ async fn notify_key(client: &Client) -> Result<Option<NotifyKey>, StorageError> 
 async fn resync(shared: &Arc<Shared>, client: &Client) -> Result<(), StorageError> {
     let started = std::time::Instant::now();
     let rows = client
-        .query(statements::SNAPSHOT, &[&shared.opts.namespace])
+        .query_typed(
+            statements::SNAPSHOT,
+            &[(&shared.opts.namespace, Type::TEXT)],
+        )
         .await;
     shared
         .metrics
@@ -306,7 +371,13 @@ async fn confirm(
     keys: Vec<String>,
 ) -> Result<(), StorageError> {
     let rows = client
-        .query(statements::CONFIRM, &[&shared.opts.namespace, &keys])
+        .query_typed(
+            statements::CONFIRM,
+            &[
+                (&shared.opts.namespace, Type::TEXT),
+                (&keys, Type::TEXT_ARRAY),
+            ],
+        )
         .await
         .map_err(|e| StorageError::db("confirming notifications", e))?;
     let Some(storage) = shared.storage.upgrade() else {
@@ -405,8 +476,12 @@ async fn serve(shared: &Arc<Shared>, mut live: Live, shutdown: &mut watch::Recei
     let mut heartbeat =
         tokio::time::interval_at(start + opts.heartbeat_interval, opts.heartbeat_interval);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut reconcile =
-        tokio::time::interval_at(start + opts.reconcile_interval, opts.reconcile_interval);
+    let every = if live.deaf {
+        opts.reconcile_interval.min(DEAF_POLL)
+    } else {
+        opts.reconcile_interval
+    };
+    let mut reconcile = tokio::time::interval_at(start + every, every);
     reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let reload_bound = opts.statement_timeout * 4;
     loop {

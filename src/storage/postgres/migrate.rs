@@ -122,41 +122,55 @@ pub fn checksum(sql: &str) -> String {
     format!("{h:016x}")
 }
 
-/// Read-only check that every migration is applied with the checksum of this build; the
-/// error's reason names the first one that is not.
-pub async fn verify(client: &Client) -> Result<(), StorageError> {
+/// The migrations recorded as applied, `(version, checksum)`; `None` when the record table does
+/// not exist. Unnamed statements, so this also works through a pooler in transaction mode.
+async fn applied(client: &Client) -> Result<Option<Vec<(i32, String)>>, StorageError> {
+    let err = |e: tokio_postgres::Error| StorageError::db("checking the schema", e);
     let exists = client
-        .query_one(
+        .query_typed(
             "SELECT to_regclass('public.rc_schema_migrations') IS NOT NULL",
             &[],
         )
         .await
-        .map_err(|e| StorageError::db("checking the schema", e))?;
-    if !exists.get::<_, bool>(0) {
-        return Err(StorageError::SchemaNotReady {
-            reason: "table public.rc_schema_migrations does not exist (no migration applied)"
-                .into(),
-        });
+        .map_err(err)?;
+    let exists: bool = match exists.first() {
+        Some(row) => row.try_get(0).map_err(err)?,
+        None => false,
+    };
+    if !exists {
+        return Ok(None);
     }
     let rows = client
-        .query(
+        .query_typed(
             "SELECT version, checksum FROM public.rc_schema_migrations ORDER BY version",
             &[],
         )
         .await
-        .map_err(|e| StorageError::db("checking the schema", e))?;
+        .map_err(err)?;
+    rows.iter()
+        .map(|r| Ok((r.try_get(0).map_err(err)?, r.try_get(1).map_err(err)?)))
+        .collect::<Result<Vec<_>, StorageError>>()
+        .map(Some)
+}
+
+/// Read-only check that every migration is applied with the checksum of this build; the
+/// error's reason names the first one that is not.
+pub async fn verify(client: &Client) -> Result<(), StorageError> {
+    let Some(rows) = applied(client).await? else {
+        return Err(StorageError::SchemaNotReady {
+            reason: "table public.rc_schema_migrations does not exist (no migration applied)"
+                .into(),
+        });
+    };
     for m in MIGRATIONS {
-        let applied = rows
-            .iter()
-            .find(|r| r.get::<_, i32>(0) == m.version)
-            .map(|r| r.get::<_, String>(1));
+        let applied = rows.iter().find(|(v, _)| *v == m.version).map(|(_, c)| c);
         match applied {
             None => {
                 return Err(StorageError::SchemaNotReady {
                     reason: format!("migration {:04}_{} is not applied", m.version, m.name),
                 })
             }
-            Some(sum) if sum != checksum(m.sql) => {
+            Some(sum) if *sum != checksum(m.sql) => {
                 return Err(StorageError::SchemaNotReady {
                     reason: format!(
                         "migration {:04}_{} was applied from a different file (checksum {sum}, this build has {})",
@@ -175,25 +189,10 @@ pub async fn verify(client: &Client) -> Result<(), StorageError> {
 /// The migrations not yet recorded as applied, in order (read-only: what
 /// [`migrate`] would apply now).
 pub async fn pending(client: &Client) -> Result<Vec<&'static Migration>, StorageError> {
-    let err = |e: tokio_postgres::Error| StorageError::db("checking the schema", e);
-    let exists = client
-        .query_one(
-            "SELECT to_regclass('public.rc_schema_migrations') IS NOT NULL",
-            &[],
-        )
-        .await
-        .map_err(err)?;
-    if !exists.get::<_, bool>(0) {
-        return Ok(MIGRATIONS.iter().collect());
-    }
-    let rows = client
-        .query("SELECT version FROM public.rc_schema_migrations", &[])
-        .await
-        .map_err(err)?;
-    let done: Vec<i32> = rows.iter().map(|r| r.get(0)).collect();
+    let done = applied(client).await?.unwrap_or_default();
     Ok(MIGRATIONS
         .iter()
-        .filter(|m| !done.contains(&m.version))
+        .filter(|m| !done.iter().any(|(v, _)| *v == m.version))
         .collect())
 }
 

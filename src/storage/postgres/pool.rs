@@ -1,7 +1,8 @@
-//! Transition calls: one statement on a pooled connection, prepared once per connection,
-//! bounded by the statement timeout, and cancelled on the server when the client gives up.
+//! Transition calls: one unnamed statement on a pooled connection (nothing prepared, so a
+//! transaction-mode pooler can route it), bounded by the statement timeout, and cancelled on the
+//! server when the client gives up.
 
-use tokio_postgres::types::ToSql;
+use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Row;
 
 use super::{statements, Shared};
@@ -37,25 +38,38 @@ impl Shared {
         })
     }
 
-    /// Runs one transition function: one round trip on a pooled connection (its statement
-    /// prepared once per connection), bounded by the statement timeout. A call the timeout
+    /// Runs one transition function: one round trip on a pooled connection, as an unnamed
+    /// statement with typed parameters, bounded by the statement timeout. A call the timeout
     /// abandons is cancelled on the server too, so it does not keep a row lock.
     pub(crate) async fn call_many(
         &self,
         during: &'static str,
-        sql: &str,
+        call: statements::Call,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Row>, StorageError> {
+        if params.len() != call.types.len() {
+            // A programming error in this crate, reported rather than sent.
+            return Err(StorageError::Database {
+                during,
+                cause: format!(
+                    "{} parameters for a statement of {}",
+                    params.len(),
+                    call.types.len()
+                ),
+                source: None,
+            });
+        }
+        let typed: Vec<(&(dyn ToSql + Sync), Type)> = params
+            .iter()
+            .zip(call.types)
+            .map(|(p, t)| (*p, t.clone()))
+            .collect();
         let mut cancel = None;
         let work = async {
             let client = self.client(during).await?;
             cancel = Some(client.cancel_token());
-            let stmt = client
-                .prepare_cached(sql)
-                .await
-                .map_err(|e| StorageError::db(during, e))?;
             client
-                .query(&stmt, params)
+                .query_typed(call.sql, &typed)
                 .await
                 .map_err(|e| StorageError::db(during, e))
         };
@@ -87,10 +101,10 @@ impl Shared {
     pub(crate) async fn call_one(
         &self,
         during: &'static str,
-        sql: &str,
+        call: statements::Call,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<statements::RowState, StorageError> {
-        let rows = self.call_many(during, sql, params).await?;
+        let rows = self.call_many(during, call, params).await?;
         let row = rows.first().ok_or(StorageError::Database {
             during,
             cause: "the function returned no row".into(),

@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use tokio_postgres::types::Type;
 use tokio_postgres::Row;
 
 use super::precedence::Remote;
@@ -30,19 +31,66 @@ pub(crate) const DATABASE_CLOCK: &str =
 /// The notification key (refused unless the session's role may write the table).
 pub(crate) const NOTIFY_KEY: &str = "SELECT public.rc_notify_key()";
 
+/// A transition function's call: the statement and its parameters' types. Calls are sent as
+/// unnamed statements with the types given here (one round trip, nothing prepared), so they work
+/// through a pooler in transaction mode (pgbouncer), where a named statement prepared on one
+/// server connection is unknown to the next.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Call {
+    pub(crate) sql: &'static str,
+    pub(crate) types: &'static [Type],
+}
+
 /// Trips: namespace, keys, cooldowns (ms), failure counts, logs, bases.
-pub(crate) const TRIP_MANY: &str = "SELECT * FROM public.rc_trip_many($1, $2, $3, $4, $5, $6)";
+pub(crate) const TRIP_MANY: Call = Call {
+    sql: "SELECT * FROM public.rc_trip_many($1, $2, $3, $4, $5, $6)",
+    types: &[
+        Type::TEXT,
+        Type::TEXT_ARRAY,
+        Type::INT8_ARRAY,
+        Type::INT4_ARRAY,
+        Type::JSONB_ARRAY,
+        Type::INT8_ARRAY,
+    ],
+};
 
 /// Manual overrides: namespace, keys, states, cooldowns (ms).
-pub(crate) const FORCE_MANY: &str = "SELECT * FROM public.rc_force_many($1, $2, $3, $4)";
+pub(crate) const FORCE_MANY: Call = Call {
+    sql: "SELECT * FROM public.rc_force_many($1, $2, $3, $4)",
+    types: &[
+        Type::TEXT,
+        Type::TEXT_ARRAY,
+        Type::TEXT_ARRAY,
+        Type::INT8_ARRAY,
+    ],
+};
 
 /// One probe lease: namespace, key, holder, lease (ms), probes, close threshold.
-pub(crate) const ACQUIRE_PROBE: &str =
-    "SELECT * FROM public.rc_acquire_probe($1, $2, $3, $4, $5, $6)";
+pub(crate) const ACQUIRE_PROBE: Call = Call {
+    sql: "SELECT * FROM public.rc_acquire_probe($1, $2, $3, $4, $5, $6)",
+    types: &[
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+        Type::INT8,
+        Type::INT4,
+        Type::INT4,
+    ],
+};
 
 /// One probe result: namespace, key, lease, success, probes, close threshold, cooldown (ms).
-pub(crate) const REPORT_PROBE: &str =
-    "SELECT * FROM public.rc_report_probe($1, $2, $3, $4, $5, $6, $7)";
+pub(crate) const REPORT_PROBE: Call = Call {
+    sql: "SELECT * FROM public.rc_report_probe($1, $2, $3, $4, $5, $6, $7)",
+    types: &[
+        Type::TEXT,
+        Type::TEXT,
+        Type::INT8,
+        Type::BOOL,
+        Type::INT4,
+        Type::INT4,
+        Type::INT8,
+    ],
+};
 
 /// The functions the statements above call, with their argument types, as `pg_proc` lists them
 /// (checked against the catalog by a test, so a migration cannot drift from the code).

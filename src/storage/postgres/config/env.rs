@@ -31,6 +31,7 @@ impl PostgresOptions {
     /// | `RC_DB_AUTO_CREATE` | `0` | `1`: `connect` may create or upgrade the schema |
     /// | `RC_NAMESPACE` | `default` | namespace of this instance's breakers (1–255 bytes) |
     /// | `RC_DB_LISTENER_DSN` | unset | separate address for the LISTEN connection |
+    /// | `RC_DB_TRANSACTION_POOLER` | `0` | `1`: the main address is a transaction-mode pooler (pgbouncer) |
     /// | `RC_DB_RECONCILE_INTERVAL_MS` | `30000` | period of the full resync behind notifications |
     /// | `RC_DB_STATEMENT_TIMEOUT_MS` | `2000` | time limit of each transition call |
     /// | `RC_DB_CONNECT_TIMEOUT_MS` | `5000` | time limit of each connection attempt |
@@ -128,6 +129,9 @@ impl PostgresOptions {
         }
         if let Some(v) = var("RC_DB_STRICT") {
             opts.strict = parse_bool(&v, &cx.named("RC_DB_STRICT"))?;
+        }
+        if let Some(v) = var("RC_DB_TRANSACTION_POOLER") {
+            opts.transaction_pooler = parse_bool(&v, &cx.named("RC_DB_TRANSACTION_POOLER"))?;
         }
         if let Some(v) = var("RC_DB_AUTO_CREATE") {
             opts.auto_create = parse_bool(&v, &cx.named("RC_DB_AUTO_CREATE"))?;

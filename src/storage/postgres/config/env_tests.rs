@@ -296,6 +296,7 @@ fn from_env_docs_match_the_code() {
         ("RC_DB_SSLMODE", tick(&o.tls_settings().mode)),
         ("RC_DB_STRICT", flag(o.strict)),
         ("RC_DB_AUTO_CREATE", flag(o.auto_create)),
+        ("RC_DB_TRANSACTION_POOLER", flag(o.transaction_pooler)),
         ("RC_NAMESPACE", tick(&o.namespace)),
         ("RC_DB_RECONCILE_INTERVAL_MS", ms(o.reconcile_interval)),
         ("RC_DB_STATEMENT_TIMEOUT_MS", ms(o.statement_timeout)),

@@ -59,6 +59,9 @@ pub struct PostgresOptions {
     pub(crate) pool_size: usize,
     pub(crate) notification_buffer: usize,
     pub(crate) heartbeat_interval: Duration,
+    /// The pool goes through a pooler in transaction mode: no session settings on its
+    /// connections (they would leak to the pooler's other clients).
+    pub(crate) transaction_pooler: bool,
     /// TCP settings in force for both connections (a DSN's own settings were merged in when it
     /// was parsed; a listener DSN's are merged over these when its connection is built).
     pub(crate) network: Network,
@@ -118,6 +121,7 @@ impl PostgresOptions {
             pool_size: 4,
             notification_buffer: 16_384,
             heartbeat_interval: Duration::from_secs(2),
+            transaction_pooler: false,
             network: Network {
                 connect_timeout: Duration::from_secs(5),
                 keepalives: true,
@@ -352,6 +356,20 @@ impl PostgresOptions {
     /// neither grow memory without bound nor lose a change. Default 16,384.
     pub fn notification_buffer(mut self, size: usize) -> Self {
         self.notification_buffer = size;
+        self
+    }
+
+    /// The main address is a pooler in transaction mode (pgbouncer's `pool_mode = transaction`).
+    /// Transition calls work through any pooler (they are unnamed statements with typed
+    /// parameters, nothing prepared); this setting only stops the instance from setting
+    /// `statement_timeout` and `lock_timeout` on its pooled sessions, which such a pooler would
+    /// pass on to its other clients. Calls are then bounded by the client's timeout, which
+    /// cancels them on the server. The LISTEN connection needs a direct address
+    /// ([`listener_dsn`](Self::listener_dsn)); without one the listener checks itself and
+    /// follows the table by polling when it hears nothing (see the README, "pgbouncer").
+    /// Default `false`; `RC_DB_TRANSACTION_POOLER=1`.
+    pub fn transaction_pooler(mut self, yes: bool) -> Self {
+        self.transaction_pooler = yes;
         self
     }
 
