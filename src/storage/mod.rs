@@ -137,6 +137,42 @@ impl Storage {
         }
     }
 
+    /// Waits, at most `within`, until the database has answered everything this instance sent
+    /// it: trips, overrides and half-open probe results, accepted or refused for good. True when
+    /// nothing is left; at once (true) in memory.
+    ///
+    /// Transitions are published in the background, so a breaker call never waits for the
+    /// database. A short-lived process — a serverless function, a batch job, a command — calls
+    /// this before it returns or exits: one that is frozen or ends first keeps its trip to itself,
+    /// and a probe result it never sent holds the half-open slot until the lease expires. On
+    /// `false` (the database is slow or unreachable) what is left stays pending, and is retried
+    /// for as long as the process lives.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use resilient_circuit::{CircuitBreaker, Storage};
+    /// use std::time::Duration;
+    ///
+    /// async fn handler(storage: &Storage) -> Result<(), Box<dyn std::error::Error>> {
+    ///     let cb = CircuitBreaker::builder("third_party_api").storage(storage.clone()).build()?;
+    ///     let result = cb.call(|| async { Ok::<_, std::io::Error>("done") }).await;
+    ///     // Before the function returns: let the fleet hear what this call decided.
+    ///     if !storage.flush(Duration::from_millis(500)).await {
+    ///         eprintln!("{} transition(s) not published yet", storage.pending_publications());
+    ///     }
+    ///     result?;
+    ///     Ok(())
+    /// }
+    /// handler(&Storage::in_memory()).await?; // Storage::from_env().await? in a function
+    /// # Ok(()) }
+    /// ```
+    pub async fn flush(&self, within: Duration) -> bool {
+        match &self.inner.backend {
+            Backend::Memory => true,
+            Backend::Postgres(pg) => pg.flush(within).await,
+        }
+    }
+
     /// True while a PostgreSQL storage has no working listener connection: breakers then run on
     /// local state, and catch up when it is back. Always false in memory.
     pub fn is_degraded(&self) -> bool {
