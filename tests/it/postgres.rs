@@ -767,7 +767,10 @@ async fn flush_waits_until_the_database_answered() {
     assert_eq!(b.pending_publications(), 1);
     assert_eq!(row_state(&client, &cut_key).await, None);
     proxy.set_mode(support::Mode::Pass);
-    assert!(b.flush(Duration::from_secs(15)).await, "published once back");
+    assert!(
+        b.flush(Duration::from_secs(15)).await,
+        "published once back"
+    );
     assert_eq!(row_state(&client, &cut_key).await.as_deref(), Some("OPEN"));
 
     let memory = Storage::in_memory();
