@@ -8,6 +8,7 @@ mod support;
 mod breaker;
 mod cli;
 mod concurrency;
+mod examples;
 mod faults;
 mod hardening;
 mod harness;
