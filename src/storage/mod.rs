@@ -63,7 +63,9 @@ impl std::fmt::Debug for Storage {
 }
 
 impl Storage {
-    /// A new, empty, process-local store with the default capacity and the system clock.
+    /// A new, empty, process-local store with the default capacity and the system clock: its
+    /// breakers are this storage's alone (two `in_memory()` stores share nothing), for keys that
+    /// are one instance's own, like a local cache (`examples/local_and_shared_keys.rs`).
     pub fn in_memory() -> Storage {
         Storage::in_memory_with(DEFAULT_MEMORY_CAPACITY, Arc::new(SystemClock))
     }
@@ -182,7 +184,17 @@ impl Storage {
         }
     }
 
-    /// The process-wide in-memory store that breakers use when no storage is given.
+    /// The process-wide in-memory store that breakers use when no storage is given. It is not
+    /// shared with other processes and does not read `RC_DB_*`.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), resilient_circuit::ConfigError> {
+    /// use resilient_circuit::{CircuitBreaker, Storage};
+    /// let cb = CircuitBreaker::builder("no_storage_given").build()?;
+    /// assert_eq!(cb.storage().backend_name(), "in-memory");
+    /// assert!(Storage::global().state_of("no_storage_given").is_some());
+    /// # Ok(()) }
+    /// ```
     pub fn global() -> &'static Storage {
         static GLOBAL: OnceLock<Storage> = OnceLock::new();
         GLOBAL.get_or_init(Storage::in_memory)
@@ -205,12 +217,26 @@ impl Storage {
         }
     }
 
-    /// The state this storage holds for `key`, if it knows the key.
+    /// The state this storage holds for `key`, if it knows the key: a breaker was built for it,
+    /// or (PostgreSQL) the namespace's row of it is not CLOSED. A key it does not know is CLOSED.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), resilient_circuit::ConfigError> {
+    /// use resilient_circuit::{CircuitBreaker, State, Storage};
+    /// let storage = Storage::in_memory();
+    /// let cb = CircuitBreaker::builder("known").storage(storage.clone()).build()?;
+    /// cb.force_open(std::time::Duration::from_secs(5));
+    /// assert_eq!(storage.state_of("known"), Some(State::Open));
+    /// assert_eq!(storage.state_of("never_built"), None);
+    /// assert_eq!(storage.states(), [("known".to_owned(), State::Open)]);
+    /// # Ok(()) }
+    /// ```
     pub fn state_of(&self, key: &str) -> Option<State> {
         self.inner.cells.get(key).map(|c| c.state())
     }
 
-    /// Every key this storage knows with its state, in no particular order.
+    /// Every key this storage knows with its state, in no particular order (see
+    /// [`state_of`](Self::state_of) for which keys it knows).
     pub fn states(&self) -> Vec<(String, State)> {
         self.inner
             .cells

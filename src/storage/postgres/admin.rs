@@ -15,6 +15,25 @@ use super::{statements, tls, PostgresOptions};
 use crate::error::{describe_pg_error, StorageError};
 
 /// A connection to the breaker database, for tools; dropping it closes the connection.
+///
+/// ```no_run
+/// # async fn tool() -> Result<(), Box<dyn std::error::Error>> {
+/// use resilient_circuit::storage::postgres::{admin::AdminSession, PostgresOptions};
+/// let opts = PostgresOptions::from_env()?.ok_or("set RC_DB_DSN")?;
+/// let mut session = AdminSession::connect(&opts).await?;
+/// let open: i64 = session
+///     .client()
+///     .query_one("SELECT count(*) FROM public.rc_circuit_breakers WHERE state = 'OPEN'", &[])
+///     .await?
+///     .get(0);
+/// println!("{open} breakers are open");
+/// session.listen().await?; // then every change, as `resilient-circuit watch` prints them
+/// while let Some(change) = session.next_change().await {
+///     let change = change?;
+///     println!("{} {} {} v{}", change.namespace, change.key, change.state, change.version);
+/// }
+/// # Ok(()) }
+/// ```
 pub struct AdminSession {
     client: Client,
     notes: mpsc::UnboundedReceiver<String>,
