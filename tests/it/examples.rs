@@ -1,10 +1,12 @@
 //! Every example that ends by itself, run as a user would, against a fresh test database, so that
 //! none of them rots: exit status 0, the lines that show its scenario, and no rows left behind.
 //!
-//! The examples are built once per test process with `cargo build --examples` (the cargo that
-//! runs the tests, the same target directory and profile: a no-op when `cargo test
-//! --all-targets` built them already) and run directly, each with only `RC_DB_DSN` set among the
-//! `RC_*` variables. `prometheus` serves forever and is left to `tests/metrics_scrape.rs`.
+//! The examples are built once per test process with `cargo build --examples --all-features`
+//! (the cargo that built this binary, in its profile; the target directory comes from
+//! `CARGO_TARGET_DIR` or cargo's configuration, as for the outer build), which is a no-op when
+//! `cargo test --all-targets` built them already and builds them when this module runs alone.
+//! They then run directly, each with only `RC_DB_DSN` (and what a test adds) among the `RC_*`
+//! variables. `prometheus` serves forever and is left to `tests/metrics_scrape.rs`.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
