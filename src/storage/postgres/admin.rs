@@ -27,11 +27,6 @@ use crate::error::{describe_pg_error, StorageError};
 ///     .await?
 ///     .get(0);
 /// println!("{open} breakers are open");
-/// session.listen().await?; // then every change, as `resilient-circuit watch` prints them
-/// while let Some(change) = session.next_change().await {
-///     let change = change?;
-///     println!("{} {} {} v{}", change.namespace, change.key, change.state, change.version);
-/// }
 /// # Ok(()) }
 /// ```
 pub struct AdminSession {
