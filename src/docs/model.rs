@@ -113,7 +113,7 @@
 //!
 //! ## Time
 //!
-//! Cooldowns end by the database's clock: the functions compute `open_until` with `now()`, and
+//! Cooldowns end by the database's clock: the functions compute `open_until` with `clock_timestamp()`, and
 //! every answer and notification carries the time left, which the instance turns into a deadline
 //! on its own monotonic clock. Clock skew between hosts changes nothing (except for a trip
 //! written by a Python service, whose `open_until` comes from its host's clock); a cooldown's end
