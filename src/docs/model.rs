@@ -113,9 +113,9 @@
 //!
 //! ## Time
 //!
-//! Cooldowns end by the database's clock: the functions compute `open_until` with `clock_timestamp()`, and
-//! every answer and notification carries the time left, which the instance turns into a deadline
-//! on its own monotonic clock. Clock skew between hosts changes nothing (except for a trip
+//! Cooldowns end by the database's clock: the functions compute `open_until` with
+//! `clock_timestamp()`, and every answer and notification carries the time left, which the
+//! instance turns into a deadline on its own monotonic clock. Clock skew between hosts changes nothing (except for a trip
 //! written by a Python service, whose `open_until` comes from its host's clock); a cooldown's end
 //! seen by an instance can move by the latency of the answer to its own trip
 //! ([`cooldown_remaining`](crate::CircuitBreaker::cooldown_remaining) then grows by a few
