@@ -102,7 +102,8 @@ impl std::fmt::Debug for CircuitBreaker {
 }
 
 impl CircuitBreaker {
-    /// Starts building a breaker for `key`.
+    /// Starts building a breaker for `key`: a dependency's name, at most [`MAX_KEY_LEN`](crate::MAX_KEY_LEN)
+    /// bytes. See [`Builder`] for the settings and their defaults.
     pub fn builder(key: impl Into<String>) -> Builder {
         Builder::new(key.into())
     }
@@ -149,6 +150,23 @@ impl CircuitBreaker {
     }
 
     /// Time left before an open breaker lets a probe through (zero otherwise).
+    ///
+    /// With a PostgreSQL storage the cooldown ends by the database's clock: when the answer to
+    /// this instance's own trip arrives, the end it carries can be a few milliseconds later than
+    /// the local estimate made at the trip. To wait for the end, look again after sleeping:
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), resilient_circuit::ConfigError> {
+    /// use resilient_circuit::{CircuitBreaker, State, Storage};
+    /// use std::time::Duration;
+    /// let cb = CircuitBreaker::builder("resting").storage(Storage::in_memory()).build()?;
+    /// cb.force_open(Duration::from_millis(20));
+    /// while !cb.cooldown_remaining().is_zero() {
+    ///     tokio::time::sleep(cb.cooldown_remaining()).await;
+    /// }
+    /// assert!(cb.try_acquire().is_ok_and(|p| p.is_probe())); // the next call probes
+    /// # Ok(()) }
+    /// ```
     pub fn cooldown_remaining(&self) -> Duration {
         self.inner.cell.cooldown_remaining()
     }
@@ -167,6 +185,25 @@ impl CircuitBreaker {
     /// With a PostgreSQL storage, a probe permit of a fleet-wide half-open round must come from the
     /// database: this rejects, asks for one in the background, and a later caller takes it.
     /// [`call`](Self::call) waits for it instead.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), resilient_circuit::ConfigError> {
+    /// use resilient_circuit::{CircuitBreaker, Ratio, Storage};
+    /// let cb = CircuitBreaker::builder("sync_api")
+    ///     .storage(Storage::in_memory())
+    ///     .failure_limit(Ratio::new(1, 1))
+    ///     .build()?;
+    /// match cb.try_acquire() {
+    ///     Ok(permit) => {
+    ///         let worked = false; // run the call here, from any thread
+    ///         if worked { permit.success() } else { permit.failure() }
+    ///     }
+    ///     Err(rejected) => println!("not now: {rejected}"),
+    /// }
+    /// let rejected = cb.try_acquire().expect_err("1 failure in 1 call opened it");
+    /// assert!(rejected.retry_after().is_some());
+    /// # Ok(()) }
+    /// ```
     #[inline]
     pub fn try_acquire(&self) -> Result<Permit<'_>, Rejected> {
         match self.inner.cell.admit() {
@@ -301,6 +338,18 @@ impl CircuitBreaker {
 
     /// Closes the breaker now and empties its window. With a PostgreSQL storage the whole fleet
     /// follows (see [`force_open`](Self::force_open)).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), resilient_circuit::ConfigError> {
+    /// use resilient_circuit::{CircuitBreaker, State, Storage};
+    /// use std::time::Duration;
+    /// let cb = CircuitBreaker::builder("maintenance").storage(Storage::in_memory()).build()?;
+    /// cb.force_open(Duration::from_secs(15 * 60)); // the dependency's maintenance window
+    /// assert!(cb.try_acquire().is_err());
+    /// cb.force_closed(); // it ended early
+    /// assert_eq!(cb.state(), State::Closed);
+    /// # Ok(()) }
+    /// ```
     pub fn force_closed(&self) {
         self.force(State::Closed, Duration::ZERO, false);
     }
@@ -357,7 +406,18 @@ impl CircuitBreaker {
     }
 
     /// The outcomes in the closed window, oldest first (`true` = success), as the ancestor's
-    /// `execution_log` column.
+    /// `execution_log` column. The window is this instance's own (see
+    /// [`docs::model`](crate::docs::model)); it is written to the row when the instance trips.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), resilient_circuit::ConfigError> {
+    /// use resilient_circuit::{CircuitBreaker, Storage};
+    /// let cb = CircuitBreaker::builder("logged").storage(Storage::in_memory()).build()?;
+    /// cb.try_acquire().expect("closed").success();
+    /// cb.try_acquire().expect("closed").failure();
+    /// assert_eq!(cb.execution_log(), [true, false]);
+    /// # Ok(()) }
+    /// ```
     pub fn execution_log(&self) -> Vec<bool> {
         self.inner.cell.execution_log()
     }

@@ -107,6 +107,12 @@ impl Builder {
     }
 
     /// Validates and builds. Breakers with the same key on the same storage share one state.
+    ///
+    /// Fails with a [`ConfigError`] for an empty key, a key over [`MAX_KEY_LEN`] bytes or with a
+    /// control character, an unusable ratio (zero, numerator above denominator, window over
+    /// [`Ratio::MAX_DENOMINATOR`]), a cooldown over [`MAX_DURATION`], or limits that differ from
+    /// those of a breaker of the same key already on this storage. Sends nothing to the database:
+    /// a PostgreSQL storage already holds the key's state.
     pub fn build(self) -> Result<CircuitBreaker, ConfigError> {
         validate_key(&self.key)?;
         if self.policy.cooldown > MAX_DURATION {

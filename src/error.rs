@@ -11,6 +11,20 @@ use crate::{Ratio, State};
 ///
 /// Two words (the key's cell and a packed state and time), so that `Result`s carrying it stay
 /// small on the call path; cloning it is a reference-count increment.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), resilient_circuit::ConfigError> {
+/// use resilient_circuit::{CircuitBreaker, State, Storage};
+/// use std::time::Duration;
+/// let cb = CircuitBreaker::builder("payments").storage(Storage::in_memory()).build()?;
+/// cb.force_open(Duration::from_secs(60));
+/// let err = cb.call(|| async { Ok::<_, std::io::Error>(()) }).await.unwrap_err();
+/// let rejected = err.rejected().expect("did not run");
+/// assert_eq!((rejected.key(), rejected.state()), ("payments", State::Open));
+/// assert!(rejected.retry_after().is_some_and(|d| d <= Duration::from_secs(60)));
+/// // e.g. answer HTTP 503 with Retry-After: rejected.retry_after()
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct Rejected {
     cell: Arc<KeyCell>,
@@ -175,6 +189,14 @@ pub enum ConfigError {
 }
 
 /// Failures of the shared (PostgreSQL) store.
+///
+/// [`Storage::connect`](crate::Storage::connect) (and `connect_with`, `from_env`) returns
+/// `Config` for unusable settings and `SchemaNotReady` when the migrations are missing; with
+/// `strict` also `Connect`, `Tls` or `Timeout` when the database cannot be reached (without it,
+/// the storage starts on local state instead). Once running, breakers never return a
+/// `StorageError`: database trouble is logged and retried in the background, and only
+/// [`force_open_confirmed`](crate::CircuitBreaker::force_open_confirmed) and
+/// [`force_closed_confirmed`](crate::CircuitBreaker::force_closed_confirmed) report a refusal.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StorageError {

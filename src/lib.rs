@@ -21,6 +21,16 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Guides
+//!
+//! * [`docs::model`]: how it works, on one page, with the diagram of the two flows — a call
+//!   reads the local snapshot; a trip goes through a row-locked function, a trigger and NOTIFY to
+//!   every instance's listener and snapshot.
+//! * [`docs::settings`]: choosing the failure limit, cooldown, probes and namespaces, and matching
+//!   a Python service that shares the table.
+//! * [`docs`]: the seed document's scenarios (several pods, several services, local and shared
+//!   keys, serverless, the T0–T4 timeline), each an example in `examples/`.
+//!
 //! # Shared state
 //!
 //! [`Storage::connect`] (or [`Storage::from_env`]) makes one *instance* of the fleet: a LISTEN
@@ -90,6 +100,7 @@ mod builder;
 mod cell;
 pub mod changes;
 pub mod clock;
+pub mod docs;
 mod error;
 mod policy;
 mod ratio;

@@ -58,6 +58,19 @@ impl FromStr for State {
 }
 
 /// Where a transition was decided.
+///
+/// ```
+/// # fn main() -> Result<(), resilient_circuit::ConfigError> {
+/// use resilient_circuit::{ChangeOrigin, CircuitBreaker, Storage};
+/// let cb = CircuitBreaker::builder("kyc")
+///     .storage(Storage::in_memory())
+///     .on_status_change(|c| match c.origin {
+///         ChangeOrigin::Local => println!("{}: we saw {} -> {}", c.key, c.from, c.to),
+///         _ => println!("{}: the fleet moved it to {}", c.key, c.to),
+///     })
+///     .build()?;
+/// # drop(cb); Ok(()) }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ChangeOrigin {

@@ -66,7 +66,9 @@ impl std::fmt::Debug for Storage {
 }
 
 impl Storage {
-    /// A new, empty, process-local store with the default capacity and the system clock.
+    /// A new, empty, process-local store with the default capacity and the system clock: its
+    /// breakers are this storage's alone (two `in_memory()` stores share nothing), for keys that
+    /// are one instance's own, like a local cache (`examples/local_and_shared_keys.rs`).
     pub fn in_memory() -> Storage {
         Storage::in_memory_with(DEFAULT_MEMORY_CAPACITY, Arc::new(SystemClock))
     }
@@ -162,6 +164,42 @@ impl Storage {
         }
     }
 
+    /// Waits, at most `within`, until the database has answered everything this instance sent
+    /// it: trips, overrides and half-open probe results, accepted or refused for good. True when
+    /// nothing is left; at once (true) in memory.
+    ///
+    /// Transitions are published in the background, so a breaker call never waits for the
+    /// database. A short-lived process — a serverless function, a batch job, a command — calls
+    /// this before it returns or exits: one that is frozen or ends first keeps its trip to itself,
+    /// and a probe result it never sent holds the half-open slot until the lease expires. On
+    /// `false` (the database is slow or unreachable) what is left stays pending, and is retried
+    /// for as long as the process lives.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use resilient_circuit::{CircuitBreaker, Storage};
+    /// use std::time::Duration;
+    ///
+    /// async fn handler(storage: &Storage) -> Result<(), Box<dyn std::error::Error>> {
+    ///     let cb = CircuitBreaker::builder("third_party_api").storage(storage.clone()).build()?;
+    ///     let result = cb.call(|| async { Ok::<_, std::io::Error>("done") }).await;
+    ///     // Before the function returns: let the fleet hear what this call decided.
+    ///     if !storage.flush(Duration::from_millis(500)).await {
+    ///         eprintln!("{} transition(s) not published yet", storage.pending_publications());
+    ///     }
+    ///     result?;
+    ///     Ok(())
+    /// }
+    /// handler(&Storage::in_memory()).await?; // Storage::from_env().await? in a function
+    /// # Ok(()) }
+    /// ```
+    pub async fn flush(&self, within: Duration) -> bool {
+        match &self.inner.backend {
+            Backend::Memory => true,
+            Backend::Postgres(pg) => pg.flush(within).await,
+        }
+    }
+
     /// True while a PostgreSQL storage has no working listener connection: breakers then run on
     /// local state, and catch up when it is back. Always false in memory.
     pub fn is_degraded(&self) -> bool {
@@ -171,7 +209,17 @@ impl Storage {
         }
     }
 
-    /// The process-wide in-memory store that breakers use when no storage is given.
+    /// The process-wide in-memory store that breakers use when no storage is given. It is not
+    /// shared with other processes and does not read `RC_DB_*`.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), resilient_circuit::ConfigError> {
+    /// use resilient_circuit::{CircuitBreaker, Storage};
+    /// let cb = CircuitBreaker::builder("no_storage_given").build()?;
+    /// assert_eq!(cb.storage().backend_name(), "in-memory");
+    /// assert!(Storage::global().state_of("no_storage_given").is_some());
+    /// # Ok(()) }
+    /// ```
     pub fn global() -> &'static Storage {
         static GLOBAL: OnceLock<Storage> = OnceLock::new();
         GLOBAL.get_or_init(Storage::in_memory)
@@ -194,12 +242,26 @@ impl Storage {
         }
     }
 
-    /// The state this storage holds for `key`, if it knows the key.
+    /// The state this storage holds for `key`, if it knows the key: a breaker was built for it,
+    /// or (PostgreSQL) the namespace's row of it is not CLOSED. A key it does not know is CLOSED.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), resilient_circuit::ConfigError> {
+    /// use resilient_circuit::{CircuitBreaker, State, Storage};
+    /// let storage = Storage::in_memory();
+    /// let cb = CircuitBreaker::builder("known").storage(storage.clone()).build()?;
+    /// cb.force_open(std::time::Duration::from_secs(5));
+    /// assert_eq!(storage.state_of("known"), Some(State::Open));
+    /// assert_eq!(storage.state_of("never_built"), None);
+    /// assert_eq!(storage.states(), [("known".to_owned(), State::Open)]);
+    /// # Ok(()) }
+    /// ```
     pub fn state_of(&self, key: &str) -> Option<State> {
         self.inner.cells.get(key).map(|c| c.state())
     }
 
-    /// Every key this storage knows with its state, in no particular order.
+    /// Every key this storage knows with its state, in no particular order (see
+    /// [`state_of`](Self::state_of) for which keys it knows).
     pub fn states(&self) -> Vec<(String, State)> {
         self.inner
             .cells

@@ -9,6 +9,7 @@ mod breaker;
 mod changes;
 mod cli;
 mod concurrency;
+mod examples;
 mod faults;
 mod hardening;
 mod harness;

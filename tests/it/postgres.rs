@@ -730,3 +730,59 @@ async fn trip_after_force_closed_wins() {
         "the close's answer did not undo the trip"
     );
 }
+
+/// `Storage::flush` returns once the database answered the trip and the probe result (the row
+/// says so at once, with no waiting), reports `false` within its bound while the database is
+/// unreachable, and is true at once in memory.
+#[tokio::test]
+async fn flush_waits_until_the_database_answered() {
+    let db = test_db().await;
+    let client = db.client().await;
+    let a = instance(&db).await;
+    let key = unique_key("flushed");
+    let cb = CircuitBreaker::builder(&key)
+        .storage(a.clone())
+        .failure_limit(Ratio::new(1, 1))
+        .success_limit(Ratio::new(1, 1))
+        .cooldown(Duration::from_millis(300))
+        .build()
+        .expect("valid");
+    fail(&cb).await;
+    assert!(a.flush(WAIT).await, "the trip is answered");
+    assert_eq!(a.pending_publications(), 0);
+    assert_eq!(row_state(&client, &key).await.as_deref(), Some("OPEN"));
+
+    tokio::time::sleep(cb.cooldown_remaining()).await; // the cooldown itself: time, not an event
+    let probe = cb.call(|| async { Ok::<_, ()>(()) }).await;
+    assert!(probe.is_ok(), "the probe runs: {probe:?}");
+    assert!(a.flush(WAIT).await, "the probe's result is answered");
+    assert_eq!(row_state(&client, &key).await.as_deref(), Some("CLOSED"));
+
+    // Unreachable: false within the bound, the trip still pending; true once it is back.
+    let proxy = support::Proxy::start(db.addr()).await;
+    let via_proxy = PostgresOptions::from_dsn(&db.conninfo_via(proxy.addr()))
+        .expect("parses")
+        .auto_create(true);
+    let b = Storage::connect_with(via_proxy)
+        .await
+        .expect("connects through the proxy");
+    let cut_key = unique_key("flush-cut");
+    let on_b = Watched::new(&b, &cut_key, trip_fast);
+    proxy.set_mode(support::Mode::Cut);
+    assert!(support::eventually(WAIT, || async { b.is_degraded() }).await);
+    fail(&on_b.cb).await;
+    let started = std::time::Instant::now();
+    assert!(!b.flush(Duration::from_millis(300)).await);
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert_eq!(b.pending_publications(), 1);
+    assert_eq!(row_state(&client, &cut_key).await, None);
+    proxy.set_mode(support::Mode::Pass);
+    assert!(
+        b.flush(Duration::from_secs(15)).await,
+        "published once back"
+    );
+    assert_eq!(row_state(&client, &cut_key).await.as_deref(), Some("OPEN"));
+
+    let memory = Storage::in_memory();
+    assert!(memory.flush(Duration::ZERO).await);
+}

@@ -9,6 +9,20 @@ use super::{tls, PostgresOptions};
 use crate::error::{describe_pg_error, StorageError};
 
 /// A connection to the breaker database, for tools; dropping it closes the connection.
+///
+/// ```no_run
+/// # async fn tool() -> Result<(), Box<dyn std::error::Error>> {
+/// use resilient_circuit::storage::postgres::{admin::AdminSession, PostgresOptions};
+/// let opts = PostgresOptions::from_env()?.ok_or("set RC_DB_DSN")?;
+/// let mut session = AdminSession::connect(&opts).await?;
+/// let open: i64 = session
+///     .client()
+///     .query_one("SELECT count(*) FROM public.rc_circuit_breakers WHERE state = 'OPEN'", &[])
+///     .await?
+///     .get(0);
+/// println!("{open} breakers are open");
+/// # Ok(()) }
+/// ```
 pub struct AdminSession {
     client: Client,
     driver: JoinHandle<()>,

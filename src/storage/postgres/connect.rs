@@ -91,6 +91,8 @@ async fn connect_inner(opts: PostgresOptions) -> Result<Storage, StorageError> {
             runtime,
             outbox: publish::Outbox::default(),
             callbacks: callbacks::Callbacks::start(),
+            reports_in_flight: std::sync::atomic::AtomicUsize::new(0),
+            settled: tokio::sync::Notify::new(),
             clock,
             metrics: crate::telemetry::InstanceMetrics::new(&opts.namespace),
         });

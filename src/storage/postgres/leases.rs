@@ -79,7 +79,10 @@ impl Instance {
     pub(crate) fn report_probe(&self, cell: &Arc<KeyCell>, lease: Lease, success: bool) {
         let shared = self.shared.clone();
         let cell = cell.clone();
+        // Counted from now until answered, so that `Storage::flush` waits for it.
+        let in_flight = shared.report_started();
         self.shared.runtime.spawn(async move {
+            let _in_flight = in_flight;
             let policy = cell.policy();
             let probes = i32::try_from(policy.probe_count()).unwrap_or(i32::MAX);
             let close_at = i32::try_from(policy.probe_close_threshold()).unwrap_or(i32::MAX);

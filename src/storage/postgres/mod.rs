@@ -39,13 +39,13 @@ pub(crate) mod tls;
 
 pub(crate) use connect::connect;
 
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
 use postgres_openssl::MakeTlsConnector;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
 pub use config::{ParseSslModeError, PostgresOptions, SslMode, TargetSessionAttrs};
 
@@ -93,6 +93,12 @@ pub(crate) struct Shared {
     outbox: publish::Outbox,
     /// Callbacks of transitions made elsewhere.
     callbacks: callbacks::Callbacks,
+    /// Probe results sent and not answered yet (they do not go through the outbox).
+    reports_in_flight: AtomicUsize,
+    /// Woken when the outbox and the probe reports may have run empty ([`Storage::flush`]).
+    ///
+    /// [`Storage::flush`]: crate::Storage::flush
+    settled: Notify,
     clock: Arc<dyn Clock>,
     /// This instance's metric handles (`telemetry.rs`).
     pub(crate) metrics: InstanceMetrics,
@@ -219,15 +225,63 @@ impl Shared {
         self.outbox.len()
     }
 
-    /// Sets the `pending_publications` gauge after the outbox changed.
+    /// Sets the `pending_publications` gauge after the outbox changed, and wakes
+    /// [`flush`](Instance::flush) when nothing is left.
     pub(crate) fn pending_changed(&self) {
-        self.metrics.pending.set(self.outbox.len() as f64);
+        let pending = self.outbox.len();
+        self.metrics.pending.set(pending as f64);
+        if pending == 0 {
+            self.settled.notify_waiters();
+        }
+    }
+
+    /// Transitions and probe results of this instance the database has not answered yet.
+    fn unanswered(&self) -> usize {
+        // Acquire: pairs with the decrement of a finished report.
+        self.outbox.len() + self.reports_in_flight.load(Ordering::Acquire)
+    }
+
+    /// Counts a probe report until the returned guard is dropped (answered, failed, or its task
+    /// dropped unrun).
+    pub(crate) fn report_started(self: &Arc<Self>) -> ReportInFlight {
+        self.reports_in_flight.fetch_add(1, Ordering::AcqRel);
+        ReportInFlight(self.clone())
+    }
+}
+
+/// A probe report on its way to the database; see [`Shared::report_started`].
+pub(crate) struct ReportInFlight(Arc<Shared>);
+
+impl Drop for ReportInFlight {
+    fn drop(&mut self) {
+        // AcqRel: `flush` reads the count after registering for the wake-up sent here.
+        if self.0.reports_in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.settled.notify_waiters();
+        }
     }
 }
 
 impl Instance {
     pub(crate) fn is_degraded(&self) -> bool {
         self.shared.is_degraded()
+    }
+
+    /// Waits until the database answered every transition and probe result this instance sent,
+    /// at most `within`; true when nothing is left.
+    pub(crate) async fn flush(&self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            // Register before looking, so that an answer arriving in between is not missed.
+            let settled = self.shared.settled.notified();
+            tokio::pin!(settled);
+            settled.as_mut().enable();
+            if self.shared.unanswered() == 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, settled).await.is_err() {
+                return self.shared.unanswered() == 0;
+            }
+        }
     }
 
     /// Publishes a trip this instance decided: pending until the database answers, with the
