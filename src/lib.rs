@@ -67,7 +67,7 @@
 //!
 //! # Layout
 //!
-//! * [`breaker`]: `CircuitBreaker`, `Permit`, `Outcome` — what callers touch.
+//! * [`breaker`]: `CircuitBreaker`, `Permit`, `OwnedPermit`, `Outcome` — what callers touch.
 //! * `telemetry`: every metric's name, labels and cached handles.
 //! * `cell`: one key's state word and private lock — **the hot path**, and every atomic ordering.
 //! * `policy`, `window`: the pure decision rules and the outcome ring, testable without a clock.
@@ -91,7 +91,7 @@ pub mod storage;
 mod telemetry;
 mod window;
 
-pub use breaker::{CircuitBreaker, Outcome, Permit};
+pub use breaker::{CircuitBreaker, Outcome, OwnedPermit, Permit};
 pub use builder::{Builder, MAX_KEY_LEN};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{CircuitError, ConfigError, Rejected, StorageError};
