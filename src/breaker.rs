@@ -426,6 +426,39 @@ impl CircuitBreaker {
     pub(crate) fn cell(&self) -> &Arc<KeyCell> {
         &self.inner.cell
     }
+
+    /// How long a caller that may become a fleet-wide probe waits for its lease (the builder's
+    /// `probe_wait`).
+    #[cfg(feature = "tower")]
+    pub(crate) fn probe_wait(&self) -> Duration {
+        self.inner.probe_wait
+    }
+
+    /// A future that completes at the cell's next change: a transition, a lease arriving, a
+    /// probe slot given back. It owns a handle to the cell; it registers on its first poll, so
+    /// poll it once before looking at the state, as `acquire` enables its `Notified`.
+    #[cfg(feature = "tower")]
+    pub(crate) fn changed(
+        &self,
+    ) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + Sync + 'static>> {
+        let cell = self.inner.cell.clone();
+        Box::pin(async move { cell.changed.notified().await })
+    }
+
+    /// The start of a call whose duration the opt-in call metrics record; `None` when they are
+    /// off, so that an unmeasured call reads no clock.
+    #[cfg(feature = "tower")]
+    pub(crate) fn call_started(&self) -> Option<std::time::Instant> {
+        self.inner.calls.as_ref().map(|_| std::time::Instant::now())
+    }
+
+    /// Records the duration of a call started at `started` (see [`Self::call_started`]).
+    #[cfg(feature = "tower")]
+    pub(crate) fn call_ended(&self, started: std::time::Instant) {
+        if let Some(calls) = &self.inner.calls {
+            calls.duration(started.elapsed());
+        }
+    }
 }
 
 impl CircuitBreaker {
