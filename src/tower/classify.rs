@@ -1,11 +1,11 @@
 //! [`Classify`]: what a response or an error of the inner service means for the protected
-//! resource's health. [`ErrorsAsFailures`] by default, [`HttpClassifier`] for HTTP.
+//! resource's health. [`ErrorsAsFailures`] by default, `HttpClassifier` for HTTP.
 
 use crate::Outcome;
 
 /// Decides whether a finished call of the inner service counts as a success or a failure.
 ///
-/// Implemented by [`ErrorsAsFailures`] (the default), [`HttpClassifier`] (feature `http`) and by
+/// Implemented by [`ErrorsAsFailures`] (the default), `HttpClassifier` (feature `http`) and by
 /// every `Fn(&Result<Response, Error>) -> Outcome`, so a closure overrides either:
 ///
 /// ```

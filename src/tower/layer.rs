@@ -43,7 +43,7 @@ impl CircuitBreakerLayer {
 impl<C> CircuitBreakerLayer<C> {
     /// Decides with `classifier` which results count as failures: a
     /// [`Classify`](super::Classify) implementation, such as
-    /// [`HttpClassifier`](super::HttpClassifier), or a closure over `&Result<Response, Error>`.
+    /// `HttpClassifier` (feature `http`), or a closure over `&Result<Response, Error>`.
     pub fn classifier<C2>(self, classifier: C2) -> CircuitBreakerLayer<C2> {
         CircuitBreakerLayer {
             breaker: self.breaker,

@@ -1,5 +1,5 @@
 //! A [`CircuitBreaker`](crate::CircuitBreaker) in front of any `tower::Service` (feature `tower`;
-//! feature `http` adds [`HttpClassifier`]).
+//! feature `http` adds `HttpClassifier`).
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -37,7 +37,7 @@
 //!   clones of a service (they share the breaker, and a clone starts without an admission); a
 //!   response future or a service dropped before the call completes gives its slot back.
 //! * **[`Classify`] decides what counts as a failure**: [`ErrorsAsFailures`] by default,
-//!   [`HttpClassifier`] for HTTP (5xx and errors, not 4xx), or any closure over
+//!   `HttpClassifier` for HTTP (5xx and errors, not 4xx), or any closure over
 //!   `&Result<Response, Error>`.
 //! * **[`Error`]** tells a rejection from the inner service's error, which it boxes.
 //! * **[`backpressure`](CircuitBreakerLayer::backpressure)**, opt-in: `poll_ready` returns
