@@ -21,6 +21,13 @@
 //! * `open_reject`: the cost of being refused by an open breaker whose cooldown is far from over,
 //!   single-threaded and with two threads sharing the breaker.
 //!
+//! * Owned permits, next to the borrowed ones in each group: `try_acquire_owned_success`,
+//!   `acquire_owned_run_record` and (open) `try_acquire_owned`, the same operations through
+//!   `try_acquire_owned`, whose `OwnedPermit` holds a clone of the breaker handle (one
+//!   reference-count increment when admitted, one decrement when reported);
+//!   `handle_clone_drop` measures that clone and drop alone. With two threads the count is one
+//!   cache line both threads write, as with any `Arc` cloned per call.
+//!
 //! * `closed_single_thread/resilient_circuit/try_acquire_success_call_metrics`: the same with the
 //!   opt-in per-call metrics (`Builder::call_metrics(true)`) counted by a real recorder
 //!   (`metrics-exporter-prometheus`'s, installed for that breaker only with
@@ -129,6 +136,15 @@ mod rc {
         black_box(r).ok();
     }
 
+    /// [`acquire_success`] with an owned permit.
+    #[inline(always)]
+    pub fn acquire_owned_success(cb: &CircuitBreaker) {
+        let permit = cb.try_acquire_owned().expect("closed breaker admits");
+        let r = work();
+        permit.success();
+        black_box(r).ok();
+    }
+
     /// Public API only: admit, run, classify the `Result`, record. What `call` does, without the
     /// future; not itself a function of the crate.
     #[inline(always)]
@@ -139,9 +155,26 @@ mod rc {
         r.map_err(CircuitError::Inner)
     }
 
+    /// [`acquire_run_record`] with an owned permit.
+    #[inline(always)]
+    pub fn acquire_owned_run_record(cb: &CircuitBreaker) -> Result<u64, CircuitError<()>> {
+        let permit = cb.try_acquire_owned()?;
+        let r = work();
+        permit.record(Outcome::from_result(&r));
+        r.map_err(CircuitError::Inner)
+    }
+
     #[inline(always)]
     pub fn reject(cb: &CircuitBreaker) {
         let r = cb.try_acquire().map(|p| p.success());
+        debug_assert!(r.is_err());
+        black_box(r).ok();
+    }
+
+    /// [`reject`] through `try_acquire_owned`.
+    #[inline(always)]
+    pub fn reject_owned(cb: &CircuitBreaker) {
+        let r = cb.try_acquire_owned().map(|p| p.success());
         debug_assert!(r.is_err());
         black_box(r).ok();
     }
@@ -239,6 +272,13 @@ mod closed_single_thread {
         group.bench_function("resilient_circuit/try_acquire_success", |b| {
             b.iter(|| rc::acquire_success(&cb))
         });
+        group.bench_function("resilient_circuit/try_acquire_owned_success", |b| {
+            b.iter(|| rc::acquire_owned_success(&cb))
+        });
+        // What an owned permit adds to a borrowed one, measured alone.
+        group.bench_function("resilient_circuit/handle_clone_drop", |b| {
+            b.iter(|| drop(black_box(cb.clone())))
+        });
         // A real recorder for this breaker's handles only: the rest of the bench keeps none.
         let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
         let counted = metrics::with_local_recorder(&recorder, || {
@@ -252,6 +292,9 @@ mod closed_single_thread {
         });
         group.bench_function("resilient_circuit/acquire_run_record", |b| {
             b.iter(|| black_box(rc::acquire_run_record(&cb)).ok())
+        });
+        group.bench_function("resilient_circuit/acquire_owned_run_record", |b| {
+            b.iter(|| black_box(rc::acquire_owned_run_record(&cb)).ok())
         });
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
@@ -286,9 +329,17 @@ mod closed_two_threads {
         group.bench_function("resilient_circuit/try_acquire_success", |b| {
             two_threads(b, || rc::acquire_success(&cb))
         });
+        group.bench_function("resilient_circuit/try_acquire_owned_success", |b| {
+            two_threads(b, || rc::acquire_owned_success(&cb))
+        });
         group.bench_function("resilient_circuit/acquire_run_record", |b| {
             two_threads(b, || {
                 black_box(rc::acquire_run_record(&cb)).ok();
+            })
+        });
+        group.bench_function("resilient_circuit/acquire_owned_run_record", |b| {
+            two_threads(b, || {
+                black_box(rc::acquire_owned_run_record(&cb)).ok();
             })
         });
 
@@ -324,11 +375,17 @@ mod open_reject {
         group.bench_function("resilient_circuit/try_acquire", |b| {
             b.iter(|| rc::reject(&cb))
         });
+        group.bench_function("resilient_circuit/try_acquire_owned", |b| {
+            b.iter(|| rc::reject_owned(&cb))
+        });
         group.bench_function("recloser/call", |b| b.iter(|| black_box(rl::call(&r)).ok()));
         group.bench_function("failsafe/call", |b| b.iter(|| black_box(fs::call(&f)).ok()));
 
         group.bench_function("two_threads/resilient_circuit/try_acquire", |b| {
             two_threads(b, || rc::reject(&cb))
+        });
+        group.bench_function("two_threads/resilient_circuit/try_acquire_owned", |b| {
+            two_threads(b, || rc::reject_owned(&cb))
         });
         group.bench_function("two_threads/recloser/call", |b| {
             two_threads(b, || {

@@ -1,14 +1,19 @@
-//! [`CircuitBreaker`], its [`Permit`]s and [`Outcome`]: what callers touch on every call.
+//! [`CircuitBreaker`], its [`Permit`]s (borrowed, or [`OwnedPermit`]) and [`Outcome`]: what
+//! callers touch on every call. The permits live in `breaker/permit.rs`.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cell::{Admission, Callback, KeyCell, Lease, Recorded, StateWord};
-use crate::telemetry::{CallMetrics, CallOutcome};
+use crate::telemetry::CallMetrics;
+
+mod permit;
+
 use crate::{
     Builder, ChangeOrigin, CircuitError, Rejected, State, Storage, StorageError, MAX_DURATION,
 };
+pub use permit::{OwnedPermit, Permit};
 
 /// Whether a finished call counts as a success or a failure of the protected resource.
 ///
@@ -129,7 +134,7 @@ impl CircuitBreaker {
 
     /// Counts a rejection handed to the caller (once per call, whichever path rejected it).
     #[cold]
-    fn counted(&self, r: Rejected) -> Rejected {
+    pub(crate) fn counted(&self, r: Rejected) -> Rejected {
         let cell = &self.inner.cell;
         cell.metrics.rejected(cell.rejection_reason(r.state()));
         r
@@ -208,22 +213,56 @@ impl CircuitBreaker {
     pub fn try_acquire(&self) -> Result<Permit<'_>, Rejected> {
         match self.inner.cell.admit() {
             Admission::Closed(word) => Ok(Permit::new(self, word, None)),
-            admission => self.admission_slow(admission).map_err(|r| self.counted(r)),
+            admission => match self.admission_slow(admission) {
+                Ok((word, lease)) => Ok(Permit::new(self, word, lease)),
+                Err(r) => Err(self.counted(r)),
+            },
         }
     }
 
-    /// The slow paths of admission; a rejection is not counted yet (the caller counts what it
-    /// returns, once).
+    /// [`try_acquire`](Self::try_acquire), returning an [`OwnedPermit`]: `Send + 'static`, for a
+    /// permit moved into `tokio::spawn` or kept in a `'static` future (tokio's
+    /// `Semaphore::try_acquire_owned`). Same semantics; it also costs one reference-count
+    /// increment of this handle, taken only when the call is admitted.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use resilient_circuit::{CircuitBreaker, OwnedPermit, Storage};
+    /// let cb = CircuitBreaker::builder("owned").storage(Storage::in_memory()).build()?;
+    /// let permit: OwnedPermit = cb.try_acquire_owned()?;
+    /// std::thread::spawn(move || permit.success()).join().expect("no panic");
+    /// # Ok(()) }
+    /// ```
+    #[inline]
+    pub fn try_acquire_owned(&self) -> Result<OwnedPermit, Rejected> {
+        self.try_admit_owned().map_err(|r| self.counted(r))
+    }
+
+    /// [`try_acquire_owned`](Self::try_acquire_owned) without counting a rejection: for callers
+    /// that may still turn it into a wait (the tower layer), and count what they return.
+    #[inline]
+    pub(crate) fn try_admit_owned(&self) -> Result<OwnedPermit, Rejected> {
+        match self.inner.cell.admit() {
+            Admission::Closed(word) => Ok(OwnedPermit::new(self.clone(), word, None)),
+            admission => self
+                .admission_slow(admission)
+                .map(|(word, lease)| OwnedPermit::new(self.clone(), word, lease)),
+        }
+    }
+
+    /// The slow paths of admission: the word admitted under and the probe's lease, if any. A
+    /// rejection is not counted yet (the caller counts what it returns, once). The caller wraps
+    /// an admission in a permit at once, with nothing in between that could drop it.
     #[cold]
-    fn admission_slow(&self, admission: Admission) -> Result<Permit<'_>, Rejected> {
+    fn admission_slow(&self, admission: Admission) -> Result<(StateWord, Option<Lease>), Rejected> {
         match admission {
-            Admission::Closed(word) => Ok(Permit::new(self, word, None)),
+            Admission::Closed(word) => Ok((word, None)),
             Admission::Probe(word, lease) => {
                 // Ended in `KeyCell::record_slow` or `KeyCell::cancel`, on the same condition.
                 if !word.is_closed() || lease.is_some() {
                     self.inner.cell.metrics.probe_started();
                 }
-                Ok(Permit::new(self, word, lease))
+                Ok((word, lease))
             }
             Admission::Rejected {
                 state,
@@ -246,6 +285,28 @@ impl CircuitBreaker {
         self.acquire_uncounted().await.map_err(|r| self.counted(r))
     }
 
+    /// [`acquire`](Self::acquire), returning an [`OwnedPermit`]. The future owns a handle to the
+    /// breaker too, so it is `'static` like the permit: it can be spawned or stored.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use resilient_circuit::{CircuitBreaker, Storage};
+    /// let cb = CircuitBreaker::builder("owned_async").storage(Storage::in_memory()).build()?;
+    /// let permit = tokio::spawn(cb.acquire_owned()).await??;
+    /// permit.success();
+    /// # Ok(()) }
+    /// ```
+    pub fn acquire_owned(
+        &self,
+    ) -> impl Future<Output = Result<OwnedPermit, Rejected>> + Send + Sync + 'static {
+        let breaker = self.clone();
+        async move {
+            // The borrowed permit hands its admission over without reporting or cancelling.
+            let (word, lease) = breaker.acquire().await?.into_parts();
+            Ok(OwnedPermit::new(breaker, word, lease))
+        }
+    }
+
     async fn acquire_uncounted(&self) -> Result<Permit<'_>, Rejected> {
         let cell = &self.inner.cell;
         let deadline = tokio::time::Instant::now() + self.inner.probe_wait;
@@ -257,7 +318,7 @@ impl CircuitBreaker {
             let rejected = match cell.admit() {
                 Admission::Closed(word) => return Ok(Permit::new(self, word, None)),
                 admission => match self.admission_slow(admission) {
-                    Ok(p) => return Ok(p),
+                    Ok((word, lease)) => return Ok(Permit::new(self, word, lease)),
                     Err(r) => r,
                 },
             };
@@ -270,7 +331,7 @@ impl CircuitBreaker {
     }
 
     /// Only a lease request in flight can turn a rejected caller into a probe.
-    fn may_wait(&self, rejected: &Rejected) -> bool {
+    pub(crate) fn may_wait(&self, rejected: &Rejected) -> bool {
         let cell = &self.inner.cell;
         cell.is_fleet() && rejected.retry_after().is_none() && cell.lease_request_in_flight()
     }
@@ -310,7 +371,7 @@ impl CircuitBreaker {
         let permit = match self.inner.cell.admit() {
             Admission::Closed(word) => Permit::new(self, word, None),
             admission => match self.admission_slow(admission) {
-                Ok(p) => p,
+                Ok((word, lease)) => Permit::new(self, word, lease),
                 Err(r) if self.may_wait(&r) => self.acquire().await?,
                 Err(r) => return Err(self.counted(r).into()),
             },
@@ -425,77 +486,37 @@ impl CircuitBreaker {
     pub(crate) fn cell(&self) -> &Arc<KeyCell> {
         &self.inner.cell
     }
-}
 
-/// Leave to run one call; report how it went with [`success`](Self::success) or
-/// [`failure`](Self::failure).
-///
-/// Dropping a permit without reporting (a cancelled future) counts as neither; a half-open probe
-/// gives its slot back.
-#[must_use = "report the call's outcome with success() or failure(); a dropped permit counts as neither"]
-#[derive(Debug)]
-pub struct Permit<'a> {
-    breaker: &'a CircuitBreaker,
-    /// The state word the call was admitted under.
-    admitted: StateWord,
-    lease: Option<Lease>,
-    reported: bool,
-}
-
-impl<'a> Permit<'a> {
-    #[inline]
-    fn new(breaker: &'a CircuitBreaker, admitted: StateWord, lease: Option<Lease>) -> Self {
-        Permit {
-            breaker,
-            admitted,
-            lease,
-            reported: false,
-        }
+    /// How long a caller that may become a fleet-wide probe waits for its lease (the builder's
+    /// `probe_wait`).
+    #[cfg(feature = "tower")]
+    pub(crate) fn probe_wait(&self) -> Duration {
+        self.inner.probe_wait
     }
 
-    /// True when this call is a half-open probe.
-    pub fn is_probe(&self) -> bool {
-        !self.admitted.is_closed()
+    /// A future that completes at the cell's next change: a transition, a lease arriving, a
+    /// probe slot given back. It owns a handle to the cell; it registers on its first poll, so
+    /// poll it once before looking at the state, as `acquire` enables its `Notified`.
+    #[cfg(feature = "tower")]
+    pub(crate) fn changed(
+        &self,
+    ) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + Sync + 'static>> {
+        let cell = self.inner.cell.clone();
+        Box::pin(async move { cell.changed.notified().await })
     }
 
-    /// The call succeeded. On a closed, healthy breaker this is one atomic load.
-    #[inline]
-    pub fn success(self) {
-        self.record(Outcome::Success);
+    /// The start of a call whose duration the opt-in call metrics record; `None` when they are
+    /// off, so that an unmeasured call reads no clock.
+    #[cfg(feature = "tower")]
+    pub(crate) fn call_started(&self) -> Option<std::time::Instant> {
+        self.inner.calls.as_ref().map(|_| std::time::Instant::now())
     }
 
-    /// The call failed.
-    #[inline]
-    pub fn failure(self) {
-        self.record(Outcome::Failure);
-    }
-
-    /// Reports `outcome`.
-    #[inline]
-    pub fn record(mut self, outcome: Outcome) {
-        self.reported = true;
-        let cell = self.breaker.cell();
-        match cell.record(self.admitted, self.lease, outcome == Outcome::Success) {
-            Recorded::Nothing => {}
-            other => self.breaker.after_record(other),
-        }
-        if let Some(calls) = &self.breaker.inner.calls {
-            calls.call(match outcome {
-                Outcome::Success => CallOutcome::Success,
-                Outcome::Failure => CallOutcome::Failure,
-            });
-        }
-    }
-
-    /// Dropped without an outcome: a probe gives its slot back, and the call counts as
-    /// cancelled.
-    #[cold]
-    fn dropped_unreported(&self) {
-        if self.is_probe() || self.lease.is_some() {
-            self.breaker.cell().cancel(self.admitted, self.lease);
-        }
-        if let Some(calls) = &self.breaker.inner.calls {
-            calls.call(CallOutcome::Cancelled);
+    /// Records the duration of a call started at `started` (see [`Self::call_started`]).
+    #[cfg(feature = "tower")]
+    pub(crate) fn call_ended(&self, started: std::time::Instant) {
+        if let Some(calls) = &self.inner.calls {
+            calls.duration(started.elapsed());
         }
     }
 }
@@ -513,15 +534,6 @@ impl CircuitBreaker {
             Recorded::Report(lease, success) => {
                 self.inner.storage.report_probe(cell, lease, success)
             }
-        }
-    }
-}
-
-impl Drop for Permit<'_> {
-    #[inline]
-    fn drop(&mut self) {
-        if !self.reported {
-            self.dropped_unreported();
         }
     }
 }

@@ -96,8 +96,9 @@ impl Builder {
     }
 
     /// Counts every call of this handle (and its clones) in `resilient_circuit_calls_total`
-    /// by outcome, and times those run through [`call`](CircuitBreaker::call) and
-    /// [`call_with`](CircuitBreaker::call_with) in `resilient_circuit_call_duration_seconds`.
+    /// by outcome, and times those run through [`call`](CircuitBreaker::call),
+    /// [`call_with`](CircuitBreaker::call_with) and the tower layer (feature `tower`) in
+    /// `resilient_circuit_call_duration_seconds`.
     /// Default: off, since counting every success adds an atomic increment to a path that is
     /// otherwise one load and a compare (see the crate docs, "Metrics"). Rejections, states and
     /// transitions are always counted.

@@ -63,7 +63,8 @@
 //!
 //! Per call, **opt-in** with [`Builder::call_metrics`]: `resilient_circuit_calls_total{outcome =
 //! success | failure | cancelled}` and the `resilient_circuit_call_duration_seconds` histogram
-//! (calls through [`call`](CircuitBreaker::call) and [`call_with`](CircuitBreaker::call_with)).
+//! (calls through [`call`](CircuitBreaker::call), [`call_with`](CircuitBreaker::call_with) and
+//! the `tower` layer).
 //! Off by default: a success on a healthy closed breaker is one load and a compare, and counting
 //! it would add an atomic increment; off, they cost one predictable branch.
 //!
@@ -82,7 +83,7 @@
 //!
 //! # Layout
 //!
-//! * [`breaker`]: `CircuitBreaker`, `Permit`, `Outcome` — what callers touch.
+//! * [`breaker`]: `CircuitBreaker`, `Permit`, `OwnedPermit`, `Outcome` — what callers touch.
 //! * [`changes`]: the change stream of a storage.
 //! * `telemetry`: every metric's name, labels and cached handles.
 //! * `cell`: one key's state word and private lock — **the hot path**, and every atomic ordering.
@@ -92,6 +93,8 @@
 //!   outbox of transitions (`publish.rs`) and every statement it sends (`statements.rs`); the
 //!   SQL itself lives in `sql/` as numbered migrations.
 //! * [`clock`]: monotonic time, injectable for tests.
+//! * `tower` (feature `tower`): `CircuitBreakerLayer` for any `tower::Service`, as a tower
+//!   middleware folder (`layer.rs`, `service.rs`, `future.rs`, `classify.rs`, `error.rs`).
 
 #![warn(missing_docs)]
 
@@ -107,9 +110,11 @@ mod ratio;
 mod state;
 pub mod storage;
 mod telemetry;
+#[cfg(feature = "tower")]
+pub mod tower;
 mod window;
 
-pub use breaker::{CircuitBreaker, Outcome, Permit};
+pub use breaker::{CircuitBreaker, Outcome, OwnedPermit, Permit};
 pub use builder::{Builder, MAX_KEY_LEN};
 pub use changes::{Change, Changes};
 pub use clock::{Clock, ManualClock, SystemClock};

@@ -64,7 +64,7 @@ fn describe() {
         describe_histogram!(
             CALL_DURATION,
             Unit::Seconds,
-            "Duration of calls run through call/call_with (opt-in: Builder::call_metrics)"
+            "Duration of calls run through call/call_with or the tower layer (opt-in: Builder::call_metrics)"
         );
         describe_counter!(TRANSITIONS, "State transitions applied to the key here");
         describe_gauge!(

@@ -246,8 +246,8 @@ impl KeyCell {
             slow.policy = policy;
             slow.closed = OutcomeWindow::new(policy.failure_limit.denominator());
             slow.half_open = OutcomeWindow::new(policy.probe_count());
-            // No permit is out (permits borrow a live handle), so a half-open round restarts
-            // with the new probe count.
+            // No permit is out (a permit, borrowed or owned, keeps its handle alive), so a
+            // half-open round restarts with the new probe count.
             let cur = self.load(Ordering::Relaxed);
             if cur.state() == State::HalfOpen && !self.is_fleet() {
                 slow.probes_free = policy.probe_count();

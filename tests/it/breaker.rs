@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use resilient_circuit::{
-    Builder, ChangeOrigin, CircuitBreaker, CircuitError, ConfigError, ManualClock, Outcome, Permit,
-    Ratio, Rejected, State, StatusChange, Storage, MAX_KEY_LEN,
+    Builder, ChangeOrigin, CircuitBreaker, CircuitError, ConfigError, ManualClock, Outcome,
+    OwnedPermit, Permit, Ratio, Rejected, State, StatusChange, Storage, MAX_KEY_LEN,
 };
 
 use State::{Closed, HalfOpen, Open};
@@ -512,6 +512,126 @@ fn dropped_closed_permit_counts_as_neither() {
     rig.admit("f").failure();
     assert_eq!(rig.cb.execution_log(), vec![true, false]);
     assert_eq!(rig.cb.state(), Open);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Owned permits
+// ---------------------------------------------------------------------------------------------
+
+/// An owned permit moves into `tokio::spawn` and reports from there; it keeps working after every
+/// handle of the caller is gone.
+#[tokio::test]
+async fn owned_permit_moves_into_a_spawned_task() {
+    let rig = Rig::new("owned-spawn", r(2, 2), None, 10);
+    let ok = rig.cb.try_acquire_owned().expect("closed");
+    let failed = rig.cb.try_acquire_owned().expect("closed");
+    assert!(!ok.is_probe());
+    tokio::spawn(async move { ok.success() })
+        .await
+        .expect("task");
+    assert_eq!(rig.cb.execution_log(), vec![true]);
+
+    let spawned = tokio::spawn(async move { failed.failure() });
+    let handle = rig.cb.clone();
+    drop(rig.cb); // the permit holds its own handle
+    spawned.await.expect("task");
+    assert_eq!(handle.execution_log(), vec![true, false]);
+    handle.try_acquire_owned().expect("closed").failure();
+    assert_eq!(handle.state(), Open, "two failures of the last two");
+    assert_eq!(rig.storage.state_of("owned-spawn"), Some(Open));
+}
+
+/// `acquire_owned`'s future is `'static` too: it can itself be spawned.
+#[tokio::test]
+async fn acquire_owned_future_spawns() {
+    let rig = Rig::new("owned-acquire", r(1, 1), None, 10);
+    let permit = tokio::spawn(rig.cb.acquire_owned())
+        .await
+        .expect("task")
+        .expect("closed");
+    permit.failure();
+    assert_eq!(rig.cb.state(), Open);
+    let rejected = tokio::spawn(rig.cb.acquire_owned())
+        .await
+        .expect("task")
+        .expect_err("open");
+    assert_eq!(rejected.state(), Open);
+    assert_eq!(rejected.retry_after(), Some(Duration::from_millis(10)));
+}
+
+/// A dropped owned probe gives its slot back, as a borrowed one does: one probe, taken owned and
+/// dropped, and the next caller is the probe.
+#[test]
+fn dropped_owned_probe_returns_its_slot() {
+    let rig = Rig::new("owned-cancel", r(1, 1), Some(r(1, 1)), 10);
+    rig.trip(1);
+    rig.advance_ms(10);
+    let probe = rig.cb.try_acquire_owned().expect("the one probe");
+    assert!(probe.is_probe());
+    assert_eq!(
+        rig.cb.try_acquire_owned().expect_err("full").state(),
+        HalfOpen
+    );
+    drop(probe);
+    assert_eq!(rig.cb.state(), HalfOpen, "a drop is no outcome");
+    let next = rig.cb.try_acquire_owned().expect("the slot is back");
+    assert!(next.is_probe());
+    next.success();
+    assert_eq!(rig.cb.state(), Closed);
+}
+
+/// Owned and borrowed permits share one record path: mixed, they fill one window and trip it.
+#[test]
+fn owned_and_borrowed_permits_share_the_window() {
+    let rig = Rig::new("owned-mixed", r(2, 4), None, 10);
+    rig.cb
+        .try_acquire_owned()
+        .expect("closed")
+        .record(Outcome::Success);
+    rig.admit("borrowed").failure();
+    rig.cb.try_acquire_owned().expect("closed").success();
+    assert_eq!(rig.cb.execution_log(), vec![true, false, true]);
+    rig.cb.try_acquire_owned().expect("closed").failure();
+    assert_eq!(rig.cb.state(), Open);
+    assert_eq!(rig.changes(), vec![(Closed, Open)]);
+}
+
+/// The opt-in call metrics count an owned permit's success, failure and drop (cancelled) the way
+/// they count a borrowed permit's.
+#[test]
+fn owned_permits_count_in_call_metrics() {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let cb = metrics::with_local_recorder(&recorder, || {
+        CircuitBreaker::builder("owned-metrics")
+            .storage(Storage::in_memory())
+            .call_metrics(true)
+            .failure_limit(r(5, 5))
+            .build()
+            .expect("valid")
+    });
+    let count = |outcome: &str| -> u64 {
+        let text = handle.render();
+        let needle = format!("outcome=\"{outcome}\"");
+        text.lines()
+            .filter(|l| l.starts_with("resilient_circuit_calls_total{") && l.contains(&needle))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    cb.try_acquire().expect("closed").success();
+    let borrowed = (count("success"), count("failure"), count("cancelled"));
+    assert_eq!(borrowed, (1, 0, 0));
+    cb.try_acquire_owned().expect("closed").success();
+    cb.try_acquire().expect("closed").failure();
+    cb.try_acquire_owned().expect("closed").failure();
+    drop(cb.try_acquire().expect("closed"));
+    drop(cb.try_acquire_owned().expect("closed"));
+    assert_eq!(
+        (count("success"), count("failure"), count("cancelled")),
+        (2, 2, 2),
+        "owned permits count like borrowed ones:\n{}",
+        handle.render()
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1229,6 +1349,7 @@ fn default_store_is_bounded_at_8192_keys() {
 fn static_assertions() {
     fn send_sync_clone<T: Send + Sync + Clone + 'static>() {}
     fn send_sync<T: Send + Sync>() {}
+    fn send_sync_static<T: Send + Sync + 'static>() {}
     fn error<T: std::error::Error + Send + Sync + 'static>() {}
     send_sync_clone::<CircuitBreaker>();
     send_sync_clone::<Storage>();
@@ -1238,6 +1359,7 @@ fn static_assertions() {
     send_sync_clone::<StatusChange>();
     send_sync_clone::<Ratio>();
     send_sync::<Permit<'static>>();
+    send_sync_static::<OwnedPermit>();
     send_sync::<Builder>();
     error::<Rejected>();
     error::<ConfigError>();
@@ -1245,5 +1367,9 @@ fn static_assertions() {
     // A call future can be spawned on a multi-threaded runtime.
     fn spawnable<F: std::future::Future + Send>(_: F) {}
     let cb = Rig::new("types", r(1, 1), None, 1).cb;
+    let owned = cb.acquire_owned();
     spawnable(async move { cb.call(|| async { Ok::<_, std::io::Error>(()) }).await });
+    // `acquire_owned`'s future and its permit are `Send + 'static`.
+    fn spawnable_static<F: std::future::Future + Send + 'static>(_: F) {}
+    spawnable_static(owned);
 }
