@@ -33,10 +33,20 @@
 //!   (`metrics-exporter-prometheus`'s, installed for that breaker only with
 //!   `metrics::with_local_recorder`): what counting every success costs.
 //!
-//! Excluded: anything that changes state (trips, half-open probes, re-closing), the PostgreSQL
-//! storage and its listener (the hot path reads the same local cell whatever the storage), key
-//! lookup (`Storage::cell_for` runs once per `build`, never per call), and metrics/tracing
-//! recorders (none is installed, so the rejection counter is the no-op recorder's).
+//! * `error_rate`: `acquire_run_record` (the peers' `call`) where one call in 100, or one in 20,
+//!   fails: below the trip threshold (5 in 10), so the breaker stays closed, but its window is
+//!   rarely clean and outcomes take the slow path. One thread and two (each thread counts its
+//!   own calls, so each fails one in N).
+//! * `half_open`: an in-memory breaker in HALF_OPEN whose probe slots are all taken
+//!   (`try_acquire` rejected as `half_open_full`), and a whole probe cycle on a manual clock:
+//!   trip, cooldown over, probe admitted and reported, closed again (two transitions).
+//! * `postgres`: the same paths on a breaker of a PostgreSQL storage (a database of its own on
+//!   the test server, see `tests/support`; the instance runs as a role that owns nothing).
+//!   Admission and recording read the same local cell; only transitions reach the database.
+//!
+//! Excluded: key lookup (`Storage::cell_for` runs once per `build`, never per call), and
+//! metrics/tracing recorders (none is installed, so the rejection counter is the no-op
+//! recorder's).
 //!
 //! The protected operation is the same trivial `black_box`'d `Ok` in every closure, so the
 //! differences are the breakers' own. Each library is configured alike where it can be: a window
@@ -45,6 +55,10 @@
 //! default policy is measured separately as `call_default_policy`).
 //!
 //! Run with `cargo bench --bench hot_path`; `cargo test --bench hot_path` runs every routine once.
+
+#[allow(dead_code, unused_imports)]
+#[path = "../tests/support/mod.rs"]
+mod support;
 
 use std::hint::black_box;
 use std::sync::Barrier;
@@ -93,6 +107,17 @@ fn two_threads<F: Fn() + Sync>(b: &mut Bencher<'_>, op: F) {
             a.join().unwrap().max(b.join().unwrap())
         })
     });
+}
+
+/// True on every `n`th call on this thread.
+#[inline(always)]
+fn nth(n: u32) -> bool {
+    thread_local!(static CALLS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) });
+    CALLS.with(|c| {
+        let i = c.get().wrapping_add(1);
+        c.set(if i >= n { 0 } else { i });
+        i >= n
+    })
 }
 
 mod rc {
@@ -164,6 +189,32 @@ mod rc {
         r.map_err(CircuitError::Inner)
     }
 
+    /// [`acquire_run_record`] where every `n`th call of this thread fails.
+    #[inline(always)]
+    pub fn acquire_run_record_failing(
+        cb: &CircuitBreaker,
+        n: u32,
+    ) -> Result<u64, CircuitError<()>> {
+        let permit = cb.try_acquire()?;
+        let r = if super::nth(n) { Err(()) } else { work() };
+        permit.record(Outcome::from_result(&r));
+        r.map_err(CircuitError::Inner)
+    }
+
+    /// A breaker like [`healthy`] on `storage`.
+    pub fn healthy_on(key: &str, storage: Storage) -> CircuitBreaker {
+        let cb = CircuitBreaker::builder(key)
+            .storage(storage)
+            .failure_limit(Ratio::new(FAILURES_TO_TRIP, WINDOW))
+            .cooldown(COOLDOWN)
+            .build()
+            .expect("valid breaker");
+        for _ in 0..2 * WINDOW {
+            cb.try_acquire().expect("closed").success();
+        }
+        cb
+    }
+
     #[inline(always)]
     pub fn reject(cb: &CircuitBreaker) {
         let r = cb.try_acquire().map(|p| p.success());
@@ -215,6 +266,12 @@ mod rl {
     pub fn call(r: &Recloser) -> Result<u64, Error<()>> {
         r.call(work)
     }
+
+    /// [`call`] where every `n`th call of this thread fails.
+    #[inline(always)]
+    pub fn call_failing(r: &Recloser, n: u32) -> Result<u64, Error<()>> {
+        r.call(|| if super::nth(n) { Err(()) } else { work() })
+    }
 }
 
 mod fs {
@@ -258,6 +315,12 @@ mod fs {
     #[inline(always)]
     pub fn call(cb: &impl CircuitBreaker) -> Result<u64, Error<()>> {
         cb.call(work)
+    }
+
+    /// [`call`] where every `n`th call of this thread fails.
+    #[inline(always)]
+    pub fn call_failing(cb: &impl CircuitBreaker, n: u32) -> Result<u64, Error<()>> {
+        cb.call(|| if super::nth(n) { Err(()) } else { work() })
     }
 }
 
@@ -402,10 +465,170 @@ mod open_reject {
     }
 }
 
+/// Outcomes at realistic error rates, below the trip threshold.
+mod error_rate {
+    use super::*;
+
+    pub fn bench(c: &mut Criterion) {
+        let mut group = configure(c, "error_rate");
+        for n in [100, 20] {
+            let cb = rc::healthy(&format!("error_rate_{n}"));
+            let r = rl::healthy();
+            let f = fs::healthy();
+            group.bench_function(
+                format!("1_in_{n}/resilient_circuit/acquire_run_record"),
+                |b| b.iter(|| black_box(rc::acquire_run_record_failing(&cb, n)).ok()),
+            );
+            group.bench_function(format!("1_in_{n}/recloser/call"), |b| {
+                b.iter(|| black_box(rl::call_failing(&r, n)).ok())
+            });
+            group.bench_function(format!("1_in_{n}/failsafe/call"), |b| {
+                b.iter(|| black_box(fs::call_failing(&f, n)).ok())
+            });
+            group.bench_function(
+                format!("two_threads/1_in_{n}/resilient_circuit/acquire_run_record"),
+                |b| {
+                    two_threads(b, || {
+                        black_box(rc::acquire_run_record_failing(&cb, n)).ok();
+                    })
+                },
+            );
+            group.bench_function(format!("two_threads/1_in_{n}/recloser/call"), |b| {
+                two_threads(b, || {
+                    black_box(rl::call_failing(&r, n)).ok();
+                })
+            });
+            group.bench_function(format!("two_threads/1_in_{n}/failsafe/call"), |b| {
+                two_threads(b, || {
+                    black_box(fs::call_failing(&f, n)).ok();
+                })
+            });
+            assert_eq!(
+                cb.state(),
+                resilient_circuit::State::Closed,
+                "1 in {n} stays below the threshold"
+            );
+        }
+        group.finish();
+    }
+}
+
+/// Half-open admission and probe reporting, in memory.
+mod half_open {
+    use super::*;
+    use resilient_circuit::{CircuitBreaker, ManualClock, Ratio, State, Storage};
+    use std::sync::Arc;
+
+    pub fn bench(c: &mut Criterion) {
+        let mut group = configure(c, "half_open");
+
+        // Every probe slot taken: callers are refused as half_open_full.
+        let clock = Arc::new(ManualClock::new());
+        let full = CircuitBreaker::builder("half_open_full")
+            .storage(Storage::in_memory_with(16, clock.clone()))
+            .failure_limit(Ratio::new(1, 1))
+            .success_limit(Ratio::new(1, 1))
+            .cooldown(COOLDOWN)
+            .build()
+            .expect("valid");
+        let _ = full.try_acquire().map(|p| p.failure());
+        clock.advance(COOLDOWN);
+        let held = full.try_acquire().expect("the one probe");
+        assert_eq!(full.state(), State::HalfOpen);
+        group.bench_function("resilient_circuit/try_acquire_full", |b| {
+            b.iter(|| black_box(full.try_acquire().map(|p| p.success())).ok())
+        });
+        group.bench_function("two_threads/resilient_circuit/try_acquire_full", |b| {
+            two_threads(b, || {
+                black_box(full.try_acquire().map(|p| p.success())).ok();
+            })
+        });
+        drop(held);
+
+        // Trip, wait out the cooldown (a manual clock), probe, close: two transitions a cycle.
+        let clock = Arc::new(ManualClock::new());
+        let cycle = CircuitBreaker::builder("half_open_cycle")
+            .storage(Storage::in_memory_with(16, clock.clone()))
+            .failure_limit(Ratio::new(1, 1))
+            .success_limit(Ratio::new(1, 1))
+            .cooldown(COOLDOWN)
+            .build()
+            .expect("valid");
+        group.bench_function("resilient_circuit/probe_cycle", |b| {
+            b.iter(|| {
+                cycle.try_acquire().expect("closed").failure();
+                clock.advance(COOLDOWN);
+                let probe = cycle.try_acquire().expect("a probe");
+                probe.success();
+            })
+        });
+        assert_eq!(cycle.state(), State::Closed);
+        group.finish();
+    }
+}
+
+/// The same paths on a breaker of a PostgreSQL storage.
+mod postgres {
+    use super::*;
+    use resilient_circuit::storage::postgres::PostgresOptions;
+    use resilient_circuit::Storage;
+
+    pub fn bench(c: &mut Criterion) {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("a runtime for the listener");
+        let (db, storage) = rt.block_on(async {
+            let db = support::test_db().await;
+            let opts = PostgresOptions::from_dsn(&db.app_conninfo().await).expect("dsn");
+            let storage = Storage::connect_with(opts).await.expect("connects");
+            (db, storage)
+        });
+        let mut group = configure(c, "postgres");
+        let healthy = rc::healthy_on("pg_healthy", storage.clone());
+        group.bench_function("resilient_circuit/try_acquire_success", |b| {
+            b.iter(|| rc::acquire_success(&healthy))
+        });
+        group.bench_function("two_threads/resilient_circuit/acquire_run_record", |b| {
+            two_threads(b, || {
+                black_box(rc::acquire_run_record(&healthy)).ok();
+            })
+        });
+        for n in [100, 20] {
+            let cb = rc::healthy_on(&format!("pg_error_rate_{n}"), storage.clone());
+            group.bench_function(
+                format!("1_in_{n}/resilient_circuit/acquire_run_record"),
+                |b| b.iter(|| black_box(rc::acquire_run_record_failing(&cb, n)).ok()),
+            );
+            group.bench_function(
+                format!("two_threads/1_in_{n}/resilient_circuit/acquire_run_record"),
+                |b| {
+                    two_threads(b, || {
+                        black_box(rc::acquire_run_record_failing(&cb, n)).ok();
+                    })
+                },
+            );
+        }
+        let open = rc::healthy_on("pg_open", storage.clone());
+        open.force_open(LONG_COOLDOWN);
+        group.bench_function("resilient_circuit/try_acquire_rejected", |b| {
+            b.iter(|| rc::reject(&open))
+        });
+        group.bench_function("two_threads/resilient_circuit/try_acquire_rejected", |b| {
+            two_threads(b, || rc::reject(&open))
+        });
+        group.finish();
+        drop((healthy, open, storage));
+        rt.block_on(async move { drop(db) });
+    }
+}
+
 criterion_group! {
     name = benches;
     // Plots (plotters, as gnuplot is rarely installed) cost more time than the measurements.
     config = Criterion::default().without_plots();
-    targets = closed_single_thread::bench, closed_two_threads::bench, open_reject::bench
+    targets = closed_single_thread::bench, closed_two_threads::bench, open_reject::bench,
+        error_rate::bench, half_open::bench, postgres::bench
 }
 criterion_main!(benches);

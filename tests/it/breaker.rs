@@ -1373,3 +1373,31 @@ fn static_assertions() {
     fn spawnable_static<F: std::future::Future + Send + 'static>(_: F) {}
     spawnable_static(owned);
 }
+
+/// A rejection names its key whatever its length: copied up to 30 bytes, shared beyond, and
+/// multi-byte characters intact at the boundary.
+#[tokio::test]
+async fn rejections_carry_keys_of_every_length() {
+    let storage = Storage::in_memory();
+    for key in [
+        "k".to_owned(),
+        "a".repeat(30),
+        "b".repeat(31),
+        format!("{}é", "c".repeat(28)), // 30 bytes, the last two one character
+        format!("{}é", "d".repeat(29)), // 31 bytes
+        "ключ-".repeat(20),
+    ] {
+        let cb = CircuitBreaker::builder(key.as_str())
+            .storage(storage.clone())
+            .build()
+            .expect("valid key");
+        cb.force_open(Duration::from_secs(60));
+        let r = cb.try_acquire().expect_err("open");
+        assert_eq!(r.key(), key);
+        assert_eq!(r.clone().key(), key);
+        assert_eq!(
+            r.to_string(),
+            format!("circuit breaker {key:?} is OPEN: call rejected without running")
+        );
+    }
+}

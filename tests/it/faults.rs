@@ -900,15 +900,15 @@ async fn timed_out_publication_is_not_replayed_over_a_later_close() {
     );
 }
 
-/// A slow database (500 ms added each way) does not slow admissions, and a tripping failure() returns in microseconds while its publication takes over a second.
+/// A slow database (500 ms added each way) does not slow admissions, and a tripping failure() returns in microseconds while its publication waits at least the delay (500 ms).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_database_does_not_slow_calls() {
     let db = test_db().await;
     let direct = instance(&db).await;
     let proxy = Proxy::start(db.addr()).await;
-    // Under the delay a publication on a new pooled connection is about four round trips
-    // (SSL request, startup, prepare, execute) of 1 s each, which the default 2 s statement
-    // timeout would cut.
+    // Under the delay a publication on a new pooled connection is about three round trips
+    // (SSL request, startup, the call) of 1 s each, which the default 2 s statement timeout
+    // would cut.
     let via = Storage::connect_with(
         options(&db.app_conninfo_via(proxy.addr()).await)
             .statement_timeout(Duration::from_secs(10)),
@@ -962,8 +962,10 @@ async fn slow_database_does_not_slow_calls() {
         in_flight > 0,
         "the measurement ran while publications were in flight"
     );
+    // At least the delayed answer (500 ms): the pool may hold a connection already (the
+    // listener's self-check opened one), and a call is one round trip, nothing prepared.
     assert!(
-        published > Duration::from_secs(1),
+        published >= Duration::from_millis(500),
         "the database path really was slow: {published:?}"
     );
     assert!(
