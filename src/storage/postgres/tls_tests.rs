@@ -179,6 +179,11 @@ async fn verify_full_checks_the_host_name() {
     let (seen, client) = handshake(opts, rx).await;
     assert!(seen.is_err(), "{seen:?}");
     assert!(client.contains("IP address mismatch"), "{client}");
+    assert_eq!(
+        client.matches("certificate verify failed").count(),
+        1,
+        "said once: {client}"
+    );
 }
 
 /// verify-ca to `127.0.0.1` checks the chain only, so the handshake completes.
