@@ -18,6 +18,7 @@ use openssl::x509::extension::{
     BasicConstraints, ExtendedKeyUsage, KeyUsage, SubjectAlternativeName,
 };
 use openssl::x509::{X509NameBuilder, X509};
+use resilient_circuit::storage::postgres::admin::AdminSession;
 use resilient_circuit::storage::postgres::PostgresOptions;
 use resilient_circuit::{State, Storage, StorageError};
 
@@ -221,16 +222,25 @@ impl TlsServer {
         Storage::connect_with(opts).await
     }
 
-    /// The sessions of the application role: `(application_name, ssl, TLS version, client DN)`.
-    async fn app_sessions(&self) -> Vec<(String, bool, Option<String>, Option<String>)> {
-        self.cluster
-            .client(&self.db)
+    /// The other sessions of the application role, `(application_name, ssl, TLS version,
+    /// client DN)`, as that role sees them in `pg_stat_ssl`: asked through the crate's own
+    /// `AdminSession` connected with `conninfo`.
+    async fn app_sessions(
+        &self,
+        conninfo: &str,
+    ) -> Vec<(String, bool, Option<String>, Option<String>)> {
+        let opts = PostgresOptions::from_dsn(conninfo).expect("conninfo parses");
+        let session = AdminSession::connect(&opts)
             .await
+            .expect("the application role connects");
+        session
+            .client()
             .query(
                 "SELECT a.application_name, s.ssl, s.version, s.client_dn \
                  FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) \
-                 WHERE a.usename = $1 ORDER BY a.application_name",
-                &[&self.app.name()],
+                 WHERE a.usename = current_user AND a.pid <> pg_backend_pid() \
+                 ORDER BY a.application_name",
+                &[],
             )
             .await
             .expect("pg_stat_ssl")
@@ -280,8 +290,8 @@ async fn verify_ca_accepts_either_name() {
     }
 }
 
-/// sslmode=require encrypts the pool's and the listener's connections of two instances
-/// (pg_stat_ssl, as the application role), and a trip travels between them over TLS.
+/// sslmode=require encrypts the pool's and the listener's connections of two instances (as the
+/// application role sees them in pg_stat_ssl), and a trip travels between them over TLS.
 #[tokio::test]
 async fn require_encrypts_the_pool_and_the_listener() {
     let server = TlsServer::start(TRUST).await;
@@ -294,7 +304,7 @@ async fn require_encrypts_the_pool_and_the_listener() {
     let mut on_b = Watched::new(&b, &key, trip_fast);
     fail(&on_a.cb).await;
     assert!(on_b.reaches(State::Open).await, "b saw a's trip");
-    let sessions = server.app_sessions().await;
+    let sessions = server.app_sessions(&conninfo).await;
     println!("MEASURED sessions of the application role: {sessions:?}");
     let named = |name: &str| {
         sessions
@@ -311,7 +321,10 @@ async fn require_encrypts_the_pool_and_the_listener() {
     );
     for (app, ssl, version, _) in &sessions {
         assert!(ssl, "{app} is not encrypted: {sessions:?}");
-        assert!(version.as_deref().is_some_and(|v| v.starts_with("TLSv1.")));
+        assert!(
+            version.as_deref().is_some_and(|v| v.starts_with("TLSv1.")),
+            "{app}: {sessions:?}"
+        );
     }
     // The same view shows a plain session as unencrypted: the check above can fail.
     let admin = server.cluster.client(&server.db).await;
@@ -364,9 +377,16 @@ async fn client_certificate_authenticates() {
         .connect(&server.conninfo("localhost", &tls))
         .await
         .expect("the client certificate authenticates");
-    let sessions = server.app_sessions().await;
+    let sessions = server
+        .app_sessions(&server.conninfo("localhost", &tls))
+        .await;
     let dn = format!("/CN={}", server.app.name());
-    assert!(sessions.len() >= 2, "{sessions:?}");
+    for name in ["resilient-circuit", "resilient-circuit-listener"] {
+        assert!(
+            sessions.iter().any(|(app, ..)| app == name),
+            "no {name} session: {sessions:?}"
+        );
+    }
     for (app, ssl, _, client_dn) in &sessions {
         assert!(
             *ssl && client_dn.as_deref() == Some(dn.as_str()),
