@@ -42,7 +42,11 @@ fn chains_say_each_cause_once() {
         format!("error performing TLS handshake: {wrapper}")
     );
     assert_eq!(
-        describe_chain(&chain(&["error connecting to server", "", "Connection refused"])),
+        describe_chain(&chain(&[
+            "error connecting to server",
+            "",
+            "Connection refused"
+        ])),
         "error connecting to server: Connection refused"
     );
     assert_eq!(describe_chain(&chain(&["a", "b", "c"])), "a: b: c");

@@ -38,7 +38,8 @@ const TRUST: &str = "host all all 127.0.0.1/32 trust\n";
 const DEMAND_TLS: &str =
     "hostnossl all all 127.0.0.1/32 reject\nhostssl all all 127.0.0.1/32 trust\n";
 /// Everyone else must use TLS and present a certificate whose CN is the role's name.
-const CERT_AUTH: &str = "hostnossl all all 127.0.0.1/32 reject\nhostssl all all 127.0.0.1/32 cert\n";
+const CERT_AUTH: &str =
+    "hostnossl all all 127.0.0.1/32 reject\nhostssl all all 127.0.0.1/32 cert\n";
 
 fn p256_key() -> PKey<Private> {
     let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).expect("P-256");
@@ -464,9 +465,7 @@ async fn settings_from_the_environment_and_a_dsn() {
                 "RC_DB_DSN",
                 server.conninfo(
                     host,
-                    &format!(
-                        "sslmode=verify-full sslrootcert={ca} sslcert={cert} sslkey={key}"
-                    ),
+                    &format!("sslmode=verify-full sslrootcert={ca} sslcert={cert} sslkey={key}"),
                 ),
             ),
             ("RC_DB_STRICT", "1".to_owned()),

@@ -245,9 +245,15 @@ async fn require_with_root_verifies_the_chain() {
         "{client}"
     );
     assert_eq!(client.matches("certificate verify failed").count(), 1);
-    assert!(!client.contains("error:0A"), "OpenSSL's long form: {client}");
     assert!(
-        client.ends_with(&format!("(sslmode=require, sslrootcert={})", other.display())),
+        !client.contains("error:0A"),
+        "OpenSSL's long form: {client}"
+    );
+    assert!(
+        client.ends_with(&format!(
+            "(sslmode=require, sslrootcert={})",
+            other.display()
+        )),
         "{client}"
     );
 }
