@@ -263,8 +263,7 @@ fn refused(r: Result<Storage, StorageError>) -> String {
     e.to_string()
 }
 
-/// verify-full connects to `localhost` (the certificate's name) and refuses `127.0.0.1` (the
-/// same server, by a name not in its certificate), saying why.
+/// verify-full connects to `localhost` (the certificate's name) and refuses `127.0.0.1` (the same server, by a name not in its certificate), saying why.
 #[tokio::test]
 async fn verify_full_checks_the_host_name() {
     let server = TlsServer::start(TRUST).await;
@@ -291,8 +290,7 @@ async fn verify_ca_accepts_either_name() {
     }
 }
 
-/// sslmode=require encrypts the pool's and the listener's connections of two instances (as the
-/// application role sees them in pg_stat_ssl), and a trip travels between them over TLS.
+/// sslmode=require encrypts the pool's and the listener's connections of two instances (as the application role sees them in pg_stat_ssl), and a trip travels between them over TLS.
 #[tokio::test]
 async fn require_encrypts_the_pool_and_the_listener() {
     let server = TlsServer::start(TRUST).await;
@@ -340,8 +338,7 @@ async fn require_encrypts_the_pool_and_the_listener() {
     assert!(!plain, "the harness's own connection is plain");
 }
 
-/// sslmode=disable against a server that refuses plain connections (`hostnossl … reject`)
-/// fails with the server's reason and the mode to change; require connects.
+/// sslmode=disable against a server that refuses plain connections (`hostnossl … reject`) fails with the server's reason and the mode to change; require connects.
 #[tokio::test]
 async fn disable_fails_clearly_where_tls_is_demanded() {
     let server = TlsServer::start(DEMAND_TLS).await;
@@ -362,8 +359,7 @@ async fn disable_fails_clearly_where_tls_is_demanded() {
     assert!(ok.is_ok(), "require: {:?}", ok.err());
 }
 
-/// A client certificate whose CN is the role authenticates it where the server requires one
-/// (`cert`), on the pool and the listener; no certificate, or another role's, is refused.
+/// A client certificate whose CN is the role authenticates it where the server requires one (`cert`), on the pool and the listener; no certificate, or another role's, is refused.
 #[tokio::test]
 async fn client_certificate_authenticates() {
     let server = TlsServer::start(CERT_AUTH).await;
@@ -412,8 +408,7 @@ async fn client_certificate_authenticates() {
     assert!(e.contains("certificate authentication failed"), "{e}");
 }
 
-/// A root file that did not sign the server's certificate is refused in every mode that reads
-/// it; the message says "certificate verify failed" once, with the mode and the file.
+/// A root file that did not sign the server's certificate is refused in every mode that reads it; the message says "certificate verify failed" once, with the mode and the file.
 #[tokio::test]
 async fn wrong_ca_is_refused_once_with_file_and_mode() {
     let server = TlsServer::start(TRUST).await;
@@ -432,9 +427,7 @@ async fn wrong_ca_is_refused_once_with_file_and_mode() {
     }
 }
 
-/// The TLS settings work from the `RC_DB_*` variables and from `RC_DB_DSN` (conninfo and URL):
-/// verify-full with a client certificate connects to `localhost` and refuses `127.0.0.1`
-/// (checked in child processes: this test binary never changes its own environment).
+/// The TLS settings work from the `RC_DB_*` variables and from `RC_DB_DSN` (conninfo and URL): verify-full with a client certificate connects to `localhost` and refuses `127.0.0.1` (checked in child processes: this test binary never changes its own environment).
 #[tokio::test]
 async fn settings_from_the_environment_and_a_dsn() {
     let server = TlsServer::start(CERT_AUTH).await;
@@ -528,8 +521,7 @@ fn env_child(vars: &[(&'static str, String)]) -> String {
     text
 }
 
-/// Helper of `settings_from_the_environment_and_a_dsn`: connects with the options of
-/// `PostgresOptions::from_env` and prints the outcome.
+/// Helper of `settings_from_the_environment_and_a_dsn`: connects with the options of `PostgresOptions::from_env` and prints the outcome.
 #[tokio::test]
 #[ignore = "run by settings_from_the_environment_and_a_dsn in a child process with RC_DB_* set"]
 async fn env_probe_child() {

@@ -14,7 +14,8 @@
 //! `sslrootcert` replaces the system store (only its CAs are trusted); `sslrootcert=system` keeps
 //! the system store and, as in libpq, is only allowed with `verify-full`. `sslcert` / `sslkey`
 //! present a client certificate. Files are read here, when connecting, so a missing or unreadable
-//! one is a `StorageError::Tls` naming the setting.
+//! one is a `StorageError::Tls` naming the setting. When a connection fails for a TLS reason,
+//! [`describe_connect_error`] says so once, with the mode and the files that were used.
 
 use std::path::Path;
 use std::sync::{Mutex, OnceLock};
