@@ -327,12 +327,27 @@ pub(crate) fn describe_pg_error(e: &tokio_postgres::Error) -> String {
             db.code().code()
         );
     }
+    describe_chain(e)
+}
+
+/// `e` and its sources joined by `: `, each said once: a source whose text is already in the
+/// line is left out. Wrappers often repeat their source: postgres-openssl's handshake error
+/// shows the OpenSSL error that is its source, which shows the error stack that is its own, so
+/// without this "certificate verify failed" came three times in one line.
+pub(crate) fn describe_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut s = e.to_string();
-    let mut src = std::error::Error::source(e);
+    let mut src = e.source();
     while let Some(cause) = src {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
+        let text = cause.to_string();
+        if !text.is_empty() && !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
         src = cause.source();
     }
     s
 }
+
+#[cfg(test)]
+#[path = "error_tests.rs"]
+mod tests;

@@ -20,3 +20,4 @@ mod postgres;
 mod python;
 mod seed_sql;
 mod sql_contract;
+mod tls_server;

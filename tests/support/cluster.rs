@@ -35,7 +35,7 @@
 use std::ffi::OsString;
 use std::io::ErrorKind;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{ChildStdin, Command, Stdio};
@@ -145,6 +145,29 @@ impl PgTools {
         if let Some((uid, gid)) = self.owner {
             std::os::unix::fs::chown(dir, Some(uid), Some(gid))
                 .unwrap_or_else(|e| panic!("chown postgres {} failed: {e}", dir.display()));
+        }
+    }
+}
+
+impl PgTools {
+    /// Writes `path` with `mode`, owned by `postgres` when we are root (whom servers run as).
+    pub(crate) fn write_file(&self, path: &Path, contents: &[u8], mode: u32) {
+        // Created with the mode at once: a key is never readable by others, not even briefly.
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(path)
+            .unwrap_or_else(|e| panic!("creating {} failed: {e}", path.display()));
+        std::io::Write::write_all(&mut file, contents)
+            .unwrap_or_else(|e| panic!("writing {} failed: {e}", path.display()));
+        // `mode` on open is filtered by the umask, and an existing file keeps its mode.
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .unwrap_or_else(|e| panic!("chmod {} failed: {e}", path.display()));
+        if let Some((uid, gid)) = self.owner {
+            std::os::unix::fs::chown(path, Some(uid), Some(gid))
+                .unwrap_or_else(|e| panic!("chown postgres {} failed: {e}", path.display()));
         }
     }
 }
@@ -387,6 +410,17 @@ impl Cluster {
     /// the command line wins): e.g. the propagation bench mirrors its main
     /// server's `fsync`, `synchronous_commit` and TLS settings.
     pub async fn start_with(settings: &[(String, String)]) -> Cluster {
+        Cluster::start_with_files(settings, &[]).await
+    }
+
+    /// Like [`Cluster::start_with`], with `files` (name, contents, mode) written into the data
+    /// directory before the server starts, owned by the user the server runs as: e.g.
+    /// `server.crt` and `server.key` for `ssl=on` (the key with mode 0600: PostgreSQL refuses a
+    /// key that others may read), or a `pg_hba.conf` that replaces the template's.
+    pub async fn start_with_files(
+        settings: &[(String, String)],
+        files: &[(&str, &[u8], u32)],
+    ) -> Cluster {
         let settings: String = settings
             .iter()
             .map(|(k, v)| format!(" -c {}", sh_quote(&format!("{k}={v}"))))
@@ -405,6 +439,9 @@ impl Cluster {
             "copying the template cluster failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        for (name, contents, mode) in files {
+            tools.write_file(&data.join(name), contents, *mode);
+        }
         for _ in 0..10 {
             let cluster = Cluster {
                 tools,
@@ -436,6 +473,14 @@ impl Cluster {
 
     pub fn data_dir(&self) -> &Path {
         &self.data
+    }
+
+    /// Writes `name` into the cluster's directory (beside its data directory, removed with it)
+    /// with `mode`, owned by the user the server runs as; returns its path.
+    pub fn write_file(&self, name: &str, contents: &[u8], mode: u32) -> PathBuf {
+        let path = self.dir.join(name);
+        self.tools.write_file(&path, contents, mode);
+        path
     }
 
     async fn pg_start(&self) -> Result<(), StartError> {

@@ -6,7 +6,7 @@ use tokio::task::JoinHandle;
 use tokio_postgres::Client;
 
 use super::{tls, PostgresOptions};
-use crate::error::{describe_pg_error, StorageError};
+use crate::error::StorageError;
 
 /// A connection to the breaker database, for tools; dropping it closes the connection.
 ///
@@ -46,7 +46,7 @@ impl AdminSession {
                 Ok(Err(e)) => {
                     return Err(StorageError::Connect {
                         target: opts.target(),
-                        cause: describe_pg_error(&e),
+                        cause: tls::describe_connect_error(&e, &opts.tls_settings()),
                     })
                 }
                 Err(_) => {

@@ -22,7 +22,7 @@ use tokio_postgres::{AsyncMessage, Client, Notification};
 
 use super::payload::{self, NotifyKey, Op};
 use super::precedence::{Remote, Source};
-use super::{statements, Shared};
+use super::{statements, tls, Shared};
 use crate::error::{describe_pg_error, StorageError};
 
 /// The channel the trigger notifies on.
@@ -86,7 +86,7 @@ pub(crate) async fn open(shared: &Arc<Shared>) -> Result<Live, StorageError> {
             Ok(Err(e)) => {
                 return Err(StorageError::Connect {
                     target: shared.opts.listener_target(),
-                    cause: describe_pg_error(&e),
+                    cause: tls::describe_connect_error(&e, &shared.opts.listener_tls_settings()),
                 })
             }
             Err(_) => {

@@ -5,8 +5,8 @@
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Row;
 
-use super::{statements, Shared};
-use crate::error::{describe_pg_error, StorageError};
+use super::{statements, tls, Shared};
+use crate::error::StorageError;
 
 /// The `op` label of a transition call: short, fixed names for the few `during`s there are.
 fn operation(during: &'static str) -> &'static str {
@@ -27,7 +27,9 @@ impl Shared {
     ) -> Result<deadpool_postgres::Object, StorageError> {
         self.pool.get().await.map_err(|e| {
             let cause = match &e {
-                deadpool_postgres::PoolError::Backend(pg) => describe_pg_error(pg),
+                deadpool_postgres::PoolError::Backend(pg) => {
+                    tls::describe_connect_error(pg, &self.opts.tls_settings())
+                }
                 other => other.to_string(),
             };
             tracing::debug!(during, %cause, "no database connection");

@@ -14,7 +14,8 @@
 //! `sslrootcert` replaces the system store (only its CAs are trusted); `sslrootcert=system` keeps
 //! the system store and, as in libpq, is only allowed with `verify-full`. `sslcert` / `sslkey`
 //! present a client certificate. Files are read here, when connecting, so a missing or unreadable
-//! one is a `StorageError::Tls` naming the setting.
+//! one is a `StorageError::Tls` naming the setting. When a connection fails for a TLS reason,
+//! [`describe_connect_error`] says so once, with the mode and the files that were used.
 
 use std::path::Path;
 use std::sync::{Mutex, OnceLock};
@@ -27,6 +28,7 @@ use openssl::x509::X509;
 use postgres_openssl::MakeTlsConnector;
 
 use super::config::{PostgresOptions, SslMode, TlsSettings};
+use crate::error::describe_pg_error;
 use crate::StorageError;
 
 /// The connector of the pool's connections.
@@ -207,6 +209,66 @@ fn client_identity(
                 cert.display()
             ))
         })
+}
+
+/// The cause of a failed connection attempt made with `s`, for `StorageError::Connect`:
+/// [`describe_pg_error`]'s text and, where TLS is why, the settings that were used, so that the
+/// message says what to change. A failed handshake gets OpenSSL's reason instead of its long form
+/// (code, function, source file and line) and `(sslmode=…, sslrootcert=…, sslcert=…)`; a server
+/// refusing a plain connection (`hostnossl … reject`) under `sslmode=disable` gets the mode to
+/// change. It names files, never a password.
+pub(crate) fn describe_connect_error(e: &tokio_postgres::Error, s: &TlsSettings) -> String {
+    let mut cause = describe_pg_error(e);
+    let mut source = std::error::Error::source(e);
+    let mut openssl_error = None;
+    while let Some(err) = source {
+        if let Some(ssl) = err.downcast_ref::<openssl::ssl::Error>() {
+            openssl_error = Some(ssl);
+            break;
+        }
+        source = err.source();
+    }
+    // tokio-postgres's own TLS failures (the server answered the SSLRequest with "no") carry no
+    // OpenSSL error, only this text.
+    let handshake = openssl_error.is_some() || e.to_string() == "error performing TLS handshake";
+    if let Some(stack) = openssl_error.and_then(|ssl| ssl.ssl_error()) {
+        for err in stack.errors() {
+            if let Some(reason) = err.reason() {
+                cause = cause.replace(&err.to_string(), reason);
+            }
+        }
+    }
+    if handshake {
+        cause.push_str(&format!(" ({})", summary(s)));
+    } else if s.mode == SslMode::Disable && refused_without_tls(e) {
+        cause.push_str(" (sslmode=disable, and the server accepts this connection only over TLS: set sslmode=require or a verify mode)");
+    }
+    cause
+}
+
+/// `sslmode=…` and the files of `s` that take part in a handshake.
+fn summary(s: &TlsSettings) -> String {
+    let mut parts = vec![format!("sslmode={}", s.mode)];
+    match &s.rootcert {
+        Some(root) => parts.push(format!("sslrootcert={}", root.display())),
+        None if matches!(s.mode, SslMode::VerifyCa | SslMode::VerifyFull) => {
+            parts.push("no sslrootcert: the system's CAs".to_owned());
+        }
+        None => {}
+    }
+    if let Some(cert) = &s.cert {
+        parts.push(format!("sslcert={}", cert.display()));
+    }
+    parts.join(", ")
+}
+
+/// The server's refusal of a connection for want of TLS: `pg_hba.conf rejects connection for
+/// host …, no encryption` (SQLSTATE 28000), recognised by its English text.
+fn refused_without_tls(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error().is_some_and(|db| {
+        db.code() == &tokio_postgres::error::SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+            && db.message().contains("no encryption")
+    })
 }
 
 #[cfg(test)]

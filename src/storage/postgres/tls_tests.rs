@@ -19,7 +19,6 @@ use openssl::x509::extension::SubjectAlternativeName;
 use openssl::x509::{X509NameBuilder, X509};
 
 use super::*;
-use crate::error::describe_pg_error;
 
 /// A scratch directory for certificate files, removed on drop.
 struct Dir(PathBuf);
@@ -128,12 +127,13 @@ fn server(cert: X509, key: PKey<Private>) -> (u16, mpsc::Receiver<Seen>) {
 async fn handshake(opts: PostgresOptions, rx: mpsc::Receiver<Seen>) -> (Seen, String) {
     let config = opts.pg_config("tls-test").unwrap();
     let tls = make_tls(&opts).unwrap();
+    let settings = opts.tls_settings();
     let client = tokio::time::timeout(Duration::from_secs(10), config.connect(tls))
         .await
         .expect("the client hung");
     let client_error = match client {
         Ok(_) => "connected".to_owned(),
-        Err(e) => describe_pg_error(&e),
+        Err(e) => describe_connect_error(&e, &settings),
     };
     let seen = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(10)))
         .await
@@ -179,6 +179,11 @@ async fn verify_full_checks_the_host_name() {
     let (seen, client) = handshake(opts, rx).await;
     assert!(seen.is_err(), "{seen:?}");
     assert!(client.contains("IP address mismatch"), "{client}");
+    assert_eq!(
+        client.matches("certificate verify failed").count(),
+        1,
+        "said once: {client}"
+    );
 }
 
 /// verify-ca to `127.0.0.1` checks the chain only, so the handshake completes.
@@ -195,7 +200,7 @@ async fn verify_ca_skips_the_host_name() {
 }
 
 /// verify-full without sslrootcert uses the system store, which does not trust the self-signed
-/// certificate.
+/// certificate; the error says so.
 #[tokio::test]
 async fn verify_full_without_root_uses_system_store() {
     let dir = Dir::new();
@@ -204,6 +209,10 @@ async fn verify_full_without_root_uses_system_store() {
     let (seen, client) = handshake(to_localhost(port).ssl_mode(SslMode::VerifyFull), rx).await;
     assert!(seen.is_err(), "{seen:?}");
     assert!(client.contains("certificate verify failed"), "{client}");
+    assert!(
+        client.ends_with("(sslmode=verify-full, no sslrootcert: the system's CAs)"),
+        "{client}"
+    );
 }
 
 /// require without sslrootcert verifies nothing (libpq), so any certificate and name pass.
@@ -217,7 +226,8 @@ async fn require_without_root_verifies_nothing() {
 }
 
 /// require with an sslrootcert that does not sign the server's certificate fails, as libpq (a root
-/// file turns verification on).
+/// file turns verification on); the error gives OpenSSL's reason once (not its long form), the
+/// mode and the file.
 #[tokio::test]
 async fn require_with_root_verifies_the_chain() {
     let dir = Dir::new();
@@ -227,10 +237,25 @@ async fn require_with_root_verifies_the_chain() {
     let (port, rx) = server(cert, key);
     let opts = to(port, "127.0.0.1")
         .ssl_mode(SslMode::Require)
-        .ssl_root_cert(other);
+        .ssl_root_cert(&other);
     let (seen, client) = handshake(opts, rx).await;
     assert!(seen.is_err(), "{seen:?}");
-    assert!(client.contains("certificate verify failed"), "{client}");
+    assert!(
+        client.starts_with("error performing TLS handshake: certificate verify failed: "),
+        "{client}"
+    );
+    assert_eq!(client.matches("certificate verify failed").count(), 1);
+    assert!(
+        !client.contains("error:0A"),
+        "OpenSSL's long form: {client}"
+    );
+    assert!(
+        client.ends_with(&format!(
+            "(sslmode=require, sslrootcert={})",
+            other.display()
+        )),
+        "{client}"
+    );
 }
 
 /// sslcert/sslkey reach the connector: the server receives the client certificate.
