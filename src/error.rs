@@ -9,9 +9,8 @@ use crate::{Ratio, State};
 
 /// A call refused by an open (or busy half-open) breaker: the protected operation did not run.
 ///
-/// The key and a packed state and time. A key of up to 30 bytes (most are) is copied in, so
-/// that threads rejecting calls on one open breaker write nothing shared (a reference count
-/// would bounce its cache line between them); a longer key is a shared `Arc<str>`.
+/// Two words (the key's cell and a packed state and time), so that `Result`s carrying it stay
+/// small on the call path; cloning it is a reference-count increment.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), resilient_circuit::ConfigError> {
@@ -28,59 +27,22 @@ use crate::{Ratio, State};
 /// ```
 #[derive(Clone)]
 pub struct Rejected {
-    key: KeyName,
+    cell: Arc<KeyCell>,
     /// The state and `retry_after`, packed by `cell/word.rs`.
     packed: u64,
 }
 
-/// A key as a [`Rejected`] carries it: copied when short, shared when long. Made once per
-/// cell and copied into every rejection.
-#[derive(Clone)]
-pub(crate) enum KeyName {
-    Inline {
-        len: u8,
-        bytes: [u8; KeyName::INLINE],
-    },
-    Shared(Arc<str>),
-}
-
-impl KeyName {
-    /// Keys up to this many bytes are copied.
-    pub(crate) const INLINE: usize = 30;
-
-    pub(crate) fn new(key: &Arc<str>) -> KeyName {
-        match u8::try_from(key.len()) {
-            Ok(len) if key.len() <= Self::INLINE => {
-                let mut bytes = [0; Self::INLINE];
-                bytes[..key.len()].copy_from_slice(key.as_bytes());
-                KeyName::Inline { len, bytes }
-            }
-            _ => KeyName::Shared(key.clone()),
-        }
-    }
-
-    pub(crate) fn as_str(&self) -> &str {
-        match self {
-            // Always a whole `str` (see `new`), so this never falls back.
-            KeyName::Inline { len, bytes } => {
-                std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or_default()
-            }
-            KeyName::Shared(key) => key,
-        }
-    }
-}
-
 impl Rejected {
-    pub(crate) fn new(cell: &KeyCell, state: State, retry_after: Option<Duration>) -> Self {
+    pub(crate) fn new(cell: Arc<KeyCell>, state: State, retry_after: Option<Duration>) -> Self {
         Rejected {
-            key: cell.key_name.clone(),
+            cell,
             packed: pack_rejection(state, retry_after),
         }
     }
 
     /// The breaker's key.
     pub fn key(&self) -> &str {
-        self.key.as_str()
+        &self.cell.key
     }
 
     /// The state that refused the call: `Open`, or `HalfOpen` when every probe slot is taken.

@@ -47,7 +47,6 @@ mod fleet;
 mod word;
 
 use crate::changes::Feed;
-use crate::error::KeyName;
 use crate::{ChangeOrigin, State, StatusChange};
 pub(crate) use word::{pack_rejection, unpack_rejection, StateWord};
 
@@ -126,8 +125,6 @@ pub(crate) struct KeyCell {
     /// Lock-free hint of free probe permits, so rejected half-open callers skip the lock.
     probes_hint: AtomicU32,
     pub(crate) key: Arc<str>,
-    /// The key as rejections carry it (copied, not shared, when short: see `Rejected`).
-    pub(crate) key_name: KeyName,
     pub(crate) clock: Arc<dyn Clock>,
     /// Shared stores only: true while the instance is connected. Half-open probes are then leased
     /// from the database; while it is unreachable the cell runs its own rounds, so a breaker that
@@ -187,7 +184,6 @@ impl KeyCell {
             forced_open: AtomicBool::new(false),
             metrics,
             _written_below: CacheLine,
-            key_name: KeyName::new(&key),
             key,
             word: AtomicU64::new(StateWord::INITIAL.0),
             open_deadline: AtomicU64::new(0),
