@@ -323,11 +323,11 @@ impl KeyCell {
                 }
                 State::Open => {
                     let deadline = self.open_deadline.load(Ordering::Relaxed);
-                    let now = self.clock.now_nanos();
-                    if now < deadline {
+                    // Usually answered from a coarse clock reading (see `SystemClock`).
+                    if let Some(left) = self.clock.until(deadline) {
                         return Admission::Rejected {
                             state: State::Open,
-                            retry_after: Some(Duration::from_nanos(deadline - now)),
+                            retry_after: Some(left),
                             wants_lease: false,
                         };
                     }

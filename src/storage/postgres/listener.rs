@@ -51,8 +51,10 @@ pub(crate) struct Live {
     /// Authenticates notifications; `None` when this role may not read it (notifications are
     /// then confirmed from the table before they count).
     key: Option<NotifyKey>,
-    /// A NOTIFY sent from another session did not come back (see [`hears_others`]): the
-    /// listener follows the table by reloading it every [`DEAF_POLL`].
+    /// The private channel of the self-check (see [`hears_others`]).
+    check: String,
+    /// A NOTIFY sent from another session did not come back: the listener follows the table
+    /// by reloading it every [`DEAF_POLL`].
     deaf: bool,
 }
 
@@ -122,17 +124,18 @@ pub(crate) async fn open(shared: &Arc<Shared>) -> Result<Live, StorageError> {
             }
         }
     });
-    let mut live = Live {
+    // The self-check channel is made of our own hex digits: nothing from outside reaches the SQL.
+    let check = format!("rc_selfcheck_{:016x}", jitter(u64::MAX));
+    let live = Live {
         client,
         notes,
         overflowed,
         driver,
         key: None,
+        check,
         deaf: false,
     };
-    // The self-check channel is made of our own hex digits: nothing from outside reaches the SQL.
-    let check = format!("rc_selfcheck_{:016x}", jitter(u64::MAX));
-    let sql = format!("LISTEN rc_circuit_breakers; LISTEN {check}");
+    let sql = format!("LISTEN rc_circuit_breakers; LISTEN {}", live.check);
     let listen = live.client.batch_execute(&sql);
     match tokio::time::timeout(shared.opts.statement_timeout, listen).await {
         Ok(r) => r.map_err(|e| StorageError::db("listening", e))?,
@@ -143,23 +146,17 @@ pub(crate) async fn open(shared: &Arc<Shared>) -> Result<Live, StorageError> {
             })
         }
     }
-    live.deaf = !hears_others(shared, &mut live, &check).await;
-    if live.deaf {
-        tracing::warn!(
-            target = %shared.opts.listener_target(),
-            "the listener does not hear notifications sent by other sessions: it goes through a pooler in transaction mode (pgbouncer). Set RC_DB_LISTENER_DSN (PostgresOptions::listener_dsn) to PostgreSQL's own address; until then this instance follows the table by reloading it every {DEAF_POLL:?}"
-        );
-    }
     Ok(live)
 }
 
-/// Sends a NOTIFY on `channel` from a pooled session and waits for it on the listener. Through
+/// Sends a NOTIFY on the listener's private channel from a pooled session and waits for it. Through
 /// a transaction-mode pooler the LISTEN stays on a server session that no client is attached
 /// to, and nothing comes back. Other notifications received meanwhile are dropped: the reload
 /// that follows every connect covers them. True when the check could not be made (no pooled
 /// connection): a reconnect checks again.
-async fn hears_others(shared: &Shared, live: &mut Live, channel: &str) -> bool {
+async fn hears_others(shared: &Shared, live: &mut Live) -> bool {
     let bound = shared.opts.statement_timeout;
+    let channel = live.check.as_str();
     let send = async {
         let client = shared.client("checking the listener").await?;
         client
@@ -190,11 +187,20 @@ async fn hears_others(shared: &Shared, live: &mut Live, channel: &str) -> bool {
     }
 }
 
-/// Reads the notification key, then loads the namespace into the cells over a listening
-/// connection (after LISTEN, so nothing committed from here on is missed).
+/// Checks that the listener hears other sessions, reads the notification key, then loads the
+/// namespace into the cells over a listening connection (after LISTEN, so nothing committed
+/// from here on is missed).
 pub(crate) async fn sync(shared: &Arc<Shared>, live: &mut Live) -> Result<(), StorageError> {
     let bound = shared.opts.statement_timeout * 4;
     let work = async {
+        // After the schema check (at start), so that its pooled connection is reused.
+        live.deaf = !hears_others(shared, live).await;
+        if live.deaf {
+            tracing::warn!(
+                target = %shared.opts.listener_target(),
+                "the listener does not hear notifications sent by other sessions: it goes through a pooler in transaction mode (pgbouncer). Set RC_DB_LISTENER_DSN (PostgresOptions::listener_dsn) to PostgreSQL's own address; until then this instance follows the table by reloading it every {DEAF_POLL:?}"
+            );
+        }
         live.key = notify_key(&live.client).await?;
         measure_clock(shared, &live.client).await?;
         resync(shared, &live.client).await
