@@ -201,6 +201,20 @@ mod rc {
         r.map_err(CircuitError::Inner)
     }
 
+    /// A breaker like [`healthy`] with a window of `window` outcomes, tripping at half.
+    pub fn healthy_window(key: &str, window: u32) -> CircuitBreaker {
+        let cb = CircuitBreaker::builder(key)
+            .storage(Storage::in_memory())
+            .failure_limit(Ratio::new(window / 2, window))
+            .cooldown(COOLDOWN)
+            .build()
+            .expect("valid breaker");
+        for _ in 0..2 * window {
+            cb.try_acquire().expect("closed").success();
+        }
+        cb
+    }
+
     /// A breaker like [`healthy`] on `storage`.
     pub fn healthy_on(key: &str, storage: Storage) -> CircuitBreaker {
         let cb = CircuitBreaker::builder(key)
@@ -243,6 +257,20 @@ mod rl {
             .open_wait(COOLDOWN)
             .build();
         for _ in 0..2 * WINDOW {
+            r.call(work).expect("closed");
+        }
+        r
+    }
+
+    /// [`healthy`] with a window of `window` outcomes.
+    pub fn healthy_window(window: u32) -> Recloser {
+        let r = Recloser::custom()
+            .error_rate(0.5)
+            .closed_len(window as usize)
+            .half_open_len(window as usize)
+            .open_wait(COOLDOWN)
+            .build();
+        for _ in 0..2 * window {
             r.call(work).expect("closed");
         }
         r
@@ -508,6 +536,36 @@ mod error_rate {
                 resilient_circuit::State::Closed,
                 "1 in {n} stays below the threshold"
             );
+        }
+        // A window of 100 (50 failures to trip): at these rates it nearly always holds a
+        // failure, so no outcome takes the clean fast path.
+        for n in [100, 20] {
+            let cb = rc::healthy_window(&format!("error_rate_w100_{n}"), 100);
+            let r = rl::healthy_window(100);
+            group.bench_function(
+                format!("window_100/1_in_{n}/resilient_circuit/acquire_run_record"),
+                |b| b.iter(|| black_box(rc::acquire_run_record_failing(&cb, n)).ok()),
+            );
+            group.bench_function(format!("window_100/1_in_{n}/recloser/call"), |b| {
+                b.iter(|| black_box(rl::call_failing(&r, n)).ok())
+            });
+            group.bench_function(
+                format!("window_100/two_threads/1_in_{n}/resilient_circuit/acquire_run_record"),
+                |b| {
+                    two_threads(b, || {
+                        black_box(rc::acquire_run_record_failing(&cb, n)).ok();
+                    })
+                },
+            );
+            group.bench_function(
+                format!("window_100/two_threads/1_in_{n}/recloser/call"),
+                |b| {
+                    two_threads(b, || {
+                        black_box(rl::call_failing(&r, n)).ok();
+                    })
+                },
+            );
+            assert_eq!(cb.state(), resilient_circuit::State::Closed);
         }
         group.finish();
     }
