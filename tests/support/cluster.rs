@@ -639,7 +639,10 @@ impl Cluster {
         let client = self.client("postgres").await;
         // One statement each: a multi-statement string runs as one transaction, which ALTER
         // SYSTEM refuses.
-        for sql in ["ALTER SYSTEM SET primary_conninfo = ''", "SELECT pg_reload_conf()"] {
+        for sql in [
+            "ALTER SYSTEM SET primary_conninfo = ''",
+            "SELECT pg_reload_conf()",
+        ] {
             client
                 .batch_execute(sql)
                 .await

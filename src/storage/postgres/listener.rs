@@ -78,24 +78,15 @@ pub(crate) async fn connect_and_sync(shared: &Arc<Shared>) -> Result<Live, Stora
 
 /// Connects and LISTENs. Needs no schema, so `connect` runs it beside the schema check.
 pub(crate) async fn open(shared: &Arc<Shared>) -> Result<Live, StorageError> {
-    let config = shared.opts.listener_pg_config()?;
-    let connect = config.connect(shared.listener_tls.clone());
-    let (client, mut connection) =
-        match tokio::time::timeout(shared.opts.network.connect_timeout, connect).await {
-            Ok(Ok(pair)) => pair,
-            Ok(Err(e)) => {
-                return Err(StorageError::Connect {
-                    target: shared.opts.listener_target(),
-                    cause: describe_pg_error(&e),
-                })
-            }
-            Err(_) => {
-                return Err(StorageError::Connect {
-                    target: shared.opts.listener_target(),
-                    cause: format!("no answer within {:?}", shared.opts.network.connect_timeout),
-                })
-            }
-        };
+    // Each host of the list gets the connect timeout (`hosts.rs`): a silent first host cannot
+    // keep the listener from the next one.
+    let connect = shared
+        .listener_hosts
+        .connect(shared.listener_tls.clone(), true);
+    let (client, mut connection) = connect.await.map_err(|failed| StorageError::Connect {
+        target: shared.opts.listener_target(),
+        cause: failed.describe(),
+    })?;
     let (tx, notes) = mpsc::channel(shared.opts.notification_buffer);
     let overflowed = Arc::new(AtomicBool::new(false));
     let flag = overflowed.clone();
@@ -455,6 +446,7 @@ pub(crate) async fn run(
             Ended::Lost(why) => {
                 tracing::warn!(reason = %why, "listener lost its connection; reconnecting");
                 shared.metrics.reconnects.increment(1);
+                shared.drop_idle_connections();
                 shared.set_degraded(true);
                 if since.elapsed() >= STABLE_AFTER {
                     backoff = Backoff::default();
