@@ -324,6 +324,8 @@ async fn template(tools: &'static PgTools) -> &'static Path {
     TEMPLATE
         .get_or_init(|| async move {
             let dir = process_dir(tools).join("template");
+            // Left by an attempt that panicked (its test failed with the cause): start over.
+            let _ = std::fs::remove_dir_all(&dir);
             tools.make_dir(&dir);
             let data = dir.join("data");
             let out = run(tools.command(
@@ -338,8 +340,8 @@ async fn template(tools: &'static PgTools) -> &'static Path {
                     "-E".into(),
                     "UTF8".into(),
                     "--locale=C".into(),
+                    // (Not --no-instructions, which initdb 13 lacks: the output is not shown.)
                     "--no-sync".into(),
-                    "--no-instructions".into(),
                 ],
             ))
             .await;
