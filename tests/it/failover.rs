@@ -35,6 +35,11 @@ const NO_PRIMARY_FOR: Duration = Duration::from_secs(6);
 /// slack for a 2-core machine busy with other builds.
 const FOLLOW_AFTER_PROMOTION: Duration = Duration::from_secs(8);
 
+/// The tuned instance's reconnect backoff ceiling, and its slack over it (one connect and one
+/// reload on a busy 2-core machine).
+const TUNED_BACKOFF: Duration = Duration::from_millis(500);
+const TUNED_SLACK: Duration = Duration::from_millis(1500);
+
 /// A primary that vanished without closing its connections (a black hole, as a crashed host or
 /// a hung load balancer), from the moment it went silent to every instance following the
 /// promoted standby: the listener notices within one heartbeat interval (2 s) plus the heartbeat's
@@ -85,6 +90,18 @@ fn timed_changes(
         .build()
         .expect("valid breaker");
     (cb, rx)
+}
+
+/// When the last change to CLOSED recorded by [`timed_changes`] happened (the breaker is CLOSED
+/// already).
+fn closed_at(changes: &mut mpsc::UnboundedReceiver<(Instant, State)>, who: &str) -> Instant {
+    let mut last = None;
+    while let Ok((at, state)) = changes.try_recv() {
+        if state == State::Closed {
+            last = Some(at);
+        }
+    }
+    last.unwrap_or_else(|| panic!("{who}: CLOSED but no change to CLOSED recorded"))
 }
 
 /// Waits until every breaker is in `state`; names the first that is not.
@@ -166,6 +183,16 @@ async fn promoted_standby_takes_over_and_the_fleet_follows() {
         "none stays on the standby"
     );
 
+    // One more instance, with a shorter reconnect backoff ceiling: the knob that bounds how long
+    // an instance takes to follow a promotion.
+    let tuned = Storage::connect_with(
+        PostgresOptions::from_dsn(&both_hosts(primary.port(), standby.port(), &app, &db))
+            .expect("parses")
+            .reconnect_backoff_max(TUNED_BACKOFF),
+    )
+    .await
+    .expect("connects");
+
     // A trip the standby replays.
     let kept = unique_key("replicated");
     let mut on_kept = watch_everywhere(&fleet, &kept);
@@ -185,6 +212,8 @@ async fn promoted_standby_takes_over_and_the_fleet_follows() {
     let mut on_lost = watch_everywhere(&fleet, &lost);
     // When each instance's breaker on it changes state, by the clock of this test.
     let mut lost_changes: Vec<_> = fleet.iter().map(|s| timed_changes(s, &lost)).collect();
+    let mut on_lost_tuned = Watched::new(&tuned, &lost, trip_fast);
+    let (_tuned_cb, mut tuned_changes) = timed_changes(&tuned, &lost);
     fail(&on_lost[1].cb).await;
     all_reach(
         &mut on_lost,
@@ -194,6 +223,7 @@ async fn promoted_standby_takes_over_and_the_fleet_follows() {
     )
     .await;
     published(&fleet[1]).await;
+    assert!(on_lost_tuned.reaches(State::Open).await);
     assert_eq!(row_state(&on_primary, &lost).await.as_deref(), Some("OPEN"));
     let lsn = wal_position(&on_primary).await;
     assert!(
@@ -244,13 +274,7 @@ async fn promoted_standby_takes_over_and_the_fleet_follows() {
             w.reaches_within(State::Closed, FOLLOW_AFTER_PROMOTION).await,
             "instance {i} reloads from the new primary within {FOLLOW_AFTER_PROMOTION:?} of the promotion, where the unreplicated trip has no row"
         );
-        let closed_at = loop {
-            match changes.try_recv() {
-                Ok((at, State::Closed)) => break at,
-                Ok(_) => continue,
-                Err(e) => panic!("instance {i}: CLOSED but no change recorded ({e})"),
-            }
-        };
+        let closed_at = closed_at(changes, &format!("instance {i}"));
         assert!(
             eventually(WAIT, || async { !s.is_degraded() }).await,
             "instance {i} is connected again"
@@ -266,6 +290,18 @@ async fn promoted_standby_takes_over_and_the_fleet_follows() {
     assert!(
         slowest <= FOLLOW_AFTER_PROMOTION,
         "every instance follows within {FOLLOW_AFTER_PROMOTION:?} of the promotion ({promotion:?} after the stop): {followed:?}"
+    );
+    assert!(
+        on_lost_tuned
+            .reaches_within(State::Closed, FOLLOW_AFTER_PROMOTION)
+            .await
+    );
+    let tuned_after =
+        (closed_at(&mut tuned_changes, "the tuned instance") - stopped).saturating_sub(promotion);
+    assert!(
+        tuned_after <= TUNED_BACKOFF + TUNED_SLACK,
+        "with reconnect_backoff_max({TUNED_BACKOFF:?}) an instance follows within {:?} of the promotion: {tuned_after:?}",
+        TUNED_BACKOFF + TUNED_SLACK
     );
     assert_eq!(
         on_lost[1].cb.state(),
@@ -287,7 +323,11 @@ async fn promoted_standby_takes_over_and_the_fleet_follows() {
     )
     .await;
     published(&fleet[2]).await;
-    assert_eq!(listeners_of(&on_standby, &app).await, INSTANCES as i64);
+    assert_eq!(
+        listeners_of(&on_standby, &app).await,
+        INSTANCES as i64 + 1,
+        "every listener is on the new primary"
+    );
 
     // A trip on the new primary reaches everyone by NOTIFY.
     let after = unique_key("after");
@@ -315,7 +355,7 @@ async fn promoted_standby_takes_over_and_the_fleet_follows() {
         );
     }
     eprintln!(
-        "MEASURED promoted_standby_takes_over_and_the_fleet_follows: promoted (pg_ctl promote returned) {promotion:?} after the primary stopped; each instance followed {followed:?} after the stop, i.e. {after_promotion:?} after the promotion (a standby turns writable shortly before pg_ctl sees it); a trip after the promotion reached every instance in {propagated:?}"
+        "MEASURED promoted_standby_takes_over_and_the_fleet_follows: promoted (pg_ctl promote returned) {promotion:?} after the primary stopped; each instance followed {followed:?} after the stop, i.e. {after_promotion:?} after the promotion (a standby turns writable shortly before pg_ctl sees it); with reconnect_backoff_max({TUNED_BACKOFF:?}) {tuned_after:?} after the promotion; a trip after the promotion reached every instance in {propagated:?}"
     );
 }
 

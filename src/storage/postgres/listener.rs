@@ -400,7 +400,7 @@ pub(crate) async fn run(
     mut shutdown: watch::Receiver<()>,
 ) {
     let mut live = first;
-    let mut backoff = Backoff::default();
+    let mut backoff = Backoff::new(shared.opts.reconnect_backoff_max);
     let mut failures: u64 = 0;
     let mut last_warn: Option<tokio::time::Instant> = None;
     loop {
@@ -449,7 +449,7 @@ pub(crate) async fn run(
                 shared.drop_idle_connections();
                 shared.set_degraded(true);
                 if since.elapsed() >= STABLE_AFTER {
-                    backoff = Backoff::default();
+                    backoff = Backoff::new(shared.opts.reconnect_backoff_max);
                 }
                 // Pause before reconnecting: short after a long healthy spell, longer each
                 // time a fresh connection dies again.
@@ -539,22 +539,27 @@ async fn serve(shared: &Arc<Shared>, mut live: Live, shutdown: &mut watch::Recei
     }
 }
 
-/// Capped exponential backoff with full jitter: 50 ms doubling to 5 s.
-#[derive(Debug, Default)]
+/// Capped exponential backoff with jitter: 50 ms doubling to `cap` (`reconnect_backoff_max`,
+/// 5 s by default), each delay drawn in [ceiling/2, ceiling].
+#[derive(Debug)]
 struct Backoff {
     attempt: u32,
+    cap: Duration,
 }
 
 impl Backoff {
     const BASE: Duration = Duration::from_millis(50);
-    const CAP: Duration = Duration::from_secs(5);
+
+    fn new(cap: Duration) -> Backoff {
+        Backoff { attempt: 0, cap }
+    }
 
     fn next_delay(&mut self) -> Duration {
         let ceiling = Self::BASE
             .saturating_mul(1u32 << self.attempt.min(10))
-            .min(Self::CAP);
+            .min(self.cap);
         self.attempt = self.attempt.saturating_add(1);
-        // Full jitter in [ceiling/2, ceiling]: instances restarting together spread out.
+        // Jitter in [ceiling/2, ceiling]: instances restarting together spread out.
         let nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
         Duration::from_nanos(nanos / 2 + jitter(nanos / 2 + 1))
     }

@@ -61,6 +61,8 @@ pub struct PostgresOptions {
     pub(crate) pool_size: usize,
     pub(crate) notification_buffer: usize,
     pub(crate) heartbeat_interval: Duration,
+    /// Ceiling of the listener's reconnect backoff.
+    pub(crate) reconnect_backoff_max: Duration,
     /// The pool goes through a pooler in transaction mode: no session settings on its
     /// connections (they would leak to the pooler's other clients).
     pub(crate) transaction_pooler: bool,
@@ -123,6 +125,7 @@ impl PostgresOptions {
             pool_size: 4,
             notification_buffer: 16_384,
             heartbeat_interval: Duration::from_secs(2),
+            reconnect_backoff_max: Duration::from_secs(5),
             transaction_pooler: false,
             network: Network {
                 connect_timeout: Duration::from_secs(5),
@@ -319,6 +322,17 @@ impl PostgresOptions {
         self
     }
 
+    /// Ceiling of the listener's reconnect backoff: after losing its connection it waits 50 ms,
+    /// doubling at each failed attempt up to this (each wait drawn between half the ceiling and
+    /// the ceiling, so that instances spread out). It bounds how long an instance takes to notice
+    /// that the database is back, or that a standby was promoted: at most this, plus one
+    /// connect and one reload. Lower it for a faster failover, at the cost of more connection
+    /// attempts from every instance while no server accepts them. Default 5 s.
+    pub fn reconnect_backoff_max(mut self, max: Duration) -> Self {
+        self.reconnect_backoff_max = max;
+        self
+    }
+
     /// Period of the full reload of the namespace that backs up notifications (which are lost
     /// while the listener is away, and not durable). Default 30 s.
     pub fn reconcile_interval(mut self, every: Duration) -> Self {
@@ -423,6 +437,7 @@ impl PostgresOptions {
             ("reconcile_interval", self.reconcile_interval),
             ("lease_timeout", self.lease_timeout),
             ("heartbeat_interval", self.heartbeat_interval),
+            ("reconnect_backoff_max", self.reconnect_backoff_max),
         ];
         for (name, d) in positive {
             if d.is_zero() {
