@@ -296,8 +296,8 @@ async fn promoted_standby_takes_over_and_the_fleet_follows() {
             .reaches_within(State::Closed, FOLLOW_AFTER_PROMOTION)
             .await
     );
-    let tuned_after =
-        (closed_at(&mut tuned_changes, "the tuned instance") - stopped).saturating_sub(promotion);
+    let tuned_followed = closed_at(&mut tuned_changes, "the tuned instance") - stopped;
+    let tuned_after = tuned_followed.saturating_sub(promotion);
     assert!(
         tuned_after <= TUNED_BACKOFF + TUNED_SLACK,
         "with reconnect_backoff_max({TUNED_BACKOFF:?}) an instance follows within {:?} of the promotion: {tuned_after:?}",
@@ -355,7 +355,7 @@ async fn promoted_standby_takes_over_and_the_fleet_follows() {
         );
     }
     eprintln!(
-        "MEASURED promoted_standby_takes_over_and_the_fleet_follows: promoted (pg_ctl promote returned) {promotion:?} after the primary stopped; each instance followed {followed:?} after the stop, i.e. {after_promotion:?} after the promotion (a standby turns writable shortly before pg_ctl sees it); with reconnect_backoff_max({TUNED_BACKOFF:?}) {tuned_after:?} after the promotion; a trip after the promotion reached every instance in {propagated:?}"
+        "MEASURED promoted_standby_takes_over_and_the_fleet_follows: promoted (pg_ctl promote returned) {promotion:?} after the primary stopped; each instance followed {followed:?} after the stop, i.e. {after_promotion:?} after the promotion (a standby turns writable shortly before pg_ctl sees it); with reconnect_backoff_max({TUNED_BACKOFF:?}) {tuned_followed:?} after the stop; a trip after the promotion reached every instance in {propagated:?}"
     );
 }
 
