@@ -10,6 +10,7 @@ mod changes;
 mod cli;
 mod concurrency;
 mod examples;
+mod failover;
 mod faults;
 mod hardening;
 mod harness;

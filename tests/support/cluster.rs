@@ -123,9 +123,29 @@ impl PgTools {
         cmd
     }
 
+    /// Where `tool` is: in the binaries' directory, else beside the file `postgres` there
+    /// resolves to (a PATH directory may hold links to only `initdb`, `pg_ctl` and `postgres`).
+    fn tool_path(&self, tool: &str) -> PathBuf {
+        let here = self.bin_dir.join(tool);
+        if is_executable(&here) {
+            return here;
+        }
+        std::fs::canonicalize(self.bin_dir.join("postgres"))
+            .ok()
+            .and_then(|p| Some(p.parent()?.join(tool)))
+            .filter(|p| is_executable(p))
+            .unwrap_or_else(|| {
+                panic!(
+                    "`{tool}` is neither in {} nor beside the `postgres` it holds: this test needs \
+                     the PostgreSQL server package's full set of tools",
+                    self.bin_dir.display()
+                )
+            })
+    }
+
     /// The argv that runs `tool` (without its arguments).
     fn prefix(&self, tool: &str) -> Vec<OsString> {
-        let tool = self.bin_dir.join(tool).into_os_string();
+        let tool = self.tool_path(tool).into_os_string();
         match &self.runuser {
             Some(runuser) => vec![
                 runuser.clone().into_os_string(),
@@ -327,6 +347,8 @@ async fn template(tools: &'static PgTools) -> &'static Path {
     TEMPLATE
         .get_or_init(|| async move {
             let dir = process_dir(tools).join("template");
+            // Left by an attempt that panicked (its test failed with the cause): start over.
+            let _ = std::fs::remove_dir_all(&dir);
             tools.make_dir(&dir);
             let data = dir.join("data");
             let out = run(tools.command(
@@ -341,8 +363,8 @@ async fn template(tools: &'static PgTools) -> &'static Path {
                     "-E".into(),
                     "UTF8".into(),
                     "--locale=C".into(),
+                    // (Not --no-instructions, which initdb 13 lacks: the output is not shown.)
                     "--no-sync".into(),
-                    "--no-instructions".into(),
                 ],
             ))
             .await;
@@ -566,6 +588,137 @@ impl Cluster {
             out.status,
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// A streaming standby of `primary`: `pg_basebackup -R -X stream` from it into a new
+    /// directory, started on a port of its own with the primary's extra settings. Returns once it
+    /// accepts (read-only) connections and its WAL receiver streams from the primary.
+    pub async fn standby_of(primary: &Cluster) -> Cluster {
+        let tools = primary.tools;
+        let n = NEXT_CLUSTER.fetch_add(1, Ordering::Relaxed);
+        let dir = process_dir(tools).join(format!("c{n}"));
+        tools.make_dir(&dir);
+        let data = dir.join("data");
+        let out = run(tools.command(
+            "pg_basebackup",
+            [
+                OsString::from("-D"),
+                data.clone().into_os_string(),
+                "-h".into(),
+                "127.0.0.1".into(),
+                "-p".into(),
+                primary.port.to_string().into(),
+                "-U".into(),
+                "postgres".into(),
+                "-R".into(),
+                "-X".into(),
+                "stream".into(),
+                "-c".into(),
+                "fast".into(),
+                "--no-sync".into(),
+            ],
+        ))
+        .await;
+        assert!(
+            out.status.success(),
+            "pg_basebackup from the cluster on port {} failed ({}):\n{}{}",
+            primary.port,
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for _ in 0..10 {
+            let standby = Cluster {
+                tools,
+                dir: dir.clone(),
+                data: data.clone(),
+                port: pick_port(),
+                settings: primary.settings.clone(),
+            };
+            match standby.pg_start().await {
+                Ok(()) => {
+                    standby.wait_ready().await;
+                    standby.wait_receiver(true).await;
+                    return standby;
+                }
+                Err(StartError::PortInUse) => std::mem::forget(standby),
+            }
+        }
+        panic!("starting a standby failed 10 times: port always in use");
+    }
+
+    /// Polls (every 20 ms, at most 30 s) until this standby's WAL receiver streams
+    /// (`streaming`) or has stopped (`!streaming`), per `pg_stat_wal_receiver`.
+    pub async fn wait_receiver(&self, streaming: bool) {
+        let client = self.client("postgres").await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let rows = client
+                .query("SELECT status FROM pg_stat_wal_receiver", &[])
+                .await
+                .unwrap_or_else(|e| panic!("reading pg_stat_wal_receiver: {}", error_chain(&e)));
+            let status: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+            let done = if streaming {
+                status.iter().any(|s| s == "streaming")
+            } else {
+                status.is_empty()
+            };
+            if done {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the standby on port {}: WAL receiver {status:?} after 30 s, waiting for {}; log:\n{}",
+                self.port,
+                if streaming { "streaming" } else { "none" },
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops this standby's WAL receiver and keeps it stopped: `primary_conninfo` is emptied
+    /// (reloadable since PostgreSQL 13) and the receiver is gone when this returns. The standby
+    /// keeps serving reads and can still be promoted; nothing the primary writes from now on
+    /// reaches it.
+    pub async fn stop_receiving(&self) {
+        let client = self.client("postgres").await;
+        // One statement each: a multi-statement string runs as one transaction, which ALTER
+        // SYSTEM refuses.
+        for sql in [
+            "ALTER SYSTEM SET primary_conninfo = ''",
+            "SELECT pg_reload_conf()",
+        ] {
+            client
+                .batch_execute(sql)
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {}", error_chain(&e)));
+        }
+        self.wait_receiver(false).await;
+    }
+
+    /// Promotes this standby (`pg_ctl promote -w`), returning once it accepts writes.
+    pub async fn promote(&self) {
+        let out = run(self.tools.command(
+            "pg_ctl",
+            [
+                OsString::from("promote"),
+                "-D".into(),
+                self.data.clone().into_os_string(),
+                "-w".into(),
+                "-t".into(),
+                "60".into(),
+            ],
+        ))
+        .await;
+        assert!(
+            out.status.success(),
+            "pg_ctl promote failed ({}):\n{}{}\nlog:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
         );
     }
 

@@ -38,24 +38,17 @@ impl AdminSession {
     /// Connects with `opts` (its TLS settings and connect timeout; `application_name`
     /// `resilient-circuit-cli` unless the options name one).
     pub async fn connect(opts: &PostgresOptions) -> Result<AdminSession, StorageError> {
-        let config = opts.pg_config("resilient-circuit-cli")?;
+        let hosts = opts.pool_hosts("resilient-circuit-cli")?;
         let tls = tls::make_tls(opts)?;
+        // One host at a time, each within the connect timeout (`hosts.rs`).
         let (client, connection) =
-            match tokio::time::timeout(opts.network.connect_timeout, config.connect(tls)).await {
-                Ok(Ok(pair)) => pair,
-                Ok(Err(e)) => {
-                    return Err(StorageError::Connect {
-                        target: opts.target(),
-                        cause: tls::describe_connect_error(&e, &opts.tls_settings()),
-                    })
-                }
-                Err(_) => {
-                    return Err(StorageError::Connect {
-                        target: opts.target(),
-                        cause: format!("no answer within {:?}", opts.network.connect_timeout),
-                    })
-                }
-            };
+            hosts
+                .connect(tls, true)
+                .await
+                .map_err(|failed| StorageError::Connect {
+                    target: opts.target(),
+                    cause: failed.describe(),
+                })?;
         // The driver ends with the connection; errors surface through the client.
         let driver = tokio::spawn(async move {
             let _ = connection.await;

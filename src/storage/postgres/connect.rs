@@ -11,7 +11,8 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use super::{
-    callbacks, listener, migrate, publish, statements, tls, Instance, PostgresOptions, Shared,
+    callbacks, hosts, listener, migrate, publish, statements, tls, Instance, PostgresOptions,
+    Shared,
 };
 use crate::clock::{Clock, SystemClock};
 use crate::error::StorageError;
@@ -27,9 +28,20 @@ async fn connect_inner(opts: PostgresOptions) -> Result<Storage, StorageError> {
     let runtime = tokio::runtime::Handle::try_current().map_err(|_| StorageError::NoRuntime)?;
     let tls = tls::make_tls(&opts)?;
     let listener_tls = tls::make_listener_tls(&opts)?;
-    let manager = Manager::from_config(
+    // The pool and the listener walk their host lists one host at a time (`hosts.rs`); with one
+    // list for both, the host the listener found is the one the pool tries first.
+    let pool_hosts = Arc::new(opts.pool_hosts("resilient-circuit")?);
+    let listener_hosts = match opts.listener {
+        Some(_) => opts.listener_hosts()?,
+        None => opts.listener_hosts()?.sharing_preference_with(&pool_hosts),
+    };
+    let create_timeout = pool_hosts.bound();
+    let manager = Manager::from_connect(
         opts.pg_config("resilient-circuit")?,
-        tls.clone(),
+        hosts::PoolConnect {
+            hosts: pool_hosts,
+            tls: tls.clone(),
+        },
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },
@@ -49,7 +61,7 @@ async fn connect_inner(opts: PostgresOptions) -> Result<Storage, StorageError> {
     let pool = Pool::builder(manager)
         .max_size(opts.pool_size.max(1))
         .runtime(Runtime::Tokio1)
-        .create_timeout(Some(opts.network.connect_timeout))
+        .create_timeout(Some(create_timeout))
         .wait_timeout(Some(opts.statement_timeout))
         .post_create(Hook::async_fn(move |client, _| {
             let limits = limits.clone();
@@ -80,6 +92,7 @@ async fn connect_inner(opts: PostgresOptions) -> Result<Storage, StorageError> {
         let shared = Arc::new(Shared {
             opts: opts.clone(),
             listener_tls,
+            listener_hosts,
             pool_tls: tls,
             pool,
             storage: weak,

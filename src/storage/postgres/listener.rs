@@ -22,7 +22,7 @@ use tokio_postgres::{AsyncMessage, Client, Notification};
 
 use super::payload::{self, NotifyKey, Op};
 use super::precedence::{Remote, Source};
-use super::{statements, tls, Shared};
+use super::{statements, Shared};
 use crate::error::{describe_pg_error, StorageError};
 
 /// The channel the trigger notifies on.
@@ -80,24 +80,15 @@ pub(crate) async fn connect_and_sync(shared: &Arc<Shared>) -> Result<Live, Stora
 
 /// Connects and LISTENs. Needs no schema, so `connect` runs it beside the schema check.
 pub(crate) async fn open(shared: &Arc<Shared>) -> Result<Live, StorageError> {
-    let config = shared.opts.listener_pg_config()?;
-    let connect = config.connect(shared.listener_tls.clone());
-    let (client, mut connection) =
-        match tokio::time::timeout(shared.opts.network.connect_timeout, connect).await {
-            Ok(Ok(pair)) => pair,
-            Ok(Err(e)) => {
-                return Err(StorageError::Connect {
-                    target: shared.opts.listener_target(),
-                    cause: tls::describe_connect_error(&e, &shared.opts.listener_tls_settings()),
-                })
-            }
-            Err(_) => {
-                return Err(StorageError::Connect {
-                    target: shared.opts.listener_target(),
-                    cause: format!("no answer within {:?}", shared.opts.network.connect_timeout),
-                })
-            }
-        };
+    // Each host of the list gets the connect timeout (`hosts.rs`): a silent first host cannot
+    // keep the listener from the next one.
+    let connect = shared
+        .listener_hosts
+        .connect(shared.listener_tls.clone(), true);
+    let (client, mut connection) = connect.await.map_err(|failed| StorageError::Connect {
+        target: shared.opts.listener_target(),
+        cause: failed.describe(),
+    })?;
     let (tx, notes) = mpsc::channel(shared.opts.notification_buffer);
     let overflowed = Arc::new(AtomicBool::new(false));
     let flag = overflowed.clone();
@@ -415,7 +406,7 @@ pub(crate) async fn run(
     mut shutdown: watch::Receiver<()>,
 ) {
     let mut live = first;
-    let mut backoff = Backoff::default();
+    let mut backoff = Backoff::new(shared.opts.reconnect_backoff_max);
     let mut failures: u64 = 0;
     let mut last_warn: Option<tokio::time::Instant> = None;
     loop {
@@ -461,9 +452,10 @@ pub(crate) async fn run(
             Ended::Lost(why) => {
                 tracing::warn!(reason = %why, "listener lost its connection; reconnecting");
                 shared.metrics.reconnects.increment(1);
+                shared.drop_idle_connections();
                 shared.set_degraded(true);
                 if since.elapsed() >= STABLE_AFTER {
-                    backoff = Backoff::default();
+                    backoff = Backoff::new(shared.opts.reconnect_backoff_max);
                 }
                 // Pause before reconnecting: short after a long healthy spell, longer each
                 // time a fresh connection dies again.
@@ -553,22 +545,27 @@ async fn serve(shared: &Arc<Shared>, mut live: Live, shutdown: &mut watch::Recei
     }
 }
 
-/// Capped exponential backoff with full jitter: 50 ms doubling to 5 s.
-#[derive(Debug, Default)]
+/// Capped exponential backoff with jitter: 50 ms doubling to `cap` (`reconnect_backoff_max`,
+/// 5 s by default), each delay drawn in [ceiling/2, ceiling].
+#[derive(Debug)]
 struct Backoff {
     attempt: u32,
+    cap: Duration,
 }
 
 impl Backoff {
     const BASE: Duration = Duration::from_millis(50);
-    const CAP: Duration = Duration::from_secs(5);
+
+    fn new(cap: Duration) -> Backoff {
+        Backoff { attempt: 0, cap }
+    }
 
     fn next_delay(&mut self) -> Duration {
         let ceiling = Self::BASE
             .saturating_mul(1u32 << self.attempt.min(10))
-            .min(Self::CAP);
+            .min(self.cap);
         self.attempt = self.attempt.saturating_add(1);
-        // Full jitter in [ceiling/2, ceiling]: instances restarting together spread out.
+        // Jitter in [ceiling/2, ceiling]: instances restarting together spread out.
         let nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
         Duration::from_nanos(nanos / 2 + jitter(nanos / 2 + 1))
     }

@@ -10,6 +10,7 @@
 //! | `publish.rs` | the outbox: our trips and overrides, one entry per key, batched, retried |
 //! | `leases.rs` | fleet-wide half-open probes: leases and reports |
 //! | `pool.rs` | one transition call on a pooled connection, bounded and cancellable |
+//! | `hosts.rs` | connecting to a host list as libpq does: one host at a time, each bounded |
 //! | `statements.rs` | every statement we send and the columns we read back |
 //! | `callbacks.rs` | the thread that runs callbacks of transitions made elsewhere |
 //! | `migrate.rs` | the schema: `sql/` applied in order, with checksums |
@@ -27,6 +28,7 @@ pub mod admin;
 mod callbacks;
 pub(crate) mod config;
 mod connect;
+pub(crate) mod hosts;
 mod leases;
 mod listener;
 pub mod migrate;
@@ -69,6 +71,9 @@ pub(crate) struct Shared {
     pub(crate) opts: PostgresOptions,
     /// The LISTEN connection's TLS connector (its own settings when a listener DSN is given).
     pub(crate) listener_tls: MakeTlsConnector,
+    /// The LISTEN connection's host list (sharing the pool's memory of the host that answered
+    /// last when it is the pool's list).
+    pub(crate) listener_hosts: hosts::Hosts,
     /// The pool's TLS connector, also used to cancel a call on the server.
     pool_tls: MakeTlsConnector,
     pool: Pool,

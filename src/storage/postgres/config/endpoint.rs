@@ -156,6 +156,28 @@ impl Endpoint {
         e
     }
 
+    /// This endpoint split into one endpoint per host (each with its own `hostaddr` and port),
+    /// in the order given; every other setting as here, `load_balance_hosts` aside (the caller
+    /// orders the hosts). A libpq host list is tried one host at a time (see `hosts.rs`).
+    pub(crate) fn each_host(&self) -> Vec<Endpoint> {
+        let n = self.hosts.len().max(self.hostaddrs.len());
+        (0..n)
+            .map(|i| Endpoint {
+                hosts: self.hosts.get(i).cloned().into_iter().collect(),
+                hostaddrs: self.hostaddrs.get(i).copied().into_iter().collect(),
+                ports: self
+                    .ports
+                    .get(i)
+                    .or(self.ports.first())
+                    .copied()
+                    .into_iter()
+                    .collect(),
+                load_balance_hosts: None,
+                ..self.clone()
+            })
+            .collect()
+    }
+
     fn unix_only(&self) -> bool {
         self.hostaddrs.is_empty()
             && !self.hosts.is_empty()

@@ -21,7 +21,7 @@ impl PostgresOptions {
     /// | `RC_DB_DSN` | unset | whole connection as URL or conninfo; the discrete ones are ignored |
     /// | `RC_DB_HOST` | unset | host name, IP, socket directory, or comma-separated list |
     /// | `RC_DB_PASSWORD` | unset | password |
-    /// | `RC_DB_PORT` | `5432` | port |
+    /// | `RC_DB_PORT` | `5432` | port, or comma-separated ports, one per host |
     /// | `RC_DB_NAME` | `resilient_circuit_db` | database |
     /// | `RC_DB_USER` | `postgres` | role |
     /// | `RC_DB_SSLMODE` | `prefer` | `disable`, `prefer`, `require`, `verify-ca`, `verify-full` |
@@ -34,7 +34,7 @@ impl PostgresOptions {
     /// | `RC_DB_TRANSACTION_POOLER` | `0` | `1`: the main address is a transaction-mode pooler (pgbouncer) |
     /// | `RC_DB_RECONCILE_INTERVAL_MS` | `30000` | period of the full resync behind notifications |
     /// | `RC_DB_STATEMENT_TIMEOUT_MS` | `2000` | time limit of each transition call |
-    /// | `RC_DB_CONNECT_TIMEOUT_MS` | `5000` | time limit of each connection attempt |
+    /// | `RC_DB_CONNECT_TIMEOUT_MS` | `5000` | time limit of each connection attempt, per host |
     ///
     /// `RC_DB_DSN` wins and is used verbatim: when it is set, the discrete `RC_DB_HOST` …
     /// `RC_DB_SSLKEY` are ignored (with a warning). Otherwise `RC_DB_HOST` and `RC_DB_PASSWORD`
@@ -108,7 +108,12 @@ impl PostgresOptions {
                         ..Endpoint::default()
                     };
                     if let Some(port) = var("RC_DB_PORT") {
-                        conn.ports = vec![parse_port(port.trim(), &cx.named("RC_DB_PORT"))?];
+                        // One for all hosts, or one per host (libpq's PGPORT).
+                        let cx = cx.named("RC_DB_PORT");
+                        conn.ports = port
+                            .split(',')
+                            .map(|p| parse_port(p.trim(), &cx))
+                            .collect::<Result<_, _>>()?;
                     }
                     if let Some(mode) = var("RC_DB_SSLMODE") {
                         conn.sslmode = Some(parse_sslmode(&mode, &cx.named("RC_DB_SSLMODE"))?);

@@ -4,6 +4,30 @@ use super::super::endpoint::DEFAULT_PORT;
 use super::super::tests::*;
 use super::*;
 
+/// RC_DB_PORT may list one port per host of RC_DB_HOST, as libpq's PGPORT; a count that fits
+/// neither one for all nor one per host is refused.
+#[test]
+fn env_port_per_host() {
+    let o = PostgresOptions::from_lookup(env(&[
+        ("RC_DB_HOST", "pg-a,pg-b"),
+        ("RC_DB_PASSWORD", PW),
+        ("RC_DB_PORT", "5433, 5434"),
+    ]))
+    .unwrap()
+    .unwrap();
+    let c = o.pg_config("x").unwrap();
+    assert_eq!(c.get_hosts(), [tcp("pg-a"), tcp("pg-b")]);
+    assert_eq!(c.get_ports(), [5433, 5434]);
+    let e = PostgresOptions::from_lookup(env(&[
+        ("RC_DB_HOST", "a,b,c"),
+        ("RC_DB_PASSWORD", PW),
+        ("RC_DB_PORT", "1,2"),
+    ]))
+    .unwrap_err();
+    assert!(e.to_string().contains("2 ports for 3 hosts"), "{e}");
+    assert_hidden(&e);
+}
+
 /// Bad values of RC_DB_PORT, the *_MS variables, RC_NAMESPACE and RC_DB_LISTENER_DSN name their
 /// variable and hide the password.
 #[test]
@@ -13,6 +37,7 @@ fn env_bad_values() {
         ("RC_DB_PORT", "54x2"),
         ("RC_DB_PORT", "70000"),
         ("RC_DB_PORT", PW),
+        ("RC_DB_PORT", "5432,"),
         ("RC_DB_RECONCILE_INTERVAL_MS", "0"),
         ("RC_DB_STATEMENT_TIMEOUT_MS", "-5"),
         ("RC_DB_CONNECT_TIMEOUT_MS", "1.5"),

@@ -11,7 +11,9 @@ use super::endpoint::{Endpoint, Network, TlsSettings};
 use super::modes::{SslMode, TargetSessionAttrs};
 use super::parse::parse_dsn;
 use super::redact::Secret;
+use crate::storage::postgres::hosts::{Host, Hosts};
 use crate::ConfigError;
+use tokio_postgres::config::LoadBalanceHosts;
 
 /// The ancestor's database name for the discrete form.
 pub(super) const DEFAULT_DBNAME: &str = "resilient_circuit_db";
@@ -59,6 +61,8 @@ pub struct PostgresOptions {
     pub(crate) pool_size: usize,
     pub(crate) notification_buffer: usize,
     pub(crate) heartbeat_interval: Duration,
+    /// Ceiling of the listener's reconnect backoff.
+    pub(crate) reconnect_backoff_max: Duration,
     /// The pool goes through a pooler in transaction mode: no session settings on its
     /// connections (they would leak to the pooler's other clients).
     pub(crate) transaction_pooler: bool,
@@ -121,6 +125,7 @@ impl PostgresOptions {
             pool_size: 4,
             notification_buffer: 16_384,
             heartbeat_interval: Duration::from_secs(2),
+            reconnect_backoff_max: Duration::from_secs(5),
             transaction_pooler: false,
             network: Network {
                 connect_timeout: Duration::from_secs(5),
@@ -163,8 +168,12 @@ impl PostgresOptions {
         self
     }
 
-    /// Tries `hosts` in order (libpq's comma-separated `host`), replacing the host list; combine
-    /// with [`target_session_attrs`](Self::target_session_attrs) to find the primary.
+    /// Tries `hosts` in turn (libpq's comma-separated `host`), replacing the host list: each
+    /// connection goes to the first that accepts and meets
+    /// [`target_session_attrs`](Self::target_session_attrs) (by default `read-write`, the
+    /// primary), so listing a primary and its standbys follows a failover. Each host gets
+    /// [`connect_timeout`](Self::connect_timeout) of its own; the host that took the instance's
+    /// last connection is tried first, then the others in the order given.
     pub fn hosts<I, S>(mut self, hosts: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -246,14 +255,18 @@ impl PostgresOptions {
         self
     }
 
-    /// Which server of a host list to use. Default `any` for the pool; the listener uses
-    /// `read-write` unless this is set, because LISTEN is refused on a standby.
+    /// Which server of a host list to use. Default `read-write` for the pool and the listener
+    /// alike: LISTEN is refused on a standby and every transition writes. `any` suits a list of
+    /// poolers in front of one primary; `read-only` never works for an instance.
     pub fn target_session_attrs(mut self, attrs: TargetSessionAttrs) -> Self {
         self.conn.target_session_attrs = Some(attrs);
         self
     }
 
-    /// Time limit of each connection attempt (per address). Default 5 s.
+    /// Time limit of each connection attempt to one host: TCP, TLS, start-up, authentication
+    /// and the `target_session_attrs` check, as libpq's `connect_timeout`. A list of `n` hosts
+    /// takes at most `n` times this to fail, and a silent host costs this much before the next
+    /// is tried. Default 5 s.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.network.connect_timeout = timeout;
         self
@@ -306,6 +319,17 @@ impl PostgresOptions {
     /// TCP user timeout. Default 2 s.
     pub fn heartbeat_interval(mut self, every: Duration) -> Self {
         self.heartbeat_interval = every;
+        self
+    }
+
+    /// Ceiling of the listener's reconnect backoff: after losing its connection it waits 50 ms,
+    /// doubling at each failed attempt up to this (each wait drawn between half the ceiling and
+    /// the ceiling, so that instances spread out). It bounds how long an instance takes to notice
+    /// that the database is back, or that a standby was promoted: at most this, plus one
+    /// connect and one reload. Lower it for a faster failover, at the cost of more connection
+    /// attempts from every instance while no server accepts them. Default 5 s.
+    pub fn reconnect_backoff_max(mut self, max: Duration) -> Self {
+        self.reconnect_backoff_max = max;
         self
     }
 
@@ -413,6 +437,7 @@ impl PostgresOptions {
             ("reconcile_interval", self.reconcile_interval),
             ("lease_timeout", self.lease_timeout),
             ("heartbeat_interval", self.heartbeat_interval),
+            ("reconnect_backoff_max", self.reconnect_backoff_max),
         ];
         for (name, d) in positive {
             if d.is_zero() {
@@ -470,13 +495,33 @@ impl PostgresOptions {
 
     /// The LISTEN connection's settings: the listener DSN or host when set, the main settings
     /// otherwise, with `application_name` `resilient-circuit-listener` and, unless set
-    /// explicitly, `target_session_attrs=read-write`.
+    /// explicitly, `target_session_attrs=read-write`. (The listener connects through
+    /// [`listener_hosts`](Self::listener_hosts), one host at a time, with these settings.)
+    #[cfg(test)]
     pub(crate) fn listener_pg_config(&self) -> Result<tokio_postgres::Config, ConfigError> {
         self.check()?;
         let ep = self.listener_endpoint();
         ep.check()?;
         let network = ep.network.over(self.network);
         Ok(ep.pg_config(&network, LISTENER_APPLICATION_NAME))
+    }
+
+    /// The pool's host list (see `hosts.rs`): one configuration per host, as
+    /// [`pg_config`](Self::pg_config) would make for that host alone, each attempt bounded by
+    /// the connect timeout.
+    pub(crate) fn pool_hosts(&self, application_name: &str) -> Result<Hosts, ConfigError> {
+        self.check()?;
+        Ok(host_list(&self.conn, &self.network, application_name))
+    }
+
+    /// The LISTEN connection's host list, with the settings of
+    /// [`listener_pg_config`](Self::listener_pg_config).
+    pub(crate) fn listener_hosts(&self) -> Result<Hosts, ConfigError> {
+        self.check()?;
+        let ep = self.listener_endpoint();
+        ep.check()?;
+        let network = ep.network.over(self.network);
+        Ok(host_list(&ep, &network, LISTENER_APPLICATION_NAME))
     }
 
     /// TLS settings of the pool's connections.
@@ -499,6 +544,20 @@ impl PostgresOptions {
     pub(crate) fn listener_target(&self) -> String {
         self.listener_endpoint().target()
     }
+}
+
+/// `ep`'s hosts, one configuration each, bounded by `network`'s connect timeout.
+fn host_list(ep: &Endpoint, network: &Network, application_name: &str) -> Hosts {
+    let hosts = ep
+        .each_host()
+        .into_iter()
+        .map(|one| Host {
+            target: one.target(),
+            config: one.pg_config(network, application_name),
+        })
+        .collect();
+    let random = ep.load_balance_hosts == Some(LoadBalanceHosts::Random);
+    Hosts::new(hosts, ep.tls_settings(), network.connect_timeout, random)
 }
 
 /// Refuses a namespace the table cannot hold.

@@ -4,13 +4,15 @@ use super::super::tests::*;
 use super::*;
 
 /// Defaults: 5 s connect, 2 s statement, keepalives 10 s/2 s/3, 8 s TCP user timeout, 2 s
-/// heartbeat, 30 s reconcile, 10 s lease, pool 4, namespace `default`.
+/// heartbeat, 5 s reconnect backoff ceiling, 30 s reconcile, 10 s lease, pool 4, namespace
+/// `default`.
 #[test]
 fn defaults() {
     let o = PostgresOptions::from_dsn("host=h user=u").unwrap();
     assert_eq!(o.network.connect_timeout, Duration::from_secs(5));
     assert_eq!(o.statement_timeout, Duration::from_secs(2));
     assert_eq!(o.heartbeat_interval, Duration::from_secs(2));
+    assert_eq!(o.reconnect_backoff_max, Duration::from_secs(5));
     assert_eq!(o.reconcile_interval, Duration::from_secs(30));
     assert_eq!(o.lease_timeout, Duration::from_secs(10));
     assert_eq!(o.pool_size, 4);
@@ -107,6 +109,10 @@ fn unusable_settings_are_refused() {
             "heartbeat_interval",
         ),
         (ok().lease_timeout(Duration::ZERO), "lease_timeout"),
+        (
+            ok().reconnect_backoff_max(Duration::ZERO),
+            "reconnect_backoff_max",
+        ),
         (
             ok().keepalives_idle(Duration::from_millis(10)),
             "keepalives_idle",
