@@ -240,9 +240,10 @@ pub enum StorageError {
         /// What we were doing.
         during: &'static str,
     },
-    /// [`Storage::connect`](crate::Storage::connect) was called outside a tokio runtime; the
-    /// instance's background tasks need one.
-    #[error("resilient-circuit's PostgreSQL storage must be connected inside a tokio runtime (its listener and outbox are tokio tasks)")]
+    /// [`Storage::connect`](crate::Storage::connect) was called outside a tokio runtime (the
+    /// instance then runs on the library's own I/O thread, but breakers waiting for a probe
+    /// need the caller's tokio timers).
+    #[error("resilient-circuit's PostgreSQL storage must be connected inside a tokio runtime")]
     NoRuntime,
 }
 

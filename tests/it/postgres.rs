@@ -786,3 +786,67 @@ async fn flush_waits_until_the_database_answered() {
     let memory = Storage::in_memory();
     assert!(memory.flush(Duration::ZERO).await);
 }
+
+/// A trip is published while the task that tripped keeps computing without yielding, on a
+/// current-thread runtime: the instance's I/O has a thread of its own, so another instance
+/// rejects long before the busy task lets its runtime run anything.
+#[test]
+fn a_trip_is_published_while_the_tripping_task_computes() {
+    use std::time::Instant;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let db = rt.block_on(test_db());
+    let conninfo = rt.block_on(db.app_conninfo());
+    let key = unique_key("busy");
+    let a = rt
+        .block_on(Storage::connect_with(
+            PostgresOptions::from_dsn(&conninfo).expect("dsn"),
+        ))
+        .expect("a connects");
+    // The observer: another instance on another thread and runtime.
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (seen_tx, seen_rx) = std::sync::mpsc::channel();
+    let observer = {
+        let (conninfo, key) = (conninfo.clone(), key.clone());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Runtime::new().expect("a runtime");
+            rt.block_on(async move {
+                let b = Storage::connect_with(PostgresOptions::from_dsn(&conninfo).expect("dsn"))
+                    .await
+                    .expect("b connects");
+                let mut on_b = Watched::new(&b, &key, trip_fast);
+                ready_tx.send(()).expect("the test waits");
+                let opened = on_b.reaches(State::Open).await;
+                seen_tx
+                    .send((opened, Instant::now()))
+                    .expect("the test waits");
+            })
+        })
+    };
+    ready_rx.recv().expect("the observer is ready");
+    let cb = trip_fast(CircuitBreaker::builder(&key).storage(a.clone()))
+        .build()
+        .expect("valid");
+    rt.block_on(async {
+        let tripped = Instant::now();
+        cb.try_acquire().expect("closed").failure();
+        // Computing for a second without an await: nothing else runs on this runtime.
+        let busy_until = tripped + Duration::from_secs(1);
+        while Instant::now() < busy_until {
+            std::hint::spin_loop();
+        }
+        let (opened, at) = seen_rx.recv().expect("the observer reports");
+        assert!(opened, "B follows A's trip");
+        let took = at.duration_since(tripped);
+        assert!(
+            took < Duration::from_millis(500),
+            "published while the tripping task was busy: B saw it after {took:?}"
+        );
+        eprintln!("MEASURED a_trip_is_published_while_the_tripping_task_computes: B rejected {took:?} after the trip, while A's only thread spun for 1 s");
+    });
+    observer.join().expect("the observer ends");
+    drop(a);
+    rt.block_on(async move { drop(db) });
+}

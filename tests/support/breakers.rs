@@ -79,8 +79,9 @@ impl Watched {
     }
 }
 
-/// Log lines captured on this thread (a current-thread runtime runs every task of the test,
-/// the instance's listener and publishers included, on it).
+/// Log lines captured for one test: those logged on its thread, and those of the instances it
+/// connected (their tasks run on the library's background thread, inside the instance's span,
+/// which is made on the test's thread and remembers its capture).
 #[derive(Clone, Default)]
 pub struct Logs(Arc<Mutex<Vec<u8>>>);
 
@@ -118,11 +119,15 @@ impl Logs {
     pub fn capture() -> (Logs, Capturing) {
         static INSTALLED: OnceLock<()> = OnceLock::new();
         INSTALLED.get_or_init(|| {
-            let subscriber = tracing_subscriber::fmt()
+            use tracing_subscriber::layer::SubscriberExt;
+            use tracing_subscriber::Layer;
+            let lines = tracing_subscriber::fmt::layer()
                 .with_writer(ThreadSink)
-                .with_max_level(tracing::Level::WARN)
                 .with_ansi(false)
-                .finish();
+                .with_filter(tracing_subscriber::filter::LevelFilter::WARN);
+            // Inner layers see an event first: the span router picks its capture, then the
+            // formatter writes the line there.
+            let subscriber = tracing_subscriber::registry().with(SpanRouter).with(lines);
             tracing::subscriber::set_global_default(subscriber)
                 .expect("no other global subscriber in the test binary");
         });
@@ -139,6 +144,40 @@ impl Logs {
 thread_local! {
     /// Where this thread's log lines go while a test captures them.
     static SINK: std::cell::RefCell<Option<Arc<Mutex<Vec<u8>>>>> = const { std::cell::RefCell::new(None) };
+    /// The capture of the event being written, found in its spans (see [`SpanRouter`]).
+    static EVENT_SINK: std::cell::RefCell<Option<Arc<Mutex<Vec<u8>>>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// The capture a span was made under.
+struct SpanSink(Arc<Mutex<Vec<u8>>>);
+
+/// Remembers, in each span made on a capturing thread, that thread's capture; for each event,
+/// points [`EVENT_SINK`] at the capture of its nearest such span (or none).
+struct SpanRouter;
+
+impl<S> tracing_subscriber::Layer<S> for SpanRouter
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    fn on_new_span(
+        &self,
+        _: &tracing::span::Attributes<'_>,
+        id: &tracing::span::Id,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        if let (Some(sink), Some(span)) = (SINK.with(|s| s.borrow().clone()), ctx.span(id)) {
+            span.extensions_mut().insert(SpanSink(sink));
+        }
+    }
+
+    fn on_event(&self, event: &tracing::Event<'_>, ctx: tracing_subscriber::layer::Context<'_, S>) {
+        let found = ctx.event_scope(event).and_then(|scope| {
+            scope
+                .into_iter()
+                .find_map(|span| span.extensions().get::<SpanSink>().map(|s| s.0.clone()))
+        });
+        EVENT_SINK.with(|s| *s.borrow_mut() = found);
+    }
 }
 
 /// Stops this thread's capture when dropped.
@@ -150,14 +189,17 @@ impl Drop for Capturing {
     }
 }
 
-/// Writes to the current thread's capture, or nowhere.
+/// Writes to the capture of the event's spans, else of the current thread, else nowhere.
 struct ThreadSink;
 
 impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for ThreadSink {
     type Writer = LogWriter;
 
     fn make_writer(&'a self) -> LogWriter {
-        LogWriter(SINK.with(|s| s.borrow().clone()).unwrap_or_default())
+        let sink = EVENT_SINK
+            .with(|s| s.borrow().clone())
+            .or_else(|| SINK.with(|s| s.borrow().clone()));
+        LogWriter(sink.unwrap_or_default())
     }
 }
 

@@ -1,7 +1,7 @@
 //! Making an instance: the pool (with server-side time limits), the schema check or migration,
-//! the listener's first connection and the first snapshot, then the listener task. The instance
-//! shuts down when its last `Storage` is dropped: that drops the shutdown sender, which ends the
-//! listener, and with it every connection.
+//! the listener's first connection and the first snapshot, then the listener task, all on the
+//! process's background I/O thread. The instance shuts down when its last `Storage` is dropped:
+//! that drops the shutdown sender, which ends the listener, and with it every connection.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
@@ -18,14 +18,58 @@ use crate::clock::{Clock, SystemClock};
 use crate::error::StorageError;
 use crate::storage::{Backend, Storage};
 
-/// Connects an instance: see [`Storage::connect_with`].
+/// Connects an instance: see [`Storage::connect_with`]. The caller must be in a tokio runtime
+/// (a typed error otherwise), but the instance lives on the [`background`] runtime. Everything
+/// it does there runs inside its `resilient_circuit.instance` span, created here in the
+/// caller's context.
 pub(crate) async fn connect(opts: PostgresOptions) -> Result<Storage, StorageError> {
-    let span = tracing::info_span!("resilient_circuit.connect", target = %opts.target(), namespace = %opts.namespace);
-    connect_inner(opts).instrument(span).await
+    tokio::runtime::Handle::try_current().map_err(|_| StorageError::NoRuntime)?;
+    let instance = tracing::info_span!("resilient_circuit.instance", target = %opts.target(), namespace = %opts.namespace);
+    let span = tracing::info_span!(parent: &instance, "resilient_circuit.connect", target = %opts.target(), namespace = %opts.namespace);
+    match background()?
+        .spawn(connect_inner(opts, instance).instrument(span))
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => Err(StorageError::Database {
+            during: "connecting",
+            cause: format!("the connecting task ended early: {e}"),
+            source: None,
+        }),
+    }
 }
 
-async fn connect_inner(opts: PostgresOptions) -> Result<Storage, StorageError> {
-    let runtime = tokio::runtime::Handle::try_current().map_err(|_| StorageError::NoRuntime)?;
+/// The runtime every PostgreSQL instance of the process does its I/O on (pool connections, the
+/// listener, the outbox, lease calls): one thread of its own, started with the first instance.
+/// A caller's task that computes without yielding, or a runtime whose every worker is busy,
+/// cannot hold back a trip's publication, a notification or a heartbeat.
+fn background() -> Result<&'static tokio::runtime::Handle, StorageError> {
+    static BACKGROUND: std::sync::OnceLock<Result<tokio::runtime::Handle, String>> =
+        std::sync::OnceLock::new();
+    let started = BACKGROUND.get_or_init(|| {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("building its runtime failed: {e}"))?;
+        let handle = runtime.handle().clone();
+        std::thread::Builder::new()
+            .name("resilient-circuit-io".into())
+            .spawn(move || runtime.block_on(std::future::pending::<()>()))
+            .map_err(|e| format!("spawning its thread failed: {e}"))?;
+        Ok(handle)
+    });
+    started.as_ref().map_err(|cause| StorageError::Database {
+        during: "starting the background thread",
+        cause: cause.clone(),
+        source: None,
+    })
+}
+
+async fn connect_inner(
+    opts: PostgresOptions,
+    span: tracing::Span,
+) -> Result<Storage, StorageError> {
+    let runtime = tokio::runtime::Handle::current();
     let tls = tls::make_tls(&opts)?;
     let listener_tls = tls::make_listener_tls(&opts)?;
     // The pool and the listener walk their host lists one host at a time (`hosts.rs`); with one
@@ -102,6 +146,7 @@ async fn connect_inner(opts: PostgresOptions) -> Result<Storage, StorageError> {
             clock_offset_us: AtomicI64::new(0),
             holder,
             runtime,
+            span,
             outbox: publish::Outbox::default(),
             callbacks: callbacks::Callbacks::start(),
             reports_in_flight: std::sync::atomic::AtomicUsize::new(0),
@@ -156,7 +201,7 @@ async fn connect_inner(opts: PostgresOptions) -> Result<Storage, StorageError> {
         }
     };
     shared.set_degraded(first.is_none());
-    let span = tracing::info_span!("resilient_circuit.listener", namespace = %opts.namespace);
+    let span = tracing::info_span!(parent: &shared.span, "resilient_circuit.listener", namespace = %opts.namespace);
     tokio::spawn(listener::run(shared, first, shutdown_rx).instrument(span));
     Ok(storage)
 }

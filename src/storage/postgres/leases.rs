@@ -25,7 +25,7 @@ impl Instance {
         // the runtime that connected has shut down.
         let guard = LeaseRequest(cell.clone());
         let shared = self.shared.clone();
-        self.shared.runtime.spawn(async move {
+        self.shared.spawn(async move {
             let cell = &guard.0;
             let policy = cell.policy();
             let probes = i32::try_from(policy.probe_count()).unwrap_or(i32::MAX);
@@ -81,7 +81,7 @@ impl Instance {
         let cell = cell.clone();
         // Counted from now until answered, so that `Storage::flush` waits for it.
         let in_flight = shared.report_started();
-        self.shared.runtime.spawn(async move {
+        self.shared.spawn(async move {
             let _in_flight = in_flight;
             let policy = cell.policy();
             let probes = i32::try_from(policy.probe_count()).unwrap_or(i32::MAX);

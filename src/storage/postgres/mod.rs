@@ -93,7 +93,11 @@ pub(crate) struct Shared {
     clock_offset_us: AtomicI64,
     /// Identifies this instance's probe leases (`holder` column).
     holder: String,
+    /// The process's background I/O runtime (`connect.rs`), where every task of the instance runs.
     runtime: tokio::runtime::Handle,
+    /// The instance's span: every task it spawns runs inside it, so that its log lines carry
+    /// its target and namespace whichever thread writes them.
+    pub(crate) span: tracing::Span,
     /// Trips and overrides on their way to the database, sent in batches.
     outbox: publish::Outbox,
     /// Callbacks of transitions made elsewhere.
@@ -218,6 +222,15 @@ impl Shared {
             listener::unix_micros().saturating_add(self.clock_offset_us.load(Ordering::Relaxed));
         let lag_us = now.saturating_sub(at_us).max(0);
         self.metrics.notification_lag.record(lag_us as f64 / 1e6);
+    }
+
+    /// Runs `task` on the instance's runtime, inside its span.
+    pub(crate) fn spawn<F>(&self, task: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        use tracing::Instrument;
+        self.runtime.spawn(task.instrument(self.span.clone()));
     }
 
     /// Retry the outbox now (the database answered again).

@@ -115,7 +115,7 @@ impl Shared {
         drop(deadpool_postgres::Object::take(client));
         let tls = self.pool_tls.clone();
         let bound = self.opts.network.connect_timeout;
-        self.runtime.spawn(async move {
+        self.spawn(async move {
             let _ = tokio::time::timeout(bound, token.cancel_query(tls)).await;
         });
     }

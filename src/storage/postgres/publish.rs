@@ -60,6 +60,8 @@ struct Queue {
     /// Keys in the order their entries were made.
     order: VecDeque<Arc<str>>,
     entries: HashMap<Arc<str>, Entry>,
+    /// Keys of the batch being sent (a key may also have a newer entry waiting meanwhile).
+    in_flight: Vec<Arc<str>>,
 }
 
 /// The outbox of one instance.
@@ -70,8 +72,6 @@ pub(crate) struct Outbox {
     draining: AtomicBool,
     /// Cuts a retry pause short (the listener reconnected).
     kick: Notify,
-    /// Entries taken out for the batch being sent.
-    in_flight: std::sync::atomic::AtomicUsize,
 }
 
 impl Outbox {
@@ -80,11 +80,21 @@ impl Outbox {
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Entries waiting or being sent (each a key with an override, a trip, or both).
+    /// Keys with an entry waiting or being sent (each an override, a trip, or both): a key
+    /// being sent that already has a newer entry waiting counts once.
     pub(crate) fn len(&self) -> usize {
         let q = self.lock();
-        // Written under the same lock: the two add up to a consistent count.
-        q.entries.len() + self.in_flight.load(Ordering::Acquire)
+        let sending_only = q
+            .in_flight
+            .iter()
+            .filter(|k| !q.entries.contains_key(*k))
+            .count();
+        q.entries.len() + sending_only
+    }
+
+    /// The batch being sent is answered: its keys are no longer in flight.
+    fn sent(&self) {
+        self.lock().in_flight.clear();
     }
 
     /// Retry now rather than at the end of the current pause.
@@ -166,7 +176,7 @@ impl Outbox {
             shared: shared.clone(),
             armed: true,
         };
-        shared.runtime.spawn(Shared::flush(guard));
+        shared.spawn(Shared::flush(guard));
     }
 
     /// The next batch, oldest keys first; `None` when the outbox is empty.
@@ -182,7 +192,7 @@ impl Outbox {
             }
         }
         // Under the queue's lock, so `len` never sees an entry in neither place.
-        self.in_flight.store(batch.len(), Ordering::Release);
+        q.in_flight = batch.iter().map(|e| e.cell.key.clone()).collect();
         (!batch.is_empty()).then_some(batch)
     }
 
@@ -190,7 +200,7 @@ impl Outbox {
     /// meanwhile (which then wins: an override replaces, a trip merges).
     fn requeue(&self, entries: Vec<Entry>) {
         let mut q = self.lock();
-        self.in_flight.store(0, Ordering::Release);
+        q.in_flight.clear();
         for mut e in entries.into_iter().rev() {
             let key = e.cell.key.clone();
             match q.entries.remove(&key) {
@@ -227,6 +237,8 @@ struct Draining {
 impl Drop for Draining {
     fn drop(&mut self) {
         if self.armed {
+            // A batch dropped mid-send (the task was dropped) is gone: stop counting it.
+            self.shared.outbox.sent();
             self.shared.outbox.draining.store(false, Ordering::Release);
         }
     }
@@ -254,7 +266,7 @@ impl Shared {
             };
             let failed = this.send(batch).await;
             if failed.is_empty() {
-                this.outbox.in_flight.store(0, Ordering::Release);
+                this.outbox.sent();
                 this.pending_changed();
                 pause = RETRY_BASE;
                 continue;
