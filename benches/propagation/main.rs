@@ -24,6 +24,8 @@
 //!    `tests/support/cluster.rs`, when the server has no room for 100 more connections).
 //! 6. [`throughput`]: transitions per second from 4 instances.
 //! 7. [`round_trips`]: round trips an instance starts, counted by a proxy on the wire.
+//! 8. [`storm`]: 10,000 notifications a second applied by one instance: lag, missed changes,
+//!    heartbeat and reconciliation under the load.
 //!
 //! Beside them: [`report`] (percentiles and the tables), [`db`] (the benchmark's database,
 //! transports and bare connections), [`wire_proxy`] (the protocol-parsing proxy of phases 2 and
@@ -39,6 +41,7 @@ mod raw_notify;
 mod report;
 mod round_trips;
 mod startup;
+mod storm;
 #[allow(dead_code, unused_imports)] // the bench uses the cluster launcher of the tests' kit
 #[path = "../../tests/support/mod.rs"]
 mod support;
@@ -204,6 +207,9 @@ async fn phases(main: &Target, admin: &Client, sizes: &Sizes, report: &mut Repor
     }
     if wanted(7) {
         round_trips::phase(main, sizes, report).await?;
+    }
+    if wanted(8) {
+        storm::phase(main, sizes, report).await?;
     }
     Ok(())
 }
