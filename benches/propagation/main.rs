@@ -26,6 +26,7 @@
 //! 7. [`round_trips`]: round trips an instance starts, counted by a proxy on the wire.
 //! 8. [`storm`]: 10,000 notifications a second applied by one instance: lag, missed changes,
 //!    heartbeat and reconciliation under the load.
+//! 9. [`half_open`]: a fleet-wide half-open round on PostgreSQL: the probe lease, the report.
 //!
 //! Beside them: [`report`] (percentiles and the tables), [`db`] (the benchmark's database,
 //! transports and bare connections), [`wire_proxy`] (the protocol-parsing proxy of phases 2 and
@@ -36,6 +37,7 @@
 
 mod db;
 mod fleet;
+mod half_open;
 mod memory;
 mod raw_notify;
 mod report;
@@ -210,6 +212,9 @@ async fn phases(main: &Target, admin: &Client, sizes: &Sizes, report: &mut Repor
     }
     if wanted(8) {
         storm::phase(main, sizes, report).await?;
+    }
+    if wanted(9) {
+        half_open::phase(main, sizes, report).await?;
     }
     Ok(())
 }
