@@ -792,11 +792,33 @@ async fn flush_waits_until_the_database_answered() {
 /// rejects long before the busy task lets its runtime run anything.
 #[test]
 fn a_trip_is_published_while_the_tripping_task_computes() {
+    busy_tripper(
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime"),
+        "current-thread",
+    );
+}
+
+/// The same on a multi-thread runtime, the tripping task on a worker: a task it spawned would
+/// wait in that worker's LIFO slot, which the other worker does not steal from.
+#[test]
+fn a_trip_is_published_while_a_worker_computes() {
+    busy_tripper(
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("a runtime"),
+        "multi-thread",
+    );
+}
+
+/// Trips on `rt` inside a spawned task that then spins for 1 s; another instance on another
+/// thread must reject within 500 ms.
+fn busy_tripper(rt: tokio::runtime::Runtime, flavor: &str) {
     use std::time::Instant;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a runtime");
     let db = rt.block_on(test_db());
     let conninfo = rt.block_on(db.app_conninfo());
     let key = unique_key("busy");
@@ -829,23 +851,26 @@ fn a_trip_is_published_while_the_tripping_task_computes() {
     let cb = trip_fast(CircuitBreaker::builder(&key).storage(a.clone()))
         .build()
         .expect("valid");
-    rt.block_on(async {
-        let tripped = Instant::now();
-        cb.try_acquire().expect("closed").failure();
-        // Computing for a second without an await: nothing else runs on this runtime.
-        let busy_until = tripped + Duration::from_secs(1);
-        while Instant::now() < busy_until {
-            std::hint::spin_loop();
-        }
-        let (opened, at) = seen_rx.recv().expect("the observer reports");
-        assert!(opened, "B follows A's trip");
-        let took = at.duration_since(tripped);
-        assert!(
-            took < Duration::from_millis(500),
-            "published while the tripping task was busy: B saw it after {took:?}"
-        );
-        eprintln!("MEASURED a_trip_is_published_while_the_tripping_task_computes: B rejected {took:?} after the trip, while A's only thread spun for 1 s");
-    });
+    let tripped = rt
+        .block_on(rt.spawn(async move {
+            let tripped = Instant::now();
+            cb.try_acquire().expect("closed").failure();
+            // Computing for a second without an await.
+            let busy_until = tripped + Duration::from_secs(1);
+            while Instant::now() < busy_until {
+                std::hint::spin_loop();
+            }
+            tripped
+        }))
+        .expect("the busy task ends");
+    let (opened, at) = seen_rx.recv().expect("the observer reports");
+    assert!(opened, "B follows A's trip");
+    let took = at.duration_since(tripped);
+    assert!(
+        took < Duration::from_millis(500),
+        "{flavor}: published while the tripping task was busy: B saw it after {took:?}"
+    );
+    eprintln!("MEASURED busy_tripper ({flavor}): B rejected {took:?} after the trip, while the tripping task spun for 1 s");
     observer.join().expect("the observer ends");
     drop(a);
     rt.block_on(async move { drop(db) });
