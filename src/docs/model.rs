@@ -75,8 +75,8 @@
 //! checks the payload's MAC (a forged NOTIFY is ignored) and applies the change if its version
 //! is newer than what it holds: the snapshot changes, and the breaker's `on_status_change`
 //! callbacks run on a thread of their own. The outbox, the listener and every connection of
-//! every instance in the process run on one background thread of the library's
-//! (`resilient-circuit-io`), so a caller's task that computes without yielding cannot delay a
+//! every instance in the process run on a background runtime of the library's (two
+//! `resilient-circuit-io` threads), so a caller's task that computes without yielding cannot delay a
 //! trip's publication. Whoever writes the row — this crate, a Python service,
 //! an operator's `UPDATE` in psql, `resilient-circuit open` — goes through the same trigger, so
 //! every instance hears every change.

@@ -93,15 +93,25 @@ fn timed_changes(
 }
 
 /// When the last change to CLOSED recorded by [`timed_changes`] happened (the breaker is CLOSED
-/// already).
-fn closed_at(changes: &mut mpsc::UnboundedReceiver<(Instant, State)>, who: &str) -> Instant {
+/// already; its callback may still be on its way: the state changes before callbacks run).
+async fn closed_at(changes: &mut mpsc::UnboundedReceiver<(Instant, State)>, who: &str) -> Instant {
     let mut last = None;
     while let Ok((at, state)) = changes.try_recv() {
         if state == State::Closed {
             last = Some(at);
         }
     }
-    last.unwrap_or_else(|| panic!("{who}: CLOSED but no change to CLOSED recorded"))
+    if let Some(at) = last {
+        return at;
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match tokio::time::timeout_at(deadline, changes.recv()).await {
+            Ok(Some((at, State::Closed))) => return at,
+            Ok(Some(_)) => continue,
+            _ => panic!("{who}: CLOSED but no change to CLOSED recorded within {WAIT:?}"),
+        }
+    }
 }
 
 /// Waits until every breaker is in `state`; names the first that is not.
@@ -274,7 +284,7 @@ async fn promoted_standby_takes_over_and_the_fleet_follows() {
             w.reaches_within(State::Closed, FOLLOW_AFTER_PROMOTION).await,
             "instance {i} reloads from the new primary within {FOLLOW_AFTER_PROMOTION:?} of the promotion, where the unreplicated trip has no row"
         );
-        let closed_at = closed_at(changes, &format!("instance {i}"));
+        let closed_at = closed_at(changes, &format!("instance {i}")).await;
         assert!(
             eventually(WAIT, || async { !s.is_degraded() }).await,
             "instance {i} is connected again"
@@ -296,7 +306,7 @@ async fn promoted_standby_takes_over_and_the_fleet_follows() {
             .reaches_within(State::Closed, FOLLOW_AFTER_PROMOTION)
             .await
     );
-    let tuned_followed = closed_at(&mut tuned_changes, "the tuned instance") - stopped;
+    let tuned_followed = closed_at(&mut tuned_changes, "the tuned instance").await - stopped;
     let tuned_after = tuned_followed.saturating_sub(promotion);
     assert!(
         tuned_after <= TUNED_BACKOFF + TUNED_SLACK,

@@ -40,20 +40,25 @@ pub(crate) async fn connect(opts: PostgresOptions) -> Result<Storage, StorageErr
 }
 
 /// The runtime every PostgreSQL instance of the process does its I/O on (pool connections, the
-/// listener, the outbox, lease calls): one thread of its own, started with the first instance.
+/// listener, the outbox, lease calls): two worker threads of its own, started with the first
+/// instance.
 /// A caller's task that computes without yielding, or a runtime whose every worker is busy,
 /// cannot hold back a trip's publication, a notification or a heartbeat.
 fn background() -> Result<&'static tokio::runtime::Handle, StorageError> {
     static BACKGROUND: std::sync::OnceLock<Result<tokio::runtime::Handle, String>> =
         std::sync::OnceLock::new();
     let started = BACKGROUND.get_or_init(|| {
-        let runtime = tokio::runtime::Builder::new_current_thread()
+        // Two workers: one instance's burst of notifications does not hold up another's
+        // heartbeat. The runtime is kept by a parked thread for the life of the process.
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("resilient-circuit-io")
             .enable_all()
             .build()
             .map_err(|e| format!("building its runtime failed: {e}"))?;
         let handle = runtime.handle().clone();
         std::thread::Builder::new()
-            .name("resilient-circuit-io".into())
+            .name("resilient-circuit-io-keeper".into())
             .spawn(move || runtime.block_on(std::future::pending::<()>()))
             .map_err(|e| format!("spawning its thread failed: {e}"))?;
         Ok(handle)
