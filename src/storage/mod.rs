@@ -135,7 +135,10 @@ impl Storage {
     /// `auto_create`), opens the listener, and loads every row of the namespace before returning,
     /// so that a breaker built afterwards is OPEN on its first call if the fleet's is.
     ///
-    /// Must be called inside a tokio runtime; the instance's background tasks run on it.
+    /// Must be called inside a tokio runtime. The instance's own work (its connections, the
+    /// listener, publishing trips) runs on a small background runtime shared by every instance
+    /// of the process, so a caller's task that computes without yielding cannot delay it, and
+    /// the instance outlives the runtime that connected it.
     pub async fn connect_with(options: postgres::PostgresOptions) -> Result<Storage, StorageError> {
         postgres::connect(options).await
     }
