@@ -46,6 +46,8 @@ pub(crate) struct StorageInner {
     pub(crate) clock: Arc<dyn Clock>,
     /// About how many keys to keep: past it, idle CLOSED keys are dropped.
     capacity: usize,
+    /// The map's size at which the next scan for idle keys is worth making (see `make_room`).
+    next_scan: std::sync::atomic::AtomicUsize,
     pub(crate) backend: Backend,
     /// Every transition of every cell, for [`Storage::changes`].
     pub(crate) feed: Feed,
@@ -103,6 +105,7 @@ impl Storage {
                 StorageInner {
                     cells: DashMap::new(),
                     clock,
+                    next_scan: std::sync::atomic::AtomicUsize::new(capacity),
                     capacity,
                     backend,
                     feed,
@@ -378,13 +381,17 @@ impl StorageInner {
     }
 
     /// Keeps the map near its capacity by dropping idle keys (no handle, CLOSED), an eighth at a
-    /// time so the scan is amortized over many insertions. A map full of live or non-closed keys
-    /// scans on every new key (about 50 µs for 8192 keys): making cells is not a hot path.
+    /// time so the scan is amortized over many insertions. A scan that finds nothing to drop
+    /// (a map full of live or non-closed keys) is not repeated until the map has grown by
+    /// another eighth: without that, 10,000 keys opening at once (a burst of notifications)
+    /// scanned the whole map for each new key. Making cells is not a hot path.
     fn make_room(&self) {
+        use std::sync::atomic::Ordering;
         let cells = &self.cells;
         let capacity = self.capacity;
         let len = cells.len();
-        if len < capacity {
+        // Relaxed: a hint of when to look; a stale value only moves one scan a little.
+        if len < capacity || len < self.next_scan.load(Ordering::Relaxed) {
             return;
         }
         let step = (capacity / 8).max(1);
@@ -398,8 +405,12 @@ impl StorageInner {
         if victims.is_empty() {
             tracing::warn!(
                 capacity,
+                keys = len,
                 "circuit breaker store is full of live or non-closed breakers; growing past its capacity"
             );
+            self.next_scan.store(len + step, Ordering::Relaxed);
+        } else {
+            self.next_scan.store(capacity, Ordering::Relaxed);
         }
         for k in victims {
             cells.remove_if(&k, |_, c| c.evictable());
