@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 use resilient_circuit::storage::postgres::PostgresOptions;
 use resilient_circuit::{CircuitBreaker, CircuitError, Ratio, State, Storage, StorageError};
 use support::breakers::{
-    caught_up, fail, insert_open, instance, panics, row_state, trip_fast, Logs, Watched,
+    audit_transitions, caught_up, fail, insert_open, instance, panics, row_state, trip_fast, Logs,
+    Watched,
 };
 use support::{eventually, test_db, unique_key, Cluster, Mode, Proxy, TestDb};
 use tokio_postgres::Client;
@@ -1120,19 +1121,7 @@ async fn fifty_instances_converge() {
             (build(&storages[5 * i]), build(&storages[5 * i + 1]))
         })
         .collect();
-    client
-        .batch_execute(
-            "CREATE TABLE transitions (key text, to_state text);
-             CREATE FUNCTION log_transition() RETURNS trigger LANGUAGE plpgsql AS $$
-             BEGIN
-               INSERT INTO transitions VALUES (NEW.resource_key, NEW.state);
-               RETURN NULL;
-             END $$;
-             CREATE TRIGGER log_transition AFTER INSERT OR UPDATE ON rc_circuit_breakers
-               FOR EACH ROW EXECUTE FUNCTION log_transition();",
-        )
-        .await
-        .expect("audit trigger");
+    audit_transitions(&client).await;
     let burst = Instant::now();
     let sql = client.batch_execute(
         "INSERT INTO rc_circuit_breakers (resource_key, state, open_until)

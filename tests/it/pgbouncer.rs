@@ -8,25 +8,11 @@ use std::time::{Duration, Instant};
 use resilient_circuit::storage::postgres::PostgresOptions;
 use resilient_circuit::{CircuitBreaker, Ratio, State, Storage};
 
-use crate::support::breakers::{fail, trip_fast, Logs, Watched};
+use crate::support::breakers::{audit_transitions, audited, fail, trip_fast, Logs, Watched};
 use crate::support::pgbouncer::{PgBouncer, PoolMode};
 use crate::support::{eventually, unique_key, Cluster, TestRole};
 
 const WAIT: Duration = Duration::from_secs(10);
-
-/// The audit table's rows for `key`, in order.
-async fn audit(admin: &tokio_postgres::Client, key: &str) -> Vec<(String, String)> {
-    admin
-        .query(
-            "SELECT from_state, to_state FROM transitions WHERE key = $1 ORDER BY ctid",
-            &[&key],
-        )
-        .await
-        .expect("audit rows")
-        .iter()
-        .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)))
-        .collect()
-}
 
 /// A cluster, its application role, and pgbouncer in front of it in `mode`: three server
 /// connections in transaction mode (fewer than the instances' connections), enough for every
@@ -71,20 +57,7 @@ async fn transaction_pooling_races_to_one_transition_and_exact_probes() {
     let (logs, _guard) = Logs::capture();
     let (cluster, db, app, bouncer) = bounced(PoolMode::Transaction).await;
     let admin = cluster.client(&db).await;
-    admin
-        .batch_execute(
-            "CREATE TABLE transitions (key text, from_state text, to_state text);
-             CREATE FUNCTION log_transition() RETURNS trigger LANGUAGE plpgsql AS $$
-             BEGIN
-               INSERT INTO transitions VALUES (NEW.resource_key,
-                 CASE WHEN TG_OP = 'INSERT' THEN 'NONE' ELSE OLD.state END, NEW.state);
-               RETURN NULL;
-             END $$;
-             CREATE TRIGGER log_transition AFTER INSERT OR UPDATE ON rc_circuit_breakers
-               FOR EACH ROW EXECUTE FUNCTION log_transition();",
-        )
-        .await
-        .expect("audit trigger");
+    audit_transitions(&admin).await;
     let mut storages = Vec::new();
     for _ in 0..20 {
         let opts = through(&app, &bouncer, Some(app.conninfo()));
@@ -127,7 +100,7 @@ async fn transaction_pooling_races_to_one_transition_and_exact_probes() {
         bouncer.log()
     );
     assert_eq!(
-        audit(&admin, &key).await,
+        audited(&admin, &key).await,
         vec![("NONE".to_owned(), "OPEN".to_owned())],
         "exactly one transition"
     );
@@ -162,7 +135,7 @@ async fn transaction_pooling_races_to_one_transition_and_exact_probes() {
         assert!(w.reaches(State::Closed).await, "the close reaches everyone");
     }
     // Lease bookkeeping updates the row within HALF_OPEN; the state changes are these.
-    let states: Vec<String> = audit(&admin, &key)
+    let states: Vec<String> = audited(&admin, &key)
         .await
         .into_iter()
         .filter(|(from, to)| from != to)

@@ -9,7 +9,8 @@ use std::time::Duration;
 use resilient_circuit::storage::postgres::PostgresOptions;
 use resilient_circuit::{CircuitBreaker, Ratio, State, Storage, StorageError};
 use support::breakers::{
-    fail, insert_open, instance, notify_signed, options, row_state, trip_fast, Watched,
+    audit_transitions, audited, fail, insert_open, instance, notify_signed, options, row_state,
+    trip_fast, Watched,
 };
 use support::{test_db, unique_key};
 
@@ -80,20 +81,7 @@ async fn ten_racing_instances_make_one_transition() {
     let db = test_db().await;
     let first = instance(&db).await;
     let client = db.client().await;
-    client
-        .batch_execute(
-            "CREATE TABLE transitions (key text, from_state text, to_state text);
-             CREATE FUNCTION log_transition() RETURNS trigger LANGUAGE plpgsql AS $$
-             BEGIN
-               INSERT INTO transitions VALUES (NEW.resource_key,
-                 CASE WHEN TG_OP = 'INSERT' THEN 'NONE' ELSE OLD.state END, NEW.state);
-               RETURN NULL;
-             END $$;
-             CREATE TRIGGER log_transition AFTER INSERT OR UPDATE ON rc_circuit_breakers
-               FOR EACH ROW EXECUTE FUNCTION log_transition();",
-        )
-        .await
-        .expect("audit trigger");
+    audit_transitions(&client).await;
     let mut storages = vec![first];
     for _ in 1..10 {
         storages.push(instance(&db).await);
@@ -127,14 +115,7 @@ async fn ten_racing_instances_make_one_transition() {
         })
         .await
     );
-    let rows = client
-        .query(
-            "SELECT from_state, to_state FROM transitions WHERE key = $1",
-            &[&key],
-        )
-        .await
-        .expect("audit rows");
-    let opened: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let opened = audited(&client, &key).await;
     assert_eq!(
         opened,
         vec![("NONE".to_owned(), "OPEN".to_owned())],

@@ -318,3 +318,36 @@ pub async fn caught_up(client: &Client, storages: &[&Storage], within: Duration)
     }
     true
 }
+
+/// Records every row write of `rc_circuit_breakers` from now on (key, state before — `NONE` for
+/// an insert — and after) in a table `transitions`, in order: to count transitions exactly.
+pub async fn audit_transitions(client: &Client) {
+    client
+        .batch_execute(
+            "CREATE TABLE transitions (seq bigserial, key text, from_state text, to_state text);
+             CREATE FUNCTION log_transition() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+               INSERT INTO transitions (key, from_state, to_state) VALUES (NEW.resource_key,
+                 CASE WHEN TG_OP = 'INSERT' THEN 'NONE' ELSE OLD.state END, NEW.state);
+               RETURN NULL;
+             END $$;
+             CREATE TRIGGER log_transition AFTER INSERT OR UPDATE ON rc_circuit_breakers
+               FOR EACH ROW EXECUTE FUNCTION log_transition();",
+        )
+        .await
+        .expect("audit trigger");
+}
+
+/// The writes [`audit_transitions`] recorded for `key`: `(from, to)`, in order.
+pub async fn audited(client: &Client, key: &str) -> Vec<(String, String)> {
+    client
+        .query(
+            "SELECT from_state, to_state FROM transitions WHERE key = $1 ORDER BY seq",
+            &[&key],
+        )
+        .await
+        .expect("audit rows")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
