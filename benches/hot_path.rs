@@ -131,18 +131,36 @@ mod rc {
 
     /// [`healthy`], with the opt-in per-call metrics or not.
     pub fn healthy_with(key: &str, call_metrics: bool) -> CircuitBreaker {
+        clean(
+            key,
+            Storage::in_memory(),
+            WINDOW,
+            FAILURES_TO_TRIP,
+            call_metrics,
+        )
+    }
+
+    /// A closed breaker on `storage` with a window of `window` outcomes tripping at
+    /// `to_trip` failures, the window filled with successes.
+    fn clean(
+        key: &str,
+        storage: Storage,
+        window: u32,
+        to_trip: u32,
+        call_metrics: bool,
+    ) -> CircuitBreaker {
         let cb = CircuitBreaker::builder(key)
-            .storage(Storage::in_memory())
+            .storage(storage)
             .call_metrics(call_metrics)
-            .failure_limit(Ratio::new(FAILURES_TO_TRIP, WINDOW))
+            .failure_limit(Ratio::new(to_trip, window))
             .cooldown(COOLDOWN)
             .build()
             .expect("valid breaker");
-        for _ in 0..2 * WINDOW {
+        for _ in 0..2 * window {
             cb.try_acquire().expect("closed").success();
         }
         assert_eq!(cb.state(), State::Closed);
-        assert_eq!(cb.execution_log(), vec![true; WINDOW as usize]);
+        assert_eq!(cb.execution_log(), vec![true; window as usize]);
         cb
     }
 
@@ -203,30 +221,12 @@ mod rc {
 
     /// A breaker like [`healthy`] with a window of `window` outcomes, tripping at half.
     pub fn healthy_window(key: &str, window: u32) -> CircuitBreaker {
-        let cb = CircuitBreaker::builder(key)
-            .storage(Storage::in_memory())
-            .failure_limit(Ratio::new(window / 2, window))
-            .cooldown(COOLDOWN)
-            .build()
-            .expect("valid breaker");
-        for _ in 0..2 * window {
-            cb.try_acquire().expect("closed").success();
-        }
-        cb
+        clean(key, Storage::in_memory(), window, window / 2, false)
     }
 
     /// A breaker like [`healthy`] on `storage`.
     pub fn healthy_on(key: &str, storage: Storage) -> CircuitBreaker {
-        let cb = CircuitBreaker::builder(key)
-            .storage(storage)
-            .failure_limit(Ratio::new(FAILURES_TO_TRIP, WINDOW))
-            .cooldown(COOLDOWN)
-            .build()
-            .expect("valid breaker");
-        for _ in 0..2 * WINDOW {
-            cb.try_acquire().expect("closed").success();
-        }
-        cb
+        clean(key, storage, WINDOW, FAILURES_TO_TRIP, false)
     }
 
     #[inline(always)]
