@@ -698,6 +698,23 @@ impl Cluster {
         self.wait_receiver(false).await;
     }
 
+    /// Undoes [`stop_receiving`](Self::stop_receiving): streams from `primary` again, and returns
+    /// once the WAL receiver streams.
+    pub async fn resume_receiving(&self, primary: &Cluster) {
+        let client = self.client("postgres").await;
+        let conninfo = format!("host=127.0.0.1 port={} user=postgres", primary.port);
+        for sql in [
+            format!("ALTER SYSTEM SET primary_conninfo = '{conninfo}'"),
+            "SELECT pg_reload_conf()".to_owned(),
+        ] {
+            client
+                .batch_execute(&sql)
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {}", error_chain(&e)));
+        }
+        self.wait_receiver(true).await;
+    }
+
     /// Promotes this standby (`pg_ctl promote -w`), returning once it accepts writes.
     pub async fn promote(&self) {
         let out = run(self.tools.command(

@@ -1,7 +1,9 @@
 //! The listener: one task per instance that keeps the local cells in step with the table.
 //!
 //! It owns a dedicated connection (pools drop notifications) on which it LISTENs to the channel
-//! the trigger `rc_notify_change` sends on. After every (re)connect it LISTENs first, then reloads
+//! the trigger `rc_notify_change` sends on, or, when the instance follows by polling
+//! ([`Follow::Poll`]) or the LISTEN hears nothing (a transaction pooler), on which it reads the
+//! change log every poll interval (`poll.rs`). After every (re)connect it LISTENs first, then reloads
 //! the whole namespace, because notifications sent while it was away are lost; notifications that
 //! repeat what the reload read are dropped by their version (`precedence.rs`). Notifications
 //! count only with a valid MAC (`payload.rs`). A heartbeat under a timeout finds a black-holed
@@ -21,8 +23,9 @@ use tokio_postgres::types::Type;
 use tokio_postgres::{AsyncMessage, Client, Notification};
 
 use super::payload::{self, NotifyKey, Op};
+use super::poll::{self, Polled};
 use super::precedence::{Remote, Source};
-use super::{statements, Shared};
+use super::{statements, Follow, Shared};
 use crate::error::{describe_pg_error, StorageError};
 
 /// The channel the trigger notifies on.
@@ -37,10 +40,6 @@ const STABLE_AFTER: Duration = Duration::from_secs(30);
 /// How often a listener that cannot reconnect says so at WARN.
 const WARN_EVERY: Duration = Duration::from_secs(60);
 
-/// How often a listener that hears nothing (behind a transaction pooler) reloads the table
-/// instead: the ancestor's own refresh interval.
-pub(crate) const DEAF_POLL: Duration = Duration::from_secs(1);
-
 /// A connected, listening listener connection.
 pub(crate) struct Live {
     client: Client,
@@ -54,8 +53,10 @@ pub(crate) struct Live {
     /// The private channel of the self-check (see [`hears_others`]).
     check: String,
     /// A NOTIFY sent from another session did not come back: the listener follows the table
-    /// by reloading it every [`DEAF_POLL`].
+    /// by polling its change log instead.
     deaf: bool,
+    /// Where the next poll of the change log starts, when the instance polls (`poll.rs`).
+    cursor: Option<poll::Cursor>,
 }
 
 impl Drop for Live {
@@ -125,7 +126,11 @@ pub(crate) async fn open(shared: &Arc<Shared>) -> Result<Live, StorageError> {
         key: None,
         check,
         deaf: false,
+        cursor: None,
     };
+    if shared.opts.follow == Follow::Poll {
+        return Ok(live);
+    }
     let sql = format!("LISTEN rc_circuit_breakers; LISTEN {}", live.check);
     let listen = live.client.batch_execute(&sql);
     match tokio::time::timeout(shared.opts.statement_timeout, listen).await {
@@ -180,20 +185,27 @@ async fn hears_others(shared: &Shared, live: &mut Live) -> bool {
 
 /// Checks that the listener hears other sessions, reads the notification key, then loads the
 /// namespace into the cells over a listening connection (after LISTEN, so nothing committed
-/// from here on is missed).
+/// from here on is missed). A polling instance takes its first cursor instead, before the load
+/// for the same reason.
 pub(crate) async fn sync(shared: &Arc<Shared>, live: &mut Live) -> Result<(), StorageError> {
     let bound = shared.opts.statement_timeout * 4;
     let work = async {
-        // After the schema check (at start), so that its pooled connection is reused.
-        live.deaf = !hears_others(shared, live).await;
-        if live.deaf {
-            tracing::warn!(
-                target = %shared.opts.listener_target(),
-                "the listener does not hear notifications sent by other sessions: it goes through a pooler in transaction mode (pgbouncer). Set RC_DB_LISTENER_DSN (PostgresOptions::listener_dsn) to PostgreSQL's own address; until then this instance follows the table by reloading it every {DEAF_POLL:?}"
-            );
+        if shared.opts.follow == Follow::Listen {
+            // After the schema check (at start), so that its pooled connection is reused.
+            live.deaf = !hears_others(shared, live).await;
+            if live.deaf {
+                tracing::warn!(
+                    target = %shared.opts.listener_target(),
+                    "the listener does not hear notifications sent by other sessions: it goes through a pooler in transaction mode (pgbouncer). Set RC_DB_LISTENER_DSN (PostgresOptions::listener_dsn) to PostgreSQL's own address, or follow by polling (RC_DB_FOLLOW=poll); until then this instance polls the change log every {:?}",
+                    shared.opts.poll_interval
+                );
+            }
+            live.key = notify_key(&live.client).await?;
         }
-        live.key = notify_key(&live.client).await?;
         measure_clock(shared, &live.client).await?;
+        if shared.opts.follow == Follow::Poll || live.deaf {
+            live.cursor = Some(poll::start(shared, &live.client).await?);
+        }
         resync(shared, &live.client).await
     };
     match tokio::time::timeout(bound, work).await {
@@ -471,16 +483,23 @@ pub(crate) async fn run(
 async fn serve(shared: &Arc<Shared>, mut live: Live, shutdown: &mut watch::Receiver<()>) -> Ended {
     let opts = &shared.opts;
     let start = tokio::time::Instant::now();
-    let mut heartbeat =
-        tokio::time::interval_at(start + opts.heartbeat_interval, opts.heartbeat_interval);
-    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let every = if live.deaf {
-        opts.reconcile_interval.min(DEAF_POLL)
-    } else {
-        opts.reconcile_interval
+    // A polling connection needs no heartbeat (each poll is one), and a polling instance no
+    // periodic full load (the change log misses nothing, and a load from a lagging replica
+    // would only step back).
+    let polling = live.cursor.is_some();
+    let never = Duration::from_secs(86_400 * 365);
+    let (beat, every) = match (polling, opts.follow) {
+        (false, _) => (opts.heartbeat_interval, opts.reconcile_interval),
+        (true, Follow::Listen) => (never, opts.reconcile_interval),
+        (true, _) => (never, never),
     };
+    let mut heartbeat = tokio::time::interval_at(start + beat, beat);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut reconcile = tokio::time::interval_at(start + every, every);
     reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let poll_every = if polling { opts.poll_interval } else { never };
+    let mut polls = tokio::time::interval_at(start + poll_every, poll_every);
+    polls.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let reload_bound = opts.statement_timeout * 4;
     loop {
         // Not biased: under a storm of notifications the heartbeat and the reconcile timer still
@@ -526,6 +545,17 @@ async fn serve(shared: &Arc<Shared>, mut live: Live, shutdown: &mut watch::Recei
                 }
             }
             _ = reconcile.tick() => reload = true,
+            _ = polls.tick() => {
+                if let Some(cursor) = live.cursor.as_mut() {
+                    let work = poll::poll(shared, &live.client, cursor);
+                    match tokio::time::timeout(opts.statement_timeout, work).await {
+                        Ok(Ok(Polled::Applied)) => {}
+                        Ok(Ok(Polled::Reload)) => reload = true,
+                        Ok(Err(e)) => return Ended::Lost(format!("polling the change log failed: {e}")),
+                        Err(_) => return Ended::Lost(format!("polling the change log unanswered for {:?}", opts.statement_timeout)),
+                    }
+                }
+            }
         }
         if live.overflowed.swap(false, Ordering::Relaxed)
         /* see `open` */

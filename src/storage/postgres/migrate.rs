@@ -58,6 +58,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "python_interop",
         sql: include_str!("../../../sql/0008_python_interop.sql"),
     },
+    Migration {
+        version: 9,
+        name: "change_log",
+        sql: include_str!("../../../sql/0009_change_log.sql"),
+    },
 ];
 
 /// What an application role needs on `public.rc_circuit_breakers`, and all it needs, for this

@@ -5,6 +5,7 @@
 //! |---|---|
 //! | `connect.rs` | making an instance: pool, schema, first snapshot, listener task; shutdown |
 //! | `listener.rs` | **the listener**: LISTEN, reload after every (re)connect, heartbeat, backoff |
+//! | `poll.rs` | following by polling the change log instead (`Follow::Poll`, or a deaf LISTEN) |
 //! | `payload.rs` | NOTIFY payloads: parsing and HMAC authentication |
 //! | `precedence.rs` | **who wins** between our own decisions and what the table says |
 //! | `publish.rs` | the outbox: our trips and overrides, one entry per key, batched, retried |
@@ -33,6 +34,7 @@ mod leases;
 mod listener;
 pub mod migrate;
 mod payload;
+mod poll;
 mod pool;
 pub(crate) mod precedence;
 mod publish;
@@ -49,7 +51,9 @@ use deadpool_postgres::Pool;
 use postgres_openssl::MakeTlsConnector;
 use tokio::sync::{watch, Notify};
 
-pub use config::{ParseSslModeError, PostgresOptions, SslMode, TargetSessionAttrs};
+pub use config::{
+    Follow, ParseFollowError, ParseSslModeError, PostgresOptions, SslMode, TargetSessionAttrs,
+};
 
 use crate::cell::{KeyCell, Transition};
 use crate::clock::{duration_nanos, Clock};

@@ -28,6 +28,15 @@ pub(crate) const CONFIRM: &str = "SELECT resource_key AS o_key, state AS o_state
 pub(crate) const DATABASE_CLOCK: &str =
     "SELECT pg_catalog.floor(pg_catalog.date_part('epoch', pg_catalog.clock_timestamp()) * 1000000)::bigint";
 
+/// The changes of a namespace (and resets) not visible to a snapshot, with the snapshot of this
+/// poll in every row: `o_snapshot, o_key, o_state, o_version, o_remaining_ms, o_reset, o_at_us`.
+/// A `NULL` snapshot asks for the current snapshot only (one row, no change). The function is in
+/// `0009_change_log.sql`.
+pub(crate) const CHANGES_SINCE: Call = Call {
+    sql: "SELECT * FROM public.rc_changes_since($1, $2)",
+    types: &[Type::TEXT, Type::TEXT],
+};
+
 /// The notification key (refused unless the session's role may write the table).
 pub(crate) const NOTIFY_KEY: &str = "SELECT public.rc_notify_key()";
 

@@ -32,6 +32,8 @@ impl PostgresOptions {
     /// | `RC_NAMESPACE` | `default` | namespace of this instance's breakers (1–255 bytes) |
     /// | `RC_DB_LISTENER_DSN` | unset | separate address for the LISTEN connection |
     /// | `RC_DB_TRANSACTION_POOLER` | `0` | `1`: the main address is a transaction-mode pooler (pgbouncer) |
+    /// | `RC_DB_FOLLOW` | `listen` | `poll`: follow the change log instead of LISTEN ([`Follow`](super::Follow)) |
+    /// | `RC_DB_POLL_INTERVAL_MS` | `250` | how often a polling instance reads the change log |
     /// | `RC_DB_RECONCILE_INTERVAL_MS` | `30000` | period of the full resync behind notifications |
     /// | `RC_DB_STATEMENT_TIMEOUT_MS` | `2000` | time limit of each transition call |
     /// | `RC_DB_CONNECT_TIMEOUT_MS` | `5000` | time limit of each connection attempt, per host |
@@ -146,6 +148,15 @@ impl PostgresOptions {
         }
         if let Some(v) = var("RC_DB_STATEMENT_TIMEOUT_MS") {
             opts.statement_timeout = parse_millis(&v, &cx.named("RC_DB_STATEMENT_TIMEOUT_MS"))?;
+        }
+        if let Some(v) = var("RC_DB_FOLLOW") {
+            opts.follow = v.parse().map_err(|e| {
+                cx.named("RC_DB_FOLLOW")
+                    .err(format!("{}: {e}", cx.quote(v.trim())))
+            })?;
+        }
+        if let Some(v) = var("RC_DB_POLL_INTERVAL_MS") {
+            opts.poll_interval = parse_millis(&v, &cx.named("RC_DB_POLL_INTERVAL_MS"))?;
         }
         if let Some(v) = var("RC_DB_CONNECT_TIMEOUT_MS") {
             opts.network.connect_timeout = parse_millis(&v, &cx.named("RC_DB_CONNECT_TIMEOUT_MS"))?;

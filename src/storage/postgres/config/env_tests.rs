@@ -322,6 +322,8 @@ fn from_env_docs_match_the_code() {
         ("RC_DB_STRICT", flag(o.strict)),
         ("RC_DB_AUTO_CREATE", flag(o.auto_create)),
         ("RC_DB_TRANSACTION_POOLER", flag(o.transaction_pooler)),
+        ("RC_DB_FOLLOW", tick(&o.follow)),
+        ("RC_DB_POLL_INTERVAL_MS", ms(o.poll_interval)),
         ("RC_NAMESPACE", tick(&o.namespace)),
         ("RC_DB_RECONCILE_INTERVAL_MS", ms(o.reconcile_interval)),
         ("RC_DB_STATEMENT_TIMEOUT_MS", ms(o.statement_timeout)),
@@ -336,4 +338,31 @@ fn from_env_docs_match_the_code() {
             assert_eq!(default, &want, "default of {name} in from_env's table");
         }
     }
+}
+
+#[test]
+fn follow_mode_and_poll_interval_come_from_the_environment() {
+    let base = [("RC_DB_HOST", "h"), ("RC_DB_PASSWORD", PW)];
+    let with = |extra: &[(&'static str, &'static str)]| {
+        let mut vars = base.to_vec();
+        vars.extend_from_slice(extra);
+        PostgresOptions::from_lookup(env(&vars))
+    };
+    let o = with(&[
+        ("RC_DB_FOLLOW", " Poll "),
+        ("RC_DB_POLL_INTERVAL_MS", "100"),
+    ])
+    .unwrap()
+    .unwrap();
+    assert_eq!(o.follow, super::super::Follow::Poll);
+    assert_eq!(o.poll_interval, Duration::from_millis(100));
+    let e = with(&[("RC_DB_FOLLOW", "notify")]).unwrap_err().to_string();
+    assert!(
+        e.contains("RC_DB_FOLLOW") && e.contains("listen or poll"),
+        "{e}"
+    );
+    let e = with(&[("RC_DB_POLL_INTERVAL_MS", "0")])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("RC_DB_POLL_INTERVAL_MS"), "{e}");
 }

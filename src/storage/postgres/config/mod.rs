@@ -12,6 +12,7 @@
 //! * `parse`: the URL and conninfo parser, with the one table of libpq keys (and why it is not
 //!   tokio-postgres's);
 //! * `env`: `from_env` and the `RC_DB_*` table;
+//! * `follow`: [`Follow`], listening or polling;
 //! * `options`: [`PostgresOptions`] itself, its defaults and setters.
 //!
 //! # Secrets
@@ -22,12 +23,14 @@
 
 mod endpoint;
 mod env;
+mod follow;
 mod modes;
 mod options;
 mod parse;
 mod redact;
 
 pub(crate) use endpoint::TlsSettings;
+pub use follow::{Follow, ParseFollowError};
 pub use modes::{ParseSslModeError, SslMode, TargetSessionAttrs};
 pub use options::PostgresOptions;
 

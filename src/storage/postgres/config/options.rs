@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::endpoint::{Endpoint, Network, TlsSettings};
+use super::follow::{Follow, DEFAULT_POLL_INTERVAL};
 use super::modes::{SslMode, TargetSessionAttrs};
 use super::parse::parse_dsn;
 use super::redact::Secret;
@@ -66,6 +67,10 @@ pub struct PostgresOptions {
     /// The pool goes through a pooler in transaction mode: no session settings on its
     /// connections (they would leak to the pooler's other clients).
     pub(crate) transaction_pooler: bool,
+    /// Listening or polling.
+    pub(crate) follow: Follow,
+    /// How often a polling instance (or a listener that hears nothing) reads the change log.
+    pub(crate) poll_interval: Duration,
     /// TCP settings in force for both connections (a DSN's own settings were merged in when it
     /// was parsed; a listener DSN's are merged over these when its connection is built).
     pub(crate) network: Network,
@@ -127,6 +132,8 @@ impl PostgresOptions {
             heartbeat_interval: Duration::from_secs(2),
             reconnect_backoff_max: Duration::from_secs(5),
             transaction_pooler: false,
+            follow: Follow::Listen,
+            poll_interval: DEFAULT_POLL_INTERVAL,
             network: Network {
                 connect_timeout: Duration::from_secs(5),
                 keepalives: true,
@@ -397,6 +404,30 @@ impl PostgresOptions {
         self
     }
 
+    /// How the instance learns of changes made elsewhere: [`Follow::Listen`] (the default), or
+    /// [`Follow::Poll`], which reads the change log every
+    /// [`poll_interval`](Self::poll_interval) on the follow connection (to
+    /// [`listener_dsn`](Self::listener_dsn) when set: a streaming replica, or pgbouncer in
+    /// transaction mode; the main address otherwise). Transitions still go to the main address.
+    /// When polling, the follow connection accepts any server, a standby included, unless
+    /// `target_session_attrs` is set on the listener DSN. `RC_DB_FOLLOW=poll`.
+    ///
+    /// Polling needs no LISTEN, so it passes through any pooler and works on a replica; a
+    /// change reaches the instance within the interval (plus the replica's lag) instead of
+    /// milliseconds. See the README, "Scale", for when to choose it.
+    pub fn follow(mut self, mode: Follow) -> Self {
+        self.follow = mode;
+        self
+    }
+
+    /// How often a polling instance reads the change log ([`Follow::Poll`]); also how often a
+    /// listener that hears nothing (behind a transaction pooler) does. Default 250 ms;
+    /// `RC_DB_POLL_INTERVAL_MS`.
+    pub fn poll_interval(mut self, every: Duration) -> Self {
+        self.poll_interval = every;
+        self
+    }
+
     /// A separate address for the LISTEN connection, as a URL or conninfo string; fields it does
     /// not set (user, password, dbname, TLS settings, …) are taken from the main settings, and
     /// an address given here (host, hostaddr or port) replaces the main one as a whole.
@@ -420,12 +451,18 @@ impl PostgresOptions {
         self
     }
 
-    /// The listener's endpoint, with unset fields from the main one.
+    /// The listener's endpoint, with unset fields from the main one. A polling instance's
+    /// accepts any server (a standby is what it is for) unless the listener DSN says otherwise.
     pub(super) fn listener_endpoint(&self) -> Endpoint {
-        match &self.listener {
+        let mut ep = match &self.listener {
             Some(l) => l.over(&self.conn),
             None => self.conn.clone(),
+        };
+        let own = self.listener.as_ref().and_then(|l| l.target_session_attrs);
+        if self.follow == Follow::Poll && own.is_none() {
+            ep.target_session_attrs = Some(TargetSessionAttrs::Any);
         }
+        ep
     }
 
     /// Refuses settings the backend cannot run with.
@@ -438,6 +475,7 @@ impl PostgresOptions {
             ("lease_timeout", self.lease_timeout),
             ("heartbeat_interval", self.heartbeat_interval),
             ("reconnect_backoff_max", self.reconnect_backoff_max),
+            ("poll_interval", self.poll_interval),
         ];
         for (name, d) in positive {
             if d.is_zero() {

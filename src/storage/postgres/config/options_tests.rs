@@ -154,3 +154,29 @@ fn display() {
         "app@db:6432/rc sslmode=verify-full namespace=n"
     );
 }
+
+#[test]
+fn a_polling_instance_follows_any_server_unless_told_otherwise() {
+    use super::super::Follow;
+    use tokio_postgres::config::TargetSessionAttrs as Pg;
+    let attrs = |o: &PostgresOptions| o.listener_pg_config().unwrap().get_target_session_attrs();
+    let listening = PostgresOptions::from_dsn("host=primary user=app").unwrap();
+    assert_eq!(attrs(&listening), Pg::ReadWrite, "LISTEN needs the primary");
+    let polling = listening.clone().follow(Follow::Poll);
+    assert_eq!(attrs(&polling), Pg::Any, "a replica will do");
+    let replica = polling
+        .clone()
+        .listener_dsn("host=replica target_session_attrs=read-only")
+        .unwrap();
+    assert_eq!(attrs(&replica), Pg::ReadOnly, "an explicit setting wins");
+    // The pool still needs the primary.
+    assert_eq!(
+        polling.pg_config("x").unwrap().get_target_session_attrs(),
+        Pg::ReadWrite
+    );
+    let zero = polling
+        .poll_interval(Duration::ZERO)
+        .pg_config("x")
+        .unwrap_err();
+    assert!(zero.to_string().contains("poll_interval"), "{zero}");
+}

@@ -1,0 +1,166 @@
+-- 0009: a change log, so that an instance can follow the table without LISTEN (issue "scale").
+--
+-- LISTEN needs a session of its own on the primary: it is refused on a streaming replica, heard
+-- by no one through pgbouncer in transaction mode, and one per instance is what limits a fleet
+-- on one primary. A follower instead asks every interval for the changes it has not seen yet.
+--
+-- "Since the last version seen" would be wrong: versions are taken when a row is written and
+-- commits come later, so a row written before another and committed after it (its version is
+-- lower) would be skipped forever. What the follower keeps instead is the snapshot of its last
+-- poll (`pg_current_snapshot()`, which works on a replica too). A change it has not seen is
+-- exactly a change whose transaction was not yet finished in that snapshot: its transaction id
+-- is at or above the snapshot's xmax, or in its list of transactions in progress. Everything
+-- older was finished then, so it was visible to that poll if it committed at all.
+--
+-- The deferred trigger that sends each NOTIFY (0006) writes the change here too, at commit, with
+-- the writer's top-level transaction id: the log holds every change of state or cooldown,
+-- whoever made it (this crate, a Python service, an operator in psql), deletions as CLOSED with
+-- a fresh version, and TRUNCATE as a reset that asks followers to reload everything.
+
+CREATE TABLE IF NOT EXISTS public.rc_changes (
+    txid          bigint       NOT NULL,
+    version       bigint       NOT NULL,
+    namespace     varchar(255) NOT NULL,
+    resource_key  varchar(255) NOT NULL,
+    from_state    varchar(50)  NULL,
+    state         varchar(50)  NOT NULL,
+    open_until    timestamptz  NULL,
+    reset         boolean      NOT NULL DEFAULT false,
+    at            timestamptz  NOT NULL DEFAULT clock_timestamp()
+);
+-- The poll reads by transaction id; the pruning by time.
+CREATE INDEX IF NOT EXISTS rc_changes_txid ON public.rc_changes (txid);
+CREATE INDEX IF NOT EXISTS rc_changes_at ON public.rc_changes (at);
+-- Read through rc_changes_since() only, which checks the caller may read the breaker table.
+REVOKE ALL ON public.rc_changes FROM PUBLIC;
+
+-- How long the log keeps a change. A follower that has not polled for longer reloads everything
+-- (it reloads after any failed poll anyway), so this only has to be far longer than a poll
+-- interval. Change it with UPDATE public.rc_change_log_settings SET retention = '6 hours'.
+CREATE TABLE IF NOT EXISTS public.rc_change_log_settings (
+    one       boolean  PRIMARY KEY DEFAULT true CHECK (one),
+    retention interval NOT NULL DEFAULT interval '1 hour'
+              CHECK (retention >= interval '10 minutes')
+);
+INSERT INTO public.rc_change_log_settings DEFAULT VALUES ON CONFLICT DO NOTHING;
+REVOKE ALL ON public.rc_change_log_settings FROM PUBLIC;
+GRANT SELECT ON public.rc_change_log_settings TO PUBLIC;
+
+-- Appends one change. Every 256th version it also drops the changes older than the retention:
+-- amortized, the pruning costs one indexed range delete per 256 transitions.
+CREATE OR REPLACE FUNCTION public.rc_log_change(
+    p_ns text, p_key text, p_from text, p_state text, p_version bigint, p_open_until timestamptz,
+    p_reset boolean)
+RETURNS void
+LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    INSERT INTO public.rc_changes
+        (txid, version, namespace, resource_key, from_state, state, open_until, reset)
+    VALUES (pg_catalog.pg_current_xact_id()::text::bigint, p_version, p_ns, p_key, p_from,
+            p_state, p_open_until, p_reset);
+    IF p_version % 256 = 0 THEN
+        DELETE FROM public.rc_changes
+            WHERE at < pg_catalog.clock_timestamp()
+                       - (SELECT retention FROM public.rc_change_log_settings);
+    END IF;
+END
+$$;
+REVOKE ALL ON FUNCTION public.rc_log_change(text, text, text, text, bigint, timestamptz, boolean)
+    FROM PUBLIC;
+
+-- 0006's trigger functions, each now also writing the log (same NOTIFYs as before).
+CREATE OR REPLACE FUNCTION public.rc_notify_change() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+DECLARE
+    v bigint;
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        v := nextval('public.rc_circuit_breakers_version_seq');
+        PERFORM pg_notify('rc_circuit_breakers', public.rc_notify_payload('row',
+            OLD.namespace, OLD.resource_key, 'CLOSED', v, 0));
+        PERFORM public.rc_log_change(OLD.namespace, OLD.resource_key, OLD.state, 'CLOSED', v,
+            NULL, false);
+        RETURN NULL;
+    END IF;
+    IF TG_OP = 'UPDATE' AND (NEW.resource_key IS DISTINCT FROM OLD.resource_key
+                             OR NEW.namespace IS DISTINCT FROM OLD.namespace) THEN
+        -- A renamed row: the old key has no row any more.
+        PERFORM pg_notify('rc_circuit_breakers', public.rc_notify_payload('row',
+            OLD.namespace, OLD.resource_key, 'CLOSED', NEW.version, 0));
+        PERFORM public.rc_log_change(OLD.namespace, OLD.resource_key, OLD.state, 'CLOSED',
+            NEW.version, NULL, false);
+    END IF;
+    PERFORM pg_notify('rc_circuit_breakers', public.rc_notify_payload('row',
+        NEW.namespace, NEW.resource_key, NEW.state, NEW.version,
+        public.rc_remaining_ms(NEW.open_until)));
+    PERFORM public.rc_log_change(NEW.namespace, NEW.resource_key,
+        CASE WHEN TG_OP = 'UPDATE' THEN OLD.state END, NEW.state, NEW.version, NEW.open_until,
+        false);
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION public.rc_notify_truncate() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+DECLARE
+    v bigint := nextval('public.rc_circuit_breakers_version_seq');
+BEGIN
+    DELETE FROM public.rc_probe_leases;
+    PERFORM pg_notify('rc_circuit_breakers', public.rc_notify_payload('reset', '', '', 'CLOSED',
+        v, 0));
+    PERFORM public.rc_log_change('', '', NULL, 'CLOSED', v, NULL, true);
+    RETURN NULL;
+END
+$$;
+
+-- Refuses a session whose login role may not read the breaker table (the log it reads through
+-- rc_changes_since is owned, like the table's functions, by the schema's owner).
+CREATE OR REPLACE FUNCTION public.rc_require_read() RETURNS void
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+BEGIN
+    IF NOT has_table_privilege(session_user, 'public.rc_circuit_breakers', 'SELECT') THEN
+        RAISE EXCEPTION 'role % may not read circuit breakers: it needs SELECT on public.rc_circuit_breakers', session_user
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'grant it with: resilient-circuit setup --grant-to ROLE';
+    END IF;
+END
+$$;
+
+-- The changes of namespace p_ns (and resets) that were not visible to the snapshot p_after, with
+-- the snapshot of this poll in every row (one row with NULL change columns when there is none).
+-- p_after NULL: no changes, only the snapshot (a follower takes it before its first full load).
+-- One statement, nothing prepared, no session state: it works through pgbouncer in transaction
+-- mode and on a hot standby. STABLE, so the log is read in the very snapshot it returns.
+CREATE OR REPLACE FUNCTION public.rc_changes_since(p_ns text, p_after text)
+RETURNS TABLE (o_snapshot text, o_key text, o_state text, o_version bigint,
+               o_remaining_ms bigint, o_reset boolean, o_at_us bigint)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+DECLARE
+    now_snap text := pg_current_snapshot()::text;
+    prev pg_snapshot;
+    prev_xmax bigint;
+    prev_xip bigint[];
+BEGIN
+    PERFORM public.rc_require_read();
+    IF p_after IS NULL THEN
+        RETURN QUERY SELECT now_snap, NULL::text, NULL::text, NULL::bigint, NULL::bigint,
+                            NULL::boolean, NULL::bigint;
+        RETURN;
+    END IF;
+    prev := p_after::pg_snapshot;
+    prev_xmax := pg_snapshot_xmax(prev)::text::bigint;
+    prev_xip := ARRAY(SELECT x::text::bigint FROM pg_snapshot_xip(prev) AS x);
+    RETURN QUERY
+        SELECT now_snap, c.resource_key::text, c.state::text, c.version,
+               public.rc_remaining_ms(c.open_until), c.reset,
+               floor(date_part('epoch', c.at) * 1000000)::bigint
+        FROM public.rc_changes c
+        WHERE (c.txid >= prev_xmax OR c.txid = ANY (prev_xip))
+          AND (c.namespace = p_ns OR c.reset)
+        ORDER BY c.version;
+    IF NOT FOUND THEN
+        RETURN QUERY SELECT now_snap, NULL::text, NULL::text, NULL::bigint, NULL::bigint,
+                            NULL::boolean, NULL::bigint;
+    END IF;
+END
+$$;

@@ -1,0 +1,130 @@
+//! Following the table without LISTEN: every interval, one statement asks the change log
+//! (`sql/0009_change_log.sql`) for the changes this instance has not seen.
+//!
+//! The cursor is not a version. Versions are taken when a row is written and commits come
+//! later, so a change with a lower version can become visible after one with a higher version
+//! was read. The cursor is the database snapshot of the last poll: a change is new exactly when
+//! its transaction had not finished in that snapshot, and the function returns those, read in
+//! the snapshot it hands back for the next poll. A change read twice is harmless (its version is
+//! no longer newer, `precedence.rs`); none is missed. The first cursor is taken *before* the
+//! full load that every (re)connect makes, as the listener LISTENs before it loads.
+//!
+//! One statement, unnamed, with no session state: it works through pgbouncer in transaction
+//! mode and on a hot standby (`Follow::Poll`), and it is what a listener that hears nothing
+//! falls back to.
+
+use std::time::Duration;
+
+use tokio_postgres::{Client, Row};
+
+use super::precedence::{Remote, Source};
+use super::{statements, Shared};
+use crate::error::StorageError;
+
+/// A poll this long after the last good one (the process was stopped, the machine slept) is
+/// followed by a full load: the log keeps changes for its retention (10 minutes at least), and a
+/// gap that long should not be trusted to it.
+const GAP_RELOAD: Duration = Duration::from_secs(60);
+
+/// Where the next poll starts: the snapshot of the last one.
+#[derive(Debug)]
+pub(crate) struct Cursor {
+    snapshot: String,
+    polled: tokio::time::Instant,
+}
+
+/// What a poll asks of the caller.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Polled {
+    /// Every change is applied.
+    Applied,
+    /// Reload everything: the table was truncated, or polls were too far apart.
+    Reload,
+}
+
+async fn changes_since(
+    shared: &Shared,
+    client: &Client,
+    after: Option<&str>,
+) -> Result<Vec<Row>, StorageError> {
+    let started = std::time::Instant::now();
+    let typed = [
+        (
+            &shared.opts.namespace as &(dyn tokio_postgres::types::ToSql + Sync),
+            statements::CHANGES_SINCE.types[0].clone(),
+        ),
+        (&after, statements::CHANGES_SINCE.types[1].clone()),
+    ];
+    let rows = client
+        .query_typed(statements::CHANGES_SINCE.sql, &typed)
+        .await;
+    shared
+        .metrics
+        .store_operation("poll", started.elapsed(), rows.is_ok());
+    rows.map_err(|e| StorageError::db("polling the change log", e))
+}
+
+fn snapshot_of(row: &Row) -> Result<String, StorageError> {
+    row.try_get("o_snapshot")
+        .map_err(|e| StorageError::db("polling the change log", e))
+}
+
+/// The current snapshot: the cursor to take before a full load.
+pub(crate) async fn start(shared: &Shared, client: &Client) -> Result<Cursor, StorageError> {
+    let rows = changes_since(shared, client, None).await?;
+    let row = rows.first().ok_or(StorageError::Database {
+        during: "polling the change log",
+        cause: "the function returned no row".into(),
+        source: None,
+    })?;
+    Ok(Cursor {
+        snapshot: snapshot_of(row)?,
+        polled: tokio::time::Instant::now(),
+    })
+}
+
+/// Reads and applies the changes not visible to `cursor`'s snapshot, and moves the cursor on.
+pub(crate) async fn poll(
+    shared: &Shared,
+    client: &Client,
+    cursor: &mut Cursor,
+) -> Result<Polled, StorageError> {
+    let gap = cursor.polled.elapsed() > GAP_RELOAD;
+    let rows = changes_since(shared, client, Some(&cursor.snapshot)).await?;
+    let mut outcome = if gap {
+        tracing::info!(since = ?cursor.polled.elapsed(), "polls were too far apart; reloading every row");
+        Polled::Reload
+    } else {
+        Polled::Applied
+    };
+    let storage = shared.storage.upgrade();
+    let err = |e| StorageError::db("polling the change log", e);
+    for row in &rows {
+        let Some(key) = row.try_get::<_, Option<String>>("o_key").map_err(err)? else {
+            continue; // no change: the row only carries the snapshot
+        };
+        if row.try_get::<_, Option<bool>>("o_reset").map_err(err)? == Some(true) {
+            outcome = Polled::Reload;
+            continue;
+        }
+        let state: String = row.try_get("o_state").map_err(err)?;
+        let remote = Remote {
+            state: statements::parse_state(&key, &state),
+            version: row.try_get("o_version").map_err(err)?,
+            remaining: statements::remaining(row.try_get("o_remaining_ms").map_err(err)?),
+        };
+        let at: Option<i64> = row.try_get("o_at_us").map_err(err)?;
+        let fresh = shared.seen(remote.version);
+        if let Some(storage) = &storage {
+            shared.apply_key(storage, &key, remote, Source::Notification, at);
+        }
+        if let (true, Some(at)) = (fresh, at) {
+            shared.lag_since(at);
+        }
+    }
+    if let Some(row) = rows.first() {
+        cursor.snapshot = snapshot_of(row)?;
+    }
+    cursor.polled = tokio::time::Instant::now();
+    Ok(outcome)
+}
