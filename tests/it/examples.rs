@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::process::Command;
 use tokio::sync::OnceCell;
 
-use crate::support::{test_db, TestDb};
+use crate::support::{test_db, Cluster, TestDb};
 
 const CLI: &str = env!("CARGO_BIN_EXE_resilient-circuit");
 /// An example ends within a few seconds; this bounds a hung one.
@@ -274,6 +274,57 @@ async fn quickstart() {
     assert!(r.stdout.contains("storage: postgres"), "{}", r.stdout);
 }
 
+/// The far region follows a real streaming replica by polling; its trip crosses to the primary.
+#[tokio::test]
+async fn multi_region() {
+    let primary = Cluster::start().await;
+    let db = primary.create_db().await;
+    let setup = Command::new(CLI)
+        .args(["setup", "--yes"])
+        .env("RC_DB_DSN", primary.conninfo(&db))
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("the command runs");
+    assert!(
+        setup.status.success(),
+        "{}",
+        String::from_utf8_lossy(&setup.stderr)
+    );
+    let standby = Cluster::standby_of(&primary).await;
+    let replica = format!("host=127.0.0.1 port={}", standby.port());
+    let r = run(
+        "multi_region",
+        &[
+            ("RC_DB_DSN", primary.conninfo(&db).as_str()),
+            ("EXAMPLE_REPLICA_DSN", replica.as_str()),
+        ],
+    )
+    .await;
+    r.shows(&[
+        "eu-west pods follow the replica at",
+        "[ok] all four pods follow the fleet",
+        "[ok] the far region followed within the poll interval plus the replication lag",
+        "[ok] eu-west-1/pod-a rejects its call",
+        "[ok] every pod in both regions is CLOSED again",
+        "[ok] the eu-west trip went to the primary",
+        "[ok] the primary's row is OPEN",
+        "checks passed",
+    ]);
+    let left: i64 = primary
+        .client(&db)
+        .await
+        .query_one(
+            "SELECT count(*) FROM rc_circuit_breakers WHERE namespace LIKE 'example-%'",
+            &[],
+        )
+        .await
+        .expect("counts")
+        .get(0);
+    assert_eq!(left, 0);
+}
+
 /// Without `RC_DB_*` the fleet examples say what to set, with exit status 2.
 #[tokio::test]
 async fn fleet_examples_need_the_database_settings() {
@@ -283,6 +334,7 @@ async fn fleet_examples_need_the_database_settings() {
         "local_and_shared_keys",
         "serverless",
         "timeline",
+        "multi_region",
     ] {
         let r = run(name, &[]).await;
         assert_eq!(r.code, 2, "{name}: {}", r.stderr);
