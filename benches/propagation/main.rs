@@ -27,6 +27,8 @@
 //! 8. [`storm`]: 10,000 notifications a second applied by one instance: lag, missed changes,
 //!    heartbeat and reconciliation under the load.
 //! 9. [`half_open`]: a fleet-wide half-open round on PostgreSQL: the probe lease, the report.
+//! 11. [`followers`]: 2,000 instances following a streaming replica by polling, through
+//!     pgbouncer in transaction mode: a trip on the primary to the last follower, CPU per poll.
 //!
 //! Beside them: [`report`] (percentiles and the tables), [`db`] (the benchmark's database,
 //! transports and bare connections), [`wire_proxy`] (the protocol-parsing proxy of phases 2 and
@@ -37,6 +39,7 @@
 
 mod db;
 mod fleet;
+mod followers;
 mod half_open;
 mod memory;
 mod raw_notify;
@@ -215,6 +218,9 @@ async fn phases(main: &Target, admin: &Client, sizes: &Sizes, report: &mut Repor
     }
     if wanted(9) {
         half_open::phase(main, sizes, report).await?;
+    }
+    if wanted(11) {
+        followers::phase(sizes, report).await?;
     }
     Ok(())
 }

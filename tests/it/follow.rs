@@ -28,6 +28,16 @@ fn polling(opts: PostgresOptions) -> PostgresOptions {
         .reconcile_interval(Duration::from_secs(3600))
 }
 
+/// A plain session as the application role (a role that owns nothing), as a Python service or
+/// an operator's script would write the table.
+async fn as_app(conninfo: &str) -> Client {
+    let (client, connection) = tokio_postgres::connect(conninfo, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connecting as the application role: {e}"));
+    tokio::spawn(connection);
+    client
+}
+
 /// The current version of `key`'s row.
 async fn version_of(client: &Client, key: &str) -> i64 {
     client
@@ -92,11 +102,27 @@ async fn a_change_committed_late_with_a_lower_version_is_not_missed() {
         on_early.reaches_within(State::Open, WAIT).await,
         "the change with the lower version, committed later, reaches the follower"
     );
+
+    // A TRUNCATE is logged as a reset: the follower reloads, and both keys are CLOSED.
+    other
+        .batch_execute("TRUNCATE rc_circuit_breakers")
+        .await
+        .expect("truncates");
+    assert!(
+        on_early.reaches_within(State::Closed, WAIT).await,
+        "reset reaches the follower"
+    );
+    assert!(
+        on_late.reaches_within(State::Closed, WAIT).await,
+        "reset reaches the follower"
+    );
 }
 
-/// Eight writers change 24 keys in overlapping transactions of random length (inserts, updates,
-/// deletes) while a follower polls every 50 ms: when they stop, the follower holds exactly the
-/// table's state of every key.
+/// Eight writers change 24 keys in overlapping transactions of random length, up to three poll
+/// intervals (inserts, updates,
+/// deletes), each as the application role with plain SQL (as a Python service writes), while a
+/// follower polls every 50 ms: when they stop, the follower holds exactly the table's state of
+/// every key. (With the in-progress list left out of the poll, this fails: checked by hand.)
 #[tokio::test]
 async fn concurrent_writers_miss_nothing() {
     let db = test_db().await;
@@ -115,15 +141,16 @@ async fn concurrent_writers_miss_nothing() {
         .collect();
     let until = Instant::now() + Duration::from_secs(3);
     let mut writers = Vec::new();
+    let app = db.app_conninfo().await;
     for w in 0..8u64 {
-        let client = db.client().await;
+        let client = as_app(&app).await;
         let keys = keys.clone();
         writers.push(tokio::spawn(async move {
             let mut n = w;
             while Instant::now() < until {
                 n = n.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                 let key = &keys[(n >> 33) as usize % keys.len()];
-                let pause_ms = (n >> 20) % 40;
+                let pause_ms = (n >> 20) % 150;
                 let sql = match (n >> 10) % 3 {
                     0 => "DELETE FROM rc_circuit_breakers WHERE resource_key = $1",
                     1 => "INSERT INTO rc_circuit_breakers (resource_key, state, open_until) VALUES ($1, 'OPEN', now() + interval '1 hour') ON CONFLICT (resource_key, namespace) DO UPDATE SET state = 'OPEN', open_until = EXCLUDED.open_until",

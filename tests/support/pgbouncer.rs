@@ -88,7 +88,7 @@ impl PgBouncer {
                  auth_file = {dir}/userlist.txt\n\
                  pool_mode = {mode}\n\
                  default_pool_size = {server_conns}\n\
-                 max_client_conn = 500\n\
+                 max_client_conn = 5000\n\
                  ignore_startup_parameters = extra_float_digits\n\
                  logfile = {dir}/pgbouncer.log\n",
                 host = server.ip(),
