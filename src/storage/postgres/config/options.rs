@@ -83,7 +83,8 @@ impl Default for PostgresOptions {
 }
 
 impl fmt::Display for PostgresOptions {
-    /// `user@host:port/dbname sslmode=… namespace=…`, plus the listener's target when separate.
+    /// `user@host:port/dbname sslmode=… namespace=…`, plus the listener's target when separate
+    /// and `follow=poll` when polling.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if let Some(u) = &self.conn.user {
             write!(f, "{u}@")?;
@@ -97,6 +98,9 @@ impl fmt::Display for PostgresOptions {
         )?;
         if self.listener.is_some() {
             write!(f, " listener={}", self.listener_target())?;
+        }
+        if self.follow != Follow::Listen {
+            write!(f, " follow={}", self.follow)?;
         }
         Ok(())
     }
