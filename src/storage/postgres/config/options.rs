@@ -23,6 +23,8 @@ pub(super) const DEFAULT_USER: &str = "postgres";
 const DEFAULT_NAMESPACE: &str = "default";
 /// `application_name` of the LISTEN connection unless the listener DSN sets one.
 pub(crate) const LISTENER_APPLICATION_NAME: &str = "resilient-circuit-listener";
+/// Default of [`PostgresOptions::pool_idle_timeout`]: see its docs for why this long.
+const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// The table's `namespace` column is `varchar(255)`.
 const MAX_NAMESPACE_LEN: usize = 255;
 
@@ -59,6 +61,8 @@ pub struct PostgresOptions {
     pub(crate) statement_timeout: Duration,
     pub(crate) lease_timeout: Duration,
     pub(crate) pool_size: usize,
+    /// Pooled connections idle this long are closed; zero keeps them (`reaper.rs`).
+    pub(crate) pool_idle_timeout: Duration,
     pub(crate) notification_buffer: usize,
     pub(crate) heartbeat_interval: Duration,
     /// Ceiling of the listener's reconnect backoff.
@@ -123,6 +127,7 @@ impl PostgresOptions {
             statement_timeout: Duration::from_secs(2),
             lease_timeout: Duration::from_secs(10),
             pool_size: 4,
+            pool_idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
             notification_buffer: 16_384,
             heartbeat_interval: Duration::from_secs(2),
             reconnect_backoff_max: Duration::from_secs(5),
@@ -373,6 +378,27 @@ impl PostgresOptions {
     pub fn pool_size(mut self, size: usize) -> Self {
         self.pool_size = size;
         self
+    }
+
+    /// How long a pooled connection may stay idle before it is closed; the next transition call
+    /// then opens one on demand. With it an instance at rest holds one server connection (its
+    /// listener's) instead of `1 + ` the pooled connections it ever opened, which is what
+    /// `max_connections` has to make room for in a large fleet. Idle time counts from when a
+    /// call last took the connection; connections in use are never closed. A small task per
+    /// instance checks at most every half timeout (never more often than every 100 ms), so a
+    /// connection goes within 1.5 × this at worst. `Duration::ZERO` keeps pooled connections
+    /// open for the life of the instance (the behaviour before this setting).
+    ///
+    /// The cost is one connect (TCP, TLS, authentication, one `SET`) on the first transition
+    /// after a quiet spell, paid inside the statement timeout. Default 30 s.
+    pub fn pool_idle_timeout(mut self, idle: Duration) -> Self {
+        self.pool_idle_timeout = idle;
+        self
+    }
+
+    /// The idle timeout of pooled connections, `None` when they are never closed.
+    pub(crate) fn pool_reaping(&self) -> Option<Duration> {
+        (!self.pool_idle_timeout.is_zero()).then_some(self.pool_idle_timeout)
     }
 
     /// How many notifications may wait between the LISTEN connection and the loop that applies
