@@ -27,21 +27,29 @@
 //! 8. [`storm`]: 10,000 notifications a second applied by one instance: lag, missed changes,
 //!    heartbeat and reconciliation under the load.
 //! 9. [`half_open`]: a fleet-wide half-open round on PostgreSQL: the probe lease, the report.
+//! 10. [`fanout`]: the fan-out curve, fleets of 10 to 1,000 instances at one connection each:
+//!     trip to the last instance against a bare-listener floor, server CPU per transition,
+//!     connections held, transitions per second with 0 and 1,000 listeners; and before it
+//!     [`first_trip`], the first trip after idle pooled connections were closed, warm vs reaped.
 //!
 //! Beside them: [`report`] (percentiles and the tables), [`db`] (the benchmark's database,
-//! transports and bare connections), [`wire_proxy`] (the protocol-parsing proxy of phases 2 and
+//! transports and bare connections), [`server_cpu`] (a local server's CPU from `/proc`),
+//! [`wire_proxy`] (the protocol-parsing proxy of phases 2 and
 //! 7) and `support`, the integration tests' kit (`tests/support/`), included as is.
 //!
 //! `RC_BENCH_PHASES=2,3` runs only some phases (phase 1 runs with 2, 3 and 4 together).
 //! Set `RUST_LOG` (e.g. `RUST_LOG=resilient_circuit=debug`) to see the crate's logs on stderr.
 
 mod db;
+mod fanout;
+mod first_trip;
 mod fleet;
 mod half_open;
 mod memory;
 mod raw_notify;
 mod report;
 mod round_trips;
+mod server_cpu;
 mod startup;
 mod storm;
 #[allow(dead_code, unused_imports)] // the bench uses the cluster launcher of the tests' kit
@@ -84,6 +92,12 @@ struct Sizes {
     fleet_trips: usize,
     tps_keys_per_instance: usize,
     tps_run: Duration,
+    /// Phase 10: the fleet sizes of the curve, the trips at each, how long the server's CPU at
+    /// rest is sampled, and the samples of each kind of first trip.
+    fanout_fleets: &'static [usize],
+    fanout_trips: usize,
+    fanout_rest: Duration,
+    first_trip_samples: usize,
 }
 
 const FULL: Sizes = Sizes {
@@ -100,6 +114,10 @@ const FULL: Sizes = Sizes {
     fleet_trips: 50,
     tps_keys_per_instance: 32,
     tps_run: Duration::from_secs(5),
+    fanout_fleets: &[10, 100, 500, 1000],
+    fanout_trips: 15,
+    fanout_rest: Duration::from_secs(3),
+    first_trip_samples: 20,
 };
 
 const QUICK: Sizes = Sizes {
@@ -116,6 +134,10 @@ const QUICK: Sizes = Sizes {
     fleet_trips: 3,
     tps_keys_per_instance: 4,
     tps_run: Duration::from_millis(500),
+    fanout_fleets: &[3, 6],
+    fanout_trips: 3,
+    fanout_rest: Duration::from_millis(300),
+    first_trip_samples: 2,
 };
 
 /// Trips (and 50-instance trips) done before the recorded ones: the first trip inserts the row.
@@ -215,6 +237,9 @@ async fn phases(main: &Target, admin: &Client, sizes: &Sizes, report: &mut Repor
     }
     if wanted(9) {
         half_open::phase(main, sizes, report).await?;
+    }
+    if wanted(10) {
+        fanout::phase(main, admin, sizes, report).await?;
     }
     Ok(())
 }
