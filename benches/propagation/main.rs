@@ -7,7 +7,8 @@
 //! of a role that may `CREATE DATABASE`), else `host=127.0.0.1 user=postgres dbname=test`, applies
 //! the migrations there and drops it at the end. When no server answers it says so and exits 0.
 //!
-//! * `cargo bench --bench propagation` (cargo passes `--bench`): the full run, 80 s on 2 cores.
+//! * `cargo bench --bench propagation` (cargo passes `--bench`): the full run, about 3 minutes on
+//!   2 cores (phase 10 alone, about 2 minutes).
 //! * `cargo test --bench propagation`, `cargo test --benches`, `cargo test --all-targets` (no
 //!   `--bench` argument) or `cargo bench --bench propagation -- --test`: a quick run with small
 //!   sizes that only checks every path works; its figures are not comparable with the goals.

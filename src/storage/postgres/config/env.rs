@@ -35,7 +35,7 @@ impl PostgresOptions {
     /// | `RC_DB_RECONCILE_INTERVAL_MS` | `30000` | period of the full resync behind notifications |
     /// | `RC_DB_STATEMENT_TIMEOUT_MS` | `2000` | time limit of each transition call |
     /// | `RC_DB_CONNECT_TIMEOUT_MS` | `5000` | time limit of each connection attempt, per host |
-    /// | `RC_DB_POOL_IDLE_TIMEOUT_MS` | `30000` | pooled connections idle this long are closed; `0`: never |
+    /// | `RC_DB_POOL_IDLE_TIMEOUT_MS` | `60000` | pooled connections idle this long are closed; `0`: never |
     ///
     /// `RC_DB_DSN` wins and is used verbatim: when it is set, the discrete `RC_DB_HOST` …
     /// `RC_DB_SSLKEY` are ignored (with a warning). Otherwise `RC_DB_HOST` and `RC_DB_PASSWORD`

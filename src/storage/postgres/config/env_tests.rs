@@ -212,7 +212,7 @@ fn env_host_without_password_and_back() {
 }
 
 /// RC_DB_POOL_IDLE_TIMEOUT_MS=0 keeps pooled connections for the life of the instance (the other
-/// *_MS variables refuse zero); unset, they are closed after the default 30 s.
+/// *_MS variables refuse zero); unset, they are closed after the default 60 s.
 #[test]
 fn env_pool_idle_timeout_zero_means_never() {
     let base = [("RC_DB_HOST", "h"), ("RC_DB_PASSWORD", PW)];
@@ -226,7 +226,7 @@ fn env_pool_idle_timeout_zero_means_never() {
     assert_eq!(o.pool_idle_timeout, Duration::ZERO);
     assert_eq!(o.pool_reaping(), None);
     let o = PostgresOptions::from_lookup(env(&base)).unwrap().unwrap();
-    assert_eq!(o.pool_reaping(), Some(Duration::from_secs(30)));
+    assert_eq!(o.pool_reaping(), Some(Duration::from_secs(60)));
     let o = PostgresOptions::from_lookup(env(&[
         base[0],
         base[1],

@@ -5,7 +5,7 @@ use super::*;
 
 /// Defaults: 5 s connect, 2 s statement, keepalives 10 s/2 s/3, 8 s TCP user timeout, 2 s
 /// heartbeat, 5 s reconnect backoff ceiling, 30 s reconcile, 10 s lease, pool 4 closing
-/// connections idle for 30 s, namespace `default`.
+/// connections idle for 60 s, namespace `default`.
 #[test]
 fn defaults() {
     let o = PostgresOptions::from_dsn("host=h user=u").unwrap();
@@ -16,8 +16,8 @@ fn defaults() {
     assert_eq!(o.reconcile_interval, Duration::from_secs(30));
     assert_eq!(o.lease_timeout, Duration::from_secs(10));
     assert_eq!(o.pool_size, 4);
-    assert_eq!(o.pool_idle_timeout, Duration::from_secs(30));
-    assert_eq!(o.pool_reaping(), Some(Duration::from_secs(30)));
+    assert_eq!(o.pool_idle_timeout, Duration::from_secs(60));
+    assert_eq!(o.pool_reaping(), Some(Duration::from_secs(60)));
     assert_eq!(o.namespace, "default");
     assert!(!o.strict && !o.auto_create);
     let c = o.pg_config("resilient-circuit").unwrap();
