@@ -52,13 +52,14 @@ async fn mirrored_settings(admin: &Client) -> R<Vec<(String, String)>> {
 }
 
 /// A throwaway cluster from the tests' kit (its watchdog removes it even if this process is
-/// killed) with the main server's settings; should it not start with the main server's TLS
-/// settings (e.g. a certificate it cannot read), one without them.
-async fn private_cluster(admin: &Client) -> R<Cluster> {
+/// killed) with the main server's settings, then `extra` (which win); should it not start with
+/// the main server's TLS settings (e.g. a certificate it cannot read), one without them.
+pub(crate) async fn private_cluster(admin: &Client, extra: &[(String, String)]) -> R<Cluster> {
     if PgTools::find().is_none() {
         return Err("no PostgreSQL server binaries (initdb, pg_ctl) found".into());
     }
-    let settings = mirrored_settings(admin).await?;
+    let mut settings = mirrored_settings(admin).await?;
+    settings.extend_from_slice(extra);
     let start = |settings: Vec<(String, String)>| async move {
         AssertUnwindSafe(Cluster::start_with(&settings))
             .catch_unwind()
@@ -102,7 +103,7 @@ pub(crate) async fn phase(
     let mut private_target = None;
     if free < 2 * wanted + 1 + SLOT_HEADROOM {
         if !sizes.quick {
-            match private_cluster(admin).await {
+            match private_cluster(admin, &[]).await {
                 Ok(c) => {
                     let dsn = c.conninfo("postgres");
                     let mut cfg: Config = dsn.parse()?;

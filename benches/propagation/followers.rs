@@ -22,18 +22,24 @@ use resilient_circuit::{CircuitBreaker, State, Storage};
 use tokio::sync::Notify;
 
 use crate::report::{ms, Report};
+use crate::server_cpu::ServerCpu;
 use crate::support::cluster::PgTools;
 use crate::support::pgbouncer::{PgBouncer, PoolMode};
 use crate::support::Cluster;
 use crate::{Sizes, R};
 
-/// Followers and rounds of each mode.
+/// Followers, rounds and poll interval of each mode; `RC_BENCH_FOLLOW_INTERVAL_MS` sets another
+/// interval for the full run.
 fn shape(sizes: &Sizes) -> (usize, usize, Duration) {
     if sizes.quick {
-        (20, 3, Duration::from_millis(100))
-    } else {
-        (2000, 10, Duration::from_millis(250))
+        return (20, 3, Duration::from_millis(100));
     }
+    let every = std::env::var("RC_BENCH_FOLLOW_INTERVAL_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|&ms| ms > 0)
+        .map_or(Duration::from_millis(250), Duration::from_millis);
+    (2000, 10, every)
 }
 
 /// What the followers have seen: transitions to the state of the current round.
@@ -67,53 +73,6 @@ impl Arrivals {
     }
 }
 
-/// CPU time (user + system) used so far by the processes whose pid or parent pid is `root`, in
-/// seconds, from `/proc` (clock ticks of `sysconf(_SC_CLK_TCK)`, 100 on Linux).
-pub(crate) fn cpu_of_tree(root: u32) -> f64 {
-    let tick = 100.0;
-    let mut total = 0u64;
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return 0.0;
-    };
-    for entry in dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // Fields after the command, which is in parentheses and may hold spaces.
-        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
-            continue;
-        };
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        // rest[0] is the state (field 3); ppid is field 4, utime 14, stime 15.
-        let ppid = f.get(1).and_then(|v| v.parse::<u32>().ok());
-        if pid != root && ppid != Some(root) {
-            continue;
-        }
-        let utime = f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-        let stime = f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-        total += utime + stime;
-    }
-    total as f64 / tick
-}
-
-/// The postmaster's pid of a cluster: the first line of `postmaster.pid`.
-pub(crate) fn postmaster_pid(cluster: &Cluster) -> Option<u32> {
-    std::fs::read_to_string(cluster.data_dir().join("postmaster.pid"))
-        .ok()?
-        .lines()
-        .next()?
-        .trim()
-        .parse()
-        .ok()
-}
-
 /// pgbouncer's pid: the process listening as `pgbouncer` whose command line names its ini file
 /// in `bouncer`'s directory.
 fn pgbouncer_pid(bouncer: &PgBouncer) -> Option<u32> {
@@ -138,6 +97,17 @@ fn pgbouncer_pid(bouncer: &PgBouncer) -> Option<u32> {
         }
     }
     None
+}
+
+/// Server sessions of `role`.
+async fn connections_of(client: &tokio_postgres::Client, role: &str) -> R<i64> {
+    Ok(client
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE usename = $1",
+            &[&role],
+        )
+        .await?
+        .get(0))
 }
 
 pub(crate) async fn phase(sizes: &Sizes, report: &mut Report) -> R<()> {
@@ -174,19 +144,25 @@ pub(crate) async fn phase(sizes: &Sizes, report: &mut Report) -> R<()> {
         .follow(Follow::Poll)
         .poll_interval(every)
         .listener_dsn(&app.conninfo_via(bouncer.addr()))?
-        .pool_size(1);
+        .pool_size(1)
+        .pool_idle_timeout(Duration::from_secs(1));
 
     // The replica's own CPU with no follower (recovery, WAL receiver, checkpointer), to subtract.
-    let (replica_pid, bouncer_pid) = (postmaster_pid(&standby), pgbouncer_pid(&bouncer));
+    let replica_cpu = ServerCpu::of(&standby.client(&db).await).await;
+    let bouncer_cpu = pgbouncer_pid(&bouncer).and_then(ServerCpu::of_process);
     let quiet = if sizes.quick {
         Duration::from_secs(1)
     } else {
         Duration::from_secs(10)
     };
-    let cpu = |pid: Option<u32>| pid.map_or(0.0, cpu_of_tree);
-    let idle0 = cpu(replica_pid);
+    let cpu = |of: &Option<ServerCpu>| {
+        of.as_ref()
+            .and_then(ServerCpu::used)
+            .map_or(0.0, |d| d.as_secs_f64())
+    };
+    let idle0 = cpu(&replica_cpu);
     tokio::time::sleep(quiet).await; // measuring a stretch of time, not waiting for an event
-    let idle = cpu(replica_pid) - idle0;
+    let idle = cpu(&replica_cpu) - idle0;
 
     let arrivals = Arc::new(Arrivals {
         count: AtomicUsize::new(0),
@@ -217,8 +193,10 @@ pub(crate) async fn phase(sizes: &Sizes, report: &mut Report) -> R<()> {
         format!("{:.1} s", connected.as_secs_f64()),
         "sequentially, each loading the namespace from the replica",
     );
-    let tripper_storage =
-        Storage::connect_with(PostgresOptions::from_dsn(&app.conninfo())?).await?;
+    let tripper_storage = Storage::connect_with(
+        PostgresOptions::from_dsn(&app.conninfo())?.pool_idle_timeout(Duration::from_secs(1)),
+    )
+    .await?;
     let tripper = CircuitBreaker::builder(key)
         .storage(tripper_storage.clone())
         .failure_limit(resilient_circuit::Ratio::new(1, 1))
@@ -226,9 +204,9 @@ pub(crate) async fn phase(sizes: &Sizes, report: &mut Report) -> R<()> {
         .build()?;
 
     // Server CPU per poll, over a quiet stretch, less the replica's idle CPU.
-    let (r0, b0) = (cpu(replica_pid), cpu(bouncer_pid));
+    let (r0, b0) = (cpu(&replica_cpu), cpu(&bouncer_cpu));
     tokio::time::sleep(quiet).await; // measuring a stretch of time, not waiting for an event
-    let (r1, b1) = (cpu(replica_pid), cpu(bouncer_pid));
+    let (r1, b1) = (cpu(&replica_cpu), cpu(&bouncer_cpu));
     let r1 = r1 - idle;
     let polls = n as f64 * quiet.as_secs_f64() / every.as_secs_f64();
     report.value(
@@ -293,29 +271,24 @@ pub(crate) async fn phase(sizes: &Sizes, report: &mut Report) -> R<()> {
             s.p99 < goal + Duration::from_millis(50),
         );
     }
-    let on_primary: i64 = primary
-        .client(&db)
-        .await
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE usename = $1",
-            &[&app.name()],
-        )
-        .await?
-        .get(0);
-    let on_replica: i64 = standby
-        .client(&db)
-        .await
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE usename = $1",
-            &[&app.name()],
-        )
-        .await?
-        .get(0);
+    // At rest: the pools' connections to the primary close after the idle timeout (1 s here).
+    let admin = primary.client(&db).await;
+    let during = connections_of(&admin, app.name()).await?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut at_rest = during;
+    while Instant::now() < deadline {
+        at_rest = connections_of(&admin, app.name()).await?;
+        if at_rest <= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await; // polling a server count
+    }
+    let on_replica = connections_of(&standby.client(&db).await, app.name()).await?;
     report.value(
         "server connections held",
         n + 1,
-        format!("primary {on_primary}, replica {on_replica}"),
-        "the replica's are pgbouncer's pool; the primary's are the pools' (and the tripper's)",
+        format!("primary {during} after the trips, {at_rest} at rest; replica {on_replica}"),
+        "at rest: the tripper's LISTEN; the replica's are pgbouncer's pool",
     );
     drop(breakers);
     drop(tripper);

@@ -7,7 +7,8 @@
 //! of a role that may `CREATE DATABASE`), else `host=127.0.0.1 user=postgres dbname=test`, applies
 //! the migrations there and drops it at the end. When no server answers it says so and exits 0.
 //!
-//! * `cargo bench --bench propagation` (cargo passes `--bench`): the full run, 80 s on 2 cores.
+//! * `cargo bench --bench propagation` (cargo passes `--bench`): the full run, about 3 minutes on
+//!   2 cores (phase 10 alone, about 2 minutes).
 //! * `cargo test --bench propagation`, `cargo test --benches`, `cargo test --all-targets` (no
 //!   `--bench` argument) or `cargo bench --bench propagation -- --test`: a quick run with small
 //!   sizes that only checks every path works; its figures are not comparable with the goals.
@@ -27,17 +28,24 @@
 //! 8. [`storm`]: 10,000 notifications a second applied by one instance: lag, missed changes,
 //!    heartbeat and reconciliation under the load.
 //! 9. [`half_open`]: a fleet-wide half-open round on PostgreSQL: the probe lease, the report.
+//! 10. [`fanout`]: the fan-out curve, fleets of 10 to 1,000 instances at one connection each:
+//!     trip to the last instance against a bare-listener floor, server CPU per transition,
+//!     connections held, transitions per second with 0 and 1,000 listeners; and before it
+//!     [`first_trip`], the first trip after idle pooled connections were closed, warm vs reaped.
 //! 11. [`followers`]: 2,000 instances following a streaming replica by polling, through
 //!     pgbouncer in transaction mode: a trip on the primary to the last follower, CPU per poll.
 //!
 //! Beside them: [`report`] (percentiles and the tables), [`db`] (the benchmark's database,
-//! transports and bare connections), [`wire_proxy`] (the protocol-parsing proxy of phases 2 and
+//! transports and bare connections), [`server_cpu`] (a local server's CPU from `/proc`),
+//! [`wire_proxy`] (the protocol-parsing proxy of phases 2 and
 //! 7) and `support`, the integration tests' kit (`tests/support/`), included as is.
 //!
 //! `RC_BENCH_PHASES=2,3` runs only some phases (phase 1 runs with 2, 3 and 4 together).
 //! Set `RUST_LOG` (e.g. `RUST_LOG=resilient_circuit=debug`) to see the crate's logs on stderr.
 
 mod db;
+mod fanout;
+mod first_trip;
 mod fleet;
 mod followers;
 mod half_open;
@@ -45,6 +53,7 @@ mod memory;
 mod raw_notify;
 mod report;
 mod round_trips;
+mod server_cpu;
 mod startup;
 mod storm;
 #[allow(dead_code, unused_imports)] // the bench uses the cluster launcher of the tests' kit
@@ -87,6 +96,12 @@ struct Sizes {
     fleet_trips: usize,
     tps_keys_per_instance: usize,
     tps_run: Duration,
+    /// Phase 10: the fleet sizes of the curve, the trips at each, how long the server's CPU at
+    /// rest is sampled, and the samples of each kind of first trip.
+    fanout_fleets: &'static [usize],
+    fanout_trips: usize,
+    fanout_rest: Duration,
+    first_trip_samples: usize,
 }
 
 const FULL: Sizes = Sizes {
@@ -103,6 +118,10 @@ const FULL: Sizes = Sizes {
     fleet_trips: 50,
     tps_keys_per_instance: 32,
     tps_run: Duration::from_secs(5),
+    fanout_fleets: &[10, 100, 500, 1000],
+    fanout_trips: 15,
+    fanout_rest: Duration::from_secs(3),
+    first_trip_samples: 20,
 };
 
 const QUICK: Sizes = Sizes {
@@ -119,6 +138,10 @@ const QUICK: Sizes = Sizes {
     fleet_trips: 3,
     tps_keys_per_instance: 4,
     tps_run: Duration::from_millis(500),
+    fanout_fleets: &[3, 6],
+    fanout_trips: 3,
+    fanout_rest: Duration::from_millis(300),
+    first_trip_samples: 2,
 };
 
 /// Trips (and 50-instance trips) done before the recorded ones: the first trip inserts the row.
@@ -218,6 +241,9 @@ async fn phases(main: &Target, admin: &Client, sizes: &Sizes, report: &mut Repor
     }
     if wanted(9) {
         half_open::phase(main, sizes, report).await?;
+    }
+    if wanted(10) {
+        fanout::phase(main, admin, sizes, report).await?;
     }
     if wanted(11) {
         followers::phase(sizes, report).await?;

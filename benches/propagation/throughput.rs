@@ -18,16 +18,26 @@ use crate::report::{ms, Report};
 use crate::{trip_fast, Sizes, ASYNC_COMMIT, R, WAIT};
 
 /// One throughput run's results.
-struct TpsRun {
-    accepted: u64,
-    elapsed: Duration,
-    cycles: u64,
-    stalls: u64,
-    observed: u64,
-    cycle_times: Vec<Duration>,
+pub(crate) struct TpsRun {
+    /// State changes the database accepted within the run (NOTIFYs of the namespace).
+    pub(crate) accepted: u64,
+    pub(crate) elapsed: Duration,
+    pub(crate) cycles: u64,
+    pub(crate) stalls: u64,
+    pub(crate) observed: u64,
+    pub(crate) cycle_times: Vec<Duration>,
 }
 
-async fn tps_run(
+impl TpsRun {
+    /// Accepted transitions per second.
+    pub(crate) fn per_sec(&self) -> f64 {
+        self.accepted as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+/// 4 instances cycling their keys in namespace `ns` for `sizes.tps_run` (see the module docs);
+/// `options` are server settings for their sessions, `pool_size` overrides the default pool.
+pub(crate) async fn tps_run(
     t: &Target,
     sizes: &Sizes,
     ns: &str,
@@ -130,7 +140,7 @@ pub(crate) async fn phase(t: &Target, sizes: &Sizes, report: &mut Report) -> R<(
     }
     for (idx, (label, ns, options, pool)) in runs.into_iter().enumerate() {
         let r = tps_run(t, sizes, ns, options, pool).await?;
-        let per_sec = r.accepted as f64 / r.elapsed.as_secs_f64();
+        let per_sec = r.per_sec();
         report.value(
             &format!("transitions/s, {label}"),
             r.accepted,

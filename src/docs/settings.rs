@@ -98,9 +98,10 @@
 //!
 //! Rarely changed; each is a setter of
 //! [`PostgresOptions`](crate::storage::postgres::PostgresOptions) and most have an `RC_DB_*`
-//! variable: `statement_timeout` (2 s; how long a transition call may take, on the client and
-//! the server), `pool_size` (4 connections for transitions), `reconcile_interval` (30 s, the full
-//! reload behind notifications), `heartbeat_interval` and `tcp_user_timeout` (finding a dead
+//! variable: `statement_timeout` (2 s; how long a transition call may take, on the client and the
+//! server), `pool_size` (4 connections for transitions), `pool_idle_timeout` (60 s; pooled
+//! connections idle this long close, leaving the listener's alone), `reconcile_interval` (30 s, the
+//! full reload behind notifications), `heartbeat_interval` and `tcp_user_timeout` (finding a dead
 //! connection in about 10 s), `strict` (fail at start instead of running on local state),
 //! `auto_create` (let `connect` apply the migrations; production usually runs
 //! `resilient-circuit setup` once instead).

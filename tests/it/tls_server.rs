@@ -338,6 +338,54 @@ async fn require_encrypts_the_pool_and_the_listener() {
     assert!(!plain, "the harness's own connection is plain");
 }
 
+/// Pooled TLS connections closed for being idle say goodbye (Terminate, close_notify): the server
+/// logs no "could not receive data from client: Connection reset by peer" for them, as it did
+/// when the pool cut their sockets.
+#[tokio::test]
+async fn reaped_tls_connections_close_cleanly() {
+    let server = TlsServer::start(DEMAND_TLS).await;
+    let conninfo = server.conninfo("127.0.0.1", "sslmode=require");
+    let opts = PostgresOptions::from_dsn(&conninfo)
+        .expect("conninfo parses")
+        .strict(true)
+        .pool_idle_timeout(Duration::from_millis(300));
+    let a = Storage::connect_with(opts).await.expect("instance");
+    let key = unique_key("tls-reaped");
+    let on_a = Watched::new(&a, &key, trip_fast);
+    fail(&on_a.cb).await;
+    assert!(
+        a.flush(Duration::from_secs(5)).await,
+        "the trip is answered"
+    );
+    let admin = server.cluster.client(&server.db).await;
+    let role = server.app.name().to_owned();
+    let listener_alone = crate::support::eventually(Duration::from_secs(5), || async {
+        admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE usename = $1",
+                &[&role],
+            )
+            .await
+            .map(|r| r.get::<_, i64>(0) == 1)
+            .unwrap_or(false)
+    })
+    .await;
+    assert!(listener_alone, "the pooled connections were closed");
+    // The backends are gone from pg_stat_activity only once they exited, after logging.
+    let log = server.cluster.log();
+    for noise in [
+        "could not receive data from client",
+        "unexpected EOF",
+        "SSL error",
+    ] {
+        assert!(
+            !log.contains(noise),
+            "the server logged {noise:?} for a closed pooled connection:\n{log}"
+        );
+    }
+    drop(a);
+}
+
 /// sslmode=disable against a server that refuses plain connections (`hostnossl … reject`) fails with the server's reason and the mode to change; require connects.
 #[tokio::test]
 async fn disable_fails_clearly_where_tls_is_demanded() {

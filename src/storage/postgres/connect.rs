@@ -1,7 +1,8 @@
 //! Making an instance: the pool (with server-side time limits), the schema check or migration,
-//! the listener's first connection and the first snapshot, then the listener task, all on the
-//! process's background I/O thread. The instance shuts down when its last `Storage` is dropped:
-//! that drops the shutdown sender, which ends the listener, and with it every connection.
+//! the listener's first connection and the first snapshot, then the listener task and the pool's
+//! reaper, all on the process's background I/O thread. The instance shuts down when its last
+//! `Storage` is dropped: that drops the shutdown sender, which ends the listener and the reaper,
+//! and with them every connection.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
@@ -11,8 +12,8 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use super::{
-    callbacks, hosts, listener, migrate, publish, statements, tls, Instance, PostgresOptions,
-    Shared,
+    callbacks, hosts, listener, migrate, publish, reaper, statements, tls, Instance,
+    PostgresOptions, Shared,
 };
 use crate::clock::{Clock, SystemClock};
 use crate::error::StorageError;
@@ -172,6 +173,10 @@ async fn connect_inner(
             source: None,
         });
     };
+    // Started first: the connection the schema check opens below is idle from then on too.
+    if let Some(idle) = opts.pool_reaping() {
+        shared.spawn(reaper::run(shared.pool.clone(), idle, shutdown_rx.clone()));
+    }
 
     // The schema check and the listener's connection at the same time (two round-trip chains,
     // one wait); the snapshot then needs both, since it calls the schema's functions.

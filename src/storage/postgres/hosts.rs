@@ -197,14 +197,50 @@ impl deadpool_postgres::Connect for PoolConnect {
                 // refuses it too, in its own words.
                 Err(Failed { last: None, .. }) => Config::new().connect(self.tls.clone()).await?,
             };
-            let driver = tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    tracing::debug!(error = %describe_pg_error(&e), "a pooled connection ended");
-                }
-            });
-            Ok((client, driver))
+            Ok((client, drive_pooled(connection)))
         })
     }
+}
+
+/// How long a connection the pool let go may take to say goodbye before it is cut.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// Drives a pooled connection; returns the handle deadpool keeps beside its client.
+///
+/// deadpool aborts that handle when it drops a connection (reaped, closed after a loss,
+/// abandoned after a timeout), and aborting the task that drives the connection cuts the socket
+/// without PostgreSQL's Terminate message or TLS's close_notify: a TLS server then logs "could
+/// not receive data from client: Connection reset by peer" for every connection closed, which
+/// reaping makes routine. So deadpool gets the handle of a stand-in task instead, whose end
+/// tells the driver that the client is gone: the driver then lets the connection close as
+/// tokio-postgres does once its client is dropped (Terminate, close_notify, FIN), bounded by
+/// [`CLOSE_GRACE`] for a server that does not answer (a call still waiting is left, as before).
+fn drive_pooled<S, T>(connection: Connection<S, T>) -> JoinHandle<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (held, released) = tokio::sync::oneshot::channel::<()>();
+    let stand_in = tokio::spawn(async move {
+        // Aborting this task drops `held`, which wakes the driver.
+        let _held = held;
+        std::future::pending::<()>().await
+    });
+    tokio::spawn(async move {
+        tokio::pin!(connection);
+        let ended = tokio::select! {
+            r = &mut connection => Some(r),
+            _ = released => None,
+        };
+        let ended = match ended {
+            Some(r) => Some(r),
+            None => tokio::time::timeout(CLOSE_GRACE, connection).await.ok(),
+        };
+        if let Some(Err(e)) = ended {
+            tracing::debug!(error = %describe_pg_error(&e), "a pooled connection ended");
+        }
+    });
+    stand_in
 }
 
 /// A cheap random number below `bound` (not for cryptography).

@@ -11,6 +11,7 @@
 //! | `publish.rs` | the outbox: our trips and overrides, one entry per key, batched, retried |
 //! | `leases.rs` | fleet-wide half-open probes: leases and reports |
 //! | `pool.rs` | one transition call on a pooled connection, bounded and cancellable |
+//! | `reaper.rs` | closing pooled connections left idle, so an instance at rest holds one |
 //! | `hosts.rs` | connecting to a host list as libpq does: one host at a time, each bounded |
 //! | `statements.rs` | every statement we send and the columns we read back |
 //! | `callbacks.rs` | the thread that runs callbacks of transitions made elsewhere |
@@ -38,6 +39,7 @@ mod poll;
 mod pool;
 pub(crate) mod precedence;
 mod publish;
+mod reaper;
 pub mod statements;
 pub(crate) mod tls;
 
@@ -66,7 +68,7 @@ use precedence::{Remote, Source};
 /// One instance's link to the shared table; owned by its [`Storage`].
 pub(crate) struct Instance {
     pub(crate) shared: Arc<Shared>,
-    /// Dropping the storage drops this sender, which stops the listener task.
+    /// Dropping the storage drops this sender, which stops the listener task and the reaper.
     _shutdown: watch::Sender<()>,
 }
 
@@ -80,6 +82,8 @@ pub(crate) struct Shared {
     pub(crate) listener_hosts: hosts::Hosts,
     /// The pool's TLS connector, also used to cancel a call on the server.
     pool_tls: MakeTlsConnector,
+    /// Connections for transition calls, opened on demand; those left idle for
+    /// `pool_idle_timeout` are closed by the reaper (`reaper.rs`), so at rest it is empty.
     pool: Pool,
     /// The storage's cells; weak so that dropping the last `Storage` ends everything.
     pub(crate) storage: Weak<StorageInner>,

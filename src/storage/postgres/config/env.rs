@@ -37,6 +37,7 @@ impl PostgresOptions {
     /// | `RC_DB_RECONCILE_INTERVAL_MS` | `30000` | period of the full resync behind notifications |
     /// | `RC_DB_STATEMENT_TIMEOUT_MS` | `2000` | time limit of each transition call |
     /// | `RC_DB_CONNECT_TIMEOUT_MS` | `5000` | time limit of each connection attempt, per host |
+    /// | `RC_DB_POOL_IDLE_TIMEOUT_MS` | `60000` | pooled connections idle this long are closed; `0`: never |
     ///
     /// `RC_DB_DSN` wins and is used verbatim: when it is set, the discrete `RC_DB_HOST` …
     /// `RC_DB_SSLKEY` are ignored (with a warning). Otherwise `RC_DB_HOST` and `RC_DB_PASSWORD`
@@ -160,6 +161,14 @@ impl PostgresOptions {
         }
         if let Some(v) = var("RC_DB_CONNECT_TIMEOUT_MS") {
             opts.network.connect_timeout = parse_millis(&v, &cx.named("RC_DB_CONNECT_TIMEOUT_MS"))?;
+        }
+        if let Some(v) = var("RC_DB_POOL_IDLE_TIMEOUT_MS") {
+            // Zero is a meaning here (never close them), not a mistake.
+            let cx = cx.named("RC_DB_POOL_IDLE_TIMEOUT_MS");
+            opts.pool_idle_timeout = match v.trim().parse::<u64>() {
+                Ok(0) => Duration::ZERO,
+                _ => parse_millis(&v, &cx)?,
+            };
         }
         opts.check()?;
         if opts.listener.is_some() {

@@ -41,6 +41,8 @@ fn env_bad_values() {
         ("RC_DB_RECONCILE_INTERVAL_MS", "0"),
         ("RC_DB_STATEMENT_TIMEOUT_MS", "-5"),
         ("RC_DB_CONNECT_TIMEOUT_MS", "1.5"),
+        ("RC_DB_POOL_IDLE_TIMEOUT_MS", "30s"),
+        ("RC_DB_POOL_IDLE_TIMEOUT_MS", "-1"),
         ("RC_NAMESPACE", &"n".repeat(256)),
         ("RC_NAMESPACE", "a\tb"),
         ("RC_DB_LISTENER_DSN", "postgresql://u:s3cr3t-PW@h:x/d"),
@@ -160,6 +162,7 @@ fn env_every_variable() {
         ("RC_DB_RECONCILE_INTERVAL_MS", "45000"),
         ("RC_DB_STATEMENT_TIMEOUT_MS", "750"),
         ("RC_DB_CONNECT_TIMEOUT_MS", "2500"),
+        ("RC_DB_POOL_IDLE_TIMEOUT_MS", "120000"),
     ]))
     .unwrap()
     .unwrap();
@@ -179,6 +182,7 @@ fn env_every_variable() {
     assert_eq!(o.namespace, "tenant-a");
     assert_eq!(o.reconcile_interval, Duration::from_secs(45));
     assert_eq!(o.statement_timeout, Duration::from_millis(750));
+    assert_eq!(o.pool_idle_timeout, Duration::from_secs(120));
     let l = o.listener_pg_config().unwrap();
     assert_eq!(l.get_hosts(), [tcp("direct")]);
     assert_eq!(l.get_ports(), [5432]);
@@ -205,6 +209,32 @@ fn env_host_without_password_and_back() {
     let e = PostgresOptions::from_lookup(env(&[("RC_DB_LISTENER_DSN", "postgresql://direct")]))
         .unwrap_err();
     assert_eq!(setting_name(&e), "RC_DB_LISTENER_DSN");
+}
+
+/// RC_DB_POOL_IDLE_TIMEOUT_MS=0 keeps pooled connections for the life of the instance (the other
+/// *_MS variables refuse zero); unset, they are closed after the default 60 s.
+#[test]
+fn env_pool_idle_timeout_zero_means_never() {
+    let base = [("RC_DB_HOST", "h"), ("RC_DB_PASSWORD", PW)];
+    let o = PostgresOptions::from_lookup(env(&[
+        base[0],
+        base[1],
+        ("RC_DB_POOL_IDLE_TIMEOUT_MS", " 0 "),
+    ]))
+    .unwrap()
+    .unwrap();
+    assert_eq!(o.pool_idle_timeout, Duration::ZERO);
+    assert_eq!(o.pool_reaping(), None);
+    let o = PostgresOptions::from_lookup(env(&base)).unwrap().unwrap();
+    assert_eq!(o.pool_reaping(), Some(Duration::from_secs(60)));
+    let o = PostgresOptions::from_lookup(env(&[
+        base[0],
+        base[1],
+        ("RC_DB_POOL_IDLE_TIMEOUT_MS", "250"),
+    ]))
+    .unwrap()
+    .unwrap();
+    assert_eq!(o.pool_reaping(), Some(Duration::from_millis(250)));
 }
 
 /// Nothing set selects in-memory storage (Ok(None)); unrelated variables alone do not select
@@ -328,6 +358,7 @@ fn from_env_docs_match_the_code() {
         ("RC_DB_RECONCILE_INTERVAL_MS", ms(o.reconcile_interval)),
         ("RC_DB_STATEMENT_TIMEOUT_MS", ms(o.statement_timeout)),
         ("RC_DB_CONNECT_TIMEOUT_MS", ms(o.network.connect_timeout)),
+        ("RC_DB_POOL_IDLE_TIMEOUT_MS", ms(o.pool_idle_timeout)),
     ];
     for (cell, default) in &rows {
         for name in names(cell) {

@@ -4,8 +4,8 @@ use super::super::tests::*;
 use super::*;
 
 /// Defaults: 5 s connect, 2 s statement, keepalives 10 s/2 s/3, 8 s TCP user timeout, 2 s
-/// heartbeat, 5 s reconnect backoff ceiling, 30 s reconcile, 10 s lease, pool 4, namespace
-/// `default`.
+/// heartbeat, 5 s reconnect backoff ceiling, 30 s reconcile, 10 s lease, pool 4 closing
+/// connections idle for 60 s, namespace `default`.
 #[test]
 fn defaults() {
     let o = PostgresOptions::from_dsn("host=h user=u").unwrap();
@@ -16,6 +16,8 @@ fn defaults() {
     assert_eq!(o.reconcile_interval, Duration::from_secs(30));
     assert_eq!(o.lease_timeout, Duration::from_secs(10));
     assert_eq!(o.pool_size, 4);
+    assert_eq!(o.pool_idle_timeout, Duration::from_secs(60));
+    assert_eq!(o.pool_reaping(), Some(Duration::from_secs(60)));
     assert_eq!(o.namespace, "default");
     assert!(!o.strict && !o.auto_create);
     let c = o.pg_config("resilient-circuit").unwrap();
@@ -60,6 +62,7 @@ fn builder_setters() {
         .reconcile_interval(Duration::from_secs(60))
         .lease_timeout(Duration::from_secs(4))
         .pool_size(2)
+        .pool_idle_timeout(Duration::from_millis(1500))
         .namespace("tenant-a")
         .auto_create(true)
         .strict(true);
@@ -76,6 +79,14 @@ fn builder_setters() {
         "zero keeps the system default"
     );
     assert_eq!(o.tls_settings().cert.as_deref(), Some(Path::new("/c.pem")));
+    assert_eq!(o.pool_reaping(), Some(Duration::from_millis(1500)));
+    assert_eq!(
+        PostgresOptions::new()
+            .pool_idle_timeout(Duration::ZERO)
+            .pool_reaping(),
+        None,
+        "zero keeps pooled connections"
+    );
     assert_eq!(
         (o.pool_size, o.namespace.as_str(), o.auto_create, o.strict),
         (2, "tenant-a", true, true)
