@@ -143,10 +143,24 @@ pub(crate) async fn phase(
             );
             let n = fleet.n;
             fleet.close(&observer).await;
+            let alone = batched_tps(t, sizes, "fan_batch_0").await?;
             let bare = bare_listeners(t, n).await?;
             let drains: Vec<_> = bare.into_iter().map(drain).collect();
             let bare_run = tps(t, sizes, "fan_tps_bare").await?;
             report_tps(report, &format!("{n} bare LISTEN connections"), &bare_run);
+            let crowded = batched_tps(t, sizes, "fan_batch_n").await?;
+            report.value(
+                "transitions/s in batches of 100, no listener",
+                BATCH,
+                format!("{alone:.0} /s"),
+                "open loop: rc_force_many opens 100 keys, then closes them, one commit each",
+            );
+            report.value(
+                &format!("transitions/s in batches of 100, {n} bare listeners"),
+                BATCH,
+                format!("{crowded:.0} /s"),
+                "one commit wakes each listener once, whatever the batch holds",
+            );
             for d in drains {
                 d.abort();
             }
@@ -163,6 +177,35 @@ pub(crate) async fn phase(
 /// One throughput run of phase 6, in namespace `ns`.
 async fn tps(t: &Target, sizes: &Sizes, ns: &str) -> R<throughput::TpsRun> {
     throughput::tps_run(t, sizes, ns, None, None).await
+}
+
+/// Keys per batch of [`batched_tps`]: what an instance's outbox sends in one call during an
+/// incident that trips many keys.
+const BATCH: usize = 100;
+
+/// Transitions per second accepted in batches of [`BATCH`], open loop: one session alternately
+/// opens and closes [`BATCH`] keys of namespace `ns` with one `rc_force_many` call (one commit)
+/// each, for `sizes.tps_run`. Shows that the cost NOTIFY puts on a commit with many listeners
+/// is paid per commit, so batching keeps its gain.
+async fn batched_tps(t: &Target, sizes: &Sizes, ns: &str) -> R<f64> {
+    let client = t.client().await?;
+    let keys: Vec<String> = (0..BATCH).map(|i| format!("batch-{i}")).collect();
+    let cooldowns = vec![3_600_000i64; BATCH];
+    let started = Instant::now();
+    let mut changed = 0u64;
+    let mut open = true;
+    while started.elapsed() < sizes.tps_run {
+        let states = vec![if open { "OPEN" } else { "CLOSED" }; BATCH];
+        let rows = client
+            .query(
+                "SELECT o_key FROM public.rc_force_many($1, $2, $3, $4)",
+                &[&ns, &keys, &states, &cooldowns],
+            )
+            .await?;
+        changed += rows.len() as u64;
+        open = !open;
+    }
+    Ok(changed as f64 / started.elapsed().as_secs_f64())
 }
 
 fn report_tps(report: &mut Report, label: &str, r: &throughput::TpsRun) {
