@@ -497,7 +497,14 @@ impl PostgresOptions {
     pub(super) fn listener_endpoint(&self) -> Endpoint {
         let mut ep = match &self.listener {
             Some(l) => l.over(&self.conn),
-            None => self.conn.clone(),
+            None => {
+                // The pool's name is the pool's: the listener keeps its own in
+                // `pg_stat_activity`, as `application_name`'s doc says.
+                let mut main = self.conn.clone();
+                main.application_name = None;
+                main.fallback_application_name = None;
+                main
+            }
         };
         let own = self.listener.as_ref().and_then(|l| l.target_session_attrs);
         if self.follow == Follow::Poll && own.is_none() {

@@ -191,3 +191,23 @@ fn a_polling_instance_follows_any_server_unless_told_otherwise() {
         .unwrap_err();
     assert!(zero.to_string().contains("poll_interval"), "{zero}");
 }
+
+#[test]
+fn the_pools_application_name_is_not_the_listeners() {
+    let o = PostgresOptions::from_dsn("host=h user=u application_name=svc")
+        .unwrap()
+        .application_name("checkout");
+    assert_eq!(
+        o.pg_config("x").unwrap().get_application_name(),
+        Some("checkout")
+    );
+    assert_eq!(
+        o.listener_pg_config().unwrap().get_application_name(),
+        Some(LISTENER_APPLICATION_NAME)
+    );
+    let named = o.listener_dsn("application_name=ears").unwrap();
+    assert_eq!(
+        named.listener_pg_config().unwrap().get_application_name(),
+        Some("ears")
+    );
+}
