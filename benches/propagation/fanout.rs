@@ -38,9 +38,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use futures_util::{stream, StreamExt, TryStreamExt};
 use resilient_circuit::{CircuitBreaker, State, Storage};
 use tokio::sync::{mpsc, Notify};
-use tokio_postgres::{Client, Config};
+use tokio_postgres::Client;
 
-use crate::db::{create_bench_db, free_slots, recv_change, NotifyListener, Target};
+use crate::db::{free_slots, recv_change, NotifyListener, Target};
 use crate::report::{ms, Report};
 use crate::server_cpu::ServerCpu;
 use crate::{
@@ -74,15 +74,8 @@ pub(crate) async fn phase(
     let mut private = None;
     if free < need && !sizes.quick {
         let extra = [("max_connections".to_owned(), MAX_CONNECTIONS.to_string())];
-        match fleet::private_cluster(admin, &extra).await {
-            Ok(c) => {
-                let dsn = c.conninfo("postgres");
-                let mut cfg: Config = dsn.parse()?;
-                cfg.connect_timeout(WAIT);
-                let pc_admin = main.transport.client(&cfg).await?;
-                let target =
-                    create_bench_db(&pc_admin, &cfg, &dsn, &main.transport, "private cluster")
-                        .await?;
+        match fleet::private_target(main, admin, &extra).await {
+            Ok((c, target)) => {
                 report.note(format!(
                     "phase 10 ran on a private cluster (same binaries and machine, the main \
                      server's fsync/synchronous_commit/TLS settings, max_connections={MAX_CONNECTIONS}): \

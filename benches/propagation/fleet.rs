@@ -87,6 +87,22 @@ pub(crate) async fn private_cluster(admin: &Client, extra: &[(String, String)]) 
     }
 }
 
+/// A private cluster ([`private_cluster`]) and a benchmark database on it, for a phase that
+/// needs more connections than the main server has free.
+pub(crate) async fn private_target(
+    main: &Target,
+    admin: &Client,
+    extra: &[(String, String)],
+) -> R<(Cluster, Target)> {
+    let cluster = private_cluster(admin, extra).await?;
+    let dsn = cluster.conninfo("postgres");
+    let mut cfg: Config = dsn.parse()?;
+    cfg.connect_timeout(WAIT);
+    let pc_admin = main.transport.client(&cfg).await?;
+    let target = create_bench_db(&pc_admin, &cfg, &dsn, &main.transport, "private cluster").await?;
+    Ok((cluster, target))
+}
+
 pub(crate) async fn phase(
     main: &Target,
     admin: &Client,
@@ -100,31 +116,24 @@ pub(crate) async fn phase(
     let free = free_slots(admin).await?;
     let mut n = wanted;
     let mut cluster = None;
-    let mut private_target = None;
+    let mut private = None;
     if free < 2 * wanted + 1 + SLOT_HEADROOM {
         if !sizes.quick {
-            match private_cluster(admin, &[]).await {
-                Ok(c) => {
-                    let dsn = c.conninfo("postgres");
-                    let mut cfg: Config = dsn.parse()?;
-                    cfg.connect_timeout(WAIT);
-                    let pc_admin = main.transport.client(&cfg).await?;
-                    let target =
-                        create_bench_db(&pc_admin, &cfg, &dsn, &main.transport, "private cluster")
-                            .await?;
+            match private_target(main, admin, &[]).await {
+                Ok((c, target)) => {
                     report.note(format!(
                         "phase 5 ran on a private cluster (same binaries and machine, the main \
                          server's fsync/synchronous_commit/TLS settings, max_connections=200): the \
                          main server has {free} free connection slots, {wanted} instances need {}",
                         2 * wanted
                     ));
-                    private_target = Some(target);
+                    private = Some(target);
                     cluster = Some(c);
                 }
                 Err(e) => report.note(format!("no private cluster for phase 5: {e}")),
             }
         }
-        if private_target.is_none() {
+        if private.is_none() {
             n = free
                 .saturating_sub(SLOT_HEADROOM + 1)
                 .div_euclid(2)
@@ -136,9 +145,9 @@ pub(crate) async fn phase(
             }
         }
     }
-    let t = private_target.as_ref().unwrap_or(main);
+    let t = private.as_ref().unwrap_or(main);
     let result = run_fleet(t, n, sizes, report).await;
-    drop(private_target);
+    drop(private);
     drop(cluster);
     result
 }

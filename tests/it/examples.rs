@@ -134,12 +134,11 @@ async fn run(name: &str, vars: &[(&str, &str)]) -> Run {
     }
 }
 
-/// A fresh database with the schema applied by `resilient-circuit setup`, as an operator would.
-async fn set_up() -> TestDb {
-    let db = test_db().await;
+/// Applies the schema to the database of `dsn` with `resilient-circuit setup`, as an operator would.
+async fn setup(dsn: &str) {
     let out = Command::new(CLI)
         .args(["setup", "--yes"])
-        .env("RC_DB_DSN", db.conninfo())
+        .env("RC_DB_DSN", dsn)
         .stdin(Stdio::null())
         .kill_on_drop(true)
         .output()
@@ -150,6 +149,12 @@ async fn set_up() -> TestDb {
         "setup failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A fresh database with the schema applied by `resilient-circuit setup`.
+async fn set_up() -> TestDb {
+    let db = test_db().await;
+    setup(&db.conninfo()).await;
     db
 }
 
@@ -279,19 +284,7 @@ async fn quickstart() {
 async fn multi_region() {
     let primary = Cluster::start().await;
     let db = primary.create_db().await;
-    let setup = Command::new(CLI)
-        .args(["setup", "--yes"])
-        .env("RC_DB_DSN", primary.conninfo(&db))
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output()
-        .await
-        .expect("the command runs");
-    assert!(
-        setup.status.success(),
-        "{}",
-        String::from_utf8_lossy(&setup.stderr)
-    );
+    setup(&primary.conninfo(&db)).await;
     let standby = Cluster::standby_of(&primary).await;
     let replica = format!("host=127.0.0.1 port={}", standby.port());
     let r = run(
