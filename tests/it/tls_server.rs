@@ -386,6 +386,50 @@ async fn reaped_tls_connections_close_cleanly() {
     drop(a);
 }
 
+/// A listener that stops (its instance dropped) or reconnects closes its TLS session as a client
+/// should: the server logs no reset for it.
+#[tokio::test]
+async fn listener_tls_connections_close_cleanly() {
+    let server = TlsServer::start(DEMAND_TLS).await;
+    let conninfo = server.conninfo("127.0.0.1", "sslmode=require");
+    let opts = PostgresOptions::from_dsn(&conninfo)
+        .expect("conninfo parses")
+        .strict(true)
+        .pool_idle_timeout(Duration::ZERO);
+    let admin = server.cluster.client(&server.db).await;
+    let role = server.app.name().to_owned();
+    let sessions = || async {
+        admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE usename = $1",
+                &[&role],
+            )
+            .await
+            .map(|r| r.get::<_, i64>(0))
+            .unwrap_or(-1)
+    };
+    for _ in 0..3 {
+        let a = Storage::connect_with(opts.clone()).await.expect("instance");
+        assert!(!a.is_degraded());
+        drop(a);
+    }
+    let gone =
+        crate::support::eventually(Duration::from_secs(5), || async { sessions().await == 0 })
+            .await;
+    assert!(gone, "every session of the dropped instances ended");
+    let log = server.cluster.log();
+    for noise in [
+        "could not receive data from client",
+        "unexpected EOF",
+        "SSL error",
+    ] {
+        assert!(
+            !log.contains(noise),
+            "the server logged {noise:?} for a listener that stopped:\n{log}"
+        );
+    }
+}
+
 /// sslmode=disable against a server that refuses plain connections (`hostnossl … reject`) fails with the server's reason and the mode to change; require connects.
 #[tokio::test]
 async fn disable_fails_clearly_where_tls_is_demanded() {

@@ -59,10 +59,26 @@ pub(crate) struct Live {
     cursor: Option<poll::Cursor>,
 }
 
+/// How long a listener connection being dropped may take to say goodbye before it is cut.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
 impl Drop for Live {
     fn drop(&mut self) {
-        // Ends the connection task, which closes the socket.
-        self.driver.abort();
+        // The client is dropped right after this, which lets the connection task close the
+        // connection as a client should (Terminate, TLS close_notify): a cut socket makes a TLS
+        // server log "could not receive data from client: Connection reset by peer" for every
+        // instance that stops or reconnects. A server that does not take the goodbye (a black
+        // hole) gets the task aborted after `CLOSE_GRACE`.
+        let driver = self.driver.abort_handle();
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(async move {
+                    tokio::time::sleep(CLOSE_GRACE).await;
+                    driver.abort();
+                });
+            }
+            Err(_) => driver.abort(),
+        }
     }
 }
 
@@ -106,7 +122,9 @@ pub(crate) async fn open(shared: &Arc<Shared>) -> Result<Live, StorageError> {
                         // Relaxed: the flag only asks for a reload, which reads the table.
                         flag.store(true, Ordering::Relaxed);
                     }
-                    Err(mpsc::error::TrySendError::Closed(_)) => return,
+                    // The listener let go of this connection: keep driving it until it closes
+                    // (see `Live`'s drop).
+                    Err(mpsc::error::TrySendError::Closed(_)) => {}
                 },
                 Ok(_) => {}
                 Err(e) => {
