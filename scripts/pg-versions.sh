@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the PostgreSQL integration tests that exercise the SQL and the instance (postgres::,
-# sql_contract::, hardening::, changes::) on every supported major that Debian's `postgresql`
+# sql_contract::, hardening::, changes::, and the change log's snapshot cursor in follow::) on
+# every supported major that Debian's `postgresql`
 # package (15 on bookworm, which scripts/test.sh runs the whole suite on) does not provide.
 # About 30 s per major on a 2-core machine once the test binary is built.
 #
@@ -8,7 +9,7 @@
 # (which passes on every major too, but is left out of CI: its 10,000-key burst takes 5-7 s
 # against a 10 s bound in a debug build, spent in this crate's key map, not in the server, and
 # missed it once under the load of the whole subset). failover:: needs pg_basebackup, which the
-# package lacks: it runs on Debian's 15 only.
+# package lacks: it runs on Debian's 15 only, as do follow::'s replica and pgbouncer tests.
 #
 #   scripts/pg-versions.sh              # 13 14 16 17 18
 #   scripts/pg-versions.sh 13 18        # only these majors
@@ -36,7 +37,7 @@ declare -A PACKAGE=(
   [18]=18.4.0-beta.17
 )
 DEFAULT_MAJORS=(13 14 16 17 18)
-read -ra SUBSET <<< "${RC_PG_VERSIONS_TESTS:-postgres:: sql_contract:: hardening:: changes::}"
+read -ra SUBSET <<< "${RC_PG_VERSIONS_TESTS:-postgres:: sql_contract:: hardening:: changes:: follow::a_change follow::concurrent}"
 CACHE=${RC_PG_CACHE:-/var/cache/resilient-circuit-tests/postgresql}
 
 say() { echo "pg-versions.sh: $*" >&2; }
