@@ -434,3 +434,101 @@ async fn a_password_in_the_dsn_is_never_printed() {
     }
     assert_ne!(outputs[6].1.code, 0, "a missing database is an error");
 }
+
+/// `history` tells what happened to a breaker and why: an instance's trip (with the instance's
+/// id and its failures), an operator's override with its note, a plain SQL write (as a Python
+/// service makes) by its application name, and a delete; `--since` and `--json` too. The
+/// instance and the plain writer log in as the application role.
+#[tokio::test]
+async fn history_says_who_changed_a_breaker_and_why() {
+    let db = test_db().await;
+    set_up(&db).await;
+    let app = db.app_conninfo().await;
+    let storage = Storage::connect_with(instance_options(&app))
+        .await
+        .expect("connects");
+    let key = unique_key("audited");
+    let mut watched = Watched::new(&storage, &key, |b| {
+        b.failure_limit(Ratio::new(3, 3))
+            .cooldown(Duration::from_secs(600))
+    });
+    for _ in 0..3 {
+        let _ = watched.cb.call(|| async { Err::<(), _>("down") }).await;
+    }
+    assert!(storage.flush(WAIT).await, "the trip is accepted");
+    ok(
+        &db.conninfo(),
+        &["close", &key, "--note", "vendor fixed it, ticket 42"],
+    )
+    .await;
+    assert!(watched.reaches(State::Closed).await);
+    let (python, connection) = tokio_postgres::connect(
+        &format!("{app} application_name=payments-worker"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .expect("connects as the application role");
+    tokio::spawn(connection);
+    python
+        .execute(
+            "UPDATE rc_circuit_breakers SET state = 'OPEN', open_until = now() + interval '1 minute' WHERE resource_key = $1",
+            &[&key],
+        )
+        .await
+        .expect("a plain write");
+    ok(&db.conninfo(), &["delete", &key]).await;
+
+    let r = ok(&db.conninfo(), &["history", &key]).await;
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(lines.len(), 4, "{}", r.stdout);
+    let instance = format!("{}:", std::process::id());
+    assert!(
+        lines[0].contains("(new) -> OPEN")
+            && lines[0].contains("by instance ")
+            && lines[0].contains(&instance)
+            && lines[0].contains("; 3 failures of the last 3"),
+        "the trip, by this process's instance, with its window: {}",
+        lines[0]
+    );
+    assert!(
+        lines[1].contains("OPEN -> CLOSED")
+            && lines[1].contains("by resilient-circuit")
+            && lines[1].contains("note: vendor fixed it, ticket 42"),
+        "the override with its note: {}",
+        lines[1]
+    );
+    assert!(
+        lines[2].contains("CLOSED -> OPEN") && lines[2].contains("by payments-worker ("),
+        "the plain write, by its application name: {}",
+        lines[2]
+    );
+    assert!(
+        lines[3].contains("OPEN -> CLOSED"),
+        "the delete: {}",
+        lines[3]
+    );
+
+    let json = ok(
+        &db.conninfo(),
+        &["history", &key, "--json", "--since", "1h"],
+    )
+    .await;
+    let v: serde_json::Value = serde_json::from_str(&json.stdout).expect("JSON");
+    let changes = v["changes"].as_array().expect("changes");
+    assert_eq!(changes.len(), 4, "{v}");
+    assert_eq!(changes[0]["to"], "OPEN");
+    assert_eq!(changes[0]["why"]["failures"], 3);
+    assert_eq!(changes[1]["why"]["note"], "vendor fixed it, ticket 42");
+    assert_eq!(changes[2]["actor"]["application"], "payments-worker");
+    assert!(changes
+        .windows(2)
+        .all(|w| w[0]["version"].as_i64() < w[1]["version"].as_i64()));
+    let none = ok(&db.conninfo(), &["history", "never-used-key"]).await;
+    assert!(
+        none.stdout.contains("no recorded changes"),
+        "{}",
+        none.stdout
+    );
+    let bad = run(&db.conninfo(), &["history", &key, "--since", "0s"]).await;
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
+}

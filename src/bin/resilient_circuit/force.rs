@@ -1,8 +1,10 @@
 //! `open`, `close`, `delete`: overrides every instance obeys (through the table's triggers).
+//! `--note` goes into the change log with the change (`resilient-circuit history`).
 
 use std::process::ExitCode;
 use std::time::Duration;
 
+use resilient_circuit::storage::postgres::admin::AdminSession;
 use resilient_circuit::storage::postgres::PostgresOptions;
 
 use super::{connect, namespace, CliError};
@@ -17,6 +19,9 @@ pub struct KeyArgs {
     /// The namespace (default: RC_NAMESPACE, else `default`).
     #[arg(long, value_name = "NS")]
     namespace: Option<String>,
+    /// Why, for the change log (`history` shows it), e.g. --note "vendor outage, ticket 123".
+    #[arg(long, value_name = "TEXT")]
+    note: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -46,16 +51,41 @@ async fn force(
     ms: i64,
 ) -> Result<i64, CliError> {
     let ns = namespace(opts, &target.namespace);
-    let session = connect(opts).await?;
-    let row = session
-        .client()
+    let mut session = connect(opts).await?;
+    let tx = noted(&mut session, &target.note).await?;
+    let row = tx
         .query_one(
             "SELECT o_version FROM public.rc_force($1, $2, $3, $4)",
             &[&ns, &target.key, &state, &ms],
         )
         .await
         .map_err(|e| CliError::db("forcing the breaker", e))?;
+    tx.commit()
+        .await
+        .map_err(|e| CliError::db("forcing the breaker", e))?;
     Ok(row.get(0))
+}
+
+/// A transaction whose changes the change log records with `note` (the trigger reads
+/// `resilient_circuit.note` at commit; set for this transaction only).
+async fn noted<'a>(
+    session: &'a mut AdminSession,
+    note: &Option<String>,
+) -> Result<tokio_postgres::Transaction<'a>, CliError> {
+    let tx = session
+        .client_mut()
+        .transaction()
+        .await
+        .map_err(|e| CliError::db("starting a transaction", e))?;
+    if let Some(note) = note {
+        tx.execute(
+            "SELECT pg_catalog.set_config('resilient_circuit.note', $1, true)",
+            &[note],
+        )
+        .await
+        .map_err(|e| CliError::db("recording the note", e))?;
+    }
+    Ok(tx)
 }
 
 pub async fn open(opts: &PostgresOptions, args: OpenArgs) -> Result<ExitCode, CliError> {
@@ -87,13 +117,16 @@ pub async fn close(opts: &PostgresOptions, args: KeyArgs) -> Result<ExitCode, Cl
 
 pub async fn delete(opts: &PostgresOptions, args: KeyArgs) -> Result<ExitCode, CliError> {
     let ns = namespace(opts, &args.namespace);
-    let session = connect(opts).await?;
-    let n = session
-        .client()
+    let mut session = connect(opts).await?;
+    let tx = noted(&mut session, &args.note).await?;
+    let n = tx
         .execute(
             "DELETE FROM public.rc_circuit_breakers WHERE namespace = $1 AND resource_key = $2",
             &[&ns, &args.key],
         )
+        .await
+        .map_err(|e| CliError::db("deleting the breaker", e))?;
+    tx.commit()
         .await
         .map_err(|e| CliError::db("deleting the breaker", e))?;
     if n == 0 {

@@ -12,6 +12,7 @@ macro_rules! say {
 
 mod check;
 mod force;
+mod history;
 mod setup;
 mod status;
 mod watch;
@@ -53,6 +54,8 @@ enum Command {
     Status(status::Args),
     /// Print transitions as they happen, until interrupted.
     Watch(watch::Args),
+    /// A breaker's recorded changes: when, from, to, by whom, why.
+    History(history::Args),
     /// Force a breaker OPEN for every instance (until `close`, or for a duration).
     Open(force::OpenArgs),
     /// Force a breaker CLOSED for every instance.
@@ -144,6 +147,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Check(a) => check::run(&opts, a).await,
         Command::Status(a) => status::run(&opts, a).await,
         Command::Watch(a) => watch::run(&opts, a).await,
+        Command::History(a) => history::run(&opts, a).await,
         Command::Open(a) => force::open(&opts, a).await,
         Command::Close(a) => force::close(&opts, a).await,
         Command::Delete(a) => force::delete(&opts, a).await,

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use deadpool_postgres::{Hook, HookError, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio::sync::watch;
+use tokio_postgres::types::Type;
 use tracing::Instrument;
 
 use super::{
@@ -99,12 +100,23 @@ async fn connect_inner(
     // Server-side limits, so that a call the client gave up on cannot keep a row lock. Not
     // through a transaction pooler: the settings would stay on its server connection for its
     // other clients (the client's timeout still cancels a call on the server).
+    // This instance's id: its probe leases' holder, and, on its pooled sessions, what the change
+    // log records as the instance behind each change (`sql/0010_audit.sql`).
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let holder = format!(
+        "{}:{}:{:x}",
+        std::env::var("HOSTNAME").unwrap_or_else(|_| "host".into()),
+        std::process::id(),
+        clock.now_nanos()
+    );
     let limits = (!opts.transaction_pooler).then(|| {
         format!(
             "SET statement_timeout = {0}; SET lock_timeout = {0}",
             statements::millis(opts.statement_timeout)
         )
     });
+    // Not through a transaction pooler either: another client's changes would carry our id.
+    let instance = (!opts.transaction_pooler).then(|| holder.clone());
     if opts.transaction_pooler && opts.listener.is_none() {
         tracing::warn!(target = %opts.target(), "RC_DB_TRANSACTION_POOLER is set but no listener address: a LISTEN through a transaction pooler hears nothing; set RC_DB_LISTENER_DSN to PostgreSQL's own address (the listener checks itself and polls the table meanwhile)");
     }
@@ -115,11 +127,21 @@ async fn connect_inner(
         .wait_timeout(Some(opts.statement_timeout))
         .post_create(Hook::async_fn(move |client, _| {
             let limits = limits.clone();
+            let instance = instance.clone();
             Box::pin(async move {
-                match limits {
-                    Some(sql) => client.batch_execute(&sql).await.map_err(HookError::Backend),
-                    None => Ok(()),
+                if let Some(sql) = limits {
+                    client
+                        .batch_execute(&sql)
+                        .await
+                        .map_err(HookError::Backend)?;
                 }
+                if let Some(id) = instance {
+                    client
+                        .query_typed(statements::SET_INSTANCE, &[(&id, Type::TEXT)])
+                        .await
+                        .map_err(HookError::Backend)?;
+                }
+                Ok(())
             })
         }))
         .build()
@@ -129,13 +151,6 @@ async fn connect_inner(
             source: None,
         })?;
     let (shutdown_tx, shutdown_rx) = watch::channel(());
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let holder = format!(
-        "{}:{}:{:x}",
-        std::env::var("HOSTNAME").unwrap_or_else(|_| "host".into()),
-        std::process::id(),
-        clock.now_nanos()
-    );
     let mut made = None;
     let capacity = crate::storage::DEFAULT_MEMORY_CAPACITY;
     let storage = Storage::with_backend_cyclic(capacity, clock.clone(), |weak| {

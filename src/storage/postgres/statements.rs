@@ -1,7 +1,8 @@
 //! Every statement the instance sends, in one place, with the columns it reads back.
 //!
 //! The functions are defined in `sql/` (the newest definition of each is in
-//! `0006_hardening.sql`, but `rc_acquire_probe`'s in `0008_python_interop.sql`); rows are decoded
+//! `0006_hardening.sql`, but `rc_acquire_probe`'s in `0008_python_interop.sql` and
+//! `rc_changes_since` in `0009_change_log.sql`); rows are decoded
 //! once, by column name, into `RowState`, so a migration that renames or retypes a column fails
 //! loudly here instead of being misread.
 
@@ -36,6 +37,10 @@ pub(crate) const CHANGES_SINCE: Call = Call {
     sql: "SELECT * FROM public.rc_changes_since($1, $2)",
     types: &[Type::TEXT, Type::TEXT],
 };
+
+/// Names this instance on a pooled session, for the change log's `actor` (`0010_audit.sql`).
+pub(crate) const SET_INSTANCE: &str =
+    "SELECT pg_catalog.set_config('resilient_circuit.instance', $1, false)";
 
 /// The notification key (refused unless the session's role may write the table).
 pub(crate) const NOTIFY_KEY: &str = "SELECT public.rc_notify_key()";

@@ -1,0 +1,164 @@
+//! `history`: a breaker's changes as the change log recorded them (`rc_changes`, migrations
+//! `0009` and `0010`): when (database clock), from, to, who, why. The log keeps changes for its
+//! retention (`rc_change_log_settings`, 1 hour by default).
+//!
+//! The JSON (`--json`) is one object, stable: fields are only ever added.
+//!
+//! ```json
+//! {"namespace": "default", "key": "payments",
+//!  "changes": [{"at": "2026-01-01T12:00:00.000Z", "from": "CLOSED", "to": "OPEN",
+//!               "version": 42, "actor": {"instance": "pod-1:7:18f0…", "user": "app", …},
+//!               "why": {"failures": 5, "window": [...], "note": "…"}}]}
+//! ```
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use resilient_circuit::storage::postgres::PostgresOptions;
+use serde::Serialize;
+
+use super::{connect, namespace, CliError};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The breaker's key.
+    key: String,
+    /// The namespace (default: RC_NAMESPACE, else `default`).
+    #[arg(long, value_name = "NS")]
+    namespace: Option<String>,
+    /// Only changes this recent (e.g. 30m, 2h); default: everything the log keeps.
+    #[arg(long, value_name = "DURATION", value_parser = parse_since)]
+    since: Option<Duration>,
+    /// Print JSON instead of lines.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_since(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (e.g. 30m, 2h)"))?;
+    if d.is_zero() {
+        return Err("must be longer than zero".into());
+    }
+    // PostgreSQL intervals hold far more; this bound only keeps the milliseconds in an i64.
+    if d.as_millis() > i64::MAX as u128 {
+        return Err("too long".into());
+    }
+    Ok(d)
+}
+
+#[derive(Debug, Serialize)]
+struct History<'a> {
+    namespace: &'a str,
+    key: &'a str,
+    changes: Vec<Entry>,
+}
+
+#[derive(Debug, Serialize)]
+struct Entry {
+    at: String,
+    from: Option<String>,
+    to: String,
+    version: i64,
+    actor: Option<serde_json::Value>,
+    why: Option<serde_json::Value>,
+}
+
+const QUERY: &str = "SELECT to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), \
+       from_state::text, state::text, version, actor, why \
+     FROM public.rc_changes \
+     WHERE namespace = $1 AND resource_key = $2 AND NOT reset \
+       AND ($3::bigint IS NULL OR at >= clock_timestamp() - $3::bigint * interval '1 millisecond') \
+     ORDER BY version";
+
+pub async fn run(opts: &PostgresOptions, args: Args) -> Result<ExitCode, CliError> {
+    let ns = namespace(opts, &args.namespace);
+    let since_ms = args
+        .since
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    let session = connect(opts).await?;
+    let rows = session
+        .client()
+        .query(QUERY, &[&ns, &args.key, &since_ms])
+        .await
+        .map_err(|e| CliError::db("reading the change log", e))?;
+    let changes: Vec<Entry> = rows
+        .iter()
+        .map(|r| Entry {
+            at: r.get(0),
+            from: r.get(1),
+            to: r.get(2),
+            version: r.get(3),
+            actor: r.get(4),
+            why: r.get(5),
+        })
+        .collect();
+    if args.json {
+        let text = serde_json::to_string_pretty(&History {
+            namespace: ns,
+            key: &args.key,
+            changes,
+        })
+        .map_err(|e| CliError::Problem(format!("encoding JSON: {e}")))?;
+        say!("{text}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    if changes.is_empty() {
+        say!(
+            "no recorded changes of {} in namespace {ns}{}",
+            args.key,
+            if args.since.is_some() {
+                " in that time"
+            } else {
+                ""
+            }
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    for c in &changes {
+        say!(
+            "{}  {} -> {}  v{}  by {}{}",
+            c.at,
+            c.from.as_deref().unwrap_or("(new)"),
+            c.to,
+            c.version,
+            who(c.actor.as_ref()),
+            why(c.why.as_ref())
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `instance host:pid:… (user@client)`, or `application (user@client)` for other writers.
+fn who(actor: Option<&serde_json::Value>) -> String {
+    let Some(a) = actor else {
+        return "?".into();
+    };
+    let field = |k: &str| a.get(k).and_then(|v| v.as_str());
+    let user = field("user").unwrap_or("?");
+    let place = field("client").unwrap_or("local socket");
+    match (field("instance"), field("application")) {
+        (Some(i), _) => format!("instance {i} ({user}@{place})"),
+        (None, Some(app)) => format!("{app} ({user}@{place})"),
+        (None, None) => format!("{user}@{place}"),
+    }
+}
+
+/// `; 5 failures; note: …`: what the log knows of why.
+fn why(why: Option<&serde_json::Value>) -> String {
+    let Some(w) = why else {
+        return String::new();
+    };
+    let mut out = String::new();
+    if let Some(n) = w.get("failures").and_then(|v| v.as_i64()) {
+        let window = w
+            .get("window")
+            .and_then(|v| v.as_array())
+            .map(|a| format!(" of the last {}", a.len()))
+            .unwrap_or_default();
+        out.push_str(&format!("; {n} failures{window}"));
+    }
+    if let Some(note) = w.get("note").and_then(|v| v.as_str()) {
+        out.push_str(&format!("; note: {note}"));
+    }
+    out
+}
