@@ -338,6 +338,39 @@ async fn require_encrypts_the_pool_and_the_listener() {
     assert!(!plain, "the harness's own connection is plain");
 }
 
+/// Sessions of the server's application role, once they settle at `want` (at most 5 s).
+async fn sessions_settle(server: &TlsServer, want: i64) -> bool {
+    let admin = server.cluster.client(&server.db).await;
+    let role = server.app.name().to_owned();
+    crate::support::eventually(Duration::from_secs(5), || async {
+        admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE usename = $1",
+                &[&role],
+            )
+            .await
+            .map(|r| r.get::<_, i64>(0) == want)
+            .unwrap_or(false)
+    })
+    .await
+}
+
+/// Asserts that the server logged no cut connection (a socket closed without Terminate and TLS
+/// close_notify) for `what`. Backends leave pg_stat_activity only once they exited, after logging.
+fn assert_no_reset_logged(server: &TlsServer, what: &str) {
+    let log = server.cluster.log();
+    for noise in [
+        "could not receive data from client",
+        "unexpected EOF",
+        "SSL error",
+    ] {
+        assert!(
+            !log.contains(noise),
+            "the server logged {noise:?} for {what}:\n{log}"
+        );
+    }
+}
+
 /// Pooled TLS connections closed for being idle say goodbye (Terminate, close_notify): the server
 /// logs no "could not receive data from client: Connection reset by peer" for them, as it did
 /// when the pool cut their sockets.
@@ -357,32 +390,11 @@ async fn reaped_tls_connections_close_cleanly() {
         a.flush(Duration::from_secs(5)).await,
         "the trip is answered"
     );
-    let admin = server.cluster.client(&server.db).await;
-    let role = server.app.name().to_owned();
-    let listener_alone = crate::support::eventually(Duration::from_secs(5), || async {
-        admin
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE usename = $1",
-                &[&role],
-            )
-            .await
-            .map(|r| r.get::<_, i64>(0) == 1)
-            .unwrap_or(false)
-    })
-    .await;
-    assert!(listener_alone, "the pooled connections were closed");
-    // The backends are gone from pg_stat_activity only once they exited, after logging.
-    let log = server.cluster.log();
-    for noise in [
-        "could not receive data from client",
-        "unexpected EOF",
-        "SSL error",
-    ] {
-        assert!(
-            !log.contains(noise),
-            "the server logged {noise:?} for a closed pooled connection:\n{log}"
-        );
-    }
+    assert!(
+        sessions_settle(&server, 1).await,
+        "the pooled connections were closed"
+    );
+    assert_no_reset_logged(&server, "a closed pooled connection");
     drop(a);
 }
 
@@ -396,38 +408,16 @@ async fn listener_tls_connections_close_cleanly() {
         .expect("conninfo parses")
         .strict(true)
         .pool_idle_timeout(Duration::ZERO);
-    let admin = server.cluster.client(&server.db).await;
-    let role = server.app.name().to_owned();
-    let sessions = || async {
-        admin
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE usename = $1",
-                &[&role],
-            )
-            .await
-            .map(|r| r.get::<_, i64>(0))
-            .unwrap_or(-1)
-    };
     for _ in 0..3 {
         let a = Storage::connect_with(opts.clone()).await.expect("instance");
         assert!(!a.is_degraded());
         drop(a);
     }
-    let gone =
-        crate::support::eventually(Duration::from_secs(5), || async { sessions().await == 0 })
-            .await;
-    assert!(gone, "every session of the dropped instances ended");
-    let log = server.cluster.log();
-    for noise in [
-        "could not receive data from client",
-        "unexpected EOF",
-        "SSL error",
-    ] {
-        assert!(
-            !log.contains(noise),
-            "the server logged {noise:?} for a listener that stopped:\n{log}"
-        );
-    }
+    assert!(
+        sessions_settle(&server, 0).await,
+        "every session of the dropped instances ended"
+    );
+    assert_no_reset_logged(&server, "a listener that stopped");
 }
 
 /// sslmode=disable against a server that refuses plain connections (`hostnossl … reject`) fails with the server's reason and the mode to change; require connects.
