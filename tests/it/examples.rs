@@ -165,8 +165,12 @@ async fn run_on(name: &str, db: &TestDb) -> Run {
 
 /// Rows the examples left in their namespaces (they delete them at the end).
 async fn leftovers(db: &TestDb) -> i64 {
-    db.client()
-        .await
+    leftovers_in(&db.client().await).await
+}
+
+/// [`leftovers`] through `client`, a connection to the examples' database.
+async fn leftovers_in(client: &tokio_postgres::Client) -> i64 {
+    client
         .query_one(
             "SELECT count(*) FROM rc_circuit_breakers WHERE namespace LIKE 'example-%'",
             &[],
@@ -305,17 +309,7 @@ async fn multi_region() {
         "[ok] the primary's row is OPEN",
         "checks passed",
     ]);
-    let left: i64 = primary
-        .client(&db)
-        .await
-        .query_one(
-            "SELECT count(*) FROM rc_circuit_breakers WHERE namespace LIKE 'example-%'",
-            &[],
-        )
-        .await
-        .expect("counts")
-        .get(0);
-    assert_eq!(left, 0);
+    assert_eq!(leftovers_in(&primary.client(&db).await).await, 0);
 }
 
 /// Without `RC_DB_*` the fleet examples say what to set, with exit status 2.

@@ -1,5 +1,5 @@
-//! `history`: a breaker's changes as the change log recorded them (`rc_changes`, migrations
-//! `0009` and `0010`): when (database clock), from, to, who, why. The log keeps changes for its
+//! `history`: a breaker's changes as the change log recorded them (`rc_changes`, migration
+//! `0009`): when (database clock), from, to, who, why. The log keeps changes for its
 //! retention (`rc_change_log_settings`, 1 hour by default).
 //!
 //! The JSON (`--json`) is one object, stable: fields are only ever added.

@@ -63,11 +63,6 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "change_log",
         sql: include_str!("../../../sql/0009_change_log.sql"),
     },
-    Migration {
-        version: 10,
-        name: "audit",
-        sql: include_str!("../../../sql/0010_audit.sql"),
-    },
 ];
 
 /// What an application role needs on `public.rc_circuit_breakers`, and all it needs, for this

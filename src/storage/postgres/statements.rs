@@ -38,7 +38,7 @@ pub(crate) const CHANGES_SINCE: Call = Call {
     types: &[Type::TEXT, Type::TEXT],
 };
 
-/// Names this instance on a pooled session, for the change log's `actor` (`0010_audit.sql`).
+/// Names this instance on a pooled session, for the change log's `actor` (`0009_change_log.sql`).
 pub(crate) const SET_INSTANCE: &str =
     "SELECT pg_catalog.set_config('resilient_circuit.instance', $1, false)";
 
