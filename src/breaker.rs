@@ -330,10 +330,11 @@ impl CircuitBreaker {
         }
     }
 
-    /// Only a lease request in flight can turn a rejected caller into a probe.
+    /// Only a lease request in flight, or a lease it brought, can turn a rejected caller into a
+    /// probe.
     pub(crate) fn may_wait(&self, rejected: &Rejected) -> bool {
         let cell = &self.inner.cell;
-        cell.is_fleet() && rejected.retry_after().is_none() && cell.lease_request_in_flight()
+        cell.is_fleet() && rejected.retry_after().is_none() && cell.probe_may_come()
     }
 
     /// Runs `f` if the breaker admits it; every `Err` counts as a failure, every `Ok` as a

@@ -28,9 +28,14 @@ impl KeyCell {
         self.changed.notify_waiters();
     }
 
-    /// True while a lease request is in flight (a rejected caller may then become a probe).
-    pub(crate) fn lease_request_in_flight(&self) -> bool {
-        self.lease_requested.load(Ordering::Acquire)
+    /// Fleet mode: true while a rejected caller may still become a probe: a lease request is in
+    /// flight, or one has ended with a lease nobody took yet. The second case is a caller that
+    /// looked before the lease arrived and asks after the request ended; without it that caller
+    /// would give up beside a free lease.
+    pub(crate) fn probe_may_come(&self) -> bool {
+        // Acquire pairs with `end_lease_request`'s Release: once the flag reads clear, the hint
+        // stored by `add_leases` before it is visible.
+        self.lease_requested.load(Ordering::Acquire) || self.probes_hint.load(Ordering::Relaxed) > 0
     }
 
     /// Numbers this instance's next own decision for the key (a trip or an override).
@@ -159,3 +164,7 @@ impl KeyCell {
         self.changed.notify_waiters();
     }
 }
+
+#[cfg(test)]
+#[path = "fleet_tests.rs"]
+mod tests;

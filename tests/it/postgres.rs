@@ -726,6 +726,9 @@ async fn flush_waits_until_the_database_answered() {
         .failure_limit(Ratio::new(1, 1))
         .success_limit(Ratio::new(1, 1))
         .cooldown(Duration::from_millis(300))
+        // The probe's lease is one commit away: on a loaded CI machine that can take longer
+        // than the default second, and this test is about flush, not lease latency.
+        .probe_wait(WAIT)
         .build()
         .expect("valid");
     fail(&cb).await;
