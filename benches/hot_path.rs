@@ -43,6 +43,8 @@
 //! * `postgres`: the same paths on a breaker of a PostgreSQL storage (a database of its own on
 //!   the test server, see `tests/support`; the instance runs as a role that owns nothing).
 //!   Admission and recording read the same local cell; only transitions reach the database.
+//!   `quorum/…`: the same on a breaker with `TripPolicy::Quorum` (the policy is read only when
+//!   the window trips, so these should match the default policy's figures).
 //!
 //! Excluded: key lookup (`Storage::cell_for` runs once per `build`, never per call), and
 //! metrics/tracing recorders (none is installed, so the rejection counter is the no-op
@@ -227,6 +229,25 @@ mod rc {
     /// A breaker like [`healthy`] on `storage`.
     pub fn healthy_on(key: &str, storage: Storage) -> CircuitBreaker {
         clean(key, storage, WINDOW, FAILURES_TO_TRIP, false)
+    }
+
+    /// A breaker like [`healthy_on`] whose fleet opens on a quorum of three instances.
+    pub fn healthy_quorum_on(key: &str, storage: Storage) -> CircuitBreaker {
+        let cb = CircuitBreaker::builder(key)
+            .storage(storage)
+            .failure_limit(Ratio::new(FAILURES_TO_TRIP, WINDOW))
+            .cooldown(COOLDOWN)
+            .trip_policy(resilient_circuit::TripPolicy::Quorum {
+                instances: 3,
+                within: Duration::from_secs(60),
+            })
+            .build()
+            .expect("valid breaker");
+        for _ in 0..2 * WINDOW {
+            cb.try_acquire().expect("closed").success();
+        }
+        assert_eq!(cb.execution_log(), vec![true; WINDOW as usize]);
+        cb
     }
 
     #[inline(always)]
@@ -668,6 +689,15 @@ mod postgres {
                 },
             );
         }
+        // The trip policy is read only when the window trips: a quorum breaker's calls take
+        // the same paths as the default's.
+        let quorum = rc::healthy_quorum_on("pg_quorum", storage.clone());
+        group.bench_function("quorum/resilient_circuit/try_acquire_success", |b| {
+            b.iter(|| rc::acquire_success(&quorum))
+        });
+        group.bench_function("quorum/1_in_20/resilient_circuit/acquire_run_record", |b| {
+            b.iter(|| black_box(rc::acquire_run_record_failing(&quorum, 20)).ok())
+        });
         let open = rc::healthy_on("pg_open", storage.clone());
         open.force_open(LONG_COOLDOWN);
         group.bench_function("resilient_circuit/try_acquire_rejected", |b| {
@@ -677,7 +707,7 @@ mod postgres {
             two_threads(b, || rc::reject(&open))
         });
         group.finish();
-        drop((healthy, open, storage));
+        drop((healthy, quorum, open, storage));
         rt.block_on(async move { drop(db) });
     }
 }

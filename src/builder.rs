@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::cell::Callback;
 use crate::policy::{Policy, MAX_DURATION};
-use crate::{CircuitBreaker, ConfigError, Ratio, StatusChange, Storage};
+use crate::{CircuitBreaker, ConfigError, Ratio, StatusChange, Storage, TripPolicy};
 
 /// The longest key the shared table holds (`varchar(255)`), in bytes.
 pub const MAX_KEY_LEN: usize = 255;
@@ -80,6 +80,27 @@ impl Builder {
         self
     }
 
+    /// Who opens the breaker for the whole fleet when this instance's window trips. Default:
+    /// [`TripPolicy::AnyInstance`]. With [`TripPolicy::Quorum`] an instance that trips stops its
+    /// own calls for the cooldown and votes; the fleet opens on the quorum's last vote. The
+    /// numbers are checked by `build`.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), resilient_circuit::ConfigError> {
+    /// use resilient_circuit::{CircuitBreaker, ConfigError, Storage, TripPolicy};
+    /// use std::time::Duration;
+    /// let nobody = CircuitBreaker::builder("search")
+    ///     .storage(Storage::in_memory())
+    ///     .trip_policy(TripPolicy::Quorum { instances: 0, within: Duration::from_secs(30) })
+    ///     .build();
+    /// assert!(matches!(nobody, Err(ConfigError::InvalidTripPolicy { .. })));
+    /// # Ok(()) }
+    /// ```
+    pub fn trip_policy(mut self, policy: TripPolicy) -> Self {
+        self.policy.trip = policy;
+        self
+    }
+
     /// Calls `f` after every transition of this key on its storage, including those another
     /// instance made. It runs outside every lock; a panic in it is caught and logged. It lives as
     /// long as the breaker handle (and its clones).
@@ -111,7 +132,8 @@ impl Builder {
     ///
     /// Fails with a [`ConfigError`] for an empty key, a key over [`MAX_KEY_LEN`] bytes or with a
     /// control character, an unusable ratio (zero, numerator above denominator, window over
-    /// [`Ratio::MAX_DENOMINATOR`]), a cooldown over [`MAX_DURATION`], or limits that differ from
+    /// [`Ratio::MAX_DENOMINATOR`]), a cooldown over [`MAX_DURATION`], a trip policy with unusable
+    /// numbers ([`TripPolicy`]), or limits that differ from
     /// those of a breaker of the same key already on this storage. Sends nothing to the database:
     /// a PostgreSQL storage already holds the key's state.
     pub fn build(self) -> Result<CircuitBreaker, ConfigError> {
@@ -127,6 +149,7 @@ impl Builder {
         if let Some(s) = self.policy.success_limit {
             s.validate("success_limit")?;
         }
+        self.policy.trip.validate()?;
         let storage = self.storage.unwrap_or_else(|| {
             static SAID: std::sync::Once = std::sync::Once::new();
             SAID.call_once(|| {

@@ -178,6 +178,12 @@ pub enum ConfigError {
         /// The maximum, [`MAX_DURATION`](crate::MAX_DURATION).
         max: Duration,
     },
+    /// A [`TripPolicy`](crate::TripPolicy) with numbers that cannot work.
+    #[error("invalid trip policy: {reason}")]
+    InvalidTripPolicy {
+        /// What was given and what is allowed.
+        reason: String,
+    },
     /// An environment variable or option holds a value that cannot be used.
     #[error("invalid {name}: {reason}")]
     InvalidSetting {

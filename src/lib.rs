@@ -87,7 +87,9 @@
 //! * [`changes`]: the change stream of a storage.
 //! * `telemetry`: every metric's name, labels and cached handles.
 //! * `cell`: one key's state word and private lock — **the hot path**, and every atomic ordering.
-//! * `policy`, `window`: the pure decision rules and the outcome ring, testable without a clock.
+//! * `policy`, `window`: the pure decision rules and the outcome ring, testable without a clock;
+//!   `trip_policy`: [`TripPolicy`], who opens a breaker for the fleet (quorum votes are cast by
+//!   `storage::postgres::votes` and counted by `rc_vote` in `sql/0010_quorum.sql`).
 //! * [`storage`]: the key map; `storage::postgres` holds the shared backend: its listener
 //!   (`listener.rs`), who wins between local decisions and the table (`precedence.rs`), its
 //!   outbox of transitions (`publish.rs`) and every statement it sends (`statements.rs`); the
@@ -112,6 +114,7 @@ pub mod storage;
 mod telemetry;
 #[cfg(feature = "tower")]
 pub mod tower;
+mod trip_policy;
 mod window;
 
 pub use breaker::{CircuitBreaker, Outcome, OwnedPermit, Permit};
@@ -123,3 +126,4 @@ pub use policy::MAX_DURATION;
 pub use ratio::Ratio;
 pub use state::{ChangeOrigin, State, StatusChange, UnknownState};
 pub use storage::Storage;
+pub use trip_policy::{TripPolicy, MAX_QUORUM};

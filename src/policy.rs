@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use crate::window::OutcomeWindow;
-use crate::{Ratio, State};
+use crate::{Ratio, State, TripPolicy};
 
 /// The longest cooldown, lease or override the crate accepts: ten years of 365 days (the SQL
 /// functions clamp to the same bound, `rc_max_ms()`). Longer ones are refused when a breaker is
@@ -16,6 +16,8 @@ pub(crate) struct Policy {
     pub(crate) failure_limit: Ratio,
     pub(crate) success_limit: Option<Ratio>,
     pub(crate) cooldown: Duration,
+    /// Who opens the breaker for the fleet when this instance's window trips.
+    pub(crate) trip: TripPolicy,
 }
 
 impl Default for Policy {
@@ -25,6 +27,7 @@ impl Default for Policy {
             failure_limit: Ratio::new(5, 10),
             success_limit: None,
             cooldown: Duration::from_secs(30),
+            trip: TripPolicy::AnyInstance,
         }
     }
 }

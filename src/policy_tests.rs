@@ -7,6 +7,7 @@ fn policy(f: Ratio, s: Option<Ratio>) -> Policy {
         failure_limit: f,
         success_limit: s,
         cooldown: Duration::ZERO,
+        ..Policy::default()
     }
 }
 

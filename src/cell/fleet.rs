@@ -94,15 +94,27 @@ impl KeyCell {
         Some(self.set_state(slow, r.state, deadline.filter(|_| r.state == State::Open)))
     }
 
-    /// Records a local trip on its way to the database; returns its sequence number.
-    pub(crate) fn trip_pending(&self, deadline: u64, basis: i64) -> u64 {
+    /// Records a local trip on its way to the database (or, with `vote`, a quorum vote: held
+    /// the same way, never sent as a trip); returns its sequence number.
+    pub(crate) fn trip_pending(&self, deadline: u64, basis: i64, vote: bool) -> u64 {
         let seq = self.next_decision();
         self.lock().view.pending_trip = Some(PendingTrip {
             deadline,
             basis,
             seq,
+            vote,
         });
         seq
+    }
+
+    /// The closed window's failures and length, for a vote.
+    pub(crate) fn window_counts(&self) -> (u32, u32) {
+        let log = self.execution_log();
+        let failures = log.iter().filter(|success| !**success).count();
+        (
+            u32::try_from(failures).unwrap_or(u32::MAX),
+            u32::try_from(log.len()).unwrap_or(u32::MAX),
+        )
     }
 
     /// The local trip not yet accepted, if any.

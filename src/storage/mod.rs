@@ -296,12 +296,13 @@ impl Storage {
             .map_err(|existing| ConfigError::ConflictingPolicy {
                 key: key.to_owned(),
                 existing: format!(
-                    "failure_limit {}, success_limit {}, cooldown {:?}",
+                    "failure_limit {}, success_limit {}, cooldown {:?}, trip policy {}",
                     existing.failure_limit,
                     existing
                         .success_limit
                         .map_or_else(|| "none".to_owned(), |r| r.to_string()),
-                    existing.cooldown
+                    existing.cooldown,
+                    existing.trip
                 ),
             })?;
         Ok(cell)
@@ -325,7 +326,11 @@ impl Storage {
     pub(crate) fn publish_transition(&self, cell: &Arc<KeyCell>, t: Transition) {
         if let Backend::Postgres(pg) = &self.inner.backend {
             if t.to == State::Open {
-                pg.publish_trip(cell, cell.policy().cooldown);
+                let policy = cell.policy();
+                match policy.trip.quorum() {
+                    Some((quorum, within)) => pg.cast_vote(cell, quorum, within, policy.cooldown),
+                    None => pg.publish_trip(cell, policy.cooldown),
+                }
             }
         }
     }

@@ -20,6 +20,7 @@ mod model;
 mod pgbouncer;
 mod postgres;
 mod python;
+mod quorum;
 mod scale;
 mod seed_sql;
 mod sql_contract;

@@ -927,6 +927,7 @@ async fn only_what_needs_it_is_security_definer_with_a_pinned_search_path() {
             "rc_require_write()",
             "rc_trip(text,text,bigint,integer,jsonb,bigint)",
             "rc_trip_many(text,text[],bigint[],integer[],jsonb[],bigint[])",
+            "rc_vote(text,text,text,integer,integer,integer,bigint,bigint,bigint)",
         ]
     );
 }

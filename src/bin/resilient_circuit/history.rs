@@ -10,6 +10,9 @@
 //!               "version": 42, "actor": {"instance": "pod-1:7:18f0…", "user": "app", …},
 //!               "why": {"failures": 5, "window": [...], "note": "…"}}]}
 //! ```
+//!
+//! `why` may also hold `quorum` (a `TripPolicy::Quorum` opening: `votes`, `needed`,
+//! `within_ms` and the `voters`, each with its `instance`, `failures` and `calls`).
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -143,7 +146,7 @@ fn who(actor: Option<&serde_json::Value>) -> String {
     }
 }
 
-/// `; 5 failures; note: …`: what the log knows of why.
+/// `; 5 failures; quorum: …; note: …`: what the log knows of why.
 fn why(why: Option<&serde_json::Value>) -> String {
     let Some(w) = why else {
         return String::new();
@@ -157,8 +160,45 @@ fn why(why: Option<&serde_json::Value>) -> String {
             .unwrap_or_default();
         out.push_str(&format!("; {n} failures{window}"));
     }
+    if let Some(q) = w.get("quorum") {
+        let count = |field: &str| q.get(field).and_then(|v| v.as_i64()).unwrap_or(0);
+        let voters: Vec<&str> = q
+            .get("voters")
+            .and_then(|v| v.as_array())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.get("instance")?.as_str())
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "; quorum: {} votes of {} needed within {} ms ({})",
+            count("votes"),
+            count("needed"),
+            count("within_ms"),
+            voters.join(", ")
+        ));
+    }
     if let Some(note) = w.get("note").and_then(|v| v.as_str()) {
         out.push_str(&format!("; note: {note}"));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn why_names_the_quorum_and_its_voters() {
+        let w = serde_json::json!({
+            "failures": 3,
+            "quorum": {"votes": 3, "needed": 3, "within_ms": 60000,
+                       "voters": [{"instance": "a:1:f"}, {"instance": "b:2:e"}, {"instance": "c:3:d"}]},
+            "note": "payments down"
+        });
+        assert_eq!(
+            super::why(Some(&w)),
+            "; 3 failures; quorum: 3 votes of 3 needed within 60000 ms (a:1:f, b:2:e, c:3:d); note: payments down"
+        );
+        assert_eq!(super::why(None), "");
+    }
 }

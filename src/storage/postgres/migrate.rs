@@ -63,6 +63,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "change_log",
         sql: include_str!("../../../sql/0009_change_log.sql"),
     },
+    Migration {
+        version: 10,
+        name: "quorum",
+        sql: include_str!("../../../sql/0010_quorum.sql"),
+    },
 ];
 
 /// What an application role needs on `public.rc_circuit_breakers`, and all it needs, for this

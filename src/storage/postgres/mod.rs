@@ -42,6 +42,7 @@ mod publish;
 mod reaper;
 pub mod statements;
 pub(crate) mod tls;
+mod votes;
 
 pub(crate) use connect::connect;
 
@@ -319,7 +320,7 @@ impl Instance {
             .now_nanos()
             .saturating_add(duration_nanos(cooldown));
         let basis = self.shared.max_seen.load(Ordering::Relaxed); // see `seen`
-        cell.trip_pending(deadline, basis);
+        cell.trip_pending(deadline, basis, false);
         self.shared.outbox.trip(&self.shared, cell.clone());
     }
 

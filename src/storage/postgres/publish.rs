@@ -330,6 +330,9 @@ impl Shared {
             let Some(pending) = cell.pending_trip() else {
                 continue;
             };
+            if pending.vote {
+                continue; // a quorum vote holds the cell; `votes.rs` sent it
+            }
             let remaining = pending.deadline.saturating_sub(now);
             if remaining < 1_000_000 {
                 cell.drop_pending_trip(pending.seq); // its cooldown is over

@@ -1,8 +1,8 @@
 //! Every statement the instance sends, in one place, with the columns it reads back.
 //!
 //! The functions are defined in `sql/` (the newest definition of each is in
-//! `0006_hardening.sql`, but `rc_acquire_probe`'s in `0008_python_interop.sql` and
-//! `rc_changes_since` in `0009_change_log.sql`); rows are decoded
+//! `0006_hardening.sql`, but `rc_acquire_probe`'s in `0008_python_interop.sql`,
+//! `rc_changes_since` in `0009_change_log.sql` and `rc_vote` in `0010_quorum.sql`); rows are decoded
 //! once, by column name, into `RowState`, so a migration that renames or retypes a column fails
 //! loudly here instead of being misread.
 
@@ -106,6 +106,23 @@ pub(crate) const REPORT_PROBE: Call = Call {
     ],
 };
 
+/// A quorum vote (`0010_quorum.sql`): namespace, key, instance, failures, calls, quorum, period
+/// (ms), cooldown (ms), basis. Answers as the others, plus `o_votes`.
+pub(crate) const VOTE: Call = Call {
+    sql: "SELECT * FROM public.rc_vote($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    types: &[
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+        Type::INT4,
+        Type::INT4,
+        Type::INT4,
+        Type::INT8,
+        Type::INT8,
+        Type::INT8,
+    ],
+};
+
 /// The functions the statements above call, with their argument types, as `pg_proc` lists them
 /// (checked against the catalog by a test, so a migration cannot drift from the code).
 pub const FUNCTIONS: &[&str] = &[
@@ -115,6 +132,7 @@ pub const FUNCTIONS: &[&str] = &[
     "rc_force_many(text,text[],text[],bigint[])",
     "rc_acquire_probe(text,text,text,bigint,integer,integer)",
     "rc_report_probe(text,text,bigint,boolean,integer,integer,bigint)",
+    "rc_vote(text,text,text,integer,integer,integer,bigint,bigint,bigint)",
 ];
 
 /// One row as a transition function answers it (`o_state, o_version, o_remaining_ms,
@@ -152,6 +170,15 @@ pub(crate) fn decode(row: &Row, during: &'static str) -> Result<RowState, Storag
         lease_id: row.try_get("o_lease_id").map_err(err)?,
         retry_ms: row.try_get("o_retry_ms").map_err(err)?,
     })
+}
+
+/// Decodes `rc_vote`'s answer: the row, and the live votes counted with this one.
+pub(crate) fn decode_vote(row: &Row) -> Result<(RowState, i32), StorageError> {
+    let during = "casting a vote";
+    let votes = row
+        .try_get("o_votes")
+        .map_err(|e| StorageError::db(during, e))?;
+    Ok((decode(row, during)?, votes))
 }
 
 /// Decodes one row of a batched function: its key, and its state or the error the database

@@ -1,0 +1,86 @@
+//! Quorum votes ([`TripPolicy::Quorum`](crate::TripPolicy)): an instance whose own window tripped
+//! stops its own calls for the cooldown and sends its vote; the database counts the live votes of
+//! distinct instances and opens the key on the quorum's last one (`rc_vote`, in
+//! `sql/0010_quorum.sql`).
+//!
+//! A vote is sent once, not queued in the outbox and retried like a trip: it is a judgement of
+//! this moment, and replayed after an outage it would count a failure long past. An instance that
+//! cannot reach the database keeps its own calls stopped for the cooldown all the same.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::precedence::Source;
+use super::{statements, Instance};
+use crate::cell::KeyCell;
+use crate::clock::duration_nanos;
+
+impl Instance {
+    /// Casts this instance's vote for `cell`, whose window just tripped: holds the cell open
+    /// for `cooldown` against the table's older rows, and asks the database to count the vote.
+    pub(crate) fn cast_vote(
+        &self,
+        cell: &Arc<KeyCell>,
+        quorum: u32,
+        within: Duration,
+        cooldown: Duration,
+    ) {
+        let shared = self.shared.clone();
+        let deadline = shared
+            .clock
+            .now_nanos()
+            .saturating_add(duration_nanos(cooldown));
+        let basis = shared.max_seen.load(Ordering::Relaxed); // as for a trip: see `Shared::seen`
+        cell.trip_pending(deadline, basis, true);
+        let (failures, calls) = cell.window_counts();
+        let cell = cell.clone();
+        // Counted until answered, so that `Storage::flush` waits for the vote.
+        let in_flight = shared.report_started();
+        self.shared.spawn(async move {
+            let _in_flight = in_flight;
+            let quorum = i32::try_from(quorum).unwrap_or(i32::MAX);
+            let failures = i32::try_from(failures).unwrap_or(i32::MAX);
+            let calls = i32::try_from(calls).unwrap_or(i32::MAX);
+            let within_ms = statements::millis(within);
+            let cooldown_ms = statements::millis(cooldown);
+            let answer = shared
+                .call_many(
+                    "casting a vote",
+                    statements::VOTE,
+                    &[
+                        &shared.opts.namespace,
+                        &&*cell.key,
+                        &shared.holder,
+                        &failures,
+                        &calls,
+                        &quorum,
+                        &within_ms,
+                        &cooldown_ms,
+                        &basis,
+                    ],
+                )
+                .await
+                .and_then(|rows| match rows.first() {
+                    Some(row) => statements::decode_vote(row),
+                    None => Err(crate::StorageError::Database {
+                        during: "casting a vote",
+                        cause: "rc_vote returned no row".into(),
+                        source: None,
+                    }),
+                });
+            match answer {
+                Ok((row, votes)) => {
+                    tracing::debug!(key = %cell.key, votes, quorum, state = %row.state, "vote cast");
+                    // Judged like any answer: the CLOSED row of a vote short of the quorum is
+                    // older than the vote's basis and leaves the hold alone; the OPEN row of the
+                    // quorum's last vote is newer and brings the database's cooldown.
+                    shared.apply(&cell, row.remote(&cell.key), Source::Answer, None);
+                }
+                Err(e) => {
+                    tracing::warn!(key = %cell.key, error = %e, "could not cast a quorum vote; this instance still stops its own calls for the cooldown");
+                }
+            }
+        });
+    }
+}

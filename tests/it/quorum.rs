@@ -1,0 +1,426 @@
+//! `TripPolicy::Quorum` on real PostgreSQL, through the public API, as the application role: the
+//! fleet opens on the quorum's last vote and not before, a voter stops its own calls meanwhile,
+//! votes expire, one instance voting twice is one vote, a close spends the votes, and the change
+//! log says who voted.
+
+use std::time::Duration;
+
+use resilient_circuit::{Builder, CircuitBreaker, ConfigError, Ratio, State, Storage, TripPolicy};
+use tokio_postgres::Client;
+
+use crate::support::breakers::{fail, instance, options, row_state, Watched};
+use crate::support::{eventually, test_db, unique_key};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// Trips on one failure; the fleet opens when `instances` voted within `within`.
+fn quorum(instances: u32, within: Duration, cooldown: Duration) -> impl Fn(Builder) -> Builder {
+    move |b| {
+        b.failure_limit(Ratio::new(1, 1))
+            .cooldown(cooldown)
+            .trip_policy(TripPolicy::Quorum { instances, within })
+    }
+}
+
+/// The live votes the database holds for `key` (read as the admin: the table is closed to
+/// applications).
+async fn votes(admin: &Client, key: &str) -> i64 {
+    admin
+        .query_one(
+            "SELECT count(*) FROM rc_votes WHERE resource_key = $1",
+            &[&key],
+        )
+        .await
+        .expect("counts votes")
+        .get(0)
+}
+
+/// One failed call on `w`, and its vote answered.
+async fn vote(w: &Watched, storage: &Storage) {
+    fail(&w.cb).await;
+    assert_eq!(
+        w.cb.state(),
+        State::Open,
+        "the voter stops its own calls at once"
+    );
+    assert!(storage.flush(WAIT).await, "the vote is answered");
+}
+
+/// Five instances, a quorum of three: two votes leave the key closed for the fleet (the voters
+/// alone reject), the third opens it everywhere, and the change log names the three voters.
+#[tokio::test]
+async fn a_quorum_of_three_among_five_opens_only_with_the_third_vote() {
+    let db = test_db().await;
+    let admin = db.client().await;
+    let key = unique_key("quorum");
+    let mut storages = Vec::new();
+    let mut fleet = Vec::new();
+    for _ in 0..5 {
+        let s = instance(&db).await;
+        fleet.push(Watched::new(
+            &s,
+            &key,
+            quorum(3, Duration::from_secs(60), Duration::from_secs(60)),
+        ));
+        storages.push(s);
+    }
+    for voter in 0..2 {
+        vote(&fleet[voter], &storages[voter]).await;
+        assert_eq!(votes(&admin, &key).await, voter as i64 + 1);
+        assert_eq!(
+            row_state(&admin, &key).await,
+            None,
+            "no row: CLOSED for the fleet"
+        );
+        let rejected = fleet[voter]
+            .cb
+            .try_acquire()
+            .expect_err("the voter rejects its own calls");
+        assert!(rejected
+            .retry_after()
+            .is_some_and(|left| left <= Duration::from_secs(60)));
+        for other in &fleet[2..] {
+            assert_eq!(other.cb.state(), State::Closed);
+            assert!(other.cb.try_acquire().is_ok(), "the others still call");
+        }
+    }
+    vote(&fleet[2], &storages[2]).await;
+    assert_eq!(row_state(&admin, &key).await.as_deref(), Some("OPEN"));
+    for (i, w) in fleet.iter_mut().enumerate() {
+        assert!(
+            w.reaches(State::Open).await,
+            "instance {i} follows the quorum"
+        );
+    }
+    assert_eq!(
+        votes(&admin, &key).await,
+        0,
+        "the votes that opened it are spent"
+    );
+
+    let why: serde_json::Value = admin
+        .query_one(
+            "SELECT why FROM rc_changes WHERE resource_key = $1 AND state = 'OPEN'",
+            &[&key],
+        )
+        .await
+        .expect("one change to OPEN")
+        .get(0);
+    let q = &why["quorum"];
+    assert_eq!(q["votes"], 3, "{why}");
+    assert_eq!(q["needed"], 3, "{why}");
+    assert_eq!(q["within_ms"], 60_000, "{why}");
+    let voters = q["voters"].as_array().expect("voters listed");
+    let mut ids: Vec<&str> = voters
+        .iter()
+        .map(|v| v["instance"].as_str().expect("an instance id"))
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 3, "three distinct instances: {why}");
+    assert_eq!(why["failures"], 3, "one failure each: {why}");
+}
+
+/// A vote older than the period does not count: the second vote finds itself alone. The first
+/// voter, back in service after its cooldown, votes again within the period and opens the key.
+#[tokio::test]
+async fn votes_expire() {
+    let db = test_db().await;
+    let admin = db.client().await;
+    let key = unique_key("expiring");
+    let within = Duration::from_millis(1500);
+    let (a, b, c) = (
+        instance(&db).await,
+        instance(&db).await,
+        instance(&db).await,
+    );
+    let policy = quorum(2, within, Duration::from_millis(200));
+    let mut on_a = Watched::new(&a, &key, &policy);
+    let on_b = Watched::new(&b, &key, &policy);
+    let mut on_c = Watched::new(&c, &key, &policy);
+
+    vote(&on_a, &a).await;
+    tokio::time::sleep(within + Duration::from_millis(100)).await; // the period itself: time
+    vote(&on_b, &b).await;
+    assert_eq!(
+        row_state(&admin, &key).await,
+        None,
+        "the first vote expired"
+    );
+    assert_eq!(votes(&admin, &key).await, 1);
+    assert_eq!(on_c.cb.state(), State::Closed);
+
+    // a's cooldown is long over: its next call asks the database, finds the key CLOSED and runs.
+    assert!(
+        eventually(WAIT, || async { on_a.cb.try_acquire().is_ok() }).await,
+        "the first voter calls again once its cooldown ended"
+    );
+    assert!(on_a.reaches(State::Closed).await);
+    vote(&on_a, &a).await;
+    assert_eq!(row_state(&admin, &key).await.as_deref(), Some("OPEN"));
+    assert!(on_c.reaches(State::Open).await, "two live votes open it");
+}
+
+/// A voter rejects its own calls until its cooldown ends (a reload of the CLOSED table does not
+/// undo that), then calls again; voting twice it is still one instance of the quorum.
+#[tokio::test]
+async fn a_voter_stops_its_own_calls_until_its_cooldown_ends() {
+    let db = test_db().await;
+    let admin = db.client().await;
+    let key = unique_key("held");
+    let cooldown = Duration::from_millis(500);
+    // `a` reloads the namespace every 50 ms: about ten reloads of the CLOSED row during its hold.
+    let a = Storage::connect_with(
+        options(&db)
+            .await
+            .reconcile_interval(Duration::from_millis(50)),
+    )
+    .await
+    .expect("connects");
+    let b = instance(&db).await;
+    let policy = quorum(2, Duration::from_secs(60), cooldown);
+    let mut on_a = Watched::new(&a, &key, &policy);
+    let mut on_b = Watched::new(&b, &key, &policy);
+
+    // A CLOSED row that `a` has seen, so that its reloads read a row, not an absent key.
+    on_a.cb
+        .force_closed_confirmed()
+        .await
+        .expect("the row exists");
+    let voted = std::time::Instant::now();
+    vote(&on_a, &a).await;
+    assert!(on_b.cb.try_acquire().is_ok());
+    // Looked at every 10 ms for most of the cooldown: never admitted.
+    let mut looks = 0;
+    while voted.elapsed() < cooldown * 4 / 5 {
+        assert!(
+            on_a.cb.try_acquire().is_err(),
+            "neither the vote's answer nor the reloads of the CLOSED row end the vote's hold"
+        );
+        looks += 1;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(looks > 5, "looked {looks} times");
+
+    assert!(
+        eventually(WAIT, || async { on_a.cb.try_acquire().is_ok() }).await,
+        "calls again after its cooldown"
+    );
+    assert!(on_a.reaches(State::Closed).await);
+    vote(&on_a, &a).await;
+    assert_eq!(votes(&admin, &key).await, 1, "one instance, one vote");
+    assert_eq!(row_state(&admin, &key).await.as_deref(), Some("CLOSED"));
+
+    vote(&on_b, &b).await;
+    assert_eq!(row_state(&admin, &key).await.as_deref(), Some("OPEN"));
+    assert!(on_a.reaches(State::Open).await);
+    assert!(on_b.reaches(State::Open).await);
+}
+
+/// An operator's close, made after a vote, ends the voter's hold at once (a later decision
+/// wins) and spends the vote: the next voter is alone.
+#[tokio::test]
+async fn an_operator_close_ends_a_vote_hold() {
+    let db = test_db().await;
+    let admin = db.client().await;
+    let key = unique_key("overruled");
+    let (a, b) = (instance(&db).await, instance(&db).await);
+    let policy = quorum(2, Duration::from_secs(60), Duration::from_secs(60));
+    let mut on_a = Watched::new(&a, &key, &policy);
+    let on_b = Watched::new(&b, &key, &policy);
+
+    vote(&on_a, &a).await;
+    on_b.cb
+        .force_closed_confirmed()
+        .await
+        .expect("the operator closes");
+    assert!(
+        on_a.reaches(State::Closed).await,
+        "the close reaches the voter"
+    );
+    assert!(on_a.cb.try_acquire().is_ok());
+
+    vote(&on_b, &b).await;
+    assert_eq!(
+        row_state(&admin, &key).await.as_deref(),
+        Some("CLOSED"),
+        "the vote cast before the close does not count"
+    );
+}
+
+/// Three instances voting at once for a key with no row: the third vote opens it, once.
+#[tokio::test]
+async fn concurrent_votes_open_exactly_once() {
+    let db = test_db().await;
+    let admin = db.client().await;
+    let key = unique_key("racing");
+    let mut storages = Vec::new();
+    for _ in 0..3 {
+        storages.push(instance(&db).await);
+    }
+    let fleet: Vec<Watched> = storages
+        .iter()
+        .map(|s| {
+            Watched::new(
+                s,
+                &key,
+                quorum(3, Duration::from_secs(60), Duration::from_secs(60)),
+            )
+        })
+        .collect();
+    futures_util::future::join_all(fleet.iter().map(|w| fail(&w.cb))).await;
+    for s in &storages {
+        assert!(s.flush(WAIT).await);
+    }
+    assert_eq!(row_state(&admin, &key).await.as_deref(), Some("OPEN"));
+    let opened: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM rc_changes WHERE resource_key = $1 AND state = 'OPEN'",
+            &[&key],
+        )
+        .await
+        .expect("counts")
+        .get(0);
+    assert_eq!(opened, 1, "one transition for three racing votes");
+}
+
+/// `rc_vote` refuses nonsense with a clear error, as the application role; the votes table is
+/// written only through it.
+#[tokio::test]
+async fn rc_vote_refuses_nonsense_and_its_table_is_closed() {
+    let db = test_db().await;
+    let _setup = instance(&db).await;
+    let (app, connection) =
+        tokio_postgres::connect(&db.app_conninfo().await, tokio_postgres::NoTls)
+            .await
+            .expect("the app role connects");
+    tokio::spawn(connection);
+    let call = "SELECT o_votes FROM rc_vote('default', 'k', $1, $2, $3, $4, $5, 1000)";
+    let refused = |instance: &'static str, failures: i32, calls: i32, quorum: i32, within: i64| {
+        let app = &app;
+        async move {
+            let e = app
+                .query_one(call, &[&instance, &failures, &calls, &quorum, &within])
+                .await
+                .expect_err("refused");
+            e.as_db_error()
+                .map(|d| d.message().to_owned())
+                .unwrap_or_default()
+        }
+    };
+    assert!(refused("i", 1, 1, 0, 1000)
+        .await
+        .contains("quorum must be at least 1"));
+    assert!(refused("", 1, 1, 2, 1000).await.contains("instance"));
+    assert!(refused("i", 3, 2, 2, 1000)
+        .await
+        .contains("failures <= calls"));
+    assert!(refused("i", 1, 1, 2, 0).await.contains("vote period"));
+    let counted: i32 = app
+        .query_one(call, &[&"i", &1i32, &1i32, &2i32, &1000i64])
+        .await
+        .expect("a good vote")
+        .get(0);
+    assert_eq!(counted, 1);
+    let forged = app
+        .execute(
+            "INSERT INTO rc_votes VALUES ('default', 'k', 'forged', now(), 1, 1)",
+            &[],
+        )
+        .await
+        .expect_err("no privilege on the votes table");
+    let message = forged.as_db_error().map(|d| d.message().to_owned());
+    assert!(
+        message
+            .as_deref()
+            .is_some_and(|m| m.contains("permission denied")),
+        "{message:?}"
+    );
+}
+
+/// Breakers sharing a key must agree on the trip policy, and the error says which they hold.
+#[test]
+fn a_second_breaker_with_another_trip_policy_is_refused() {
+    let storage = Storage::in_memory();
+    let q = TripPolicy::Quorum {
+        instances: 2,
+        within: Duration::from_secs(5),
+    };
+    let _first = CircuitBreaker::builder("agreed")
+        .storage(storage.clone())
+        .trip_policy(q)
+        .build()
+        .expect("valid");
+    let e = CircuitBreaker::builder("agreed")
+        .storage(storage)
+        .build()
+        .expect_err("another policy");
+    assert!(matches!(e, ConfigError::ConflictingPolicy { .. }));
+    assert!(e.to_string().contains("quorum of 2 instances"), "{e}");
+}
+
+/// The explanation a session may set by hand (`resilient_circuit.why`) never fails a write: not
+/// JSON, JSON that is no object, an entry that is no object. The change is logged all the same.
+#[tokio::test]
+async fn a_garbled_explanation_never_fails_a_write() {
+    let db = test_db().await;
+    let _setup = instance(&db).await;
+    let (app, connection) =
+        tokio_postgres::connect(&db.app_conninfo().await, tokio_postgres::NoTls)
+            .await
+            .expect("the app role connects");
+    tokio::spawn(connection);
+    let key = unique_key("garbled");
+    let not_an_object = format!(r#"{{"{key}": "a string", "{key}-vote-2": [1]}}"#);
+    for (i, garbage) in ["not json", "[1, 2]", &not_an_object]
+        .into_iter()
+        .enumerate()
+    {
+        app.execute(
+            "SELECT pg_catalog.set_config('resilient_circuit.why', $1, false)",
+            &[&garbage],
+        )
+        .await
+        .expect("sets it");
+        let state = if i % 2 == 0 { "OPEN" } else { "CLOSED" };
+        app.query_one(
+            "SELECT o_state FROM rc_force('default', $1, $2, 60000)",
+            &[&key, &state],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("the write goes through with why = {garbage:?}: {e}"));
+        // A quorum of one: the vote opens its key, and rc_explain merges into the garbage.
+        let opened: String = app
+            .query_one(
+                "SELECT o_state FROM rc_vote('default', $1, 'i', 1, 1, 1, 1000, 1000)",
+                &[&format!("{key}-vote-{i}")],
+            )
+            .await
+            .unwrap_or_else(|e| panic!("a vote goes through with why = {garbage:?}: {e}"))
+            .get(0);
+        assert_eq!(opened, "OPEN");
+    }
+    let logged: i64 = db
+        .client()
+        .await
+        .query_one(
+            "SELECT count(*) FROM rc_changes WHERE resource_key = $1",
+            &[&key],
+        )
+        .await
+        .expect("counts")
+        .get(0);
+    assert_eq!(logged, 3, "every write was logged");
+    let explained: i64 = db
+        .client()
+        .await
+        .query_one(
+            "SELECT count(*) FROM rc_changes WHERE resource_key LIKE $1 || '-vote-%'
+             AND why -> 'quorum' ->> 'votes' = '1'",
+            &[&key],
+        )
+        .await
+        .expect("counts")
+        .get(0);
+    assert_eq!(explained, 3, "every vote's opening says why");
+}
