@@ -296,12 +296,15 @@ impl Storage {
             .map_err(|existing| ConfigError::ConflictingPolicy {
                 key: key.to_owned(),
                 existing: format!(
-                    "failure_limit {}, success_limit {}, cooldown {:?}",
+                    "failure_limit {}, success_limit {}, cooldown {:?}, max_cooldown {}",
                     existing.failure_limit,
                     existing
                         .success_limit
                         .map_or_else(|| "none".to_owned(), |r| r.to_string()),
-                    existing.cooldown
+                    existing.cooldown,
+                    existing
+                        .max_cooldown
+                        .map_or_else(|| "none (fixed)".to_owned(), |d| format!("{d:?}")),
                 ),
             })?;
         Ok(cell)
@@ -325,7 +328,14 @@ impl Storage {
     pub(crate) fn publish_transition(&self, cell: &Arc<KeyCell>, t: Transition) {
         if let Backend::Postgres(pg) = &self.inner.backend {
             if t.to == State::Open {
-                pg.publish_trip(cell, cell.policy().cooldown);
+                // A trip from CLOSED rests the base cooldown; a round of our own that failed
+                // while the database was away, the (maybe grown) cooldown it set.
+                let cooldown = if t.from == State::HalfOpen {
+                    cell.cooldown_remaining()
+                } else {
+                    cell.policy().cooldown
+                };
+                pg.publish_trip(cell, cooldown);
             }
         }
     }
