@@ -859,3 +859,115 @@ fn busy_tripper(rt: tokio::runtime::Runtime, flavor: &str) {
     drop(a);
     rt.block_on(async move { drop(db) });
 }
+
+/// The cooldown a row's last write set (`open_until` less the write's transaction start, so a
+/// slow test machine does not shorten it), the time left of it by the database's clock, and the
+/// row's reopen count (`sql/0011_growing_cooldowns.sql`); -1 for times of a row not open.
+async fn row_cooldown(client: &tokio_postgres::Client, key: &str) -> (i64, i64, i32) {
+    let row = client
+        .query_one(
+            "SELECT coalesce((extract(epoch FROM open_until - updated_at) * 1000)::bigint, -1),
+                    coalesce(public.rc_remaining_ms(open_until), -1), reopens
+             FROM rc_circuit_breakers WHERE resource_key = $1",
+            &[&key],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("reading the row of {key}: {e}"));
+    (row.get(0), row.get(1), row.get(2))
+}
+
+/// Growing cooldowns across two instances: each failed fleet round reopens the row for about
+/// 2×, 4× the base (less at most 10% of jitter, computed by the database), capped at the
+/// maximum, whichever instance reported the probe; both instances' `cooldown_remaining` follow
+/// the row; a round that closes resets the count, so the next trip rests the base again.
+#[tokio::test]
+async fn failed_rounds_grow_the_cooldown_fleet_wide() {
+    const BASE: u64 = 250;
+    const MAX: u64 = 1200;
+    let db = test_db().await;
+    let client = db.client().await;
+    let (a, b) = (instance(&db).await, instance(&db).await);
+    let key = unique_key("growing");
+    let configure = |builder: resilient_circuit::Builder| {
+        builder
+            .failure_limit(Ratio::new(1, 1))
+            .success_limit(Ratio::new(1, 1))
+            .cooldown(Duration::from_millis(BASE))
+            .max_cooldown(Duration::from_millis(MAX))
+            .probe_wait(WAIT)
+    };
+    let mut on_a = Watched::new(&a, &key, configure);
+    let mut on_b = Watched::new(&b, &key, configure);
+    fail(&on_a.cb).await;
+    assert!(a.flush(WAIT).await, "the trip is answered");
+    assert!(on_b.reaches(State::Open).await);
+    let (set, _, reopens) = row_cooldown(&client, &key).await;
+    assert_eq!(reopens, 0, "a trip is no reopen");
+    assert!(
+        (BASE as i64..BASE as i64 + 50).contains(&set),
+        "a trip rests the base cooldown: {set} ms"
+    );
+
+    // Failed rounds, reported alternately by B and A.
+    for (grown, on_a_side, n) in [(2 * BASE, false, 1), (4 * BASE, true, 2), (MAX, false, 3)] {
+        let (prober, reporter) = if on_a_side { (&on_a, &a) } else { (&on_b, &b) };
+        // The cooldown itself: time, not an event.
+        tokio::time::sleep(prober.cb.cooldown_remaining()).await;
+        support::breakers::fleet_probe(&prober.cb).await.failure();
+        assert!(reporter.flush(WAIT).await, "the probe's report is answered");
+        let (set, left, reopens) = row_cooldown(&client, &key).await;
+        assert_eq!(reopens, n, "reopen {n} is counted in the row");
+        let (low, high) = (grown as i64 - grown as i64 / 10, grown as i64 + 50);
+        assert!(
+            (low..=high).contains(&set),
+            "reopen {n}: the database set {set} ms, expected {low}..={high} ms"
+        );
+        assert!(
+            left > (grown as i64) / 2 && left <= set,
+            "reopen {n}: {left} ms left of {set} ms"
+        );
+        assert!(
+            support::breakers::caught_up(&client, &[&a, &b], WAIT).await,
+            "both instances heard the reopen"
+        );
+        for w in [&on_a, &on_b] {
+            assert_eq!(w.cb.state(), State::Open);
+            let remaining = w.cb.cooldown_remaining();
+            assert!(
+                remaining > Duration::from_millis(BASE)
+                    && remaining <= Duration::from_millis(set as u64),
+                "reopen {n}: the instance rests {remaining:?} of the row's {set} ms"
+            );
+        }
+    }
+
+    // A round that closes resets the count: the next trip rests the base, and growth restarts.
+    tokio::time::sleep(on_a.cb.cooldown_remaining()).await;
+    support::breakers::fleet_probe(&on_a.cb).await.success();
+    assert!(on_a.reaches(State::Closed).await);
+    assert!(on_b.reaches(State::Closed).await);
+    assert_eq!(
+        row_cooldown(&client, &key).await.2,
+        0,
+        "a close resets the count"
+    );
+    fail(&on_b.cb).await;
+    assert!(b.flush(WAIT).await);
+    let (set, _, reopens) = row_cooldown(&client, &key).await;
+    assert_eq!(reopens, 0);
+    assert!(
+        (BASE as i64..BASE as i64 + 50).contains(&set),
+        "after a close, a trip rests the base again: {set} ms"
+    );
+    assert!(on_a.reaches(State::Open).await);
+    tokio::time::sleep(on_a.cb.cooldown_remaining()).await;
+    support::breakers::fleet_probe(&on_a.cb).await.failure();
+    assert!(a.flush(WAIT).await);
+    let (set, _, reopens) = row_cooldown(&client, &key).await;
+    assert_eq!(reopens, 1);
+    let (low, high) = (2 * BASE as i64 - BASE as i64 / 5, 2 * BASE as i64 + 50);
+    assert!(
+        (low..=high).contains(&set),
+        "the first reopen after a close rests about twice the base: {set} ms"
+    );
+}
