@@ -971,3 +971,64 @@ async fn failed_rounds_grow_the_cooldown_fleet_wide() {
         "the first reopen after a close rests about twice the base: {set} ms"
     );
 }
+
+/// The reopens an instance heard from the fleet carry into the rounds it runs alone while the
+/// database is unreachable: after one failed fleet round (about 2× the base), a failed local
+/// round rests about 4×; a local round that closes resets the count, so the next trip rests the
+/// base.
+#[tokio::test]
+async fn local_rounds_keep_growing_during_an_outage() {
+    const BASE: u64 = 200;
+    let db = test_db().await;
+    let proxy = support::Proxy::start(db.addr()).await;
+    let storage = Storage::connect_with(
+        PostgresOptions::from_dsn(&db.app_conninfo_via(proxy.addr()).await).expect("parses"),
+    )
+    .await
+    .expect("connects through the proxy");
+    let key = unique_key("grow-offline");
+    let w = Watched::new(&storage, &key, |b| {
+        b.failure_limit(Ratio::new(1, 1))
+            .success_limit(Ratio::new(1, 1))
+            .cooldown(Duration::from_millis(BASE))
+            .max_cooldown(Duration::from_secs(10))
+            .probe_wait(WAIT)
+    });
+    fail(&w.cb).await;
+    assert!(storage.flush(WAIT).await, "the trip is answered");
+    tokio::time::sleep(w.cb.cooldown_remaining()).await; // the cooldown: time, not an event
+    support::breakers::fleet_probe(&w.cb).await.failure();
+    assert!(storage.flush(WAIT).await, "the probe's report is answered");
+    let fleet = w.cb.cooldown_remaining();
+    assert!(
+        fleet > Duration::from_millis(BASE) && fleet <= Duration::from_millis(2 * BASE),
+        "the fleet's first reopen rests about twice the base: {fleet:?}"
+    );
+
+    proxy.set_mode(support::Mode::Cut);
+    assert!(support::eventually(WAIT, || async { storage.is_degraded() }).await);
+    tokio::time::sleep(w.cb.cooldown_remaining()).await;
+    let probe =
+        w.cb.acquire()
+            .await
+            .expect("a local probe during the outage");
+    assert!(probe.is_probe());
+    probe.failure();
+    assert_eq!(w.cb.state(), State::Open);
+    let local = w.cb.cooldown_remaining();
+    let grown = Duration::from_millis(4 * BASE);
+    assert!(
+        local <= grown && local >= grown - grown / 10 - Duration::from_millis(50),
+        "the second reopen, run locally, rests about 4x the base: {local:?}"
+    );
+
+    tokio::time::sleep(local).await;
+    w.cb.acquire().await.expect("a local probe").success();
+    assert_eq!(w.cb.state(), State::Closed, "a good local probe closes it");
+    fail(&w.cb).await;
+    let again = w.cb.cooldown_remaining();
+    assert!(
+        again <= Duration::from_millis(BASE) && again > Duration::from_millis(BASE / 2),
+        "after a close, a local trip rests the base: {again:?}"
+    );
+}
