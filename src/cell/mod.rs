@@ -159,7 +159,6 @@ pub(crate) struct KeyCell {
     callbacks: Mutex<Vec<Weak<Callback>>>,
 }
 
-/// A zero-sized field that starts a new cache line.
 /// A random number in `[0, 1)` for the jitter of grown cooldowns, off the hot path (a
 /// half-open round failed). std's `RandomState` draws random keys once per thread and steps them
 /// for each new one, so hashing the clock with a fresh one is enough here without a dependency:
@@ -176,6 +175,7 @@ fn jitter() -> f64 {
     (h.finish() >> 11) as f64 / (1u64 << 53) as f64
 }
 
+/// A zero-sized field that starts a new cache line.
 #[repr(align(64))]
 #[derive(Debug, Default)]
 struct CacheLine;
