@@ -54,8 +54,9 @@ BEGIN
 END
 $$;
 
--- 0009's rc_log_change, now also merging what rc_explain said about the key; an empty window
--- (a trip decided by votes) is left out rather than shown as "no outcomes".
+-- 0009's rc_log_change, now also merging what rc_explain said about the key. An empty window (a
+-- trip decided by votes) and a failure count of 0 (an override, a round that reopened) are left
+-- out rather than shown as if they were why.
 CREATE OR REPLACE FUNCTION public.rc_log_change(
     p_ns text, p_key text, p_from text, p_state text, p_version bigint, p_open_until timestamptz,
     p_reset boolean)
@@ -95,7 +96,7 @@ BEGIN
             NULLIF(pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object(
                 'note', NULLIF(
                     pg_catalog.current_setting('resilient_circuit.note', true), ''),
-                'failures', failures,
+                'failures', NULLIF(failures, 0),
                 'window', NULLIF(window_log, '[]'::jsonb)))
                 || coalesce(explained, '{}'::jsonb), '{}'::jsonb));
     IF p_version % 256 = 0 THEN

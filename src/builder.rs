@@ -66,6 +66,45 @@ impl Builder {
         self
     }
 
+    /// Turns on growing cooldowns: each time a half-open round fails and the breaker opens
+    /// again without having closed in between, its cooldown doubles, up to `max`.
+    ///
+    /// After the `n`-th such reopen the breaker rests `min(max, cooldown × 2^n)`, shortened by a
+    /// random fraction of at most 10% (so `max` is never exceeded, and keys that reopened
+    /// together do not all probe at the same instant). A trip from CLOSED rests the base
+    /// [`cooldown`](Self::cooldown); a round that closes, or a manual close
+    /// ([`force_closed`](CircuitBreaker::force_closed)), starts the count again. With a
+    /// PostgreSQL storage the database computes the grown cooldown by its own clock, and counts
+    /// reopens in the row, so the whole fleet agrees on it.
+    ///
+    /// Default: off (every reopen rests the base cooldown). `build` refuses a `max` shorter than
+    /// the cooldown or longer than [`MAX_DURATION`].
+    ///
+    /// ```
+    /// # fn main() -> Result<(), resilient_circuit::ConfigError> {
+    /// use resilient_circuit::{CircuitBreaker, ConfigError, Ratio, Storage};
+    /// use std::time::Duration;
+    /// // Rests 10 s after a trip, then about 20 s, 40 s, 80 s, ... and at most 5 minutes while
+    /// // probes keep failing.
+    /// let cb = CircuitBreaker::builder("search_api")
+    ///     .storage(Storage::in_memory())
+    ///     .failure_limit(Ratio::new(5, 10))
+    ///     .cooldown(Duration::from_secs(10))
+    ///     .max_cooldown(Duration::from_secs(300))
+    ///     .build()?;
+    /// # drop(cb);
+    /// let too_short = CircuitBreaker::builder("search_api_2")
+    ///     .cooldown(Duration::from_secs(10))
+    ///     .max_cooldown(Duration::from_secs(5))
+    ///     .build();
+    /// assert!(matches!(too_short, Err(ConfigError::MaxCooldownBelowCooldown { .. })));
+    /// # Ok(()) }
+    /// ```
+    pub fn max_cooldown(mut self, max: Duration) -> Self {
+        self.policy.max_cooldown = Some(max);
+        self
+    }
+
     /// Trip when the window of the last `denominator` outcomes is full and holds at least
     /// `numerator` failures.
     pub fn failure_limit(mut self, limit: Ratio) -> Self {
@@ -132,8 +171,9 @@ impl Builder {
     ///
     /// Fails with a [`ConfigError`] for an empty key, a key over [`MAX_KEY_LEN`] bytes or with a
     /// control character, an unusable ratio (zero, numerator above denominator, window over
-    /// [`Ratio::MAX_DENOMINATOR`]), a cooldown over [`MAX_DURATION`], a trip policy with unusable
-    /// numbers ([`TripPolicy`]), or limits that differ from
+    /// [`Ratio::MAX_DENOMINATOR`]), a cooldown over [`MAX_DURATION`], a
+    /// [`max_cooldown`](Self::max_cooldown) below the cooldown or over [`MAX_DURATION`], a trip
+    /// policy with unusable numbers ([`TripPolicy`]), or limits that differ from
     /// those of a breaker of the same key already on this storage. Sends nothing to the database:
     /// a PostgreSQL storage already holds the key's state.
     pub fn build(self) -> Result<CircuitBreaker, ConfigError> {
@@ -144,6 +184,21 @@ impl Builder {
                 given: self.policy.cooldown,
                 max: MAX_DURATION,
             });
+        }
+        if let Some(max) = self.policy.max_cooldown {
+            if max > MAX_DURATION {
+                return Err(ConfigError::DurationTooLong {
+                    name: "max_cooldown",
+                    given: max,
+                    max: MAX_DURATION,
+                });
+            }
+            if max < self.policy.cooldown {
+                return Err(ConfigError::MaxCooldownBelowCooldown {
+                    max_cooldown: max,
+                    cooldown: self.policy.cooldown,
+                });
+            }
         }
         self.policy.failure_limit.validate("failure_limit")?;
         if let Some(s) = self.policy.success_limit {

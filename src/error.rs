@@ -184,6 +184,15 @@ pub enum ConfigError {
         /// What was given and what is allowed.
         reason: String,
     },
+    /// A [`max_cooldown`](crate::Builder::max_cooldown) shorter than the base cooldown: the
+    /// cooldown could never grow.
+    #[error("max_cooldown of {max_cooldown:?} is shorter than the cooldown of {cooldown:?}; growing cooldowns start at the cooldown and grow up to max_cooldown, so it must be at least as long")]
+    MaxCooldownBelowCooldown {
+        /// The maximum given.
+        max_cooldown: Duration,
+        /// The base cooldown.
+        cooldown: Duration,
+    },
     /// An environment variable or option holds a value that cannot be used.
     #[error("invalid {name}: {reason}")]
     InvalidSetting {

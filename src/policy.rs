@@ -18,7 +18,13 @@ pub(crate) struct Policy {
     pub(crate) cooldown: Duration,
     /// Who opens the breaker for the fleet when this instance's window trips.
     pub(crate) trip: TripPolicy,
+    /// Growing cooldowns (`Builder::max_cooldown`): the cap of a cooldown after reopens, or
+    /// `None` for a fixed cooldown.
+    pub(crate) max_cooldown: Option<Duration>,
 }
+
+/// The largest share of a grown cooldown that jitter takes off: 10%.
+pub(crate) const JITTER: f64 = 0.1;
 
 impl Default for Policy {
     /// The builder's defaults: 5 failures in 10 calls, 30 s cooldown, no success limit.
@@ -28,6 +34,7 @@ impl Default for Policy {
             success_limit: None,
             cooldown: Duration::from_secs(30),
             trip: TripPolicy::AnyInstance,
+            max_cooldown: None,
         }
     }
 }
@@ -48,6 +55,32 @@ impl Policy {
             Some(s) => s.numerator(),
             None => (self.probe_count() + 1).saturating_sub(self.failure_limit.numerator()),
         }
+    }
+
+    /// The cooldown after the `reopens`-th failed half-open round since the breaker last closed
+    /// (0: a trip from CLOSED, which always rests the base cooldown).
+    ///
+    /// With growth on it is `min(max_cooldown, cooldown × 2^reopens)`, shortened by `jitter × 10%`
+    /// for `reopens ≥ 1` (`jitter` in `[0, 1)`, drawn by the caller), so it never exceeds the cap
+    /// and keys reopened together spread their probes. Without growth, the base cooldown. The
+    /// same formula as `rc_report_probe` in `sql/0011_growing_cooldowns.sql`.
+    pub(crate) fn cooldown_after(&self, reopens: u32, jitter: f64) -> Duration {
+        let Some(max) = self.max_cooldown else {
+            return self.cooldown;
+        };
+        if reopens == 0 {
+            return self.cooldown;
+        }
+        let mut grown = self.cooldown;
+        for _ in 0..reopens {
+            if grown >= max || grown.is_zero() {
+                break;
+            }
+            grown = grown.saturating_mul(2);
+        }
+        let grown = grown.min(max);
+        let cut = grown.mul_f64(JITTER * jitter.clamp(0.0, 1.0));
+        grown.saturating_sub(cut)
     }
 
     /// A closed breaker trips when its window is full and holds at least `num` failures.

@@ -73,3 +73,48 @@ fn close_threshold_agrees_with_the_verdict() {
         }
     }
 }
+
+/// Growing cooldowns: base for a trip from CLOSED, ×2 per reopen, capped at the maximum, cut by
+/// at most 10% of the grown value by jitter; without a maximum, always the base.
+#[test]
+fn cooldown_grows_doubles_caps_and_jitters() {
+    let ms = Duration::from_millis;
+    let mut p = policy(Ratio::new(1, 1), None);
+    p.cooldown = ms(100);
+    for n in [0, 1, 5, u32::MAX] {
+        assert_eq!(p.cooldown_after(n, 0.5), ms(100), "growth off, reopen {n}");
+    }
+    p.max_cooldown = Some(ms(1000));
+    let table = [
+        (0, 100),
+        (1, 200),
+        (2, 400),
+        (3, 800),
+        (4, 1000),
+        (40, 1000),
+    ];
+    for (n, want) in table {
+        assert_eq!(p.cooldown_after(n, 0.0), ms(want), "reopen {n}, no jitter");
+        let jittered = p.cooldown_after(n, 0.999_999);
+        if n == 0 {
+            assert_eq!(jittered, ms(100), "a trip from CLOSED is never jittered");
+        } else {
+            assert!(
+                jittered <= ms(want) && jittered >= ms(want) - ms(want) / 10,
+                "reopen {n}: {jittered:?} within 10% below {want} ms"
+            );
+        }
+    }
+    assert_eq!(
+        p.cooldown_after(u32::MAX, 2.0),
+        ms(900),
+        "jitter is clamped to 10%"
+    );
+    // A zero base stays zero, however often it reopens (and the loop ends at once).
+    p.cooldown = Duration::ZERO;
+    assert_eq!(p.cooldown_after(u32::MAX, 0.0), Duration::ZERO);
+    // A maximum near MAX_DURATION does not overflow.
+    p.cooldown = Duration::from_secs(1);
+    p.max_cooldown = Some(MAX_DURATION);
+    assert_eq!(p.cooldown_after(u32::MAX, 0.0), MAX_DURATION);
+}

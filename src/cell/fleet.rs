@@ -87,6 +87,11 @@ impl KeyCell {
             }
             return None;
         }
+        if cur == State::HalfOpen && r.state == State::Open {
+            // The fleet's round failed: count it as the row does, for rounds run here while
+            // the database is away (the row's count itself is not sent to instances).
+            slow.reopens = slow.reopens.saturating_add(1);
+        }
         if r.state == State::HalfOpen && !self.is_fleet() {
             // A round the fleet began, learned of just as the database went away: run it here.
             slow.probes_free = slow.policy.probe_count();

@@ -110,6 +110,11 @@ struct Slow {
     view: FleetView,
     /// Live breaker handles using this cell; while any exist, the policy is fixed.
     handles: u32,
+    /// Half-open rounds that failed since the breaker last closed: the `n` of a growing
+    /// cooldown (`Policy::cooldown_after`). Reset by every transition to CLOSED. With a shared
+    /// store the row counts them (`reopens`, `sql/0011_growing_cooldowns.sql`); this count
+    /// follows the reopens this instance sees, for local rounds while the database is away.
+    reopens: u32,
 }
 
 /// One key's state in one storage.
@@ -154,6 +159,22 @@ pub(crate) struct KeyCell {
     callbacks: Mutex<Vec<Weak<Callback>>>,
 }
 
+/// A random number in `[0, 1)` for the jitter of grown cooldowns, off the hot path (a
+/// half-open round failed). std's `RandomState` draws random keys once per thread and steps them
+/// for each new one, so hashing the clock with a fresh one is enough here without a dependency:
+/// jitter only has to differ between keys and instances, not be unpredictable.
+fn jitter() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    // The top 53 bits, as a fraction: uniform in [0, 1).
+    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
+}
+
 /// A zero-sized field that starts a new cache line.
 #[repr(align(64))]
 #[derive(Debug, Default)]
@@ -196,6 +217,7 @@ impl KeyCell {
                 leases: VecDeque::new(),
                 view: FleetView::default(),
                 handles: 0,
+                reopens: 0,
             }),
             lease_requested: AtomicBool::new(false),
             lease_retry_at: AtomicU64::new(0),
@@ -455,7 +477,9 @@ impl KeyCell {
                 match slow.policy.half_open_verdict(&slow.half_open) {
                     None => Recorded::Nothing,
                     Some(State::Open) => {
-                        let deadline = self.deadline_after(slow.policy.cooldown);
+                        slow.reopens = slow.reopens.saturating_add(1);
+                        let cooldown = slow.policy.cooldown_after(slow.reopens, jitter());
+                        let deadline = self.deadline_after(cooldown);
                         Recorded::Changed(self.set_state(&mut slow, State::Open, deadline))
                     }
                     Some(to) => Recorded::Changed(self.set_state(&mut slow, to, None)),
@@ -504,7 +528,10 @@ impl KeyCell {
             self.open_deadline.store(d, Ordering::Relaxed);
         }
         match to {
-            State::Closed => slow.closed.clear(),
+            State::Closed => {
+                slow.closed.clear();
+                slow.reopens = 0; // a closed breaker's next trip rests the base cooldown
+            }
             State::HalfOpen => slow.half_open.clear(),
             State::Open => {}
         }

@@ -92,7 +92,7 @@
 //! |---|---|---|
 //! | CLOSED → OPEN | an instance's own window | `rc_trip_many`: row lock, refused if the row changed since the instance decided |
 //! | OPEN → HALF_OPEN | the database's clock | an instance whose cooldown is over asks for a probe lease (`rc_acquire_probe`); the function starts the round if the cooldown is over by the database's clock |
-//! | HALF_OPEN → CLOSED or OPEN | the round's results | each probe reports (`rc_report_probe`); when the round's `m` results are in, the function closes (at least `s` successes) or opens again for another cooldown |
+//! | HALF_OPEN → CLOSED or OPEN | the round's results | each probe reports (`rc_report_probe`); when the round's `m` results are in, the function closes (at least `s` successes) or opens again for another cooldown (grown ×2 per reopen up to the maximum with `max_cooldown`, counted in the row's `reopens`) |
 //! | anything → OPEN / CLOSED | an operator | [`force_open`](crate::CircuitBreaker::force_open), [`force_closed`](crate::CircuitBreaker::force_closed), `resilient-circuit open / close / delete`, or a plain write |
 //!
 //! A half-open round is fleet-wide: the database hands out exactly `m` probe leases across all

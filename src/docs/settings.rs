@@ -64,6 +64,39 @@
 //! the last prober's: services sharing a key should agree on it. It ends by the database's
 //! clock. Default 30 s; at most [`MAX_DURATION`](crate::MAX_DURATION) (ten years).
 //!
+//! ## Growing cooldowns: `max_cooldown(d)`
+//!
+//! A dependency that stays down through round after round is probed every cooldown for as long
+//! as it is down. [`max_cooldown`](crate::Builder::max_cooldown) makes each failed round double
+//! the rest, up to `d`: the `n`-th reopen since the breaker last closed rests
+//! `min(d, cooldown × 2^n)`, shortened by a random fraction of at most 10% so that keys which
+//! reopened together spread their probes (and `d` is never exceeded). A trip from CLOSED rests
+//! the base cooldown; a round that closes, or a manual close, starts over. So a short base
+//! cooldown recovers fast from a blip, and a long outage costs the dependency few probes.
+//!
+//! On PostgreSQL the row counts the reopens (`reopens`, migration `0011`) and the database
+//! computes the grown cooldown by its clock, whichever instance reports the failed probe; the
+//! maximum used is that instance's, so services sharing a key should agree on it as on the
+//! cooldown. A Python service's failed rounds rest its own fixed cooldown; any write that closes
+//! the row resets the count. Default: off. `d` must be at least the cooldown and at most
+//! [`MAX_DURATION`](crate::MAX_DURATION).
+//!
+//! ```
+//! # fn main() -> Result<(), resilient_circuit::ConfigError> {
+//! use std::time::Duration;
+//! use resilient_circuit::{CircuitBreaker, Ratio, Storage};
+//! // 5 s after a trip, then about 10 s, 20 s, 40 s, ... at most 10 minutes.
+//! let cb = CircuitBreaker::builder("inventory_service")
+//!     .storage(Storage::in_memory())
+//!     .failure_limit(Ratio::new(2, 5))
+//!     .success_limit(Ratio::new(1, 1))
+//!     .cooldown(Duration::from_secs(5))
+//!     .max_cooldown(Duration::from_secs(600))
+//!     .build()?;
+//! # assert_eq!(cb.key(), "inventory_service");
+//! # Ok(()) }
+//! ```
+//!
 //! ## Probes: `success_limit(s/m)`, `lease_timeout`, `probe_wait`
 //!
 //! After the cooldown, the database hands out `m` probe leases across the fleet; the breaker
@@ -154,6 +187,8 @@
 //!   Rust instances at once, through the trigger.
 //! * In HALF_OPEN, Python processes admit every call; Rust instances share the round's `m`
 //!   leases. A round begun by a Python write is sized by the first Rust instance that asks.
+//! * The ancestor has no growing cooldowns: its failed rounds rest its fixed cooldown and are not
+//!   counted; its closes reset the count all the same.
 //! * The ancestor ends cooldowns by the writer's wall clock (`time.time()`), so skew between its
 //!   hosts and the database shifts the end of the cooldowns it writes.
 //! * Windows: the ancestor keeps its window in the row (`execution_log`); this crate keeps it in

@@ -296,12 +296,15 @@ impl Storage {
             .map_err(|existing| ConfigError::ConflictingPolicy {
                 key: key.to_owned(),
                 existing: format!(
-                    "failure_limit {}, success_limit {}, cooldown {:?}, trip policy {}",
+                    "failure_limit {}, success_limit {}, cooldown {:?}, max_cooldown {}, trip policy {}",
                     existing.failure_limit,
                     existing
                         .success_limit
                         .map_or_else(|| "none".to_owned(), |r| r.to_string()),
                     existing.cooldown,
+                    existing
+                        .max_cooldown
+                        .map_or_else(|| "none (fixed)".to_owned(), |d| format!("{d:?}")),
                     existing.trip
                 ),
             })?;
@@ -326,10 +329,17 @@ impl Storage {
     pub(crate) fn publish_transition(&self, cell: &Arc<KeyCell>, t: Transition) {
         if let Backend::Postgres(pg) = &self.inner.backend {
             if t.to == State::Open {
+                // A trip from CLOSED rests the base cooldown; a round of our own that failed
+                // while the database was away, the (maybe grown) cooldown it set.
                 let policy = cell.policy();
+                let cooldown = if t.from == State::HalfOpen {
+                    cell.cooldown_remaining()
+                } else {
+                    policy.cooldown
+                };
                 match policy.trip.quorum() {
-                    Some((quorum, within)) => pg.cast_vote(cell, quorum, within, policy.cooldown),
-                    None => pg.publish_trip(cell, policy.cooldown),
+                    Some((quorum, within)) => pg.cast_vote(cell, quorum, within, cooldown),
+                    None => pg.publish_trip(cell, cooldown),
                 }
             }
         }

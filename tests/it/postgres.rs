@@ -859,3 +859,197 @@ fn busy_tripper(rt: tokio::runtime::Runtime, flavor: &str) {
     drop(a);
     rt.block_on(async move { drop(db) });
 }
+
+/// The cooldown a row's last write set (`open_until` less the write's transaction start, so a
+/// slow test machine does not shorten it), the time left of it by the database's clock, and the
+/// row's reopen count (`sql/0011_growing_cooldowns.sql`); -1 for times of a row not open.
+async fn row_cooldown(client: &tokio_postgres::Client, key: &str) -> (i64, i64, i32) {
+    let row = client
+        .query_one(
+            "SELECT coalesce((extract(epoch FROM open_until - updated_at) * 1000)::bigint, -1),
+                    coalesce(public.rc_remaining_ms(open_until), -1), reopens
+             FROM rc_circuit_breakers WHERE resource_key = $1",
+            &[&key],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("reading the row of {key}: {e}"));
+    (row.get(0), row.get(1), row.get(2))
+}
+
+/// Growing cooldowns across two instances: each failed fleet round reopens the row for about
+/// 2×, 4× the base (less at most 10% of jitter, computed by the database), capped at the
+/// maximum, whichever instance reported the probe; both instances' `cooldown_remaining` follow
+/// the row; a round that closes resets the count, so the next trip rests the base again.
+#[tokio::test]
+async fn failed_rounds_grow_the_cooldown_fleet_wide() {
+    const BASE: u64 = 250;
+    const MAX: u64 = 1200;
+    let db = test_db().await;
+    let client = db.client().await;
+    let (a, b) = (instance(&db).await, instance(&db).await);
+    let key = unique_key("growing");
+    let configure = |builder: resilient_circuit::Builder| {
+        builder
+            .failure_limit(Ratio::new(1, 1))
+            .success_limit(Ratio::new(1, 1))
+            .cooldown(Duration::from_millis(BASE))
+            .max_cooldown(Duration::from_millis(MAX))
+            .probe_wait(WAIT)
+    };
+    let mut on_a = Watched::new(&a, &key, configure);
+    let mut on_b = Watched::new(&b, &key, configure);
+    fail(&on_a.cb).await;
+    assert!(a.flush(WAIT).await, "the trip is answered");
+    assert!(on_b.reaches(State::Open).await);
+    let (set, _, reopens) = row_cooldown(&client, &key).await;
+    assert_eq!(reopens, 0, "a trip is no reopen");
+    assert!(
+        (BASE as i64..BASE as i64 + 50).contains(&set),
+        "a trip rests the base cooldown: {set} ms"
+    );
+
+    // Failed rounds, reported alternately by B and A.
+    for (grown, on_a_side, n) in [(2 * BASE, false, 1), (4 * BASE, true, 2), (MAX, false, 3)] {
+        let (prober, reporter) = if on_a_side { (&on_a, &a) } else { (&on_b, &b) };
+        // The cooldown itself: time, not an event.
+        tokio::time::sleep(prober.cb.cooldown_remaining()).await;
+        support::breakers::fleet_probe(&prober.cb).await.failure();
+        assert!(reporter.flush(WAIT).await, "the probe's report is answered");
+        let (set, left, reopens) = row_cooldown(&client, &key).await;
+        assert_eq!(reopens, n, "reopen {n} is counted in the row");
+        let (low, high) = (grown as i64 - grown as i64 / 10, grown as i64 + 50);
+        assert!(
+            (low..=high).contains(&set),
+            "reopen {n}: the database set {set} ms, expected {low}..={high} ms"
+        );
+        assert!(
+            left > (grown as i64) / 2 && left <= set,
+            "reopen {n}: {left} ms left of {set} ms"
+        );
+        assert!(
+            support::breakers::caught_up(&client, &[&a, &b], WAIT).await,
+            "both instances heard the reopen"
+        );
+        // The instances rest what the row says (read just before them), not the base: compared
+        // with the row's time left rather than with the base, so a slow machine cannot fail it.
+        let (_, left_now, _) = row_cooldown(&client, &key).await;
+        let left_now = Duration::from_millis(u64::try_from(left_now).unwrap_or(0));
+        for w in [&on_a, &on_b] {
+            assert_eq!(w.cb.state(), State::Open);
+            let remaining = w.cb.cooldown_remaining();
+            assert!(
+                remaining + Duration::from_millis(300) >= left_now
+                    && remaining <= Duration::from_millis(set as u64),
+                "reopen {n}: the instance rests {remaining:?}; the row {left_now:?} of {set} ms"
+            );
+        }
+        let why: serde_json::Value = client
+            .query_one(
+                "SELECT why FROM rc_changes WHERE resource_key = $1 AND version = \
+                 (SELECT version FROM rc_circuit_breakers WHERE resource_key = $1)",
+                &[&key],
+            )
+            .await
+            .expect("the reopen is in the change log")
+            .get(0);
+        assert_eq!(why["probes"]["failures"], 1, "the round's result: {why}");
+        assert_eq!(why["probes"]["successes"], 0, "{why}");
+        assert_eq!(why["reopens"], n, "{why}");
+        let rests = why["cooldown_ms"].as_i64().unwrap_or(-1);
+        assert!(
+            (set - 10..=set).contains(&rests),
+            "the change log says what it rests ({set} ms from the transaction's start): {why}"
+        );
+    }
+
+    // A round that closes resets the count: the next trip rests the base, and growth restarts.
+    tokio::time::sleep(on_a.cb.cooldown_remaining()).await;
+    support::breakers::fleet_probe(&on_a.cb).await.success();
+    assert!(on_a.reaches(State::Closed).await);
+    assert!(on_b.reaches(State::Closed).await);
+    assert_eq!(
+        row_cooldown(&client, &key).await.2,
+        0,
+        "a close resets the count"
+    );
+    fail(&on_b.cb).await;
+    assert!(b.flush(WAIT).await);
+    let (set, _, reopens) = row_cooldown(&client, &key).await;
+    assert_eq!(reopens, 0);
+    assert!(
+        (BASE as i64..BASE as i64 + 50).contains(&set),
+        "after a close, a trip rests the base again: {set} ms"
+    );
+    assert!(on_a.reaches(State::Open).await);
+    tokio::time::sleep(on_a.cb.cooldown_remaining()).await;
+    support::breakers::fleet_probe(&on_a.cb).await.failure();
+    assert!(a.flush(WAIT).await);
+    let (set, _, reopens) = row_cooldown(&client, &key).await;
+    assert_eq!(reopens, 1);
+    let (low, high) = (2 * BASE as i64 - BASE as i64 / 5, 2 * BASE as i64 + 50);
+    assert!(
+        (low..=high).contains(&set),
+        "the first reopen after a close rests about twice the base: {set} ms"
+    );
+}
+
+/// The reopens an instance heard from the fleet carry into the rounds it runs alone while the
+/// database is unreachable: after one failed fleet round (about 2× the base), a failed local
+/// round rests about 4×; a local round that closes resets the count, so the next trip rests the
+/// base.
+#[tokio::test]
+async fn local_rounds_keep_growing_during_an_outage() {
+    const BASE: u64 = 200;
+    let db = test_db().await;
+    let proxy = support::Proxy::start(db.addr()).await;
+    let storage = Storage::connect_with(
+        PostgresOptions::from_dsn(&db.app_conninfo_via(proxy.addr()).await).expect("parses"),
+    )
+    .await
+    .expect("connects through the proxy");
+    let key = unique_key("grow-offline");
+    let w = Watched::new(&storage, &key, |b| {
+        b.failure_limit(Ratio::new(1, 1))
+            .success_limit(Ratio::new(1, 1))
+            .cooldown(Duration::from_millis(BASE))
+            .max_cooldown(Duration::from_secs(10))
+            .probe_wait(WAIT)
+    });
+    fail(&w.cb).await;
+    assert!(storage.flush(WAIT).await, "the trip is answered");
+    tokio::time::sleep(w.cb.cooldown_remaining()).await; // the cooldown: time, not an event
+    support::breakers::fleet_probe(&w.cb).await.failure();
+    assert!(storage.flush(WAIT).await, "the probe's report is answered");
+    let fleet = w.cb.cooldown_remaining();
+    assert!(
+        fleet > Duration::from_millis(BASE) && fleet <= Duration::from_millis(2 * BASE),
+        "the fleet's first reopen rests about twice the base: {fleet:?}"
+    );
+
+    proxy.set_mode(support::Mode::Cut);
+    assert!(support::eventually(WAIT, || async { storage.is_degraded() }).await);
+    tokio::time::sleep(w.cb.cooldown_remaining()).await;
+    let probe =
+        w.cb.acquire()
+            .await
+            .expect("a local probe during the outage");
+    assert!(probe.is_probe());
+    probe.failure();
+    assert_eq!(w.cb.state(), State::Open);
+    let local = w.cb.cooldown_remaining();
+    let grown = Duration::from_millis(4 * BASE);
+    assert!(
+        local <= grown && local >= grown - grown / 10 - Duration::from_millis(50),
+        "the second reopen, run locally, rests about 4x the base: {local:?}"
+    );
+
+    tokio::time::sleep(local).await;
+    w.cb.acquire().await.expect("a local probe").success();
+    assert_eq!(w.cb.state(), State::Closed, "a good local probe closes it");
+    fail(&w.cb).await;
+    let again = w.cb.cooldown_remaining();
+    assert!(
+        again <= Duration::from_millis(BASE) && again > Duration::from_millis(BASE / 2),
+        "after a close, a local trip rests the base: {again:?}"
+    );
+}

@@ -924,10 +924,151 @@ async fn only_what_needs_it_is_security_definer_with_a_pinned_search_path() {
             "rc_notify_key()",
             "rc_notify_truncate()",
             "rc_report_probe(text,text,bigint,boolean,integer,integer,bigint)",
+            "rc_report_probe(text,text,bigint,boolean,integer,integer,bigint,bigint)",
             "rc_require_write()",
             "rc_trip(text,text,bigint,integer,jsonb,bigint)",
             "rc_trip_many(text,text[],bigint[],integer[],jsonb[],bigint[])",
             "rc_vote(text,text,text,integer,integer,integer,bigint,bigint,bigint)",
         ]
+    );
+}
+
+/// The cooldown the last write of `key` (namespace `ns`) set, from its transaction's start, and
+/// its reopen count.
+async fn set_cooldown(admin: &Client, key: &str) -> (i64, i32) {
+    let row = admin
+        .query_one(
+            "SELECT (extract(epoch FROM open_until - updated_at) * 1000)::bigint, reopens
+             FROM rc_circuit_breakers WHERE namespace = 'ns' AND resource_key = $1",
+            &[&key],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("reading {key}: {e}"));
+    (row.get::<_, Option<i64>>(0).unwrap_or(-1), row.get(1))
+}
+
+/// Ends `key`'s cooldown (an operator's plain write, instead of sleeping through it), leases its
+/// one probe as the application role, and reports it with `report` (`{lease}` replaced).
+async fn probe_round(admin: &Client, app: &Client, key: &str, report: &str) -> String {
+    admin
+        .execute(
+            "UPDATE rc_circuit_breakers SET open_until = clock_timestamp()
+             WHERE namespace = 'ns' AND resource_key = $1",
+            &[&key],
+        )
+        .await
+        .expect("ends the cooldown");
+    let lease: i64 = app
+        .query_one(
+            "SELECT o_lease_id FROM rc_acquire_probe('ns', $1, 'h', 10000, 1, 1)",
+            &[&key],
+        )
+        .await
+        .expect("asks for a lease")
+        .get::<_, Option<i64>>(0)
+        .expect("a lease once the cooldown is over");
+    let sql = report.replace("{lease}", &lease.to_string());
+    app.query_one(&sql, &[&key])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {}", message(&e)))
+        .get("o_state")
+}
+
+/// Growing cooldowns in SQL (`0011`), called directly as the application role: each failed round
+/// reopens for `min(max, base × 2^n)` less at most 10%, counted in `reopens`; the previous
+/// signature still works (a fixed cooldown, still counted); a round that closes, `rc_force` and
+/// `rc_force_many` CLOSED, the ancestor's plain UPDATE and a DELETE all leave the next trip at the
+/// base; a maximum below the cooldown is refused with a clear error.
+#[tokio::test]
+async fn report_probe_grows_the_cooldown_in_sql() {
+    let db = test_db().await;
+    let _owner = migrated(&db).await;
+    let admin = db.client().await;
+    let app = connect_as(&db.app_conninfo().await).await;
+    let key = unique_key("grow");
+    let trip = "SELECT o_state FROM rc_trip('ns', $1, 100, 1, '[]')";
+    let grow = "SELECT * FROM rc_report_probe('ns', $1, {lease}, false, 1, 1, 100, 1000)";
+    app.query_one(trip, &[&key]).await.expect("trips");
+    let (set, reopens) = set_cooldown(&admin, &key).await;
+    assert_eq!(reopens, 0);
+    assert!((100..150).contains(&set), "a trip rests the base: {set} ms");
+
+    for (n, grown) in [(1, 200), (2, 400), (3, 800), (4, 1000), (5, 1000)] {
+        assert_eq!(probe_round(&admin, &app, &key, grow).await, "OPEN");
+        let (set, reopens) = set_cooldown(&admin, &key).await;
+        assert_eq!(reopens, n);
+        assert!(
+            (grown - grown / 10..grown + 50).contains(&set),
+            "reopen {n}: {set} ms, expected {grown} ms less at most 10%"
+        );
+    }
+    // The previous signature: a fixed cooldown, but the reopen is counted.
+    let old = "SELECT * FROM rc_report_probe('ns', $1, {lease}, false, 1, 1, 100)";
+    assert_eq!(probe_round(&admin, &app, &key, old).await, "OPEN");
+    let (set, reopens) = set_cooldown(&admin, &key).await;
+    assert_eq!(reopens, 6, "the previous signature counts the reopen too");
+    assert!(
+        (100..150).contains(&set),
+        "and rests the cooldown it asks: {set} ms"
+    );
+    // NULL maximum: growth off.
+    let fixed = "SELECT * FROM rc_report_probe('ns', $1, {lease}, false, 1, 1, 100, NULL)";
+    assert_eq!(probe_round(&admin, &app, &key, fixed).await, "OPEN");
+    assert_eq!(set_cooldown(&admin, &key).await.1, 7);
+
+    // Every way of closing the row leaves the next trip at the base and restarts the count.
+    let closes = [
+        "SELECT * FROM rc_report_probe('ns', $1, {lease}, true, 1, 1, 100, 1000)",
+        "SELECT * FROM rc_force('ns', $1, 'CLOSED', 0)",
+        "SELECT * FROM rc_force_many('ns', ARRAY[$1::text], ARRAY['CLOSED'], ARRAY[0::bigint])",
+        "UPDATE rc_circuit_breakers SET state = 'CLOSED', open_until = NULL
+         WHERE namespace = 'ns' AND resource_key = $1",
+        "DELETE FROM rc_circuit_breakers WHERE namespace = 'ns' AND resource_key = $1",
+    ];
+    for close in closes {
+        if close.contains("{lease}") {
+            assert_eq!(probe_round(&admin, &app, &key, close).await, "CLOSED");
+        } else {
+            app.execute(close, &[&key])
+                .await
+                .unwrap_or_else(|e| panic!("{close}: {}", message(&e)));
+        }
+        app.query_one(trip, &[&key]).await.expect("trips again");
+        let (set, reopens) = set_cooldown(&admin, &key).await;
+        assert_eq!(reopens, 0, "after {close}");
+        assert!(
+            (100..150).contains(&set),
+            "after {close}: a trip rests {set} ms"
+        );
+        assert_eq!(probe_round(&admin, &app, &key, grow).await, "OPEN");
+        let (set, reopens) = set_cooldown(&admin, &key).await;
+        assert_eq!(reopens, 1, "after {close}");
+        assert!(
+            (180..250).contains(&set),
+            "after {close}: the first reopen rests {set} ms"
+        );
+    }
+
+    // A maximum below the cooldown is refused before anything is read or written.
+    for (max, given) in [("50", "50"), ("-1", "-1")] {
+        let sql = format!("SELECT * FROM rc_report_probe('ns', $1, 1, false, 1, 1, 100, {max})");
+        let e = app.query(&sql, &[&key]).await.expect_err("refused");
+        assert_eq!(
+            e.code(),
+            Some(&tokio_postgres::error::SqlState::INVALID_PARAMETER_VALUE),
+            "{e:?}"
+        );
+        let text = message(&e);
+        assert!(
+            text.contains(&format!(
+                "max cooldown of {given} ms is shorter than the cooldown of 100 ms"
+            )),
+            "{text}"
+        );
+    }
+    assert_eq!(
+        set_cooldown(&admin, &key).await.1,
+        1,
+        "the refused calls changed nothing"
     );
 }

@@ -17,6 +17,7 @@ const TRIGGERS: &[&str] = &[
     "rc_notify_update",
     "rc_notify_delete",
     "rc_notify_truncate",
+    "rc_reset_reopens",
 ];
 
 #[derive(Debug, clap::Args)]

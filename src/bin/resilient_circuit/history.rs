@@ -12,7 +12,9 @@
 //! ```
 //!
 //! `why` may also hold `quorum` (a `TripPolicy::Quorum` opening: `votes`, `needed`,
-//! `within_ms` and the `voters`, each with its `instance`, `failures` and `calls`).
+//! `within_ms` and the `voters`, each with its `instance`, `failures` and `calls`), and, for the
+//! end of a half-open round, `probes` (`successes`, `failures`, `needed`, `probes`) with, when it
+//! reopened, `reopens` and the `cooldown_ms` it rests (migration `0011`).
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -179,6 +181,19 @@ fn why(why: Option<&serde_json::Value>) -> String {
             voters.join(", ")
         ));
     }
+    if let Some(p) = w.get("probes") {
+        let count = |field: &str| p.get(field).and_then(|v| v.as_i64()).unwrap_or(0);
+        out.push_str(&format!(
+            "; probes: {} succeeded, {} failed, {} needed",
+            count("successes"),
+            count("failures"),
+            count("needed")
+        ));
+        if let Some(ms) = w.get("cooldown_ms").and_then(|v| v.as_i64()) {
+            let reopens = w.get("reopens").and_then(|v| v.as_i64()).unwrap_or(0);
+            out.push_str(&format!("; reopen {reopens}, resting {ms} ms"));
+        }
+    }
     if let Some(note) = w.get("note").and_then(|v| v.as_str()) {
         out.push_str(&format!("; note: {note}"));
     }
@@ -200,5 +215,13 @@ mod tests {
             "; 3 failures; quorum: 3 votes of 3 needed within 60000 ms (a:1:f, b:2:e, c:3:d); note: payments down"
         );
         assert_eq!(super::why(None), "");
+        let reopened = serde_json::json!({
+            "probes": {"successes": 1, "failures": 2, "needed": 2, "probes": 3},
+            "reopens": 2, "cooldown_ms": 3900
+        });
+        assert_eq!(
+            super::why(Some(&reopened)),
+            "; probes: 1 succeeded, 2 failed, 2 needed; reopen 2, resting 3900 ms"
+        );
     }
 }

@@ -87,6 +87,8 @@ impl Instance {
             let probes = i32::try_from(policy.probe_count()).unwrap_or(i32::MAX);
             let close_at = i32::try_from(policy.probe_close_threshold()).unwrap_or(i32::MAX);
             let cooldown_ms = statements::millis(policy.cooldown);
+            // The database grows the cooldown of a failed round up to this (None: fixed).
+            let max_cooldown_ms = policy.max_cooldown.map(statements::millis);
             let r = shared
                 .call_one(
                     "reporting a probe",
@@ -99,6 +101,7 @@ impl Instance {
                         &probes,
                         &close_at,
                         &cooldown_ms,
+                        &max_cooldown_ms,
                     ],
                 )
                 .await;

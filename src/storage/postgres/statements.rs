@@ -2,7 +2,8 @@
 //!
 //! The functions are defined in `sql/` (the newest definition of each is in
 //! `0006_hardening.sql`, but `rc_acquire_probe`'s in `0008_python_interop.sql`,
-//! `rc_changes_since` in `0009_change_log.sql` and `rc_vote` in `0010_quorum.sql`); rows are decoded
+//! `rc_changes_since` in `0009_change_log.sql`, `rc_vote` in `0010_quorum.sql` and
+//! `rc_report_probe`'s in `0011_growing_cooldowns.sql`); rows are decoded
 //! once, by column name, into `RowState`, so a migration that renames or retypes a column fails
 //! loudly here instead of being misread.
 
@@ -92,9 +93,10 @@ pub(crate) const ACQUIRE_PROBE: Call = Call {
     ],
 };
 
-/// One probe result: namespace, key, lease, success, probes, close threshold, cooldown (ms).
+/// One probe result: namespace, key, lease, success, probes, close threshold, cooldown (ms),
+/// maximum cooldown (ms; NULL for a fixed cooldown, `0011_growing_cooldowns.sql`).
 pub(crate) const REPORT_PROBE: Call = Call {
-    sql: "SELECT * FROM public.rc_report_probe($1, $2, $3, $4, $5, $6, $7)",
+    sql: "SELECT * FROM public.rc_report_probe($1, $2, $3, $4, $5, $6, $7, $8)",
     types: &[
         Type::TEXT,
         Type::TEXT,
@@ -102,6 +104,7 @@ pub(crate) const REPORT_PROBE: Call = Call {
         Type::BOOL,
         Type::INT4,
         Type::INT4,
+        Type::INT8,
         Type::INT8,
     ],
 };
@@ -131,7 +134,7 @@ pub const FUNCTIONS: &[&str] = &[
     "rc_trip_many(text,text[],bigint[],integer[],jsonb[],bigint[])",
     "rc_force_many(text,text[],text[],bigint[])",
     "rc_acquire_probe(text,text,text,bigint,integer,integer)",
-    "rc_report_probe(text,text,bigint,boolean,integer,integer,bigint)",
+    "rc_report_probe(text,text,bigint,boolean,integer,integer,bigint,bigint)",
     "rc_vote(text,text,text,integer,integer,integer,bigint,bigint,bigint)",
 ];
 
