@@ -44,7 +44,9 @@
 //!   the test server, see `tests/support`; the instance runs as a role that owns nothing).
 //!   Admission and recording read the same local cell; only transitions reach the database.
 //!   `quorum/…`: the same on a breaker with `TripPolicy::Quorum` (the policy is read only when
-//!   the window trips, so these should match the default policy's figures).
+//!   the window trips, so these should match the default policy's figures); `fleet_rate/…` with
+//!   `TripPolicy::FleetRate` (a window holding failures queues a report for the next flush; its
+//!   `min_calls` is set out of reach so that the key never opens during the run).
 //!
 //! Excluded: key lookup (`Storage::cell_for` runs once per `build`, never per call), and
 //! metrics/tracing recorders (none is installed, so the rejection counter is the no-op
@@ -231,16 +233,17 @@ mod rc {
         clean(key, storage, WINDOW, FAILURES_TO_TRIP, false)
     }
 
-    /// A breaker like [`healthy_on`] whose fleet opens on a quorum of three instances.
-    pub fn healthy_quorum_on(key: &str, storage: Storage) -> CircuitBreaker {
+    /// A breaker like [`healthy_on`] whose fleet opens by `policy`.
+    pub fn healthy_policy_on(
+        key: &str,
+        storage: Storage,
+        policy: resilient_circuit::TripPolicy,
+    ) -> CircuitBreaker {
         let cb = CircuitBreaker::builder(key)
             .storage(storage)
             .failure_limit(Ratio::new(FAILURES_TO_TRIP, WINDOW))
             .cooldown(COOLDOWN)
-            .trip_policy(resilient_circuit::TripPolicy::Quorum {
-                instances: 3,
-                within: Duration::from_secs(60),
-            })
+            .trip_policy(policy)
             .build()
             .expect("valid breaker");
         for _ in 0..2 * WINDOW {
@@ -691,13 +694,38 @@ mod postgres {
         }
         // The trip policy is read only when the window trips: a quorum breaker's calls take
         // the same paths as the default's.
-        let quorum = rc::healthy_quorum_on("pg_quorum", storage.clone());
+        let quorum = rc::healthy_policy_on(
+            "pg_quorum",
+            storage.clone(),
+            resilient_circuit::TripPolicy::Quorum {
+                instances: 3,
+                within: Duration::from_secs(60),
+            },
+        );
         group.bench_function("quorum/resilient_circuit/try_acquire_success", |b| {
             b.iter(|| rc::acquire_success(&quorum))
         });
         group.bench_function("quorum/1_in_20/resilient_circuit/acquire_run_record", |b| {
             b.iter(|| black_box(rc::acquire_run_record_failing(&quorum, 20)).ok())
         });
+        // A fleet rate breaker whose window holds failures queues a report (at most one per
+        // interval reaches the database): the cost of that bookkeeping on the calls.
+        let rate = rc::healthy_policy_on(
+            "pg_fleet_rate",
+            storage.clone(),
+            resilient_circuit::TripPolicy::FleetRate {
+                limit: resilient_circuit::Ratio::new(1, 2),
+                min_calls: 1_000_000,
+                period: Duration::from_secs(60),
+            },
+        );
+        group.bench_function("fleet_rate/resilient_circuit/try_acquire_success", |b| {
+            b.iter(|| rc::acquire_success(&rate))
+        });
+        group.bench_function(
+            "fleet_rate/1_in_20/resilient_circuit/acquire_run_record",
+            |b| b.iter(|| black_box(rc::acquire_run_record_failing(&rate, 20)).ok()),
+        );
         let open = rc::healthy_on("pg_open", storage.clone());
         open.force_open(LONG_COOLDOWN);
         group.bench_function("resilient_circuit/try_acquire_rejected", |b| {
@@ -707,7 +735,7 @@ mod postgres {
             two_threads(b, || rc::reject(&open))
         });
         group.finish();
-        drop((healthy, quorum, open, storage));
+        drop((healthy, quorum, rate, open, storage));
         rt.block_on(async move { drop(db) });
     }
 }

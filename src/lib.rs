@@ -89,7 +89,9 @@
 //! * `cell`: one key's state word and private lock — **the hot path**, and every atomic ordering.
 //! * `policy`, `window`: the pure decision rules and the outcome ring, testable without a clock;
 //!   `trip_policy`: [`TripPolicy`], who opens a breaker for the fleet (quorum votes are cast by
-//!   `storage::postgres::votes` and counted by `rc_vote` in `sql/0010_quorum.sql`).
+//!   `storage::postgres::votes` and counted by `rc_vote` in `sql/0010_quorum.sql`; failure rates
+//!   are reported by `storage::postgres::rates` and judged by `rc_report_rates` in
+//!   `sql/0012_fleet_rate.sql`).
 //! * [`storage`]: the key map; `storage::postgres` holds the shared backend: its listener
 //!   (`listener.rs`), who wins between local decisions and the table (`precedence.rs`), its
 //!   outbox of transitions (`publish.rs`) and every statement it sends (`statements.rs`); the

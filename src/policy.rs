@@ -84,7 +84,19 @@ impl Policy {
     }
 
     /// A closed breaker trips when its window is full and holds at least `num` failures.
+    ///
+    /// With [`TripPolicy::FleetRate`] the database judges the fleet; this rule is for when the
+    /// instance judges alone (in memory, or while the database is unreachable): the window's
+    /// failure rate reaches the limit over at least `min_calls` outcomes, capped at the window's
+    /// size.
     pub(crate) fn closed_trips(&self, w: &OutcomeWindow) -> bool {
+        if let Some((limit, min_calls, _)) = self.trip.fleet_rate() {
+            let len = u64::from(w.len());
+            let failures = u64::from(w.failures());
+            return w.len() >= min_calls.min(w.capacity())
+                && failures > 0
+                && failures * u64::from(limit.denominator()) >= u64::from(limit.numerator()) * len;
+        }
         w.is_full() && w.failures() >= self.failure_limit.numerator()
     }
 

@@ -28,6 +28,44 @@ fn closed_table() {
     }
 }
 
+/// A fleet rate judged alone (in memory, offline): the rate over at least `min_calls` outcomes
+/// (capped at the window), whether or not the window is full.
+#[test]
+fn fleet_rate_alone_table() {
+    let rate = |min_calls| Policy {
+        failure_limit: Ratio::new(5, 10),
+        trip: crate::TripPolicy::FleetRate {
+            limit: Ratio::new(1, 2),
+            min_calls,
+            period: Duration::from_secs(60),
+        },
+        ..Policy::default()
+    };
+    let cases: &[(u32, &[bool], bool)] = &[
+        (4, &[false, false, false], false),     // 3 calls < 4
+        (4, &[false, true, false, true], true), // 2/4 >= 1/2
+        (4, &[true, true, true, false], false), // 1/4
+        (4, &[true; 4], false),                 // no failure
+        (100, &[false; 9], false),              // 9 < min(100, 10)
+        (
+            100,
+            &[
+                false, true, false, true, false, true, false, true, false, true,
+            ],
+            true,
+        ), // 5/10
+    ];
+    for (min_calls, outcomes, trips) in cases {
+        let mut w = OutcomeWindow::new(10);
+        outcomes.iter().for_each(|s| w.push(*s));
+        assert_eq!(
+            rate(*min_calls).closed_trips(&w),
+            *trips,
+            "min {min_calls}: {outcomes:?}"
+        );
+    }
+}
+
 /// Table of half-open verdicts, with and without a success limit.
 #[test]
 fn half_open_table() {

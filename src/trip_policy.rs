@@ -2,7 +2,11 @@
 
 use std::time::Duration;
 
-use crate::{ConfigError, MAX_DURATION};
+use crate::{ConfigError, Ratio, MAX_DURATION};
+
+/// The shortest period a [`TripPolicy::FleetRate`] may judge: instances report at most once per
+/// flush interval (1 s by default), so a shorter period would count one report at most.
+pub const MIN_RATE_PERIOD: Duration = Duration::from_secs(1);
 
 /// The most instances a quorum may ask for. A quorum larger than the fleet can never open the
 /// breaker, so this only catches nonsense (a count of calls given where instances were meant).
@@ -12,9 +16,10 @@ pub const MAX_QUORUM: u32 = 10_000;
 /// [`Builder::trip_policy`](crate::Builder::trip_policy); every instance sharing a key should
 /// choose the same. The README's "Fleet policies" section says when to choose which.
 ///
-/// Whatever the policy, an instance whose own window trips stops its own calls at once (for the
-/// breaker's cooldown); the policy decides whether the rest of the fleet follows. On the
-/// in-memory store there is one instance, and its window opens the breaker.
+/// With `AnyInstance` and `Quorum`, an instance whose own window trips stops its own calls at once
+/// (for the breaker's cooldown), and the policy decides whether the rest of the fleet follows;
+/// with `FleetRate`, only the fleet's failure rate opens the breaker. On the in-memory store
+/// there is one instance, and its window opens the breaker.
 ///
 /// ```
 /// # fn main() -> Result<(), resilient_circuit::ConfigError> {
@@ -43,6 +48,22 @@ pub enum TripPolicy {
         instances: u32,
         /// How long a vote counts: at least 1 ms, at most [`MAX_DURATION`].
         within: Duration,
+    },
+    /// The database opens the breaker when the fleet's failure rate over `period` reaches
+    /// `limit`, over at least `min_calls` calls. No instance opens it on its own window: each
+    /// reports its window (the failure limit's last `n` outcomes) while that window holds
+    /// failures, at most once per flush interval
+    /// ([`PostgresOptions::fleet_rate_interval`](crate::storage::postgres::PostgresOptions::fleet_rate_interval),
+    /// 1 s by default), and the reports younger than `period` add up. A healthy fleet sends
+    /// nothing. On the in-memory store, and while the database is unreachable, the instance
+    /// judges its own window by the same rule (with `min_calls` capped at the window's size).
+    FleetRate {
+        /// The failure rate that opens it: `Ratio::new(1, 2)` is 50% of the calls.
+        limit: Ratio,
+        /// The fewest calls the reports must add up to: at least 1.
+        min_calls: u32,
+        /// How long a report counts: at least [`MIN_RATE_PERIOD`], at most [`MAX_DURATION`].
+        period: Duration,
     },
 }
 
@@ -75,14 +96,46 @@ impl TripPolicy {
                 }
                 Ok(())
             }
+            TripPolicy::FleetRate {
+                limit,
+                min_calls,
+                period,
+            } => {
+                limit.validate("fleet rate limit")?;
+                if min_calls == 0 {
+                    return Err(ConfigError::InvalidTripPolicy {
+                        reason: "a fleet rate over at least 0 calls: min_calls must be at least 1"
+                            .to_owned(),
+                    });
+                }
+                if period < MIN_RATE_PERIOD {
+                    return Err(ConfigError::InvalidTripPolicy {
+                        reason: format!(
+                            "a fleet rate over {period:?}: the period must be at least {MIN_RATE_PERIOD:?} (instances report once per flush interval)"
+                        ),
+                    });
+                }
+                if period > MAX_DURATION {
+                    return Err(ConfigError::DurationTooLong {
+                        name: "fleet rate period",
+                        given: period,
+                        max: MAX_DURATION,
+                    });
+                }
+                Ok(())
+            }
         }
     }
 
-    /// The quorum's size and period, for a quorum policy.
-    pub(crate) fn quorum(&self) -> Option<(u32, Duration)> {
+    /// The limit, minimum and period, for a fleet rate policy.
+    pub(crate) fn fleet_rate(&self) -> Option<(Ratio, u32, Duration)> {
         match *self {
-            TripPolicy::Quorum { instances, within } => Some((instances, within)),
-            TripPolicy::AnyInstance => None,
+            TripPolicy::FleetRate {
+                limit,
+                min_calls,
+                period,
+            } => Some((limit, min_calls, period)),
+            _ => None,
         }
     }
 }
@@ -94,6 +147,14 @@ impl std::fmt::Display for TripPolicy {
             TripPolicy::Quorum { instances, within } => {
                 write!(f, "quorum of {instances} instances within {within:?}")
             }
+            TripPolicy::FleetRate {
+                limit,
+                min_calls,
+                period,
+            } => write!(
+                f,
+                "fleet failure rate {limit} over {period:?}, at least {min_calls} calls"
+            ),
         }
     }
 }
@@ -123,5 +184,45 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn nonsense_fleet_rates_are_refused_with_the_reason() {
+        let rate = |limit, min_calls, period| TripPolicy::FleetRate {
+            limit,
+            min_calls,
+            period,
+        };
+        let half = Ratio::new(1, 2);
+        let minute = Duration::from_secs(60);
+        assert!(rate(half, 20, minute).validate().is_ok());
+        assert!(rate(Ratio::new(1, 1), 1, MIN_RATE_PERIOD)
+            .validate()
+            .is_ok());
+        assert!(matches!(
+            rate(Ratio::new(3, 2), 20, minute).validate(),
+            Err(ConfigError::InvalidRatio {
+                which: "fleet rate limit",
+                ..
+            })
+        ));
+        assert!(rate(Ratio::new(0, 2), 20, minute).validate().is_err());
+        let none = rate(half, 0, minute).validate().expect_err("0 calls");
+        assert!(none.to_string().contains("min_calls"), "{none}");
+        let short = rate(half, 20, Duration::from_millis(999))
+            .validate()
+            .expect_err("under a second");
+        assert!(short.to_string().contains("at least 1s"), "{short}");
+        assert!(matches!(
+            rate(half, 20, MAX_DURATION + minute).validate(),
+            Err(ConfigError::DurationTooLong {
+                name: "fleet rate period",
+                ..
+            })
+        ));
+        assert_eq!(
+            rate(half, 20, minute).to_string(),
+            "fleet failure rate 1/2 over 60s, at least 20 calls"
+        );
     }
 }

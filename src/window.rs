@@ -54,9 +54,12 @@ impl OutcomeWindow {
         self.len == self.capacity
     }
 
-    #[cfg(test)]
     pub(crate) fn len(&self) -> u32 {
         self.len
+    }
+
+    pub(crate) fn capacity(&self) -> u32 {
+        self.capacity
     }
 
     pub(crate) fn failures(&self) -> u32 {

@@ -99,15 +99,15 @@ impl KeyCell {
         Some(self.set_state(slow, r.state, deadline.filter(|_| r.state == State::Open)))
     }
 
-    /// Records a local trip on its way to the database (or, with `vote`, a quorum vote: held
-    /// the same way, never sent as a trip); returns its sequence number.
-    pub(crate) fn trip_pending(&self, deadline: u64, basis: i64, vote: bool) -> u64 {
+    /// Records a local trip on its way to the database (or, with `held_only`, one held the same
+    /// way and never sent as a trip: see `PendingTrip::held_only`); returns its sequence number.
+    pub(crate) fn trip_pending(&self, deadline: u64, basis: i64, held_only: bool) -> u64 {
         let seq = self.next_decision();
         self.lock().view.pending_trip = Some(PendingTrip {
             deadline,
             basis,
             seq,
-            vote,
+            held_only,
         });
         seq
     }

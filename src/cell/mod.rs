@@ -94,6 +94,9 @@ pub(crate) enum Recorded {
     Changed(Transition),
     /// A fleet probe result: the shared store decides.
     Report(Lease, bool),
+    /// The window of a `TripPolicy::FleetRate` breaker changed while holding failures: the
+    /// shared store reports it at its next flush.
+    Rate,
 }
 
 /// Mutable state behind the key's private lock.
@@ -139,6 +142,9 @@ pub(crate) struct KeyCell {
     slow: Mutex<Slow>,
     /// Set while a lease request to the shared store is in flight, so callers do not flood it.
     lease_requested: AtomicBool,
+    /// `TripPolicy::FleetRate`: set while the cell waits in the shared store's report queue, so
+    /// it is queued once per flush however many outcomes it records meanwhile.
+    pub(crate) rate_queued: AtomicBool,
     /// Clock nanoseconds before which asking the database for a probe lease is pointless (every
     /// slot of the round is leased until then); 0 when it may be asked. Reset by every
     /// transition, since a NOTIFY of a new state is the other reason to ask again.
@@ -220,6 +226,7 @@ impl KeyCell {
                 reopens: 0,
             }),
             lease_requested: AtomicBool::new(false),
+            rate_queued: AtomicBool::new(false),
             lease_retry_at: AtomicU64::new(0),
             local_decisions: AtomicU64::new(0),
             changed: Notify::new(),
@@ -459,8 +466,12 @@ impl KeyCell {
         }
         match cur.state() {
             State::Closed => {
+                let had_failures = slow.closed.failures() > 0;
                 slow.closed.push(success);
-                if slow.policy.closed_trips(&slow.closed) {
+                // A fleet rate is the database's to judge while it is reachable: report the
+                // window while it holds failures, and once more as the last one leaves it.
+                let fleet_rate = slow.policy.trip.fleet_rate().is_some() && self.is_fleet();
+                if !fleet_rate && slow.policy.closed_trips(&slow.closed) {
                     let deadline = self.deadline_after(slow.policy.cooldown);
                     return Recorded::Changed(self.set_state(&mut slow, State::Open, deadline));
                 }
@@ -469,6 +480,14 @@ impl KeyCell {
                 if next != cur {
                     // Release for symmetry with transitions; nothing else is published here.
                     self.store(next, Ordering::Release);
+                }
+                // AcqRel: one recorder queues the cell; the reporter clears the flag before it
+                // reads the window, so an outcome recorded after that read queues it again.
+                if fleet_rate
+                    && (had_failures || slow.closed.failures() > 0)
+                    && !self.rate_queued.swap(true, Ordering::AcqRel)
+                {
+                    return Recorded::Rate;
                 }
                 Recorded::Nothing
             }

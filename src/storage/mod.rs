@@ -15,6 +15,7 @@ use crate::changes::{Changes, Feed};
 use crate::clock::{Clock, SystemClock};
 use crate::policy::Policy;
 use crate::telemetry::MEMORY_NAMESPACE;
+use crate::TripPolicy;
 use crate::{ConfigError, State, StorageError};
 
 /// Shared state over PostgreSQL (see the crate docs, "Shared state").
@@ -318,6 +319,17 @@ impl Storage {
         }
     }
 
+    /// `TripPolicy::FleetRate`: queue `cell`'s window for the next report to the database.
+    pub(crate) fn report_rate(&self, cell: &Arc<KeyCell>) {
+        match &self.inner.backend {
+            Backend::Postgres(pg) => pg.report_rate(cell),
+            // Unreachable (a memory cell is never in fleet mode); let a later change requeue it.
+            Backend::Memory => cell
+                .rate_queued
+                .store(false, std::sync::atomic::Ordering::Relaxed),
+        }
+    }
+
     /// Fleet mode: send a probe's result to the database.
     pub(crate) fn report_probe(&self, cell: &Arc<KeyCell>, lease: Lease, success: bool) {
         if let Backend::Postgres(pg) = &self.inner.backend {
@@ -337,9 +349,13 @@ impl Storage {
                 } else {
                     policy.cooldown
                 };
-                match policy.trip.quorum() {
-                    Some((quorum, within)) => pg.cast_vote(cell, quorum, within, cooldown),
-                    None => pg.publish_trip(cell, cooldown),
+                match policy.trip {
+                    TripPolicy::Quorum { instances, within } => {
+                        pg.cast_vote(cell, instances, within, cooldown)
+                    }
+                    // Judged alone while the database was away: this instance only.
+                    TripPolicy::FleetRate { .. } => pg.hold_trip(cell, cooldown, true),
+                    _ => pg.publish_trip(cell, cooldown),
                 }
             }
         }

@@ -12,6 +12,7 @@ mod concurrency;
 mod examples;
 mod failover;
 mod faults;
+mod fleet_rate;
 mod follow;
 mod hardening;
 mod harness;

@@ -14,7 +14,9 @@
 //! `why` may also hold `quorum` (a `TripPolicy::Quorum` opening: `votes`, `needed`,
 //! `within_ms` and the `voters`, each with its `instance`, `failures` and `calls`), and, for the
 //! end of a half-open round, `probes` (`successes`, `failures`, `needed`, `probes`) with, when it
-//! reopened, `reopens` and the `cooldown_ms` it rests (migration `0011`).
+//! reopened, `reopens` and the `cooldown_ms` it rests (migration `0011`), and `fleet_rate` (a
+//! `TripPolicy::FleetRate` opening: the fleet's `failures` and `calls`, the reporting
+//! `instances`, the `limit`, `min_calls` and `period_ms`; migration `0012`).
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -181,6 +183,17 @@ fn why(why: Option<&serde_json::Value>) -> String {
             voters.join(", ")
         ));
     }
+    if let Some(r) = w.get("fleet_rate") {
+        let count = |field: &str| r.get(field).and_then(|v| v.as_i64()).unwrap_or(0);
+        out.push_str(&format!(
+            "; fleet rate: {} failures of {} calls from {} instances, limit {} over {} ms",
+            count("failures"),
+            count("calls"),
+            count("instances"),
+            r.get("limit").and_then(|v| v.as_str()).unwrap_or("?"),
+            count("period_ms")
+        ));
+    }
     if let Some(p) = w.get("probes") {
         let count = |field: &str| p.get(field).and_then(|v| v.as_i64()).unwrap_or(0);
         out.push_str(&format!(
@@ -215,6 +228,13 @@ mod tests {
             "; 3 failures; quorum: 3 votes of 3 needed within 60000 ms (a:1:f, b:2:e, c:3:d); note: payments down"
         );
         assert_eq!(super::why(None), "");
+        let rate = serde_json::json!({"failures": 30, "fleet_rate": {
+            "failures": 30, "calls": 40, "instances": 4, "limit": "1/2", "min_calls": 20,
+            "period_ms": 60000}});
+        assert_eq!(
+            super::why(Some(&rate)),
+            "; 30 failures; fleet rate: 30 failures of 40 calls from 4 instances, limit 1/2 over 60000 ms"
+        );
         let reopened = serde_json::json!({
             "probes": {"successes": 1, "failures": 2, "needed": 2, "probes": 3},
             "reopens": 2, "cooldown_ms": 3900

@@ -13,7 +13,7 @@ use tokio_postgres::types::Type;
 use tracing::Instrument;
 
 use super::{
-    callbacks, hosts, listener, migrate, publish, reaper, statements, tls, Instance,
+    callbacks, hosts, listener, migrate, publish, rates, reaper, statements, tls, Instance,
     PostgresOptions, Shared,
 };
 use crate::clock::{Clock, SystemClock};
@@ -169,6 +169,7 @@ async fn connect_inner(
             runtime,
             span,
             outbox: publish::Outbox::default(),
+            rates: rates::RateQueue::default(),
             callbacks: callbacks::Callbacks::start(),
             reports_in_flight: std::sync::atomic::AtomicUsize::new(0),
             settled: tokio::sync::Notify::new(),

@@ -74,6 +74,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "growing_cooldowns",
         sql: include_str!("../../../sql/0011_growing_cooldowns.sql"),
     },
+    Migration {
+        version: 12,
+        name: "fleet_rate",
+        sql: include_str!("../../../sql/0012_fleet_rate.sql"),
+    },
 ];
 
 /// What an application role needs on `public.rc_circuit_breakers`, and all it needs, for this

@@ -39,6 +39,7 @@ mod poll;
 mod pool;
 pub(crate) mod precedence;
 mod publish;
+mod rates;
 mod reaper;
 pub mod statements;
 pub(crate) mod tls;
@@ -109,6 +110,8 @@ pub(crate) struct Shared {
     pub(crate) span: tracing::Span,
     /// Trips and overrides on their way to the database, sent in batches.
     outbox: publish::Outbox,
+    /// `TripPolicy::FleetRate` windows waiting for the next report.
+    rates: rates::RateQueue,
     /// Callbacks of transitions made elsewhere.
     callbacks: callbacks::Callbacks,
     /// Probe results sent and not answered yet (they do not go through the outbox).
@@ -314,14 +317,20 @@ impl Instance {
     /// Publishes a trip this instance decided: pending until the database answers, with the
     /// newest version seen as its basis (see `precedence.rs`).
     pub(crate) fn publish_trip(&self, cell: &Arc<KeyCell>, cooldown: Duration) {
+        self.hold_trip(cell, cooldown, false);
+        self.shared.outbox.trip(&self.shared, cell.clone());
+    }
+
+    /// Holds a trip this instance decided against older rows for `cooldown`, with the newest
+    /// version seen as its basis; `held_only`: never sent as a trip (`PendingTrip::held_only`).
+    pub(crate) fn hold_trip(&self, cell: &Arc<KeyCell>, cooldown: Duration, held_only: bool) {
         let deadline = self
             .shared
             .clock
             .now_nanos()
             .saturating_add(duration_nanos(cooldown));
         let basis = self.shared.max_seen.load(Ordering::Relaxed); // see `seen`
-        cell.trip_pending(deadline, basis, false);
-        self.shared.outbox.trip(&self.shared, cell.clone());
+        cell.trip_pending(deadline, basis, held_only);
     }
 
     /// Publishes a manual override; `done` hears whether the database accepted it.

@@ -15,7 +15,7 @@
 //! | any other answer (our trip, a probe lease or report) | applied unless older than the version held: an answer never lowers a newer version | `hardening::late_answer_does_not_lower_a_newer_version` |
 //! | reload row (or no row: CLOSED at version 0) | authoritative, even if older (it is the table now), except over a local trip not yet accepted and not older than the row, or an override in flight | `faults::restart_under_traffic_converges`, `hardening::stale_trip_is_not_replayed_over_a_later_close` |
 //! | local trip published | carries the newest version this instance had seen when it decided (`basis`); the database refuses it over a row with a newer version | `hardening::stale_trip_is_not_replayed_over_a_later_close` |
-//! | quorum vote cast | held like a local trip not yet accepted (same rules, same basis) until its cooldown ends, so the table's CLOSED row does not reopen this instance's calls; a newer row (the quorum opened the key, an operator acted) wins. Never sent as a trip | `quorum::a_voter_stops_its_own_calls_until_its_cooldown_ends`, `quorum::an_operator_close_ends_a_vote_hold` |
+//! | quorum vote cast, or a fleet-rate breaker's own trip (while the database was away) | held like a local trip not yet accepted (same rules, same basis) until its cooldown ends, so the table's CLOSED row does not reopen this instance's calls; a newer row (the quorum opened the key, an operator acted) wins. Never sent as a trip | `quorum::a_voter_stops_its_own_calls_until_its_cooldown_ends`, `quorum::an_operator_close_ends_a_vote_hold` |
 
 use std::time::Duration;
 
@@ -62,9 +62,11 @@ pub(crate) struct PendingTrip {
     pub(crate) basis: i64,
     /// Tells this trip from a later one of the same key.
     pub(crate) seq: u64,
-    /// A quorum vote, not a trip (`TripPolicy::Quorum`): it holds this instance's own state
-    /// against older rows until its deadline, as a trip does, but is never sent as one.
-    pub(crate) vote: bool,
+    /// Held here only, never sent as a trip: a quorum vote (`TripPolicy::Quorum`, sent as a
+    /// vote), or a fleet-rate breaker's own judgement while the database was away
+    /// (`TripPolicy::FleetRate`: only the fleet's rate opens the key for all). It holds this
+    /// instance's own state against older rows until its deadline, as a trip does.
+    pub(crate) held_only: bool,
 }
 
 /// What to do with a [`Remote`].

@@ -330,8 +330,8 @@ impl Shared {
             let Some(pending) = cell.pending_trip() else {
                 continue;
             };
-            if pending.vote {
-                continue; // a quorum vote holds the cell; `votes.rs` sent it
+            if pending.held_only {
+                continue; // held here only: a quorum vote (`votes.rs` sent it) or a fleet rate
             }
             let remaining = pending.deadline.saturating_sub(now);
             if remaining < 1_000_000 {

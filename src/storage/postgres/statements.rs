@@ -2,8 +2,9 @@
 //!
 //! The functions are defined in `sql/` (the newest definition of each is in
 //! `0006_hardening.sql`, but `rc_acquire_probe`'s in `0008_python_interop.sql`,
-//! `rc_changes_since` in `0009_change_log.sql`, `rc_vote` in `0010_quorum.sql` and
-//! `rc_report_probe`'s in `0011_growing_cooldowns.sql`); rows are decoded
+//! `rc_changes_since` in `0009_change_log.sql`, `rc_vote` in `0010_quorum.sql`,
+//! `rc_report_probe`'s in `0011_growing_cooldowns.sql` and `rc_report_rates` in
+//! `0012_fleet_rate.sql`); rows are decoded
 //! once, by column name, into `RowState`, so a migration that renames or retypes a column fails
 //! loudly here instead of being misread.
 
@@ -126,6 +127,25 @@ pub(crate) const VOTE: Call = Call {
     ],
 };
 
+/// Fleet failure rates (`0012_fleet_rate.sql`): namespace, instance, keys, failures, calls,
+/// limit numerators, limit denominators, minimum calls, periods (ms), cooldowns (ms). Answers
+/// as the batched functions, plus `o_fleet_failures`, `o_fleet_calls`.
+pub(crate) const REPORT_RATES: Call = Call {
+    sql: "SELECT * FROM public.rc_report_rates($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    types: &[
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT_ARRAY,
+        Type::INT4_ARRAY,
+        Type::INT4_ARRAY,
+        Type::INT4_ARRAY,
+        Type::INT4_ARRAY,
+        Type::INT4_ARRAY,
+        Type::INT8_ARRAY,
+        Type::INT8_ARRAY,
+    ],
+};
+
 /// The functions the statements above call, with their argument types, as `pg_proc` lists them
 /// (checked against the catalog by a test, so a migration cannot drift from the code).
 pub const FUNCTIONS: &[&str] = &[
@@ -136,6 +156,7 @@ pub const FUNCTIONS: &[&str] = &[
     "rc_acquire_probe(text,text,text,bigint,integer,integer)",
     "rc_report_probe(text,text,bigint,boolean,integer,integer,bigint,bigint)",
     "rc_vote(text,text,text,integer,integer,integer,bigint,bigint,bigint)",
+    "rc_report_rates(text,text,text[],integer[],integer[],integer[],integer[],integer[],bigint[],bigint[])",
 ];
 
 /// One row as a transition function answers it (`o_state, o_version, o_remaining_ms,

@@ -14,7 +14,6 @@ use std::time::Duration;
 use super::precedence::Source;
 use super::{statements, Instance};
 use crate::cell::KeyCell;
-use crate::clock::duration_nanos;
 
 impl Instance {
     /// Casts this instance's vote for `cell`, whose window just tripped: holds the cell open
@@ -27,12 +26,9 @@ impl Instance {
         cooldown: Duration,
     ) {
         let shared = self.shared.clone();
-        let deadline = shared
-            .clock
-            .now_nanos()
-            .saturating_add(duration_nanos(cooldown));
-        let basis = shared.max_seen.load(Ordering::Relaxed); // as for a trip: see `Shared::seen`
-        cell.trip_pending(deadline, basis, true);
+        // As for a trip: the basis the database checks the vote against.
+        let basis = shared.max_seen.load(Ordering::Relaxed);
+        self.hold_trip(cell, cooldown, true);
         let (failures, calls) = cell.window_counts();
         let cell = cell.clone();
         // Counted until answered, so that `Storage::flush` waits for the vote.

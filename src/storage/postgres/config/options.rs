@@ -61,6 +61,7 @@ pub struct PostgresOptions {
     pub(crate) reconcile_interval: Duration,
     pub(crate) statement_timeout: Duration,
     pub(crate) lease_timeout: Duration,
+    pub(crate) fleet_rate_interval: Duration,
     pub(crate) pool_size: usize,
     /// Pooled connections idle this long are closed; zero keeps them (`reaper.rs`).
     pub(crate) pool_idle_timeout: Duration,
@@ -135,6 +136,7 @@ impl PostgresOptions {
             reconcile_interval: Duration::from_secs(30),
             statement_timeout: Duration::from_secs(2),
             lease_timeout: Duration::from_secs(10),
+            fleet_rate_interval: Duration::from_secs(1),
             pool_size: 4,
             pool_idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
             notification_buffer: 16_384,
@@ -377,6 +379,15 @@ impl PostgresOptions {
         self
     }
 
+    /// How often, at most, this instance reports the windows of its `TripPolicy::FleetRate`
+    /// breakers that hold failures (one statement for all of them). Shorter reacts sooner and
+    /// costs the database more statements while something fails; a healthy fleet sends none
+    /// either way. Default 1 s.
+    pub fn fleet_rate_interval(mut self, every: Duration) -> Self {
+        self.fleet_rate_interval = every;
+        self
+    }
+
     /// How long a half-open probe lease taken by this instance lasts before it expires and
     /// another instance may probe. Default 10 s.
     pub fn lease_timeout(mut self, timeout: Duration) -> Self {
@@ -524,6 +535,7 @@ impl PostgresOptions {
             ("heartbeat_interval", self.heartbeat_interval),
             ("reconnect_backoff_max", self.reconnect_backoff_max),
             ("poll_interval", self.poll_interval),
+            ("fleet_rate_interval", self.fleet_rate_interval),
         ];
         for (name, d) in positive {
             if d.is_zero() {

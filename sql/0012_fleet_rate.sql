@@ -1,0 +1,160 @@
+-- 0012: the fleet's failure rate (TripPolicy::FleetRate).
+--
+-- With this policy no instance opens a key on its own window: each reports its window (failures
+-- of the calls it holds) while that window holds failures, at most once per flush interval, and
+-- the database opens the key when the reports younger than the period add up to at least
+-- `min_calls` calls with a failure rate at or above the limit. A healthy fleet (windows without
+-- failures) sends nothing.
+--
+-- rc_rate_reports keeps each instance's latest report of a key; reports older than the period,
+-- or made before the row's last change (a close: the episode they describe is over), do not
+-- count, and the reports that opened a key are spent.
+
+CREATE TABLE IF NOT EXISTS public.rc_rate_reports (
+    namespace    varchar(255) NOT NULL,
+    resource_key varchar(255) NOT NULL,
+    -- The reporting instance's id (host:pid:start, as in the change log's actor).
+    instance     text         NOT NULL CHECK (instance <> ''),
+    reported_at  timestamptz  NOT NULL,
+    failures     integer      NOT NULL CHECK (failures >= 0),
+    calls        integer      NOT NULL CHECK (calls >= failures),
+    PRIMARY KEY (namespace, resource_key, instance)
+);
+-- Written and read only through rc_report_rate (run as the owner).
+REVOKE ALL ON public.rc_rate_reports FROM PUBLIC;
+
+-- What is wrong with one key's report, or NULL (checked before anything is written, so that a
+-- batch can answer a bad element with its error and go on: see rc_trip_many).
+CREATE OR REPLACE FUNCTION public.rc_rate_error(
+    p_ns text, p_key text, p_failures integer, p_calls integer, p_limit_num integer,
+    p_limit_den integer, p_min_calls integer, p_period_ms bigint, p_cooldown_ms bigint)
+RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT coalesce(public.rc_key_error(p_ns, p_key), CASE
+        WHEN p_failures IS NULL OR p_calls IS NULL OR p_failures < 0 OR p_calls < p_failures THEN
+            'a report''s window must hold 0 <= failures <= calls, got '
+            || coalesce(p_failures::text, 'NULL') || ' of ' || coalesce(p_calls::text, 'NULL')
+        WHEN p_limit_num IS NULL OR p_limit_den IS NULL OR p_limit_num < 1
+             OR p_limit_den < p_limit_num THEN
+            'the failure rate limit must be a ratio k/n with 1 <= k <= n, got '
+            || coalesce(p_limit_num::text, 'NULL') || '/' || coalesce(p_limit_den::text, 'NULL')
+        WHEN p_min_calls IS NULL OR p_min_calls < 1 THEN
+            'min_calls must be at least 1, got ' || coalesce(p_min_calls::text, 'NULL')
+        WHEN p_period_ms IS NULL OR p_period_ms < 1 THEN
+            'the period must be at least 1 ms, got ' || coalesce(p_period_ms::text, 'NULL')
+        WHEN p_cooldown_ms IS NULL THEN
+            'cooldown must not be NULL'
+    END)
+$$;
+
+-- One instance's report of its window for `p_key`. Replaces its earlier report; when the reports
+-- younger than p_period_ms add up to at least p_min_calls calls and failures / calls >=
+-- p_limit_num / p_limit_den, the key opens for p_cooldown_ms, the change log says so (the
+-- fleet's counts, the limit, the instances), and the reports are spent.
+--
+-- Not recorded: a report on a key already OPEN or HALF_OPEN (the fleet stopped calling; its probe
+-- round decides now). Counted under the same per-key advisory lock as votes, so that racing
+-- reports for a key without a row see each other and open it once.
+--
+-- Returns the row as afterwards, as the other transition functions do, plus the fleet's counts
+-- (o_fleet_failures, o_fleet_calls) with this report (0 when it was not recorded).
+CREATE OR REPLACE FUNCTION public.rc_report_rate(
+    p_ns text, p_key text, p_instance text, p_failures integer, p_calls integer,
+    p_limit_num integer, p_limit_den integer, p_min_calls integer, p_period_ms bigint,
+    p_cooldown_ms bigint)
+RETURNS TABLE (o_state text, o_version bigint, o_remaining_ms bigint, o_lease_id bigint,
+               o_retry_ms bigint, o_fleet_failures bigint, o_fleet_calls bigint)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+DECLARE
+    r public.rc_circuit_breakers%ROWTYPE;
+    err text;
+    ms bigint;
+    fleet_failures bigint := 0;
+    fleet_calls bigint := 0;
+    reporters integer;
+BEGIN
+    PERFORM public.rc_require_write();
+    err := public.rc_rate_error(p_ns, p_key, p_failures, p_calls, p_limit_num, p_limit_den,
+                                p_min_calls, p_period_ms, p_cooldown_ms);
+    IF err IS NOT NULL THEN
+        RAISE EXCEPTION '%', err USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF p_instance IS NULL OR p_instance = '' THEN
+        RAISE EXCEPTION 'a report needs the reporting instance''s id'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    ms := public.rc_check_ms(p_cooldown_ms, 'cooldown');
+    PERFORM pg_advisory_xact_lock(hashtextextended('rc_votes|' || p_ns || '|' || p_key, 0));
+    SELECT * INTO r FROM public.rc_circuit_breakers
+        WHERE namespace = p_ns AND resource_key = p_key FOR UPDATE;
+    IF FOUND AND r.state IN ('OPEN', 'HALF_OPEN') THEN
+        RETURN QUERY SELECT v.*, 0::bigint, 0::bigint FROM public.rc_view(p_ns, p_key) v;
+        RETURN;
+    END IF;
+    DELETE FROM public.rc_rate_reports
+        WHERE namespace = p_ns AND resource_key = p_key
+          AND (reported_at <= clock_timestamp() - p_period_ms * interval '1 millisecond'
+               OR reported_at < r.updated_at);
+    INSERT INTO public.rc_rate_reports AS x
+        (namespace, resource_key, instance, reported_at, failures, calls)
+        VALUES (p_ns, p_key, p_instance, clock_timestamp(), p_failures, p_calls)
+        ON CONFLICT (namespace, resource_key, instance) DO UPDATE
+            SET reported_at = EXCLUDED.reported_at, failures = EXCLUDED.failures,
+                calls = EXCLUDED.calls;
+    SELECT coalesce(sum(failures), 0), coalesce(sum(calls), 0), count(*)
+        INTO fleet_failures, fleet_calls, reporters
+        FROM public.rc_rate_reports WHERE namespace = p_ns AND resource_key = p_key;
+    IF fleet_calls >= p_min_calls AND fleet_failures > 0
+       AND fleet_failures * p_limit_den >= p_limit_num::bigint * fleet_calls THEN
+        PERFORM public.rc_explain(p_key, jsonb_build_object('fleet_rate', jsonb_build_object(
+            'failures', fleet_failures, 'calls', fleet_calls, 'instances', reporters,
+            'limit', p_limit_num || '/' || p_limit_den, 'min_calls', p_min_calls,
+            'period_ms', p_period_ms)));
+        INSERT INTO public.rc_circuit_breakers AS b
+            (resource_key, namespace, state, failure_count, open_until, execution_log)
+        VALUES (p_key, p_ns, 'OPEN', LEAST(fleet_failures, 2147483647)::integer,
+                clock_timestamp() + ms * interval '1 millisecond', '[]')
+        ON CONFLICT (resource_key, namespace) DO UPDATE
+            SET state = 'OPEN', failure_count = EXCLUDED.failure_count,
+                open_until = EXCLUDED.open_until, execution_log = EXCLUDED.execution_log;
+        DELETE FROM public.rc_rate_reports WHERE namespace = p_ns AND resource_key = p_key;
+    END IF;
+    RETURN QUERY SELECT v.*, fleet_failures, fleet_calls FROM public.rc_view(p_ns, p_key) v;
+END
+$$;
+
+-- rc_report_rate for each key of one instance's flush, in the order given (callers sort them, so
+-- two instances lock keys in the same order); a bad element gets its error in o_error and the
+-- others go on.
+CREATE OR REPLACE FUNCTION public.rc_report_rates(
+    p_ns text, p_instance text, p_keys text[], p_failures integer[], p_calls integer[],
+    p_limit_num integer[], p_limit_den integer[], p_min_calls integer[], p_period_ms bigint[],
+    p_cooldown_ms bigint[])
+RETURNS TABLE (o_key text, o_state text, o_version bigint, o_remaining_ms bigint,
+               o_lease_id bigint, o_retry_ms bigint, o_fleet_failures bigint,
+               o_fleet_calls bigint, o_error text)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+DECLARE
+    err text;
+BEGIN
+    PERFORM public.rc_require_write();
+    IF p_instance IS NULL OR p_instance = '' THEN
+        RAISE EXCEPTION 'a report needs the reporting instance''s id'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    FOR i IN 1 .. coalesce(array_length(p_keys, 1), 0) LOOP
+        err := public.rc_rate_error(p_ns, p_keys[i], p_failures[i], p_calls[i], p_limit_num[i],
+                                    p_limit_den[i], p_min_calls[i], p_period_ms[i],
+                                    p_cooldown_ms[i]);
+        IF err IS NOT NULL THEN
+            RETURN QUERY SELECT p_keys[i], NULL::text, NULL::bigint, NULL::bigint, NULL::bigint,
+                                NULL::bigint, NULL::bigint, NULL::bigint, err;
+            CONTINUE;
+        END IF;
+        RETURN QUERY SELECT p_keys[i], t.*, NULL::text
+            FROM public.rc_report_rate(p_ns, p_keys[i], p_instance, p_failures[i], p_calls[i],
+                                       p_limit_num[i], p_limit_den[i], p_min_calls[i],
+                                       p_period_ms[i], p_cooldown_ms[i]) AS t;
+    END LOOP;
+END
+$$;
