@@ -176,6 +176,19 @@ impl CircuitBreaker {
         self.inner.cell.cooldown_remaining()
     }
 
+    /// The key's live configuration, if the shared table holds one (`resilient-circuit config
+    /// KEY ...`, migration `0013`): the values that override the builder's, and the mode. Read
+    /// without a lock; `None` in memory and for keys without one.
+    pub fn live_config(&self) -> Option<Arc<crate::LiveConfig>> {
+        self.inner.cell.live_config()
+    }
+
+    /// The mode the key's live configuration sets ([`Mode::Normal`](crate::Mode::Normal)
+    /// without one).
+    pub fn mode(&self) -> crate::Mode {
+        self.inner.cell.mode()
+    }
+
     /// The storage this breaker lives in.
     pub fn storage(&self) -> &Storage {
         &self.inner.storage

@@ -31,13 +31,16 @@
 //! before that store are visible to whoever sees the new word.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use tokio::sync::Notify;
 
+use arc_swap::ArcSwapOption;
+
 use crate::clock::{duration_nanos, Clock};
+use crate::live_config::{LiveConfig, Mode};
 use crate::policy::Policy;
 use crate::storage::postgres::precedence::FleetView;
 use crate::telemetry::{KeyMetrics, Reason};
@@ -102,7 +105,10 @@ pub(crate) enum Recorded {
 /// Mutable state behind the key's private lock.
 #[derive(Debug)]
 struct Slow {
+    /// The policy in force: the code's, with the live configuration's overrides.
     policy: Policy,
+    /// The policy the breakers were built with (what a second builder must agree with).
+    code_policy: Policy,
     closed: OutcomeWindow,
     half_open: OutcomeWindow,
     /// Local mode: probe permits not yet handed out in this half-open round.
@@ -130,6 +136,9 @@ pub(crate) struct KeyCell {
     word: AtomicU64,
     /// Clock nanoseconds at which the current cooldown ends (meaningful while Open).
     open_deadline: AtomicU64,
+    /// The live configuration's [`Mode`] as a `u8`, read on the slow paths only (a closed breaker
+    /// admits on the word alone; a disabled one also admits while not closed).
+    mode: AtomicU8,
     /// Lock-free hint of free probe permits, so rejected half-open callers skip the lock.
     probes_hint: AtomicU32,
     pub(crate) key: Arc<str>,
@@ -145,6 +154,9 @@ pub(crate) struct KeyCell {
     /// `TripPolicy::FleetRate`: set while the cell waits in the shared store's report queue, so
     /// it is queued once per flush however many outcomes it records meanwhile.
     pub(crate) rate_queued: AtomicBool,
+    /// The key's live configuration (`live_config.rs`), whole: read without a lock by
+    /// `CircuitBreaker::live_config`, replaced when the table changes.
+    live: ArcSwapOption<LiveConfig>,
     /// Clock nanoseconds before which asking the database for a probe lease is pointless (every
     /// slot of the round is leased until then); 0 when it may be asked. Reset by every
     /// transition, since a NOTIFY of a new state is the other reason to ask again.
@@ -215,8 +227,10 @@ impl KeyCell {
             word: AtomicU64::new(StateWord::INITIAL.0),
             open_deadline: AtomicU64::new(0),
             probes_hint: AtomicU32::new(0),
+            mode: AtomicU8::new(Mode::Normal.to_u8()),
             slow: Mutex::new(Slow {
                 policy,
+                code_policy: policy,
                 closed: OutcomeWindow::new(policy.failure_limit.denominator()),
                 half_open: OutcomeWindow::new(policy.probe_count()),
                 probes_free: 0,
@@ -227,6 +241,7 @@ impl KeyCell {
             }),
             lease_requested: AtomicBool::new(false),
             rate_queued: AtomicBool::new(false),
+            live: ArcSwapOption::empty(),
             lease_retry_at: AtomicU64::new(0),
             local_decisions: AtomicU64::new(0),
             changed: Notify::new(),
@@ -268,25 +283,70 @@ impl KeyCell {
     /// from a row, or whose handles are gone) takes the new one.
     pub(crate) fn claim(&self, policy: Policy) -> Result<(), Policy> {
         let mut slow = self.lock();
-        if slow.policy != policy {
+        if slow.code_policy != policy {
             if slow.handles > 0 {
-                return Err(slow.policy);
+                return Err(slow.code_policy);
             }
-            slow.policy = policy;
+            slow.code_policy = policy;
+            let effective = self
+                .live
+                .load()
+                .as_deref()
+                .map_or(policy, |l| l.over(policy));
+            self.set_policy(&mut slow, effective);
+        }
+        slow.handles += 1;
+        Ok(())
+    }
+
+    /// Puts `policy` in force; windows of another size start empty.
+    fn set_policy(&self, slow: &mut Slow, policy: Policy) {
+        if slow.policy == policy {
+            return;
+        }
+        let resized = slow.policy.failure_limit.denominator() != policy.failure_limit.denominator();
+        let probes_changed = slow.policy.probe_count() != policy.probe_count();
+        slow.policy = policy;
+        if resized {
             slow.closed = OutcomeWindow::new(policy.failure_limit.denominator());
+        }
+        if probes_changed {
             slow.half_open = OutcomeWindow::new(policy.probe_count());
-            // No permit is out (a permit, borrowed or owned, keeps its handle alive), so a
-            // half-open round restarts with the new probe count.
+            // A local half-open round restarts with the new probe count (a probe out at the
+            // change still reports into the new round).
             let cur = self.load(Ordering::Relaxed);
             if cur.state() == State::HalfOpen && !self.is_fleet() {
                 slow.probes_free = policy.probe_count();
                 self.probes_hint.store(slow.probes_free, Ordering::Relaxed);
             }
-            // The new window is empty, so it is not clean any more.
-            self.store(cur.with_clean(false), Ordering::Release);
         }
-        slow.handles += 1;
-        Ok(())
+        // The window may now trip sooner (or be empty): a success must look again.
+        let cur = self.load(Ordering::Relaxed);
+        self.store(cur.with_clean(false), Ordering::Release);
+    }
+
+    /// Applies the key's live configuration (`None`: back to the code's values, mode normal).
+    /// The caller has checked it (`LiveConfig::validate`).
+    pub(crate) fn set_live(&self, live: Option<Arc<LiveConfig>>) {
+        let mut slow = self.lock();
+        let effective = live
+            .as_deref()
+            .map_or(slow.code_policy, |l| l.over(slow.code_policy));
+        let mode = live.as_deref().map_or(Mode::Normal, |l| l.mode);
+        self.live.store(live);
+        // Relaxed: the slow paths read it as a hint; the lock orders it with the policy.
+        self.mode.store(mode.to_u8(), Ordering::Relaxed);
+        self.set_policy(&mut slow, effective);
+    }
+
+    /// The key's live configuration, if the table holds one.
+    pub(crate) fn live_config(&self) -> Option<Arc<LiveConfig>> {
+        self.live.load_full()
+    }
+
+    /// The live configuration's mode (`Normal` without one).
+    pub(crate) fn mode(&self) -> Mode {
+        Mode::from_u8(self.mode.load(Ordering::Relaxed))
     }
 
     /// A breaker handle is gone.
@@ -331,6 +391,10 @@ impl KeyCell {
 
     #[cold]
     fn admit_slow(&self, mut w: StateWord) -> Admission {
+        // Relaxed: a configuration arriving a moment late admits or rejects one call more.
+        if Mode::from_u8(self.mode.load(Ordering::Relaxed)).admits_all() {
+            return Admission::Closed(StateWord::UNTRACKED);
+        }
         // Other threads may move the breaker while we look (start a round, finish it, reopen):
         // look again a few times rather than reject with a state that no longer holds.
         for _ in 0..4 {
@@ -459,6 +523,10 @@ impl KeyCell {
             // meanwhile (it then fails to report and the lease expires).
             return Recorded::Report(lease, success);
         }
+        let mode = self.mode();
+        if mode == Mode::Disabled {
+            return Recorded::Nothing; // admitted, not counted
+        }
         let mut slow = self.lock();
         let cur = self.load(Ordering::Relaxed);
         if !cur.same_epoch(admitted) {
@@ -470,8 +538,11 @@ impl KeyCell {
                 slow.closed.push(success);
                 // A fleet rate is the database's to judge while it is reachable: report the
                 // window while it holds failures, and once more as the last one leaves it.
-                let fleet_rate = slow.policy.trip.fleet_rate().is_some() && self.is_fleet();
-                if !fleet_rate && slow.policy.closed_trips(&slow.closed) {
+                let fleet_rate = slow.policy.trip.fleet_rate().is_some()
+                    && self.is_fleet()
+                    && mode == Mode::Normal;
+                // Metrics-only: the window counts, the breaker never trips.
+                if !fleet_rate && mode == Mode::Normal && slow.policy.closed_trips(&slow.closed) {
                     let deadline = self.deadline_after(slow.policy.cooldown);
                     return Recorded::Changed(self.set_state(&mut slow, State::Open, deadline));
                 }

@@ -18,6 +18,11 @@ impl StateWord {
     /// Epoch 0, closed, not clean: a new cell.
     pub(super) const INITIAL: StateWord = StateWord(0);
 
+    /// Closed, in an epoch no cell reaches (2^61 − 1 transitions): the admission of a call that
+    /// must not count (a `Mode::Disabled` or `MetricsOnly` breaker admitting while not closed).
+    /// Its outcome is that of a call admitted under an earlier state: neither.
+    pub(super) const UNTRACKED: StateWord = StateWord(u64::MAX << EPOCH_SHIFT);
+
     /// The state.
     #[inline]
     pub(crate) const fn state(self) -> State {

@@ -15,8 +15,8 @@ use crate::changes::{Changes, Feed};
 use crate::clock::{Clock, SystemClock};
 use crate::policy::Policy;
 use crate::telemetry::MEMORY_NAMESPACE;
-use crate::TripPolicy;
 use crate::{ConfigError, State, StorageError};
+use crate::{LiveConfig, TripPolicy};
 
 /// Shared state over PostgreSQL (see the crate docs, "Shared state").
 pub mod postgres;
@@ -52,6 +52,9 @@ pub(crate) struct StorageInner {
     pub(crate) backend: Backend,
     /// Every transition of every cell, for [`Storage::changes`].
     pub(crate) feed: Feed,
+    /// The live configurations the table holds (PostgreSQL only), also for keys with no cell
+    /// yet: a breaker built later starts with its key's.
+    pub(crate) live: DashMap<Arc<str>, Arc<LiveConfig>>,
 }
 
 pub(crate) enum Backend {
@@ -110,6 +113,7 @@ impl Storage {
                     capacity,
                     backend,
                     feed,
+                    live: DashMap::new(),
                 }
             }),
         }
@@ -399,14 +403,18 @@ impl StorageInner {
                         pg.shared.opts.namespace.as_str(),
                     ),
                 };
-                Arc::new(KeyCell::new(
-                    key,
+                let cell = Arc::new(KeyCell::new(
+                    key.clone(),
                     policy,
                     self.clock.clone(),
                     online,
                     namespace,
                     self.feed.clone(),
-                ))
+                ));
+                if let Some(live) = self.live.get(&key) {
+                    cell.set_live(Some(live.clone()));
+                }
+                cell
             })
             .clone()
     }

@@ -17,6 +17,7 @@ mod follow;
 mod hardening;
 mod harness;
 mod hostile;
+mod live_config;
 mod model;
 mod pgbouncer;
 mod postgres;

@@ -16,7 +16,9 @@
 //! end of a half-open round, `probes` (`successes`, `failures`, `needed`, `probes`) with, when it
 //! reopened, `reopens` and the `cooldown_ms` it rests (migration `0011`), and `fleet_rate` (a
 //! `TripPolicy::FleetRate` opening: the fleet's `failures` and `calls`, the reporting
-//! `instances`, the `limit`, `min_calls` and `period_ms`; migration `0012`).
+//! `instances`, the `limit`, `min_calls` and `period_ms`; migration `0012`), and `config` (a
+//! live configuration's mode entering or leaving `forced_open`: `mode`, `note`; migration
+//! `0013`).
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -205,6 +207,13 @@ fn why(why: Option<&serde_json::Value>) -> String {
         if let Some(ms) = w.get("cooldown_ms").and_then(|v| v.as_i64()) {
             let reopens = w.get("reopens").and_then(|v| v.as_i64()).unwrap_or(0);
             out.push_str(&format!("; reopen {reopens}, resting {ms} ms"));
+        }
+    }
+    if let Some(c) = w.get("config") {
+        let mode = c.get("mode").and_then(|v| v.as_str()).unwrap_or("?");
+        match c.get("note").and_then(|v| v.as_str()) {
+            Some(note) => out.push_str(&format!("; config: mode {mode} ({note})")),
+            None => out.push_str(&format!("; config: mode {mode}")),
         }
     }
     if let Some(note) = w.get("note").and_then(|v| v.as_str()) {

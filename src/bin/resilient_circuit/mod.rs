@@ -11,6 +11,7 @@ macro_rules! say {
 }
 
 mod check;
+mod config;
 mod force;
 mod history;
 mod setup;
@@ -56,6 +57,9 @@ enum Command {
     Watch(watch::Args),
     /// A breaker's recorded changes: when, from, to, by whom, why.
     History(history::Args),
+    /// Read or change a breaker's live configuration (cooldown, limits, mode) for every
+    /// instance; --reset returns to the code's values.
+    Config(config::Args),
     /// Force a breaker OPEN for every instance (until `close`, or for a duration).
     Open(force::OpenArgs),
     /// Force a breaker CLOSED for every instance.
@@ -148,6 +152,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Status(a) => status::run(&opts, a).await,
         Command::Watch(a) => watch::run(&opts, a).await,
         Command::History(a) => history::run(&opts, a).await,
+        Command::Config(a) => config::run(&opts, a).await,
         Command::Open(a) => force::open(&opts, a).await,
         Command::Close(a) => force::close(&opts, a).await,
         Command::Delete(a) => force::delete(&opts, a).await,

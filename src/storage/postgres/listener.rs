@@ -25,7 +25,7 @@ use tokio_postgres::{AsyncMessage, Client, Notification};
 use super::payload::{self, NotifyKey, Op};
 use super::poll::{self, Polled};
 use super::precedence::{Remote, Source};
-use super::{statements, Follow, Shared};
+use super::{configs, statements, Follow, Shared};
 use crate::error::{describe_pg_error, StorageError};
 
 /// The channel the trigger notifies on.
@@ -149,7 +149,11 @@ pub(crate) async fn open(shared: &Arc<Shared>) -> Result<Live, StorageError> {
     if shared.opts.follow == Follow::Poll {
         return Ok(live);
     }
-    let sql = format!("LISTEN rc_circuit_breakers; LISTEN {}", live.check);
+    let sql = format!(
+        "LISTEN rc_circuit_breakers; LISTEN {}; LISTEN {}",
+        configs::CHANNEL,
+        live.check
+    );
     let listen = live.client.batch_execute(&sql);
     match tokio::time::timeout(shared.opts.statement_timeout, listen).await {
         Ok(r) => r.map_err(|e| StorageError::db("listening", e))?,
@@ -320,6 +324,8 @@ async fn resync(shared: &Arc<Shared>, client: &Client) -> Result<(), StorageErro
     for cell in gone {
         shared.apply(&cell, Remote::ABSENT, Source::Reload, None);
     }
+    // The live configuration too: changes made while this instance was away were not heard.
+    configs::refresh(shared, client, None).await?;
     tracing::debug!(rows = rows.len(), elapsed = ?started.elapsed(), "snapshot loaded");
     shared.metrics.resyncs.increment(1);
     Ok(())
@@ -332,10 +338,24 @@ enum Next {
     Confirm(String),
     /// Reload everything.
     Reload,
+    /// Read this key's live configuration.
+    Config(String),
+    /// Read every live configuration of the namespace.
+    ConfigAll,
 }
 
 /// Applies one notification; bad or forged payloads are logged and skipped.
 fn apply_notification(shared: &Shared, key: Option<&NotifyKey>, n: &Notification) -> Next {
+    if n.channel() == configs::CHANNEL {
+        return match configs::changed_key(n.payload(), &shared.opts.namespace) {
+            Ok(Some(k)) => Next::Config(k),
+            Ok(None) => Next::Nothing,
+            Err(e) => {
+                tracing::warn!(error = %e, "unreadable live configuration notification; reading them all");
+                Next::ConfigAll
+            }
+        };
+    }
     if n.channel() != CHANNEL {
         return Next::Nothing;
     }
@@ -516,6 +536,14 @@ async fn serve(shared: &Arc<Shared>, mut live: Live, shutdown: &mut watch::Recei
     let mut reconcile = tokio::time::interval_at(start + every, every);
     reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let poll_every = if polling { opts.poll_interval } else { never };
+    // A polling instance hears no configuration change: it reads them every reconcile interval.
+    let configs_every = if polling {
+        opts.reconcile_interval
+    } else {
+        never
+    };
+    let mut configs_tick = tokio::time::interval_at(start + configs_every, configs_every);
+    configs_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut polls = tokio::time::interval_at(start + poll_every, poll_every);
     polls.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let reload_bound = opts.statement_timeout * 4;
@@ -530,6 +558,8 @@ async fn serve(shared: &Arc<Shared>, mut live: Live, shutdown: &mut watch::Recei
                     return Ended::Lost("connection closed".into());
                 };
                 let mut to_confirm = Vec::new();
+                let mut configured = Vec::new();
+                let mut all_configs = false;
                 let mut next = Some(first);
                 let mut taken = 0;
                 while let Some(n) = next.take() {
@@ -537,6 +567,8 @@ async fn serve(shared: &Arc<Shared>, mut live: Live, shutdown: &mut watch::Recei
                         Next::Nothing => {}
                         Next::Confirm(k) => to_confirm.push(k),
                         Next::Reload => reload = true,
+                        Next::Config(k) => configured.push(k),
+                        Next::ConfigAll => all_configs = true,
                     }
                     taken += 1;
                     if taken < TURN {
@@ -553,6 +585,17 @@ async fn serve(shared: &Arc<Shared>, mut live: Live, shutdown: &mut watch::Recei
                         Err(_) => return Ended::Lost("confirming notifications timed out".into()),
                     }
                 }
+                if (all_configs || !configured.is_empty()) && !reload {
+                    configured.sort();
+                    configured.dedup();
+                    let keys = (!all_configs).then_some(&configured[..]);
+                    let work = configs::refresh(shared, &live.client, keys);
+                    match tokio::time::timeout(opts.statement_timeout, work).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => return Ended::Lost(format!("reading the live configuration failed: {e}")),
+                        Err(_) => return Ended::Lost("reading the live configuration timed out".into()),
+                    }
+                }
             }
             _ = heartbeat.tick() => {
                 let ping = tokio::time::timeout(opts.statement_timeout, live.client.simple_query(""));
@@ -563,6 +606,14 @@ async fn serve(shared: &Arc<Shared>, mut live: Live, shutdown: &mut watch::Recei
                 }
             }
             _ = reconcile.tick() => reload = true,
+            _ = configs_tick.tick() => {
+                let work = configs::refresh(shared, &live.client, None);
+                match tokio::time::timeout(opts.statement_timeout, work).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return Ended::Lost(format!("reading the live configuration failed: {e}")),
+                    Err(_) => return Ended::Lost("reading the live configuration timed out".into()),
+                }
+            }
             _ = polls.tick() => {
                 if let Some(cursor) = live.cursor.as_mut() {
                     let work = poll::poll(shared, &live.client, cursor);

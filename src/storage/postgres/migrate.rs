@@ -79,6 +79,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "fleet_rate",
         sql: include_str!("../../../sql/0012_fleet_rate.sql"),
     },
+    Migration {
+        version: 13,
+        name: "live_config",
+        sql: include_str!("../../../sql/0013_live_config.sql"),
+    },
 ];
 
 /// What an application role needs on `public.rc_circuit_breakers`, and all it needs, for this

@@ -29,6 +29,7 @@
 pub mod admin;
 mod callbacks;
 pub(crate) mod config;
+mod configs;
 mod connect;
 pub(crate) mod hosts;
 mod leases;

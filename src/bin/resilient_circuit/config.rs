@@ -1,0 +1,185 @@
+//! `config`: a key's live configuration (`rc_breaker_config`, migration `0013`), read or changed.
+//! Every running instance applies a change within its propagation time (a NOTIFY, then one read
+//! of the row); `--reset` returns the key to its code's values. Values are checked here first,
+//! then by the table's constraints, so a bad one never reaches an instance.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use resilient_circuit::storage::postgres::PostgresOptions;
+use resilient_circuit::{Mode, Ratio};
+
+use super::{connect, namespace, CliError};
+
+/// `rc_max_ms()`: the longest cooldown the SQL accepts (ten years).
+const MAX_MS: u128 = 315_360_000_000;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The breaker's key.
+    key: String,
+    /// The namespace (default: RC_NAMESPACE, else `default`).
+    #[arg(long, value_name = "NS")]
+    namespace: Option<String>,
+    /// Cooldown for every instance (e.g. 30s, 5m), instead of the code's.
+    #[arg(long, value_name = "DURATION", value_parser = parse_cooldown)]
+    cooldown: Option<Duration>,
+    /// Failure limit K/N (trip on K failures in the last N calls), instead of the code's.
+    #[arg(long, value_name = "K/N", value_parser = parse_ratio)]
+    failure_limit: Option<Ratio>,
+    /// Success limit K/N (half-open: N probes, close on K successes), instead of the code's.
+    #[arg(long, value_name = "K/N", value_parser = parse_ratio)]
+    success_limit: Option<Ratio>,
+    /// normal, forced-open (OPEN everywhere until changed), disabled (admit all, count
+    /// nothing) or metrics-only (admit all, count, never trip).
+    #[arg(long, value_name = "MODE", value_parser = parse_mode)]
+    mode: Option<Mode>,
+    /// Delete the key's configuration first: back to the code's values, mode normal.
+    #[arg(long)]
+    reset: bool,
+    /// Why, kept with the configuration (and in the change log when the mode opens or closes
+    /// the breaker).
+    #[arg(long, value_name = "TEXT")]
+    note: Option<String>,
+}
+
+fn parse_cooldown(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (e.g. 30s, 5m, 1h)"))?;
+    if d.as_millis() > MAX_MS {
+        return Err("at most 10 years (3650 days)".into());
+    }
+    Ok(d)
+}
+
+/// `K/N` with 1 <= K <= N <= 8192, as the builder takes it.
+fn parse_ratio(s: &str) -> Result<Ratio, String> {
+    let (k, n) = s
+        .split_once('/')
+        .ok_or_else(|| format!("{s:?} is not K/N (e.g. 3/10)"))?;
+    let k: u32 = k
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?}: {k:?} is not a whole number"))?;
+    let n: u32 = n
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?}: {n:?} is not a whole number"))?;
+    if k == 0 || k > n || n > Ratio::MAX_DENOMINATOR {
+        return Err(format!(
+            "{s:?}: need 1 <= K <= N <= {}",
+            Ratio::MAX_DENOMINATOR
+        ));
+    }
+    Ok(Ratio::new(k, n))
+}
+
+fn parse_mode(s: &str) -> Result<Mode, String> {
+    s.parse::<Mode>().map_err(|e| e.to_string())
+}
+
+pub async fn run(opts: &PostgresOptions, args: Args) -> Result<ExitCode, CliError> {
+    let ns = namespace(opts, &args.namespace);
+    let session = connect(opts).await?;
+    let changing = args.reset
+        || args.mode.is_some()
+        || args.cooldown.is_some()
+        || args.failure_limit.is_some()
+        || args.success_limit.is_some();
+    let row = if changing {
+        let cooldown_ms = args
+            .cooldown
+            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let (f_num, f_den) = split(args.failure_limit);
+        let (s_num, s_den) = split(args.success_limit);
+        let mode = args.mode.map(Mode::as_str);
+        session
+            .client()
+            .query_one(
+                "SELECT * FROM public.rc_configure($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                &[
+                    &ns,
+                    &args.key,
+                    &mode,
+                    &cooldown_ms,
+                    &f_num,
+                    &f_den,
+                    &s_num,
+                    &s_den,
+                    &args.reset,
+                    &args.note,
+                ],
+            )
+            .await
+            .map_err(|e| CliError::db("changing the live configuration", e))?
+    } else {
+        session
+            .client()
+            .query_one(
+                "SELECT coalesce(c.mode, 'normal') AS o_mode, c.cooldown_ms AS o_cooldown_ms, \
+                 c.failure_num AS o_failure_num, c.failure_den AS o_failure_den, \
+                 c.success_num AS o_success_num, c.success_den AS o_success_den, \
+                 coalesce(c.version, 0) AS o_version \
+                 FROM (SELECT 1) AS one LEFT JOIN public.rc_breaker_config c \
+                 ON c.namespace = $1 AND c.resource_key = $2",
+                &[&ns, &args.key],
+            )
+            .await
+            .map_err(|e| CliError::db("reading the live configuration", e))?
+    };
+    let mode: String = row.get("o_mode");
+    let cooldown: Option<i64> = row.get("o_cooldown_ms");
+    let limit = |num: &str, den: &str| match (
+        row.get::<_, Option<i32>>(num),
+        row.get::<_, Option<i32>>(den),
+    ) {
+        (Some(k), Some(n)) => format!("{k}/{n}"),
+        _ => "the code's".into(),
+    };
+    let version: i64 = row.get("o_version");
+    say!(
+        "{} in namespace {ns}: mode {mode}, cooldown {}, failure limit {}, success limit {}{}",
+        args.key,
+        cooldown.map_or_else(
+            || "the code's".into(),
+            |ms| humantime::format_duration(Duration::from_millis(u64::try_from(ms).unwrap_or(0)))
+                .to_string()
+        ),
+        limit("o_failure_num", "o_failure_den"),
+        limit("o_success_num", "o_success_den"),
+        if version == 0 {
+            " (no live configuration: the code's values)".to_owned()
+        } else {
+            format!(" (version {version})")
+        }
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn split(r: Option<Ratio>) -> (Option<i32>, Option<i32>) {
+    match r {
+        Some(r) => (
+            i32::try_from(r.numerator()).ok(),
+            i32::try_from(r.denominator()).ok(),
+        ),
+        None => (None, None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_refuses_what_no_instance_could_use() {
+        assert_eq!(parse_ratio("3/10"), Ok(Ratio::new(3, 10)));
+        assert!(parse_ratio("0/10").is_err());
+        assert!(parse_ratio("11/10").is_err());
+        assert!(parse_ratio("1/9000").is_err());
+        assert!(parse_ratio("3").is_err());
+        assert!(parse_ratio("a/b").is_err());
+        assert!(parse_cooldown("5m").is_ok());
+        assert!(parse_cooldown("20000 years").is_err());
+        assert!(parse_mode("forced-open").is_ok());
+        assert!(parse_mode("sometimes").is_err());
+    }
+}
