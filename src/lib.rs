@@ -87,7 +87,8 @@
 //! * [`changes`]: the change stream of a storage.
 //! * `telemetry`: every metric's name, labels and cached handles.
 //! * `cell`: one key's state word and private lock — **the hot path**, and every atomic ordering.
-//! * `policy`, `window`: the pure decision rules and the outcome ring, testable without a clock.
+//! * `policy`, `window`, `time_window`: the pure decision rules, the outcome ring and the
+//!   time window's slices, testable without a clock.
 //! * [`storage`]: the key map; `storage::postgres` holds the shared backend: its listener
 //!   (`listener.rs`), who wins between local decisions and the table (`precedence.rs`), its
 //!   outbox of transitions (`publish.rs`) and every statement it sends (`statements.rs`); the
@@ -107,19 +108,22 @@ pub mod docs;
 mod error;
 mod policy;
 mod ratio;
+mod slow;
 mod state;
 pub mod storage;
 mod telemetry;
 #[cfg(feature = "tower")]
 pub mod tower;
+mod time_window;
 mod window;
 
 pub use breaker::{CircuitBreaker, Outcome, OwnedPermit, Permit};
-pub use builder::{Builder, MAX_KEY_LEN};
+pub use builder::{Builder, MAX_KEY_LEN, MIN_TIME_WINDOW};
 pub use changes::{Change, Changes};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{CircuitError, ConfigError, Rejected, StorageError};
 pub use policy::MAX_DURATION;
 pub use ratio::Ratio;
+pub use slow::SlowCalls;
 pub use state::{ChangeOrigin, State, StatusChange, UnknownState};
 pub use storage::Storage;

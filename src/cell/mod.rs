@@ -41,6 +41,7 @@ use crate::clock::{duration_nanos, Clock};
 use crate::policy::Policy;
 use crate::storage::postgres::precedence::FleetView;
 use crate::telemetry::{KeyMetrics, Reason};
+use crate::time_window::TimeWindow;
 use crate::window::OutcomeWindow;
 
 mod fleet;
@@ -110,6 +111,65 @@ struct Slow {
     view: FleetView,
     /// Live breaker handles using this cell; while any exist, the policy is fixed.
     handles: u32,
+    /// With a slow-call rate on the count window: one bit per outcome of `closed`, in step with
+    /// it, set ("failure") for a slow call.
+    slow_calls: Option<OutcomeWindow>,
+    /// With [`Builder::time_window`](crate::Builder::time_window): the window that is judged;
+    /// `closed` then only keeps the last outcomes for `execution_log`.
+    timed: Option<TimeWindow>,
+}
+
+impl Slow {
+    /// The closed state's windows beyond `closed` that `policy` asks for, empty.
+    fn extra_windows(policy: &Policy) -> (Option<OutcomeWindow>, Option<TimeWindow>) {
+        let timed = policy.time_window.map(TimeWindow::new);
+        let slow_calls = (timed.is_none() && policy.slow_rate().is_some())
+            .then(|| OutcomeWindow::new(policy.failure_limit.denominator()));
+        (slow_calls, timed)
+    }
+
+    /// Records a closed-state outcome in every window. The clock is read only with a time
+    /// window.
+    fn push_closed(&mut self, success: bool, slow_call: bool, clock: &dyn Clock) {
+        self.closed.push(success);
+        if let Some(s) = &mut self.slow_calls {
+            s.push(!slow_call);
+        }
+        if let Some(t) = &mut self.timed {
+            t.push(clock.now_nanos(), success, slow_call);
+        }
+    }
+
+    /// The closed state's verdict on the windows just pushed to.
+    fn closed_trips(&self) -> bool {
+        match (&self.timed, &self.slow_calls) {
+            (Some(t), _) => self.policy.timed_trips(t.counts()),
+            (None, Some(s)) => {
+                self.policy.closed_trips(&self.closed) || self.policy.slow_trips(&self.closed, s)
+            }
+            (None, None) => self.policy.closed_trips(&self.closed),
+        }
+    }
+
+    /// True when a fast, unrecorded success would change nothing: a full count window with no
+    /// failure and no slow call. Never with a time window, where every success counts toward
+    /// the rate of the period.
+    fn closed_clean(&self) -> bool {
+        self.timed.is_none()
+            && self.closed.is_full()
+            && self.closed.failures() == 0
+            && self.slow_calls.as_ref().map_or(true, |s| s.failures() == 0)
+    }
+
+    fn clear_closed(&mut self) {
+        self.closed.clear();
+        if let Some(s) = &mut self.slow_calls {
+            s.clear();
+        }
+        if let Some(t) = &mut self.timed {
+            t.clear();
+        }
+    }
 }
 
 /// One key's state in one storage.
@@ -180,6 +240,7 @@ impl KeyCell {
     ) -> Self {
         let metrics = KeyMetrics::new(&key, namespace);
         metrics.state(State::Closed, None);
+        let (slow_calls, timed) = Slow::extra_windows(&policy);
         KeyCell {
             forced_open: AtomicBool::new(false),
             metrics,
@@ -196,6 +257,8 @@ impl KeyCell {
                 leases: VecDeque::new(),
                 view: FleetView::default(),
                 handles: 0,
+                slow_calls,
+                timed,
             }),
             lease_requested: AtomicBool::new(false),
             lease_retry_at: AtomicU64::new(0),
@@ -246,6 +309,7 @@ impl KeyCell {
             slow.policy = policy;
             slow.closed = OutcomeWindow::new(policy.failure_limit.denominator());
             slow.half_open = OutcomeWindow::new(policy.probe_count());
+            (slow.slow_calls, slow.timed) = Slow::extra_windows(&policy);
             // No permit is out (a permit, borrowed or owned, keeps its handle alive), so a
             // half-open round restarts with the new probe count.
             let cur = self.load(Ordering::Relaxed);
@@ -417,11 +481,30 @@ impl KeyCell {
                 return Recorded::Nothing;
             }
         }
-        self.record_slow(admitted, probe, success)
+        self.record_slow(admitted, probe, success, false)
+    }
+
+    /// [`record`](Self::record) for a call that took at least the policy's slow-call threshold
+    /// (with [`SlowCalls::AsFailure`](crate::SlowCalls::AsFailure) the caller already made it a
+    /// failure). Never the fast path: a slow call always changes the window.
+    #[inline]
+    pub(crate) fn record_slow_call(
+        &self,
+        admitted: StateWord,
+        probe: Option<Lease>,
+        success: bool,
+    ) -> Recorded {
+        self.record_slow(admitted, probe, success, true)
     }
 
     #[cold]
-    fn record_slow(&self, admitted: StateWord, probe: Option<Lease>, success: bool) -> Recorded {
+    fn record_slow(
+        &self,
+        admitted: StateWord,
+        probe: Option<Lease>,
+        success: bool,
+        slow_call: bool,
+    ) -> Recorded {
         if !admitted.is_closed() || probe.is_some() {
             self.metrics.probe_ended(); // started in `CircuitBreaker::admission_slow`
         }
@@ -437,12 +520,12 @@ impl KeyCell {
         }
         match cur.state() {
             State::Closed => {
-                slow.closed.push(success);
-                if slow.policy.closed_trips(&slow.closed) {
+                slow.push_closed(success, slow_call, &*self.clock);
+                if slow.closed_trips() {
                     let deadline = self.deadline_after(slow.policy.cooldown);
                     return Recorded::Changed(self.set_state(&mut slow, State::Open, deadline));
                 }
-                let clean = slow.closed.is_full() && slow.closed.failures() == 0;
+                let clean = slow.closed_clean();
                 let next = cur.with_clean(clean);
                 if next != cur {
                     // Release for symmetry with transitions; nothing else is published here.
@@ -504,7 +587,7 @@ impl KeyCell {
             self.open_deadline.store(d, Ordering::Relaxed);
         }
         match to {
-            State::Closed => slow.closed.clear(),
+            State::Closed => slow.clear_closed(),
             State::HalfOpen => slow.half_open.clear(),
             State::Open => {}
         }

@@ -302,7 +302,7 @@ impl Storage {
                         .success_limit
                         .map_or_else(|| "none".to_owned(), |r| r.to_string()),
                     existing.cooldown
-                ),
+                ) + &crate::builder::describe_windows(&existing),
             })?;
         Ok(cell)
     }
