@@ -132,10 +132,13 @@ impl CircuitBreaker {
     ) -> Self {
         let calls = call_metrics.then(|| CallMetrics::new(&cell.key, storage.metrics_namespace()));
         // The cell was just claimed with the builder's policy, so this is the breaker's.
-        let slow_call = cell.policy().slow_call.map(|(threshold, counts_as)| SlowCall {
-            threshold,
-            as_failure: counts_as == crate::SlowCalls::AsFailure,
-        });
+        let slow_call = cell
+            .policy()
+            .slow_call
+            .map(|(threshold, counts_as)| SlowCall {
+                threshold,
+                as_failure: counts_as == crate::SlowCalls::AsFailure,
+            });
         CircuitBreaker {
             inner: Arc::new(Inner {
                 cell,

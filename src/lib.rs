@@ -112,9 +112,9 @@ mod slow;
 mod state;
 pub mod storage;
 mod telemetry;
+mod time_window;
 #[cfg(feature = "tower")]
 pub mod tower;
-mod time_window;
 mod window;
 
 pub use breaker::{CircuitBreaker, Outcome, OwnedPermit, Permit};

@@ -62,7 +62,8 @@ impl Policy {
     /// outcomes and at least the failure limit's share of them are failures: on a full window,
     /// at least `num` failures.
     pub(crate) fn closed_trips(&self, w: &OutcomeWindow) -> bool {
-        w.len() >= self.minimum_calls() && at_rate(w.failures().into(), w.len().into(), self.failure_limit)
+        w.len() >= self.minimum_calls()
+            && at_rate(w.failures().into(), w.len().into(), self.failure_limit)
     }
 
     /// How many outcomes a closed window needs before it may trip.
@@ -92,7 +93,9 @@ impl Policy {
     pub(crate) fn timed_trips(&self, c: Counts) -> bool {
         c.calls >= u64::from(self.minimum_calls())
             && (at_rate(c.failures, c.calls, self.failure_limit)
-                || self.slow_rate().is_some_and(|r| at_rate(c.slow, c.calls, r)))
+                || self
+                    .slow_rate()
+                    .is_some_and(|r| at_rate(c.slow, c.calls, r)))
     }
 
     /// The verdict of a half-open window once all its probes reported, else `None`.

@@ -87,18 +87,36 @@ fn minimum_calls_and_rates() {
         outcomes.iter().for_each(|s| w.push(*s));
         w
     };
-    assert!(!p.closed_trips(&window(&[false, false, false])), "3 < 4 calls");
-    assert!(p.closed_trips(&window(&[false, false, true, true])), "2/4 = 50%");
-    assert!(!p.closed_trips(&window(&[false, true, true, true, true])), "1/5");
+    assert!(
+        !p.closed_trips(&window(&[false, false, false])),
+        "3 < 4 calls"
+    );
+    assert!(
+        p.closed_trips(&window(&[false, false, true, true])),
+        "2/4 = 50%"
+    );
+    assert!(
+        !p.closed_trips(&window(&[false, true, true, true, true])),
+        "1/5"
+    );
 
     let slow = Policy {
         slow_call: Some((Duration::from_secs(1), SlowCalls::Rate(Ratio::new(3, 4)))),
         ..p
     };
     let calls = window(&[true; 4]);
-    assert!(slow.slow_trips(&calls, &window(&[false, false, false, true])), "3/4 slow");
-    assert!(!slow.slow_trips(&calls, &window(&[false, false, true, true])), "2/4 slow");
-    assert!(!p.slow_trips(&calls, &window(&[false; 4])), "no rate configured");
+    assert!(
+        slow.slow_trips(&calls, &window(&[false, false, false, true])),
+        "3/4 slow"
+    );
+    assert!(
+        !slow.slow_trips(&calls, &window(&[false, false, true, true])),
+        "2/4 slow"
+    );
+    assert!(
+        !p.slow_trips(&calls, &window(&[false; 4])),
+        "no rate configured"
+    );
 
     let c = |calls, failures, slow| Counts {
         calls,

@@ -72,5 +72,9 @@ fn extreme_periods() {
     let mut huge = TimeWindow::new(crate::MAX_DURATION);
     huge.push(0, false, false);
     huge.push(u64::MAX, true, false);
-    assert_eq!(huge.counts().calls, 1, "u64::MAX is centuries past a ten-year window");
+    assert_eq!(
+        huge.counts().calls,
+        1,
+        "u64::MAX is centuries past a ten-year window"
+    );
 }

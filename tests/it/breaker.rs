@@ -1440,7 +1440,12 @@ fn run(rig: &Rig, steps: &[Step], state: State, what: &str) {
 #[test]
 fn minimum_calls_no_trip_before_n_trip_at_n() {
     let rig = windowed("min-calls", r(5, 10), |b| b.minimum_calls(4));
-    run(&rig, &[F, F, F], Closed, "3 failures in 3 calls: under 4 calls");
+    run(
+        &rig,
+        &[F, F, F],
+        Closed,
+        "3 failures in 3 calls: under 4 calls",
+    );
     run(&rig, &[S], Open, "3 failures in 4 calls: at least 5/10");
 
     let rig = windowed("min-calls-rate", r(5, 10), |b| b.minimum_calls(4));
@@ -1463,7 +1468,12 @@ fn time_window_old_failures_expire() {
     });
     run(&rig, &[F, F, F], Closed, "3 calls: under the minimum");
     rig.advance_ms(11_000);
-    run(&rig, &[F], Closed, "the 3 old failures expired: 1 call in the period");
+    run(
+        &rig,
+        &[F],
+        Closed,
+        "the 3 old failures expired: 1 call in the period",
+    );
     run(&rig, &[S, S], Closed, "3 calls in the period");
     run(&rig, &[F], Open, "2 failures in 4 calls: 50%");
 }
@@ -1476,7 +1486,11 @@ fn time_window_trips_at_the_rate() {
     run(&rig, &[S, S, S, S, S, S, F, F, F, F], Closed, "4 in 10");
     run(&rig, &[F], Closed, "5 in 11");
     run(&rig, &[F], Open, "6 in 12: 50%");
-    assert_eq!(rig.cb.execution_log().len(), 2, "the last `denominator` outcomes");
+    assert_eq!(
+        rig.cb.execution_log().len(),
+        2,
+        "the last `denominator` outcomes"
+    );
 
     // Many successes dilute failures: 10 failures after 100 successes are under 50%.
     let rig = windowed("tw-dilute", r(1, 2), |b| {
@@ -1493,7 +1507,12 @@ fn time_window_trips_at_the_rate() {
     rig.advance_ms(59_000);
     run(&rig, &[F; 9], Closed, "9 in 109");
     rig.advance_ms(1_000);
-    run(&rig, &[F], Open, "the successes expired: 10 failures in 10 calls");
+    run(
+        &rig,
+        &[F],
+        Open,
+        "the successes expired: 10 failures in 10 calls",
+    );
 }
 
 /// After a trip and a good probe, the time window starts empty.
@@ -1506,7 +1525,12 @@ fn time_window_starts_empty_after_closing() {
     });
     run(&rig, &[F, F], Open, "trip");
     run(&rig, &[Wait(100), S], Closed, "a good probe closes");
-    run(&rig, &[F], Closed, "one call since closing: under the minimum");
+    run(
+        &rig,
+        &[F],
+        Closed,
+        "one call since closing: under the minimum",
+    );
     run(&rig, &[S], Open, "1 in 2");
 }
 
@@ -1526,7 +1550,11 @@ async fn slow_calls_as_failure() {
         }
     };
     assert_eq!(rig.cb.call(takes(99)).await.unwrap(), 99);
-    assert_eq!(rig.cb.call(takes(100)).await.unwrap(), 100, "still returned");
+    assert_eq!(
+        rig.cb.call(takes(100)).await.unwrap(),
+        100,
+        "still returned"
+    );
     assert_eq!(rig.cb.execution_log(), vec![true, false], "100 ms is slow");
     assert_eq!(rig.cb.state(), Closed);
     let classify = |_: &Result<u64, std::io::Error>| Outcome::Success;
@@ -1549,7 +1577,10 @@ fn slow_call_rate() {
         rig.admit("slow").record_timed(Outcome::Success, slow);
     }
     assert_eq!(rig.cb.state(), Closed, "2 slow in 10");
-    assert!(rig.cb.execution_log().iter().all(|s| *s), "slow calls are not failures");
+    assert!(
+        rig.cb.execution_log().iter().all(|s| *s),
+        "slow calls are not failures"
+    );
     rig.admit("slow").record_timed(Outcome::Success, slow);
     assert_eq!(rig.cb.state(), Open, "3 slow in the last 10");
 
@@ -1564,7 +1595,11 @@ fn slow_call_rate() {
         rig.admit("fast").success();
     }
     rig.admit("slow").record_timed(Outcome::Failure, slow);
-    assert_eq!(rig.cb.state(), Closed, "1 slow in the last 10: the first two left");
+    assert_eq!(
+        rig.cb.state(),
+        Closed,
+        "1 slow in the last 10: the first two left"
+    );
 
     // And in a time window, with its minimum.
     let rig = windowed("slow-rate-timed", r(1, 2), |b| {
@@ -1576,7 +1611,8 @@ fn slow_call_rate() {
         rig.admit("slow").record_timed(Outcome::Success, slow);
     }
     assert_eq!(rig.cb.state(), Closed, "3 calls: under the minimum");
-    rig.admit("fast").record_timed(Outcome::Success, Duration::from_millis(10));
+    rig.admit("fast")
+        .record_timed(Outcome::Success, Duration::from_millis(10));
     assert_eq!(rig.cb.state(), Open, "3 slow in 4");
 }
 
@@ -1637,7 +1673,10 @@ fn slow_probes() {
 fn config_rejects_bad_windows_and_thresholds() {
     let ten_years_and_a_bit = resilient_circuit::MAX_DURATION + Duration::from_secs(1);
     let cases: Vec<(Builder, &str)> = vec![
-        (builder("cfg").minimum_calls(0), "invalid minimum_calls 0: zero"),
+        (
+            builder("cfg").minimum_calls(0),
+            "invalid minimum_calls 0: zero",
+        ),
         (
             builder("cfg").failure_limit(r(5, 10)).minimum_calls(11),
             "invalid minimum_calls 11: above the failure limit's denominator",
@@ -1674,7 +1713,10 @@ fn config_rejects_bad_windows_and_thresholds() {
     for (b, expected) in cases {
         let err = b.build().unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains(expected), "{msg:?} should contain {expected:?}");
+        assert!(
+            msg.contains(expected),
+            "{msg:?} should contain {expected:?}"
+        );
         let typed = matches!(
             err,
             ConfigError::InvalidMinimumCalls { .. }
