@@ -357,7 +357,9 @@ impl CircuitBreaker {
     }
 
     /// Runs `f` if the breaker admits it; every `Err` counts as a failure, every `Ok` as a
-    /// success. See [`call_with`](Self::call_with) to decide otherwise.
+    /// success. See [`call_with`](Self::call_with) to decide otherwise. With a slow-call
+    /// threshold ([`Builder::slow_call`]) the call is timed, from just before `f` is called until
+    /// its future completes, on the storage's clock.
     pub async fn call<T, E, F, Fut>(&self, f: F) -> Result<T, CircuitError<E>>
     where
         F: FnOnce() -> Fut,

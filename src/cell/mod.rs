@@ -13,7 +13,8 @@
 //! * `state` is Closed / Open / HalfOpen.
 //! * `CLEAN` is set while the breaker is closed and its window is full of successes: recording a
 //!   success then changes nothing, so [`Permit::success`](crate::Permit::success) is one load and
-//!   a compare, with no lock and no write.
+//!   a compare, with no lock and no write. A slow call is never such a success, and a breaker
+//!   with a time window is never clean: there every success counts toward the period's rate.
 //! * `epoch` grows with every transition. A permit remembers the word it was admitted under, and
 //!   an outcome from an older epoch is dropped: a call admitted before a trip cannot count as a
 //!   half-open probe.
