@@ -492,6 +492,9 @@ impl CircuitBreaker {
     /// The outcomes in the closed window, oldest first (`true` = success), as the ancestor's
     /// `execution_log` column. The window is this instance's own (see
     /// [`docs::model`](crate::docs::model)); it is written to the row when the instance trips.
+    /// With a [`time_window`](Builder::time_window) it is the last `denominator` outcomes, kept
+    /// beside the period's counts for this log; a slow call counted
+    /// [`AsFailure`](crate::SlowCalls::AsFailure) shows as a failure.
     ///
     /// ```
     /// # fn main() -> Result<(), resilient_circuit::ConfigError> {
