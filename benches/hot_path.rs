@@ -33,6 +33,12 @@
 //!   (`metrics-exporter-prometheus`'s, installed for that breaker only with
 //!   `metrics::with_local_recorder`): what counting every success costs.
 //!
+//! * `closed_single_thread/resilient_circuit/try_acquire_success_time_window`: a success on a
+//!   breaker with a `time_window` (every outcome is counted under the key's lock, with a clock
+//!   reading); `try_acquire_record_timed_slow_calls` and `call_async_slow_calls`: a breaker with
+//!   a slow-call threshold, reporting a duration through the permit, and timed by `call` (two
+//!   clock readings), each call under the threshold.
+//!
 //! * `error_rate`: `acquire_run_record` (the peers' `call`) where one call in 100, or one in 20,
 //!   fails: below the trip threshold (5 in 10), so the breaker stays closed, but its window is
 //!   rarely clean and outcomes take the slow path. One thread and two (each thread counts its
@@ -228,6 +234,34 @@ mod rc {
         clean(key, Storage::in_memory(), window, window / 2, false)
     }
 
+    /// A breaker like [`healthy`] configured further by `f` (a time window, slow calls), its
+    /// window filled with successes.
+    pub fn healthy_configured(
+        key: &str,
+        f: impl FnOnce(resilient_circuit::Builder) -> resilient_circuit::Builder,
+    ) -> CircuitBreaker {
+        let cb = f(CircuitBreaker::builder(key)
+            .storage(Storage::in_memory())
+            .failure_limit(Ratio::new(FAILURES_TO_TRIP, WINDOW))
+            .cooldown(COOLDOWN))
+        .build()
+        .expect("valid breaker");
+        for _ in 0..2 * WINDOW {
+            cb.try_acquire().expect("closed").success();
+        }
+        assert_eq!(cb.state(), State::Closed);
+        cb
+    }
+
+    /// [`acquire_success`] reporting a duration under the slow-call threshold.
+    #[inline(always)]
+    pub fn acquire_record_timed(cb: &CircuitBreaker) {
+        let permit = cb.try_acquire().expect("closed breaker admits");
+        let r = work();
+        permit.record_timed(Outcome::Success, Duration::from_millis(1));
+        black_box(r).ok();
+    }
+
     /// A breaker like [`healthy`] on `storage`.
     pub fn healthy_on(key: &str, storage: Storage) -> CircuitBreaker {
         clean(key, storage, WINDOW, FAILURES_TO_TRIP, false)
@@ -417,6 +451,28 @@ mod closed_single_thread {
         group.bench_function("resilient_circuit/call_async", |b| {
             b.to_async(&rt)
                 .iter(|| async { black_box(cb.call(|| async { work() }).await).ok() })
+        });
+        // The opt-in windows: a time window counts every success under the key's lock with a
+        // clock reading; a slow-call threshold makes `call` read the clock twice.
+        let timed = rc::healthy_configured("closed_single_thread_time_window", |b| {
+            b.time_window(Duration::from_secs(60)).minimum_calls(WINDOW)
+        });
+        group.bench_function("resilient_circuit/try_acquire_success_time_window", |b| {
+            b.iter(|| rc::acquire_success(&timed))
+        });
+        let slow = rc::healthy_configured("closed_single_thread_slow_calls", |b| {
+            b.slow_call(
+                Duration::from_secs(1),
+                resilient_circuit::SlowCalls::AsFailure,
+            )
+        });
+        group.bench_function(
+            "resilient_circuit/try_acquire_record_timed_slow_calls",
+            |b| b.iter(|| rc::acquire_record_timed(&slow)),
+        );
+        group.bench_function("resilient_circuit/call_async_slow_calls", |b| {
+            b.to_async(&rt)
+                .iter(|| async { black_box(slow.call(|| async { work() }).await).ok() })
         });
 
         let r = rl::healthy();

@@ -88,6 +88,16 @@ struct Inner {
     /// The opt-in per-call metrics ([`Builder::call_metrics`]); `None` costs the success path
     /// one predictable branch, no metrics call.
     calls: Option<CallMetrics>,
+    /// The policy's slow-call threshold, copied here so that a call reads it without the key's
+    /// lock; `None` (the usual case) costs `call` one predictable branch and no clock reading.
+    slow_call: Option<SlowCall>,
+}
+
+/// [`Builder::slow_call`] as a call needs it.
+#[derive(Debug, Clone, Copy)]
+struct SlowCall {
+    threshold: Duration,
+    as_failure: bool,
 }
 
 impl Drop for Inner {
@@ -121,6 +131,14 @@ impl CircuitBreaker {
         call_metrics: bool,
     ) -> Self {
         let calls = call_metrics.then(|| CallMetrics::new(&cell.key, storage.metrics_namespace()));
+        // The cell was just claimed with the builder's policy, so this is the breaker's.
+        let slow_call = cell
+            .policy()
+            .slow_call
+            .map(|(threshold, counts_as)| SlowCall {
+                threshold,
+                as_failure: counts_as == crate::SlowCalls::AsFailure,
+            });
         CircuitBreaker {
             inner: Arc::new(Inner {
                 cell,
@@ -128,6 +146,7 @@ impl CircuitBreaker {
                 _callback: callback,
                 probe_wait,
                 calls,
+                slow_call,
             }),
         }
     }
@@ -351,7 +370,9 @@ impl CircuitBreaker {
     }
 
     /// Runs `f` if the breaker admits it; every `Err` counts as a failure, every `Ok` as a
-    /// success. See [`call_with`](Self::call_with) to decide otherwise.
+    /// success. See [`call_with`](Self::call_with) to decide otherwise. With a slow-call
+    /// threshold ([`Builder::slow_call`]) the call is timed, from just before `f` is called until
+    /// its future completes, on the storage's clock.
     pub async fn call<T, E, F, Fut>(&self, f: F) -> Result<T, CircuitError<E>>
     where
         F: FnOnce() -> Fut,
@@ -390,15 +411,16 @@ impl CircuitBreaker {
                 Err(r) => return Err(self.counted(r).into()),
             },
         };
+        let timed = self.timing_started();
         let Some(calls) = &self.inner.calls else {
             let result = f().await;
-            permit.record(classify(&result));
+            permit.record_since(classify(&result), timed);
             return result.map_err(CircuitError::Inner);
         };
         let started = std::time::Instant::now();
         let result = f().await;
         calls.duration(started.elapsed());
-        permit.record(classify(&result));
+        permit.record_since(classify(&result), timed);
         result.map_err(CircuitError::Inner)
     }
 
@@ -483,6 +505,9 @@ impl CircuitBreaker {
     /// The outcomes in the closed window, oldest first (`true` = success), as the ancestor's
     /// `execution_log` column. The window is this instance's own (see
     /// [`docs::model`](crate::docs::model)); it is written to the row when the instance trips.
+    /// With a [`time_window`](Builder::time_window) it is the last `denominator` outcomes, kept
+    /// beside the period's counts for this log; a slow call counted
+    /// [`AsFailure`](crate::SlowCalls::AsFailure) shows as a failure.
     ///
     /// ```
     /// # fn main() -> Result<(), resilient_circuit::ConfigError> {
@@ -521,6 +546,19 @@ impl CircuitBreaker {
 
     /// The start of a call whose duration the opt-in call metrics record; `None` when they are
     /// off, so that an unmeasured call reads no clock.
+    /// The clock reading a call starts at, only when the breaker has a slow-call threshold.
+    #[inline]
+    pub(crate) fn timing_started(&self) -> Option<u64> {
+        self.inner
+            .slow_call
+            .map(|_| self.inner.cell.clock.now_nanos())
+    }
+
+    /// How long since `started` (from [`timing_started`](Self::timing_started)).
+    pub(crate) fn elapsed_since(&self, started: u64) -> Duration {
+        Duration::from_nanos(self.inner.cell.clock.now_nanos().saturating_sub(started))
+    }
+
     #[cfg(feature = "tower")]
     pub(crate) fn call_started(&self) -> Option<std::time::Instant> {
         self.inner.calls.as_ref().map(|_| std::time::Instant::now())

@@ -5,10 +5,13 @@ use std::time::Duration;
 
 use crate::cell::Callback;
 use crate::policy::{Policy, MAX_DURATION};
-use crate::{CircuitBreaker, ConfigError, Ratio, StatusChange, Storage, TripPolicy};
+use crate::{CircuitBreaker, ConfigError, Ratio, SlowCalls, StatusChange, Storage, TripPolicy};
 
 /// The longest key the shared table holds (`varchar(255)`), in bytes.
 pub const MAX_KEY_LEN: usize = 255;
+
+/// The shortest period [`Builder::time_window`] accepts: ten slices of 1 ms.
+pub const MIN_TIME_WINDOW: Duration = Duration::from_millis(10);
 
 /// Configures a [`CircuitBreaker`]; made by [`CircuitBreaker::builder`].
 ///
@@ -107,6 +110,8 @@ impl Builder {
 
     /// Trip when the window of the last `denominator` outcomes is full and holds at least
     /// `numerator` failures.
+    /// [`minimum_calls`](Self::minimum_calls) lets a window that is not full yet trip at the
+    /// same rate; [`time_window`](Self::time_window) judges a period instead.
     pub fn failure_limit(mut self, limit: Ratio) -> Self {
         self.policy.failure_limit = limit;
         self
@@ -137,6 +142,103 @@ impl Builder {
     /// ```
     pub fn trip_policy(mut self, policy: TripPolicy) -> Self {
         self.policy.trip = policy;
+        self
+    }
+
+    /// How many outcomes the closed window must hold before it may trip. Below it the breaker
+    /// never trips; from it on it trips when the window's failures reach the failure limit
+    /// **read as a rate**: with `failure_limit(5/10)` and `minimum_calls(4)`, 2 failures in
+    /// the first 4 calls trip, as 5 in a full window of 10 do.
+    ///
+    /// Default: the failure limit's denominator, i.e. a full count window (the behaviour before
+    /// this setting existed). At least 1; with the count window at most the denominator (the
+    /// window never holds more), with a [`time_window`](Self::time_window) any number: calls
+    /// within the period.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), resilient_circuit::ConfigError> {
+    /// use resilient_circuit::{CircuitBreaker, Ratio, Storage};
+    /// let cb = CircuitBreaker::builder("min_calls_doc")
+    ///     .storage(Storage::in_memory())
+    ///     .failure_limit(Ratio::new(50, 100))
+    ///     .minimum_calls(20) // judge after 20 calls, not only once 100 were seen
+    ///     .build()?;
+    /// # let _ = cb;
+    /// # Ok(()) }
+    /// ```
+    pub fn minimum_calls(mut self, calls: u32) -> Self {
+        self.policy.minimum_calls = Some(calls);
+        self
+    }
+
+    /// Judges the outcomes of the last `period` instead of the last `denominator` ones (one or
+    /// the other per breaker): the breaker trips when the period holds at least
+    /// [`minimum_calls`](Self::minimum_calls) calls (default: the failure limit's denominator)
+    /// and the failure limit, read as a rate, is reached: `Ratio::new(1, 2)` trips when half the
+    /// calls of the period failed.
+    ///
+    /// The period is kept in ten slices of `period / 10`, as Resilience4j does: an outcome stops
+    /// counting between 0.9 and 1 `period` after it was recorded. Time comes from the storage's
+    /// [`Clock`](crate::Clock), read once per recorded outcome, under the key's lock: with a
+    /// time window every outcome, success or not, is counted there, so a success costs a lock
+    /// and a clock reading instead of one load. Half-open rounds are unchanged (`denominator`
+    /// probes, or the success limit's); the window starts empty when the breaker closes.
+    ///
+    /// At least [`MIN_TIME_WINDOW`] (10 ms), at most [`MAX_DURATION`]; `build` refuses others.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), resilient_circuit::ConfigError> {
+    /// use resilient_circuit::{CircuitBreaker, Ratio, Storage};
+    /// use std::time::Duration;
+    /// // Trip when at least half of the calls of the last minute failed, once there were 20.
+    /// let cb = CircuitBreaker::builder("time_window_doc")
+    ///     .storage(Storage::in_memory())
+    ///     .failure_limit(Ratio::new(1, 2))
+    ///     .time_window(Duration::from_secs(60))
+    ///     .minimum_calls(20)
+    ///     .build()?;
+    /// # let _ = cb;
+    /// # Ok(()) }
+    /// ```
+    pub fn time_window(mut self, period: Duration) -> Self {
+        self.policy.time_window = Some(period);
+        self
+    }
+
+    /// Calls that take at least `threshold` are *slow*, and count as `counts_as` says: as
+    /// failures ([`SlowCalls::AsFailure`]) or toward a slow-call rate of their own
+    /// ([`SlowCalls::Rate`]), judged over the same window and minimum number of calls as the
+    /// failure limit.
+    ///
+    /// Durations are measured where the crate runs the call:
+    /// [`call`](CircuitBreaker::call), [`call_with`](CircuitBreaker::call_with) and the tower
+    /// layer, with the storage's [`Clock`](crate::Clock) (read twice per call, only on breakers
+    /// with a threshold). A [`Permit`](crate::Permit) reports one with
+    /// [`record_timed`](crate::Permit::record_timed); its plain `success`, `failure` and
+    /// `record` report a call of unknown duration, never counted as slow.
+    ///
+    /// The threshold must be above zero and at most [`MAX_DURATION`]; a rate is validated as a
+    /// failure limit is.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use resilient_circuit::{CircuitBreaker, Ratio, SlowCalls, Storage};
+    /// use std::time::Duration;
+    /// let cb = CircuitBreaker::builder("slow_doc")
+    ///     .storage(Storage::in_memory())
+    ///     .failure_limit(Ratio::new(1, 1))
+    ///     .slow_call(Duration::from_millis(50), SlowCalls::AsFailure)
+    ///     .build()?;
+    /// cb.call(|| async {
+    ///     tokio::time::sleep(Duration::from_millis(60)).await;
+    ///     Ok::<_, std::io::Error>(())
+    /// })
+    /// .await?;
+    /// assert_eq!(cb.state(), resilient_circuit::State::Open, "one slow call is one failure");
+    /// # Ok(()) }
+    /// ```
+    pub fn slow_call(mut self, threshold: Duration, counts_as: SlowCalls) -> Self {
+        self.policy.slow_call = Some((threshold, counts_as));
         self
     }
 
@@ -172,8 +274,10 @@ impl Builder {
     /// Fails with a [`ConfigError`] for an empty key, a key over [`MAX_KEY_LEN`] bytes or with a
     /// control character, an unusable ratio (zero, numerator above denominator, window over
     /// [`Ratio::MAX_DENOMINATOR`]), a cooldown over [`MAX_DURATION`], a
-    /// [`max_cooldown`](Self::max_cooldown) below the cooldown or over [`MAX_DURATION`], a trip
-    /// policy with unusable numbers ([`TripPolicy`]), or limits that differ from
+    /// [`max_cooldown`](Self::max_cooldown) below the cooldown or over [`MAX_DURATION`], an
+    /// unusable [`minimum_calls`](Self::minimum_calls), [`time_window`](Self::time_window) or
+    /// [`slow_call`](Self::slow_call), a trip policy with unusable numbers ([`TripPolicy`]), or
+    /// limits (all of these settings) that differ from
     /// those of a breaker of the same key already on this storage. Sends nothing to the database:
     /// a PostgreSQL storage already holds the key's state.
     pub fn build(self) -> Result<CircuitBreaker, ConfigError> {
@@ -205,6 +309,7 @@ impl Builder {
             s.validate("success_limit")?;
         }
         self.policy.trip.validate()?;
+        validate_windows(&self.policy)?;
         let storage = self.storage.unwrap_or_else(|| {
             static SAID: std::sync::Once = std::sync::Once::new();
             SAID.call_once(|| {
@@ -225,6 +330,72 @@ impl Builder {
             self.call_metrics,
         ))
     }
+}
+
+/// Checks the minimum number of calls, the time window and the slow-call threshold.
+fn validate_windows(policy: &Policy) -> Result<(), ConfigError> {
+    if let Some(given) = policy.minimum_calls {
+        let reason = if given == 0 {
+            Some("zero; at least one call must be seen before a window is judged")
+        } else if policy.time_window.is_none() && given > policy.failure_limit.denominator() {
+            Some("above the failure limit's denominator, the size of the count window, which never holds that many calls; raise the denominator or use a time_window")
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            return Err(ConfigError::InvalidMinimumCalls { given, reason });
+        }
+    }
+    if let Some(given) = policy.time_window {
+        if given > MAX_DURATION {
+            return Err(ConfigError::DurationTooLong {
+                name: "time_window",
+                given,
+                max: MAX_DURATION,
+            });
+        }
+        if given < MIN_TIME_WINDOW {
+            return Err(ConfigError::InvalidTimeWindow {
+                given,
+                reason: "shorter than MIN_TIME_WINDOW (10 ms, ten slices of 1 ms)",
+            });
+        }
+    }
+    if let Some((given, counts_as)) = policy.slow_call {
+        if given.is_zero() {
+            return Err(ConfigError::InvalidSlowCallThreshold {
+                given,
+                reason: "zero, so every call would be slow",
+            });
+        }
+        if given > MAX_DURATION {
+            return Err(ConfigError::DurationTooLong {
+                name: "slow_call threshold",
+                given,
+                max: MAX_DURATION,
+            });
+        }
+        if let SlowCalls::Rate(r) = counts_as {
+            r.validate("slow_call rate")?;
+        }
+    }
+    Ok(())
+}
+
+/// The window settings of `policy` as the conflicting-policy error lists them.
+pub(crate) fn describe_windows(policy: &Policy) -> String {
+    let window = match policy.time_window {
+        Some(p) => format!("time_window {p:?}"),
+        None => format!("count window of {}", policy.failure_limit.denominator()),
+    };
+    let slow = match policy.slow_call {
+        Some((t, counts_as)) => format!("slow_call over {t:?} {counts_as}"),
+        None => "no slow_call".to_owned(),
+    };
+    format!(
+        ", {window}, minimum_calls {}, {slow}",
+        policy.minimum_calls()
+    )
 }
 
 /// Checks a key: non-empty, at most 255 bytes, no control characters.

@@ -136,7 +136,7 @@ pub enum ConfigError {
     /// A failure or success limit that cannot be used.
     #[error("invalid {which} {ratio}: {reason}")]
     InvalidRatio {
-        /// `failure_limit` or `success_limit`.
+        /// `failure_limit`, `success_limit` or `slow_call rate`.
         which: &'static str,
         /// The ratio given.
         ratio: Ratio,
@@ -200,6 +200,36 @@ pub enum ConfigError {
         name: &'static str,
         /// Why, never including a password.
         reason: String,
+    },
+    /// A minimum number of calls ([`Builder::minimum_calls`](crate::Builder::minimum_calls))
+    /// that cannot be used.
+    #[error("invalid minimum_calls {given}: {reason}")]
+    InvalidMinimumCalls {
+        /// What was given.
+        given: u32,
+        /// Why it was refused.
+        reason: &'static str,
+    },
+    /// A time window ([`Builder::time_window`](crate::Builder::time_window)) that cannot be
+    /// used. One over [`MAX_DURATION`](crate::MAX_DURATION) is a
+    /// [`DurationTooLong`](Self::DurationTooLong).
+    #[error("invalid time_window {given:?}: {reason}")]
+    InvalidTimeWindow {
+        /// What was given.
+        given: Duration,
+        /// Why it was refused.
+        reason: &'static str,
+    },
+    /// A slow-call threshold ([`Builder::slow_call`](crate::Builder::slow_call)) that cannot be
+    /// used. One over [`MAX_DURATION`](crate::MAX_DURATION) is a
+    /// [`DurationTooLong`](Self::DurationTooLong); an unusable rate an
+    /// [`InvalidRatio`](Self::InvalidRatio).
+    #[error("invalid slow_call threshold {given:?}: {reason}")]
+    InvalidSlowCallThreshold {
+        /// What was given.
+        given: Duration,
+        /// Why it was refused.
+        reason: &'static str,
     },
 }
 

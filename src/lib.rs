@@ -87,11 +87,11 @@
 //! * [`changes`]: the change stream of a storage.
 //! * `telemetry`: every metric's name, labels and cached handles.
 //! * `cell`: one key's state word and private lock — **the hot path**, and every atomic ordering.
-//! * `policy`, `window`: the pure decision rules and the outcome ring, testable without a clock;
-//!   `trip_policy`: [`TripPolicy`], who opens a breaker for the fleet (quorum votes are cast by
-//!   `storage::postgres::votes` and counted by `rc_vote` in `sql/0010_quorum.sql`; failure rates
-//!   are reported by `storage::postgres::rates` and judged by `rc_report_rates` in
-//!   `sql/0012_fleet_rate.sql`).
+//! * `policy`, `window`, `time_window`: the pure decision rules, the outcome ring and the
+//!   time window's slices, testable without a clock; `trip_policy`: [`TripPolicy`], who opens a
+//!   breaker for the fleet (quorum votes are cast by `storage::postgres::votes` and counted by
+//!   `rc_vote` in `sql/0010_quorum.sql`; failure rates are reported by
+//!   `storage::postgres::rates` and judged by `rc_report_rates` in `sql/0012_fleet_rate.sql`).
 //! * [`storage`]: the key map; `storage::postgres` holds the shared backend: its listener
 //!   (`listener.rs`), who wins between local decisions and the table (`precedence.rs`), its
 //!   outbox of transitions (`publish.rs`) and every statement it sends (`statements.rs`); the
@@ -112,22 +112,25 @@ mod error;
 mod live_config;
 mod policy;
 mod ratio;
+mod slow;
 mod state;
 pub mod storage;
 mod telemetry;
+mod time_window;
 #[cfg(feature = "tower")]
 pub mod tower;
 mod trip_policy;
 mod window;
 
 pub use breaker::{CircuitBreaker, Outcome, OwnedPermit, Permit};
-pub use builder::{Builder, MAX_KEY_LEN};
+pub use builder::{Builder, MAX_KEY_LEN, MIN_TIME_WINDOW};
 pub use changes::{Change, Changes};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{CircuitError, ConfigError, Rejected, StorageError};
 pub use live_config::{LiveConfig, Mode};
 pub use policy::MAX_DURATION;
 pub use ratio::Ratio;
+pub use slow::SlowCalls;
 pub use state::{ChangeOrigin, State, StatusChange, UnknownState};
 pub use storage::Storage;
 pub use trip_policy::{TripPolicy, MAX_QUORUM, MIN_RATE_PERIOD};

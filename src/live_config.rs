@@ -132,6 +132,10 @@ impl LiveConfig {
         }
         if let Some(f) = self.failure_limit {
             p.failure_limit = f;
+            // A count window holds at most `n` outcomes: a minimum above it would never trip.
+            if p.time_window.is_none() {
+                p.minimum_calls = p.minimum_calls.map(|m| m.min(f.denominator()));
+            }
         }
         if let Some(s) = self.success_limit {
             p.success_limit = Some(s);
@@ -171,6 +175,16 @@ mod tests {
         assert_eq!(p.failure_limit, Ratio::new(1, 3));
         assert_eq!(p.cooldown, code.cooldown);
         assert_eq!(p.success_limit, code.success_limit);
+        // A smaller live window brings a code minimum above it down to it.
+        let code = Policy {
+            minimum_calls: Some(8),
+            ..Policy::default()
+        };
+        let smaller = LiveConfig {
+            failure_limit: Some(Ratio::new(1, 2)),
+            ..LiveConfig::default()
+        };
+        assert_eq!(smaller.over(code).minimum_calls, Some(2));
         let bad = LiveConfig {
             success_limit: Some(Ratio::new(4, 3)),
             ..LiveConfig::default()

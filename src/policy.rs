@@ -2,8 +2,9 @@
 
 use std::time::Duration;
 
+use crate::time_window::Counts;
 use crate::window::OutcomeWindow;
-use crate::{Ratio, State, TripPolicy};
+use crate::{Ratio, SlowCalls, State, TripPolicy};
 
 /// The longest cooldown, lease or override the crate accepts: ten years of 365 days (the SQL
 /// functions clamp to the same bound, `rc_max_ms()`). Longer ones are refused when a breaker is
@@ -21,6 +22,13 @@ pub(crate) struct Policy {
     /// Growing cooldowns (`Builder::max_cooldown`): the cap of a cooldown after reopens, or
     /// `None` for a fixed cooldown.
     pub(crate) max_cooldown: Option<Duration>,
+    /// Outcomes a closed window needs before it may trip; `None`: the failure limit's
+    /// denominator (a full count window, as before minimum calls existed).
+    pub(crate) minimum_calls: Option<u32>,
+    /// Judge the outcomes of this period instead of the last `denominator` ones.
+    pub(crate) time_window: Option<Duration>,
+    /// Calls at least this long are slow, and count as this says.
+    pub(crate) slow_call: Option<(Duration, SlowCalls)>,
 }
 
 /// The largest share of a grown cooldown that jitter takes off: 10%.
@@ -35,6 +43,9 @@ impl Default for Policy {
             cooldown: Duration::from_secs(30),
             trip: TripPolicy::AnyInstance,
             max_cooldown: None,
+            minimum_calls: None,
+            time_window: None,
+            slow_call: None,
         }
     }
 }
@@ -83,7 +94,9 @@ impl Policy {
         grown.saturating_sub(cut)
     }
 
-    /// A closed breaker trips when its window is full and holds at least `num` failures.
+    /// A closed count window trips once it holds [`minimum_calls`](Self::minimum_calls)
+    /// outcomes and at least the failure limit's share of them are failures: on a full window,
+    /// at least `num` failures.
     ///
     /// With [`TripPolicy::FleetRate`] the database judges the fleet; this rule is for when the
     /// instance judges alone (in memory, or while the database is unreachable): the window's
@@ -97,7 +110,40 @@ impl Policy {
                 && failures > 0
                 && failures * u64::from(limit.denominator()) >= u64::from(limit.numerator()) * len;
         }
-        w.is_full() && w.failures() >= self.failure_limit.numerator()
+        w.len() >= self.minimum_calls()
+            && at_rate(w.failures().into(), w.len().into(), self.failure_limit)
+    }
+
+    /// How many outcomes a closed window needs before it may trip.
+    pub(crate) fn minimum_calls(&self) -> u32 {
+        self.minimum_calls
+            .unwrap_or_else(|| self.failure_limit.denominator())
+    }
+
+    /// The slow-call rate, when slow calls count toward a rate of their own.
+    pub(crate) fn slow_rate(&self) -> Option<Ratio> {
+        match self.slow_call {
+            Some((_, SlowCalls::Rate(r))) => Some(r),
+            _ => None,
+        }
+    }
+
+    /// The count window's slow-call verdict: `slow` holds one bit per outcome of `w`, set for a
+    /// slow call (its "failures" are the slow calls).
+    pub(crate) fn slow_trips(&self, w: &OutcomeWindow, slow: &OutcomeWindow) -> bool {
+        self.slow_rate().is_some_and(|r| {
+            w.len() >= self.minimum_calls() && at_rate(slow.failures().into(), w.len().into(), r)
+        })
+    }
+
+    /// The time window's verdict: enough calls in the period, and failures or slow calls at
+    /// their rate.
+    pub(crate) fn timed_trips(&self, c: Counts) -> bool {
+        c.calls >= u64::from(self.minimum_calls())
+            && (at_rate(c.failures, c.calls, self.failure_limit)
+                || self
+                    .slow_rate()
+                    .is_some_and(|r| at_rate(c.slow, c.calls, r)))
     }
 
     /// The verdict of a half-open window once all its probes reported, else `None`.
@@ -115,6 +161,13 @@ impl Policy {
             None => State::Closed,
         })
     }
+}
+
+/// `hits / calls >= limit`, in integers (u128: no product overflows).
+fn at_rate(hits: u64, calls: u64, limit: Ratio) -> bool {
+    calls > 0
+        && u128::from(hits) * u128::from(limit.denominator())
+            >= u128::from(limit.numerator()) * u128::from(calls)
 }
 
 #[cfg(test)]

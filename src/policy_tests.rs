@@ -156,3 +156,61 @@ fn cooldown_grows_doubles_caps_and_jitters() {
     p.max_cooldown = Some(MAX_DURATION);
     assert_eq!(p.cooldown_after(u32::MAX, 0.0), MAX_DURATION);
 }
+
+/// Minimum calls: a count window that is not full is judged at the limit's rate from its
+/// `minimum_calls`th outcome; the slow-call rate over the same window; the time window's counts.
+#[test]
+fn minimum_calls_and_rates() {
+    let p = Policy {
+        minimum_calls: Some(4),
+        ..policy(Ratio::new(5, 10), None)
+    };
+    let window = |outcomes: &[bool]| {
+        let mut w = OutcomeWindow::new(10);
+        outcomes.iter().for_each(|s| w.push(*s));
+        w
+    };
+    assert!(
+        !p.closed_trips(&window(&[false, false, false])),
+        "3 < 4 calls"
+    );
+    assert!(
+        p.closed_trips(&window(&[false, false, true, true])),
+        "2/4 = 50%"
+    );
+    assert!(
+        !p.closed_trips(&window(&[false, true, true, true, true])),
+        "1/5"
+    );
+
+    let slow = Policy {
+        slow_call: Some((Duration::from_secs(1), SlowCalls::Rate(Ratio::new(3, 4)))),
+        ..p
+    };
+    let calls = window(&[true; 4]);
+    assert!(
+        slow.slow_trips(&calls, &window(&[false, false, false, true])),
+        "3/4 slow"
+    );
+    assert!(
+        !slow.slow_trips(&calls, &window(&[false, false, true, true])),
+        "2/4 slow"
+    );
+    assert!(
+        !p.slow_trips(&calls, &window(&[false; 4])),
+        "no rate configured"
+    );
+
+    let c = |calls, failures, slow| Counts {
+        calls,
+        failures,
+        slow,
+    };
+    assert!(!slow.timed_trips(c(3, 3, 3)), "under the minimum");
+    assert!(slow.timed_trips(c(4, 2, 0)), "failures at 50%");
+    assert!(slow.timed_trips(c(4, 0, 3)), "slow at 75%");
+    assert!(!slow.timed_trips(c(4, 1, 2)), "neither");
+    // No overflow at the extremes.
+    assert!(slow.timed_trips(c(u64::MAX, u64::MAX, 0)));
+    assert!(!slow.timed_trips(c(u64::MAX, u64::MAX / 2 - 1, 0)));
+}

@@ -18,7 +18,7 @@ use hyper::body::{Bytes, Incoming};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use resilient_circuit::tower::{CircuitBreakerLayer, CircuitBreakerService, Error, HttpClassifier};
-use resilient_circuit::{CircuitBreaker, ManualClock, Ratio, State, Storage};
+use resilient_circuit::{CircuitBreaker, ManualClock, Ratio, SlowCalls, State, Storage};
 use tokio::net::TcpListener;
 use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 
@@ -599,4 +599,34 @@ fn static_assertions() {
     send_sync_clone::<CircuitBreakerService<HttpClient, HttpClassifier>>();
     send::<<CircuitBreakerService<HttpClient, HttpClassifier> as Service<Request<Empty<Bytes>>>>::Future>();
     error::<Error>();
+}
+
+/// Slow calls through the layer: timed from `call` to the response on the storage's clock, and
+/// with `SlowCalls::AsFailure` a slow `Ok` is a failure.
+#[tokio::test]
+async fn slow_calls_through_the_layer() {
+    let clock = ManualClock::new();
+    let cb = CircuitBreaker::builder("tower-slow")
+        .storage(Storage::in_memory_with(16, Arc::new(clock.clone())))
+        .failure_limit(Ratio::new(2, 2))
+        .slow_call(Duration::from_millis(100), SlowCalls::AsFailure)
+        .build()
+        .expect("valid breaker");
+    let svc = ServiceBuilder::new()
+        .layer(CircuitBreakerLayer::new(cb.clone()))
+        .service(tower::service_fn(move |ms: u64| {
+            let clock = clock.clone();
+            async move {
+                clock.advance(Duration::from_millis(ms));
+                Ok::<_, Infallible>(ms)
+            }
+        }));
+    assert_eq!(svc.clone().oneshot(50).await.expect("fast"), 50);
+    assert_eq!(svc.clone().oneshot(150).await.expect("answered"), 150);
+    assert_eq!(cb.execution_log(), vec![true, false], "150 ms is slow");
+    assert_eq!(cb.state(), State::Closed);
+    svc.clone().oneshot(100).await.expect("answered");
+    assert_eq!(cb.state(), State::Open, "two slow calls in two");
+    let e = svc.clone().oneshot(1).await.unwrap_err();
+    assert!(e.is_rejected());
 }

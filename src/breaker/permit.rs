@@ -5,6 +5,7 @@
 //! call metrics are written once; the two public types only add their names and docs.
 
 use std::borrow::Borrow;
+use std::time::Duration;
 
 use crate::cell::{Lease, Recorded, StateWord};
 use crate::telemetry::CallOutcome;
@@ -40,13 +41,51 @@ impl<B: Borrow<CircuitBreaker>> Ticket<B> {
     // `always`: without it the owned form (whose drop glue releases the handle) was not inlined
     // and cost a call and a spill more than the borrowed one.
     #[inline(always)]
-    fn record(mut self, outcome: Outcome) {
+    fn record(self, outcome: Outcome) {
+        self.record_as(outcome, false);
+    }
+
+    /// Reports a call that took `elapsed`: judged slow or not by the breaker's threshold.
+    #[inline]
+    fn record_timed(self, outcome: Outcome, elapsed: Duration) {
+        match self.breaker.borrow().inner.slow_call {
+            Some(s) if elapsed >= s.threshold => {
+                let outcome = if s.as_failure {
+                    Outcome::Failure
+                } else {
+                    outcome
+                };
+                self.record_as(outcome, true);
+            }
+            _ => self.record(outcome),
+        }
+    }
+
+    /// Reports a call timed from `started` (a clock reading), or untimed.
+    #[inline(always)]
+    fn record_since(self, outcome: Outcome, started: Option<u64>) {
+        match started {
+            None => self.record(outcome),
+            Some(t) => {
+                let elapsed = self.breaker.borrow().elapsed_since(t);
+                self.record_timed(outcome, elapsed);
+            }
+        }
+    }
+
+    // `slow` is a constant where this is inlined, so the plain path keeps its one-load form.
+    #[inline(always)]
+    fn record_as(mut self, outcome: Outcome, slow: bool) {
         self.reported = true;
         let breaker = self.breaker.borrow();
-        match breaker
-            .cell()
-            .record(self.admitted, self.lease, outcome == Outcome::Success)
-        {
+        let cell = breaker.cell();
+        let success = outcome == Outcome::Success;
+        let recorded = if slow {
+            cell.record_slow_call(self.admitted, self.lease, success)
+        } else {
+            cell.record(self.admitted, self.lease, success)
+        };
+        match recorded {
             Recorded::Nothing => {}
             other => breaker.after_record(other),
         }
@@ -99,7 +138,8 @@ impl<B: Borrow<CircuitBreaker>> Drop for Ticket<B> {
 
 /// Leave to run one call, borrowed from its [`CircuitBreaker`]
 /// ([`try_acquire`](CircuitBreaker::try_acquire), [`acquire`](CircuitBreaker::acquire)); report
-/// how it went with [`success`](Self::success) or [`failure`](Self::failure).
+/// how it went with [`success`](Self::success) or [`failure`](Self::failure), or, for a breaker
+/// with a slow-call threshold, with [`record_timed`](Self::record_timed).
 ///
 /// Dropping a permit without reporting (a cancelled future) counts as neither; a half-open probe
 /// gives its slot back. A permit that must outlive the borrow (moved into `tokio::spawn`, kept in
@@ -146,6 +186,41 @@ impl<'a> Permit<'a> {
     #[inline]
     pub fn record(self, outcome: Outcome) {
         self.ticket.record(outcome);
+    }
+
+    /// Reports `outcome` of a call that took `elapsed`, for a breaker with a slow-call threshold
+    /// ([`Builder::slow_call`](crate::Builder::slow_call)): a call at least that long is slow,
+    /// and counts as the breaker's [`SlowCalls`](crate::SlowCalls) says. Without a threshold this
+    /// is [`record`](Self::record). The plain `success`, `failure` and `record` report a call of
+    /// unknown duration, which is never slow.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use resilient_circuit::{CircuitBreaker, Outcome, Ratio, SlowCalls, State, Storage};
+    /// use std::time::{Duration, Instant};
+    /// let cb = CircuitBreaker::builder("permit_timed_doc")
+    ///     .storage(Storage::in_memory())
+    ///     .failure_limit(Ratio::new(1, 1))
+    ///     .slow_call(Duration::from_millis(100), SlowCalls::AsFailure)
+    ///     .build()?;
+    /// let permit = cb.try_acquire()?;
+    /// let started = Instant::now();
+    /// // ... the protected call ...
+    /// permit.record_timed(Outcome::Success, started.elapsed());
+    /// assert_eq!(cb.state(), State::Closed, "fast enough");
+    /// cb.try_acquire()?.record_timed(Outcome::Success, Duration::from_secs(1));
+    /// assert_eq!(cb.state(), State::Open, "a slow success is a failure here");
+    /// # Ok(()) }
+    /// ```
+    #[inline]
+    pub fn record_timed(self, outcome: Outcome, elapsed: Duration) {
+        self.ticket.record_timed(outcome, elapsed);
+    }
+
+    /// Reports a call timed by the crate (`call`), or untimed.
+    #[inline(always)]
+    pub(crate) fn record_since(self, outcome: Outcome, started: Option<u64>) {
+        self.ticket.record_since(outcome, started);
     }
 }
 
@@ -213,6 +288,36 @@ impl OwnedPermit {
     #[inline]
     pub fn record(self, outcome: Outcome) {
         self.ticket.record(outcome);
+    }
+
+    /// Reports `outcome` of a call that took `elapsed`, as
+    /// [`Permit::record_timed`](crate::Permit::record_timed) does: slow when at least the
+    /// breaker's slow-call threshold, and counted as its [`SlowCalls`](crate::SlowCalls) says.
+    /// The plain `success`, `failure` and `record` report a call of unknown duration, never slow.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use resilient_circuit::{CircuitBreaker, Outcome, Ratio, SlowCalls, State, Storage};
+    /// use std::time::Duration;
+    /// let cb = CircuitBreaker::builder("owned_timed_doc")
+    ///     .storage(Storage::in_memory())
+    ///     .failure_limit(Ratio::new(1, 1))
+    ///     .slow_call(Duration::from_millis(100), SlowCalls::AsFailure)
+    ///     .build()?;
+    /// cb.try_acquire_owned()?.record_timed(Outcome::Success, Duration::from_millis(250));
+    /// assert_eq!(cb.state(), State::Open);
+    /// # Ok(()) }
+    /// ```
+    #[inline]
+    pub fn record_timed(self, outcome: Outcome, elapsed: Duration) {
+        self.ticket.record_timed(outcome, elapsed);
+    }
+
+    /// Reports a call timed by the crate (the tower layer), or untimed.
+    #[cfg(feature = "tower")]
+    #[inline]
+    pub(crate) fn record_since(self, outcome: Outcome, started: Option<u64>) {
+        self.ticket.record_since(outcome, started);
     }
 
     /// The breaker this permit belongs to.

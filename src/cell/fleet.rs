@@ -112,14 +112,18 @@ impl KeyCell {
         seq
     }
 
-    /// The closed window's failures and length, for a vote.
+    /// The closed window's failures and calls, for a vote or a fleet rate report: those of the
+    /// time window's period when the breaker has one, else of the count window.
     pub(crate) fn window_counts(&self) -> (u32, u32) {
-        let log = self.execution_log();
-        let failures = log.iter().filter(|success| !**success).count();
-        (
-            u32::try_from(failures).unwrap_or(u32::MAX),
-            u32::try_from(log.len()).unwrap_or(u32::MAX),
-        )
+        let mut slow = self.lock();
+        if let Some(t) = slow.timed.as_mut() {
+            let c = t.counts_at(self.clock.now_nanos());
+            return (
+                u32::try_from(c.failures).unwrap_or(u32::MAX),
+                u32::try_from(c.calls).unwrap_or(u32::MAX),
+            );
+        }
+        (slow.closed.failures(), slow.closed.len())
     }
 
     /// The local trip not yet accepted, if any.

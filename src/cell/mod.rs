@@ -13,7 +13,8 @@
 //! * `state` is Closed / Open / HalfOpen.
 //! * `CLEAN` is set while the breaker is closed and its window is full of successes: recording a
 //!   success then changes nothing, so [`Permit::success`](crate::Permit::success) is one load and
-//!   a compare, with no lock and no write.
+//!   a compare, with no lock and no write. A slow call is never such a success, and a breaker
+//!   with a time window is never clean: there every success counts toward the period's rate.
 //! * `epoch` grows with every transition. A permit remembers the word it was admitted under, and
 //!   an outcome from an older epoch is dropped: a call admitted before a trip cannot count as a
 //!   half-open probe.
@@ -44,6 +45,7 @@ use crate::live_config::{LiveConfig, Mode};
 use crate::policy::Policy;
 use crate::storage::postgres::precedence::FleetView;
 use crate::telemetry::{KeyMetrics, Reason};
+use crate::time_window::TimeWindow;
 use crate::window::OutcomeWindow;
 
 mod fleet;
@@ -124,6 +126,65 @@ struct Slow {
     /// store the row counts them (`reopens`, `sql/0011_growing_cooldowns.sql`); this count
     /// follows the reopens this instance sees, for local rounds while the database is away.
     reopens: u32,
+    /// With a slow-call rate on the count window: one bit per outcome of `closed`, in step with
+    /// it, set ("failure") for a slow call.
+    slow_calls: Option<OutcomeWindow>,
+    /// With [`Builder::time_window`](crate::Builder::time_window): the window that is judged;
+    /// `closed` then only keeps the last outcomes for `execution_log`.
+    timed: Option<TimeWindow>,
+}
+
+impl Slow {
+    /// The closed state's windows beyond `closed` that `policy` asks for, empty.
+    fn extra_windows(policy: &Policy) -> (Option<OutcomeWindow>, Option<TimeWindow>) {
+        let timed = policy.time_window.map(TimeWindow::new);
+        let slow_calls = (timed.is_none() && policy.slow_rate().is_some())
+            .then(|| OutcomeWindow::new(policy.failure_limit.denominator()));
+        (slow_calls, timed)
+    }
+
+    /// Records a closed-state outcome in every window. The clock is read only with a time
+    /// window.
+    fn push_closed(&mut self, success: bool, slow_call: bool, clock: &dyn Clock) {
+        self.closed.push(success);
+        if let Some(s) = &mut self.slow_calls {
+            s.push(!slow_call);
+        }
+        if let Some(t) = &mut self.timed {
+            t.push(clock.now_nanos(), success, slow_call);
+        }
+    }
+
+    /// The closed state's verdict on the windows just pushed to.
+    fn closed_trips(&self) -> bool {
+        match (&self.timed, &self.slow_calls) {
+            (Some(t), _) => self.policy.timed_trips(t.counts()),
+            (None, Some(s)) => {
+                self.policy.closed_trips(&self.closed) || self.policy.slow_trips(&self.closed, s)
+            }
+            (None, None) => self.policy.closed_trips(&self.closed),
+        }
+    }
+
+    /// True when a fast, unrecorded success would change nothing: a full count window with no
+    /// failure and no slow call. Never with a time window, where every success counts toward
+    /// the rate of the period.
+    fn closed_clean(&self) -> bool {
+        self.timed.is_none()
+            && self.closed.is_full()
+            && self.closed.failures() == 0
+            && self.slow_calls.as_ref().map_or(true, |s| s.failures() == 0)
+    }
+
+    fn clear_closed(&mut self) {
+        self.closed.clear();
+        if let Some(s) = &mut self.slow_calls {
+            s.clear();
+        }
+        if let Some(t) = &mut self.timed {
+            t.clear();
+        }
+    }
 }
 
 /// One key's state in one storage.
@@ -219,6 +280,7 @@ impl KeyCell {
     ) -> Self {
         let metrics = KeyMetrics::new(&key, namespace);
         metrics.state(State::Closed, None);
+        let (slow_calls, timed) = Slow::extra_windows(&policy);
         KeyCell {
             forced_open: AtomicBool::new(false),
             metrics,
@@ -238,6 +300,8 @@ impl KeyCell {
                 view: FleetView::default(),
                 handles: 0,
                 reopens: 0,
+                slow_calls,
+                timed,
             }),
             lease_requested: AtomicBool::new(false),
             rate_queued: AtomicBool::new(false),
@@ -281,11 +345,11 @@ impl KeyCell {
     /// Registers a breaker handle with `policy`. A cell with live handles keeps its policy and
     /// refuses a different one (returned as the error); an unclaimed cell (made by the listener
     /// from a row, or whose handles are gone) takes the new one.
-    pub(crate) fn claim(&self, policy: Policy) -> Result<(), Policy> {
+    pub(crate) fn claim(&self, policy: Policy) -> Result<(), Box<Policy>> {
         let mut slow = self.lock();
         if slow.code_policy != policy {
             if slow.handles > 0 {
-                return Err(slow.code_policy);
+                return Err(Box::new(slow.code_policy));
             }
             slow.code_policy = policy;
             let effective = self
@@ -304,11 +368,14 @@ impl KeyCell {
         if slow.policy == policy {
             return;
         }
-        let resized = slow.policy.failure_limit.denominator() != policy.failure_limit.denominator();
+        let resized = slow.policy.failure_limit.denominator() != policy.failure_limit.denominator()
+            || slow.policy.time_window != policy.time_window
+            || slow.policy.slow_call != policy.slow_call;
         let probes_changed = slow.policy.probe_count() != policy.probe_count();
         slow.policy = policy;
         if resized {
             slow.closed = OutcomeWindow::new(policy.failure_limit.denominator());
+            (slow.slow_calls, slow.timed) = Slow::extra_windows(&policy);
         }
         if probes_changed {
             slow.half_open = OutcomeWindow::new(policy.probe_count());
@@ -510,11 +577,30 @@ impl KeyCell {
                 return Recorded::Nothing;
             }
         }
-        self.record_slow(admitted, probe, success)
+        self.record_slow(admitted, probe, success, false)
+    }
+
+    /// [`record`](Self::record) for a call that took at least the policy's slow-call threshold
+    /// (with [`SlowCalls::AsFailure`](crate::SlowCalls::AsFailure) the caller already made it a
+    /// failure). Never the fast path: a slow call always changes the window.
+    #[inline]
+    pub(crate) fn record_slow_call(
+        &self,
+        admitted: StateWord,
+        probe: Option<Lease>,
+        success: bool,
+    ) -> Recorded {
+        self.record_slow(admitted, probe, success, true)
     }
 
     #[cold]
-    fn record_slow(&self, admitted: StateWord, probe: Option<Lease>, success: bool) -> Recorded {
+    fn record_slow(
+        &self,
+        admitted: StateWord,
+        probe: Option<Lease>,
+        success: bool,
+        slow_call: bool,
+    ) -> Recorded {
         if !admitted.is_closed() || probe.is_some() {
             self.metrics.probe_ended(); // started in `CircuitBreaker::admission_slow`
         }
@@ -535,18 +621,18 @@ impl KeyCell {
         match cur.state() {
             State::Closed => {
                 let had_failures = slow.closed.failures() > 0;
-                slow.closed.push(success);
+                slow.push_closed(success, slow_call, &*self.clock);
                 // A fleet rate is the database's to judge while it is reachable: report the
                 // window while it holds failures, and once more as the last one leaves it.
                 let fleet_rate = slow.policy.trip.fleet_rate().is_some()
                     && self.is_fleet()
                     && mode == Mode::Normal;
                 // Metrics-only: the window counts, the breaker never trips.
-                if !fleet_rate && mode == Mode::Normal && slow.policy.closed_trips(&slow.closed) {
+                if !fleet_rate && mode == Mode::Normal && slow.closed_trips() {
                     let deadline = self.deadline_after(slow.policy.cooldown);
                     return Recorded::Changed(self.set_state(&mut slow, State::Open, deadline));
                 }
-                let clean = slow.closed.is_full() && slow.closed.failures() == 0;
+                let clean = slow.closed_clean();
                 let next = cur.with_clean(clean);
                 if next != cur {
                     // Release for symmetry with transitions; nothing else is published here.
@@ -619,7 +705,7 @@ impl KeyCell {
         }
         match to {
             State::Closed => {
-                slow.closed.clear();
+                slow.clear_closed();
                 slow.reopens = 0; // a closed breaker's next trip rests the base cooldown
             }
             State::HalfOpen => slow.half_open.clear(),

@@ -51,6 +51,18 @@
 //! Default `5/10`. The window is a bit ring of at most
 //! [`Ratio::MAX_DENOMINATOR`](crate::Ratio::MAX_DENOMINATOR) (8192) outcomes.
 //!
+//! ## Minimum calls, time window, slow calls
+//!
+//! * [`minimum_calls(m)`](crate::Builder::minimum_calls): judge the window from its `m`th
+//!   outcome, the failure limit read as a rate. A large `n` with a small `m` judges early without
+//!   judging on two calls.
+//! * [`time_window(period)`](crate::Builder::time_window): judge the last `period` rather than
+//!   the last `n` calls, when traffic varies so much that `n` calls are sometimes a second and
+//!   sometimes an hour. Pair it with `minimum_calls`, or a quiet minute of two calls decides.
+//! * [`slow_call(threshold, SlowCalls)`](crate::Builder::slow_call): a dependency that answers,
+//!   but too late, is down for your callers too. `AsFailure` is the simple choice; `Rate` trips
+//!   on slowness separately from errors.
+//!
 //! ## Cooldown: `cooldown(d)`
 //!
 //! How long the whole fleet sends the dependency nothing. Start near its usual recovery time (a

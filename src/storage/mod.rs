@@ -311,7 +311,7 @@ impl Storage {
                         .max_cooldown
                         .map_or_else(|| "none (fixed)".to_owned(), |d| format!("{d:?}")),
                     existing.trip
-                ),
+                ) + &crate::builder::describe_windows(&existing),
             })?;
         Ok(cell)
     }

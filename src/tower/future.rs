@@ -33,6 +33,8 @@ pin_project! {
             classifier: C,
             // Set only when the breaker's opt-in call metrics are on.
             started: Option<Instant>,
+            // The clock reading at the call, set only when the breaker has a slow-call threshold.
+            timed: Option<u64>,
         },
         Rejected {
             rejected: Rejected,
@@ -46,6 +48,7 @@ impl<F, C> ResponseFuture<F, C> {
         permit: OwnedPermit,
         classifier: C,
         started: Option<Instant>,
+        timed: Option<u64>,
     ) -> Self {
         ResponseFuture {
             kind: Kind::Called {
@@ -53,6 +56,7 @@ impl<F, C> ResponseFuture<F, C> {
                 permit: Some(permit),
                 classifier,
                 started,
+                timed,
             },
         }
     }
@@ -79,13 +83,14 @@ where
                 permit,
                 classifier,
                 started,
+                timed,
             } => {
                 let result = ready!(future.poll(cx));
                 if let Some(permit) = permit.take() {
                     if let Some(started) = started.take() {
                         permit.breaker().call_ended(started);
                     }
-                    permit.record(classifier.classify(&result));
+                    permit.record_since(classifier.classify(&result), *timed);
                 }
                 Poll::Ready(result.map_err(|e| Error::Inner(e.into())))
             }

@@ -40,6 +40,8 @@
 //!   `HttpClassifier` for HTTP (5xx and errors, not 4xx), or any closure over
 //!   `&Result<Response, Error>`.
 //! * **[`Error`]** tells a rejection from the inner service's error, which it boxes.
+//! * **Slow calls** ([`Builder::slow_call`](crate::Builder::slow_call)) are timed from `call` to
+//!   the response future's completion, on the storage's clock.
 //! * **[`backpressure`](CircuitBreakerLayer::backpressure)**, opt-in: `poll_ready` returns
 //!   `Pending` while the breaker would reject, woken by a timer at the cooldown's end and by any
 //!   change of the breaker's state.

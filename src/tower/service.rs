@@ -169,11 +169,13 @@ where
         match std::mem::replace(&mut self.ready, Ready::Idle) {
             Ready::Admitted(permit) => {
                 let started = self.breaker.call_started();
+                let timed = self.breaker.timing_started();
                 ResponseFuture::called(
                     self.inner.call(request),
                     permit,
                     self.classifier.clone(),
                     started,
+                    timed,
                 )
             }
             Ready::Rejected(rejected) => ResponseFuture::rejected(rejected),

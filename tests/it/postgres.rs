@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use resilient_circuit::storage::postgres::PostgresOptions;
-use resilient_circuit::{CircuitBreaker, Ratio, State, Storage, StorageError};
+use resilient_circuit::{CircuitBreaker, Ratio, SlowCalls, State, Storage, StorageError};
 use support::breakers::{
     audit_transitions, audited, fail, insert_open, instance, notify_signed, options, row_state,
     trip_fast, Watched,
@@ -1052,4 +1052,58 @@ async fn local_rounds_keep_growing_during_an_outage() {
         again <= Duration::from_millis(BASE) && again > Duration::from_millis(BASE / 2),
         "after a close, a local trip rests the base: {again:?}"
     );
+}
+
+/// A trip on slow calls alone (each call succeeded, slowly) on instance A opens the breaker on
+/// instance B; the row's `execution_log` is A's window, as for any trip.
+#[tokio::test]
+async fn slow_call_trip_on_a_opens_b() {
+    let db = test_db().await;
+    let (a, b) = (instance(&db).await, instance(&db).await);
+    let key = unique_key("slow_calls");
+    let configure = |b: resilient_circuit::Builder| {
+        b.failure_limit(Ratio::new(1, 2))
+            .cooldown(Duration::from_secs(60))
+            .slow_call(Duration::from_millis(20), SlowCalls::Rate(Ratio::new(1, 1)))
+    };
+    let on_a = Watched::new(&a, &key, configure);
+    let mut on_b = Watched::new(&b, &key, configure);
+    for _ in 0..2 {
+        let r = on_a
+            .cb
+            .call(|| async {
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                Ok::<_, ()>("slow but fine")
+            })
+            .await;
+        assert_eq!(r.expect("ran"), "slow but fine");
+    }
+    assert_eq!(on_a.cb.state(), State::Open, "A trips on 2 slow calls in 2");
+    assert!(on_b.reaches(State::Open).await, "B follows by NOTIFY");
+    let ran = AtomicUsize::new(0);
+    let r = on_b
+        .cb
+        .call(|| async {
+            ran.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, ()>("")
+        })
+        .await;
+    assert!(r.expect_err("B rejects").is_rejected());
+    assert_eq!(ran.load(Ordering::SeqCst), 0);
+    let client = db.client().await;
+    let row = client
+        .query_one(
+            "SELECT execution_log, failure_count FROM rc_circuit_breakers WHERE resource_key = $1",
+            &[&key],
+        )
+        .await
+        .expect("the trip's row");
+    let log: serde_json::Value = row.get(0);
+    let failures: i32 = row.get(1);
+    assert_eq!(
+        log,
+        serde_json::json!([true, true]),
+        "A's window: two successes"
+    );
+    assert_eq!(failures, 0);
 }
