@@ -109,6 +109,26 @@ $$;
 REVOKE ALL ON FUNCTION public.rc_log_change(text, text, text, text, bigint, timestamptz, boolean)
     FROM PUBLIC;
 
+-- Opens `p_key` for p_ms on the fleet's judgement (a quorum, a fleet rate: see 0012), with
+-- p_failures as the row's failure count and no window of one instance, and tells the change log
+-- why. Called by the judging functions, which run as the owner.
+CREATE OR REPLACE FUNCTION public.rc_open_for_fleet(
+    p_ns text, p_key text, p_failures bigint, p_ms bigint, p_why jsonb)
+RETURNS void
+LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    PERFORM public.rc_explain(p_key, p_why);
+    INSERT INTO public.rc_circuit_breakers AS b
+        (resource_key, namespace, state, failure_count, open_until, execution_log)
+    VALUES (p_key, p_ns, 'OPEN', LEAST(p_failures, 2147483647)::integer,
+            pg_catalog.clock_timestamp() + p_ms * interval '1 millisecond', '[]')
+    ON CONFLICT (resource_key, namespace) DO UPDATE
+        SET state = 'OPEN', failure_count = EXCLUDED.failure_count,
+            open_until = EXCLUDED.open_until, execution_log = EXCLUDED.execution_log;
+END
+$$;
+REVOKE ALL ON FUNCTION public.rc_open_for_fleet(text, text, bigint, bigint, jsonb) FROM PUBLIC;
+
 -- One instance's vote to open `p_key`: its window tripped with p_failures of p_calls. The vote
 -- replaces the instance's earlier one; votes older than p_within_ms are dropped. When at least
 -- p_quorum distinct instances have a live vote, the key opens for p_cooldown_ms (the votes are
@@ -182,15 +202,9 @@ BEGIN
         INTO live, spent_failures, voters
         FROM public.rc_votes WHERE namespace = p_ns AND resource_key = p_key;
     IF live >= p_quorum THEN
-        PERFORM public.rc_explain(p_key, jsonb_build_object('quorum', jsonb_build_object(
-            'votes', live, 'needed', p_quorum, 'within_ms', within, 'voters', voters)));
-        INSERT INTO public.rc_circuit_breakers AS b
-            (resource_key, namespace, state, failure_count, open_until, execution_log)
-        VALUES (p_key, p_ns, 'OPEN', LEAST(spent_failures, 2147483647)::integer,
-                clock_timestamp() + ms * interval '1 millisecond', '[]')
-        ON CONFLICT (resource_key, namespace) DO UPDATE
-            SET state = 'OPEN', failure_count = EXCLUDED.failure_count,
-                open_until = EXCLUDED.open_until, execution_log = EXCLUDED.execution_log;
+        PERFORM public.rc_open_for_fleet(p_ns, p_key, spent_failures, ms,
+            jsonb_build_object('quorum', jsonb_build_object(
+                'votes', live, 'needed', p_quorum, 'within_ms', within, 'voters', voters)));
         DELETE FROM public.rc_votes WHERE namespace = p_ns AND resource_key = p_key;
     END IF;
     RETURN QUERY SELECT v.*, live FROM public.rc_view(p_ns, p_key) v;

@@ -106,17 +106,11 @@ BEGIN
         FROM public.rc_rate_reports WHERE namespace = p_ns AND resource_key = p_key;
     IF fleet_calls >= p_min_calls AND fleet_failures > 0
        AND fleet_failures * p_limit_den >= p_limit_num::bigint * fleet_calls THEN
-        PERFORM public.rc_explain(p_key, jsonb_build_object('fleet_rate', jsonb_build_object(
-            'failures', fleet_failures, 'calls', fleet_calls, 'instances', reporters,
-            'limit', p_limit_num || '/' || p_limit_den, 'min_calls', p_min_calls,
-            'period_ms', p_period_ms)));
-        INSERT INTO public.rc_circuit_breakers AS b
-            (resource_key, namespace, state, failure_count, open_until, execution_log)
-        VALUES (p_key, p_ns, 'OPEN', LEAST(fleet_failures, 2147483647)::integer,
-                clock_timestamp() + ms * interval '1 millisecond', '[]')
-        ON CONFLICT (resource_key, namespace) DO UPDATE
-            SET state = 'OPEN', failure_count = EXCLUDED.failure_count,
-                open_until = EXCLUDED.open_until, execution_log = EXCLUDED.execution_log;
+        PERFORM public.rc_open_for_fleet(p_ns, p_key, fleet_failures, ms,
+            jsonb_build_object('fleet_rate', jsonb_build_object(
+                'failures', fleet_failures, 'calls', fleet_calls, 'instances', reporters,
+                'limit', p_limit_num || '/' || p_limit_den, 'min_calls', p_min_calls,
+                'period_ms', p_period_ms)));
         DELETE FROM public.rc_rate_reports WHERE namespace = p_ns AND resource_key = p_key;
     END IF;
     RETURN QUERY SELECT v.*, fleet_failures, fleet_calls FROM public.rc_view(p_ns, p_key) v;

@@ -80,21 +80,7 @@ impl TripPolicy {
                         ),
                     });
                 }
-                if within < Duration::from_millis(1) {
-                    return Err(ConfigError::InvalidTripPolicy {
-                        reason: format!(
-                            "votes that count for {within:?}: the period must be at least 1 ms"
-                        ),
-                    });
-                }
-                if within > MAX_DURATION {
-                    return Err(ConfigError::DurationTooLong {
-                        name: "quorum period",
-                        given: within,
-                        max: MAX_DURATION,
-                    });
-                }
-                Ok(())
+                check_period("quorum period", within, Duration::from_millis(1), "")
             }
             TripPolicy::FleetRate {
                 limit,
@@ -108,21 +94,12 @@ impl TripPolicy {
                             .to_owned(),
                     });
                 }
-                if period < MIN_RATE_PERIOD {
-                    return Err(ConfigError::InvalidTripPolicy {
-                        reason: format!(
-                            "a fleet rate over {period:?}: the period must be at least {MIN_RATE_PERIOD:?} (instances report once per flush interval)"
-                        ),
-                    });
-                }
-                if period > MAX_DURATION {
-                    return Err(ConfigError::DurationTooLong {
-                        name: "fleet rate period",
-                        given: period,
-                        max: MAX_DURATION,
-                    });
-                }
-                Ok(())
+                check_period(
+                    "fleet rate period",
+                    period,
+                    MIN_RATE_PERIOD,
+                    " (instances report once per flush interval)",
+                )
             }
         }
     }
@@ -138,6 +115,29 @@ impl TripPolicy {
             _ => None,
         }
     }
+}
+
+/// A policy's period: at least `min` (`why` says why, after the figure), at most
+/// [`MAX_DURATION`].
+fn check_period(
+    name: &'static str,
+    given: Duration,
+    min: Duration,
+    why: &str,
+) -> Result<(), ConfigError> {
+    if given < min {
+        return Err(ConfigError::InvalidTripPolicy {
+            reason: format!("a {name} of {given:?}: it must be at least {min:?}{why}"),
+        });
+    }
+    if given > MAX_DURATION {
+        return Err(ConfigError::DurationTooLong {
+            name,
+            given,
+            max: MAX_DURATION,
+        });
+    }
+    Ok(())
 }
 
 impl std::fmt::Display for TripPolicy {
@@ -176,7 +176,7 @@ mod tests {
         let instant = q(3, Duration::from_micros(999))
             .validate()
             .expect_err("< 1 ms");
-        assert!(instant.to_string().contains("at least 1 ms"), "{instant}");
+        assert!(instant.to_string().contains("at least 1ms"), "{instant}");
         assert!(matches!(
             q(3, MAX_DURATION + second).validate(),
             Err(ConfigError::DurationTooLong {

@@ -95,11 +95,7 @@ async fn the_fleet_rate_trips_at_the_minimum_calls_and_not_before() {
 async fn the_rate_must_reach_the_limit() {
     let db = test_db().await;
     let _setup = instance(&db).await;
-    let (app, connection) =
-        tokio_postgres::connect(&db.app_conninfo().await, tokio_postgres::NoTls)
-            .await
-            .expect("the app role connects");
-    tokio::spawn(connection);
+    let app = db.app_client().await;
     let key = unique_key("limit");
     let report = |instance: &'static str, failures: i32| {
         let (app, key) = (&app, key.clone());

@@ -258,10 +258,7 @@ async fn bad_values_are_refused_by_the_command_and_the_database() {
         .await
         .expect_err("half a ratio");
     assert!(format!("{half:?}").contains("whole ratio"), "{half:?}");
-    let (app, connection) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls)
-        .await
-        .expect("connects");
-    tokio::spawn(connection);
+    let app = db.app_client().await;
     let direct = app
         .execute(
             "INSERT INTO rc_breaker_config (namespace, resource_key) VALUES ('default', 'k')",

@@ -290,11 +290,7 @@ async fn concurrent_votes_open_exactly_once() {
 async fn rc_vote_refuses_nonsense_and_its_table_is_closed() {
     let db = test_db().await;
     let _setup = instance(&db).await;
-    let (app, connection) =
-        tokio_postgres::connect(&db.app_conninfo().await, tokio_postgres::NoTls)
-            .await
-            .expect("the app role connects");
-    tokio::spawn(connection);
+    let app = db.app_client().await;
     let call = "SELECT o_votes FROM rc_vote('default', 'k', $1, $2, $3, $4, $5, 1000)";
     let refused = |instance: &'static str, failures: i32, calls: i32, quorum: i32, within: i64| {
         let app = &app;
@@ -365,11 +361,7 @@ fn a_second_breaker_with_another_trip_policy_is_refused() {
 async fn a_garbled_explanation_never_fails_a_write() {
     let db = test_db().await;
     let _setup = instance(&db).await;
-    let (app, connection) =
-        tokio_postgres::connect(&db.app_conninfo().await, tokio_postgres::NoTls)
-            .await
-            .expect("the app role connects");
-    tokio::spawn(connection);
+    let app = db.app_client().await;
     let key = unique_key("garbled");
     let not_an_object = format!(r#"{{"{key}": "a string", "{key}-vote-2": [1]}}"#);
     for (i, garbage) in ["not json", "[1, 2]", &not_an_object]

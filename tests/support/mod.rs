@@ -388,6 +388,17 @@ impl TestDb {
     pub async fn app_conninfo_via(&self, addr: SocketAddr) -> String {
         self.app().await.conninfo_via(addr)
     }
+
+    /// A plain connection as the application role (its driver spawned on the current runtime):
+    /// SQL as an application would send it.
+    pub async fn app_client(&self) -> Client {
+        let conninfo = self.app_conninfo().await;
+        let (client, connection) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls)
+            .await
+            .unwrap_or_else(|e| panic!("the app role connects: {}", error_chain(&e)));
+        tokio::spawn(connection);
+        client
+    }
 }
 
 /// Sets database `db` of the server reached by `admin` up for an application, as an operator
