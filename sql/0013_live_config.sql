@@ -1,5 +1,5 @@
 -- 0013: live configuration. A row of rc_breaker_config overrides, for one key, the values the
--- code gave its breakers (cooldown, failure and success limits) and sets its mode:
+-- code gave its breakers (cooldown, failure and success limits, trip policy) and sets its mode:
 --
 --   normal        as configured
 --   forced_open   OPEN for everyone until the mode changes: the row itself is held OPEN (so the
@@ -26,6 +26,16 @@ CREATE TABLE IF NOT EXISTS public.rc_breaker_config (
     failure_den   integer      NULL,
     success_num   integer      NULL,
     success_den   integer      NULL,
+    -- TripPolicy: any_instance, quorum (quorum_instances within quorum_within_ms) or fleet_rate
+    -- (rate_num/rate_den over rate_period_ms, at least rate_min_calls calls); NULL: the code's.
+    trip_policy      text      NULL
+                     CHECK (trip_policy IN ('any_instance', 'quorum', 'fleet_rate')),
+    quorum_instances integer   NULL,
+    quorum_within_ms bigint    NULL,
+    rate_num         integer   NULL,
+    rate_den         integer   NULL,
+    rate_min_calls   integer   NULL,
+    rate_period_ms   bigint    NULL,
     version       bigint       NOT NULL DEFAULT nextval('public.rc_breaker_config_version_seq'),
     updated_at    timestamptz  NOT NULL DEFAULT now(),
     updated_by    text         NOT NULL DEFAULT session_user,
@@ -37,7 +47,26 @@ CREATE TABLE IF NOT EXISTS public.rc_breaker_config (
         OR (failure_num >= 1 AND failure_num <= failure_den AND failure_den <= 8192)),
     CONSTRAINT rc_breaker_config_success_limit CHECK (
         (success_num IS NULL AND success_den IS NULL)
-        OR (success_num >= 1 AND success_num <= success_den AND success_den <= 8192))
+        OR (success_num >= 1 AND success_num <= success_den AND success_den <= 8192)),
+    -- A trip policy comes whole, with exactly its own numbers, as TripPolicy::validate wants
+    -- them: a quorum of 1 to 10000 instances over 1 ms to ten years; a fleet rate k/n over at
+    -- least 1 call and a period of 1 s to ten years.
+    -- (coalesce: a missing number makes the CASE NULL, which a CHECK would let through.)
+    CONSTRAINT rc_breaker_config_trip_policy CHECK (coalesce(
+        CASE trip_policy
+            WHEN 'quorum' THEN
+                quorum_instances BETWEEN 1 AND 10000
+                AND quorum_within_ms BETWEEN 1 AND 315360000000
+                AND rate_num IS NULL AND rate_den IS NULL AND rate_min_calls IS NULL
+                AND rate_period_ms IS NULL
+            WHEN 'fleet_rate' THEN
+                rate_num >= 1 AND rate_num <= rate_den AND rate_den <= 8192
+                AND rate_min_calls >= 1 AND rate_period_ms BETWEEN 1000 AND 315360000000
+                AND quorum_instances IS NULL AND quorum_within_ms IS NULL
+            ELSE
+                quorum_instances IS NULL AND quorum_within_ms IS NULL AND rate_num IS NULL
+                AND rate_den IS NULL AND rate_min_calls IS NULL AND rate_period_ms IS NULL
+        END, false))
 );
 -- Readable by the roles that may read breakers (row security, as the change log); written by
 -- rc_configure (run as the owner) or by the schema's owner.
@@ -79,7 +108,8 @@ CREATE CONSTRAINT TRIGGER rc_config_notify AFTER INSERT OR UPDATE OR DELETE
 
 -- Sets `p_key`'s live configuration: each non-NULL argument replaces the stored value, NULLs keep
 -- it; p_reset deletes the row first (back to the code's values, mode normal). A ratio is given
--- whole or not at all. Entering forced_open holds the breaker's row OPEN until the mode changes
+-- whole or not at all; a trip policy replaces the stored one with its own numbers (the others
+-- NULL), checked by the table. Entering forced_open holds the breaker's row OPEN until the mode changes
 -- (for rc_max_ms(), ten years: no probe round); leaving it closes the row. The change log records
 -- either with why.config. Refused like rc_force: a role that may not write breakers, a bad key;
 -- and the table's CHECKs refuse values no instance could use, with the constraint's name.
@@ -87,9 +117,16 @@ CREATE OR REPLACE FUNCTION public.rc_configure(
     p_ns text, p_key text, p_mode text DEFAULT NULL, p_cooldown_ms bigint DEFAULT NULL,
     p_failure_num integer DEFAULT NULL, p_failure_den integer DEFAULT NULL,
     p_success_num integer DEFAULT NULL, p_success_den integer DEFAULT NULL,
-    p_reset boolean DEFAULT false, p_note text DEFAULT NULL)
+    p_reset boolean DEFAULT false, p_note text DEFAULT NULL,
+    p_trip_policy text DEFAULT NULL, p_quorum_instances integer DEFAULT NULL,
+    p_quorum_within_ms bigint DEFAULT NULL, p_rate_num integer DEFAULT NULL,
+    p_rate_den integer DEFAULT NULL, p_rate_min_calls integer DEFAULT NULL,
+    p_rate_period_ms bigint DEFAULT NULL)
 RETURNS TABLE (o_mode text, o_cooldown_ms bigint, o_failure_num integer, o_failure_den integer,
-               o_success_num integer, o_success_den integer, o_version bigint)
+               o_success_num integer, o_success_den integer, o_version bigint,
+               o_trip_policy text, o_quorum_instances integer, o_quorum_within_ms bigint,
+               o_rate_num integer, o_rate_den integer, o_rate_min_calls integer,
+               o_rate_period_ms bigint)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
 DECLARE
     before text;
@@ -109,12 +146,16 @@ BEGIN
         DELETE FROM public.rc_breaker_config WHERE namespace = p_ns AND resource_key = p_key;
     END IF;
     IF NOT coalesce(p_reset, false) OR p_mode IS NOT NULL OR p_cooldown_ms IS NOT NULL
-       OR p_failure_num IS NOT NULL OR p_success_num IS NOT NULL THEN
+       OR p_failure_num IS NOT NULL OR p_success_num IS NOT NULL
+       OR p_trip_policy IS NOT NULL THEN
         INSERT INTO public.rc_breaker_config AS c
             (namespace, resource_key, mode, cooldown_ms, failure_num, failure_den, success_num,
-             success_den, note)
+             success_den, note, trip_policy, quorum_instances, quorum_within_ms, rate_num,
+             rate_den, rate_min_calls, rate_period_ms)
         VALUES (p_ns, p_key, coalesce(p_mode, 'normal'), p_cooldown_ms, p_failure_num,
-                p_failure_den, p_success_num, p_success_den, p_note)
+                p_failure_den, p_success_num, p_success_den, p_note, p_trip_policy,
+                p_quorum_instances, p_quorum_within_ms, p_rate_num, p_rate_den,
+                p_rate_min_calls, p_rate_period_ms)
         ON CONFLICT (namespace, resource_key) DO UPDATE SET
             mode = coalesce(p_mode, c.mode),
             cooldown_ms = coalesce(p_cooldown_ms, c.cooldown_ms),
@@ -122,7 +163,18 @@ BEGIN
             failure_den = coalesce(p_failure_den, c.failure_den),
             success_num = coalesce(p_success_num, c.success_num),
             success_den = coalesce(p_success_den, c.success_den),
-            note = p_note;
+            note = p_note,
+            trip_policy = coalesce(p_trip_policy, c.trip_policy),
+            quorum_instances = CASE WHEN p_trip_policy IS NULL THEN c.quorum_instances
+                                    ELSE p_quorum_instances END,
+            quorum_within_ms = CASE WHEN p_trip_policy IS NULL THEN c.quorum_within_ms
+                                    ELSE p_quorum_within_ms END,
+            rate_num = CASE WHEN p_trip_policy IS NULL THEN c.rate_num ELSE p_rate_num END,
+            rate_den = CASE WHEN p_trip_policy IS NULL THEN c.rate_den ELSE p_rate_den END,
+            rate_min_calls = CASE WHEN p_trip_policy IS NULL THEN c.rate_min_calls
+                                  ELSE p_rate_min_calls END,
+            rate_period_ms = CASE WHEN p_trip_policy IS NULL THEN c.rate_period_ms
+                                  ELSE p_rate_period_ms END;
     END IF;
     SELECT coalesce((SELECT mode FROM public.rc_breaker_config
                      WHERE namespace = p_ns AND resource_key = p_key), 'normal') INTO after;
@@ -145,7 +197,9 @@ BEGIN
             WHERE namespace = p_ns AND resource_key = p_key;
     END IF;
     RETURN QUERY SELECT coalesce(c.mode, 'normal'), c.cooldown_ms, c.failure_num, c.failure_den,
-                        c.success_num, c.success_den, coalesce(c.version, 0)
+                        c.success_num, c.success_den, coalesce(c.version, 0), c.trip_policy,
+                        c.quorum_instances, c.quorum_within_ms, c.rate_num, c.rate_den,
+                        c.rate_min_calls, c.rate_period_ms
         FROM (SELECT 1) AS one
         LEFT JOIN public.rc_breaker_config c ON c.namespace = p_ns AND c.resource_key = p_key;
 END

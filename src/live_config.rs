@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use crate::policy::Policy;
-use crate::{ConfigError, Ratio, MAX_DURATION};
+use crate::{ConfigError, Ratio, TripPolicy, MAX_DURATION};
 
 /// How a breaker treats calls, whatever its window says: set fleet-wide with
 /// `resilient-circuit config KEY --mode ...`.
@@ -97,6 +97,8 @@ pub struct LiveConfig {
     pub failure_limit: Option<Ratio>,
     /// Overrides [`Builder::success_limit`](crate::Builder::success_limit).
     pub success_limit: Option<Ratio>,
+    /// Overrides [`Builder::trip_policy`](crate::Builder::trip_policy).
+    pub trip_policy: Option<TripPolicy>,
     /// The row's version (a database sequence): a later configuration has a higher one.
     pub version: i64,
 }
@@ -119,6 +121,9 @@ impl LiveConfig {
         if let Some(r) = self.success_limit {
             r.validate("success_limit")?;
         }
+        if let Some(t) = self.trip_policy {
+            t.validate()?;
+        }
         Ok(())
     }
 
@@ -139,6 +144,9 @@ impl LiveConfig {
         }
         if let Some(s) = self.success_limit {
             p.success_limit = Some(s);
+        }
+        if let Some(t) = self.trip_policy {
+            p.trip = t;
         }
         p
     }

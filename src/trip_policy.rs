@@ -68,8 +68,19 @@ pub enum TripPolicy {
 }
 
 impl TripPolicy {
-    /// Checks the policy's numbers (called by `Builder::build`).
-    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+    /// Checks the policy's numbers, as [`Builder::build`](crate::Builder::build) does.
+    ///
+    /// ```
+    /// use resilient_circuit::{Ratio, TripPolicy};
+    /// use std::time::Duration;
+    /// let rate = TripPolicy::FleetRate {
+    ///     limit: Ratio::new(1, 2),
+    ///     min_calls: 0,
+    ///     period: Duration::from_secs(60),
+    /// };
+    /// assert!(rate.validate().is_err());
+    /// ```
+    pub fn validate(&self) -> Result<(), ConfigError> {
         match *self {
             TripPolicy::AnyInstance => Ok(()),
             TripPolicy::Quorum { instances, within } => {

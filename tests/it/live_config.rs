@@ -217,6 +217,108 @@ async fn disabled_and_metrics_only_admit_every_call() {
     );
 }
 
+/// The trip policy changes live too: with `--trip-policy quorum --quorum 2`, one instance's
+/// trip stops only its own calls; the second instance's opens the key for all.
+#[tokio::test]
+async fn the_trip_policy_changes_live() {
+    let db = test_db().await;
+    let dsn = db.app_conninfo().await;
+    let key = unique_key("policy");
+    let (a, b, c) = (
+        instance(&db).await,
+        instance(&db).await,
+        instance(&db).await,
+    );
+    let trip_fast = |b: resilient_circuit::Builder| {
+        b.failure_limit(Ratio::new(1, 1))
+            .cooldown(Duration::from_secs(60))
+    };
+    let on_a = Watched::new(&a, &key, trip_fast);
+    let on_b = Watched::new(&b, &key, trip_fast);
+    let mut on_c = Watched::new(&c, &key, trip_fast);
+    let printed = ok(
+        &dsn,
+        &[
+            "config",
+            &key,
+            "--trip-policy",
+            "quorum",
+            "--quorum",
+            "2",
+            "--within",
+            "1m",
+        ],
+    )
+    .await;
+    assert!(
+        printed.stdout.contains("trip policy quorum of 2 within 1m"),
+        "{}",
+        printed.stdout
+    );
+    let quorum = resilient_circuit::TripPolicy::Quorum {
+        instances: 2,
+        within: Duration::from_secs(60),
+    };
+    for w in [&on_a, &on_b, &on_c] {
+        assert!(
+            eventually(WAIT, || async {
+                w.cb.live_config()
+                    .is_some_and(|l| l.trip_policy == Some(quorum))
+            })
+            .await
+        );
+    }
+    fail(&on_a.cb).await;
+    assert!(a.flush(WAIT).await);
+    assert_eq!(
+        on_a.cb.state(),
+        State::Open,
+        "the voter stops its own calls"
+    );
+    assert_eq!(
+        on_c.cb.state(),
+        State::Closed,
+        "one vote of two: the others call"
+    );
+    fail(&on_b.cb).await;
+    assert!(b.flush(WAIT).await);
+    assert!(
+        on_c.reaches(State::Open).await,
+        "the second vote opens it for all"
+    );
+
+    for (args, says) in [
+        (
+            &["--trip-policy", "quorum", "--quorum", "2"][..],
+            "--within",
+        ),
+        (
+            &[
+                "--trip-policy",
+                "fleet-rate",
+                "--rate",
+                "1/2",
+                "--min-calls",
+                "10",
+                "--period",
+                "500ms",
+            ][..],
+            "at least 1s",
+        ),
+        (&["--quorum", "2"][..], "--trip-policy"),
+        (
+            &["--trip-policy", "quorum", "--quorum", "0", "--within", "1m"][..],
+            "quorum of 0",
+        ),
+    ] {
+        let mut argv = vec!["config", key.as_str()];
+        argv.extend_from_slice(args);
+        let r = run(&dsn, &argv).await;
+        assert_eq!(r.code, 2, "{args:?}: {}", r.stderr);
+        assert!(r.stderr.contains(says), "{args:?}: {}", r.stderr);
+    }
+}
+
 /// Bad values: refused by the command (usage, exit 2) and by the database's constraints
 /// whoever writes; an application role cannot write the table directly.
 #[tokio::test]

@@ -918,7 +918,7 @@ async fn only_what_needs_it_is_security_definer_with_a_pinned_search_path() {
         [
             "rc_acquire_probe(text,text,text,bigint,integer,integer)",
             "rc_bump_version()",
-            "rc_configure(text,text,text,bigint,integer,integer,integer,integer,boolean,text)",
+            "rc_configure(text,text,text,bigint,integer,integer,integer,integer,boolean,text,text,integer,bigint,integer,integer,integer,bigint)",
             "rc_force(text,text,text,bigint)",
             "rc_force_many(text,text[],text[],bigint[])",
             "rc_notify_change()",

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use resilient_circuit::storage::postgres::PostgresOptions;
-use resilient_circuit::{Mode, Ratio};
+use resilient_circuit::{Mode, Ratio, TripPolicy};
 
 use super::{connect, namespace, CliError};
 
@@ -34,6 +34,25 @@ pub struct Args {
     /// nothing) or metrics-only (admit all, count, never trip).
     #[arg(long, value_name = "MODE", value_parser = parse_mode)]
     mode: Option<Mode>,
+    /// Who opens the breaker for the fleet: any-instance, quorum (with --quorum and --within) or
+    /// fleet-rate (with --rate, --min-calls and --period).
+    #[arg(long, value_name = "POLICY", value_parser = ["any-instance", "quorum", "fleet-rate"])]
+    trip_policy: Option<String>,
+    /// Quorum: how many distinct instances must trip.
+    #[arg(long, value_name = "K")]
+    quorum: Option<u32>,
+    /// Quorum: how long a vote counts (e.g. 60s).
+    #[arg(long, value_name = "DURATION", value_parser = parse_cooldown)]
+    within: Option<Duration>,
+    /// Fleet rate: the failure rate K/N that opens the breaker (e.g. 1/2).
+    #[arg(long, value_name = "K/N", value_parser = parse_ratio)]
+    rate: Option<Ratio>,
+    /// Fleet rate: the fewest calls the instances' reports must add up to.
+    #[arg(long, value_name = "N")]
+    min_calls: Option<u32>,
+    /// Fleet rate: how long a report counts (at least 1s).
+    #[arg(long, value_name = "DURATION", value_parser = parse_cooldown)]
+    period: Option<Duration>,
     /// Delete the key's configuration first: back to the code's values, mode normal.
     #[arg(long)]
     reset: bool,
@@ -73,18 +92,73 @@ fn parse_ratio(s: &str) -> Result<Ratio, String> {
     Ok(Ratio::new(k, n))
 }
 
+/// The trip policy the arguments describe, checked as the builder checks one; `None` without
+/// `--trip-policy` (then its numbers are refused: they would be silently ignored).
+fn trip_policy(args: &Args) -> Result<Option<TripPolicy>, CliError> {
+    let usage = |m: &str| CliError::Usage(m.to_owned());
+    let quorum_args = args.quorum.is_some() || args.within.is_some();
+    let rate_args = args.rate.is_some() || args.min_calls.is_some() || args.period.is_some();
+    let policy = match args.trip_policy.as_deref() {
+        None if quorum_args || rate_args => {
+            return Err(usage(
+                "--quorum, --within, --rate, --min-calls and --period go with --trip-policy",
+            ))
+        }
+        None => return Ok(None),
+        Some("any-instance") if quorum_args || rate_args => {
+            return Err(usage("--trip-policy any-instance takes no numbers"))
+        }
+        Some("any-instance") => TripPolicy::AnyInstance,
+        Some("quorum") if rate_args => {
+            return Err(usage(
+                "--trip-policy quorum takes --quorum and --within only",
+            ))
+        }
+        Some("quorum") => TripPolicy::Quorum {
+            instances: args
+                .quorum
+                .ok_or_else(|| usage("--trip-policy quorum needs --quorum K"))?,
+            within: args
+                .within
+                .ok_or_else(|| usage("--trip-policy quorum needs --within DURATION"))?,
+        },
+        Some(_) if quorum_args => {
+            return Err(usage(
+                "--trip-policy fleet-rate takes --rate, --min-calls and --period only",
+            ))
+        }
+        Some(_) => TripPolicy::FleetRate {
+            limit: args
+                .rate
+                .ok_or_else(|| usage("--trip-policy fleet-rate needs --rate K/N"))?,
+            min_calls: args
+                .min_calls
+                .ok_or_else(|| usage("--trip-policy fleet-rate needs --min-calls N"))?,
+            period: args
+                .period
+                .ok_or_else(|| usage("--trip-policy fleet-rate needs --period DURATION"))?,
+        },
+    };
+    policy
+        .validate()
+        .map_err(|e| CliError::Usage(e.to_string()))?;
+    Ok(Some(policy))
+}
+
 fn parse_mode(s: &str) -> Result<Mode, String> {
     s.parse::<Mode>().map_err(|e| e.to_string())
 }
 
 pub async fn run(opts: &PostgresOptions, args: Args) -> Result<ExitCode, CliError> {
     let ns = namespace(opts, &args.namespace);
+    let policy = trip_policy(&args)?;
     let session = connect(opts).await?;
     let changing = args.reset
         || args.mode.is_some()
         || args.cooldown.is_some()
         || args.failure_limit.is_some()
-        || args.success_limit.is_some();
+        || args.success_limit.is_some()
+        || policy.is_some();
     let row = if changing {
         let cooldown_ms = args
             .cooldown
@@ -92,10 +166,12 @@ pub async fn run(opts: &PostgresOptions, args: Args) -> Result<ExitCode, CliErro
         let (f_num, f_den) = split(args.failure_limit);
         let (s_num, s_den) = split(args.success_limit);
         let mode = args.mode.map(Mode::as_str);
+        let p = PolicyParams::of(policy);
         session
             .client()
             .query_one(
-                "SELECT * FROM public.rc_configure($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                "SELECT * FROM public.rc_configure($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
+                 $11, $12, $13, $14, $15, $16, $17)",
                 &[
                     &ns,
                     &args.key,
@@ -107,6 +183,13 @@ pub async fn run(opts: &PostgresOptions, args: Args) -> Result<ExitCode, CliErro
                     &s_den,
                     &args.reset,
                     &args.note,
+                    &p.name,
+                    &p.instances,
+                    &p.within_ms,
+                    &p.rate_num,
+                    &p.rate_den,
+                    &p.min_calls,
+                    &p.period_ms,
                 ],
             )
             .await
@@ -118,7 +201,11 @@ pub async fn run(opts: &PostgresOptions, args: Args) -> Result<ExitCode, CliErro
                 "SELECT coalesce(c.mode, 'normal') AS o_mode, c.cooldown_ms AS o_cooldown_ms, \
                  c.failure_num AS o_failure_num, c.failure_den AS o_failure_den, \
                  c.success_num AS o_success_num, c.success_den AS o_success_den, \
-                 coalesce(c.version, 0) AS o_version \
+                 coalesce(c.version, 0) AS o_version, c.trip_policy AS o_trip_policy, \
+                 c.quorum_instances AS o_quorum_instances, \
+                 c.quorum_within_ms AS o_quorum_within_ms, c.rate_num AS o_rate_num, \
+                 c.rate_den AS o_rate_den, c.rate_min_calls AS o_rate_min_calls, \
+                 c.rate_period_ms AS o_rate_period_ms \
                  FROM (SELECT 1) AS one LEFT JOIN public.rc_breaker_config c \
                  ON c.namespace = $1 AND c.resource_key = $2",
                 &[&ns, &args.key],
@@ -136,8 +223,30 @@ pub async fn run(opts: &PostgresOptions, args: Args) -> Result<ExitCode, CliErro
         _ => "the code's".into(),
     };
     let version: i64 = row.get("o_version");
+    let ms = |column: &str| {
+        let ms: Option<i64> = row.get(column);
+        humantime::format_duration(Duration::from_millis(
+            ms.and_then(|ms| u64::try_from(ms).ok()).unwrap_or(0),
+        ))
+        .to_string()
+    };
+    let trip = match row.get::<_, Option<String>>("o_trip_policy").as_deref() {
+        None => "the code's".to_owned(),
+        Some("quorum") => format!(
+            "quorum of {} within {}",
+            row.get::<_, Option<i32>>("o_quorum_instances").unwrap_or(0),
+            ms("o_quorum_within_ms")
+        ),
+        Some("fleet_rate") => format!(
+            "fleet rate {} over {}, at least {} calls",
+            limit("o_rate_num", "o_rate_den"),
+            ms("o_rate_period_ms"),
+            row.get::<_, Option<i32>>("o_rate_min_calls").unwrap_or(0)
+        ),
+        Some(other) => other.replace('_', " "),
+    };
     say!(
-        "{} in namespace {ns}: mode {mode}, cooldown {}, failure limit {}, success limit {}{}",
+        "{} in namespace {ns}: mode {mode}, cooldown {}, failure limit {}, success limit {}, trip policy {trip}{}",
         args.key,
         cooldown.map_or_else(
             || "the code's".into(),
@@ -153,6 +262,52 @@ pub async fn run(opts: &PostgresOptions, args: Args) -> Result<ExitCode, CliErro
         }
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// A trip policy as `rc_configure`'s parameters (all NULL: keep the stored one).
+#[derive(Default)]
+struct PolicyParams {
+    name: Option<&'static str>,
+    instances: Option<i32>,
+    within_ms: Option<i64>,
+    rate_num: Option<i32>,
+    rate_den: Option<i32>,
+    min_calls: Option<i32>,
+    period_ms: Option<i64>,
+}
+
+impl PolicyParams {
+    fn of(policy: Option<TripPolicy>) -> PolicyParams {
+        let ms = |d: Duration| i64::try_from(d.as_millis()).ok();
+        match policy {
+            Some(TripPolicy::Quorum { instances, within }) => PolicyParams {
+                name: Some("quorum"),
+                instances: i32::try_from(instances).ok(),
+                within_ms: ms(within),
+                ..PolicyParams::default()
+            },
+            Some(TripPolicy::FleetRate {
+                limit,
+                min_calls,
+                period,
+            }) => {
+                let (rate_num, rate_den) = split(Some(limit));
+                PolicyParams {
+                    name: Some("fleet_rate"),
+                    rate_num,
+                    rate_den,
+                    min_calls: i32::try_from(min_calls).ok(),
+                    period_ms: ms(period),
+                    ..PolicyParams::default()
+                }
+            }
+            Some(_) => PolicyParams {
+                name: Some("any_instance"),
+                ..PolicyParams::default()
+            },
+            None => PolicyParams::default(),
+        }
+    }
 }
 
 fn split(r: Option<Ratio>) -> (Option<i32>, Option<i32>) {

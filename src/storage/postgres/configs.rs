@@ -12,14 +12,15 @@ use tokio_postgres::{Client, Row};
 
 use super::Shared;
 use crate::error::StorageError;
-use crate::{ConfigError, LiveConfig, Mode, Ratio};
+use crate::{ConfigError, LiveConfig, Mode, Ratio, TripPolicy};
 
 /// The channel the table's trigger NOTIFYs on a change, with `{"ns", "key"}`.
 pub(crate) const CHANNEL: &str = "rc_breaker_config";
 
 /// The rows of a namespace, all (`$2` NULL) or those of some keys.
 const READ: &str = "SELECT resource_key, mode, cooldown_ms, failure_num, failure_den, \
-     success_num, success_den, version FROM public.rc_breaker_config \
+     success_num, success_den, trip_policy, quorum_instances, quorum_within_ms, rate_num, \
+     rate_den, rate_min_calls, rate_period_ms, version FROM public.rc_breaker_config \
      WHERE namespace = $1 AND ($2::text[] IS NULL OR resource_key = ANY($2))";
 
 /// A notification's payload: which key changed.
@@ -77,7 +78,7 @@ pub(crate) async fn refresh(
         {
             continue;
         }
-        tracing::info!(key = %key, mode = %config.mode, cooldown = ?config.cooldown, failure_limit = ?config.failure_limit.map(|r| r.to_string()), success_limit = ?config.success_limit.map(|r| r.to_string()), "live configuration applied");
+        tracing::info!(key = %key, mode = %config.mode, cooldown = ?config.cooldown, failure_limit = ?config.failure_limit.map(|r| r.to_string()), success_limit = ?config.success_limit.map(|r| r.to_string()), trip_policy = ?config.trip_policy.map(|t| t.to_string()), "live configuration applied");
         storage.live.insert(key.clone(), config.clone());
         if let Some(cell) = storage.cells.get(&key).map(|c| c.clone()) {
             cell.set_live(Some(config));
@@ -145,11 +146,56 @@ fn parse(row: &Row) -> Result<LiveConfig, ConfigError> {
             }
         })?)),
     };
+    let millis = |column: &str| -> Result<Option<Duration>, ConfigError> {
+        let ms: Option<i64> = row.try_get(column).map_err(bad)?;
+        ms.map(|ms| {
+            u64::try_from(ms)
+                .map(Duration::from_millis)
+                .map_err(|_| ConfigError::InvalidSetting {
+                    name: "live configuration",
+                    reason: format!("a negative {column} of {ms}"),
+                })
+        })
+        .transpose()
+    };
+    let count = |column: &str| -> Result<Option<u32>, ConfigError> {
+        let n: Option<i32> = row.try_get(column).map_err(bad)?;
+        n.map(|n| {
+            u32::try_from(n).map_err(|_| ConfigError::InvalidSetting {
+                name: "live configuration",
+                reason: format!("a negative {column} of {n}"),
+            })
+        })
+        .transpose()
+    };
+    let policy: Option<String> = row.try_get("trip_policy").map_err(bad)?;
+    let missing = |what: &str| ConfigError::InvalidTripPolicy {
+        reason: format!("a live trip policy without its {what}"),
+    };
+    let trip_policy = match policy.as_deref() {
+        None => None,
+        Some("any_instance") => Some(TripPolicy::AnyInstance),
+        Some("quorum") => Some(TripPolicy::Quorum {
+            instances: count("quorum_instances")?.ok_or_else(|| missing("quorum_instances"))?,
+            within: millis("quorum_within_ms")?.ok_or_else(|| missing("quorum_within_ms"))?,
+        }),
+        Some("fleet_rate") => Some(TripPolicy::FleetRate {
+            limit: ratio("rate_num", "rate_den")?.ok_or_else(|| missing("rate"))?,
+            min_calls: count("rate_min_calls")?.ok_or_else(|| missing("rate_min_calls"))?,
+            period: millis("rate_period_ms")?.ok_or_else(|| missing("rate_period_ms"))?,
+        }),
+        Some(other) => {
+            return Err(ConfigError::InvalidTripPolicy {
+                reason: format!("{other:?} is not a trip policy"),
+            })
+        }
+    };
     let config = LiveConfig {
         mode: mode.parse::<Mode>()?,
         cooldown,
         failure_limit: ratio("failure_num", "failure_den")?,
         success_limit: ratio("success_num", "success_den")?,
+        trip_policy,
         version: row.try_get("version").map_err(bad)?,
     };
     config.validate()?;
