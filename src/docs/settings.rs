@@ -33,8 +33,9 @@
 //! ## Failure limit: `failure_limit(k/n)`
 //!
 //! Trip when the last `n` outcomes **of one instance** hold at least `k` failures (and the window
-//! is full). Windows are not added up across the fleet: the first instance whose window crosses
-//! trips everyone. So size `n` for one instance's share of the traffic:
+//! is full). Windows are not added up across the fleet: with the default trip policy the first
+//! instance whose window crosses trips everyone (see "Who opens it for the fleet" below for a
+//! quorum or the fleet's rate). So size `n` for one instance's share of the traffic:
 //!
 //! * `n` is the history one instance judges by. At 20 calls/s per instance, `3/10` judges half a
 //!   second — quick to catch an outage, quick to trip on a burst of bad luck; `30/100` judges five
@@ -125,6 +126,24 @@
 //! * [`probe_wait`](crate::Builder::probe_wait) (default 1 s): how long
 //!   [`call`](crate::CircuitBreaker::call) waits for the database's answer when it may become a
 //!   probe, rather than rejecting.
+//!
+//! ## Who opens it for the fleet: `trip_policy(...)`
+//!
+//! [`TripPolicy::AnyInstance`](crate::TripPolicy::AnyInstance) (the default): one instance's
+//! window is enough. [`TripPolicy::Quorum`](crate::TripPolicy::Quorum): `K` distinct instances
+//! must trip within a period, so one sick pod stops only its own calls; pick `K` well under the
+//! smallest fleet. [`TripPolicy::FleetRate`](crate::TripPolicy::FleetRate): the database adds up
+//! the windows of the instances seeing failures and opens the key on their rate, for
+//! dependencies that fail partly, or instances with too little traffic each to fill a window.
+//! The README's "Fleet policies" compares them.
+//!
+//! ## Changing them live: `resilient-circuit config`
+//!
+//! The cooldown, limits, trip policy and a mode (forced open, disabled, metrics-only) can be
+//! changed for every instance without a deploy: a row of `rc_breaker_config` overrides the code's
+//! values ([`CircuitBreaker::live_config`](crate::CircuitBreaker::live_config)). The code's
+//! values stay the reference (`config KEY --reset`); keep them what the fleet should run with.
+//! A changed cooldown applies from the next opening, and a window of another size starts empty.
 //!
 //! ## Namespaces and keys
 //!
