@@ -248,6 +248,36 @@ async fn an_operator_close_ends_a_vote_hold() {
     );
 }
 
+/// Deleting the row (CLOSED for everyone) spends the votes gathered for the key, as a close does.
+#[tokio::test]
+async fn a_deleted_row_spends_the_votes() {
+    let db = test_db().await;
+    let admin = db.client().await;
+    let key = unique_key("deleted");
+    let (a, b) = (instance(&db).await, instance(&db).await);
+    let policy = quorum(2, Duration::from_secs(60), Duration::from_secs(60));
+    let on_a = Watched::new(&a, &key, &policy);
+    let on_b = Watched::new(&b, &key, &policy);
+    on_b.cb
+        .force_closed_confirmed()
+        .await
+        .expect("a CLOSED row to delete");
+    vote(&on_a, &a).await;
+    assert_eq!(votes(&admin, &key).await, 1);
+    let app = db.app_client().await;
+    let deleted = app
+        .execute(
+            "DELETE FROM rc_circuit_breakers WHERE resource_key = $1",
+            &[&key],
+        )
+        .await
+        .expect("the app role deletes the row");
+    assert_eq!(deleted, 1);
+    assert_eq!(votes(&admin, &key).await, 0, "the delete spent the vote");
+    vote(&on_b, &b).await;
+    assert_eq!(row_state(&admin, &key).await, None, "b is alone: no quorum");
+}
+
 /// Three instances voting at once for a key with no row: the third vote opens it, once.
 #[tokio::test]
 async fn concurrent_votes_open_exactly_once() {
