@@ -91,7 +91,9 @@
 //!   time window's slices, testable without a clock; `trip_policy`: [`TripPolicy`], who opens a
 //!   breaker for the fleet (quorum votes are cast by `storage::postgres::votes` and counted by
 //!   `rc_vote` in `sql/0010_quorum.sql`; failure rates are reported by
-//!   `storage::postgres::rates` and judged by `rc_report_rates` in `sql/0012_fleet_rate.sql`).
+//!   `storage::postgres::rates` and judged by `rc_report_rates` in `sql/0012_fleet_rate.sql`);
+//!   `live_config`: [`LiveConfig`] and [`Mode`], a key's configuration from the table
+//!   (`sql/0013_live_config.sql`), read by `storage::postgres::configs`.
 //! * [`storage`]: the key map; `storage::postgres` holds the shared backend: its listener
 //!   (`listener.rs`), who wins between local decisions and the table (`precedence.rs`), its
 //!   outbox of transitions (`publish.rs`) and every statement it sends (`statements.rs`); the
