@@ -1,0 +1,67 @@
+//! The cell's side of live configuration (`live_config.rs`, `storage::postgres::configs`): the
+//! policy in force is the code's with the table's overrides, and the mode is read by the slow
+//! paths only, so a closed breaker still admits on one load.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::{KeyCell, Slow};
+use crate::live_config::{LiveConfig, Mode};
+use crate::policy::Policy;
+use crate::window::OutcomeWindow;
+use crate::State;
+
+impl KeyCell {
+    /// Puts `policy` in force; windows of another size start empty.
+    pub(super) fn set_policy(&self, slow: &mut Slow, policy: Policy) {
+        if slow.policy == policy {
+            return;
+        }
+        let resized = slow.policy.failure_limit.denominator() != policy.failure_limit.denominator()
+            || slow.policy.time_window != policy.time_window
+            || slow.policy.slow_call != policy.slow_call;
+        let probes_changed = slow.policy.probe_count() != policy.probe_count();
+        slow.policy = policy;
+        if resized {
+            slow.closed = OutcomeWindow::new(policy.failure_limit.denominator());
+            (slow.slow_calls, slow.timed) = Slow::extra_windows(&policy);
+        }
+        if probes_changed {
+            slow.half_open = OutcomeWindow::new(policy.probe_count());
+            // A local half-open round restarts with the new probe count (a probe out at the
+            // change still reports into the new round).
+            let cur = self.load(Ordering::Relaxed);
+            if cur.state() == State::HalfOpen && !self.is_fleet() {
+                slow.probes_free = policy.probe_count();
+                self.probes_hint.store(slow.probes_free, Ordering::Relaxed);
+            }
+        }
+        // The window may now trip sooner (or be empty): a success must look again.
+        let cur = self.load(Ordering::Relaxed);
+        self.store(cur.with_clean(false), Ordering::Release);
+    }
+
+    /// Applies the key's live configuration (`None`: back to the code's values, mode normal).
+    /// The caller has checked it (`LiveConfig::validate`).
+    pub(crate) fn set_live(&self, live: Option<Arc<LiveConfig>>) {
+        let mut slow = self.lock();
+        let effective = live
+            .as_deref()
+            .map_or(slow.code_policy, |l| l.over(slow.code_policy));
+        let mode = live.as_deref().map_or(Mode::Normal, |l| l.mode);
+        self.live.store(live);
+        // Relaxed: the slow paths read it as a hint; the lock orders it with the policy.
+        self.mode.store(mode.to_u8(), Ordering::Relaxed);
+        self.set_policy(&mut slow, effective);
+    }
+
+    /// The key's live configuration, if the table holds one.
+    pub(crate) fn live_config(&self) -> Option<Arc<LiveConfig>> {
+        self.live.load_full()
+    }
+
+    /// The live configuration's mode (`Normal` without one).
+    pub(crate) fn mode(&self) -> Mode {
+        Mode::from_u8(self.mode.load(Ordering::Relaxed))
+    }
+}
