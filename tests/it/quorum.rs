@@ -258,7 +258,9 @@ async fn a_deleted_row_spends_the_votes() {
     let policy = quorum(2, Duration::from_secs(60), Duration::from_secs(60));
     let on_a = Watched::new(&a, &key, &policy);
     let on_b = Watched::new(&b, &key, &policy);
-    on_b.cb
+    // Made by the voter itself, so that its vote's basis is that row (a vote decided before a
+    // change it has not seen yet is refused, by design).
+    on_a.cb
         .force_closed_confirmed()
         .await
         .expect("a CLOSED row to delete");
