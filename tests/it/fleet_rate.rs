@@ -213,7 +213,9 @@ async fn a_healthy_fleet_sends_no_statement() {
     let failing_for = started.elapsed();
     assert!(storages[0].flush(WAIT).await);
     let sent = reports();
-    eprintln!("one failing instance sent {sent} reports in {failing_for:?} (interval {interval:?})");
+    eprintln!(
+        "one failing instance sent {sent} reports in {failing_for:?} (interval {interval:?})"
+    );
     let at_most = (failing_for.as_millis() / interval.as_millis()) as usize + 2;
     assert!(
         (1..=at_most).contains(&sent),

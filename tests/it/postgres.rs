@@ -922,8 +922,9 @@ async fn failed_rounds_grow_the_cooldown_fleet_wide() {
             (low..=high).contains(&set),
             "reopen {n}: the database set {set} ms, expected {low}..={high} ms"
         );
+        // What it set is the growth; what is left depends on how long the report took.
         assert!(
-            left > (grown as i64) / 2 && left <= set,
+            left > 0 && left <= set,
             "reopen {n}: {left} ms left of {set} ms"
         );
         assert!(
