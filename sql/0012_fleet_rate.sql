@@ -1,16 +1,17 @@
 -- 0012: the fleet's failure rate (TripPolicy::FleetRate).
 --
--- With this policy no instance opens a key on its own window: each reports its window (failures
--- of the calls it holds) while that window holds failures, at most once per flush interval, and
--- the database opens the key when the reports younger than the period add up to at least
--- `min_calls` calls with a failure rate at or above the limit. A healthy fleet (windows without
--- failures) sends nothing.
+-- With this policy no instance opens a key on its own window: while its window holds failures,
+-- each instance reports the calls and failures it recorded since its previous report, at most
+-- once per flush interval, and the database opens the key when the reports younger than the
+-- period add up to at least `min_calls` calls with a failure rate at or above the limit. A
+-- healthy fleet (windows without failures) sends nothing.
 --
--- rc_rate_reports keeps each instance's latest report of a key; reports older than the period,
--- or made before the row's last change (a close: the episode they describe is over), do not
--- count, and the reports that opened a key are spent.
+-- rc_rate_reports keeps the reports, one row each; reports older than the period, or made
+-- before the row's last change (a close: the episode they describe is over), do not count, and
+-- the reports that opened a key are spent.
 
 CREATE TABLE IF NOT EXISTS public.rc_rate_reports (
+    report_id    bigserial    PRIMARY KEY,
     namespace    varchar(255) NOT NULL,
     resource_key varchar(255) NOT NULL,
     -- The reporting instance's id (host:pid:start, as in the change log's actor).
@@ -18,8 +19,10 @@ CREATE TABLE IF NOT EXISTS public.rc_rate_reports (
     reported_at  timestamptz  NOT NULL,
     failures     integer      NOT NULL CHECK (failures >= 0),
     calls        integer      NOT NULL CHECK (calls >= failures),
-    PRIMARY KEY (namespace, resource_key, instance)
+    CHECK (calls >= 1)
 );
+CREATE INDEX IF NOT EXISTS idx_rc_rate_reports_key
+    ON public.rc_rate_reports (namespace, resource_key, reported_at);
 -- Written and read only through rc_report_rate (run as the owner).
 REVOKE ALL ON public.rc_rate_reports FROM PUBLIC;
 
@@ -31,8 +34,9 @@ CREATE OR REPLACE FUNCTION public.rc_rate_error(
 RETURNS text
 LANGUAGE sql IMMUTABLE AS $$
     SELECT coalesce(public.rc_key_error(p_ns, p_key), CASE
-        WHEN p_failures IS NULL OR p_calls IS NULL OR p_failures < 0 OR p_calls < p_failures THEN
-            'a report''s window must hold 0 <= failures <= calls, got '
+        WHEN p_failures IS NULL OR p_calls IS NULL OR p_failures < 0 OR p_calls < p_failures
+             OR p_calls < 1 THEN
+            'a report must hold 0 <= failures <= calls and at least 1 call, got '
             || coalesce(p_failures::text, 'NULL') || ' of ' || coalesce(p_calls::text, 'NULL')
         WHEN p_limit_num IS NULL OR p_limit_den IS NULL OR p_limit_num < 1
              OR p_limit_den < p_limit_num THEN
@@ -47,8 +51,8 @@ LANGUAGE sql IMMUTABLE AS $$
     END)
 $$;
 
--- One instance's report of its window for `p_key`. Replaces its earlier report; when the reports
--- younger than p_period_ms add up to at least p_min_calls calls and failures / calls >=
+-- One instance's report for `p_key`: the calls and failures since its previous one. When the
+-- reports younger than p_period_ms add up to at least p_min_calls calls and failures / calls >=
 -- p_limit_num / p_limit_den, the key opens for p_cooldown_ms, the change log says so (the
 -- fleet's counts, the limit, the instances), and the reports are spent.
 --
@@ -95,13 +99,10 @@ BEGIN
         WHERE namespace = p_ns AND resource_key = p_key
           AND (reported_at <= clock_timestamp() - p_period_ms * interval '1 millisecond'
                OR reported_at < r.updated_at);
-    INSERT INTO public.rc_rate_reports AS x
+    INSERT INTO public.rc_rate_reports
         (namespace, resource_key, instance, reported_at, failures, calls)
-        VALUES (p_ns, p_key, p_instance, clock_timestamp(), p_failures, p_calls)
-        ON CONFLICT (namespace, resource_key, instance) DO UPDATE
-            SET reported_at = EXCLUDED.reported_at, failures = EXCLUDED.failures,
-                calls = EXCLUDED.calls;
-    SELECT coalesce(sum(failures), 0), coalesce(sum(calls), 0), count(*)
+        VALUES (p_ns, p_key, p_instance, clock_timestamp(), p_failures, p_calls);
+    SELECT coalesce(sum(failures), 0), coalesce(sum(calls), 0), count(DISTINCT instance)
         INTO fleet_failures, fleet_calls, reporters
         FROM public.rc_rate_reports WHERE namespace = p_ns AND resource_key = p_key;
     IF fleet_calls >= p_min_calls AND fleet_failures > 0

@@ -50,9 +50,9 @@ pub enum TripPolicy {
         within: Duration,
     },
     /// The database opens the breaker when the fleet's failure rate over `period` reaches
-    /// `limit`, over at least `min_calls` calls. No instance opens it on its own window: each
-    /// reports its window (the failure limit's last `n` outcomes) while that window holds
-    /// failures, at most once per flush interval
+    /// `limit`, over at least `min_calls` calls. No instance opens it on its own window: while
+    /// its window holds failures, each reports the calls and failures it recorded since its
+    /// previous report, at most once per flush interval
     /// ([`PostgresOptions::fleet_rate_interval`](crate::storage::postgres::PostgresOptions::fleet_rate_interval),
     /// 1 s by default), and the reports younger than `period` add up. A healthy fleet sends
     /// nothing. On the in-memory store, and while the database is unreachable, the instance

@@ -126,6 +126,16 @@ impl KeyCell {
         (slow.closed.failures(), slow.closed.len())
     }
 
+    /// `TripPolicy::FleetRate`: the failures and calls counted since the last report, taken
+    /// (the next report starts from zero).
+    pub(crate) fn take_rate_counts(&self) -> (u32, u32) {
+        let mut slow = self.lock();
+        let taken = (slow.rate_failures, slow.rate_calls);
+        slow.rate_failures = 0;
+        slow.rate_calls = 0;
+        taken
+    }
+
     /// The local trip not yet accepted, if any.
     pub(crate) fn pending_trip(&self) -> Option<PendingTrip> {
         self.lock().view.pending_trip

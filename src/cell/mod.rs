@@ -128,6 +128,10 @@ struct Slow {
     /// store the row counts them (`reopens`, `sql/0011_growing_cooldowns.sql`); this count
     /// follows the reopens this instance sees, for local rounds while the database is away.
     reopens: u32,
+    /// `TripPolicy::FleetRate`: the calls and failures recorded since the last report, counted
+    /// while the window holds failures (`storage::postgres::rates` takes them).
+    rate_calls: u32,
+    rate_failures: u32,
     /// With a slow-call rate on the count window: one bit per outcome of `closed`, in step with
     /// it, set ("failure") for a slow call.
     slow_calls: Option<OutcomeWindow>,
@@ -302,6 +306,8 @@ impl KeyCell {
                 view: FleetView::default(),
                 handles: 0,
                 reopens: 0,
+                rate_calls: 0,
+                rate_failures: 0,
                 slow_calls,
                 timed,
             }),
@@ -587,13 +593,14 @@ impl KeyCell {
                     // Release for symmetry with transitions; nothing else is published here.
                     self.store(next, Ordering::Release);
                 }
-                // AcqRel: one recorder queues the cell; the reporter clears the flag before it
-                // reads the window, so an outcome recorded after that read queues it again.
-                if fleet_rate
-                    && (had_failures || slow.closed.failures() > 0)
-                    && !self.rate_queued.swap(true, Ordering::AcqRel)
-                {
-                    return Recorded::Rate;
+                if fleet_rate && (had_failures || slow.closed.failures() > 0) {
+                    slow.rate_calls = slow.rate_calls.saturating_add(1);
+                    slow.rate_failures = slow.rate_failures.saturating_add(u32::from(!success));
+                    // AcqRel: one recorder queues the cell; the reporter clears the flag before
+                    // it takes the counts, so an outcome counted after that queues it again.
+                    if !self.rate_queued.swap(true, Ordering::AcqRel) {
+                        return Recorded::Rate;
+                    }
                 }
                 Recorded::Nothing
             }

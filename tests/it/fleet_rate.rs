@@ -89,6 +89,28 @@ async fn the_fleet_rate_trips_at_the_minimum_calls_and_not_before() {
     assert_eq!(rate["min_calls"], 30, "{why}");
 }
 
+/// One instance's calls count over the period, not only its last window: with windows of 10 and
+/// 20 calls needed, 19 failed calls leave the key closed and the 20th opens it.
+#[tokio::test]
+async fn one_instance_reaches_the_minimum_over_the_period() {
+    let db = test_db().await;
+    let admin = db.client().await;
+    let key = unique_key("alone-rate");
+    let (a, b) = (instance(&db).await, instance(&db).await);
+    let on_a = Watched::new(&a, &key, fleet_rate(20));
+    let mut on_b = Watched::new(&b, &key, fleet_rate(20));
+    for _ in 0..19 {
+        fail(&on_a.cb).await;
+    }
+    assert!(a.flush(WAIT).await);
+    assert_eq!(row_state(&admin, &key).await, None, "19 calls: not yet");
+    assert!(on_a.cb.try_acquire().is_ok(), "still calling");
+    fail(&on_a.cb).await;
+    assert!(a.flush(WAIT).await);
+    assert_eq!(row_state(&admin, &key).await.as_deref(), Some("OPEN"));
+    assert!(on_b.reaches(State::Open).await);
+}
+
 /// Reports under the limit do not open the key, however many calls they add up to; a report at
 /// the limit does. Read from the database directly, as the application role.
 #[tokio::test]
@@ -131,8 +153,13 @@ async fn the_rate_must_reach_the_limit() {
     );
     assert_eq!(
         report("c", 6).await,
-        ("OPEN".to_owned(), 15, 30),
-        "c's new window replaces its old one: 15/30"
+        ("CLOSED".to_owned(), 17, 40),
+        "c's next report adds its new calls: 17/40 < 1/2"
+    );
+    assert_eq!(
+        report("d", 10).await,
+        ("OPEN".to_owned(), 27, 50),
+        "27/50 >= 1/2"
     );
     let bad = app
         .query_one(
@@ -147,6 +174,21 @@ async fn the_rate_must_reach_the_limit() {
         bad.as_deref()
             .is_some_and(|e| e.contains("failures <= calls")),
         "{bad:?}"
+    );
+    let empty = app
+        .query_one(
+            "SELECT o_error FROM rc_report_rates('default', 'i', ARRAY['k'], ARRAY[0], ARRAY[0],
+                 ARRAY[1], ARRAY[2], ARRAY[20], ARRAY[60000::bigint], ARRAY[60000::bigint])",
+            &[],
+        )
+        .await
+        .expect("answers")
+        .get::<_, Option<String>>(0);
+    assert!(
+        empty
+            .as_deref()
+            .is_some_and(|e| e.contains("at least 1 call")),
+        "{empty:?}"
     );
 }
 

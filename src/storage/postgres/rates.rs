@@ -1,13 +1,14 @@
-//! Fleet failure rates ([`TripPolicy::FleetRate`](crate::TripPolicy)): the windows of this
-//! instance's breakers that hold failures, reported to the database at most once per
-//! `fleet_rate_interval`, all keys in one statement (`rc_report_rates`, in
-//! `sql/0012_fleet_rate.sql`), which opens a key when the fleet's rate reaches its limit.
+//! Fleet failure rates ([`TripPolicy::FleetRate`](crate::TripPolicy)): the calls and failures
+//! this instance's breakers recorded while their windows held failures, reported to the database
+//! at most once per `fleet_rate_interval`, all keys in one statement (`rc_report_rates`, in
+//! `sql/0012_fleet_rate.sql`), which adds up the reports of the period and opens a key when the
+//! fleet's rate reaches its limit.
 //!
-//! A cell queues itself when an outcome lands in a window that holds failures (or just lost its
-//! last one: that report lowers the fleet's rate); a window without failures is on the one-load
-//! fast path and never gets here, so a healthy fleet sends no statement at all. Nothing is
-//! retried: a failed report is stale by the next interval, and the next outcome queues the key
-//! again.
+//! A cell counts and queues itself when an outcome lands in a window that holds failures (or
+//! just lost its last one); a window without failures is on the one-load fast path and never
+//! gets here, so a healthy fleet sends no statement at all. Each report carries the counts since
+//! the previous one. Nothing is retried: a failed report's calls are lost to the fleet's sum
+//! (they would be stale by the next interval), and the next outcome queues the key again.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -115,17 +116,17 @@ impl Shared {
         let (mut periods, mut cooldowns) = (Vec::new(), Vec::new());
         let mut by_key = std::collections::HashMap::with_capacity(cells.len());
         for cell in cells {
-            // Release: an outcome recorded after this sees the flag clear and queues again, and
-            // its window is read by the next report.
+            // Release: an outcome counted after this sees the flag clear and queues again; its
+            // count goes into the next report.
             cell.rate_queued.store(false, Ordering::Release);
             let policy = cell.policy();
             let Some((limit, min_calls, period)) = policy.trip.fleet_rate() else {
                 continue;
             };
-            if cell.state() != State::Closed {
-                continue; // open or probing: the round decides now
+            let (f, n) = cell.take_rate_counts();
+            if cell.state() != State::Closed || n == 0 {
+                continue; // open or probing (the round decides now), or nothing new
             }
-            let (f, n) = cell.window_counts();
             keys.push(cell.key.to_string());
             failures.push(i32::try_from(f).unwrap_or(i32::MAX));
             calls.push(i32::try_from(n).unwrap_or(i32::MAX));
