@@ -23,6 +23,7 @@ pub(crate) const CALLS: &str = "resilient_circuit_calls_total";
 pub(crate) const REJECTED: &str = "resilient_circuit_rejected_calls_total";
 pub(crate) const CALL_DURATION: &str = "resilient_circuit_call_duration_seconds";
 pub(crate) const TRANSITIONS: &str = "resilient_circuit_transitions_total";
+pub(crate) const WOULD_TRIP: &str = "resilient_circuit_would_trip_total";
 pub(crate) const OPEN_UNTIL: &str = "resilient_circuit_open_until_timestamp_seconds";
 pub(crate) const PROBES: &str = "resilient_circuit_half_open_probes_in_flight";
 pub(crate) const CONNECTED: &str = "resilient_circuit_listener_connected";
@@ -67,6 +68,10 @@ fn describe() {
             "Duration of calls run through call/call_with or the tower layer (opt-in: Builder::call_metrics)"
         );
         describe_counter!(TRANSITIONS, "State transitions applied to the key here");
+        describe_counter!(
+            WOULD_TRIP,
+            "Times a metrics-only breaker's window reached its limit (a normal one would have opened)"
+        );
         describe_gauge!(
             OPEN_UNTIL,
             Unit::Seconds,
@@ -171,6 +176,16 @@ impl KeyMetrics {
             "from" => state_label(from),
             "to" => state_label(to),
             "origin" => origin
+        )
+        .increment(1);
+    }
+
+    /// A metrics-only breaker's window reached its limit (`Mode::MetricsOnly`).
+    pub(crate) fn would_trip(&self) {
+        metrics::counter!(
+            WOULD_TRIP,
+            "key" => self.key.clone(),
+            "namespace" => self.namespace.clone()
         )
         .increment(1);
     }

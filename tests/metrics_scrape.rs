@@ -337,6 +337,38 @@ async fn a_scrape_shows_every_state_count_and_instance_metric() {
         "no error, no series"
     );
 
+    // A metrics-only breaker (live configuration) counts what would have opened it.
+    let trial = "scrape_trial";
+    db.app_client()
+        .await
+        .execute(
+            "SELECT FROM rc_configure($1, $2, p_mode => 'metrics_only')",
+            &[&pg_ns, &trial],
+        )
+        .await
+        .expect("configures");
+    let on_trial = CircuitBreaker::builder(trial)
+        .storage(a.clone())
+        .failure_limit(Ratio::new(2, 2))
+        .build()
+        .expect("valid");
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            on_trial.mode() == resilient_circuit::Mode::MetricsOnly
+        })
+        .await
+    );
+    fail(&on_trial).await;
+    fail(&on_trial).await;
+    assert_eq!(on_trial.state(), State::Closed);
+    let s = scrape_async(addr).await;
+    assert_eq!(
+        s.value("resilient_circuit_would_trip_total", &pg(&[("key", trial)])),
+        Some(1.0),
+        "{}",
+        s.text
+    );
+
     // An instance that loses its connection: degraded, reconnecting, a trip pending and failing,
     // then all caught up once the path is back.
     let cut_ns = "scrape_cut";

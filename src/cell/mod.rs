@@ -582,10 +582,16 @@ impl KeyCell {
                 let fleet_rate = slow.policy.trip.fleet_rate().is_some()
                     && self.is_fleet()
                     && mode == Mode::Normal;
-                // Metrics-only: the window counts, the breaker never trips.
                 if !fleet_rate && mode == Mode::Normal && slow.closed_trips() {
                     let deadline = self.deadline_after(slow.policy.cooldown);
                     return Recorded::Changed(self.set_state(&mut slow, State::Open, deadline));
+                }
+                // Metrics-only: the window counts and never trips; reaching the limit is counted
+                // and the window starts over, as it would after the trip and the close.
+                if mode == Mode::MetricsOnly && slow.closed_trips() {
+                    self.metrics.would_trip();
+                    tracing::info!(key = %self.key, "metrics-only: the window reached its limit (a normal breaker would have opened)");
+                    slow.clear_closed();
                 }
                 let clean = slow.closed_clean();
                 let next = cur.with_clean(clean);
