@@ -295,6 +295,8 @@ async fn notify_key(client: &Client) -> Result<Option<NotifyKey>, StorageError> 
 /// Loads every row of the namespace into the cells. Keys whose row is gone become CLOSED.
 async fn resync(shared: &Arc<Shared>, client: &Client) -> Result<(), StorageError> {
     let started = std::time::Instant::now();
+    // Before the query: what the cells apply after this is newer than the snapshot.
+    let read_at = shared.clock.now_nanos();
     let rows = client
         .query_typed(
             statements::SNAPSHOT,
@@ -311,7 +313,7 @@ async fn resync(shared: &Arc<Shared>, client: &Client) -> Result<(), StorageErro
     let mut seen = HashSet::with_capacity(rows.len());
     for row in &rows {
         let (key, remote) = statements::decode_snapshot(row)?;
-        shared.apply_key(&storage, &key, remote, Source::Reload, None);
+        shared.apply_key(&storage, &key, remote, Source::Reload { read_at }, None);
         seen.insert(key);
     }
     // Collected first: applying runs no user code, but nothing runs under the map's locks.
@@ -322,7 +324,7 @@ async fn resync(shared: &Arc<Shared>, client: &Client) -> Result<(), StorageErro
         .map(|e| e.value().clone())
         .collect();
     for cell in gone {
-        shared.apply(&cell, Remote::ABSENT, Source::Reload, None);
+        shared.apply(&cell, Remote::ABSENT, Source::Reload { read_at }, None);
     }
     // The live configuration too: changes made while this instance was away were not heard.
     configs::refresh(shared, client, None).await?;
@@ -417,6 +419,7 @@ async fn confirm(
     client: &Client,
     keys: Vec<String>,
 ) -> Result<(), StorageError> {
+    let read_at = shared.clock.now_nanos(); // see `resync`
     let rows = client
         .query_typed(
             statements::CONFIRM,
@@ -433,11 +436,17 @@ async fn confirm(
     let mut found = HashSet::new();
     for row in &rows {
         let (key, remote) = statements::decode_snapshot(row)?;
-        shared.apply_key(&storage, &key, remote, Source::Reload, None);
+        shared.apply_key(&storage, &key, remote, Source::Reload { read_at }, None);
         found.insert(key);
     }
     for key in keys.iter().filter(|k| !found.contains(*k)) {
-        shared.apply_key(&storage, key, Remote::ABSENT, Source::Reload, None);
+        shared.apply_key(
+            &storage,
+            key,
+            Remote::ABSENT,
+            Source::Reload { read_at },
+            None,
+        );
     }
     Ok(())
 }

@@ -13,7 +13,7 @@
 //! | notification while an override of ours is in flight | the newest is kept and applied after the override's answer, if newer than it | `hardening::notification_during_override_is_not_lost` |
 //! | answer to our own override | applied unless older than the version held; a later local decision (a trip queued behind) keeps the state, the version is raised | `faults::force_closed_is_not_undone_by_a_late_trip`, `postgres::trip_after_force_closed_wins` |
 //! | any other answer (our trip, a probe lease or report) | applied unless older than the version held: an answer never lowers a newer version | `hardening::late_answer_does_not_lower_a_newer_version` |
-//! | reload row (or no row: CLOSED at version 0) | authoritative, even if older (it is the table now), except over a local trip not yet accepted and not older than the row, or an override in flight | `faults::restart_under_traffic_converges`, `hardening::stale_trip_is_not_replayed_over_a_later_close` |
+//! | reload row (or no row: CLOSED at version 0) | authoritative, even if older (it is the table now), except over a local trip not yet accepted and not older than the row, an override in flight, or a newer version this cell applied after the reload's query was sent (the snapshot predates it) | `faults::restart_under_traffic_converges`, `hardening::stale_trip_is_not_replayed_over_a_later_close`, `precedence::tests::a_reload_read_before_an_answer_does_not_undo_it` |
 //! | local trip published | carries the newest version this instance had seen when it decided (`basis`); the database refuses it over a row with a newer version | `hardening::stale_trip_is_not_replayed_over_a_later_close` |
 //! | quorum vote cast, or a fleet-rate breaker's own trip (while the database was away) | held like a local trip not yet accepted (same rules, same basis) until its cooldown ends, so the table's CLOSED row does not reopen this instance's calls; a newer row (the quorum opened the key, an operator acted) wins. Never sent as a trip | `quorum::a_voter_stops_its_own_calls_until_its_cooldown_ends`, `quorum::an_operator_close_ends_a_vote_hold` |
 
@@ -44,8 +44,9 @@ impl Remote {
 pub(crate) enum Source {
     /// A NOTIFY from the trigger (authenticated), or a row confirmed after one.
     Notification,
-    /// The full reload after a (re)connect or on the reconcile timer.
-    Reload,
+    /// The full reload after a (re)connect or on the reconcile timer, or a row read to confirm a
+    /// notification. `read_at`: clock nanoseconds when the query was sent.
+    Reload { read_at: u64 },
     /// A transition function's answer to a call of ours that is not an override.
     Answer,
     /// The answer to our own manual override. `superseded`: this instance decided again for the
@@ -89,6 +90,9 @@ pub(crate) struct FleetView {
     pub(crate) deferred: Option<Remote>,
     /// Our trip not yet accepted by the database.
     pub(crate) pending_trip: Option<PendingTrip>,
+    /// Clock nanoseconds when a notification or an answer last set `version`: a reload read
+    /// before then may be older than what the cell holds.
+    pub(crate) applied_at: u64,
 }
 
 impl FleetView {
@@ -136,8 +140,13 @@ impl FleetView {
                     None => Verdict::Ignore,
                 }
             }
-            Source::Reload => {
+            Source::Reload { read_at } => {
                 if self.overrides_in_flight > 0 {
+                    return Verdict::Ignore;
+                }
+                if incoming.version < self.version && self.applied_at >= read_at {
+                    // Read before a change this cell applied since (an override's answer that
+                    // arrived while the snapshot was on its way): the snapshot is the older.
                     return Verdict::Ignore;
                 }
                 if let Some(p) = self.pending_trip {
@@ -156,6 +165,7 @@ impl FleetView {
     /// was decided after it (the database will accept that trip over it).
     fn accept(&mut self, incoming: Remote, now: u64) -> Verdict {
         self.version = incoming.version;
+        self.applied_at = now;
         if let Some(p) = self.pending_trip {
             if p.deadline > now && incoming.version <= p.basis {
                 return Verdict::Ignore;

@@ -15,6 +15,8 @@ fn applies(v: Verdict, state: State, version: i64) -> bool {
 }
 
 const NOW: u64 = 1_000;
+/// A reload whose query was sent after everything the tests applied at `NOW`.
+const RELOAD: Source = Source::Reload { read_at: NOW + 1 };
 
 #[test]
 fn notifications_apply_only_when_newer() {
@@ -129,7 +131,7 @@ fn reload_is_authoritative_except_over_a_trip_ahead_of_it() {
     };
     // Lower version: the table is the truth (a forged or lost version).
     assert!(applies(
-        view.judge(r(State::Closed, 3), Source::Reload, NOW),
+        view.judge(r(State::Closed, 3), RELOAD, NOW),
         State::Closed,
         3
     ));
@@ -140,12 +142,12 @@ fn reload_is_authoritative_except_over_a_trip_ahead_of_it() {
         held_only: false,
     });
     assert_eq!(
-        view.judge(r(State::Closed, 7), Source::Reload, NOW),
+        view.judge(r(State::Closed, 7), RELOAD, NOW),
         Verdict::Ignore
     );
     // A row newer than the trip's basis: a later decision; the trip is dropped.
     assert!(applies(
-        view.judge(r(State::Closed, 8), Source::Reload, NOW),
+        view.judge(r(State::Closed, 8), RELOAD, NOW),
         State::Closed,
         8
     ));
@@ -164,7 +166,7 @@ fn reload_drops_an_expired_trip() {
         ..FleetView::default()
     };
     assert!(applies(
-        view.judge(r(State::Closed, 2), Source::Reload, NOW),
+        view.judge(r(State::Closed, 2), RELOAD, NOW),
         State::Closed,
         2
     ));
@@ -177,10 +179,7 @@ fn reload_waits_for_an_override_in_flight() {
         overrides_in_flight: 1,
         ..FleetView::default()
     };
-    assert_eq!(
-        view.judge(r(State::Open, 2), Source::Reload, NOW),
-        Verdict::Ignore
-    );
+    assert_eq!(view.judge(r(State::Open, 2), RELOAD, NOW), Verdict::Ignore);
 }
 
 #[test]
@@ -240,4 +239,35 @@ fn answered_trip_is_no_longer_pending_unless_a_later_one() {
     assert!(view.pending_trip.is_some());
     view.trip_answered(2);
     assert!(view.pending_trip.is_none());
+}
+
+/// An answer applied while a reload's query was on its way (an override retried as the listener
+/// reconnects) is newer than that snapshot: the snapshot's older row does not undo it. A reload
+/// sent after the answer is the table, and applies.
+#[test]
+fn a_reload_read_before_an_answer_does_not_undo_it() {
+    let mut view = FleetView::default();
+    assert!(applies(
+        view.judge(r(State::Open, 10), Source::Answer, NOW),
+        State::Open,
+        10
+    ));
+    assert_eq!(
+        view.judge(
+            r(State::Closed, 0),
+            Source::Reload { read_at: NOW - 1 },
+            NOW
+        ),
+        Verdict::Ignore,
+        "read before the answer"
+    );
+    assert!(applies(
+        view.judge(
+            r(State::Closed, 0),
+            Source::Reload { read_at: NOW + 1 },
+            NOW + 2
+        ),
+        State::Closed,
+        0
+    ));
 }
