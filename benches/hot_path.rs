@@ -234,14 +234,15 @@ mod rc {
         clean(key, Storage::in_memory(), window, window / 2, false)
     }
 
-    /// A breaker like [`healthy`] configured further by `f` (a time window, slow calls), its
-    /// window filled with successes.
+    /// A breaker like [`healthy`] on `storage`, configured further by `f` (a time window, slow
+    /// calls, a trip policy), its window filled with successes.
     pub fn healthy_configured(
         key: &str,
+        storage: Storage,
         f: impl FnOnce(resilient_circuit::Builder) -> resilient_circuit::Builder,
     ) -> CircuitBreaker {
         let cb = f(CircuitBreaker::builder(key)
-            .storage(Storage::in_memory())
+            .storage(storage)
             .failure_limit(Ratio::new(FAILURES_TO_TRIP, WINDOW))
             .cooldown(COOLDOWN))
         .build()
@@ -265,26 +266,6 @@ mod rc {
     /// A breaker like [`healthy`] on `storage`.
     pub fn healthy_on(key: &str, storage: Storage) -> CircuitBreaker {
         clean(key, storage, WINDOW, FAILURES_TO_TRIP, false)
-    }
-
-    /// A breaker like [`healthy_on`] whose fleet opens by `policy`.
-    pub fn healthy_policy_on(
-        key: &str,
-        storage: Storage,
-        policy: resilient_circuit::TripPolicy,
-    ) -> CircuitBreaker {
-        let cb = CircuitBreaker::builder(key)
-            .storage(storage)
-            .failure_limit(Ratio::new(FAILURES_TO_TRIP, WINDOW))
-            .cooldown(COOLDOWN)
-            .trip_policy(policy)
-            .build()
-            .expect("valid breaker");
-        for _ in 0..2 * WINDOW {
-            cb.try_acquire().expect("closed").success();
-        }
-        assert_eq!(cb.execution_log(), vec![true; WINDOW as usize]);
-        cb
     }
 
     #[inline(always)]
@@ -454,18 +435,24 @@ mod closed_single_thread {
         });
         // The opt-in windows: a time window counts every success under the key's lock with a
         // clock reading; a slow-call threshold makes `call` read the clock twice.
-        let timed = rc::healthy_configured("closed_single_thread_time_window", |b| {
-            b.time_window(Duration::from_secs(60)).minimum_calls(WINDOW)
-        });
+        let timed = rc::healthy_configured(
+            "closed_single_thread_time_window",
+            resilient_circuit::Storage::in_memory(),
+            |b| b.time_window(Duration::from_secs(60)).minimum_calls(WINDOW),
+        );
         group.bench_function("resilient_circuit/try_acquire_success_time_window", |b| {
             b.iter(|| rc::acquire_success(&timed))
         });
-        let slow = rc::healthy_configured("closed_single_thread_slow_calls", |b| {
-            b.slow_call(
-                Duration::from_secs(1),
-                resilient_circuit::SlowCalls::AsFailure,
-            )
-        });
+        let slow = rc::healthy_configured(
+            "closed_single_thread_slow_calls",
+            resilient_circuit::Storage::in_memory(),
+            |b| {
+                b.slow_call(
+                    Duration::from_secs(1),
+                    resilient_circuit::SlowCalls::AsFailure,
+                )
+            },
+        );
         group.bench_function(
             "resilient_circuit/try_acquire_record_timed_slow_calls",
             |b| b.iter(|| rc::acquire_record_timed(&slow)),
@@ -750,14 +737,12 @@ mod postgres {
         }
         // The trip policy is read only when the window trips: a quorum breaker's calls take
         // the same paths as the default's.
-        let quorum = rc::healthy_policy_on(
-            "pg_quorum",
-            storage.clone(),
-            resilient_circuit::TripPolicy::Quorum {
+        let quorum = rc::healthy_configured("pg_quorum", storage.clone(), |b| {
+            b.trip_policy(resilient_circuit::TripPolicy::Quorum {
                 instances: 3,
                 within: Duration::from_secs(60),
-            },
-        );
+            })
+        });
         group.bench_function("quorum/resilient_circuit/try_acquire_success", |b| {
             b.iter(|| rc::acquire_success(&quorum))
         });
@@ -766,15 +751,13 @@ mod postgres {
         });
         // A fleet rate breaker whose window holds failures queues a report (at most one per
         // interval reaches the database): the cost of that bookkeeping on the calls.
-        let rate = rc::healthy_policy_on(
-            "pg_fleet_rate",
-            storage.clone(),
-            resilient_circuit::TripPolicy::FleetRate {
+        let rate = rc::healthy_configured("pg_fleet_rate", storage.clone(), |b| {
+            b.trip_policy(resilient_circuit::TripPolicy::FleetRate {
                 limit: resilient_circuit::Ratio::new(1, 2),
                 min_calls: 1_000_000,
                 period: Duration::from_secs(60),
-            },
-        );
+            })
+        });
         group.bench_function("fleet_rate/resilient_circuit/try_acquire_success", |b| {
             b.iter(|| rc::acquire_success(&rate))
         });

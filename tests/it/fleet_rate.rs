@@ -161,35 +161,23 @@ async fn the_rate_must_reach_the_limit() {
         ("OPEN".to_owned(), 27, 50),
         "27/50 >= 1/2"
     );
-    let bad = app
-        .query_one(
-            "SELECT o_error FROM rc_report_rates('default', 'i', ARRAY['k'], ARRAY[3], ARRAY[2],
-                 ARRAY[1], ARRAY[2], ARRAY[20], ARRAY[60000::bigint], ARRAY[60000::bigint])",
-            &[],
-        )
-        .await
-        .expect("answers")
-        .get::<_, Option<String>>(0);
-    assert!(
-        bad.as_deref()
-            .is_some_and(|e| e.contains("failures <= calls")),
-        "{bad:?}"
-    );
-    let empty = app
-        .query_one(
-            "SELECT o_error FROM rc_report_rates('default', 'i', ARRAY['k'], ARRAY[0], ARRAY[0],
-                 ARRAY[1], ARRAY[2], ARRAY[20], ARRAY[60000::bigint], ARRAY[60000::bigint])",
-            &[],
-        )
-        .await
-        .expect("answers")
-        .get::<_, Option<String>>(0);
-    assert!(
-        empty
-            .as_deref()
-            .is_some_and(|e| e.contains("at least 1 call")),
-        "{empty:?}"
-    );
+    // Bad reports: each answered with its error, as the batch does for one bad element.
+    for (failures, calls, says) in [(3, 2, "failures <= calls"), (0, 0, "at least 1 call")] {
+        let error = app
+            .query_one(
+                "SELECT o_error FROM rc_report_rates('default', 'i', ARRAY['k'], ARRAY[$1::int],
+                     ARRAY[$2::int], ARRAY[1], ARRAY[2], ARRAY[20], ARRAY[60000::bigint],
+                     ARRAY[60000::bigint])",
+                &[&failures, &calls],
+            )
+            .await
+            .expect("answers")
+            .get::<_, Option<String>>(0);
+        assert!(
+            error.as_deref().is_some_and(|e| e.contains(says)),
+            "{failures} of {calls}: {error:?}"
+        );
+    }
 }
 
 /// A healthy fleet sends no statement: the server's own log (`log_statement = all`) shows no
