@@ -90,14 +90,15 @@
 //! * `policy`, `window`, `time_window`: the pure decision rules, the outcome ring and the
 //!   time window's slices, testable without a clock; `trip_policy`: [`TripPolicy`], who opens a
 //!   breaker for the fleet (quorum votes are cast by `storage::postgres::votes` and counted by
-//!   `rc_vote` in `sql/0010_quorum.sql`; failure rates are reported by
-//!   `storage::postgres::rates` and judged by `rc_report_rates` in `sql/0012_fleet_rate.sql`);
+//!   `rc_vote` in `sql/objects/`; failure rates are reported by
+//!   `storage::postgres::rates` and judged by `rc_report_rates` in `sql/objects/`);
 //!   `live_config`: [`LiveConfig`] and [`Mode`], a key's configuration from the table
-//!   (`sql/0013_live_config.sql`), read by `storage::postgres::configs`.
+//!   (`sql/migrations/0013_live_config.sql`), read by `storage::postgres::configs`.
 //! * [`storage`]: the key map; `storage::postgres` holds the shared backend: its listener
 //!   (`listener.rs`), who wins between local decisions and the table (`precedence.rs`), its
 //!   outbox of transitions (`publish.rs`) and every statement it sends (`statements.rs`); the
-//!   SQL itself lives in `sql/` as numbered migrations.
+//!   SQL itself lives in `sql/`: `migrations/` for tables, `objects/` for the current definition
+//!   of every function and trigger.
 //! * [`clock`]: monotonic time, injectable for tests.
 //! * `tower` (feature `tower`): `CircuitBreakerLayer` for any `tower::Service`, as a tower
 //!   middleware folder (`layer.rs`, `service.rs`, `future.rs`, `classify.rs`, `error.rs`).

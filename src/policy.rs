@@ -74,7 +74,7 @@ impl Policy {
     /// With growth on it is `min(max_cooldown, cooldown × 2^reopens)`, shortened by `jitter × 10%`
     /// for `reopens ≥ 1` (`jitter` in `[0, 1)`, drawn by the caller), so it never exceeds the cap
     /// and keys reopened together spread their probes. Without growth, the base cooldown. The
-    /// same formula as `rc_report_probe` in `sql/0011_growing_cooldowns.sql`.
+    /// same formula as `rc_report_probe` in `sql/objects/rc_grown_cooldown_ms.sql`.
     pub(crate) fn cooldown_after(&self, reopens: u32, jitter: f64) -> Duration {
         let Some(max) = self.max_cooldown else {
             return self.cooldown;

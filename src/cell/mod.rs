@@ -125,7 +125,7 @@ struct Slow {
     handles: u32,
     /// Half-open rounds that failed since the breaker last closed: the `n` of a growing
     /// cooldown (`Policy::cooldown_after`). Reset by every transition to CLOSED. With a shared
-    /// store the row counts them (`reopens`, `sql/0011_growing_cooldowns.sql`); this count
+    /// store the row counts them (`reopens`, `sql/objects/rc_report_probe.sql`); this count
     /// follows the reopens this instance sees, for local rounds while the database is away.
     reopens: u32,
     /// `TripPolicy::FleetRate`: the calls and failures recorded since the last report, counted

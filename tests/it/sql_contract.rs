@@ -785,21 +785,32 @@ async fn statements_match_the_catalog() {
     }
 }
 
-/// The migration list compiled into the crate is exactly the files of `sql/`, in order.
-#[test]
-fn migration_list_matches_the_sql_folder() {
-    let mut files: Vec<String> = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/sql"))
-        .expect("sql/")
+/// The files of `sql/<dir>`, sorted.
+fn sql_files(dir: &str) -> Vec<String> {
+    let path = format!("{}/sql/{dir}", env!("CARGO_MANIFEST_DIR"));
+    let mut files: Vec<String> = std::fs::read_dir(&path)
+        .unwrap_or_else(|e| panic!("{path}: {e}"))
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| n.ends_with(".sql"))
         .collect();
     files.sort();
-    let listed: Vec<String> = resilient_circuit::storage::postgres::migrate::MIGRATIONS
+    files
+}
+
+/// The migration list compiled into the crate is exactly the files of `sql/migrations/`, in
+/// order, and the object list exactly those of `sql/objects/`, each once.
+#[test]
+fn migration_and_object_lists_match_the_sql_folders() {
+    use resilient_circuit::storage::postgres::migrate::{MIGRATIONS, OBJECTS};
+    let listed: Vec<String> = MIGRATIONS
         .iter()
         .map(|m| format!("{:04}_{}.sql", m.version, m.name))
         .collect();
-    assert_eq!(files, listed);
+    assert_eq!(sql_files("migrations"), listed);
+    let mut objects: Vec<String> = OBJECTS.iter().map(|o| format!("{}.sql", o.name)).collect();
+    objects.sort();
+    assert_eq!(sql_files("objects"), objects);
 }
 
 /// A statement the server refuses keeps the driver's error as its source, SQLSTATE and all.

@@ -44,9 +44,13 @@ pub async fn run(opts: &PostgresOptions, args: Args) -> Result<ExitCode, CliErro
         if pending.is_empty() {
             say!("-- every migration is applied");
         }
-        for m in &pending {
+        for m in &pending.migrations {
             say!("-- migration {:04}_{}", m.version, m.name);
             say!("{}", m.sql.trim_end());
+        }
+        for o in &pending.objects {
+            say!("-- object {}", o.name);
+            say!("{}", o.sql.trim_end());
         }
         for (_, sql) in &grants {
             say!("{sql};");
@@ -57,7 +61,11 @@ pub async fn run(opts: &PostgresOptions, args: Args) -> Result<ExitCode, CliErro
     if !args.yes {
         let mut what = Vec::new();
         if !pending.is_empty() {
-            what.push(format!("apply {} migration(s)", pending.len()));
+            what.push(format!(
+                "apply {} migration(s) and {} object(s)",
+                pending.migrations.len(),
+                pending.objects.len()
+            ));
         }
         if !grants.is_empty() {
             let roles: Vec<&str> = grants.iter().map(|(r, _)| *r).collect();
@@ -70,10 +78,20 @@ pub async fn run(opts: &PostgresOptions, args: Args) -> Result<ExitCode, CliErro
 
     let applied = migrate::migrate(session.client_mut()).await?;
     if applied.is_empty() {
-        say!("schema: every migration was applied already");
+        say!("schema: every migration and object was applied already");
     } else {
-        let list: Vec<String> = applied.iter().map(|v| format!("{v:04}")).collect();
-        say!("schema: applied migration(s) {}", list.join(", "));
+        let list: Vec<String> = applied
+            .migrations
+            .iter()
+            .map(|m| format!("{:04}", m.version))
+            .collect();
+        if !list.is_empty() {
+            say!("schema: applied migration(s) {}", list.join(", "));
+        }
+        if !applied.objects.is_empty() {
+            let names: Vec<&str> = applied.objects.iter().map(|o| o.name).collect();
+            say!("schema: applied object(s) {}", names.join(", "));
+        }
     }
     migrate::verify(session.client()).await?;
 

@@ -1,4 +1,4 @@
-//! Live configuration from the table (`rc_breaker_config`, `sql/0013_live_config.sql`): read at
+//! Live configuration from the table (`rc_breaker_config`, `sql/migrations/0013_live_config.sql`): read at
 //! every (re)load of the namespace, and for one key when the channel `rc_breaker_config` says it
 //! changed (the notification is a hint: the row is read, so it needs no MAC). A row the instance
 //! cannot use is refused with a warning and the configuration in force stays.

@@ -101,7 +101,7 @@ async fn connect_inner(
     // through a transaction pooler: the settings would stay on its server connection for its
     // other clients (the client's timeout still cancels a call on the server).
     // This instance's id: its probe leases' holder, and, on its pooled sessions, what the change
-    // log records as the instance behind each change (`sql/0009_change_log.sql`).
+    // log records as the instance behind each change (`sql/objects/rc_log_change.sql`).
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let holder = format!(
         "{}:{}:{:x}",

@@ -1,5 +1,5 @@
 //! Following the table without LISTEN: every interval, one statement asks the change log
-//! (`sql/0009_change_log.sql`) for the changes this instance has not seen.
+//! (`sql/objects/rc_changes_since.sql`) for the changes this instance has not seen.
 //!
 //! The cursor is not a version. Versions are taken when a row is written and commits come
 //! later, so a change with a lower version can become visible after one with a higher version

@@ -1,7 +1,7 @@
 //! Fleet failure rates ([`TripPolicy::FleetRate`](crate::TripPolicy)): the calls and failures
 //! this instance's breakers recorded while their windows held failures, reported to the database
 //! at most once per `fleet_rate_interval`, all keys in one statement (`rc_report_rates`, in
-//! `sql/0012_fleet_rate.sql`), which adds up the reports of the period and opens a key when the
+//! `sql/objects/rc_report_rates.sql`), which adds up the reports of the period and opens a key when the
 //! fleet's rate reaches its limit.
 //!
 //! A cell counts and queues itself when an outcome lands in a window that holds failures (or

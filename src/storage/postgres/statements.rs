@@ -1,10 +1,6 @@
 //! Every statement the instance sends, in one place, with the columns it reads back.
 //!
-//! The functions are defined in `sql/` (the newest definition of each is in
-//! `0006_hardening.sql`, but `rc_acquire_probe`'s in `0008_python_interop.sql`,
-//! `rc_changes_since` in `0009_change_log.sql`, `rc_vote` in `0010_quorum.sql`,
-//! `rc_report_probe`'s in `0011_growing_cooldowns.sql` and `rc_report_rates` in
-//! `0012_fleet_rate.sql`); rows are decoded
+//! Each function is defined in `sql/objects/<name>.sql`; rows are decoded
 //! once, by column name, into `RowState`, so a migration that renames or retypes a column fails
 //! loudly here instead of being misread.
 
@@ -34,13 +30,13 @@ pub(crate) const DATABASE_CLOCK: &str =
 /// The changes of a namespace (and resets) not visible to a snapshot, with the snapshot of this
 /// poll in every row: `o_snapshot, o_key, o_state, o_version, o_remaining_ms, o_reset, o_at_us`.
 /// A `NULL` snapshot asks for the current snapshot only (one row, no change). The function is in
-/// `0009_change_log.sql`.
+/// `sql/objects/rc_changes_since.sql`.
 pub(crate) const CHANGES_SINCE: Call = Call {
     sql: "SELECT * FROM public.rc_changes_since($1, $2)",
     types: &[Type::TEXT, Type::TEXT],
 };
 
-/// Names this instance on a pooled session, for the change log's `actor` (`0009_change_log.sql`).
+/// Names this instance on a pooled session, for the change log's `actor` (`sql/objects/rc_log_change.sql`).
 pub(crate) const SET_INSTANCE: &str =
     "SELECT pg_catalog.set_config('resilient_circuit.instance', $1, false)";
 
@@ -95,7 +91,7 @@ pub(crate) const ACQUIRE_PROBE: Call = Call {
 };
 
 /// One probe result: namespace, key, lease, success, probes, close threshold, cooldown (ms),
-/// maximum cooldown (ms; NULL for a fixed cooldown, `0011_growing_cooldowns.sql`).
+/// maximum cooldown (ms; NULL for a fixed cooldown, `sql/objects/rc_report_probe.sql`).
 pub(crate) const REPORT_PROBE: Call = Call {
     sql: "SELECT * FROM public.rc_report_probe($1, $2, $3, $4, $5, $6, $7, $8)",
     types: &[
@@ -110,7 +106,7 @@ pub(crate) const REPORT_PROBE: Call = Call {
     ],
 };
 
-/// A quorum vote (`0010_quorum.sql`): namespace, key, instance, failures, calls, quorum, period
+/// A quorum vote (`sql/objects/rc_vote.sql`): namespace, key, instance, failures, calls, quorum, period
 /// (ms), cooldown (ms), basis. Answers as the others, plus `o_votes`.
 pub(crate) const VOTE: Call = Call {
     sql: "SELECT * FROM public.rc_vote($1, $2, $3, $4, $5, $6, $7, $8, $9)",
@@ -127,7 +123,7 @@ pub(crate) const VOTE: Call = Call {
     ],
 };
 
-/// Fleet failure rates (`0012_fleet_rate.sql`): namespace, instance, keys, failures, calls,
+/// Fleet failure rates (`sql/objects/rc_report_rates.sql`): namespace, instance, keys, failures, calls,
 /// limit numerators, limit denominators, minimum calls, periods (ms), cooldowns (ms). Answers
 /// as the batched functions, plus `o_fleet_failures`, `o_fleet_calls`.
 pub(crate) const REPORT_RATES: Call = Call {

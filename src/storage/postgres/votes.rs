@@ -1,7 +1,7 @@
 //! Quorum votes ([`TripPolicy::Quorum`](crate::TripPolicy)): an instance whose own window tripped
 //! stops its own calls for the cooldown and sends its vote; the database counts the live votes of
 //! distinct instances and opens the key on the quorum's last one (`rc_vote`, in
-//! `sql/0010_quorum.sql`).
+//! `sql/objects/rc_vote.sql`).
 //!
 //! A vote is sent once, not queued in the outbox and retried like a trip: it is a judgement of
 //! this moment, and replayed after an outage it would count a failure long past. An instance that

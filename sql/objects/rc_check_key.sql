@@ -1,0 +1,11 @@
+-- A key argument, or that error.
+CREATE OR REPLACE FUNCTION public.rc_check_key(p_ns text, p_key text) RETURNS void
+LANGUAGE plpgsql IMMUTABLE AS $$
+DECLARE
+    err text := public.rc_key_error(p_ns, p_key);
+BEGIN
+    IF err IS NOT NULL THEN
+        RAISE EXCEPTION '%', err USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END
+$$;
