@@ -146,13 +146,19 @@ impl Policy {
                     .is_some_and(|r| at_rate(c.slow, c.calls, r)))
     }
 
-    /// The verdict of a half-open window once all its probes reported, else `None`.
+    /// The verdict of a half-open window once all its probes reported, or as soon as closing
+    /// has become impossible (then Open, without waiting for the rest), else `None`. The same
+    /// rule as `rc_report_probe` for fleet rounds.
     ///
     /// With a success limit: close when successes reach its numerator. Without: the failure
     /// limit decides, as in the ancestor.
     pub(crate) fn half_open_verdict(&self, w: &OutcomeWindow) -> Option<State> {
         if !w.is_full() {
-            return None;
+            let hopeless = match self.success_limit {
+                Some(s) => w.failures() > s.denominator().saturating_sub(s.numerator()),
+                None => w.failures() >= self.failure_limit.numerator(),
+            };
+            return hopeless.then_some(State::Open);
         }
         Some(match self.success_limit {
             Some(s) if w.successes() >= s.numerator() => State::Closed,

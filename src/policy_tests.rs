@@ -75,7 +75,10 @@ fn half_open_table() {
         (&with, &[true, true], None),
         (&with, &[true, false, true], Some(State::Closed)),
         (&with, &[false, false, true], Some(State::Open)),
+        (&with, &[false], None),
+        (&with, &[false, false], Some(State::Open)), // closing needs 2 of 3: ends early
         (&without, &[true, false, true], None),
+        (&without, &[false, false], Some(State::Open)), // 2 failures of 4 reopen: ends early
         (&without, &[true, false, true, true], Some(State::Closed)),
         (&without, &[true, false, false, true], Some(State::Open)),
     ];
@@ -106,6 +109,27 @@ fn close_threshold_agrees_with_the_verdict() {
                         successes >= p.probe_close_threshold(),
                         "{p:?} with {successes} of {n} successes"
                     );
+                }
+            }
+        }
+    }
+}
+
+/// A round ends early exactly when closing has become impossible, by the rule the database
+/// applies to fleet rounds (`rc_report_probe`: more failures than the round can spare).
+#[test]
+fn a_round_ends_early_only_when_closing_is_impossible() {
+    for den in 1..=12u32 {
+        for num in 1..=den {
+            for success in [None, Some(Ratio::new(num, den))] {
+                let p = policy(Ratio::new(num, den), success);
+                let n = p.probe_count();
+                for failures in 0..n {
+                    let mut w = OutcomeWindow::new(n);
+                    (0..failures).for_each(|_| w.push(false));
+                    let spare = n - p.probe_close_threshold();
+                    let early = p.half_open_verdict(&w) == Some(State::Open);
+                    assert_eq!(early, failures > spare, "{p:?} after {failures} failures");
                 }
             }
         }

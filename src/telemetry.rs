@@ -36,6 +36,8 @@ pub(crate) const STORE_DURATION: &str = "resilient_circuit_store_operation_durat
 pub(crate) const STORE_ERRORS: &str = "resilient_circuit_store_errors_total";
 pub(crate) const PENDING: &str = "resilient_circuit_pending_publications";
 pub(crate) const NOTIFICATION_LAG: &str = "resilient_circuit_notification_lag_seconds";
+pub(crate) const QUEUE_USAGE: &str = "resilient_circuit_notification_queue_usage";
+pub(crate) const CONFIRMED: &str = "resilient_circuit_confirmed_notifications_total";
 
 /// The label value of a state: lower case, as Prometheus labels usually are.
 pub(crate) const fn state_label(s: State) -> &'static str {
@@ -101,6 +103,14 @@ fn describe() {
             NOTIFICATION_LAG,
             Unit::Seconds,
             "From a change's commit to this instance's snapshot, by the database's clock"
+        );
+        describe_gauge!(
+            QUEUE_USAGE,
+            "How full the server's notification queue is, 0 to 1 (a full one fails every commit that notifies)"
+        );
+        describe_counter!(
+            CONFIRMED,
+            "Notifications read again from the table before they counted (stale, replayed, or lowering a state)"
         );
     });
 }
@@ -250,6 +260,8 @@ pub(crate) struct InstanceMetrics {
     pub(crate) resyncs: Counter,
     pub(crate) pending: Gauge,
     pub(crate) notification_lag: Histogram,
+    pub(crate) queue_usage: Gauge,
+    pub(crate) confirmed: Counter,
 }
 
 impl InstanceMetrics {
@@ -265,6 +277,8 @@ impl InstanceMetrics {
             resyncs: metrics::counter!(RESYNCS, "namespace" => ns.clone()),
             pending: metrics::gauge!(PENDING, "namespace" => ns.clone()),
             notification_lag: metrics::histogram!(NOTIFICATION_LAG, "namespace" => ns.clone()),
+            queue_usage: metrics::gauge!(QUEUE_USAGE, "namespace" => ns.clone()),
+            confirmed: metrics::counter!(CONFIRMED, "namespace" => ns.clone()),
             namespace: ns,
         }
     }

@@ -1,42 +1,85 @@
--- Before every write of a row: the version, the round, and the leases of a round that ended.
+-- Before every write of a breaker row, whoever writes it (an instance through the functions,
+-- the Python package, an operator in psql), as the owner:
+--
+-- * the version: a new one from the sequence when the state, the cooldown or the key changes,
+--   else the old one, whatever the writer set. Taken under the row lock, so the versions of a
+--   key follow commit order; an INSERT first waits for a transaction deleting its key.
+-- * the episode: a new state (a deletion, a renamed key) resets the half-open round (its
+--   counts, its size, its leases), spends the key's quorum votes and fleet-rate reports, and
+--   stamps state_changed_at; a CLOSED row's reopen count is 0.
+-- * forced_open holds: a key whose live configuration forces it open cannot be closed,
+--   deleted, moved or given a shorter cooldown by anyone; change its mode first.
 CREATE OR REPLACE FUNCTION public.rc_bump_version() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    -- The write ends the row's state under its key: a new state, a deletion, a renamed key.
+    ends boolean;
 BEGIN
-    IF TG_OP = 'DELETE' THEN
-        DELETE FROM public.rc_probe_leases
-            WHERE namespace = OLD.namespace AND resource_key = OLD.resource_key;
-        RETURN OLD;
-    END IF;
     IF TG_OP = 'INSERT' THEN
         -- Wait for a transaction deleting this key (if any) to end, so that our version is
         -- taken after its and the two commit in version order. Locks nothing if no row exists.
         PERFORM 1 FROM public.rc_circuit_breakers
             WHERE namespace = NEW.namespace AND resource_key = NEW.resource_key FOR KEY SHARE;
+        -- (No forced_open check: a forced key always has its OPEN row, which an upsert
+        -- reaches through UPDATE; the Python package's guarded upserts must not fail here.)
         NEW.version := nextval('public.rc_circuit_breakers_version_seq');
+        NEW.state_changed_at := clock_timestamp();
         NEW.probe_successes := 0;
         NEW.probe_failures := 0;
-        IF NEW.state = 'HALF_OPEN' THEN
-            NEW.round_id := NEW.version;
-        ELSE
-            NEW.round_id := NULL;
+        NEW.round_id := CASE WHEN NEW.state = 'HALF_OPEN' THEN NEW.version END;
+        IF NEW.state IS DISTINCT FROM 'HALF_OPEN' THEN
             NEW.round_probes := NULL;
             NEW.round_close_at := NULL;
         END IF;
+        IF NEW.state = 'CLOSED' THEN
+            NEW.reopens := 0;
+        ELSE
+            -- No row was CLOSED: leaving it ends what was judged of it.
+            DELETE FROM public.rc_votes
+                WHERE namespace = NEW.namespace AND resource_key = NEW.resource_key;
+            DELETE FROM public.rc_rate_reports
+                WHERE namespace = NEW.namespace AND resource_key = NEW.resource_key;
+        END IF;
         RETURN NEW;
     END IF;
-    IF NEW.state IS DISTINCT FROM OLD.state
-       OR NEW.open_until IS DISTINCT FROM OLD.open_until
-       OR NEW.resource_key IS DISTINCT FROM OLD.resource_key
-       OR NEW.namespace IS DISTINCT FROM OLD.namespace THEN
-        -- Under the row lock: versions of one key follow commit order.
+
+    ends := TG_OP = 'DELETE'
+         OR NEW.state IS DISTINCT FROM OLD.state
+         OR NEW.resource_key IS DISTINCT FROM OLD.resource_key
+         OR NEW.namespace IS DISTINCT FROM OLD.namespace;
+    IF (ends OR NEW.open_until IS DISTINCT FROM OLD.open_until)
+       AND public.rc_forced_open(OLD.namespace, OLD.resource_key) THEN
+        IF TG_OP = 'DELETE' OR NEW.state IS DISTINCT FROM 'OPEN'
+           OR NEW.resource_key IS DISTINCT FROM OLD.resource_key
+           OR NEW.namespace IS DISTINCT FROM OLD.namespace THEN
+            PERFORM public.rc_refuse_forced(OLD.resource_key);
+        END IF;
+        -- Still OPEN: the hold keeps its end (a longer one, as entering forced_open sets, is
+        -- taken).
+        IF OLD.open_until IS NOT NULL
+           AND (NEW.open_until IS NULL OR NEW.open_until < OLD.open_until) THEN
+            NEW.open_until := OLD.open_until;
+        END IF;
+    END IF;
+    IF ends THEN
+        DELETE FROM public.rc_probe_leases
+            WHERE namespace = OLD.namespace AND resource_key = OLD.resource_key;
+        DELETE FROM public.rc_votes
+            WHERE namespace = OLD.namespace AND resource_key = OLD.resource_key;
+        DELETE FROM public.rc_rate_reports
+            WHERE namespace = OLD.namespace AND resource_key = OLD.resource_key;
+    END IF;
+    IF TG_OP = 'DELETE' THEN
+        RETURN OLD;
+    END IF;
+
+    IF ends OR NEW.open_until IS DISTINCT FROM OLD.open_until THEN
         NEW.version := nextval('public.rc_circuit_breakers_version_seq');
     ELSE
         NEW.version := OLD.version;
     END IF;
-    IF NEW.state IS DISTINCT FROM OLD.state
-       OR NEW.resource_key IS DISTINCT FROM OLD.resource_key
-       OR NEW.namespace IS DISTINCT FROM OLD.namespace THEN
-        -- A new state, whoever wrote it, ends the half-open round and its leases.
+    IF ends THEN
+        NEW.state_changed_at := clock_timestamp();
         NEW.probe_successes := 0;
         NEW.probe_failures := 0;
         IF NEW.state = 'HALF_OPEN' THEN
@@ -52,12 +95,16 @@ BEGIN
             NEW.round_probes := NULL;
             NEW.round_close_at := NULL;
         END IF;
-        DELETE FROM public.rc_probe_leases
-            WHERE namespace = OLD.namespace AND resource_key = OLD.resource_key;
+    ELSE
+        NEW.state_changed_at := OLD.state_changed_at;
+    END IF;
+    IF NEW.state = 'CLOSED' THEN
+        NEW.reopens := 0;
     END IF;
     RETURN NEW;
 END
 $$;
+REVOKE ALL ON FUNCTION public.rc_bump_version() FROM PUBLIC;
 
 DROP TRIGGER IF EXISTS rc_bump_version ON public.rc_circuit_breakers;
 CREATE TRIGGER rc_bump_version

@@ -1,6 +1,6 @@
--- A key argument, or that error.
+-- A key argument, or rc_key_error's message as an error.
 CREATE OR REPLACE FUNCTION public.rc_check_key(p_ns text, p_key text) RETURNS void
-LANGUAGE plpgsql IMMUTABLE AS $$
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     err text := public.rc_key_error(p_ns, p_key);
 BEGIN
@@ -9,3 +9,4 @@ BEGIN
     END IF;
 END
 $$;
+REVOKE ALL ON FUNCTION public.rc_check_key(text, text) FROM PUBLIC;

@@ -1,10 +1,10 @@
--- Sets `p_key`'s live configuration: each non-NULL argument replaces the stored value, NULLs keep
--- it; p_reset deletes the row first (back to the code's values, mode normal). A ratio is given
--- whole or not at all; a trip policy replaces the stored one with its own numbers (the others
--- NULL), checked by the table. Entering forced_open holds the breaker's row OPEN until the mode changes
--- (for rc_max_ms(), ten years: no probe round); leaving it closes the row. The change log records
--- either with why.config. Refused like rc_force: a role that may not write breakers, a bad key;
--- and the table's CHECKs refuse values no instance could use, with the constraint's name.
+-- Sets `p_key`'s live configuration (`resilient-circuit config`): each non-NULL argument replaces
+-- the stored value, NULLs keep it; p_reset deletes the row first (back to the code's values,
+-- mode normal). A ratio is given whole or not at all; a trip policy replaces the stored one with
+-- its own numbers (the others NULL). The table's CHECKs refuse values no instance could use,
+-- with the constraint's name; a note has at most 1000 characters. Entering or leaving
+-- forced_open opens or closes the breaker's row (rc_config_mode), and every change reaches the
+-- instances (rc_announce). For the roles granted the operator's rights.
 CREATE OR REPLACE FUNCTION public.rc_configure(
     p_ns text, p_key text, p_mode text DEFAULT NULL, p_cooldown_ms bigint DEFAULT NULL,
     p_failure_num integer DEFAULT NULL, p_failure_den integer DEFAULT NULL,
@@ -19,21 +19,17 @@ RETURNS TABLE (o_mode text, o_cooldown_ms bigint, o_failure_num integer, o_failu
                o_trip_policy text, o_quorum_instances integer, o_quorum_within_ms bigint,
                o_rate_num integer, o_rate_den integer, o_rate_min_calls integer,
                o_rate_period_ms bigint)
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
-DECLARE
-    before text;
-    after text;
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    PERFORM public.rc_require_write();
     PERFORM public.rc_check_key(p_ns, p_key);
+    IF p_note IS NOT NULL THEN
+        PERFORM public.rc_check_text(p_note, 'a note', 1000);
+    END IF;
     IF (p_failure_num IS NULL) <> (p_failure_den IS NULL)
        OR (p_success_num IS NULL) <> (p_success_den IS NULL) THEN
         RAISE EXCEPTION 'a limit is a whole ratio k/n: give both numbers'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    SELECT mode INTO before FROM public.rc_breaker_config
-        WHERE namespace = p_ns AND resource_key = p_key FOR UPDATE;
-    before := coalesce(before, 'normal');
     IF coalesce(p_reset, false) THEN
         DELETE FROM public.rc_breaker_config WHERE namespace = p_ns AND resource_key = p_key;
     END IF;
@@ -68,26 +64,6 @@ BEGIN
             rate_period_ms = CASE WHEN p_trip_policy IS NULL THEN c.rate_period_ms
                                   ELSE p_rate_period_ms END;
     END IF;
-    SELECT coalesce((SELECT mode FROM public.rc_breaker_config
-                     WHERE namespace = p_ns AND resource_key = p_key), 'normal') INTO after;
-    IF after = 'forced_open' AND before <> 'forced_open' THEN
-        PERFORM public.rc_explain(p_key, jsonb_build_object('config', jsonb_strip_nulls(
-            jsonb_build_object('mode', after, 'note', p_note))));
-        INSERT INTO public.rc_circuit_breakers AS b
-            (resource_key, namespace, state, failure_count, open_until, execution_log)
-        VALUES (p_key, p_ns, 'OPEN', 0,
-                clock_timestamp() + public.rc_max_ms() * interval '1 millisecond', '[]')
-        ON CONFLICT (resource_key, namespace) DO UPDATE
-            SET state = 'OPEN', failure_count = 0, open_until = EXCLUDED.open_until,
-                execution_log = '[]';
-        DELETE FROM public.rc_probe_leases WHERE namespace = p_ns AND resource_key = p_key;
-    ELSIF before = 'forced_open' AND after <> 'forced_open' THEN
-        PERFORM public.rc_explain(p_key, jsonb_build_object('config', jsonb_strip_nulls(
-            jsonb_build_object('mode', after, 'note', p_note))));
-        UPDATE public.rc_circuit_breakers
-            SET state = 'CLOSED', failure_count = 0, open_until = NULL, execution_log = '[]'
-            WHERE namespace = p_ns AND resource_key = p_key;
-    END IF;
     RETURN QUERY SELECT coalesce(c.mode, 'normal'), c.cooldown_ms, c.failure_num, c.failure_den,
                         c.success_num, c.success_den, coalesce(c.version, 0), c.trip_policy,
                         c.quorum_instances, c.quorum_within_ms, c.rate_num, c.rate_den,
@@ -96,3 +72,6 @@ BEGIN
         LEFT JOIN public.rc_breaker_config c ON c.namespace = p_ns AND c.resource_key = p_key;
 END
 $$;
+REVOKE ALL ON FUNCTION public.rc_configure(text, text, text, bigint, integer, integer, integer, integer,
+                                           boolean, text, text, integer, bigint, integer, integer,
+                                           integer, bigint) FROM PUBLIC;

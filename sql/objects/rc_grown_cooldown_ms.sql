@@ -6,7 +6,7 @@
 CREATE OR REPLACE FUNCTION public.rc_grown_cooldown_ms(
     p_base_ms bigint, p_max_ms bigint, p_reopens integer)
 RETURNS bigint
-LANGUAGE sql VOLATILE AS $$
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
     SELECT CASE
         WHEN p_max_ms IS NULL OR p_reopens IS NULL OR p_reopens <= 0 THEN p_base_ms
         ELSE g.ms - pg_catalog.floor(g.ms * 0.1 * pg_catalog.random())::bigint
@@ -15,3 +15,4 @@ LANGUAGE sql VOLATILE AS $$
                        p_base_ms * pg_catalog.power(2::float8, LEAST(p_reopens, 64)))::bigint
                  AS ms) AS g
 $$;
+REVOKE ALL ON FUNCTION public.rc_grown_cooldown_ms(bigint, bigint, integer) FROM PUBLIC;

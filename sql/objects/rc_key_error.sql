@@ -1,7 +1,7 @@
 -- What is wrong with a key argument, or NULL: varchar(255) would silently cut trailing spaces,
 -- and a function would then answer for a different key than it wrote.
 CREATE OR REPLACE FUNCTION public.rc_key_error(p_ns text, p_key text) RETURNS text
-LANGUAGE sql IMMUTABLE AS $$
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT CASE
         WHEN p_key IS NULL OR p_key = '' OR char_length(p_key) > 255 THEN
             'circuit breaker key must have 1 to 255 characters, got '
@@ -11,3 +11,4 @@ LANGUAGE sql IMMUTABLE AS $$
             || coalesce(char_length(p_ns)::text, 'NULL')
     END
 $$;
+REVOKE ALL ON FUNCTION public.rc_key_error(text, text) FROM PUBLIC;

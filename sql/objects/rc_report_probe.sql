@@ -1,17 +1,22 @@
--- A probe's result, as 0006's rc_report_probe, with growing cooldowns: a round that fails
--- opens the row again for rc_grown_cooldown_ms(p_cooldown_ms, p_max_cooldown_ms, reopens + 1)
--- and counts the reopen; a round that closes resets the count. p_max_cooldown_ms NULL: a fixed
--- cooldown (growth off). A maximum shorter than the cooldown is refused: the caller's settings
--- are wrong, and silently using either would hide it.
+-- A probe's result. It counts only with a live lease of the current round. The round ends:
+-- * closed, once its results are in and at least round_close_at succeeded (the reopen count
+--   goes to 0);
+-- * reopened, as soon as closing has become impossible (more failures than the round can
+--   spare), for rc_grown_cooldown_ms(cooldown, p_max_cooldown_ms, reopens + 1), counting the
+--   reopen. The cooldown is the key's live configuration's when it has one, else
+--   p_cooldown_ms; p_max_cooldown_ms NULL is a fixed cooldown (no growth). A maximum shorter
+--   than the cooldown is refused: the caller's settings are wrong, and silently using either
+--   would hide it.
+-- p_probes and p_close_at size a round that has no size yet (begun by a plain write), bounded
+-- as in rc_acquire_probe. The change log says how the round went (rc_explain).
 CREATE OR REPLACE FUNCTION public.rc_report_probe(
     p_ns text, p_key text, p_lease bigint, p_success boolean,
     p_probes integer, p_close_at integer, p_cooldown_ms bigint, p_max_cooldown_ms bigint)
 RETURNS TABLE (o_state text, o_version bigint, o_remaining_ms bigint, o_lease_id bigint,
                o_retry_ms bigint)
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     r public.rc_circuit_breakers%ROWTYPE;
-    counted boolean;
     probes integer;
     close_at integer;
     ms bigint;
@@ -20,7 +25,6 @@ DECLARE
     rest bigint;
     round jsonb;
 BEGIN
-    PERFORM public.rc_require_write();
     PERFORM public.rc_check_key(p_ns, p_key);
     ms := public.rc_check_ms(p_cooldown_ms, 'cooldown');
     IF p_max_cooldown_ms IS NOT NULL THEN
@@ -34,6 +38,10 @@ BEGIN
     IF p_success IS NULL THEN
         RAISE EXCEPTION 'probe result must not be NULL' USING ERRCODE = 'null_value_not_allowed';
     END IF;
+    IF p_probes IS NULL OR p_probes < 1 OR p_probes > 8192 THEN
+        RAISE EXCEPTION 'probe count must be 1 to 8192, got %', coalesce(p_probes::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     SELECT * INTO r FROM public.rc_circuit_breakers
         WHERE namespace = p_ns AND resource_key = p_key FOR UPDATE;
     IF NOT FOUND OR r.state IS DISTINCT FROM 'HALF_OPEN' THEN
@@ -43,36 +51,39 @@ BEGIN
     DELETE FROM public.rc_probe_leases
         WHERE lease_id = p_lease AND namespace = p_ns AND resource_key = p_key
           AND round_id IS NOT DISTINCT FROM r.round_id;
-    counted := FOUND;
-    IF NOT counted THEN
+    IF NOT FOUND THEN
         RETURN QUERY SELECT * FROM public.rc_view(p_ns, p_key);
         RETURN;
     END IF;
-    probes := coalesce(r.round_probes, GREATEST(p_probes, 1));
+    probes := coalesce(r.round_probes, p_probes);
     close_at := coalesce(r.round_close_at, LEAST(GREATEST(p_close_at, 1), probes));
     IF p_success THEN
         r.probe_successes := r.probe_successes + 1;
     ELSE
         r.probe_failures := r.probe_failures + 1;
     END IF;
-    IF r.probe_successes + r.probe_failures < probes THEN
+    IF r.probe_successes + r.probe_failures < probes
+       AND r.probe_failures <= probes - close_at THEN
+        -- The round goes on: closing is still possible and results are missing.
         UPDATE public.rc_circuit_breakers
             SET probe_successes = r.probe_successes, probe_failures = r.probe_failures
             WHERE namespace = p_ns AND resource_key = p_key;
         RETURN QUERY SELECT * FROM public.rc_view(p_ns, p_key);
         RETURN;
     END IF;
-    -- The round is over: the change log says how it went (0010's rc_explain).
     round := jsonb_build_object('successes', r.probe_successes, 'failures', r.probe_failures,
                                 'needed', close_at, 'probes', probes);
     IF r.probe_successes >= close_at THEN
         PERFORM public.rc_explain(p_key, jsonb_build_object('probes', round));
-        -- reopens is reset by rc_reset_reopens; said here too for the reader.
         UPDATE public.rc_circuit_breakers
-            SET state = 'CLOSED', failure_count = 0, open_until = NULL, execution_log = '[]',
-                reopens = 0
+            SET state = 'CLOSED', failure_count = 0, open_until = NULL, execution_log = '[]'
             WHERE namespace = p_ns AND resource_key = p_key;
     ELSE
+        ms := coalesce((SELECT c.cooldown_ms FROM public.rc_breaker_config c
+                        WHERE c.namespace = p_ns AND c.resource_key = p_key), ms);
+        IF max_ms IS NOT NULL THEN
+            max_ms := GREATEST(max_ms, ms);
+        END IF;
         -- A row written by hand may hold a negative count; the count stops short of overflow.
         n := LEAST(GREATEST(r.reopens, 0), 2147483646) + 1;
         rest := public.rc_grown_cooldown_ms(ms, max_ms, n);
@@ -86,18 +97,5 @@ BEGIN
     RETURN QUERY SELECT * FROM public.rc_view(p_ns, p_key);
 END
 $$;
-
--- 0006's signature, kept for instances of the previous version during a rolling upgrade: the
--- same report with no maximum, so their failed rounds rest the fixed cooldown they ask for while
--- the row's count stays right for the upgraded instances.
-CREATE OR REPLACE FUNCTION public.rc_report_probe(
-    p_ns text, p_key text, p_lease bigint, p_success boolean,
-    p_probes integer, p_close_at integer, p_cooldown_ms bigint)
-RETURNS TABLE (o_state text, o_version bigint, o_remaining_ms bigint, o_lease_id bigint,
-               o_retry_ms bigint)
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
-BEGIN
-    RETURN QUERY SELECT * FROM public.rc_report_probe(p_ns, p_key, p_lease, p_success, p_probes,
-                                                      p_close_at, p_cooldown_ms, NULL::bigint);
-END
-$$;
+REVOKE ALL ON FUNCTION public.rc_report_probe(text, text, bigint, boolean, integer, integer, bigint,
+                                              bigint) FROM PUBLIC;

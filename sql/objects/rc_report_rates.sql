@@ -1,35 +1,128 @@
--- rc_report_rate for each key of one instance's flush, in the order given (callers sort them, so
--- two instances lock keys in the same order); a bad element gets its error in o_error and the
--- others go on.
+-- One instance's fleet-rate reports (TripPolicy::FleetRate), one per key, in the order given
+-- (callers sort them, so two instances lock keys in the same order): the calls and failures it
+-- recorded since its previous report. For each key, when the live reports (younger than the
+-- period) add up to at least min_calls calls and failures / calls reaches the limit, the key
+-- opens for the cooldown and the change log says so (the fleet's counts, the limit, the
+-- reporters); the state change spends the reports (rc_bump_version).
+--
+-- * p_reporter is the reporting instance's stable name (as a voter's, rc_vote), 1 to 255
+--   characters.
+-- * A report is believed up to what one instance can have seen: at most
+--   rc_change_log_settings.max_report_calls_per_second calls for each second since the same
+--   reporter's previous report of the key (the whole period for its first), and at most as
+--   many failures as calls.
+-- * The limit, minimum and period are the key's live configuration's when it has a fleet-rate
+--   policy; the caller's (bounded as rc_rate_error says) otherwise. A live configuration with
+--   another policy, or a mode that never trips, records no report.
+-- * Not recorded either: a report on a key already OPEN or HALF_OPEN (its probe round decides
+--   now).
+-- * Counted under the key's judgement lock (rc_judge_lock), so that racing reports of a key
+--   without a row see each other and open it once.
+-- * A bad element gets its error in o_error and the others go on; at most 1000 keys a call.
+--
+-- Returns each key's row as afterwards, as the other transition functions do, plus the fleet's
+-- counts with this report (0 when it was not recorded).
 CREATE OR REPLACE FUNCTION public.rc_report_rates(
-    p_ns text, p_instance text, p_keys text[], p_failures integer[], p_calls integer[],
+    p_ns text, p_reporter text, p_keys text[], p_failures integer[], p_calls integer[],
     p_limit_num integer[], p_limit_den integer[], p_min_calls integer[], p_period_ms bigint[],
     p_cooldown_ms bigint[])
 RETURNS TABLE (o_key text, o_state text, o_version bigint, o_remaining_ms bigint,
                o_lease_id bigint, o_retry_ms bigint, o_fleet_failures bigint,
                o_fleet_calls bigint, o_error text)
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
+    who text := public.rc_check_text(p_reporter, 'a reporter''s name', 255);
+    per_second integer := (SELECT max_report_calls_per_second FROM public.rc_change_log_settings);
     err text;
+    k text;
+    r public.rc_circuit_breakers%ROWTYPE;
+    cfg public.rc_breaker_config%ROWTYPE;
+    num integer;
+    den integer;
+    min_calls integer;
+    period_ms bigint;
+    ms bigint;
+    last_report timestamptz;
+    seen_ms double precision;
+    n_calls bigint;
+    n_failures bigint;
+    fleet_failures bigint;
+    fleet_calls bigint;
+    reporters integer;
 BEGIN
-    PERFORM public.rc_require_write();
-    IF p_instance IS NULL OR p_instance = '' THEN
-        RAISE EXCEPTION 'a report needs the reporting instance''s id'
+    IF coalesce(array_length(p_keys, 1), 0) > 1000 THEN
+        RAISE EXCEPTION 'at most 1000 reports a call, got %', array_length(p_keys, 1)
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     FOR i IN 1 .. coalesce(array_length(p_keys, 1), 0) LOOP
-        err := public.rc_rate_error(p_ns, p_keys[i], p_failures[i], p_calls[i], p_limit_num[i],
+        k := p_keys[i];
+        err := public.rc_rate_error(p_ns, k, p_failures[i], p_calls[i], p_limit_num[i],
                                     p_limit_den[i], p_min_calls[i], p_period_ms[i],
                                     p_cooldown_ms[i]);
         IF err IS NOT NULL THEN
-            RETURN QUERY SELECT p_keys[i], NULL::text, NULL::bigint, NULL::bigint, NULL::bigint,
+            RETURN QUERY SELECT k, NULL::text, NULL::bigint, NULL::bigint, NULL::bigint,
                                 NULL::bigint, NULL::bigint, NULL::bigint, err;
             CONTINUE;
         END IF;
-        RETURN QUERY SELECT p_keys[i], t.*, NULL::text
-            FROM public.rc_report_rate(p_ns, p_keys[i], p_instance, p_failures[i], p_calls[i],
-                                       p_limit_num[i], p_limit_den[i], p_min_calls[i],
-                                       p_period_ms[i], p_cooldown_ms[i]) AS t;
+        num := p_limit_num[i];
+        den := p_limit_den[i];
+        min_calls := p_min_calls[i];
+        period_ms := p_period_ms[i];
+        ms := public.rc_check_ms(p_cooldown_ms[i], 'cooldown');
+        PERFORM public.rc_judge_lock(p_ns, k);
+        SELECT * INTO cfg FROM public.rc_breaker_config
+            WHERE namespace = p_ns AND resource_key = k;
+        IF FOUND THEN
+            IF cfg.mode <> 'normal' OR cfg.trip_policy IN ('any_instance', 'quorum') THEN
+                RETURN QUERY SELECT k, v.*, 0::bigint, 0::bigint, NULL::text
+                    FROM public.rc_view(p_ns, k) v;
+                CONTINUE;
+            END IF;
+            IF cfg.trip_policy = 'fleet_rate' THEN
+                num := cfg.rate_num;
+                den := cfg.rate_den;
+                min_calls := cfg.rate_min_calls;
+                period_ms := cfg.rate_period_ms;
+            END IF;
+            ms := coalesce(cfg.cooldown_ms, ms);
+        END IF;
+        SELECT * INTO r FROM public.rc_circuit_breakers
+            WHERE namespace = p_ns AND resource_key = k FOR UPDATE;
+        IF FOUND AND r.state IN ('OPEN', 'HALF_OPEN') THEN
+            RETURN QUERY SELECT k, v.*, 0::bigint, 0::bigint, NULL::text
+                FROM public.rc_view(p_ns, k) v;
+            CONTINUE;
+        END IF;
+        DELETE FROM public.rc_rate_reports
+            WHERE namespace = p_ns AND resource_key = k AND expires_at <= clock_timestamp();
+        SELECT max(reported_at) INTO last_report FROM public.rc_rate_reports
+            WHERE namespace = p_ns AND resource_key = k AND reporter = who;
+        seen_ms := LEAST(period_ms::double precision, coalesce(
+            extract(epoch FROM clock_timestamp() - last_report)::double precision * 1000,
+            period_ms::double precision));
+        n_calls := LEAST(p_calls[i]::bigint,
+                       GREATEST(1, ceil(per_second::double precision * seen_ms / 1000))::bigint);
+        n_failures := LEAST(p_failures[i]::bigint, n_calls);
+        INSERT INTO public.rc_rate_reports
+            (namespace, resource_key, reporter, reported_at, expires_at, failures, calls)
+            VALUES (p_ns, k, who, clock_timestamp(),
+                    clock_timestamp() + period_ms * interval '1 millisecond', n_failures, n_calls);
+        SELECT coalesce(sum(q.failures), 0), coalesce(sum(q.calls), 0), count(DISTINCT q.reporter)
+            INTO fleet_failures, fleet_calls, reporters
+            FROM public.rc_rate_reports q WHERE q.namespace = p_ns AND q.resource_key = k;
+        IF fleet_calls >= min_calls AND fleet_failures > 0
+           AND fleet_failures * den >= num::bigint * fleet_calls THEN
+            PERFORM public.rc_open_for_fleet(p_ns, k, fleet_failures, ms,
+                jsonb_build_object('fleet_rate', jsonb_build_object(
+                    'failures', fleet_failures, 'calls', fleet_calls, 'instances', reporters,
+                    'limit', num || '/' || den, 'min_calls', min_calls,
+                    'period_ms', period_ms)));
+        END IF;
+        RETURN QUERY SELECT k, v.*, fleet_failures, fleet_calls, NULL::text
+            FROM public.rc_view(p_ns, k) v;
     END LOOP;
+    PERFORM public.rc_prune();
 END
 $$;
+REVOKE ALL ON FUNCTION public.rc_report_rates(text, text, text[], integer[], integer[], integer[],
+                                              integer[], integer[], bigint[], bigint[]) FROM PUBLIC;

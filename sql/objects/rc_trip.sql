@@ -1,23 +1,36 @@
--- CLOSED -> OPEN, decided by an instance's own window. Left alone: a key already OPEN or
--- HALF_OPEN (someone tripped first, or a round is on), and a row changed after the decision:
--- p_basis is the newest version the instance had seen when it decided, and a row with a newer
--- version (an operator's close, say) is a later decision that wins. NULL p_basis: no such check.
+-- CLOSED -> OPEN, decided by one instance's own window (rc_trip_many's loop body). Left alone:
+-- * a key already OPEN or HALF_OPEN (someone tripped first, or a round is on);
+-- * a row changed after the decision: p_basis is the newest version the instance had seen when
+--   it decided, and a row with a newer version (an operator's close, say) is a later decision
+--   that wins (NULL p_basis: no such check);
+-- * a key whose live configuration says no instance opens it alone: a mode that never trips
+--   (disabled, metrics_only), or a trip policy that is the fleet's (quorum, fleet_rate). The
+--   instance follows the row it gets back.
+-- p_log is the window that tripped, oldest first (the Python package's execution_log): a JSON
+-- array of at most 8192 outcomes, else left out.
 CREATE OR REPLACE FUNCTION public.rc_trip(
     p_ns text, p_key text, p_cooldown_ms bigint, p_failures integer, p_log jsonb,
     p_basis bigint DEFAULT NULL)
 RETURNS TABLE (o_state text, o_version bigint, o_remaining_ms bigint, o_lease_id bigint,
                o_retry_ms bigint)
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    ms bigint;
+    ms bigint := public.rc_check_ms(p_cooldown_ms, 'cooldown');
+    window_log jsonb := CASE WHEN jsonb_typeof(p_log) = 'array'
+                              AND jsonb_array_length(p_log) <= 8192 THEN p_log END;
 BEGIN
-    PERFORM public.rc_require_write();
     PERFORM public.rc_check_key(p_ns, p_key);
-    ms := public.rc_check_ms(p_cooldown_ms, 'cooldown');
+    IF EXISTS (SELECT 1 FROM public.rc_breaker_config
+               WHERE namespace = p_ns AND resource_key = p_key
+                 AND (mode IN ('disabled', 'metrics_only')
+                      OR trip_policy IN ('quorum', 'fleet_rate'))) THEN
+        RETURN QUERY SELECT * FROM public.rc_view(p_ns, p_key);
+        RETURN;
+    END IF;
     INSERT INTO public.rc_circuit_breakers AS b
         (resource_key, namespace, state, failure_count, open_until, execution_log)
-    VALUES (p_key, p_ns, 'OPEN', coalesce(p_failures, 0),
-            clock_timestamp() + ms * interval '1 millisecond', p_log)
+    VALUES (p_key, p_ns, 'OPEN', GREATEST(coalesce(p_failures, 0), 0),
+            clock_timestamp() + ms * interval '1 millisecond', window_log)
     ON CONFLICT (resource_key, namespace) DO UPDATE
         SET state = 'OPEN', failure_count = EXCLUDED.failure_count,
             open_until = EXCLUDED.open_until, execution_log = EXCLUDED.execution_log
@@ -26,3 +39,4 @@ BEGIN
     RETURN QUERY SELECT * FROM public.rc_view(p_ns, p_key);
 END
 $$;
+REVOKE ALL ON FUNCTION public.rc_trip(text, text, bigint, integer, jsonb, bigint) FROM PUBLIC;

@@ -75,6 +75,11 @@ impl KeyCell {
         let Verdict::Apply(r) = verdict else {
             return None;
         };
+        if r.state != State::Open && self.mode() == crate::live_config::Mode::ForcedOpen {
+            // The database refuses every write that ends the hold, so such a row is older than
+            // the configuration (or forged): the cell stays open.
+            return None;
+        }
         let deadline = self.deadline_after(r.remaining);
         let cur = self.load(Ordering::Relaxed).state();
         if cur == r.state {
@@ -134,6 +139,11 @@ impl KeyCell {
         slow.rate_failures = 0;
         slow.rate_calls = 0;
         taken
+    }
+
+    /// The version of the row this cell last applied (0: none).
+    pub(crate) fn row_version(&self) -> i64 {
+        self.lock().view.version
     }
 
     /// The local trip not yet accepted, if any.

@@ -5,11 +5,21 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::{KeyCell, Slow};
+use super::{KeyCell, Slow, Transition};
 use crate::live_config::{LiveConfig, Mode};
 use crate::policy::Policy;
 use crate::window::OutcomeWindow;
 use crate::State;
+
+/// What applying a live configuration did to a cell ([`KeyCell::set_live`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use = "an opened cell's transition is announced; a released one reads its row again"]
+pub(crate) struct LiveApplied {
+    /// It entered `ForcedOpen` and opened.
+    pub(crate) opened: Option<Transition>,
+    /// It left `ForcedOpen`: its state is the row's again, which must be read.
+    pub(crate) released: bool,
+}
 
 impl KeyCell {
     /// Puts `policy` in force; windows of another size start empty.
@@ -42,9 +52,13 @@ impl KeyCell {
     }
 
     /// Applies the key's live configuration (`None`: back to the code's values, mode normal).
-    /// The caller has checked it (`LiveConfig::validate`).
-    pub(crate) fn set_live(&self, live: Option<Arc<LiveConfig>>) {
+    /// The caller has checked it (`LiveConfig::validate`). Entering `ForcedOpen` opens the cell
+    /// at once, whatever the table's row said last (the transition is returned for the caller to
+    /// announce); leaving it says so, since the cell then holds a state no reason backs: the
+    /// caller reads the row again.
+    pub(crate) fn set_live(&self, live: Option<Arc<LiveConfig>>) -> LiveApplied {
         let mut slow = self.lock();
+        let was_forced = self.mode() == Mode::ForcedOpen;
         let effective = live
             .as_deref()
             .map_or(slow.code_policy, |l| l.over(slow.code_policy));
@@ -53,6 +67,16 @@ impl KeyCell {
         // Relaxed: the slow paths read it as a hint; the lock orders it with the policy.
         self.mode.store(mode.to_u8(), Ordering::Relaxed);
         self.set_policy(&mut slow, effective);
+        let opened = (mode == Mode::ForcedOpen
+            && self.load(Ordering::Relaxed).state() != State::Open)
+            .then(|| {
+                let deadline = self.deadline_after(crate::MAX_DURATION);
+                self.set_state(&mut slow, State::Open, deadline)
+            });
+        LiveApplied {
+            opened,
+            released: was_forced && mode != Mode::ForcedOpen,
+        }
     }
 
     /// The key's live configuration, if the table holds one.

@@ -446,6 +446,15 @@ impl KeyCell {
                             wants_lease: false,
                         };
                     }
+                    if self.mode() == Mode::ForcedOpen {
+                        // Held open by the live configuration: no round starts, whatever
+                        // cooldown the cell was given last.
+                        return Admission::Rejected {
+                            state: State::Open,
+                            retry_after: None,
+                            wants_lease: false,
+                        };
+                    }
                     if self.is_fleet() {
                         // The database starts the half-open round, not us.
                         return self.take_probe().unwrap_or_else(|| Admission::Rejected {
@@ -691,8 +700,13 @@ impl KeyCell {
         Transition { from, to }
     }
 
-    /// A manual override, applied locally (the shared store publishes it separately).
+    /// A manual override, applied locally (the shared store publishes it separately). Refused
+    /// here (`None`, nothing changes) when it would end a hold of the live configuration's
+    /// `ForcedOpen`, as the database refuses it.
     pub(crate) fn force(&self, to: State, cooldown: Duration) -> Option<Transition> {
+        if to != State::Open && self.mode() == Mode::ForcedOpen {
+            return None;
+        }
         let mut slow = self.lock();
         if self.online.is_some() {
             // Until its answer arrives, changes from elsewhere (an older trip's late answer or
@@ -746,7 +760,9 @@ impl KeyCell {
     pub(crate) fn rejection_reason(&self, state: State) -> Reason {
         match state {
             State::HalfOpen => Reason::HalfOpenFull,
-            _ if self.forced_open.load(Ordering::Relaxed) => Reason::Forced,
+            _ if self.forced_open.load(Ordering::Relaxed) || self.mode() == Mode::ForcedOpen => {
+                Reason::Forced
+            }
             _ => Reason::Open,
         }
     }

@@ -412,7 +412,8 @@ impl StorageInner {
                     self.feed.clone(),
                 ));
                 if let Some(live) = self.live.get(&key) {
-                    cell.set_live(Some(live.clone()));
+                    // A new cell: nothing to announce, no row to read again.
+                    let _ = cell.set_live(Some(live.clone()));
                 }
                 cell
             })

@@ -817,7 +817,13 @@ impl Cluster {
     /// Sets database `db` up for an application and returns its role (see
     /// [`TestDb::app`]); connect with [`super::TestRole::conninfo`].
     pub async fn app_role(&self, db: &str) -> super::TestRole {
-        super::app_role(self.admin_parts(), db).await
+        use resilient_circuit::storage::postgres::roles::RoleKind;
+        super::app_role(
+            self.admin_parts(),
+            db,
+            &[RoleKind::Operator, RoleKind::Python],
+        )
+        .await
     }
 
     /// A [`TestDb`] on this cluster (dropped with the value, if the cluster

@@ -39,6 +39,7 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use resilient_circuit::storage::postgres::roles::RoleKind;
 use tokio::sync::OnceCell;
 use tokio_postgres::config::Host;
 use tokio_postgres::{Client, Config, NoTls};
@@ -372,11 +373,28 @@ impl TestDb {
 
     /// The role the instances of a test run as: on first use the schema is set up as an
     /// operator would (the migrations, as the admin) and a login role that owns nothing gets
-    /// exactly what `resilient-circuit setup --grant-to` grants (`migrate::grant_statement`).
+    /// exactly what `resilient-circuit setup --grant-operator ROLE --grant-python ROLE` grants:
+    /// an instance's rights, an operator's (the tests force states and change live
+    /// configurations) and the Python package's table writes (the tests write rows as it does).
+    /// `tests/it/security.rs` tests each kind of role alone ([`TestDb::role_of`]).
     pub async fn app(&self) -> &TestRole {
         self.app
-            .get_or_init(|| app_role(self.admin.clone(), &self.name))
+            .get_or_init(|| {
+                app_role(
+                    self.admin.clone(),
+                    &self.name,
+                    &[RoleKind::Operator, RoleKind::Python],
+                )
+            })
             .await
+    }
+
+    /// A new login role that owns nothing and holds exactly the rights of `kinds` as `setup`
+    /// grants them (the schema is set up first, as for [`TestDb::app`]); dropped with the
+    /// returned guard, which must be declared before the `TestDb`. No kinds: a stranger.
+    pub async fn role_of(&self, kinds: &[RoleKind]) -> TestRole {
+        let _ = self.app().await; // the schema
+        app_role(self.admin.clone(), &self.name, kinds).await
     }
 
     /// This database's conninfo as its application role ([`TestDb::app`]).
@@ -403,9 +421,10 @@ impl TestDb {
 
 /// Sets database `db` of the server reached by `admin` up for an application, as an operator
 /// would: applies the migrations as the admin, then makes a login role that owns nothing and
-/// grants it what `setup --grant-to` grants. The role is dropped with the returned guard.
-pub(crate) async fn app_role(admin: ConnParts, db: &str) -> TestRole {
-    use resilient_circuit::storage::postgres::migrate;
+/// grants it the rights of `kinds` as `setup` grants them. The role is dropped with the
+/// returned guard.
+pub(crate) async fn app_role(admin: ConnParts, db: &str, kinds: &[RoleKind]) -> TestRole {
+    use resilient_circuit::storage::postgres::{migrate, roles};
     let mut client = admin.with_db(db).connect().await.unwrap_or_else(|e| {
         panic!(
             "connecting to {db} to set it up failed: {}",
@@ -416,11 +435,11 @@ pub(crate) async fn app_role(admin: ConnParts, db: &str) -> TestRole {
         .await
         .unwrap_or_else(|e| panic!("applying the migrations to {db}: {e}"));
     let role = TestRole::create(&admin, db, &client).await;
-    let grant = migrate::grant_statement(&role.name).expect("a valid role name");
-    client
-        .batch_execute(&grant)
-        .await
-        .unwrap_or_else(|e| panic!("{grant}: {}", error_chain(&e)));
+    for kind in kinds {
+        roles::grant(&mut client, &role.name, *kind)
+            .await
+            .unwrap_or_else(|e| panic!("granting {kind} to {}: {e}", role.name));
+    }
     role
 }
 

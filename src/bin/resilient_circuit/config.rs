@@ -1,4 +1,5 @@
-//! `config`: a key's live configuration (`rc_breaker_config`, migration `0013`), read or changed.
+//! `config`: a key's live configuration (`rc_breaker_config`, through `rc_configs` and
+//! `rc_configure`), read or changed.
 //! Every running instance applies a change within its propagation time (a NOTIFY, then one read
 //! of the row); `--reset` returns the key to its code's values. Values are checked here first,
 //! then by the table's constraints, so a bad one never reaches an instance.
@@ -9,6 +10,9 @@ use std::time::Duration;
 use resilient_circuit::storage::postgres::PostgresOptions;
 use resilient_circuit::{Mode, Ratio, TripPolicy};
 
+use tokio_postgres::types::Type;
+
+use super::text::escaped;
 use super::{connect, namespace, CliError};
 
 /// `rc_max_ms()`: the longest cooldown the SQL accepts (ten years).
@@ -159,7 +163,7 @@ pub async fn run(opts: &PostgresOptions, args: Args) -> Result<ExitCode, CliErro
         || args.failure_limit.is_some()
         || args.success_limit.is_some()
         || policy.is_some();
-    let row = if changing {
+    let rows = if changing {
         let cooldown_ms = args
             .cooldown
             .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
@@ -169,49 +173,49 @@ pub async fn run(opts: &PostgresOptions, args: Args) -> Result<ExitCode, CliErro
         let p = PolicyParams::of(policy);
         session
             .client()
-            .query_one(
+            .query_typed(
                 "SELECT * FROM public.rc_configure($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
                  $11, $12, $13, $14, $15, $16, $17)",
                 &[
-                    &ns,
-                    &args.key,
-                    &mode,
-                    &cooldown_ms,
-                    &f_num,
-                    &f_den,
-                    &s_num,
-                    &s_den,
-                    &args.reset,
-                    &args.note,
-                    &p.name,
-                    &p.instances,
-                    &p.within_ms,
-                    &p.rate_num,
-                    &p.rate_den,
-                    &p.min_calls,
-                    &p.period_ms,
+                    (&ns, Type::TEXT),
+                    (&args.key, Type::TEXT),
+                    (&mode, Type::TEXT),
+                    (&cooldown_ms, Type::INT8),
+                    (&f_num, Type::INT4),
+                    (&f_den, Type::INT4),
+                    (&s_num, Type::INT4),
+                    (&s_den, Type::INT4),
+                    (&args.reset, Type::BOOL),
+                    (&args.note, Type::TEXT),
+                    (&p.name, Type::TEXT),
+                    (&p.instances, Type::INT4),
+                    (&p.within_ms, Type::INT8),
+                    (&p.rate_num, Type::INT4),
+                    (&p.rate_den, Type::INT4),
+                    (&p.min_calls, Type::INT4),
+                    (&p.period_ms, Type::INT8),
                 ],
             )
             .await
             .map_err(|e| CliError::db("changing the live configuration", e))?
     } else {
+        let keys = vec![args.key.clone()];
         session
             .client()
-            .query_one(
-                "SELECT coalesce(c.mode, 'normal') AS o_mode, c.cooldown_ms AS o_cooldown_ms, \
-                 c.failure_num AS o_failure_num, c.failure_den AS o_failure_den, \
-                 c.success_num AS o_success_num, c.success_den AS o_success_den, \
-                 coalesce(c.version, 0) AS o_version, c.trip_policy AS o_trip_policy, \
-                 c.quorum_instances AS o_quorum_instances, \
-                 c.quorum_within_ms AS o_quorum_within_ms, c.rate_num AS o_rate_num, \
-                 c.rate_den AS o_rate_den, c.rate_min_calls AS o_rate_min_calls, \
-                 c.rate_period_ms AS o_rate_period_ms \
-                 FROM (SELECT 1) AS one LEFT JOIN public.rc_breaker_config c \
-                 ON c.namespace = $1 AND c.resource_key = $2",
-                &[&ns, &args.key],
+            .query_typed(
+                "SELECT * FROM public.rc_configs($1, $2)",
+                &[(&ns, Type::TEXT), (&keys, Type::TEXT_ARRAY)],
             )
             .await
             .map_err(|e| CliError::db("reading the live configuration", e))?
+    };
+    let key = escaped(&args.key);
+    let Some(row) = rows.first() else {
+        say!(
+            "{key} in namespace {}: mode normal, the code's values (no live configuration)",
+            escaped(ns)
+        );
+        return Ok(ExitCode::SUCCESS);
     };
     let mode: String = row.get("o_mode");
     let cooldown: Option<i64> = row.get("o_cooldown_ms");
@@ -246,8 +250,9 @@ pub async fn run(opts: &PostgresOptions, args: Args) -> Result<ExitCode, CliErro
         Some(other) => other.replace('_', " "),
     };
     say!(
-        "{} in namespace {ns}: mode {mode}, cooldown {}, failure limit {}, success limit {}, trip policy {trip}{}",
-        args.key,
+        "{key} in namespace {}: mode {}, cooldown {}, failure limit {}, success limit {}, trip policy {}{}",
+        escaped(ns),
+        escaped(&mode),
         cooldown.map_or_else(
             || "the code's".into(),
             |ms| humantime::format_duration(Duration::from_millis(u64::try_from(ms).unwrap_or(0)))
@@ -255,6 +260,7 @@ pub async fn run(opts: &PostgresOptions, args: Args) -> Result<ExitCode, CliErro
         ),
         limit("o_failure_num", "o_failure_den"),
         limit("o_success_num", "o_success_den"),
+        escaped(&trip),
         if version == 0 {
             " (no live configuration: the code's values)".to_owned()
         } else {

@@ -7,6 +7,9 @@ use std::time::Duration;
 use resilient_circuit::storage::postgres::admin::AdminSession;
 use resilient_circuit::storage::postgres::PostgresOptions;
 
+use tokio_postgres::types::Type;
+
+use super::text::escaped;
 use super::{connect, namespace, CliError};
 
 /// `rc_max_ms()`: the longest hold the SQL accepts (ten years), "until close".
@@ -53,17 +56,24 @@ async fn force(
     let ns = namespace(opts, &target.namespace);
     let mut session = connect(opts).await?;
     let tx = noted(&mut session, &target.note).await?;
-    let row = tx
-        .query_one(
+    let rows = tx
+        .query_typed(
             "SELECT o_version FROM public.rc_force($1, $2, $3, $4)",
-            &[&ns, &target.key, &state, &ms],
+            &[
+                (&ns, Type::TEXT),
+                (&target.key, Type::TEXT),
+                (&state, Type::TEXT),
+                (&ms, Type::INT8),
+            ],
         )
         .await
         .map_err(|e| CliError::db("forcing the breaker", e))?;
     tx.commit()
         .await
         .map_err(|e| CliError::db("forcing the breaker", e))?;
-    Ok(row.get(0))
+    rows.first()
+        .map(|r| r.get(0))
+        .ok_or_else(|| CliError::Problem("rc_force returned no row".into()))
 }
 
 /// A transaction whose changes the change log records with `note` (the trigger reads
@@ -78,9 +88,9 @@ async fn noted<'a>(
         .await
         .map_err(|e| CliError::db("starting a transaction", e))?;
     if let Some(note) = note {
-        tx.execute(
+        tx.query_typed(
             "SELECT pg_catalog.set_config('resilient_circuit.note', $1, true)",
-            &[note],
+            &[(note, Type::TEXT)],
         )
         .await
         .map_err(|e| CliError::db("recording the note", e))?;
@@ -99,8 +109,8 @@ pub async fn open(opts: &PostgresOptions, args: OpenArgs) -> Result<ExitCode, Cl
     };
     say!(
         "{} in namespace {} is OPEN {how_long} (version {version})",
-        args.target.key,
-        namespace(opts, &args.target.namespace)
+        escaped(&args.target.key),
+        escaped(namespace(opts, &args.target.namespace))
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -109,8 +119,8 @@ pub async fn close(opts: &PostgresOptions, args: KeyArgs) -> Result<ExitCode, Cl
     let version = force(opts, &args, "CLOSED", 0).await?;
     say!(
         "{} in namespace {} is CLOSED (version {version})",
-        args.key,
-        namespace(opts, &args.namespace)
+        escaped(&args.key),
+        escaped(namespace(opts, &args.namespace))
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -119,23 +129,24 @@ pub async fn delete(opts: &PostgresOptions, args: KeyArgs) -> Result<ExitCode, C
     let ns = namespace(opts, &args.namespace);
     let mut session = connect(opts).await?;
     let tx = noted(&mut session, &args.note).await?;
-    let n = tx
-        .execute(
-            "DELETE FROM public.rc_circuit_breakers WHERE namespace = $1 AND resource_key = $2",
-            &[&ns, &args.key],
+    let deleted: bool = tx
+        .query_typed(
+            "SELECT o_deleted FROM public.rc_delete($1, $2)",
+            &[(&ns, Type::TEXT), (&args.key, Type::TEXT)],
         )
         .await
-        .map_err(|e| CliError::db("deleting the breaker", e))?;
+        .map_err(|e| CliError::db("deleting the breaker", e))?
+        .first()
+        .is_some_and(|r| r.get(0));
     tx.commit()
         .await
         .map_err(|e| CliError::db("deleting the breaker", e))?;
-    if n == 0 {
-        say!("{} in namespace {ns} has no row (it is CLOSED)", args.key);
+    let key = escaped(&args.key);
+    let ns = escaped(ns);
+    if !deleted {
+        say!("{key} in namespace {ns} has no row (it is CLOSED)");
     } else {
-        say!(
-            "{} in namespace {ns} deleted (every instance sees it CLOSED)",
-            args.key
-        );
+        say!("{key} in namespace {ns} deleted (every instance sees it CLOSED)");
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -26,6 +26,9 @@ use std::time::Duration;
 use resilient_circuit::storage::postgres::PostgresOptions;
 use serde::Serialize;
 
+use tokio_postgres::types::Type;
+
+use super::text::escaped;
 use super::{connect, namespace, CliError};
 
 #[derive(Debug, clap::Args)]
@@ -72,12 +75,7 @@ struct Entry {
     why: Option<serde_json::Value>,
 }
 
-const QUERY: &str = "SELECT to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), \
-       from_state::text, state::text, version, actor, why \
-     FROM public.rc_changes \
-     WHERE namespace = $1 AND resource_key = $2 AND NOT reset \
-       AND ($3::bigint IS NULL OR at >= clock_timestamp() - $3::bigint * interval '1 millisecond') \
-     ORDER BY version";
+const QUERY: &str = "SELECT * FROM public.rc_history($1, $2, $3)";
 
 pub async fn run(opts: &PostgresOptions, args: Args) -> Result<ExitCode, CliError> {
     let ns = namespace(opts, &args.namespace);
@@ -85,22 +83,31 @@ pub async fn run(opts: &PostgresOptions, args: Args) -> Result<ExitCode, CliErro
         .since
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
     let session = connect(opts).await?;
+    let err = |e| CliError::db("reading the change log", e);
     let rows = session
         .client()
-        .query(QUERY, &[&ns, &args.key, &since_ms])
+        .query_typed(
+            QUERY,
+            &[
+                (&ns, Type::TEXT),
+                (&args.key, Type::TEXT),
+                (&since_ms, Type::INT8),
+            ],
+        )
         .await
-        .map_err(|e| CliError::db("reading the change log", e))?;
-    let changes: Vec<Entry> = rows
-        .iter()
-        .map(|r| Entry {
-            at: r.get(0),
-            from: r.get(1),
-            to: r.get(2),
-            version: r.get(3),
-            actor: r.get(4),
-            why: r.get(5),
-        })
-        .collect();
+        .map_err(err)?;
+    let mut changes = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let at: std::time::SystemTime = r.try_get("o_at").map_err(err)?;
+        changes.push(Entry {
+            at: humantime::format_rfc3339_millis(at).to_string(),
+            from: r.try_get("o_from").map_err(err)?,
+            to: r.try_get("o_to").map_err(err)?,
+            version: r.try_get("o_version").map_err(err)?,
+            actor: r.try_get("o_actor").map_err(err)?,
+            why: r.try_get("o_why").map_err(err)?,
+        });
+    }
     if args.json {
         let text = serde_json::to_string_pretty(&History {
             namespace: ns,
@@ -113,8 +120,9 @@ pub async fn run(opts: &PostgresOptions, args: Args) -> Result<ExitCode, CliErro
     }
     if changes.is_empty() {
         say!(
-            "no recorded changes of {} in namespace {ns}{}",
-            args.key,
+            "no recorded changes of {} in namespace {}{}",
+            escaped(&args.key),
+            escaped(ns),
             if args.since.is_some() {
                 " in that time"
             } else {
@@ -124,7 +132,8 @@ pub async fn run(opts: &PostgresOptions, args: Args) -> Result<ExitCode, CliErro
         return Ok(ExitCode::SUCCESS);
     }
     for c in &changes {
-        say!(
+        // Every text here but the time was chosen by a client: shown, never obeyed.
+        let line = format!(
             "{}  {} -> {}  v{}  by {}{}",
             c.at,
             c.from.as_deref().unwrap_or("(new)"),
@@ -133,6 +142,7 @@ pub async fn run(opts: &PostgresOptions, args: Args) -> Result<ExitCode, CliErro
             who(c.actor.as_ref()),
             why(c.why.as_ref())
         );
+        say!("{}", escaped(&line));
     }
     Ok(ExitCode::SUCCESS)
 }

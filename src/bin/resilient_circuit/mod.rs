@@ -16,6 +16,7 @@ mod force;
 mod history;
 mod setup;
 mod status;
+mod text;
 mod watch;
 
 use std::io::{IsTerminal, Write};
@@ -23,7 +24,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use resilient_circuit::storage::postgres::admin::AdminSession;
-use resilient_circuit::storage::postgres::migrate;
+use resilient_circuit::storage::postgres::roles;
 use resilient_circuit::storage::postgres::PostgresOptions;
 use resilient_circuit::{ConfigError, StorageError};
 
@@ -208,49 +209,5 @@ pub fn confirm(question: &str) -> Result<bool, CliError> {
 
 /// `name` as a double-quoted SQL identifier; a name that cannot be a role is a usage error.
 pub fn quote_ident(name: &str) -> Result<String, CliError> {
-    migrate::quote_role(name).map_err(|e| CliError::Usage(e.to_string()))
-}
-
-/// The privileges an application role needs (see [`migrate::APP_PRIVILEGES`]).
-pub const PRIVILEGES: [&str; 4] = migrate::APP_PRIVILEGES;
-
-/// Which of [`PRIVILEGES`] `role` lacks; `Err` when the role does not exist.
-pub async fn missing_privileges(
-    client: &tokio_postgres::Client,
-    role: &str,
-) -> Result<Result<Vec<&'static str>, String>, CliError> {
-    let exists = client
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = $1)",
-            &[&role],
-        )
-        .await
-        .map_err(|e| CliError::db("looking up the role", e))?;
-    if !exists.get::<_, bool>(0) {
-        return Ok(Err(format!("role {} does not exist", quote_ident(role)?)));
-    }
-    let table = client
-        .query_one(
-            "SELECT to_regclass('public.rc_circuit_breakers') IS NOT NULL",
-            &[],
-        )
-        .await
-        .map_err(|e| CliError::db("checking the grants", e))?;
-    if !table.get::<_, bool>(0) {
-        return Ok(Ok(PRIVILEGES.to_vec()));
-    }
-    let mut missing = Vec::new();
-    for p in PRIVILEGES {
-        let row = client
-            .query_one(
-                "SELECT pg_catalog.has_table_privilege($1, 'public.rc_circuit_breakers', $2)",
-                &[&role, &p],
-            )
-            .await
-            .map_err(|e| CliError::db("checking the grants", e))?;
-        if !row.get::<_, bool>(0) {
-            missing.push(p);
-        }
-    }
-    Ok(Ok(missing))
+    roles::quote_role(name).map_err(|e| CliError::Usage(e.to_string()))
 }

@@ -2,39 +2,62 @@
 
 use std::process::ExitCode;
 
-use resilient_circuit::storage::postgres::migrate;
-use resilient_circuit::storage::postgres::PostgresOptions;
+use resilient_circuit::storage::postgres::roles::{self, Rights, RoleKind};
+use resilient_circuit::storage::postgres::{migrate, PostgresOptions};
 
-use super::{confirm, connect, missing_privileges, quote_ident, CliError, PRIVILEGES};
+use super::{confirm, connect, quote_ident, CliError};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Grant this role SELECT, INSERT, UPDATE, DELETE on public.rc_circuit_breakers (all it
-    /// needs). Repeat for several roles.
+    /// Grant this role what an instance needs: read the breakers and run the fleet's protocol
+    /// (trip, probe, vote, report rates, hear notifications). Repeat for several roles.
     #[arg(long = "grant-to", value_name = "ROLE")]
     grant_to: Vec<String>,
+    /// Grant this role a reader's rights only: `status`, `history`, dashboards.
+    #[arg(long = "grant-reader", value_name = "ROLE")]
+    grant_reader: Vec<String>,
+    /// Grant this role an instance's rights and the table writes of the Python package
+    /// `resilient-circuit` (INSERT, UPDATE, DELETE).
+    #[arg(long = "grant-python", value_name = "ROLE")]
+    grant_python: Vec<String>,
+    /// Grant this role an instance's rights and an operator's: `open`, `close`, `delete`,
+    /// `config` (and the library's force_open / force_closed).
+    #[arg(long = "grant-operator", value_name = "ROLE")]
+    grant_operator: Vec<String>,
     /// Print the SQL that would run, change nothing.
     #[arg(long)]
     dry_run: bool,
     /// Do not ask for confirmation (required when stdin is not a terminal).
     #[arg(long, short = 'y')]
     yes: bool,
+    /// How long to keep trying when a lock is held (a long transaction on the table), in
+    /// seconds; each try waits at most half a second for a lock, so the fleet's calls never
+    /// queue long behind the migration.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    wait: u64,
 }
 
 pub async fn run(opts: &PostgresOptions, args: Args) -> Result<ExitCode, CliError> {
     // Refuse bad names before touching anything.
-    let grants = args
-        .grant_to
-        .iter()
-        .map(|role| {
-            let sql = migrate::grant_statement(role).map_err(|e| CliError::Usage(e.to_string()))?;
-            Ok((role.as_str(), sql))
-        })
-        .collect::<Result<Vec<_>, CliError>>()?;
+    let mut grants: Vec<(&str, RoleKind)> = Vec::new();
+    for (roles, kind) in [
+        (&args.grant_reader, RoleKind::Reader),
+        (&args.grant_to, RoleKind::Instance),
+        (&args.grant_python, RoleKind::Python),
+        (&args.grant_operator, RoleKind::Operator),
+    ] {
+        for role in roles {
+            quote_ident(role)?;
+            grants.push((role.as_str(), kind));
+        }
+    }
     let mut session = connect(opts).await?;
     for (role, _) in &grants {
-        if let Err(why) = missing_privileges(session.client(), role).await? {
-            return Err(CliError::Problem(why));
+        if roles::held(session.client(), role).await?.is_none() {
+            return Err(CliError::Problem(format!(
+                "role {} does not exist",
+                quote_ident(role)?
+            )));
         }
     }
     let pending = migrate::pending(session.client()).await?;
@@ -42,7 +65,7 @@ pub async fn run(opts: &PostgresOptions, args: Args) -> Result<ExitCode, CliErro
     if args.dry_run {
         say!("-- resilient-circuit setup --dry-run on {opts}: nothing is changed");
         if pending.is_empty() {
-            say!("-- every migration is applied");
+            say!("-- every migration and object is applied");
         }
         for m in &pending.migrations {
             say!("-- migration {:04}_{}", m.version, m.name);
@@ -52,8 +75,13 @@ pub async fn run(opts: &PostgresOptions, args: Args) -> Result<ExitCode, CliErro
             say!("-- object {}", o.name);
             say!("{}", o.sql.trim_end());
         }
-        for (_, sql) in &grants {
-            say!("{sql};");
+        for (role, kind) in &grants {
+            say!("-- {} as {kind}", quote_ident(role)?);
+            for sql in
+                roles::grant_statements(role, *kind).map_err(|e| CliError::Usage(e.to_string()))?
+            {
+                say!("{sql};");
+            }
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -68,7 +96,7 @@ pub async fn run(opts: &PostgresOptions, args: Args) -> Result<ExitCode, CliErro
             ));
         }
         if !grants.is_empty() {
-            let roles: Vec<&str> = grants.iter().map(|(r, _)| *r).collect();
+            let roles: Vec<String> = grants.iter().map(|(r, k)| format!("{r} ({k})")).collect();
             what.push(format!("grant access to {}", roles.join(", ")));
         }
         if !what.is_empty() && !confirm(&format!("{} on {opts}?", what.join(" and ")))? {
@@ -76,7 +104,11 @@ pub async fn run(opts: &PostgresOptions, args: Args) -> Result<ExitCode, CliErro
         }
     }
 
-    let applied = migrate::migrate(session.client_mut()).await?;
+    let applied = migrate::migrate_within(
+        session.client_mut(),
+        std::time::Duration::from_secs(args.wait),
+    )
+    .await?;
     if applied.is_empty() {
         say!("schema: every migration and object was applied already");
     } else {
@@ -95,27 +127,20 @@ pub async fn run(opts: &PostgresOptions, args: Args) -> Result<ExitCode, CliErro
     }
     migrate::verify(session.client()).await?;
 
-    for (role, sql) in &grants {
-        session
-            .client()
-            .batch_execute(sql)
-            .await
-            .map_err(|e| CliError::db("granting", e))?;
-        match missing_privileges(session.client(), role).await? {
-            Ok(missing) if missing.is_empty() => say!(
-                "granted {} on public.rc_circuit_breakers to {}",
-                PRIVILEGES.join(", "),
-                quote_ident(role)?
-            ),
-            Ok(missing) => {
-                return Err(CliError::Problem(format!(
-                    "after granting, {} still lacks {} on public.rc_circuit_breakers",
-                    quote_ident(role)?,
-                    missing.join(", ")
-                )))
-            }
-            Err(why) => return Err(CliError::Problem(why)),
+    for (role, kind) in &grants {
+        roles::grant(session.client_mut(), role, *kind).await?;
+        let held = roles::held(session.client(), role)
+            .await?
+            .ok_or_else(|| CliError::Problem(format!("role {role} disappeared")))?;
+        let missing = Rights::of(&[*kind]).beyond(&held);
+        if !missing.is_empty() {
+            return Err(CliError::Problem(format!(
+                "after granting, {} still lacks {}",
+                quote_ident(role)?,
+                missing.describe()
+            )));
         }
+        say!("granted {} the rights of {kind}", quote_ident(role)?);
     }
     say!("setup complete");
     Ok(ExitCode::SUCCESS)

@@ -3,17 +3,24 @@
 //! The JSON (`--json`) is one object, stable: fields are only ever added.
 //!
 //! ```json
-//! {"namespace": "default",
+//! {"namespace": "default", "notification_queue_usage": 0.0,
 //!  "breakers": [{"key": "payments", "state": "OPEN", "failure_count": 5,
 //!                "half_open_in_seconds": 29.5, "version": 42,
-//!                "updated_at": "2026-01-01T12:00:00.000Z"}]}
+//!                "updated_at": "2026-01-01T12:00:00.000Z",
+//!                "since": "2026-01-01T11:59:30.000Z", "mode": "normal"}]}
 //! ```
 //!
 //! * `key`, `state`, `failure_count`: the row's `resource_key`, `state`, `failure_count`;
 //! * `half_open_in_seconds`: for an OPEN row, seconds until it may go half-open by the database
 //!   clock (0 when due), else `null`;
 //! * `version`: the row version every change bumps;
-//! * `updated_at`: the last change, UTC, RFC 3339 with milliseconds (`null` if unset).
+//! * `updated_at`: the last write, UTC, RFC 3339 with milliseconds (`null` if unset);
+//! * `since`: when the row last changed state;
+//! * `mode`: the key's live mode (`normal` without a live configuration);
+//! * `notification_queue_usage`: how full the server's notification queue is, 0 to 1 (at 1
+//!   every commit that notifies fails: see `check`).
+//!
+//! Keys and other text a client chose are printed with terminal controls escaped.
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -22,6 +29,9 @@ use std::time::Duration;
 use resilient_circuit::storage::postgres::PostgresOptions;
 use serde::Serialize;
 
+use tokio_postgres::types::Type;
+
+use super::text::escaped;
 use super::{connect, namespace, CliError};
 
 #[derive(Debug, clap::Args)]
@@ -37,6 +47,7 @@ pub struct Args {
 #[derive(Debug, Serialize)]
 struct Status<'a> {
     namespace: &'a str,
+    notification_queue_usage: f64,
     breakers: Vec<Breaker>,
 }
 
@@ -48,41 +59,58 @@ struct Breaker {
     half_open_in_seconds: Option<f64>,
     version: i64,
     updated_at: Option<String>,
+    since: Option<String>,
+    mode: String,
 }
 
 /// An OPEN row held longer than this was forced "until close" (`open` without `--for` holds
 /// for ten years).
 const HELD_S: f64 = 9.0 * 365.0 * 86_400.0;
 
-const QUERY: &str = "SELECT resource_key::text, state::text, failure_count, \
-       CASE WHEN state = 'OPEN' THEN public.rc_remaining_ms(open_until) END AS remaining_ms, \
-       version, \
-       to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') AS updated_at \
-     FROM public.rc_circuit_breakers WHERE namespace = $1 ORDER BY resource_key";
+const QUERY: &str = "SELECT * FROM public.rc_status($1)";
+
+/// RFC 3339 in UTC with milliseconds.
+fn stamp(t: Option<std::time::SystemTime>) -> Option<String> {
+    t.map(|t| humantime::format_rfc3339_millis(t).to_string())
+}
 
 pub async fn run(opts: &PostgresOptions, args: Args) -> Result<ExitCode, CliError> {
     let ns = namespace(opts, &args.namespace);
     let session = connect(opts).await?;
+    let err = |e| CliError::db("reading the breakers", e);
     let rows = session
         .client()
-        .query(QUERY, &[&ns])
+        .query_typed(QUERY, &[(&ns, Type::TEXT)])
         .await
-        .map_err(|e| CliError::db("reading the breakers", e))?;
-    let breakers: Vec<Breaker> = rows
-        .iter()
-        .map(|r| Breaker {
-            key: r.get(0),
-            state: r.get(1),
-            failure_count: r.get(2),
-            half_open_in_seconds: r.get::<_, Option<i64>>(3).map(|ms| ms as f64 / 1000.0),
-            version: r.get(4),
-            updated_at: r.get(5),
-        })
-        .collect();
+        .map_err(err)?;
+    let mut breakers = Vec::with_capacity(rows.len());
+    for r in &rows {
+        breakers.push(Breaker {
+            key: r.try_get("o_key").map_err(err)?,
+            state: r.try_get("o_state").map_err(err)?,
+            failure_count: r.try_get("o_failure_count").map_err(err)?,
+            half_open_in_seconds: r
+                .try_get::<_, Option<i64>>("o_remaining_ms")
+                .map_err(err)?
+                .map(|ms| ms as f64 / 1000.0),
+            version: r.try_get("o_version").map_err(err)?,
+            updated_at: stamp(r.try_get("o_updated_at").map_err(err)?),
+            since: stamp(r.try_get("o_state_changed_at").map_err(err)?),
+            mode: r.try_get("o_mode").map_err(err)?,
+        });
+    }
+    let usage: f64 = session
+        .client()
+        .query_typed("SELECT o_queue_usage FROM public.rc_server_status()", &[])
+        .await
+        .map_err(|e| CliError::db("reading the notification queue", e))?
+        .first()
+        .map_or(0.0, |r| r.get(0));
 
     if args.json {
         let text = serde_json::to_string_pretty(&Status {
             namespace: ns,
+            notification_queue_usage: usage,
             breakers,
         })
         .map_err(|e| CliError::Problem(format!("encoding JSON: {e}")))?;
@@ -90,8 +118,12 @@ pub async fn run(opts: &PostgresOptions, args: Args) -> Result<ExitCode, CliErro
         return Ok(ExitCode::SUCCESS);
     }
 
+    let queue = format!("notification queue {:.4}% used", usage * 100.0);
     if breakers.is_empty() {
-        say!("no breaker rows in namespace {ns} (every breaker is CLOSED)");
+        say!(
+            "no breaker rows in namespace {} (every breaker is CLOSED); {queue}",
+            escaped(ns)
+        );
         return Ok(ExitCode::SUCCESS);
     }
     let colour = std::io::stdout().is_terminal();
@@ -101,14 +133,15 @@ pub async fn run(opts: &PostgresOptions, args: Args) -> Result<ExitCode, CliErro
         "FAILURES",
         "HALF-OPEN IN",
         "VERSION",
-        "UPDATED",
+        "SINCE",
+        "MODE",
     ];
-    let table: Vec<[String; 6]> = breakers
+    let table: Vec<[String; 7]> = breakers
         .iter()
         .map(|b| {
             [
-                b.key.clone(),
-                b.state.clone(),
+                escaped(&b.key).into_owned(),
+                escaped(&b.state).into_owned(),
                 b.failure_count.to_string(),
                 b.half_open_in_seconds
                     .map(|s| {
@@ -121,7 +154,8 @@ pub async fn run(opts: &PostgresOptions, args: Args) -> Result<ExitCode, CliErro
                     })
                     .unwrap_or_else(|| "-".into()),
                 b.version.to_string(),
-                b.updated_at.clone().unwrap_or_else(|| "-".into()),
+                b.since.clone().unwrap_or_else(|| "-".into()),
+                escaped(&b.mode).into_owned(),
             ]
         })
         .collect();
@@ -131,7 +165,7 @@ pub async fn run(opts: &PostgresOptions, args: Args) -> Result<ExitCode, CliErro
             *w = (*w).max(cell.chars().count());
         }
     }
-    let line = |cells: [&str; 6], coloured: bool| {
+    let line = |cells: [&str; 7], coloured: bool| {
         let mut out = String::new();
         for (i, (cell, w)) in cells.iter().zip(width).enumerate() {
             let pad = w.saturating_sub(cell.chars().count());
@@ -156,9 +190,11 @@ pub async fn run(opts: &PostgresOptions, args: Args) -> Result<ExitCode, CliErro
             row[3].as_str(),
             row[4].as_str(),
             row[5].as_str(),
+            row[6].as_str(),
         ];
         say!("{}", line(cells, colour));
     }
+    say!("{queue}");
     Ok(ExitCode::SUCCESS)
 }
 

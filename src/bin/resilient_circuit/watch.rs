@@ -10,11 +10,12 @@ use resilient_circuit::storage::postgres::PostgresOptions;
 use resilient_circuit::{Change, ChangeOrigin, State, Storage};
 use tokio_stream::StreamExt;
 
+use super::text::escaped;
 use super::{namespace, CliError};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The namespace to watch (default: RC_DB_NAMESPACE, else `default`).
+    /// The namespace to watch (default: RC_NAMESPACE, else `default`).
     #[arg(long, value_name = "NS")]
     namespace: Option<String>,
 }
@@ -24,7 +25,10 @@ pub async fn run(opts: &PostgresOptions, args: Args) -> Result<ExitCode, CliErro
     // Strict: an operator asking to watch wants to hear that the database is not there.
     let storage = Storage::connect_with(opts.clone().namespace(&ns).strict(true)).await?;
     let mut changes = storage.changes();
-    eprintln!("watching namespace {ns} on {opts} (Ctrl-C to stop)");
+    eprintln!(
+        "watching namespace {} on {opts} (Ctrl-C to stop)",
+        escaped(&ns)
+    );
     let mut now_not_closed: Vec<(String, State)> = storage
         .states()
         .into_iter()
@@ -32,7 +36,7 @@ pub async fn run(opts: &PostgresOptions, args: Args) -> Result<ExitCode, CliErro
         .collect();
     now_not_closed.sort_by(|a, b| a.0.cmp(&b.0));
     for (key, state) in &now_not_closed {
-        eprintln!("now {state}: {key}");
+        eprintln!("now {state}: {}", escaped(key));
     }
 
     let ctrl_c = tokio::signal::ctrl_c();
@@ -78,7 +82,10 @@ fn line(c: &Change) -> String {
     };
     let mut line = format!(
         "{time} {} {} {} {version} from={} origin={origin}",
-        c.namespace, c.key, c.to, c.from
+        escaped(&c.namespace),
+        escaped(&c.key),
+        c.to,
+        c.from
     );
     if let Some(delay) = c.delay() {
         line.push_str(&format!(" delay={:.1}ms", delay.as_secs_f64() * 1e3));

@@ -1,7 +1,7 @@
-//! Live configuration from the table (`rc_breaker_config`, `sql/migrations/0013_live_config.sql`): read at
-//! every (re)load of the namespace, and for one key when the channel `rc_breaker_config` says it
-//! changed (the notification is a hint: the row is read, so it needs no MAC). A row the instance
-//! cannot use is refused with a warning and the configuration in force stays.
+//! Live configuration from the table (`rc_breaker_config`, read through `rc_configs`): read at
+//! every (re)load of the namespace, and for one key when a notification says it changed (op
+//! `config`: a hint, after which the row is read). A row the instance cannot use is refused with
+//! a warning and the configuration in force stays.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -14,39 +14,18 @@ use super::Shared;
 use crate::error::StorageError;
 use crate::{ConfigError, LiveConfig, Mode, Ratio, TripPolicy};
 
-/// The channel the table's trigger NOTIFYs on a change, with `{"ns", "key"}`.
-pub(crate) const CHANNEL: &str = "rc_breaker_config";
-
-/// The rows of a namespace, all (`$2` NULL) or those of some keys.
-const READ: &str = "SELECT resource_key, mode, cooldown_ms, failure_num, failure_den, \
-     success_num, success_den, trip_policy, quorum_instances, quorum_within_ms, rate_num, \
-     rate_den, rate_min_calls, rate_period_ms, version FROM public.rc_breaker_config \
-     WHERE namespace = $1 AND ($2::text[] IS NULL OR resource_key = ANY($2))";
-
-/// A notification's payload: which key changed.
-#[derive(serde::Deserialize)]
-struct Changed {
-    ns: String,
-    key: String,
-}
-
-/// The key a notification of `CHANNEL` names, if it is of `namespace`; `Err` for a payload that
-/// is not the trigger's (then everything is read again).
-pub(crate) fn changed_key(payload: &str, namespace: &str) -> Result<Option<String>, String> {
-    let c: Changed = serde_json::from_str(payload).map_err(|e| e.to_string())?;
-    Ok((c.ns == namespace).then_some(c.key))
-}
-
-/// Reads the configuration of `keys` (all of the namespace when `None`) and applies it.
+/// Reads the configuration of `keys` (all of the namespace when `None`) and applies it. Returns
+/// the keys that left `ForcedOpen`: their cells hold a state no reason backs any more, and the
+/// caller reads their rows again.
 pub(crate) async fn refresh(
     shared: &Shared,
     client: &Client,
     keys: Option<&[String]>,
-) -> Result<(), StorageError> {
+) -> Result<Vec<String>, StorageError> {
     let keys: Option<Vec<String>> = keys.map(<[String]>::to_vec);
     let rows = client
         .query_typed(
-            READ,
+            super::statements::CONFIGS,
             &[
                 (&shared.opts.namespace, Type::TEXT),
                 (&keys, Type::TEXT_ARRAY),
@@ -55,12 +34,22 @@ pub(crate) async fn refresh(
         .await
         .map_err(|e| StorageError::db("reading the live configuration", e))?;
     let Some(storage) = shared.storage.upgrade() else {
-        return Ok(());
+        return Ok(Vec::new());
+    };
+    let mut released = Vec::new();
+    let mut apply = |cell: &Arc<crate::cell::KeyCell>, live: Option<Arc<LiveConfig>>| {
+        let applied = cell.set_live(live);
+        if let Some(t) = applied.opened {
+            shared.transitioned(cell, t, None, None);
+        }
+        if applied.released {
+            released.push(cell.key.to_string());
+        }
     };
     let mut present = HashSet::with_capacity(rows.len());
     for row in &rows {
         let key: String = row
-            .try_get("resource_key")
+            .try_get("o_key")
             .map_err(|e| StorageError::db("reading the live configuration", e))?;
         present.insert(key.clone());
         let config = match parse(row) {
@@ -81,7 +70,7 @@ pub(crate) async fn refresh(
         tracing::info!(key = %key, mode = %config.mode, cooldown = ?config.cooldown, failure_limit = ?config.failure_limit.map(|r| r.to_string()), success_limit = ?config.success_limit.map(|r| r.to_string()), trip_policy = ?config.trip_policy.map(|t| t.to_string()), "live configuration applied");
         storage.live.insert(key.clone(), config.clone());
         if let Some(cell) = storage.cells.get(&key).map(|c| c.clone()) {
-            cell.set_live(Some(config));
+            apply(&cell, Some(config));
         }
     }
     // Rows gone (deleted, reset): back to the code's values.
@@ -103,10 +92,10 @@ pub(crate) async fn refresh(
             tracing::info!(key = %key, "live configuration removed: the code's values apply");
         }
         if let Some(cell) = storage.cells.get(&key).map(|c| c.clone()) {
-            cell.set_live(None);
+            apply(&cell, None);
         }
     }
-    Ok(())
+    Ok(released)
 }
 
 /// One row as a checked [`LiveConfig`].
@@ -115,8 +104,8 @@ fn parse(row: &Row) -> Result<LiveConfig, ConfigError> {
         name: "live configuration",
         reason: e.to_string(),
     };
-    let mode: String = row.try_get("mode").map_err(bad)?;
-    let cooldown_ms: Option<i64> = row.try_get("cooldown_ms").map_err(bad)?;
+    let mode: String = row.try_get("o_mode").map_err(bad)?;
+    let cooldown_ms: Option<i64> = row.try_get("o_cooldown_ms").map_err(bad)?;
     let ratio = |num: &str, den: &str| -> Result<Option<Ratio>, ConfigError> {
         let n: Option<i32> = row.try_get(num).map_err(bad)?;
         let d: Option<i32> = row.try_get(den).map_err(bad)?;
@@ -168,7 +157,7 @@ fn parse(row: &Row) -> Result<LiveConfig, ConfigError> {
         })
         .transpose()
     };
-    let policy: Option<String> = row.try_get("trip_policy").map_err(bad)?;
+    let policy: Option<String> = row.try_get("o_trip_policy").map_err(bad)?;
     let missing = |what: &str| ConfigError::InvalidTripPolicy {
         reason: format!("a live trip policy without its {what}"),
     };
@@ -176,13 +165,13 @@ fn parse(row: &Row) -> Result<LiveConfig, ConfigError> {
         None => None,
         Some("any_instance") => Some(TripPolicy::AnyInstance),
         Some("quorum") => Some(TripPolicy::Quorum {
-            instances: count("quorum_instances")?.ok_or_else(|| missing("quorum_instances"))?,
-            within: millis("quorum_within_ms")?.ok_or_else(|| missing("quorum_within_ms"))?,
+            instances: count("o_quorum_instances")?.ok_or_else(|| missing("quorum_instances"))?,
+            within: millis("o_quorum_within_ms")?.ok_or_else(|| missing("quorum_within_ms"))?,
         }),
         Some("fleet_rate") => Some(TripPolicy::FleetRate {
-            limit: ratio("rate_num", "rate_den")?.ok_or_else(|| missing("rate"))?,
-            min_calls: count("rate_min_calls")?.ok_or_else(|| missing("rate_min_calls"))?,
-            period: millis("rate_period_ms")?.ok_or_else(|| missing("rate_period_ms"))?,
+            limit: ratio("o_rate_num", "o_rate_den")?.ok_or_else(|| missing("rate"))?,
+            min_calls: count("o_rate_min_calls")?.ok_or_else(|| missing("rate_min_calls"))?,
+            period: millis("o_rate_period_ms")?.ok_or_else(|| missing("rate_period_ms"))?,
         }),
         Some(other) => {
             return Err(ConfigError::InvalidTripPolicy {
@@ -193,25 +182,11 @@ fn parse(row: &Row) -> Result<LiveConfig, ConfigError> {
     let config = LiveConfig {
         mode: mode.parse::<Mode>()?,
         cooldown,
-        failure_limit: ratio("failure_num", "failure_den")?,
-        success_limit: ratio("success_num", "success_den")?,
+        failure_limit: ratio("o_failure_num", "o_failure_den")?,
+        success_limit: ratio("o_success_num", "o_success_den")?,
         trip_policy,
-        version: row.try_get("version").map_err(bad)?,
+        version: row.try_get("o_version").map_err(bad)?,
     };
     config.validate()?;
     Ok(config)
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn a_notification_names_a_key_of_its_namespace() {
-        let p = r#"{"ns": "checkout", "key": "payments"}"#;
-        assert_eq!(
-            super::changed_key(p, "checkout"),
-            Ok(Some("payments".into()))
-        );
-        assert_eq!(super::changed_key(p, "default"), Ok(None));
-        assert!(super::changed_key("not json", "default").is_err());
-    }
 }

@@ -100,12 +100,15 @@ async fn connect_inner(
     // Server-side limits, so that a call the client gave up on cannot keep a row lock. Not
     // through a transaction pooler: the settings would stay on its server connection for its
     // other clients (the client's timeout still cancels a call on the server).
-    // This instance's id: its probe leases' holder, and, on its pooled sessions, what the change
-    // log records as the instance behind each change (`sql/objects/rc_log_change.sql`).
+    // This instance's stable name (its votes and rate reports), and its id, unique to this
+    // process and start: its probe leases' holder, and, on its pooled sessions, what the change
+    // log records as the instance behind each change (`sql/objects/rc_announce.sql`). The id
+    // stays under the 255 characters the functions accept.
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let name = opts.resolved_instance_name();
     let holder = format!(
         "{}:{}:{:x}",
-        std::env::var("HOSTNAME").unwrap_or_else(|_| "host".into()),
+        name.chars().take(200).collect::<String>(),
         std::process::id(),
         clock.now_nanos()
     );
@@ -165,7 +168,10 @@ async fn connect_inner(
             schema_ready: AtomicBool::new(false),
             max_seen: AtomicI64::new(0),
             clock_offset_us: AtomicI64::new(0),
+            reloaded_at_us: AtomicI64::new(i64::MIN),
+            queue_warned_at: AtomicI64::new(0),
             holder,
+            name,
             runtime,
             span,
             outbox: publish::Outbox::default(),

@@ -1,14 +1,22 @@
 //! The listener: one task per instance that keeps the local cells in step with the table.
 //!
-//! It owns a dedicated connection (pools drop notifications) on which it LISTENs to the channel
-//! the trigger `rc_notify_change` sends on, or, when the instance follows by polling
-//! ([`Follow::Poll`]) or the LISTEN hears nothing (a transaction pooler), on which it reads the
-//! change log every poll interval (`poll.rs`). After every (re)connect it LISTENs first, then reloads
-//! the whole namespace, because notifications sent while it was away are lost; notifications that
-//! repeat what the reload read are dropped by their version (`precedence.rs`). Notifications
-//! count only with a valid MAC (`payload.rs`). A heartbeat under a timeout finds a black-holed
-//! connection that TCP alone would keep for many minutes, and a periodic reload is the safety net
-//! for anything else. No user code runs on this task (`callbacks.rs`).
+//! It owns a dedicated connection (pools drop notifications) on which it LISTENs to the secret
+//! channel the trigger `rc_announce` sends on, or, when the instance follows by polling
+//! ([`Follow::Poll`]), the LISTEN hears nothing (a transaction pooler) or its role may not read
+//! the channel's name, on which it reads the change log every poll interval (`poll.rs`). After
+//! every (re)connect it LISTENs first, then reloads the whole namespace, because notifications
+//! sent while it was away are lost; notifications that repeat what the reload read are dropped
+//! by their version (`precedence.rs`).
+//!
+//! A notification counts only with a valid MAC (`payload.rs`), and is taken on trust only when
+//! it is fresh (committed after the last reload was read, and within [`REPLAY_WINDOW`] of the
+//! database's clock) and does not lower a state (a close, a half-open round): otherwise the
+//! row is read first (`confirm`). So a payload captured and sent again later, or forged by a role
+//! that holds the key but may not close a breaker, changes nothing the table does not say.
+//!
+//! A heartbeat under a timeout finds a black-holed connection that TCP alone would keep for many
+//! minutes (and reads the notification queue's usage and the database's clock), and a periodic
+//! reload is the safety net for anything else. No user code runs on this task (`callbacks.rs`).
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,9 +35,15 @@ use super::poll::{self, Polled};
 use super::precedence::{Remote, Source};
 use super::{configs, statements, Follow, Shared};
 use crate::error::{describe_pg_error, StorageError};
+use crate::State;
 
-/// The channel the trigger notifies on.
-pub(crate) const CHANNEL: &str = "rc_circuit_breakers";
+/// How far a notification's commit time may be from the database's clock (by this instance's
+/// estimate of it) for the notification to be taken on trust; an older one is confirmed from the
+/// table, as a replay would be.
+pub(crate) const REPLAY_WINDOW: Duration = Duration::from_secs(2);
+
+/// The notification queue's usage past which the heartbeat warns.
+const QUEUE_WARN: f64 = 0.5;
 
 /// Notifications applied in one turn of the loop before the timers get a look.
 const TURN: usize = 256;
@@ -47,9 +61,11 @@ pub(crate) struct Live {
     /// Set by the connection task when it had to drop notifications.
     overflowed: Arc<AtomicBool>,
     driver: JoinHandle<()>,
-    /// Authenticates notifications; `None` when this role may not read it (notifications are
-    /// then confirmed from the table before they count).
+    /// Authenticates notifications; `None` until read, and for a role that may not read it
+    /// (which then follows by polling).
     key: Option<NotifyKey>,
+    /// The secret channel notifications arrive on (with the key).
+    channel: String,
     /// The private channel of the self-check (see [`hears_others`]).
     check: String,
     /// A NOTIFY sent from another session did not come back: the listener follows the table
@@ -136,24 +152,40 @@ pub(crate) async fn open(shared: &Arc<Shared>) -> Result<Live, StorageError> {
     });
     // The self-check channel is made of our own hex digits: nothing from outside reaches the SQL.
     let check = format!("rc_selfcheck_{:016x}", jitter(u64::MAX));
-    let live = Live {
+    Ok(Live {
         client,
         notes,
         overflowed,
         driver,
         key: None,
+        channel: String::new(),
         check,
         deaf: false,
         cursor: None,
+    })
+}
+
+/// Reads the notification secret and LISTENs on its channel and on the self-check channel.
+/// False when this role may not read the secret: it hears nothing, and follows by polling.
+async fn listen(shared: &Shared, live: &mut Live) -> Result<bool, StorageError> {
+    let Some((key, channel)) = notify_secret(&live.client).await? else {
+        return Ok(false);
     };
-    if shared.opts.follow == Follow::Poll {
-        return Ok(live);
+    // Both names are made of fixed letters and hex digits (the channel's by `rc_notify_key`):
+    // checked here all the same, since they go into the statement as identifiers.
+    if !channel
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        || channel.is_empty()
+        || channel.len() > 63
+    {
+        return Err(StorageError::Database {
+            during: "listening",
+            cause: "the notification channel in rc_notify_key is not a plain name".into(),
+            source: None,
+        });
     }
-    let sql = format!(
-        "LISTEN rc_circuit_breakers; LISTEN {}; LISTEN {}",
-        configs::CHANNEL,
-        live.check
-    );
+    let sql = format!("LISTEN {channel}; LISTEN {}", live.check);
     let listen = live.client.batch_execute(&sql);
     match tokio::time::timeout(shared.opts.statement_timeout, listen).await {
         Ok(r) => r.map_err(|e| StorageError::db("listening", e))?,
@@ -164,7 +196,9 @@ pub(crate) async fn open(shared: &Arc<Shared>) -> Result<Live, StorageError> {
             })
         }
     }
-    Ok(live)
+    live.key = Some(key);
+    live.channel = channel;
+    Ok(true)
 }
 
 /// Sends a NOTIFY on the listener's private channel from a pooled session and waits for it. Through
@@ -214,17 +248,24 @@ pub(crate) async fn sync(shared: &Arc<Shared>, live: &mut Live) -> Result<(), St
     let work = async {
         if shared.opts.follow == Follow::Listen {
             // After the schema check (at start), so that its pooled connection is reused.
-            live.deaf = !hears_others(shared, live).await;
-            if live.deaf {
+            if !listen(shared, live).await? {
+                live.deaf = true;
                 tracing::warn!(
-                    target = %shared.opts.listener_target(),
-                    "the listener does not hear notifications sent by other sessions: it goes through a pooler in transaction mode (pgbouncer). Set RC_DB_LISTENER_DSN (PostgresOptions::listener_dsn) to PostgreSQL's own address, or follow by polling (RC_DB_FOLLOW=poll); until then this instance polls the change log every {:?}",
+                    "this role may not read the notification secret (grant it an instance's rights with `resilient-circuit setup --grant-to ROLE`): it follows the table by polling the change log every {:?}",
                     shared.opts.poll_interval
                 );
+            } else {
+                live.deaf = !hears_others(shared, live).await;
+                if live.deaf {
+                    tracing::warn!(
+                        target = %shared.opts.listener_target(),
+                        "the listener does not hear notifications sent by other sessions: it goes through a pooler in transaction mode (pgbouncer). Set RC_DB_LISTENER_DSN (PostgresOptions::listener_dsn) to PostgreSQL's own address, or follow by polling (RC_DB_FOLLOW=poll); until then this instance polls the change log every {:?}",
+                        shared.opts.poll_interval
+                    );
+                }
             }
-            live.key = notify_key(&live.client).await?;
         }
-        measure_clock(shared, &live.client).await?;
+        server_status(shared, &live.client).await?;
         if shared.opts.follow == Follow::Poll || live.deaf {
             live.cursor = Some(poll::start(shared, &live.client).await?);
         }
@@ -239,23 +280,29 @@ pub(crate) async fn sync(shared: &Arc<Shared>, live: &mut Live) -> Result<(), St
     }
 }
 
-/// Reads the database's clock, so that notification lag is measured by it: the lag of a change
-/// is (local now + offset) − commit time, whatever the two clocks disagree by. Good to half the
-/// round trip.
-async fn measure_clock(shared: &Shared, client: &Client) -> Result<(), StorageError> {
+/// Reads the database's clock and the notification queue's usage (`rc_server_status`): the
+/// clock so that lag and a notification's age are measured by it (the lag of a change is
+/// (local now + offset) − commit time, whatever the two clocks disagree by; good to half the
+/// round trip), the queue so that an instance says when it fills. The heartbeat, too.
+async fn server_status(shared: &Shared, client: &Client) -> Result<(), StorageError> {
+    let during = "reading the server's status";
     let before = unix_micros();
-    let row = client
-        .query_typed(statements::DATABASE_CLOCK, &[])
+    let rows = client
+        .query_typed(statements::SERVER_STATUS, &[])
         .await
-        .map_err(|e| StorageError::db("reading the database's clock", e))?;
+        .map_err(|e| StorageError::db(during, e))?;
     let after = unix_micros();
-    let db: i64 = match row.first() {
-        Some(row) => row
-            .try_get(0)
-            .map_err(|e| StorageError::db("reading the database's clock", e))?,
-        None => return Ok(()),
+    let Some(row) = rows.first() else {
+        return Ok(());
     };
+    let db: i64 = row
+        .try_get("o_now_us")
+        .map_err(|e| StorageError::db(during, e))?;
+    let usage: f64 = row
+        .try_get("o_queue_usage")
+        .map_err(|e| StorageError::db(during, e))?;
     shared.set_clock_offset(db.saturating_sub(before / 2 + after / 2));
+    shared.queue_usage(usage, QUEUE_WARN);
     Ok(())
 }
 
@@ -266,37 +313,47 @@ pub(crate) fn unix_micros() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
 }
 
-/// The notification key, or `None` (with a warning) when this role may not read it.
-async fn notify_key(client: &Client) -> Result<Option<NotifyKey>, StorageError> {
-    match client.query_typed(statements::NOTIFY_KEY, &[]).await {
+/// The notification key and channel, or `None` when this role may not read them.
+async fn notify_secret(client: &Client) -> Result<Option<(NotifyKey, String)>, StorageError> {
+    let during = "reading the notification secret";
+    match client.query_typed(statements::NOTIFY_SECRET, &[]).await {
         Ok(rows) => {
-            let bytes: Vec<u8> = match rows.first() {
-                Some(row) => row
-                    .try_get(0)
-                    .map_err(|e| StorageError::db("reading the notification key", e))?,
-                None => Vec::new(), // refused below as a key of 0 bytes
-            };
-            NotifyKey::new(&bytes)
-                .map(Some)
-                .map_err(|cause| StorageError::Database {
-                    during: "reading the notification key",
-                    cause,
+            let Some(row) = rows.first() else {
+                return Err(StorageError::Database {
+                    during,
+                    cause: "rc_notify_key holds no key".into(),
                     source: None,
-                })
+                });
+            };
+            let bytes: Vec<u8> = row
+                .try_get("o_key")
+                .map_err(|e| StorageError::db(during, e))?;
+            let channel: String = row
+                .try_get("o_channel")
+                .map_err(|e| StorageError::db(during, e))?;
+            let key = NotifyKey::new(&bytes).map_err(|cause| StorageError::Database {
+                during,
+                cause,
+                source: None,
+            })?;
+            Ok(Some((key, channel)))
         }
-        Err(e) if e.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) => {
-            tracing::warn!(error = %describe_pg_error(&e), "this role may not read the notification key: every notification is confirmed from the table before it counts (one extra query each)");
-            Ok(None)
-        }
-        Err(e) => Err(StorageError::db("reading the notification key", e)),
+        Err(e) if e.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) => Ok(None),
+        Err(e) => Err(StorageError::db(during, e)),
     }
 }
 
-/// Loads every row of the namespace into the cells. Keys whose row is gone become CLOSED.
+/// Loads every row of the namespace into the cells. Keys whose row is gone become CLOSED. The
+/// live configuration is read first (changes made while this instance was away were not heard),
+/// so the rows apply under the modes in force.
 async fn resync(shared: &Arc<Shared>, client: &Client) -> Result<(), StorageError> {
     let started = std::time::Instant::now();
-    // Before the query: what the cells apply after this is newer than the snapshot.
+    // Keys leaving forced-open are read just below with every other row.
+    let _released = configs::refresh(shared, client, None).await?;
+    // Before the query: what the cells apply after this is newer than the snapshot, and a
+    // notification committed before it is in the snapshot (or older still: see `fresh`).
     let read_at = shared.clock.now_nanos();
+    shared.reloading();
     let rows = client
         .query_typed(
             statements::SNAPSHOT,
@@ -326,8 +383,6 @@ async fn resync(shared: &Arc<Shared>, client: &Client) -> Result<(), StorageErro
     for cell in gone {
         shared.apply(&cell, Remote::ABSENT, Source::Reload { read_at }, None);
     }
-    // The live configuration too: changes made while this instance was away were not heard.
-    configs::refresh(shared, client, None).await?;
     tracing::debug!(rows = rows.len(), elapsed = ?started.elapsed(), "snapshot loaded");
     shared.metrics.resyncs.increment(1);
     Ok(())
@@ -336,30 +391,22 @@ async fn resync(shared: &Arc<Shared>, client: &Client) -> Result<(), StorageErro
 /// What one notification asks of the loop.
 enum Next {
     Nothing,
-    /// Not authenticated: read this key's row before believing it.
-    Confirm(String),
+    /// Not taken on trust: read this key's row before believing it.
+    Confirm(Unconfirmed),
     /// Reload everything.
     Reload,
     /// Read this key's live configuration.
     Config(String),
-    /// Read every live configuration of the namespace.
-    ConfigAll,
 }
 
-/// Applies one notification; bad or forged payloads are logged and skipped.
-fn apply_notification(shared: &Shared, key: Option<&NotifyKey>, n: &Notification) -> Next {
-    if n.channel() == configs::CHANNEL {
-        return match configs::changed_key(n.payload(), &shared.opts.namespace) {
-            Ok(Some(k)) => Next::Config(k),
-            Ok(None) => Next::Nothing,
-            Err(e) => {
-                tracing::warn!(error = %e, "unreadable live configuration notification; reading them all");
-                Next::ConfigAll
-            }
-        };
-    }
-    if n.channel() != CHANNEL {
+/// Applies one notification; bad or forged payloads are logged and skipped, and those not to
+/// be taken on trust are handed back to be confirmed (see the module doc).
+fn apply_notification(shared: &Shared, live: &Live, n: &Notification) -> Next {
+    let Some(key) = live.key.as_ref() else {
         return Next::Nothing;
+    };
+    if n.channel() != live.channel {
+        return Next::Nothing; // the self-check's, or another channel this session listens to
     }
     shared.metrics.notifications.increment(1);
     let bad = |why: &dyn std::fmt::Display| {
@@ -371,30 +418,47 @@ fn apply_notification(shared: &Shared, key: Option<&NotifyKey>, n: &Notification
         Ok(c) => c,
         Err(e) => return bad(&e),
     };
-    match key {
-        Some(k) if !k.verify(&change) => {
-            return bad(&"its MAC does not verify: it was not sent by the table's trigger")
-        }
-        Some(_) => {}
-        None if change.op == Op::Reset => return Next::Reload,
-        None if change.namespace == shared.opts.namespace => return Next::Confirm(change.key),
-        None => return Next::Nothing,
+    if !key.verify(&change) {
+        return bad(&"its MAC does not verify: it was not sent by the table's trigger");
     }
     if change.op == Op::Reset {
         return Next::Reload;
     }
-    // Only a version never seen before counts for the lag: a replayed payload (whose unsigned
-    // timestamp anyone listening could edit) carries a version already held.
-    let fresh = shared.seen(change.version);
     if change.namespace != shared.opts.namespace {
         return Next::Nothing;
     }
-    if let Some(s) = &change.unknown_state {
-        tracing::warn!(key = %change.key, state = %s, "row has an unknown state; treating it as CLOSED");
+    if change.op == Op::Config {
+        return Next::Config(change.key);
+    }
+    let confirm = |shared: &Shared, change: payload::Change| {
+        shared.metrics.confirmed.increment(1);
+        Next::Confirm(Unconfirmed {
+            key: change.key,
+            version: change.version,
+            committed_at_us: Some(change.committed_at_us),
+        })
+    };
+    if !shared.fresh(change.committed_at_us) {
+        return confirm(shared, change); // a replay, or delayed past trust: read the row
     }
     let Some(storage) = shared.storage.upgrade() else {
         return Next::Nothing;
     };
+    if change.state == State::Closed {
+        // A close is taken from the table: a role that holds the key but may not close a
+        // breaker could sign one. Unless it changes nothing here.
+        let lowers = storage
+            .cells
+            .get(&*change.key)
+            .is_some_and(|c| c.state() != State::Closed && c.row_version() < change.version);
+        if lowers {
+            return confirm(shared, change);
+        }
+    }
+    if let Some(s) = &change.unknown_state {
+        tracing::warn!(key = %change.key, state = %s, "row has an unknown state; treating it as CLOSED");
+    }
+    let lag = shared.seen(change.version);
     let remote = Remote {
         state: change.state,
         version: change.version,
@@ -405,24 +469,51 @@ fn apply_notification(shared: &Shared, key: Option<&NotifyKey>, n: &Notification
         &change.key,
         remote,
         Source::Notification,
-        change.committed_at_us,
+        Some(change.committed_at_us),
     );
-    if let (true, Some(at)) = (fresh, change.committed_at_us) {
-        shared.lag_since(at);
+    if lag {
+        shared.lag_since(change.committed_at_us);
     }
     Next::Nothing
 }
 
-/// Reads the rows of notifications that could not be authenticated and applies them.
+/// A notification not taken on trust, to confirm from the table.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Unconfirmed {
+    key: String,
+    /// The notification's version (0: none, a key whose row must simply be read again).
+    version: i64,
+    /// Its commit time, streamed with the change when the row read is the one it announced.
+    committed_at_us: Option<i64>,
+}
+
+impl Unconfirmed {
+    /// A key whose row must be read again, with no notification behind it.
+    fn key(key: String) -> Unconfirmed {
+        Unconfirmed {
+            key,
+            version: 0,
+            committed_at_us: None,
+        }
+    }
+}
+
+/// Reads the rows of notifications not taken on trust and applies them. A key without a row is
+/// CLOSED at the newest version notified for it (not 0): the row was read after those commits,
+/// so a payload of them sent again later is older than what the cell holds.
 async fn confirm(
     shared: &Arc<Shared>,
     client: &Client,
-    keys: Vec<String>,
+    mut asked: Vec<Unconfirmed>,
 ) -> Result<(), StorageError> {
+    // Per key, the newest notification only.
+    asked.sort_by(|a, b| a.key.cmp(&b.key).then(b.version.cmp(&a.version)));
+    asked.dedup_by(|a, b| a.key == b.key);
+    let keys: Vec<&str> = asked.iter().map(|u| u.key.as_str()).collect();
     let read_at = shared.clock.now_nanos(); // see `resync`
     let rows = client
         .query_typed(
-            statements::CONFIRM,
+            statements::ROWS,
             &[
                 (&shared.opts.namespace, Type::TEXT),
                 (&keys, Type::TEXT_ARRAY),
@@ -436,16 +527,30 @@ async fn confirm(
     let mut found = HashSet::new();
     for row in &rows {
         let (key, remote) = statements::decode_snapshot(row)?;
-        shared.apply_key(&storage, &key, remote, Source::Reload { read_at }, None);
-        found.insert(key);
-    }
-    for key in keys.iter().filter(|k| !found.contains(*k)) {
+        let committed = asked
+            .iter()
+            .find(|u| u.key == key && u.version == remote.version)
+            .and_then(|u| u.committed_at_us);
         shared.apply_key(
             &storage,
-            key,
-            Remote::ABSENT,
+            &key,
+            remote,
             Source::Reload { read_at },
-            None,
+            committed,
+        );
+        found.insert(key);
+    }
+    for u in asked.iter().filter(|u| !found.contains(&u.key)) {
+        let absent = Remote {
+            version: u.version.max(0),
+            ..Remote::ABSENT
+        };
+        shared.apply_key(
+            &storage,
+            &u.key,
+            absent,
+            Source::Reload { read_at },
+            u.committed_at_us,
         );
     }
     Ok(())
@@ -527,6 +632,65 @@ pub(crate) async fn run(
     }
 }
 
+/// Runs one step of the listener's work within the statement timeout; a failure or a timeout
+/// ends the connection (the reconnect reloads everything).
+async fn bounded<T>(
+    shared: &Shared,
+    during: &'static str,
+    work: impl std::future::Future<Output = Result<T, StorageError>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(shared.opts.statement_timeout, work).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(format!("{during} failed: {e}")),
+        Err(_) => Err(format!(
+            "{during} unanswered for {:?}",
+            shared.opts.statement_timeout
+        )),
+    }
+}
+
+/// Applies `first` and the notifications queued behind it (up to a turn), then reads what they
+/// asked to read: live configurations first (a key leaving forced-open reads its row again),
+/// then the rows not taken on trust. True when everything must be reloaded.
+async fn take_notifications(
+    shared: &Arc<Shared>,
+    live: &mut Live,
+    first: Notification,
+) -> Result<bool, String> {
+    let mut reload = false;
+    let mut to_confirm = Vec::new();
+    let mut configured = Vec::new();
+    let mut next = Some(first);
+    let mut taken = 0;
+    while let Some(n) = next.take() {
+        match apply_notification(shared, live, &n) {
+            Next::Nothing => {}
+            Next::Confirm(k) => to_confirm.push(k),
+            Next::Reload => reload = true,
+            Next::Config(k) => configured.push(k),
+        }
+        taken += 1;
+        if taken < TURN {
+            next = live.notes.try_recv().ok();
+        }
+    }
+    if reload {
+        return Ok(true); // the reload reads every row and configuration
+    }
+    if !configured.is_empty() {
+        configured.sort();
+        configured.dedup();
+        let work = configs::refresh(shared, &live.client, Some(&configured[..]));
+        let released = bounded(shared, "reading the live configuration", work).await?;
+        to_confirm.extend(released.into_iter().map(Unconfirmed::key));
+    }
+    if !to_confirm.is_empty() {
+        let work = confirm(shared, &live.client, to_confirm);
+        bounded(shared, "confirming notifications", work).await?;
+    }
+    Ok(false)
+}
+
 async fn serve(shared: &Arc<Shared>, mut live: Live, shutdown: &mut watch::Receiver<()>) -> Ended {
     let opts = &shared.opts;
     let start = tokio::time::Instant::now();
@@ -558,83 +722,41 @@ async fn serve(shared: &Arc<Shared>, mut live: Live, shutdown: &mut watch::Recei
     let reload_bound = opts.statement_timeout * 4;
     loop {
         // Not biased: under a storm of notifications the heartbeat and the reconcile timer still
-        // get their turn (notifications are taken a batch at a time).
-        let mut reload = false;
-        tokio::select! {
+        // get their turn (notifications are taken a batch at a time). Each arm says whether
+        // everything must be reloaded, or why the connection is lost.
+        let step: Result<bool, String> = tokio::select! {
             _ = shutdown.changed() => return Ended::Shutdown,
-            note = live.notes.recv() => {
-                let Some(first) = note else {
-                    return Ended::Lost("connection closed".into());
-                };
-                let mut to_confirm = Vec::new();
-                let mut configured = Vec::new();
-                let mut all_configs = false;
-                let mut next = Some(first);
-                let mut taken = 0;
-                while let Some(n) = next.take() {
-                    match apply_notification(shared, live.key.as_ref(), &n) {
-                        Next::Nothing => {}
-                        Next::Confirm(k) => to_confirm.push(k),
-                        Next::Reload => reload = true,
-                        Next::Config(k) => configured.push(k),
-                        Next::ConfigAll => all_configs = true,
-                    }
-                    taken += 1;
-                    if taken < TURN {
-                        next = live.notes.try_recv().ok();
-                    }
-                }
-                if !to_confirm.is_empty() {
-                    to_confirm.sort();
-                    to_confirm.dedup();
-                    let work = confirm(shared, &live.client, to_confirm);
-                    match tokio::time::timeout(opts.statement_timeout, work).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => return Ended::Lost(format!("confirming notifications failed: {e}")),
-                        Err(_) => return Ended::Lost("confirming notifications timed out".into()),
-                    }
-                }
-                if (all_configs || !configured.is_empty()) && !reload {
-                    configured.sort();
-                    configured.dedup();
-                    let keys = (!all_configs).then_some(&configured[..]);
-                    let work = configs::refresh(shared, &live.client, keys);
-                    match tokio::time::timeout(opts.statement_timeout, work).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => return Ended::Lost(format!("reading the live configuration failed: {e}")),
-                        Err(_) => return Ended::Lost("reading the live configuration timed out".into()),
-                    }
-                }
-            }
+            note = live.notes.recv() => match note {
+                Some(first) => take_notifications(shared, &mut live, first).await,
+                None => Err("connection closed".into()),
+            },
             _ = heartbeat.tick() => {
-                let ping = tokio::time::timeout(opts.statement_timeout, live.client.simple_query(""));
-                match ping.await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => return Ended::Lost(format!("heartbeat failed: {}", describe_pg_error(&e))),
-                    Err(_) => return Ended::Lost(format!("heartbeat unanswered for {:?}", opts.statement_timeout)),
-                }
+                bounded(shared, "the heartbeat", server_status(shared, &live.client)).await.map(|()| false)
             }
-            _ = reconcile.tick() => reload = true,
+            _ = reconcile.tick() => Ok(true),
             _ = configs_tick.tick() => {
                 let work = configs::refresh(shared, &live.client, None);
-                match tokio::time::timeout(opts.statement_timeout, work).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => return Ended::Lost(format!("reading the live configuration failed: {e}")),
-                    Err(_) => return Ended::Lost("reading the live configuration timed out".into()),
-                }
-            }
-            _ = polls.tick() => {
-                if let Some(cursor) = live.cursor.as_mut() {
-                    let work = poll::poll(shared, &live.client, cursor);
-                    match tokio::time::timeout(opts.statement_timeout, work).await {
-                        Ok(Ok(Polled::Applied)) => {}
-                        Ok(Ok(Polled::Reload)) => reload = true,
-                        Ok(Err(e)) => return Ended::Lost(format!("polling the change log failed: {e}")),
-                        Err(_) => return Ended::Lost(format!("polling the change log unanswered for {:?}", opts.statement_timeout)),
+                match bounded(shared, "reading the live configuration", work).await {
+                    Ok(released) if released.is_empty() => Ok(false),
+                    Ok(released) => {
+                        let keys = released.into_iter().map(Unconfirmed::key).collect();
+                        bounded(shared, "reading released rows", confirm(shared, &live.client, keys)).await.map(|()| false)
                     }
+                    Err(e) => Err(e),
                 }
             }
-        }
+            _ = polls.tick() => match live.cursor.as_mut() {
+                Some(cursor) => {
+                    let work = poll::poll(shared, &live.client, cursor);
+                    bounded(shared, "polling the change log", work).await.map(|p| p == Polled::Reload)
+                }
+                None => Ok(false),
+            },
+        };
+        let mut reload = match step {
+            Ok(reload) => reload,
+            Err(why) => return Ended::Lost(why),
+        };
         if live.overflowed.swap(false, Ordering::Relaxed)
         /* see `open` */
         {

@@ -76,99 +76,55 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(11, "0011", "growing_cooldowns"),
     migration!(12, "0012", "fleet_rate"),
     migration!(13, "0013", "live_config"),
+    migration!(14, "0014", "security"),
 ];
 
 /// Every object, applied after the migrations in this order: a SQL-language function is
 /// checked when it is created, so what it calls comes first, and triggers come after their
 /// functions' callees.
 pub const OBJECTS: &[Object] = &[
+    // Helpers first: a SQL-language function is checked against what it calls when created.
     object!("rc_remaining_ms"),
     object!("rc_max_ms"),
     object!("rc_key_error"),
     object!("rc_check_key"),
     object!("rc_check_ms"),
+    object!("rc_check_text"),
+    object!("rc_forced_open"),
+    object!("rc_refuse_forced"),
     object!("rc_view"),
-    object!("rc_snapshot"),
+    object!("rc_judge_lock"),
+    object!("rc_prune"),
+    object!("rc_explain"),
+    object!("rc_open_for_fleet"),
     object!("rc_grown_cooldown_ms"),
     object!("rc_rate_error"),
-    object!("rc_require_write"),
-    object!("rc_notify_key"),
-    object!("rc_notify_payload"),
-    object!("rc_explain"),
-    object!("rc_log_change"),
-    object!("rc_open_for_fleet"),
     object!("rc_trip"),
+    // What roles are granted (`roles.rs`).
+    object!("rc_snapshot"),
+    object!("rc_rows"),
+    object!("rc_configs"),
+    object!("rc_status"),
+    object!("rc_history"),
+    object!("rc_changes_since"),
+    object!("rc_server_status"),
+    object!("rc_notify_secret"),
     object!("rc_trip_many"),
     object!("rc_acquire_probe"),
     object!("rc_report_probe"),
+    object!("rc_vote"),
+    object!("rc_report_rates"),
     object!("rc_force"),
     object!("rc_force_many"),
-    object!("rc_changes_since"),
-    object!("rc_vote"),
-    object!("rc_report_rate"),
-    object!("rc_report_rates"),
+    object!("rc_delete"),
     object!("rc_configure"),
+    // Triggers last, after every function they call.
     object!("update_rc_circuit_breakers_updated_at"),
     object!("rc_bump_version"),
-    object!("rc_reset_reopens"),
-    object!("rc_notify_change"),
-    object!("rc_notify_truncate"),
-    object!("rc_spend_judgements"),
+    object!("rc_announce"),
     object!("rc_config_stamp"),
-    object!("rc_config_notify"),
+    object!("rc_config_mode"),
 ];
-
-/// What an application role needs on `public.rc_circuit_breakers`, and all it needs, for this
-/// crate and the Python ancestor alike: the triggers and transition functions run as the
-/// schema's owner (`SECURITY DEFINER`), so nothing else is granted.
-pub const APP_PRIVILEGES: [&str; 4] = ["SELECT", "INSERT", "UPDATE", "DELETE"];
-
-/// A name that cannot be a role: empty, with a NUL, or longer than PostgreSQL's 63 bytes (it
-/// would silently cut the name, and grant to another role).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct InvalidRoleName(String);
-
-/// `name` as a double-quoted SQL identifier, or why it cannot name a role.
-pub fn quote_role(name: &str) -> Result<String, InvalidRoleName> {
-    if name.is_empty() {
-        return Err(InvalidRoleName("a role name must not be empty".into()));
-    }
-    if name.contains('\0') {
-        return Err(InvalidRoleName(
-            "a role name must not contain a NUL character".into(),
-        ));
-    }
-    if name.len() > 63 {
-        return Err(InvalidRoleName(format!(
-            "a role name has at most 63 bytes, this one has {}",
-            name.len()
-        )));
-    }
-    Ok(format!("\"{}\"", name.replace('"', "\"\"")))
-}
-
-/// The statement that gives `role` [`APP_PRIVILEGES`]: what `resilient-circuit setup
-/// --grant-to ROLE` runs after the migrations.
-///
-/// ```
-/// use resilient_circuit::storage::postgres::migrate::grant_statement;
-/// assert_eq!(
-///     grant_statement("app").unwrap(),
-///     r#"GRANT SELECT, INSERT, UPDATE, DELETE ON public.rc_circuit_breakers TO "app""#
-/// );
-/// assert!(grant_statement("").is_err());
-/// ```
-pub fn grant_statement(role: &str) -> Result<String, InvalidRoleName> {
-    Ok(format!(
-        "GRANT {} ON public.rc_circuit_breakers TO {}",
-        APP_PRIVILEGES.join(", "),
-        quote_role(role)?
-    ))
-}
-
-/// Serializes concurrent migrators across the fleet (an arbitrary constant: "rc_migr").
-const MIGRATION_LOCK: i64 = 0x72_63_5f_6d_69_67_72;
 
 /// FNV-1a of the SQL text: enough to notice an edited file, no dependency.
 pub fn checksum(sql: &str) -> String {
@@ -330,22 +286,67 @@ pub async fn pending(client: &Client) -> Result<Pending, StorageError> {
     })
 }
 
-/// Applies every missing migration, then every object whose definition differs, all in one
-/// transaction under a lock so that instances starting together apply each once. Idempotent;
-/// returns what it applied.
+/// How long each statement of a migration may wait for a lock before the attempt is rolled
+/// back and made again: a DDL statement waiting for a lock holds up every later statement on
+/// its table (the lock queue), so a migration behind a long reader must not wait long, or the
+/// fleet's calls would wait behind it.
+pub const LOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Applies every missing migration, then every object whose definition differs, in one
+/// transaction, and returns what it applied. Idempotent: instances and operators may run it at
+/// once (a lock on `rc_schema_objects`, which only its owner can take, makes them take turns).
+///
+/// Each attempt waits at most [`LOCK_TIMEOUT`] for any lock; an attempt that would wait longer
+/// is rolled back and made again after a pause, for at most `patience`, so that a migration
+/// behind a long transaction never stalls the fleet (their statements would queue behind its
+/// lock request). The error then says what held the lock.
 pub async fn migrate(client: &mut Client) -> Result<Pending, StorageError> {
+    migrate_within(client, std::time::Duration::from_secs(60)).await
+}
+
+/// [`migrate`], trying for at most `patience`.
+pub async fn migrate_within(
+    client: &mut Client,
+    patience: std::time::Duration,
+) -> Result<Pending, StorageError> {
+    let deadline = std::time::Instant::now() + patience;
+    let mut pause = std::time::Duration::from_millis(100);
+    loop {
+        match migrate_once(client).await {
+            Err(e) if retryable(&e) && std::time::Instant::now() + pause < deadline => {
+                tracing::info!(error = %e, ?pause, "a migration lock is held; trying again");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_secs(2));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// A lock that was not granted in time, or two migrators creating the bookkeeping tables at
+/// once (`CREATE TABLE IF NOT EXISTS` is not safe against a concurrent creation): try again.
+fn retryable(e: &StorageError) -> bool {
+    matches!(
+        e.sqlstate(),
+        Some("55P03") | Some("23505") | Some("42P07") | Some("40P01")
+    )
+}
+
+async fn migrate_once(client: &mut Client) -> Result<Pending, StorageError> {
     let err = |e: tokio_postgres::Error| StorageError::db("applying migrations", e);
     let mut applied = Pending::default();
     let tx = client.transaction().await.map_err(err)?;
-    // The pool's sessions carry short statement and lock timeouts (so an abandoned transition
-    // call frees its row lock); a migration may rewrite a large table or wait for another
-    // instance's migration, so it lifts them for its own transaction.
-    tx.batch_execute("SET LOCAL statement_timeout = 0; SET LOCAL lock_timeout = 0")
-        .await
-        .map_err(err)?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
-        .await
-        .map_err(err)?;
+    // Nothing the migration runs resolves a name through a schema another role may create in
+    // (the files name every object of ours with its schema). The pool's sessions carry a short
+    // statement timeout, which a migration that rewrites a table lifts for itself; its lock
+    // waits stay short (see LOCK_TIMEOUT).
+    tx.batch_execute(&format!(
+        "SET LOCAL search_path = pg_catalog, pg_temp; SET LOCAL statement_timeout = 0; \
+         SET LOCAL lock_timeout = {}",
+        LOCK_TIMEOUT.as_millis()
+    ))
+    .await
+    .map_err(err)?;
     tx.batch_execute(
         "CREATE TABLE IF NOT EXISTS public.rc_schema_migrations (
              version    integer PRIMARY KEY,
@@ -356,25 +357,29 @@ pub async fn migrate(client: &mut Client) -> Result<Pending, StorageError> {
              name       text PRIMARY KEY,
              checksum   text NOT NULL,
              applied_at timestamptz NOT NULL DEFAULT now());
-         GRANT SELECT ON public.rc_schema_objects TO PUBLIC;",
+         LOCK TABLE public.rc_schema_objects IN SHARE ROW EXCLUSIVE MODE;",
     )
     .await
     .map_err(err)?;
     for m in MIGRATIONS {
         let done = tx
-            .query_opt(
+            .query_typed(
                 "SELECT checksum FROM public.rc_schema_migrations WHERE version = $1",
-                &[&m.version],
+                &[(&m.version, tokio_postgres::types::Type::INT4)],
             )
             .await
             .map_err(err)?;
-        if done.is_some() {
+        if !done.is_empty() {
             continue;
         }
         tx.batch_execute(m.sql).await.map_err(err)?;
-        tx.execute(
+        tx.query_typed(
             "INSERT INTO public.rc_schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
-            &[&m.version, &m.name, &checksum(m.sql)],
+            &[
+                (&m.version, tokio_postgres::types::Type::INT4),
+                (&m.name, tokio_postgres::types::Type::TEXT),
+                (&checksum(m.sql), tokio_postgres::types::Type::TEXT),
+            ],
         )
         .await
         .map_err(err)?;
@@ -383,27 +388,50 @@ pub async fn migrate(client: &mut Client) -> Result<Pending, StorageError> {
     }
     for o in OBJECTS {
         let sum = checksum(o.sql);
-        let done: Option<String> = tx
-            .query_opt(
+        let done = tx
+            .query_typed(
                 "SELECT checksum FROM public.rc_schema_objects WHERE name = $1",
-                &[&o.name],
+                &[(&o.name, tokio_postgres::types::Type::TEXT)],
             )
             .await
-            .map_err(err)?
-            .map(|r| r.get(0));
+            .map_err(err)?;
+        let done: Option<String> = match done.first() {
+            Some(row) => Some(row.try_get(0).map_err(err)?),
+            None => None,
+        };
         if done.as_deref() == Some(sum.as_str()) {
             continue;
         }
         tx.batch_execute(o.sql).await.map_err(err)?;
-        tx.execute(
+        tx.query_typed(
             "INSERT INTO public.rc_schema_objects (name, checksum) VALUES ($1, $2) \
              ON CONFLICT (name) DO UPDATE SET checksum = EXCLUDED.checksum, applied_at = now()",
-            &[&o.name, &sum],
+            &[
+                (&o.name, tokio_postgres::types::Type::TEXT),
+                (&sum, tokio_postgres::types::Type::TEXT),
+            ],
         )
         .await
         .map_err(err)?;
         tracing::info!(object = o.name, "applied object");
         applied.objects.push(o);
+    }
+    // Roles granted earlier get what new definitions of their functions need.
+    if !applied.objects.is_empty() {
+        for (role, kinds) in super::roles::recorded(&tx).await? {
+            for kind in kinds {
+                let statements = super::roles::grant_statements(&role, kind).map_err(|e| {
+                    StorageError::Database {
+                        during: "granting again",
+                        cause: e.to_string(),
+                        source: None,
+                    }
+                })?;
+                for sql in statements {
+                    tx.batch_execute(&sql).await.map_err(err)?;
+                }
+            }
+        }
     }
     tx.commit().await.map_err(err)?;
     Ok(applied)

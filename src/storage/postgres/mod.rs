@@ -42,6 +42,7 @@ pub(crate) mod precedence;
 mod publish;
 mod rates;
 mod reaper;
+pub mod roles;
 pub mod statements;
 pub(crate) mod tls;
 mod votes;
@@ -99,11 +100,20 @@ pub(crate) struct Shared {
     /// The newest row version this instance has seen from any key (authenticated notifications,
     /// reloads, answers): the `basis` of the trips it decides (see `precedence.rs`).
     max_seen: AtomicI64,
-    /// The database's clock minus ours, in microseconds, measured at each (re)connect: lag is
-    /// measured by the database's clock.
+    /// The database's clock minus ours, in microseconds, measured at each (re)connect and
+    /// heartbeat: lag and a notification's age are measured by the database's clock.
     clock_offset_us: AtomicI64,
-    /// Identifies this instance's probe leases (`holder` column).
+    /// When (database clock, microseconds) the last full reload's query was sent: a notification
+    /// committed before is in that reload, or older; it is not taken on trust (`fresh`).
+    reloaded_at_us: AtomicI64,
+    /// The last warning about the notification queue (whole seconds since the Unix epoch).
+    queue_warned_at: AtomicI64,
+    /// Identifies this instance's probe leases (`holder` column) and its changes in the log:
+    /// `name:pid:start`.
     holder: String,
+    /// This instance's stable name: its votes and fleet-rate reports
+    /// ([`PostgresOptions::instance_name`]).
+    name: String,
     /// The process's background I/O runtime (`connect.rs`), where every task of the instance runs.
     runtime: tokio::runtime::Handle,
     /// The instance's span: every task it spawns runs inside it, so that its log lines carry
@@ -229,12 +239,52 @@ impl Shared {
         self.clock_offset_us.store(us, Ordering::Relaxed);
     }
 
+    /// The database's clock now, by this instance's estimate (microseconds since the epoch).
+    fn database_now_us(&self) -> i64 {
+        listener::unix_micros().saturating_add(self.clock_offset_us.load(Ordering::Relaxed))
+    }
+
+    /// A full reload's query is being sent now.
+    pub(crate) fn reloading(&self) {
+        // Relaxed: read by this instance's listener task only, after this store.
+        self.reloaded_at_us
+            .store(self.database_now_us(), Ordering::Relaxed);
+    }
+
+    /// True when a notification committed at `at_us` (database clock) may be taken on trust:
+    /// after the last reload's query, and within the replay window of the database's clock.
+    pub(crate) fn fresh(&self, at_us: i64) -> bool {
+        let window = i64::try_from(listener::REPLAY_WINDOW.as_micros()).unwrap_or(i64::MAX);
+        let now = self.database_now_us();
+        at_us >= self.reloaded_at_us.load(Ordering::Relaxed) // see `reloading`
+            && at_us >= now.saturating_sub(window)
+            && at_us <= now.saturating_add(window)
+    }
+
     /// A notification committed at `at_us` (database clock) is in the snapshot now.
     pub(crate) fn lag_since(&self, at_us: i64) {
-        let now =
-            listener::unix_micros().saturating_add(self.clock_offset_us.load(Ordering::Relaxed));
-        let lag_us = now.saturating_sub(at_us).max(0);
+        let lag_us = self.database_now_us().saturating_sub(at_us).max(0);
         self.metrics.notification_lag.record(lag_us as f64 / 1e6);
+    }
+
+    /// The server's notification queue is this full (0 to 1): a gauge, and a warning (at most
+    /// once a minute) past `warn_at`.
+    pub(crate) fn queue_usage(&self, usage: f64, warn_at: f64) {
+        self.metrics.queue_usage.set(usage);
+        if usage < warn_at {
+            return;
+        }
+        let now = listener::unix_micros() / 1_000_000;
+        // Relaxed: a rate limit for a log line.
+        let last = self.queue_warned_at.load(Ordering::Relaxed);
+        if now - last >= 60
+            && self
+                .queue_warned_at
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(usage = format!("{:.0}%", usage * 100.0), "the server's notification queue is filling: at 100% every commit that notifies fails (every breaker transition, and the Python package's writes). A session that LISTENs and sits in an open transaction stops the queue from draining; find it with `resilient-circuit check`, end it with pg_terminate_backend, and set idle_in_transaction_session_timeout");
+        }
     }
 
     /// Runs `task` on the instance's runtime, inside its span.

@@ -1,20 +1,26 @@
-//! Parsing and authenticating the NOTIFY payloads the trigger `rc_notify_change` sends (format
-//! version 2, `sql/0006_hardening.sql`).
+//! Parsing and authenticating the notifications `rc_announce` sends (format 3,
+//! `sql/objects/rc_announce.sql`).
 //!
-//! Any session that can connect may `pg_notify` on our channel, so a payload counts only with a
-//! valid MAC: HMAC-SHA256 under the key `rc_notify_key()` hands to roles allowed to write the
-//! table. Every field is checked and nothing here can panic.
+//! A payload counts only with a valid MAC: HMAC-SHA256 under the key that `rc_notify_secret()`
+//! hands to the roles granted an instance's rights, over every field but the MAC, the commit
+//! time `at_us` included. The listener then checks that time against the database's clock
+//! (`listener.rs`), so a payload captured once cannot be sent again later. Every field is
+//! checked and nothing here can panic.
 
 use std::borrow::Cow;
 use std::time::Duration;
 
-use openssl::sha::Sha256;
+use hmac::{Hmac, KeyInit, Mac};
 use serde::Deserialize;
+use sha2::Sha256;
 
 use crate::State;
 
 /// NOTIFY refuses payloads of 8000 bytes or more; anything longer did not come from our trigger.
 pub(crate) const MAX_PAYLOAD: usize = 8000;
+
+/// The format this build reads and `rc_announce` writes.
+const FORMAT: u64 = 3;
 
 /// What a notification announces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,9 +29,11 @@ pub(crate) enum Op {
     Row,
     /// The table was truncated: reload everything.
     Reset,
+    /// A key's live configuration changed: read it again.
+    Config,
 }
 
-/// One change of one row, as announced.
+/// One change, as announced.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Change {
     pub(crate) op: Op,
@@ -36,10 +44,8 @@ pub(crate) struct Change {
     pub(crate) unknown_state: Option<String>,
     pub(crate) version: i64,
     pub(crate) remaining: Duration,
-    /// When the change committed, in microseconds since the Unix epoch by the database's clock
-    /// (`at_us`, migration 0007; absent from older triggers). Not covered by the MAC: see
-    /// `sql/0007_notify_commit_time.sql` for why that is safe.
-    pub(crate) committed_at_us: Option<i64>,
+    /// When the change committed, in microseconds since the Unix epoch by the database's clock.
+    pub(crate) committed_at_us: i64,
     /// The MAC as sent (lowercase hex) and the text it must cover.
     mac: String,
     signed: String,
@@ -52,18 +58,15 @@ pub(crate) enum PayloadError {
     TooLong(usize),
     #[error("payload is not the expected JSON: {0}")]
     Malformed(String),
-    #[error("payload format version {0} is not supported (this build reads version 2)")]
+    #[error("payload format version {0} is not supported (this build reads version 3)")]
     UnknownVersion(u64),
 }
 
-/// The key notifications are authenticated with: HMAC-SHA256 (RFC 2104) with the key's inner
-/// and outer pad blocks hashed once, so a check costs two SHA-256 runs over the short message
-/// (about 0.2 µs; OpenSSL's generic HMAC object costs some 10 µs to set up per message).
+/// The key notifications are authenticated with: HMAC-SHA256 keyed once (the key's inner and
+/// outer blocks hashed), then cloned for each message, which costs two SHA-256 runs over the
+/// short message.
 #[derive(Clone)]
-pub(crate) struct NotifyKey {
-    inner: Sha256,
-    outer: Sha256,
-}
+pub(crate) struct NotifyKey(Hmac<Sha256>);
 
 impl std::fmt::Debug for NotifyKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -72,7 +75,7 @@ impl std::fmt::Debug for NotifyKey {
 }
 
 impl NotifyKey {
-    /// The key as `rc_notify_key()` returns it (16 to 64 bytes).
+    /// The key as `rc_notify_secret()` returns it (16 to 64 bytes).
     pub(crate) fn new(key: &[u8]) -> Result<NotifyKey, String> {
         if key.len() < 16 || key.len() > 64 {
             return Err(format!(
@@ -80,38 +83,31 @@ impl NotifyKey {
                 key.len()
             ));
         }
-        let (mut ipad, mut opad) = ([0x36u8; 64], [0x5cu8; 64]);
-        for (i, b) in key.iter().enumerate() {
-            ipad[i] ^= b;
-            opad[i] ^= b;
-        }
-        let (mut inner, mut outer) = (Sha256::new(), Sha256::new());
-        inner.update(&ipad);
-        outer.update(&opad);
-        Ok(NotifyKey { inner, outer })
-    }
-
-    /// HMAC-SHA256 of `text`.
-    pub(crate) fn mac(&self, text: &str) -> [u8; 32] {
-        let mut inner = self.inner.clone();
-        inner.update(text.as_bytes());
-        let mut outer = self.outer.clone();
-        outer.update(&inner.finish());
-        outer.finish()
+        Hmac::new_from_slice(key)
+            .map(NotifyKey)
+            .map_err(|e| format!("notification key: {e}"))
     }
 
     /// HMAC-SHA256 of `text`, lowercase hex (as the trigger sends it).
     #[cfg(test)]
-    pub(crate) fn mac_hex(&self, text: &str) -> Option<String> {
-        Some(self.mac(text).iter().map(|b| format!("{b:02x}")).collect())
+    pub(crate) fn mac_hex(&self, text: &str) -> String {
+        let mut mac = self.0.clone();
+        mac.update(text.as_bytes());
+        mac.finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
     }
 
-    /// True when `change` carries a valid MAC under this key.
+    /// True when `change` carries a valid MAC under this key (compared in constant time).
     pub(crate) fn verify(&self, change: &Change) -> bool {
         let Some(sent) = unhex32(&change.mac) else {
             return false;
         };
-        openssl::memcmp::eq(&self.mac(&change.signed), &sent)
+        let mut mac = self.0.clone();
+        mac.update(change.signed.as_bytes());
+        mac.verify_slice(&sent).is_ok()
     }
 }
 
@@ -142,8 +138,7 @@ struct Wire<'a> {
     state: Cow<'a, str>,
     version: i64,
     remaining_ms: i64,
-    #[serde(default)]
-    at_us: Option<i64>,
+    at_us: i64,
     #[serde(borrow)]
     mac: Cow<'a, str>,
 }
@@ -162,21 +157,22 @@ pub(crate) fn parse(payload: &str) -> Result<Change, PayloadError> {
     let wire: Wire<'_> = match serde_json::from_str(payload) {
         Ok(w) => w,
         Err(e) => {
-            // A newer trigger may send a different shape: say so rather than "malformed".
+            // Another trigger may send a different shape: say so rather than "malformed".
             if let Ok(VersionOnly { v }) = serde_json::from_str(payload) {
-                if v != 2 {
+                if v != FORMAT {
                     return Err(PayloadError::UnknownVersion(v));
                 }
             }
             return Err(PayloadError::Malformed(e.to_string()));
         }
     };
-    if wire.v != 2 {
+    if wire.v != FORMAT {
         return Err(PayloadError::UnknownVersion(wire.v));
     }
     let op = match &*wire.op {
         "row" => Op::Row,
         "reset" => Op::Reset,
+        "config" => Op::Config,
         other => {
             return Err(PayloadError::Malformed(format!(
                 "unknown op {:?}",
@@ -184,45 +180,36 @@ pub(crate) fn parse(payload: &str) -> Result<Change, PayloadError> {
             )))
         }
     };
-    // Exactly what the trigger MACs: lengths in bytes, so no two payloads share an input.
+    // Exactly what the trigger MACs: lengths in characters (the same in every server
+    // encoding), so no two payloads share an input.
     let signed = format!(
-        "2|{}|{}:{}|{}:{}|{}|{}|{}",
+        "3|{}|{}:{}|{}:{}|{}|{}|{}|{}",
         wire.op,
-        wire.ns.len(),
+        wire.ns.chars().count(),
         wire.ns,
-        wire.key.len(),
+        wire.key.chars().count(),
         wire.key,
         wire.state,
         wire.version,
-        wire.remaining_ms
+        wire.remaining_ms,
+        wire.at_us
     );
-    if op == Op::Reset {
-        return Ok(Change {
-            op,
-            namespace: String::new(),
-            key: String::new(),
-            state: State::Closed,
-            unknown_state: None,
-            version: wire.version,
-            remaining: Duration::ZERO,
-            committed_at_us: wire.at_us,
-            mac: wire.mac.into_owned(),
-            signed,
-        });
-    }
-    // The columns are varchar(255): anything else was not written by the trigger, and must not
-    // make the listener create cells without bound.
-    for (what, text) in [("key", &wire.key), ("namespace", &wire.ns)] {
-        let chars = text.chars().count();
-        if chars == 0 || chars > 255 {
-            return Err(PayloadError::Malformed(format!(
-                "{what} of {chars} characters (1 to 255 expected)"
-            )));
+    if op != Op::Reset {
+        // The columns are varchar(255): anything else was not written by the trigger, and must
+        // not make the listener create cells without bound.
+        for (what, text) in [("key", &wire.key), ("namespace", &wire.ns)] {
+            let chars = text.chars().count();
+            if chars == 0 || chars > 255 {
+                return Err(PayloadError::Malformed(format!(
+                    "{what} of {chars} characters (1 to 255 expected)"
+                )));
+            }
         }
     }
-    let (state, unknown_state) = match wire.state.parse::<State>() {
-        Ok(s) => (s, None),
-        Err(_) => (State::Closed, Some(wire.state.into_owned())),
+    let (state, unknown_state) = match (op, wire.state.parse::<State>()) {
+        (Op::Row, Ok(s)) => (s, None),
+        (Op::Row, Err(_)) => (State::Closed, Some(wire.state.into_owned())),
+        _ => (State::Closed, None),
     };
     Ok(Change {
         op,

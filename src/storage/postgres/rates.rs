@@ -147,7 +147,7 @@ impl Shared {
                 statements::REPORT_RATES,
                 &[
                     &self.opts.namespace,
-                    &self.holder,
+                    &self.name,
                     &keys,
                     &failures,
                     &calls,

@@ -17,15 +17,15 @@ use crate::State;
 pub(crate) const SNAPSHOT: &str =
     "SELECT o_key, o_state, o_version, o_remaining_ms FROM public.rc_snapshot($1)";
 
-/// Some rows of a namespace, to confirm notifications that could not be authenticated: by the
-/// primary key, not through `rc_snapshot` (which would read the whole namespace for each batch).
-pub(crate) const CONFIRM: &str = "SELECT resource_key AS o_key, state AS o_state, \
-     version AS o_version, public.rc_remaining_ms(open_until) AS o_remaining_ms \
-     FROM public.rc_circuit_breakers WHERE namespace = $1 AND resource_key = ANY($2)";
+/// Some rows of a namespace, to confirm notifications it does not take on trust: by key, not
+/// through `rc_snapshot` (which would read the whole namespace for each batch).
+pub(crate) const ROWS: &str =
+    "SELECT o_key, o_state, o_version, o_remaining_ms FROM public.rc_rows($1, $2)";
 
-/// The database's clock, microseconds since the Unix epoch (as notifications' `at_us`).
-pub(crate) const DATABASE_CLOCK: &str =
-    "SELECT pg_catalog.floor(pg_catalog.date_part('epoch', pg_catalog.clock_timestamp()) * 1000000)::bigint";
+/// The database's clock (microseconds since the Unix epoch, as notifications' `at_us`) and the
+/// notification queue's usage: `o_now_us`, `o_queue_usage`.
+pub(crate) const SERVER_STATUS: &str =
+    "SELECT o_now_us, o_queue_usage FROM public.rc_server_status()";
 
 /// The changes of a namespace (and resets) not visible to a snapshot, with the snapshot of this
 /// poll in every row: `o_snapshot, o_key, o_state, o_version, o_remaining_ms, o_reset, o_at_us`.
@@ -40,8 +40,12 @@ pub(crate) const CHANGES_SINCE: Call = Call {
 pub(crate) const SET_INSTANCE: &str =
     "SELECT pg_catalog.set_config('resilient_circuit.instance', $1, false)";
 
-/// The notification key (refused unless the session's role may write the table).
-pub(crate) const NOTIFY_KEY: &str = "SELECT public.rc_notify_key()";
+/// The notification key and channel (`o_key`, `o_channel`), for roles granted an instance's
+/// rights (refused otherwise).
+pub(crate) const NOTIFY_SECRET: &str = "SELECT o_key, o_channel FROM public.rc_notify_secret()";
+
+/// The live configurations of a namespace, all (`$2` NULL) or of some keys.
+pub(crate) const CONFIGS: &str = "SELECT * FROM public.rc_configs($1, $2)";
 
 /// A transition function's call: the statement and its parameters' types. Calls are sent as
 /// unnamed statements with the types given here (one round trip, nothing prepared), so they work
@@ -106,8 +110,9 @@ pub(crate) const REPORT_PROBE: Call = Call {
     ],
 };
 
-/// A quorum vote (`sql/objects/rc_vote.sql`): namespace, key, instance, failures, calls, quorum, period
-/// (ms), cooldown (ms), basis. Answers as the others, plus `o_votes`.
+/// A quorum vote (`sql/objects/rc_vote.sql`): namespace, key, voter (the instance's stable
+/// name), failures, calls, quorum, period (ms), cooldown (ms), basis. Answers as the others, plus
+/// `o_votes`.
 pub(crate) const VOTE: Call = Call {
     sql: "SELECT * FROM public.rc_vote($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     types: &[
@@ -123,7 +128,8 @@ pub(crate) const VOTE: Call = Call {
     ],
 };
 
-/// Fleet failure rates (`sql/objects/rc_report_rates.sql`): namespace, instance, keys, failures, calls,
+/// Fleet failure rates (`sql/objects/rc_report_rates.sql`): namespace, reporter (the
+/// instance's stable name), keys, failures, calls,
 /// limit numerators, limit denominators, minimum calls, periods (ms), cooldowns (ms). Answers
 /// as the batched functions, plus `o_fleet_failures`, `o_fleet_calls`.
 pub(crate) const REPORT_RATES: Call = Call {
@@ -146,7 +152,11 @@ pub(crate) const REPORT_RATES: Call = Call {
 /// (checked against the catalog by a test, so a migration cannot drift from the code).
 pub const FUNCTIONS: &[&str] = &[
     "rc_snapshot(text)",
-    "rc_notify_key()",
+    "rc_rows(text,text[])",
+    "rc_configs(text,text[])",
+    "rc_server_status()",
+    "rc_notify_secret()",
+    "rc_changes_since(text,text)",
     "rc_trip_many(text,text[],bigint[],integer[],jsonb[],bigint[])",
     "rc_force_many(text,text[],text[],bigint[])",
     "rc_acquire_probe(text,text,text,bigint,integer,integer)",

@@ -47,7 +47,7 @@ impl Instance {
                     &[
                         &shared.opts.namespace,
                         &&*cell.key,
-                        &shared.holder,
+                        &shared.name,
                         &failures,
                         &calls,
                         &quorum,

@@ -30,6 +30,7 @@ impl PostgresOptions {
     /// | `RC_DB_STRICT` | `0` | `1`: fail at start when PostgreSQL is unreachable |
     /// | `RC_DB_AUTO_CREATE` | `0` | `1`: `connect` may create or upgrade the schema |
     /// | `RC_NAMESPACE` | `default` | namespace of this instance's breakers (1–255 bytes) |
+    /// | `RC_INSTANCE_NAME` | unset | this instance's stable name in quorums and fleet rates; unset: `$HOSTNAME`, else the host's ([`instance_name`](Self::instance_name)) |
     /// | `RC_DB_LISTENER_DSN` | unset | separate address for the LISTEN connection |
     /// | `RC_DB_TRANSACTION_POOLER` | `0` | `1`: the main address is a transaction-mode pooler (pgbouncer) |
     /// | `RC_DB_FOLLOW` | `listen` | `poll`: follow the change log instead of LISTEN ([`Follow`](super::Follow)) |
@@ -134,6 +135,10 @@ impl PostgresOptions {
         if let Some(ns) = var("RC_NAMESPACE") {
             check_namespace(&ns, "RC_NAMESPACE")?;
             opts.namespace = ns;
+        }
+        if let Some(name) = var("RC_INSTANCE_NAME") {
+            check_namespace(&name, "RC_INSTANCE_NAME")?;
+            opts.instance_name = Some(name);
         }
         if let Some(v) = var("RC_DB_STRICT") {
             opts.strict = parse_bool(&v, &cx.named("RC_DB_STRICT"))?;

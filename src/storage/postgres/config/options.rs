@@ -56,6 +56,9 @@ pub struct PostgresOptions {
     /// LISTEN); unset fields are taken from `conn`.
     pub(crate) listener: Option<Endpoint>,
     pub(crate) namespace: String,
+    /// This instance's stable name for quorum votes and fleet-rate reports; `None`: the host's
+    /// (see [`instance_name`](Self::instance_name)).
+    pub(crate) instance_name: Option<String>,
     pub(crate) auto_create: bool,
     pub(crate) strict: bool,
     pub(crate) reconcile_interval: Duration,
@@ -131,6 +134,7 @@ impl PostgresOptions {
             conn: Endpoint::default(),
             listener: None,
             namespace: DEFAULT_NAMESPACE.into(),
+            instance_name: None,
             auto_create: false,
             strict: false,
             reconcile_interval: Duration::from_secs(30),
@@ -365,8 +369,42 @@ impl PostgresOptions {
         self
     }
 
-    /// Lets `connect` create or upgrade the schema (under an advisory lock) when it is missing or
-    /// old; needs a role that may create tables. Default off.
+    /// This instance's name in the fleet's judgements: a quorum counts distinct names
+    /// ([`TripPolicy::Quorum`](crate::TripPolicy)), and a fleet rate believes each name's reports
+    /// up to what one instance can see ([`TripPolicy::FleetRate`](crate::TripPolicy)). It should
+    /// stay the same across restarts of the same pod, so that a crash-looping pod is one voter,
+    /// and differ between pods. 1–255 bytes, no control characters.
+    ///
+    /// Default: the `HOSTNAME` variable (a Kubernetes pod's name), else the machine's host name.
+    /// Processes sharing a host name (several workers in one container) then count as one
+    /// instance, which is what a quorum of pods wants; give them distinct names if they should
+    /// count apart. Also `RC_INSTANCE_NAME`.
+    pub fn instance_name(mut self, name: impl Into<String>) -> Self {
+        self.instance_name = Some(name.into());
+        self
+    }
+
+    /// The instance's name: [`instance_name`](Self::instance_name)'s, or the host's.
+    pub(crate) fn resolved_instance_name(&self) -> String {
+        if let Some(name) = &self.instance_name {
+            return name.clone();
+        }
+        let host = std::env::var("HOSTNAME")
+            .ok()
+            .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+            .map(|h| {
+                h.trim()
+                    .chars()
+                    .filter(|c| !c.is_control())
+                    .take(255)
+                    .collect::<String>()
+            })
+            .filter(|h| !h.is_empty());
+        host.unwrap_or_else(|| "host".to_owned())
+    }
+
+    /// Lets `connect` create or upgrade the schema when it is missing or old; needs a role that
+    /// may create tables. Default off.
     pub fn auto_create(mut self, yes: bool) -> Self {
         self.auto_create = yes;
         self
@@ -527,6 +565,9 @@ impl PostgresOptions {
     /// Refuses settings the backend cannot run with.
     pub(super) fn check(&self) -> Result<(), ConfigError> {
         check_namespace(&self.namespace, "namespace")?;
+        if let Some(name) = &self.instance_name {
+            check_namespace(name, "instance_name")?;
+        }
         let positive = [
             ("connect_timeout", self.network.connect_timeout),
             ("statement_timeout", self.statement_timeout),
