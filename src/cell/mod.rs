@@ -704,15 +704,16 @@ impl KeyCell {
     /// here (`None`, nothing changes) when it would end a hold of the live configuration's
     /// `ForcedOpen`, as the database refuses it.
     pub(crate) fn force(&self, to: State, cooldown: Duration) -> Option<Transition> {
-        if to != State::Open && self.mode() == Mode::ForcedOpen {
-            return None;
-        }
         let mut slow = self.lock();
         if self.online.is_some() {
             // Until its answer arrives, changes from elsewhere (an older trip's late answer or
-            // NOTIFY) must not undo it; a trip of ours still pending is superseded by it.
+            // NOTIFY) must not undo it; a trip of ours still pending is superseded by it. (A
+            // refused one is answered too, and counted until then.)
             slow.view.overrides_in_flight += 1;
             slow.view.pending_trip = None;
+        }
+        if to != State::Open && self.mode() == Mode::ForcedOpen {
+            return None;
         }
         if to == State::HalfOpen {
             slow.probes_free = slow.policy.probe_count();

@@ -5,6 +5,8 @@
 //!   not, who decides each transition, and what happens when the database is away.
 //! * [`settings`]: choosing the failure limit, the cooldown, the probes and namespaces, and
 //!   matching a Python service that shares the table.
+//! * [`security`]: the threat model: who may do what to the shared table, what a login with no
+//!   grant can still do, and how each line is enforced and tested.
 //!
 //! # Examples
 //!
@@ -29,4 +31,5 @@
 //! multi-region sketch has no example: instances need the primary (the README's "Multi-region").
 
 pub mod model;
+pub mod security;
 pub mod settings;

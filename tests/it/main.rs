@@ -24,6 +24,7 @@ mod postgres;
 mod python;
 mod quorum;
 mod scale;
+mod security;
 mod seed_sql;
 mod sql_contract;
 mod tls_server;

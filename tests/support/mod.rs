@@ -213,6 +213,13 @@ pub async fn test_db() -> TestDb {
     TestDb::create(server.admin()).await
 }
 
+/// Like [`test_db`], with `CREATE DATABASE` options after the name (e.g. `TEMPLATE template0
+/// ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C'`).
+pub async fn test_db_with(options: &str) -> TestDb {
+    let server = SERVER.get_or_init(choose_server).await;
+    TestDb::create_with(server.admin(), options).await
+}
+
 async fn choose_server() -> Server {
     if std::env::var_os("RC_TEST_THROWAWAY").is_some_and(|v| !v.is_empty() && v != "0") {
         eprintln!("support: RC_TEST_THROWAWAY is set: starting a throwaway PostgreSQL cluster");
@@ -249,6 +256,11 @@ impl TestDb {
     /// Creates a database on the server reached by `admin` (whose role must
     /// be allowed to create databases).
     pub(crate) async fn create(admin: ConnParts) -> TestDb {
+        TestDb::create_with(admin, "").await
+    }
+
+    /// [`TestDb::create`] with `CREATE DATABASE` options after the name.
+    pub(crate) async fn create_with(admin: ConnParts, options: &str) -> TestDb {
         let name = unique_db_name();
         let client = admin.connect().await.unwrap_or_else(|e| {
             panic!(
@@ -257,7 +269,7 @@ impl TestDb {
                 error_chain(&e)
             )
         });
-        let sql = format!("CREATE DATABASE \"{name}\"");
+        let sql = format!("CREATE DATABASE \"{name}\" {options}");
         let mut attempt = 0;
         loop {
             attempt += 1;

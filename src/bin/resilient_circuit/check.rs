@@ -129,31 +129,31 @@ pub async fn run(opts: &PostgresOptions, args: Args) -> Result<ExitCode, CliErro
     let unsafe_schemas = client
         .query_typed(
             "SELECT n.nspname::pg_catalog.text, \
-                    pg_catalog.string_agg(CASE WHEN r.oid IS NULL THEN 'PUBLIC' \
-                                               ELSE r.rolname::pg_catalog.text END, ', ' \
-                                          ORDER BY r.rolname) \
+                    CASE WHEN pg_catalog.has_schema_privilege('public', n.oid, 'CREATE') \
+                         THEN 'every role (PUBLIC)' \
+                         ELSE (SELECT pg_catalog.string_agg(r.rolname::pg_catalog.text, ', ' \
+                                                            ORDER BY r.rolname) \
+                               FROM pg_catalog.pg_roles r \
+                               WHERE NOT r.rolsuper AND r.oid OPERATOR(pg_catalog.<>) n.nspowner \
+                                 AND pg_catalog.has_schema_privilege(r.oid, n.oid, 'CREATE')) END \
              FROM pg_catalog.pg_namespace n \
-             CROSS JOIN LATERAL (SELECT 0::pg_catalog.oid AS oid, NULL::pg_catalog.name AS rolname \
-                                 UNION ALL SELECT oid, rolname FROM pg_catalog.pg_roles \
-                                           WHERE NOT rolsuper) AS r \
              WHERE n.nspname OPERATOR(pg_catalog.=) ANY (pg_catalog.current_schemas(false)) \
-               AND r.oid IS DISTINCT FROM n.nspowner \
-               AND CASE WHEN r.oid OPERATOR(pg_catalog.=) 0 \
-                        THEN pg_catalog.has_schema_privilege('public', n.oid, 'CREATE') \
-                        ELSE pg_catalog.has_schema_privilege(r.oid, n.oid, 'CREATE') END \
-             GROUP BY n.nspname ORDER BY 1",
+             ORDER BY 1",
             &[],
         )
         .await
         .map_err(db("checking the schemas"))?;
+    let unsafe_schemas: Vec<(String, String)> = unsafe_schemas
+        .iter()
+        .filter_map(|r| Some((r.get(0), r.get::<_, Option<String>>(1)?)))
+        .collect();
     if unsafe_schemas.is_empty() {
         findings.push((
             Level::Ok,
             "no schema on the search path is writable by a role other than its owner".into(),
         ));
     }
-    for row in &unsafe_schemas {
-        let (schema, who): (String, String) = (row.get(0), row.get(1));
+    for (schema, who) in &unsafe_schemas {
         findings.push((
             Level::Warn,
             format!(

@@ -332,6 +332,22 @@ fn retryable(e: &StorageError) -> bool {
     )
 }
 
+/// Takes EXECUTE on every function of ours back from PUBLIC (`setup` grants it to roles).
+const REVOKE_FROM_PUBLIC: &str = "DO $$
+DECLARE
+    f pg_catalog.regprocedure;
+BEGIN
+    FOR f IN SELECT p.oid::pg_catalog.regprocedure FROM pg_catalog.pg_proc p
+             WHERE p.pronamespace OPERATOR(pg_catalog.=) 'public'::pg_catalog.regnamespace
+               AND (p.proname OPERATOR(pg_catalog.~~) 'rc\\_%'
+                    OR p.proname OPERATOR(pg_catalog.=) 'update_rc_circuit_breakers_updated_at')
+               AND pg_catalog.has_function_privilege('public', p.oid, 'EXECUTE')
+    LOOP
+        EXECUTE pg_catalog.format('REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC', f);
+    END LOOP;
+END
+$$";
+
 async fn migrate_once(client: &mut Client) -> Result<Pending, StorageError> {
     let err = |e: tokio_postgres::Error| StorageError::db("applying migrations", e);
     let mut applied = Pending::default();
@@ -416,6 +432,9 @@ async fn migrate_once(client: &mut Client) -> Result<Pending, StorageError> {
         tracing::info!(object = o.name, "applied object");
         applied.objects.push(o);
     }
+    // No function of ours runs for every role: a grant to PUBLIC made by hand (or by an older
+    // version) is taken back whether or not its object changed.
+    tx.batch_execute(REVOKE_FROM_PUBLIC).await.map_err(err)?;
     // Roles granted earlier get what new definitions of their functions need.
     if !applied.objects.is_empty() {
         for (role, kinds) in super::roles::recorded(&tx).await? {
