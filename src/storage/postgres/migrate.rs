@@ -109,6 +109,7 @@ pub const OBJECTS: &[Object] = &[
     object!("rc_changes_since"),
     object!("rc_server_status"),
     object!("rc_notify_secret"),
+    object!("rc_notify_key"),
     object!("rc_trip_many"),
     object!("rc_acquire_probe"),
     object!("rc_report_probe"),
