@@ -2,8 +2,11 @@
 -- the Python package, an operator in psql), as the owner:
 --
 -- * the version: a new one from the sequence when the state, the cooldown or the key changes,
---   else the old one, whatever the writer set. Taken under the row lock, so the versions of a
---   key follow commit order; an INSERT first waits for a transaction deleting its key.
+--   or when an operator's decree rewrites the row as it is (rc_force sets
+--   `resilient_circuit.decree`: every instance then hears it, and ends what it held against
+--   the row); else the old one, whatever the writer set. Taken under the row lock, so the
+--   versions of a key follow commit order; an INSERT first waits for a transaction deleting its
+--   key.
 -- * the episode: a new state (a deletion, a renamed key) resets the half-open round (its
 --   counts, its size, its leases), spends the key's quorum votes and fleet-rate reports, and
 --   stamps state_changed_at; a CLOSED row's reopen count is 0.
@@ -73,7 +76,8 @@ BEGIN
         RETURN OLD;
     END IF;
 
-    IF ends OR NEW.open_until IS DISTINCT FROM OLD.open_until THEN
+    IF ends OR NEW.open_until IS DISTINCT FROM OLD.open_until
+       OR current_setting('resilient_circuit.decree', true) = 'on' THEN
         NEW.version := nextval('public.rc_circuit_breakers_version_seq');
     ELSE
         NEW.version := OLD.version;

@@ -141,6 +141,18 @@ impl KeyCell {
         taken
     }
 
+    /// The hold of local decision `seq` (a trip on its way, a vote, a fleet-rate judgement made
+    /// alone) reached its deadline: true when it was still held, and is dropped now (the caller
+    /// reads the row); false when something newer ended it first.
+    pub(crate) fn hold_ended(&self, seq: u64) -> bool {
+        let mut slow = self.lock();
+        let held = slow.view.pending_trip.is_some_and(|p| p.seq == seq);
+        if held {
+            slow.view.pending_trip = None;
+        }
+        held
+    }
+
     /// The version of the row this cell last applied (0: none).
     pub(crate) fn row_version(&self) -> i64 {
         self.lock().view.version

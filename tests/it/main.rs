@@ -9,6 +9,7 @@ mod breaker;
 mod changes;
 mod cli;
 mod concurrency;
+mod convergence;
 mod examples;
 mod failover;
 mod faults;

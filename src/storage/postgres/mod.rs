@@ -214,6 +214,48 @@ impl Shared {
         }
     }
 
+    /// Reads `cell`'s row on a pooled connection and applies it as a reload would (a key without
+    /// a row is CLOSED, at the version the cell holds). Errors are logged: the listener's next
+    /// reload covers what this misses.
+    pub(crate) async fn reread(&self, cell: &Arc<KeyCell>) {
+        use tokio_postgres::types::Type;
+        let read_at = self.clock.now_nanos();
+        let keys = vec![cell.key.to_string()];
+        let read = async {
+            let client = self.client("reading a row").await?;
+            client
+                .query_typed(
+                    statements::ROWS,
+                    &[
+                        (&self.opts.namespace, Type::TEXT),
+                        (&keys, Type::TEXT_ARRAY),
+                    ],
+                )
+                .await
+                .map_err(|e| crate::StorageError::db("reading a row", e))
+        };
+        let rows = match tokio::time::timeout(self.opts.statement_timeout, read).await {
+            Ok(Ok(rows)) => rows,
+            Ok(Err(e)) => {
+                tracing::debug!(key = %cell.key, error = %e, "could not read a row after a hold ended");
+                return;
+            }
+            Err(_) => return,
+        };
+        let remote = match rows.first().map(statements::decode_snapshot) {
+            Some(Ok((_, remote))) => remote,
+            Some(Err(e)) => {
+                tracing::debug!(key = %cell.key, error = %e, "unreadable row after a hold ended");
+                return;
+            }
+            None => Remote {
+                version: cell.row_version(),
+                ..Remote::ABSENT
+            },
+        };
+        self.apply(cell, remote, Source::Reload { read_at }, None);
+    }
+
     /// A transition that did not come from a call of this process (the table's state, applied):
     /// streamed at once, its callbacks queued. `version`: the row version that made it.
     pub(crate) fn transitioned(
@@ -381,7 +423,19 @@ impl Instance {
             .now_nanos()
             .saturating_add(duration_nanos(cooldown));
         let basis = self.shared.max_seen.load(Ordering::Relaxed); // see `seen`
-        cell.trip_pending(deadline, basis, held_only);
+        let seq = cell.trip_pending(deadline, basis, held_only);
+        // No hold outlives its reason: when its cooldown ends and nothing newer ended it first
+        // (an answer, a newer row), the cell shows the table's row again, without waiting for a
+        // call to ask. (A vote short of its quorum, or a trip the database never took, would
+        // otherwise keep the cell OPEN past its cooldown while the row says CLOSED.)
+        let shared = self.shared.clone();
+        let cell = cell.clone();
+        self.shared.spawn(async move {
+            tokio::time::sleep(cooldown).await; // the hold's own end: a time, not an event
+            if cell.hold_ended(seq) {
+                shared.reread(&cell).await;
+            }
+        });
     }
 
     /// Publishes a manual override; `done` hears whether the database accepted it.
