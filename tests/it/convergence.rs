@@ -118,3 +118,271 @@ fn every_test_the_rule_table_cites_exists() {
         );
     }
 }
+
+fn bound_wait() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// How long the traffic of [`everything_at_once_converges`] runs: `RC_CONVERGENCE_SECS`, else
+/// 25 s.
+fn convergence_secs() -> u64 {
+    std::env::var("RC_CONVERGENCE_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(25)
+}
+
+/// A small random number generator (xorshift), seeded per task: reproducible enough to print.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n.max(1)
+    }
+}
+
+/// What every instance believes of every key, against the table, until they agree (at most
+/// `within`): the keys on which some instance still disagrees, with what it believes.
+async fn disagreements(
+    admin: &tokio_postgres::Client,
+    instances: &[Storage],
+    keys: &[String],
+    within: Duration,
+) -> Vec<String> {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let rows = admin
+            .query(
+                "SELECT resource_key, state FROM rc_circuit_breakers WHERE resource_key = ANY($1)",
+                &[&keys],
+            )
+            .await
+            .expect("reads the table");
+        let table: std::collections::HashMap<String, String> =
+            rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        let mut wrong = Vec::new();
+        for key in keys {
+            let want = table.get(key).map_or("CLOSED", String::as_str);
+            for (i, s) in instances.iter().enumerate() {
+                let got = s.state_of(key).unwrap_or(State::Closed);
+                if got.as_str() != want {
+                    wrong.push(format!(
+                        "{key}: instance {i} believes {got}, the row says {want}"
+                    ));
+                }
+            }
+        }
+        if wrong.is_empty() || std::time::Instant::now() >= deadline {
+            return wrong;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Four instances, thirty keys (ten of each trip policy), random outcomes whose failure rate
+/// changes every few seconds, an operator changing live configurations and forcing states every
+/// 150 ms, and plain SQL writers setting rows OPEN or CLOSED and deleting CLOSED rows, all at
+/// once for `RC_CONVERGENCE_SECS` (25 s). Then the traffic stops, every configuration is reset and
+/// every key closed: within five seconds every instance agrees with the table on every key, and
+/// nothing is pending; the same after every key is opened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn everything_at_once_converges() {
+    let db = test_db().await;
+    let operator = db.app_conninfo().await;
+    let mut instances = Vec::new();
+    for _ in 0..4 {
+        instances.push(named(&db).await);
+    }
+    let prefix = unique_key("mix");
+    let keys: Vec<String> = (0..30).map(|i| format!("{prefix}-{i}")).collect();
+    let policy = |i: usize| match i / 10 {
+        0 => TripPolicy::AnyInstance,
+        1 => TripPolicy::Quorum {
+            instances: 2,
+            within: Duration::from_secs(10),
+        },
+        _ => TripPolicy::FleetRate {
+            limit: Ratio::new(1, 2),
+            min_calls: 20,
+            period: Duration::from_secs(10),
+        },
+    };
+    let mut breakers = Vec::new();
+    for s in &instances {
+        let mine: Vec<resilient_circuit::CircuitBreaker> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| {
+                resilient_circuit::CircuitBreaker::builder(k)
+                    .storage(s.clone())
+                    .failure_limit(Ratio::new(3, 5))
+                    .cooldown(Duration::from_millis(300))
+                    .trip_policy(policy(i))
+                    .build()
+                    .expect("valid")
+            })
+            .collect();
+        breakers.push(mine);
+    }
+    let secs = convergence_secs();
+    let until = std::time::Instant::now() + Duration::from_secs(secs);
+    let mut tasks = Vec::new();
+    for (n, mine) in breakers.iter().enumerate() {
+        let mine = mine.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (n as u64 + 1));
+            let mut calls = 0u64;
+            while std::time::Instant::now() < until {
+                // 80%, 30% and 2% failures in turn, three seconds each, counted back from the
+                // end, so that the last seconds fail most and leave fresh holds and votes behind.
+                let left = until
+                    .saturating_duration_since(std::time::Instant::now())
+                    .as_secs();
+                let percent = [80, 30, 2][((left / 3) % 3) as usize];
+                for cb in &mine {
+                    let fails = rng.below(100) < percent;
+                    let _ = cb
+                        .call(|| async move {
+                            if fails {
+                                Err("down")
+                            } else {
+                                Ok(())
+                            }
+                        })
+                        .await;
+                    calls += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            calls
+        }));
+    }
+    let op_keys = keys.clone();
+    let op_dsn = operator.clone();
+    tasks.push(tokio::spawn(async move {
+        let c = crate::support::connect_to(&op_dsn).await;
+        let mut rng = Rng(0xdead_beef);
+        let mut done = 0u64;
+        while std::time::Instant::now() < until {
+            let key = &op_keys[rng.below(op_keys.len() as u64) as usize];
+            let sql = match rng.below(6) {
+                0 => "SELECT 1 FROM rc_configure('default', $1, p_cooldown_ms => 500)",
+                1 => "SELECT 1 FROM rc_configure('default', $1, 'metrics_only')",
+                2 => "SELECT 1 FROM rc_configure('default', $1, 'disabled')",
+                3 => "SELECT 1 FROM rc_configure('default', $1, p_reset => true)",
+                4 => "SELECT 1 FROM rc_force('default', $1, 'OPEN', 1000)",
+                _ => "SELECT 1 FROM rc_force('default', $1, 'CLOSED', 0)",
+            };
+            // A refusal (a key forced open) is an answer too.
+            let _ = c.execute(sql, &[key]).await;
+            done += 1;
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+        done
+    }));
+    let sql_keys = keys.clone();
+    let sql_dsn = db.app_conninfo().await;
+    tasks.push(tokio::spawn(async move {
+        let c = crate::support::connect_to(&sql_dsn).await;
+        let mut rng = Rng(0x1234_5678);
+        let mut done = 0u64;
+        while std::time::Instant::now() < until {
+            let key = &sql_keys[rng.below(sql_keys.len() as u64) as usize];
+            let sql = match rng.below(3) {
+                0 => {
+                    "INSERT INTO rc_circuit_breakers (resource_key, state, open_until) \
+                      VALUES ($1, 'OPEN', now() + interval '1 second') \
+                      ON CONFLICT (resource_key, namespace) DO UPDATE \
+                      SET state = 'OPEN', open_until = EXCLUDED.open_until"
+                }
+                1 => {
+                    "UPDATE rc_circuit_breakers SET state = 'CLOSED', open_until = NULL \
+                      WHERE resource_key = $1"
+                }
+                _ => "DELETE FROM rc_circuit_breakers WHERE state = 'CLOSED' AND resource_key = $1",
+            };
+            let _ = c.execute(sql, &[key]).await;
+            done += 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        done
+    }));
+    let mut totals = Vec::new();
+    for t in tasks {
+        totals.push(t.await.expect("task"));
+    }
+    eprintln!(
+        "{secs} s: calls per instance and writes by the operator and SQL writers: {totals:?}"
+    );
+
+    let c = crate::support::connect_to(&operator).await;
+    for key in &keys {
+        c.execute(
+            "SELECT 1 FROM rc_configure('default', $1, p_reset => true)",
+            &[key],
+        )
+        .await
+        .expect("resets");
+    }
+    // The live configurations are gone everywhere before the breakers are judged again.
+    assert!(
+        crate::support::breakers::caught_up(
+            &db.client().await,
+            &instances.iter().collect::<Vec<_>>(),
+            bound_wait()
+        )
+        .await
+    );
+    let bound = Duration::from_secs(5);
+    let admin = db.client().await;
+    let force_all = |state: &'static str, cooldown: i64| {
+        let c = &c;
+        let keys = &keys;
+        async move {
+            for key in keys {
+                c.execute(
+                    "SELECT 1 FROM rc_force('default', $1, $2, $3)",
+                    &[key, &state, &cooldown],
+                )
+                .await
+                .expect("forces");
+            }
+        }
+    };
+    let agree = |after: &'static str| {
+        let (admin, instances, keys) = (&admin, &instances, &keys);
+        async move {
+            let wrong = disagreements(admin, instances, keys, bound).await;
+            assert!(
+                wrong.is_empty(),
+                "after {after}, {} disagreements remain after {bound:?}: {wrong:#?}",
+                wrong.len()
+            );
+            for s in instances {
+                assert!(
+                    s.flush(bound).await,
+                    "publications pending: {}",
+                    s.pending_publications()
+                );
+            }
+        }
+    };
+    force_all("CLOSED", 0).await;
+    agree("a close of every key").await;
+    // Votes short of their quorum, on rows that are CLOSED: one instance fails each quorum key
+    // alone, holds it OPEN, and the operator closes every key again.
+    for (j, key) in keys.iter().enumerate().skip(10).take(10) {
+        let cb = &breakers[j % instances.len()][j];
+        for _ in 0..5 {
+            let _ = cb.call(|| async { Err::<(), _>("down") }).await;
+        }
+        assert_eq!(cb.state(), State::Open, "{key}: the lone voter holds it");
+    }
+    force_all("CLOSED", 0).await;
+    agree("a close of every key, with votes held short of their quorum").await;
+    force_all("OPEN", 600_000).await;
+    agree("an open of every key").await;
+}

@@ -594,6 +594,17 @@ pub fn unique_key(prefix: &str) -> String {
     format!("{prefix}-{}-{n}-{:08x}", std::process::id(), random_u32())
 }
 
+/// A plain connection to `conninfo` (its driver spawned on the current runtime).
+pub async fn connect_to(conninfo: &str) -> Client {
+    let (client, connection) = tokio_postgres::connect(conninfo, NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connecting to {conninfo}: {}", error_chain(&e)));
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    client
+}
+
 /// Polls `cond` every 20 ms until it returns true (then returns true) or
 /// `timeout` of wall-clock time has passed (then returns false). For
 /// conditions that have no awaitable event. `cond` should itself return
