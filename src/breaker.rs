@@ -586,7 +586,6 @@ impl CircuitBreaker {
             Recorded::Report(lease, success) => {
                 self.inner.storage.report_probe(cell, lease, success)
             }
-            Recorded::Rate => self.inner.storage.report_rate(cell),
         }
     }
 }

@@ -7,6 +7,8 @@
 -- * Notifications go to a channel whose name is as secret as the key that signs them.
 -- * Votes and rate reports are spent by the state change that ends their episode (the trigger),
 --   expire by a time stored with them, and are counted under a row lock no stranger can take.
+-- * A fleet rate is the fleet's: once a key is being judged, every instance holding it reports
+--   (rc_judgements), each its counts over its last period (one row per reporter).
 -- * Every table prunes by time.
 
 -- What the old definitions used and the new ones do not (their work moved into the objects
@@ -39,6 +41,9 @@ DROP FUNCTION IF EXISTS public.rc_report_rates(text, text, text[], integer[], in
                                                integer[], integer[], bigint[], bigint[]);
 DROP FUNCTION IF EXISTS public.rc_vote(text, text, text, integer, integer, integer, bigint, bigint,
                                        bigint);
+-- Reports carry 64-bit counts now.
+DROP FUNCTION IF EXISTS public.rc_rate_error(text, text, integer, integer, integer, integer, integer,
+                                             bigint, bigint);
 
 -- When the row last changed state, whoever wrote it (kept by rc_bump_version, which ignores
 -- what a writer puts here): `status` shows it, and the episode of the votes and rate reports
@@ -73,33 +78,50 @@ CREATE TABLE public.rc_votes (
 CREATE INDEX rc_votes_expires_at ON public.rc_votes (expires_at);
 REVOKE ALL ON public.rc_votes FROM PUBLIC;
 
--- Fleet-rate reports, one row each; a report counts until `expires_at` (its period).
+-- Fleet-rate reports: one row per reporter and key, its latest, holding the calls and failures
+-- it saw over its last period; it counts until `expires_at` (a few of its reporting intervals:
+-- a reporter that stopped, or died, soon drops out of the sum).
 DROP TABLE IF EXISTS public.rc_rate_reports;
 CREATE TABLE public.rc_rate_reports (
-    report_id    bigserial    PRIMARY KEY,
     namespace    varchar(255) NOT NULL,
     resource_key varchar(255) NOT NULL,
     reporter     text         NOT NULL CHECK (pg_catalog.char_length(reporter) BETWEEN 1 AND 255),
     reported_at  timestamptz  NOT NULL,
     expires_at   timestamptz  NOT NULL,
-    failures     integer      NOT NULL CHECK (failures >= 0),
-    calls        integer      NOT NULL CHECK (calls >= failures AND calls >= 1)
+    failures     bigint       NOT NULL CHECK (failures >= 0),
+    calls        bigint       NOT NULL CHECK (calls >= failures AND calls >= 1),
+    PRIMARY KEY (namespace, resource_key, reporter)
 );
-CREATE INDEX rc_rate_reports_key ON public.rc_rate_reports (namespace, resource_key, reporter);
 CREATE INDEX rc_rate_reports_expires_at ON public.rc_rate_reports (expires_at);
 REVOKE ALL ON public.rc_rate_reports FROM PUBLIC;
 
--- One row per key being judged (a vote, a rate report), locked while its judgement is made so
--- that racing judgements of a key without a breaker row see each other. A table only the owner
--- can read, rather than an advisory lock: any session may take any advisory lock, and these
--- ids would be computable from the key.
-CREATE TABLE IF NOT EXISTS public.rc_judge_locks (
-    namespace    varchar(255) NOT NULL,
-    resource_key varchar(255) NOT NULL,
-    touched_at   timestamptz  NOT NULL,
+-- One row per key being judged by the fleet (a vote, a rate report), locked while its
+-- judgement is made so that racing judgements of a key without a breaker row see each other: a
+-- table only the owner can read, rather than an advisory lock, since any session may take any
+-- advisory lock and these ids would be computable from the key.
+-- * judged_until: while in the future, every instance holding the key reports its failure
+--   rate each interval (a fleet rate is judged over the whole fleet, not only the instances
+--   that see failures); extended by every report at or above the limit.
+-- * announced_until: the end the instances were last told of (op "judge"); told again when the
+--   judgement starts and when it has grown by half a period since.
+CREATE TABLE IF NOT EXISTS public.rc_judgements (
+    namespace       varchar(255) NOT NULL,
+    resource_key    varchar(255) NOT NULL,
+    touched_at      timestamptz  NOT NULL,
+    judged_until    timestamptz  NULL,
+    announced_until timestamptz  NULL,
     PRIMARY KEY (namespace, resource_key)
 );
-REVOKE ALL ON public.rc_judge_locks FROM PUBLIC;
+REVOKE ALL ON public.rc_judgements FROM PUBLIC;
+
+-- The change log also carries what followers that poll must hear besides rows: a live
+-- configuration that changed (`config`) and a fleet-rate judgement that started (`judge`).
+ALTER TABLE public.rc_changes
+    ADD COLUMN IF NOT EXISTS kind text NOT NULL DEFAULT 'row'
+        CHECK (kind IN ('row', 'reset', 'config', 'judge'));
+UPDATE public.rc_changes SET kind = 'reset' WHERE reset AND kind = 'row';
+-- Its rows gain a kind: the function is made anew (sql/objects/rc_changes_since.sql).
+DROP FUNCTION IF EXISTS public.rc_changes_since(text, text);
 
 CREATE INDEX IF NOT EXISTS idx_rc_probe_leases_expires_at ON public.rc_probe_leases (expires_at);
 

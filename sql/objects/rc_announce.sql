@@ -7,6 +7,8 @@
 --   the table truncated     op "reset": reload everything (the votes, reports and leases go;
 --                           keys forced open by their live configuration come back OPEN)
 --   a live configuration    op "config": read the key's configuration again
+--   a fleet-rate judgement  op "judge": every instance holding the key reports its rate until
+--                           remaining_ms has passed (rc_report_rates)
 --
 -- The payload, format 3, on the secret channel of rc_notify_key:
 --   {"v":3,"op","ns","key","state","version","remaining_ms","at_us","mac"}
@@ -16,7 +18,8 @@
 -- key|state|version|remaining_ms|at_us") in hex: lengths in characters, so the same in any
 -- server encoding; the text is hashed as UTF-8, as the listener receives it.
 --
--- The change log (rc_changes) gets each breaker change with who made it (the session as the
+-- The change log (rc_changes) gets every one of these (`kind`: row, reset, config, judge), so
+-- that an instance following by polling hears them too; each breaker change with who made it (the session as the
 -- server knows it, and the instance name an instance sets in `resilient_circuit.instance`) and
 -- why (for an OPEN, the row's failure count and window; the note a session set in
 -- `resilient_circuit.note`; what the functions said through rc_explain). Session settings are
@@ -48,9 +51,26 @@ BEGIN
         ops := ARRAY['config'];
         nss := ARRAY[cfg.namespace::text];
         keys := ARRAY[cfg.resource_key::text];
+        froms := ARRAY[NULL];
         states := ARRAY[''];
         versions := ARRAY[CASE WHEN TG_OP = 'DELETE' THEN 0 ELSE cfg.version END];
         untils := ARRAY[NULL::timestamptz];
+        whys := ARRAY[jsonb_build_object('config', CASE WHEN TG_OP = 'DELETE'
+            THEN jsonb_build_object('reset', true)
+            ELSE jsonb_strip_nulls(jsonb_build_object(
+                'mode', NEW.mode, 'cooldown_ms', NEW.cooldown_ms,
+                'failure_limit', NEW.failure_num || '/' || NEW.failure_den,
+                'success_limit', NEW.success_num || '/' || NEW.success_den,
+                'trip_policy', NEW.trip_policy, 'note', left(NEW.note, 1000))) END)];
+    ELSIF TG_TABLE_NAME = 'rc_judgements' THEN
+        ops := ARRAY['judge'];
+        nss := ARRAY[NEW.namespace::text];
+        keys := ARRAY[NEW.resource_key::text];
+        froms := ARRAY[NULL];
+        states := ARRAY[''];
+        versions := ARRAY[0::bigint];
+        untils := ARRAY[NEW.announced_until];
+        whys := ARRAY[NULL::jsonb];
     ELSIF TG_LEVEL = 'STATEMENT' THEN
         -- TRUNCATE: no key has a row, a round, a vote or a report any more.
         DELETE FROM public.rc_probe_leases;
@@ -112,7 +132,8 @@ BEGIN
         'instance', NULLIF(left(current_setting('resilient_circuit.instance', true), 255), '')));
 
     FOR i IN 1 .. array_length(ops, 1) LOOP
-        remaining := CASE WHEN ops[i] = 'row' THEN public.rc_remaining_ms(untils[i]) ELSE 0 END;
+        remaining := CASE WHEN ops[i] IN ('row', 'judge') THEN public.rc_remaining_ms(untils[i])
+                          ELSE 0 END;
         at_us := floor(date_part('epoch', clock_timestamp()) * 1000000)::bigint;
         signed := concat_ws('|', '3', ops[i],
             char_length(nss[i]) || ':' || nss[i], char_length(keys[i]) || ':' || keys[i],
@@ -122,9 +143,6 @@ BEGIN
             'version', versions[i], 'remaining_ms', remaining, 'at_us', at_us,
             'mac', encode(sha256(secret.opad || sha256(secret.ipad
                 || convert_to(signed, 'UTF8'))), 'hex'))::text);
-        IF ops[i] = 'config' THEN
-            CONTINUE;
-        END IF;
         explained := NULL;
         IF held IS NOT NULL AND held <> '' AND octet_length(held) <= 65536 THEN
             BEGIN
@@ -138,9 +156,9 @@ BEGIN
         END IF;
         INSERT INTO public.rc_changes
             (txid, version, namespace, resource_key, from_state, state, open_until, reset,
-             actor, why)
+             kind, actor, why)
         VALUES (pg_current_xact_id()::text::bigint, versions[i], nss[i], keys[i], froms[i],
-                states[i], untils[i], ops[i] = 'reset', actor,
+                states[i], untils[i], ops[i] = 'reset', ops[i], actor,
                 NULLIF(coalesce(whys[i], '{}') || jsonb_strip_nulls(jsonb_build_object(
                     'note', NULLIF(left(current_setting('resilient_circuit.note', true), 1000),
                                    '')))
@@ -187,3 +205,8 @@ CREATE TRIGGER rc_notify_truncate
 CREATE CONSTRAINT TRIGGER rc_notify_config
     AFTER INSERT OR UPDATE OR DELETE ON public.rc_breaker_config DEFERRABLE INITIALLY DEFERRED
     FOR EACH ROW EXECUTE FUNCTION public.rc_announce();
+DROP TRIGGER IF EXISTS rc_notify_judgement ON public.rc_judgements;
+CREATE CONSTRAINT TRIGGER rc_notify_judgement
+    AFTER UPDATE OF announced_until ON public.rc_judgements DEFERRABLE INITIALLY DEFERRED
+    FOR EACH ROW WHEN (OLD.announced_until IS DISTINCT FROM NEW.announced_until)
+    EXECUTE FUNCTION public.rc_announce();

@@ -1,6 +1,8 @@
 -- The changes of namespace p_ns (and resets) that were not visible to the snapshot p_after, with
 -- the snapshot of this poll in every row (one row with NULL change columns when there is none):
--- how an instance follows the table without LISTEN (`poll.rs`). p_after NULL: no changes, only
+-- how an instance follows the table without LISTEN (`poll.rs`). o_kind says what changed: a
+-- row, a reset (reload everything), a live configuration (read it again), a fleet-rate
+-- judgement (report the key's rate for o_remaining_ms). p_after NULL: no changes, only
 -- the snapshot (a follower takes it before its first full load). One statement with no session
 -- state: it works through pgbouncer in transaction mode and on a hot standby.
 --
@@ -13,7 +15,7 @@
 -- resolves nothing through the caller's search_path.
 CREATE OR REPLACE FUNCTION public.rc_changes_since(p_ns text, p_after text)
 RETURNS TABLE (o_snapshot text, o_key text, o_state text, o_version bigint,
-               o_remaining_ms bigint, o_reset boolean, o_at_us bigint)
+               o_remaining_ms bigint, o_reset boolean, o_at_us bigint, o_kind text)
 LANGUAGE plpgsql STABLE AS $$
 BEGIN
     RETURN QUERY
@@ -22,7 +24,8 @@ BEGIN
     SELECT s.now_snap, c.resource_key::pg_catalog.text, c.state::pg_catalog.text, c.version,
            public.rc_remaining_ms(c.open_until), c.reset,
            pg_catalog.floor(pg_catalog.date_part('epoch', c.at)
-                            OPERATOR(pg_catalog.*) 1000000::pg_catalog.float8)::pg_catalog.int8
+                            OPERATOR(pg_catalog.*) 1000000::pg_catalog.float8)::pg_catalog.int8,
+           c.kind
     FROM s LEFT JOIN public.rc_changes c
       ON s.prev IS NOT NULL
      AND (c.txid OPERATOR(pg_catalog.>=)

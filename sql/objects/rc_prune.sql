@@ -1,7 +1,7 @@
 -- Deletes what has outlived its use, by time, at most once a minute whoever calls (the first
 -- caller after the minute takes the settings row; the others skip it rather than wait): the
 -- change log past its retention, expired votes, rate reports and probe leases (of keys never
--- heard of again too), and judgement locks unused for an hour. Called by rc_announce (every
+-- heard of again too), and judgements untouched for an hour and over. Called by rc_announce (every
 -- change) and by the judging functions.
 CREATE OR REPLACE FUNCTION public.rc_prune() RETURNS void
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
@@ -19,7 +19,9 @@ BEGIN
     DELETE FROM public.rc_votes WHERE expires_at <= clock_timestamp();
     DELETE FROM public.rc_rate_reports WHERE expires_at <= clock_timestamp();
     DELETE FROM public.rc_probe_leases WHERE expires_at <= clock_timestamp() - interval '1 minute';
-    DELETE FROM public.rc_judge_locks WHERE touched_at < clock_timestamp() - interval '1 hour';
+    DELETE FROM public.rc_judgements
+        WHERE touched_at < clock_timestamp() - interval '1 hour'
+          AND (judged_until IS NULL OR judged_until < clock_timestamp());
 END
 $$;
 REVOKE ALL ON FUNCTION public.rc_prune() FROM PUBLIC;

@@ -1,7 +1,7 @@
 -- What is wrong with one key's fleet-rate report, or NULL (checked before anything is written,
 -- so that a batch answers a bad element with its error and goes on: see rc_trip_many).
 CREATE OR REPLACE FUNCTION public.rc_rate_error(
-    p_ns text, p_key text, p_failures integer, p_calls integer, p_limit_num integer,
+    p_ns text, p_key text, p_failures bigint, p_calls bigint, p_limit_num integer,
     p_limit_den integer, p_min_calls integer, p_period_ms bigint, p_cooldown_ms bigint)
 RETURNS text
 LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
@@ -22,5 +22,5 @@ LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
             'cooldown must not be NULL'
     END)
 $$;
-REVOKE ALL ON FUNCTION public.rc_rate_error(text, text, integer, integer, integer, integer, integer, bigint, bigint)
+REVOKE ALL ON FUNCTION public.rc_rate_error(text, text, bigint, bigint, integer, integer, integer, bigint, bigint)
     FROM PUBLIC;

@@ -1,16 +1,24 @@
 -- One instance's fleet-rate reports (TripPolicy::FleetRate), one per key, in the order given
 -- (callers sort them, so two instances lock keys in the same order): the calls and failures it
--- recorded since its previous report. For each key, when the live reports (younger than the
--- period) add up to at least min_calls calls and failures / calls reaches the limit, the key
--- opens for the cooldown and the change log says so (the fleet's counts, the limit, the
--- reporters); the state change spends the reports (rc_bump_version).
+-- saw over its last period. Each replaces the reporter's previous report of the key and counts
+-- until three of its reporting intervals (p_interval_ms) have passed without a new one, at most
+-- the period. When the live reports of a key add up to at least min_calls calls and failures /
+-- calls reaches the limit, the key opens for the cooldown and the change log says so (the
+-- fleet's counts, the limit, the reporters); the state change spends the reports
+-- (rc_bump_version).
+--
+-- The fleet rate is the whole fleet's: a report at or above the limit puts the key under
+-- judgement for a period (rc_judgements.judged_until), and the instances are told (op "judge",
+-- when it starts and each time it has grown by half a period), so that every instance holding
+-- the key reports each interval, its healthy calls too, until a period passes with no report at
+-- or above the limit. Until then instances report only their own rate at or above the limit: a
+-- fleet whose every instance is under the limit is under it, and sends nothing.
 --
 -- * p_reporter is the reporting instance's stable name (as a voter's, rc_vote), 1 to 255
 --   characters.
--- * A report is believed up to what one instance can have seen: at most
---   rc_change_log_settings.max_report_calls_per_second calls for each second since the same
---   reporter's previous report of the key (the whole period for its first), and at most as
---   many failures as calls.
+-- * A report is believed up to what one instance can have seen in a period:
+--   rc_change_log_settings.max_report_calls_per_second calls for each of its seconds, and at most
+--   as many failures as calls.
 -- * The limit, minimum and period are the key's live configuration's when it has a fleet-rate
 --   policy; the caller's (bounded as rc_rate_error says) otherwise. A live configuration with
 --   another policy, or a mode that never trips, records no report.
@@ -20,40 +28,48 @@
 --   without a row see each other and open it once.
 -- * A bad element gets its error in o_error and the others go on; at most 1000 keys a call.
 --
--- Returns each key's row as afterwards, as the other transition functions do, plus the fleet's
--- counts with this report (0 when it was not recorded).
+-- Returns each key's row as afterwards, as the other transition functions do, the fleet's
+-- counts with this report (0 when it was not recorded), and o_judged_ms: how long the key is
+-- still under judgement (0: not).
 CREATE OR REPLACE FUNCTION public.rc_report_rates(
-    p_ns text, p_reporter text, p_keys text[], p_failures integer[], p_calls integer[],
-    p_limit_num integer[], p_limit_den integer[], p_min_calls integer[], p_period_ms bigint[],
-    p_cooldown_ms bigint[])
+    p_ns text, p_reporter text, p_interval_ms bigint, p_keys text[], p_failures bigint[],
+    p_calls bigint[], p_limit_num integer[], p_limit_den integer[], p_min_calls integer[],
+    p_period_ms bigint[], p_cooldown_ms bigint[])
 RETURNS TABLE (o_key text, o_state text, o_version bigint, o_remaining_ms bigint,
                o_lease_id bigint, o_retry_ms bigint, o_fleet_failures bigint,
-               o_fleet_calls bigint, o_error text)
+               o_fleet_calls bigint, o_judged_ms bigint, o_error text)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     who text := public.rc_check_text(p_reporter, 'a reporter''s name', 255);
     per_second integer := (SELECT max_report_calls_per_second FROM public.rc_change_log_settings);
+    interval_ms bigint;
     err text;
     k text;
     r public.rc_circuit_breakers%ROWTYPE;
     cfg public.rc_breaker_config%ROWTYPE;
+    j public.rc_judgements%ROWTYPE;
     num integer;
     den integer;
     min_calls integer;
     period_ms bigint;
     ms bigint;
-    last_report timestamptz;
-    seen_ms double precision;
     n_calls bigint;
     n_failures bigint;
     fleet_failures bigint;
     fleet_calls bigint;
     reporters integer;
+    judged_ms bigint;
 BEGIN
     IF coalesce(array_length(p_keys, 1), 0) > 1000 THEN
         RAISE EXCEPTION 'at most 1000 reports a call, got %', array_length(p_keys, 1)
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    IF p_interval_ms IS NULL OR p_interval_ms < 1 THEN
+        RAISE EXCEPTION 'the reporting interval must be at least 1 ms, got %',
+            coalesce(p_interval_ms::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    interval_ms := LEAST(p_interval_ms, public.rc_max_ms());
     FOR i IN 1 .. coalesce(array_length(p_keys, 1), 0) LOOP
         k := p_keys[i];
         err := public.rc_rate_error(p_ns, k, p_failures[i], p_calls[i], p_limit_num[i],
@@ -61,7 +77,7 @@ BEGIN
                                     p_cooldown_ms[i]);
         IF err IS NOT NULL THEN
             RETURN QUERY SELECT k, NULL::text, NULL::bigint, NULL::bigint, NULL::bigint,
-                                NULL::bigint, NULL::bigint, NULL::bigint, err;
+                                NULL::bigint, NULL::bigint, NULL::bigint, NULL::bigint, err;
             CONTINUE;
         END IF;
         num := p_limit_num[i];
@@ -74,7 +90,7 @@ BEGIN
             WHERE namespace = p_ns AND resource_key = k;
         IF FOUND THEN
             IF cfg.mode <> 'normal' OR cfg.trip_policy IN ('any_instance', 'quorum') THEN
-                RETURN QUERY SELECT k, v.*, 0::bigint, 0::bigint, NULL::text
+                RETURN QUERY SELECT k, v.*, 0::bigint, 0::bigint, 0::bigint, NULL::text
                     FROM public.rc_view(p_ns, k) v;
                 CONTINUE;
             END IF;
@@ -89,25 +105,38 @@ BEGIN
         SELECT * INTO r FROM public.rc_circuit_breakers
             WHERE namespace = p_ns AND resource_key = k FOR UPDATE;
         IF FOUND AND r.state IN ('OPEN', 'HALF_OPEN') THEN
-            RETURN QUERY SELECT k, v.*, 0::bigint, 0::bigint, NULL::text
+            RETURN QUERY SELECT k, v.*, 0::bigint, 0::bigint, 0::bigint, NULL::text
                 FROM public.rc_view(p_ns, k) v;
             CONTINUE;
         END IF;
-        DELETE FROM public.rc_rate_reports
-            WHERE namespace = p_ns AND resource_key = k AND expires_at <= clock_timestamp();
-        SELECT max(reported_at) INTO last_report FROM public.rc_rate_reports
-            WHERE namespace = p_ns AND resource_key = k AND reporter = who;
-        seen_ms := LEAST(period_ms::double precision, coalesce(
-            extract(epoch FROM clock_timestamp() - last_report)::double precision * 1000,
-            period_ms::double precision));
-        n_calls := LEAST(p_calls[i]::bigint,
-                       GREATEST(1, ceil(per_second::double precision * seen_ms / 1000))::bigint);
-        n_failures := LEAST(p_failures[i]::bigint, n_calls);
-        INSERT INTO public.rc_rate_reports
+        n_calls := LEAST(p_calls[i],
+                         GREATEST(1, ceil(per_second::double precision * period_ms / 1000))::bigint);
+        n_failures := LEAST(p_failures[i], n_calls);
+        INSERT INTO public.rc_rate_reports AS q
             (namespace, resource_key, reporter, reported_at, expires_at, failures, calls)
             VALUES (p_ns, k, who, clock_timestamp(),
-                    clock_timestamp() + period_ms * interval '1 millisecond', n_failures, n_calls);
-        SELECT coalesce(sum(q.failures), 0), coalesce(sum(q.calls), 0), count(DISTINCT q.reporter)
+                    clock_timestamp() + LEAST(period_ms, 3 * interval_ms) * interval '1 millisecond',
+                    n_failures, n_calls)
+            ON CONFLICT (namespace, resource_key, reporter) DO UPDATE
+                SET reported_at = EXCLUDED.reported_at, expires_at = EXCLUDED.expires_at,
+                    failures = EXCLUDED.failures, calls = EXCLUDED.calls;
+        -- At or above the limit: the fleet is judged for a period from now.
+        SELECT * INTO j FROM public.rc_judgements WHERE namespace = p_ns AND resource_key = k;
+        IF n_failures > 0 AND n_failures * den >= num::bigint * n_calls THEN
+            j.judged_until := GREATEST(coalesce(j.judged_until, '-infinity'),
+                                       clock_timestamp() + period_ms * interval '1 millisecond');
+            IF j.announced_until IS NULL OR j.announced_until < clock_timestamp()
+               OR j.judged_until > j.announced_until + period_ms * interval '500 microseconds' THEN
+                j.announced_until := j.judged_until; -- rc_announce tells the instances
+            END IF;
+            UPDATE public.rc_judgements
+                SET judged_until = j.judged_until, announced_until = j.announced_until
+                WHERE namespace = p_ns AND resource_key = k;
+        END IF;
+        judged_ms := coalesce(public.rc_remaining_ms(j.judged_until), 0);
+        DELETE FROM public.rc_rate_reports
+            WHERE namespace = p_ns AND resource_key = k AND expires_at <= clock_timestamp();
+        SELECT coalesce(sum(q.failures), 0), coalesce(sum(q.calls), 0), count(*)
             INTO fleet_failures, fleet_calls, reporters
             FROM public.rc_rate_reports q WHERE q.namespace = p_ns AND q.resource_key = k;
         IF fleet_calls >= min_calls AND fleet_failures > 0
@@ -118,11 +147,11 @@ BEGIN
                     'limit', num || '/' || den, 'min_calls', min_calls,
                     'period_ms', period_ms)));
         END IF;
-        RETURN QUERY SELECT k, v.*, fleet_failures, fleet_calls, NULL::text
+        RETURN QUERY SELECT k, v.*, fleet_failures, fleet_calls, judged_ms, NULL::text
             FROM public.rc_view(p_ns, k) v;
     END LOOP;
     PERFORM public.rc_prune();
 END
 $$;
-REVOKE ALL ON FUNCTION public.rc_report_rates(text, text, text[], integer[], integer[], integer[],
+REVOKE ALL ON FUNCTION public.rc_report_rates(text, text, bigint, text[], bigint[], bigint[], integer[],
                                               integer[], integer[], bigint[], bigint[]) FROM PUBLIC;

@@ -131,16 +131,6 @@ impl KeyCell {
         (slow.closed.failures(), slow.closed.len())
     }
 
-    /// `TripPolicy::FleetRate`: the failures and calls counted since the last report, taken
-    /// (the next report starts from zero).
-    pub(crate) fn take_rate_counts(&self) -> (u32, u32) {
-        let mut slow = self.lock();
-        let taken = (slow.rate_failures, slow.rate_calls);
-        slow.rate_failures = 0;
-        slow.rate_calls = 0;
-        taken
-    }
-
     /// The hold of local decision `seq` (a trip on its way, a vote, a fleet-rate judgement made
     /// alone) reached its deadline: true when it was still held, and is dropped now (the caller
     /// reads the row); false when something newer ended it first.

@@ -5,7 +5,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::{KeyCell, Slow, Transition};
+use super::{KeyCell, RateCounter, Slow, Transition};
 use crate::live_config::{LiveConfig, Mode};
 use crate::policy::Policy;
 use crate::window::OutcomeWindow;
@@ -46,9 +46,18 @@ impl KeyCell {
                 self.probes_hint.store(slow.probes_free, Ordering::Relaxed);
             }
         }
+        // A fleet rate counts every call from now on (see `rate.rs`).
+        let counted = policy.trip.fleet_rate().is_some();
+        if counted {
+            self.rate
+                .get_or_init(|| Box::new(RateCounter::new(self.clock.now_nanos())));
+        }
         // The window may now trip sooner (or be empty): a success must look again.
         let cur = self.load(Ordering::Relaxed);
-        self.store(cur.with_clean(false), Ordering::Release);
+        self.store(
+            cur.with_clean(false).with_counted(counted),
+            Ordering::Release,
+        );
     }
 
     /// Applies the key's live configuration (`None`: back to the code's values, mode normal).

@@ -4,10 +4,10 @@
 //! hashes its key or touches the storage's map. Admission reads one `AtomicU64`, the *state word*:
 //!
 //! ```text
-//!  63                                   3   2   1 0
-//! +--------------------------------------+-----+-----+
-//! | epoch: transitions applied to the cell|CLEAN|state|
-//! +--------------------------------------+-----+-----+
+//!  63                                    4     3     2   1 0
+//! +---------------------------------------+-------+-----+-----+
+//! | epoch: transitions applied to the cell|COUNTED|CLEAN|state|
+//! +---------------------------------------+-------+-----+-----+
 //! ```
 //!
 //! * `state` is Closed / Open / HalfOpen.
@@ -15,6 +15,9 @@
 //!   success then changes nothing, so [`Permit::success`](crate::Permit::success) is one load and
 //!   a compare, with no lock and no write. A slow call is never such a success, and a breaker
 //!   with a time window is never clean: there every success counts toward the period's rate.
+//! * `COUNTED` is set while the policy is a fleet rate (`TripPolicy::FleetRate`): a clean success
+//!   then also adds one to the key's call counter (`rate.rs`), one relaxed add on a stripe of
+//!   this thread's, so the database judges the rate of every call the fleet made.
 //! * `epoch` grows with every transition. A permit remembers the word it was admitted under, and
 //!   an outcome from an older epoch is dropped: a call admitted before a trip cannot count as a
 //!   half-open probe.
@@ -34,7 +37,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -51,10 +54,12 @@ use crate::window::OutcomeWindow;
 
 mod fleet;
 mod live;
+mod rate;
 mod word;
 
 use crate::changes::Feed;
 use crate::{ChangeOrigin, State, StatusChange};
+pub(crate) use rate::RateCounter;
 pub(crate) use word::{pack_rejection, unpack_rejection, StateWord};
 
 /// A status-change callback as stored by a breaker handle.
@@ -101,9 +106,6 @@ pub(crate) enum Recorded {
     Changed(Transition),
     /// A fleet probe result: the shared store decides.
     Report(Lease, bool),
-    /// The window of a `TripPolicy::FleetRate` breaker changed while holding failures: the
-    /// shared store reports it at its next flush.
-    Rate,
 }
 
 /// Mutable state behind the key's private lock.
@@ -128,10 +130,6 @@ struct Slow {
     /// store the row counts them (`reopens`, `sql/objects/rc_report_probe.sql`); this count
     /// follows the reopens this instance sees, for local rounds while the database is away.
     reopens: u32,
-    /// `TripPolicy::FleetRate`: the calls and failures recorded since the last report, counted
-    /// while the window holds failures (`storage::postgres::rates` takes them).
-    rate_calls: u32,
-    rate_failures: u32,
     /// With a slow-call rate on the count window: one bit per outcome of `closed`, in step with
     /// it, set ("failure") for a slow call.
     slow_calls: Option<OutcomeWindow>,
@@ -218,9 +216,9 @@ pub(crate) struct KeyCell {
     slow: Mutex<Slow>,
     /// Set while a lease request to the shared store is in flight, so callers do not flood it.
     lease_requested: AtomicBool,
-    /// `TripPolicy::FleetRate`: set while the cell waits in the shared store's report queue, so
-    /// it is queued once per flush however many outcomes it records meanwhile.
-    pub(crate) rate_queued: AtomicBool,
+    /// `TripPolicy::FleetRate`: every call and failure, for the fleet's rate (`rate.rs`); made
+    /// when the policy first becomes a fleet rate, and counted while the word says `COUNTED`.
+    rate: OnceLock<Box<RateCounter>>,
     /// The key's live configuration (`live_config.rs`), whole: read without a lock by
     /// `CircuitBreaker::live_config`, replaced when the table changes.
     live: ArcSwapOption<LiveConfig>,
@@ -292,7 +290,11 @@ impl KeyCell {
             metrics,
             _written_below: CacheLine,
             key,
-            word: AtomicU64::new(StateWord::INITIAL.0),
+            word: AtomicU64::new(
+                StateWord::INITIAL
+                    .with_counted(policy.trip.fleet_rate().is_some())
+                    .0,
+            ),
             open_deadline: AtomicU64::new(0),
             probes_hint: AtomicU32::new(0),
             mode: AtomicU8::new(Mode::Normal.to_u8()),
@@ -306,13 +308,14 @@ impl KeyCell {
                 view: FleetView::default(),
                 handles: 0,
                 reopens: 0,
-                rate_calls: 0,
-                rate_failures: 0,
                 slow_calls,
                 timed,
             }),
             lease_requested: AtomicBool::new(false),
-            rate_queued: AtomicBool::new(false),
+            rate: match policy.trip.fleet_rate() {
+                Some(_) => OnceLock::from(Box::new(RateCounter::new(clock.now_nanos()))),
+                None => OnceLock::new(),
+            },
             live: ArcSwapOption::empty(),
             lease_retry_at: AtomicU64::new(0),
             local_decisions: AtomicU64::new(0),
@@ -538,6 +541,9 @@ impl KeyCell {
             // window full of successes changes nothing, whatever happened in between.
             let cur = self.load(Ordering::Relaxed);
             if cur.same_epoch(admitted) && cur.is_closed_and_clean() {
+                if cur.is_counted() {
+                    self.count(true);
+                }
                 return Recorded::Nothing;
             }
         }
@@ -584,10 +590,12 @@ impl KeyCell {
         }
         match cur.state() {
             State::Closed => {
-                let had_failures = slow.closed.failures() > 0;
                 slow.push_closed(success, slow_call, &*self.clock);
-                // A fleet rate is the database's to judge while it is reachable: report the
-                // window while it holds failures, and once more as the last one leaves it.
+                if cur.is_counted() {
+                    self.count(success);
+                }
+                // A fleet rate is the database's to judge while it is reachable (the reporter
+                // sends it the counts); alone, the window judges by the same rule.
                 let fleet_rate = slow.policy.trip.fleet_rate().is_some()
                     && self.is_fleet()
                     && mode == Mode::Normal;
@@ -608,15 +616,6 @@ impl KeyCell {
                     // Release for symmetry with transitions; nothing else is published here.
                     self.store(next, Ordering::Release);
                 }
-                if fleet_rate && (had_failures || slow.closed.failures() > 0) {
-                    slow.rate_calls = slow.rate_calls.saturating_add(1);
-                    slow.rate_failures = slow.rate_failures.saturating_add(u32::from(!success));
-                    // AcqRel: one recorder queues the cell; the reporter clears the flag before
-                    // it takes the counts, so an outcome counted after that queues it again.
-                    if !self.rate_queued.swap(true, Ordering::AcqRel) {
-                        return Recorded::Rate;
-                    }
-                }
                 Recorded::Nothing
             }
             State::HalfOpen => {
@@ -634,6 +633,22 @@ impl KeyCell {
             }
             State::Open => Recorded::Nothing,
         }
+    }
+
+    /// Counts a closed call for the fleet's rate (`COUNTED` words only).
+    #[inline]
+    fn count(&self, success: bool) {
+        if let Some(r) = self.rate.get() {
+            r.call();
+            if !success {
+                r.failure();
+            }
+        }
+    }
+
+    /// The fleet-rate counts, when the policy is (or was) a fleet rate.
+    pub(crate) fn rate(&self) -> Option<&RateCounter> {
+        self.rate.get().map(|r| &**r)
     }
 
     /// A permit dropped without an outcome: a probe gives its slot back.

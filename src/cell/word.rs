@@ -6,9 +6,10 @@ use std::time::Duration;
 use crate::clock::duration_nanos;
 use crate::State;
 
-const STATE_MASK: u64 = 0b011;
-const CLEAN: u64 = 0b100;
-const EPOCH_SHIFT: u32 = 3;
+const STATE_MASK: u64 = 0b0011;
+const CLEAN: u64 = 0b0100;
+const COUNTED: u64 = 0b1000;
+const EPOCH_SHIFT: u32 = 4;
 
 /// The packed state word (see the module doc); the only place its bits are read or written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,7 +19,7 @@ impl StateWord {
     /// Epoch 0, closed, not clean: a new cell.
     pub(super) const INITIAL: StateWord = StateWord(0);
 
-    /// Closed, in an epoch no cell reaches (2^61 − 1 transitions): the admission of a call that
+    /// Closed, in an epoch no cell reaches (2^60 − 1 transitions): the admission of a call that
     /// must not count (a `Mode::Disabled` or `MetricsOnly` breaker admitting while not closed).
     /// Its outcome is that of a call admitted under an earlier state: neither.
     pub(super) const UNTRACKED: StateWord = StateWord(u64::MAX << EPOCH_SHIFT);
@@ -41,6 +42,23 @@ impl StateWord {
         self.0 & (STATE_MASK | CLEAN) == CLEAN
     }
 
+    /// Every call is counted for a fleet rate (`TripPolicy::FleetRate`): a clean success adds one
+    /// to the key's counter as well.
+    #[inline]
+    pub(super) const fn is_counted(self) -> bool {
+        self.0 & COUNTED != 0
+    }
+
+    /// This word with the counted bit set or cleared.
+    #[inline]
+    pub(super) const fn with_counted(self, counted: bool) -> StateWord {
+        if counted {
+            StateWord(self.0 | COUNTED)
+        } else {
+            StateWord(self.0 & !COUNTED)
+        }
+    }
+
     /// Same epoch: no transition happened between the two words.
     #[inline]
     pub(super) const fn same_epoch(self, other: StateWord) -> bool {
@@ -57,11 +75,12 @@ impl StateWord {
         }
     }
 
-    /// The word after a transition to `to`: the next epoch, not clean.
+    /// The word after a transition to `to`: the next epoch, not clean, still counted if it was
+    /// (counting follows the policy, not the state).
     #[inline]
     pub(super) const fn next(self, to: State) -> StateWord {
         let epoch = (self.0 >> EPOCH_SHIFT).wrapping_add(1);
-        StateWord((epoch << EPOCH_SHIFT) | state_to_bits(to))
+        StateWord((epoch << EPOCH_SHIFT) | (self.0 & COUNTED) | state_to_bits(to))
     }
 }
 

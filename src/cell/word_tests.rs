@@ -16,6 +16,13 @@ fn state_word_transitions() {
         !open.with_clean(true).is_closed_and_clean(),
         "only a closed word is clean"
     );
+    let counted = clean.with_counted(true);
+    assert!(counted.is_counted() && counted.is_closed_and_clean() && counted.same_epoch(clean));
+    assert!(
+        counted.next(State::Open).next(State::Closed).is_counted(),
+        "counting survives transitions"
+    );
+    assert!(!counted.with_counted(false).is_counted());
     let half = open.next(State::HalfOpen);
     assert_eq!(
         (half.state(), half.next(State::Closed).state()),

@@ -323,17 +323,6 @@ impl Storage {
         }
     }
 
-    /// `TripPolicy::FleetRate`: queue `cell`'s window for the next report to the database.
-    pub(crate) fn report_rate(&self, cell: &Arc<KeyCell>) {
-        match &self.inner.backend {
-            Backend::Postgres(pg) => pg.report_rate(cell),
-            // Unreachable (a memory cell is never in fleet mode); let a later change requeue it.
-            Backend::Memory => cell
-                .rate_queued
-                .store(false, std::sync::atomic::Ordering::Relaxed),
-        }
-    }
-
     /// Fleet mode: send a probe's result to the database.
     pub(crate) fn report_probe(&self, cell: &Arc<KeyCell>, lease: Lease, success: bool) {
         if let Backend::Postgres(pg) = &self.inner.backend {

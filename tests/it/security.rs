@@ -143,7 +143,7 @@ async fn a_stranger_can_do_nothing_of_ours() {
         "rc_votes",
         "rc_rate_reports",
         "rc_probe_leases",
-        "rc_judge_locks",
+        "rc_judgements",
         "rc_role_grants",
         "rc_schema_migrations",
     ] {
@@ -727,8 +727,9 @@ async fn a_strangers_advisory_locks_block_nothing() {
     assert_eq!(state, "OPEN", "the quorum opened the key");
     let calls: i64 = i
         .query_one(
-            "SELECT o_fleet_calls FROM rc_report_rates('default', 'a', ARRAY[$1::text], ARRAY[0],
-                 ARRAY[5], ARRAY[1], ARRAY[2], ARRAY[100], ARRAY[60000::bigint], ARRAY[1000::bigint])",
+            "SELECT o_fleet_calls FROM rc_report_rates('default', 'a', 1000, ARRAY[$1::text],
+                 ARRAY[0::bigint], ARRAY[5::bigint], ARRAY[1], ARRAY[2], ARRAY[100],
+                 ARRAY[60000::bigint], ARRAY[1000::bigint])",
             &[&unique_key("rated")],
         )
         .await
@@ -1092,9 +1093,9 @@ async fn bookkeeping_writes_spend_no_judgement() {
         let i = &i;
         async move {
             i.query_one(
-                "SELECT o_state, o_fleet_calls FROM rc_report_rates('default', $2, ARRAY[$1::text],
-                     ARRAY[5], ARRAY[5], ARRAY[1], ARRAY[2], ARRAY[10], ARRAY[60000::bigint],
-                     ARRAY[60000::bigint])",
+                "SELECT o_state, o_fleet_calls FROM rc_report_rates('default', $2, 1000,
+                     ARRAY[$1::text], ARRAY[5::bigint], ARRAY[5::bigint], ARRAY[1], ARRAY[2],
+                     ARRAY[10], ARRAY[60000::bigint], ARRAY[60000::bigint])",
                 &[&rated, &reporter],
             )
             .await
@@ -1154,9 +1155,9 @@ async fn self_reported_numbers_are_bounded() {
     let diluted = unique_key("diluted");
     let calls: i64 = i
         .query_one(
-            "SELECT o_fleet_calls FROM rc_report_rates('default', 'liar', ARRAY[$1::text],
-                 ARRAY[0], ARRAY[2147483647], ARRAY[1], ARRAY[2], ARRAY[1], ARRAY[60000::bigint],
-                 ARRAY[1000::bigint])",
+            "SELECT o_fleet_calls FROM rc_report_rates('default', 'liar', 1000, ARRAY[$1::text],
+                 ARRAY[0::bigint], ARRAY[9223372036854775807::bigint], ARRAY[1], ARRAY[2],
+                 ARRAY[1], ARRAY[60000::bigint], ARRAY[1000::bigint])",
             &[&diluted],
         )
         .await
@@ -1166,9 +1167,9 @@ async fn self_reported_numbers_are_bounded() {
     let alone = unique_key("alone");
     let r = i
         .query_one(
-            "SELECT o_state, o_fleet_calls FROM rc_report_rates('default', 'liar', ARRAY[$1::text],
-                 ARRAY[2147483647], ARRAY[2147483647], ARRAY[1], ARRAY[2], ARRAY[1000000],
-                 ARRAY[60000::bigint], ARRAY[1000::bigint])",
+            "SELECT o_state, o_fleet_calls FROM rc_report_rates('default', 'liar', 1000,
+                 ARRAY[$1::text], ARRAY[2147483647::bigint], ARRAY[2147483647::bigint], ARRAY[1],
+                 ARRAY[2], ARRAY[1000000], ARRAY[60000::bigint], ARRAY[1000::bigint])",
             &[&alone],
         )
         .await
@@ -1356,7 +1357,7 @@ async fn plant_old_rows(admin: &Client) {
                  now() - interval '1 hour', 1, 1);
              INSERT INTO rc_rate_reports (namespace, resource_key, reporter, reported_at, expires_at, failures, calls)
                  VALUES ('default', 'never-again', 'pod', now() - interval '2 hours', now() - interval '1 hour', 1, 1);
-             INSERT INTO rc_judge_locks VALUES ('default', 'never-again', now() - interval '2 hours');
+             INSERT INTO rc_judgements (namespace, resource_key, touched_at) VALUES ('default', 'never-again', now() - interval '2 hours');
              INSERT INTO rc_probe_leases (namespace, resource_key, holder, expires_at)
                  VALUES ('default', 'never-again', 'pod', now() - interval '1 hour');",
         )
@@ -1371,7 +1372,7 @@ async fn old_rows_left(admin: &Client) -> i64 {
             "SELECT (SELECT count(*) FROM rc_changes WHERE resource_key = 'ancient')
                   + (SELECT count(*) FROM rc_votes WHERE resource_key = 'never-again')
                   + (SELECT count(*) FROM rc_rate_reports WHERE resource_key = 'never-again')
-                  + (SELECT count(*) FROM rc_judge_locks WHERE resource_key = 'never-again')
+                  + (SELECT count(*) FROM rc_judgements WHERE resource_key = 'never-again')
                   + (SELECT count(*) FROM rc_probe_leases WHERE resource_key = 'never-again')",
             &[],
         )
@@ -1402,7 +1403,7 @@ async fn texts_are_bounded_and_tables_pruned_by_time() {
             "a note must have 1 to 1000 characters",
         ),
         (
-            "SELECT * FROM rc_report_rates('default', $1, ARRAY['k'], ARRAY[0], ARRAY[1], ARRAY[1], ARRAY[2], ARRAY[1], ARRAY[1000::bigint], ARRAY[1000::bigint])",
+            "SELECT * FROM rc_report_rates('default', $1, 1000, ARRAY['k'], ARRAY[0::bigint], ARRAY[1::bigint], ARRAY[1], ARRAY[2], ARRAY[1], ARRAY[1000::bigint], ARRAY[1000::bigint])",
             "a reporter's name must have 1 to 255 characters",
         ),
     ] {

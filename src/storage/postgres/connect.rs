@@ -175,7 +175,6 @@ async fn connect_inner(
             runtime,
             span,
             outbox: publish::Outbox::default(),
-            rates: rates::RateQueue::default(),
             callbacks: callbacks::Callbacks::start(),
             reports_in_flight: std::sync::atomic::AtomicUsize::new(0),
             settled: tokio::sync::Notify::new(),
@@ -199,6 +198,8 @@ async fn connect_inner(
     if let Some(idle) = opts.pool_reaping() {
         shared.spawn(reaper::run(shared.pool.clone(), idle, shutdown_rx.clone()));
     }
+    // Samples fleet-rate keys every interval; sends nothing while none is due.
+    shared.spawn(rates::run(shared.clone(), shutdown_rx.clone()));
 
     // The schema check and the listener's connection at the same time (two round-trip chains,
     // one wait); the snapshot then needs both, since it calls the schema's functions.

@@ -383,6 +383,20 @@ async fn resync(shared: &Arc<Shared>, client: &Client) -> Result<(), StorageErro
     for cell in gone {
         shared.apply(&cell, Remote::ABSENT, Source::Reload { read_at }, None);
     }
+    // The keys the fleet judges now: their breakers report every interval like the others'.
+    let judged = client
+        .query_typed(statements::JUDGED, &[(&shared.opts.namespace, Type::TEXT)])
+        .await
+        .map_err(|e| StorageError::db("reading the judged keys", e))?;
+    for row in &judged {
+        let key: String = row
+            .try_get("o_key")
+            .map_err(|e| StorageError::db("reading the judged keys", e))?;
+        let ms: i64 = row
+            .try_get("o_remaining_ms")
+            .map_err(|e| StorageError::db("reading the judged keys", e))?;
+        shared.judged(&key, statements::remaining(ms));
+    }
     tracing::debug!(rows = rows.len(), elapsed = ?started.elapsed(), "snapshot loaded");
     shared.metrics.resyncs.increment(1);
     Ok(())
@@ -427,8 +441,13 @@ fn apply_notification(shared: &Shared, live: &Live, n: &Notification) -> Next {
     if change.namespace != shared.opts.namespace {
         return Next::Nothing;
     }
-    if change.op == Op::Config {
-        return Next::Config(change.key);
+    match change.op {
+        Op::Config => return Next::Config(change.key),
+        Op::Judge => {
+            shared.judged(&change.key, change.remaining);
+            return Next::Nothing;
+        }
+        Op::Row | Op::Reset => {}
     }
     let confirm = |shared: &Shared, change: payload::Change| {
         shared.metrics.confirmed.increment(1);
@@ -691,6 +710,28 @@ async fn take_notifications(
     Ok(false)
 }
 
+/// Polls the change log and reads what it asked to read (the live configurations that changed,
+/// then the rows of keys leaving forced-open). True when everything must be reloaded.
+async fn take_poll(shared: &Arc<Shared>, live: &mut Live) -> Result<bool, String> {
+    let Some(cursor) = live.cursor.as_mut() else {
+        return Ok(false);
+    };
+    let work = poll::poll(shared, &live.client, cursor);
+    let polled: Polled = bounded(shared, "polling the change log", work).await?;
+    if polled.reload {
+        return Ok(true);
+    }
+    if !polled.configured.is_empty() {
+        let work = configs::refresh(shared, &live.client, Some(&polled.configured[..]));
+        let released = bounded(shared, "reading the live configuration", work).await?;
+        if !released.is_empty() {
+            let keys = released.into_iter().map(Unconfirmed::key).collect();
+            bounded(shared, "reading released rows", confirm(shared, &live.client, keys)).await?;
+        }
+    }
+    Ok(false)
+}
+
 async fn serve(shared: &Arc<Shared>, mut live: Live, shutdown: &mut watch::Receiver<()>) -> Ended {
     let opts = &shared.opts;
     let start = tokio::time::Instant::now();
@@ -708,15 +749,8 @@ async fn serve(shared: &Arc<Shared>, mut live: Live, shutdown: &mut watch::Recei
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut reconcile = tokio::time::interval_at(start + every, every);
     reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A polling instance reads configuration changes and judgements from the change log too.
     let poll_every = if polling { opts.poll_interval } else { never };
-    // A polling instance hears no configuration change: it reads them every reconcile interval.
-    let configs_every = if polling {
-        opts.reconcile_interval
-    } else {
-        never
-    };
-    let mut configs_tick = tokio::time::interval_at(start + configs_every, configs_every);
-    configs_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut polls = tokio::time::interval_at(start + poll_every, poll_every);
     polls.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let reload_bound = opts.statement_timeout * 4;
@@ -734,24 +768,7 @@ async fn serve(shared: &Arc<Shared>, mut live: Live, shutdown: &mut watch::Recei
                 bounded(shared, "the heartbeat", server_status(shared, &live.client)).await.map(|()| false)
             }
             _ = reconcile.tick() => Ok(true),
-            _ = configs_tick.tick() => {
-                let work = configs::refresh(shared, &live.client, None);
-                match bounded(shared, "reading the live configuration", work).await {
-                    Ok(released) if released.is_empty() => Ok(false),
-                    Ok(released) => {
-                        let keys = released.into_iter().map(Unconfirmed::key).collect();
-                        bounded(shared, "reading released rows", confirm(shared, &live.client, keys)).await.map(|()| false)
-                    }
-                    Err(e) => Err(e),
-                }
-            }
-            _ = polls.tick() => match live.cursor.as_mut() {
-                Some(cursor) => {
-                    let work = poll::poll(shared, &live.client, cursor);
-                    bounded(shared, "polling the change log", work).await.map(|p| p == Polled::Reload)
-                }
-                None => Ok(false),
-            },
+            _ = polls.tick() => take_poll(shared, &mut live).await,
         };
         let mut reload = match step {
             Ok(reload) => reload,

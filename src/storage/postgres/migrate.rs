@@ -108,6 +108,7 @@ pub const OBJECTS: &[Object] = &[
     object!("rc_history"),
     object!("rc_changes_since"),
     object!("rc_server_status"),
+    object!("rc_judged"),
     object!("rc_notify_secret"),
     object!("rc_notify_key"),
     object!("rc_trip_many"),

@@ -121,8 +121,6 @@ pub(crate) struct Shared {
     pub(crate) span: tracing::Span,
     /// Trips and overrides on their way to the database, sent in batches.
     outbox: publish::Outbox,
-    /// `TripPolicy::FleetRate` windows waiting for the next report.
-    rates: rates::RateQueue,
     /// Callbacks of transitions made elsewhere.
     callbacks: callbacks::Callbacks,
     /// Probe results sent and not answered yet (they do not go through the outbox).

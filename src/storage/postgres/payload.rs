@@ -31,6 +31,8 @@ pub(crate) enum Op {
     Reset,
     /// A key's live configuration changed: read it again.
     Config,
+    /// The fleet judges a key's failure rate for `remaining`: report it every interval.
+    Judge,
 }
 
 /// One change, as announced.
@@ -173,6 +175,7 @@ pub(crate) fn parse(payload: &str) -> Result<Change, PayloadError> {
         "row" => Op::Row,
         "reset" => Op::Reset,
         "config" => Op::Config,
+        "judge" => Op::Judge,
         other => {
             return Err(PayloadError::Malformed(format!(
                 "unknown op {:?}",

@@ -1,5 +1,6 @@
 //! Following the table without LISTEN: every interval, one statement asks the change log
-//! (`sql/objects/rc_changes_since.sql`) for the changes this instance has not seen.
+//! (`sql/objects/rc_changes_since.sql`) for the changes this instance has not seen: rows, resets,
+//! live configurations and fleet-rate judgements, all that a listener hears.
 //!
 //! The cursor is not a version. Versions are taken when a row is written and commits come
 //! later, so a change with a lower version can become visible after one with a higher version
@@ -34,12 +35,12 @@ pub(crate) struct Cursor {
 }
 
 /// What a poll asks of the caller.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Polled {
-    /// Every change is applied.
-    Applied,
+#[derive(Debug, PartialEq, Eq, Default)]
+pub(crate) struct Polled {
     /// Reload everything: the table was truncated, or polls were too far apart.
-    Reload,
+    pub(crate) reload: bool,
+    /// Keys whose live configuration changed: read them again.
+    pub(crate) configured: Vec<String>,
 }
 
 async fn changes_since(
@@ -91,21 +92,34 @@ pub(crate) async fn poll(
 ) -> Result<Polled, StorageError> {
     let gap = cursor.polled.elapsed() > GAP_RELOAD;
     let rows = changes_since(shared, client, Some(&cursor.snapshot)).await?;
-    let mut outcome = if gap {
-        tracing::info!(since = ?cursor.polled.elapsed(), "polls were too far apart; reloading every row");
-        Polled::Reload
-    } else {
-        Polled::Applied
+    let mut outcome = Polled {
+        reload: gap,
+        configured: Vec::new(),
     };
+    if gap {
+        tracing::info!(since = ?cursor.polled.elapsed(), "polls were too far apart; reloading every row");
+    }
     let storage = shared.storage.upgrade();
     let err = |e| StorageError::db("polling the change log", e);
     for row in &rows {
         let Some(key) = row.try_get::<_, Option<String>>("o_key").map_err(err)? else {
             continue; // no change: the row only carries the snapshot
         };
-        if row.try_get::<_, Option<bool>>("o_reset").map_err(err)? == Some(true) {
-            outcome = Polled::Reload;
-            continue;
+        match row.try_get::<_, Option<String>>("o_kind").map_err(err)?.as_deref() {
+            Some("reset") => {
+                outcome.reload = true;
+                continue;
+            }
+            Some("config") => {
+                outcome.configured.push(key);
+                continue;
+            }
+            Some("judge") => {
+                let ms = row.try_get("o_remaining_ms").map_err(err)?;
+                shared.judged(&key, statements::remaining(ms));
+                continue;
+            }
+            _ => {}
         }
         let state: String = row.try_get("o_state").map_err(err)?;
         let remote = Remote {

@@ -1,145 +1,112 @@
-//! Fleet failure rates ([`TripPolicy::FleetRate`](crate::TripPolicy)): the calls and failures
-//! this instance's breakers recorded while their windows held failures, reported to the database
-//! at most once per `fleet_rate_interval`, all keys in one statement (`rc_report_rates`, in
-//! `sql/objects/rc_report_rates.sql`), which adds up the reports of the period and opens a key when the
-//! fleet's rate reaches its limit.
+//! Fleet failure rates ([`TripPolicy::FleetRate`](crate::TripPolicy)): the instance's reporter.
 //!
-//! A cell counts and queues itself when an outcome lands in a window that holds failures (or
-//! just lost its last one); a window without failures is on the one-load fast path and never
-//! gets here, so a healthy fleet sends no statement at all. Each report carries the counts since
-//! the previous one. Nothing is retried: a failed report's calls are lost to the fleet's sum
-//! (they would be stale by the next interval), and the next outcome queues the key again.
+//! Every call of a fleet-rate breaker is counted locally (`cell/rate.rs`). Every
+//! `fleet_rate_interval` the reporter samples each such key's counts and computes its calls and
+//! failures over the last period; it reports a key, in one statement for all of them
+//! (`rc_report_rates`, `sql/objects/rc_report_rates.sql`), when
+//!
+//! * its own rate over the period reaches the limit, or
+//! * the fleet judges the key: some instance's rate reached the limit within the last period,
+//!   and the database said so (a notification, a report's answer, the full load).
+//!
+//! So the database judges the rate of the whole fleet, the healthy instances' calls included,
+//! and a fleet whose every instance stays under the limit sends nothing at all (the fleet's
+//! rate is a weighted average of the instances' rates: it cannot reach the limit if none does).
+//! Each report replaces the instance's previous one, and counts for three intervals: the fleet
+//! rate is the sum of every instance's latest counts, each over its last period (give or take
+//! one interval).
 
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
 
 use super::precedence::Source;
-use super::{statements, Instance, ReportInFlight, Shared};
+use super::{statements, Shared};
 use crate::cell::KeyCell;
+use crate::clock::duration_nanos;
 use crate::State;
 
-/// The windows waiting for the next report.
-#[derive(Default)]
-pub(crate) struct RateQueue {
-    pending: Mutex<Pending>,
-}
-
-#[derive(Default)]
-struct Pending {
-    cells: Vec<Arc<KeyCell>>,
-    /// Counts the queued reports for `Storage::flush` until they are answered.
-    in_flight: Option<ReportInFlight>,
-    /// A task is sending, or waiting for the interval to pass; at most one.
-    running: bool,
-    /// When the last report went out: the next waits for the interval.
-    last_sent: Option<tokio::time::Instant>,
-}
-
-impl RateQueue {
-    fn lock(&self) -> MutexGuard<'_, Pending> {
-        // Only pushes and takes run under this lock.
-        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+/// The reporter task of one instance: samples and reports every `fleet_rate_interval` until the
+/// instance shuts down.
+pub(crate) async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<()>) {
+    let every = shared.opts.fleet_rate_interval;
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tick.tick() => {}
+        }
+        shared.report_rates().await;
     }
 }
 
-impl Instance {
-    /// Queues `cell`'s window for the next report (its `rate_queued` flag is already set).
-    pub(crate) fn report_rate(&self, cell: &Arc<KeyCell>) {
-        let shared = &self.shared;
-        let mut p = shared.rates.lock();
-        p.cells.push(cell.clone());
-        if p.in_flight.is_none() {
-            p.in_flight = Some(shared.report_started());
-        }
-        if !p.running {
-            p.running = true;
-            shared.spawn(Shared::send_rates(Running {
-                shared: shared.clone(),
-                armed: true,
-            }));
-        }
-    }
-}
-
-/// Clears the queue's `running` flag if the task is dropped (unrun or mid-send, because the
-/// runtime shut down), so a later report starts a new one. A task that ends normally clears it
-/// itself, under the lock under which it found the queue empty.
-struct Running {
-    shared: Arc<Shared>,
-    armed: bool,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if self.armed {
-            self.shared.rates.lock().running = false;
-        }
-    }
+/// One key's report.
+struct Report {
+    cell: Arc<KeyCell>,
+    failures: i64,
+    calls: i64,
+    limit: (i32, i32),
+    min_calls: i32,
+    period_ms: i64,
+    cooldown_ms: i64,
 }
 
 impl Shared {
-    /// Sends the queued windows, one statement per interval, until the queue stays empty.
-    async fn send_rates(mut running: Running) {
-        let this = running.shared.clone();
-        loop {
-            let next = this
-                .rates
-                .lock()
-                .last_sent
-                .map(|t| t + this.opts.fleet_rate_interval);
-            if let Some(at) = next {
-                tokio::time::sleep_until(at).await; // the interval itself: time, not an event
-            }
-            let (cells, in_flight) = {
-                let mut p = this.rates.lock();
-                if p.cells.is_empty() {
-                    // Under the lock a new report checks `running` under: it starts a task.
-                    p.running = false;
-                    running.armed = false;
-                    return;
-                }
-                p.last_sent = Some(tokio::time::Instant::now());
-                (std::mem::take(&mut p.cells), p.in_flight.take())
+    /// Samples every fleet-rate key and sends the reports due (see the module doc).
+    async fn report_rates(self: &Arc<Self>) {
+        let now = self.clock.now_nanos();
+        let mut due = Vec::new();
+        for cell in self.cells() {
+            let Some(rate) = cell.rate() else {
+                continue;
             };
-            this.send_rate_batch(cells).await;
-            drop(in_flight);
-        }
-    }
-
-    async fn send_rate_batch(&self, mut cells: Vec<Arc<KeyCell>>) {
-        // Sorted, so that two instances lock the same keys in the same order.
-        cells.sort_by(|a, b| a.key.cmp(&b.key));
-        cells.dedup_by(|a, b| a.key == b.key);
-        let mut keys = Vec::with_capacity(cells.len());
-        let (mut failures, mut calls) = (Vec::new(), Vec::new());
-        let (mut nums, mut dens, mut mins) = (Vec::new(), Vec::new(), Vec::new());
-        let (mut periods, mut cooldowns) = (Vec::new(), Vec::new());
-        let mut by_key = std::collections::HashMap::with_capacity(cells.len());
-        for cell in cells {
-            // Release: an outcome counted after this sees the flag clear and queues again; its
-            // count goes into the next report.
-            cell.rate_queued.store(false, Ordering::Release);
             let policy = cell.policy();
             let Some((limit, min_calls, period)) = policy.trip.fleet_rate() else {
                 continue;
             };
-            let (f, n) = cell.take_rate_counts();
-            if cell.state() != State::Closed || n == 0 {
-                continue; // open or probing (the round decides now), or nothing new
+            let counts = rate.sample(now, duration_nanos(period));
+            if cell.state() != State::Closed || counts.calls == 0 {
+                continue; // open or probing (the round decides now), or idle
             }
-            keys.push(cell.key.to_string());
-            failures.push(i32::try_from(f).unwrap_or(i32::MAX));
-            calls.push(i32::try_from(n).unwrap_or(i32::MAX));
-            nums.push(i32::try_from(limit.numerator()).unwrap_or(i32::MAX));
-            dens.push(i32::try_from(limit.denominator()).unwrap_or(i32::MAX));
-            mins.push(i32::try_from(min_calls).unwrap_or(i32::MAX));
-            periods.push(statements::millis(period));
-            cooldowns.push(statements::millis(policy.cooldown));
-            by_key.insert(cell.key.clone(), cell);
+            let (num, den) = (limit.numerator(), limit.denominator());
+            let at_limit = counts.failures > 0
+                && u128::from(counts.failures) * u128::from(den)
+                    >= u128::from(num) * u128::from(counts.calls);
+            if !at_limit && !rate.judged(now) {
+                continue;
+            }
+            let int = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+            due.push(Report {
+                failures: int(counts.failures),
+                calls: int(counts.calls),
+                limit: (
+                    i32::try_from(num).unwrap_or(i32::MAX),
+                    i32::try_from(den).unwrap_or(i32::MAX),
+                ),
+                min_calls: i32::try_from(min_calls).unwrap_or(i32::MAX),
+                period_ms: statements::millis(period),
+                cooldown_ms: statements::millis(policy.cooldown),
+                cell,
+            });
         }
-        if keys.is_empty() {
-            return;
+        if due.is_empty() || self.is_degraded() {
+            return; // alone, each breaker judges its own window (`Policy::closed_trips`)
         }
+        // Counted until answered, so that `Storage::flush` waits for the reports.
+        let _in_flight = self.report_started();
+        // Sorted, so that two instances lock the same keys in the same order.
+        due.sort_by(|a, b| a.cell.key.cmp(&b.cell.key));
+        let keys: Vec<String> = due.iter().map(|r| r.cell.key.to_string()).collect();
+        let failures: Vec<i64> = due.iter().map(|r| r.failures).collect();
+        let calls: Vec<i64> = due.iter().map(|r| r.calls).collect();
+        let nums: Vec<i32> = due.iter().map(|r| r.limit.0).collect();
+        let dens: Vec<i32> = due.iter().map(|r| r.limit.1).collect();
+        let mins: Vec<i32> = due.iter().map(|r| r.min_calls).collect();
+        let periods: Vec<i64> = due.iter().map(|r| r.period_ms).collect();
+        let cooldowns: Vec<i64> = due.iter().map(|r| r.cooldown_ms).collect();
+        let interval_ms = statements::millis(self.opts.fleet_rate_interval);
         let during = "reporting failure rates";
         let rows = match self
             .call_many(
@@ -147,7 +114,8 @@ impl Shared {
                 statements::REPORT_RATES,
                 &[
                     &self.opts.namespace,
-                    &self.name,
+                    &self.holder,
+                    &interval_ms,
                     &keys,
                     &failures,
                     &calls,
@@ -162,23 +130,48 @@ impl Shared {
         {
             Ok(rows) => rows,
             Err(e) => {
-                tracing::warn!(key = %keys[0], more = keys.len() - 1, error = %e, "could not report failure rates; the next outcome reports them again");
+                // Nothing is lost: the next interval reports the counts of its own last period.
+                tracing::warn!(key = %keys[0], more = keys.len() - 1, error = %e, "could not report failure rates; the next interval reports them again");
                 return;
             }
         };
+        let answered_at = self.clock.now_nanos();
         for row in &rows {
             match statements::decode_batch(row, during) {
                 Ok((key, Ok(state))) => {
-                    if let Some(cell) = by_key.get(key.as_str()) {
-                        // An OPEN row is the fleet's rate reaching the limit: newer than what
-                        // the cell holds, so it applies like any notification.
-                        self.apply(cell, state.remote(&cell.key), Source::Answer, None);
+                    let Some(report) = due.iter().find(|r| *r.cell.key == *key) else {
+                        continue;
+                    };
+                    let judged_ms: Option<i64> = row.try_get("o_judged_ms").ok().flatten();
+                    if let (Some(ms), Some(rate)) = (judged_ms, report.cell.rate()) {
+                        let left = duration_nanos(statements::remaining(ms));
+                        rate.judged_until(answered_at.saturating_add(left));
                     }
+                    // An OPEN row is the fleet's rate reaching the limit: newer than what the
+                    // cell holds, so it applies like any notification.
+                    self.apply(
+                        &report.cell,
+                        state.remote(&report.cell.key),
+                        Source::Answer,
+                        None,
+                    );
                 }
                 Ok((key, Err(e))) => {
                     tracing::warn!(key = %key, error = %e, "the database refused a failure rate report");
                 }
                 Err(e) => tracing::warn!(error = %e, "unreadable answer to a failure rate report"),
+            }
+        }
+    }
+
+    /// The fleet judges `key` for `left` from now: its breaker reports every interval until then.
+    pub(crate) fn judged(&self, key: &str, left: Duration) {
+        let Some(storage) = self.storage.upgrade() else {
+            return;
+        };
+        if let Some(cell) = storage.cells.get(key).map(|c| c.clone()) {
+            if let Some(rate) = cell.rate() {
+                rate.judged_until(self.clock.now_nanos().saturating_add(duration_nanos(left)));
             }
         }
     }

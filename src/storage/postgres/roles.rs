@@ -114,11 +114,12 @@ const READER_FUNCTIONS: &[&str] = &[
 /// What an instance adds: the fleet's protocol.
 const INSTANCE_FUNCTIONS: &[&str] = &[
     "rc_notify_secret()",
+    "rc_judged(text)",
     "rc_trip_many(text,text[],bigint[],integer[],jsonb[],bigint[])",
     "rc_acquire_probe(text,text,text,bigint,integer,integer)",
     "rc_report_probe(text,text,bigint,boolean,integer,integer,bigint,bigint)",
     "rc_vote(text,text,text,integer,integer,integer,bigint,bigint,bigint)",
-    "rc_report_rates(text,text,text[],integer[],integer[],integer[],integer[],integer[],bigint[],bigint[])",
+    "rc_report_rates(text,text,bigint,text[],bigint[],bigint[],integer[],integer[],integer[],bigint[],bigint[])",
 ];
 
 /// What the Python package adds: it writes the table.

@@ -128,18 +128,19 @@ pub(crate) const VOTE: Call = Call {
     ],
 };
 
-/// Fleet failure rates (`sql/objects/rc_report_rates.sql`): namespace, reporter (the
-/// instance's stable name), keys, failures, calls,
-/// limit numerators, limit denominators, minimum calls, periods (ms), cooldowns (ms). Answers
-/// as the batched functions, plus `o_fleet_failures`, `o_fleet_calls`.
+/// Fleet failure rates (`sql/objects/rc_report_rates.sql`): namespace, reporter (the instance's
+/// stable name), its reporting interval (ms), keys, failures and calls over its last period,
+/// limit numerators, limit denominators, minimum calls, periods (ms), cooldowns (ms). Answers as
+/// the batched functions, plus `o_fleet_failures`, `o_fleet_calls` and `o_judged_ms`.
 pub(crate) const REPORT_RATES: Call = Call {
-    sql: "SELECT * FROM public.rc_report_rates($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    sql: "SELECT * FROM public.rc_report_rates($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
     types: &[
         Type::TEXT,
         Type::TEXT,
+        Type::INT8,
         Type::TEXT_ARRAY,
-        Type::INT4_ARRAY,
-        Type::INT4_ARRAY,
+        Type::INT8_ARRAY,
+        Type::INT8_ARRAY,
         Type::INT4_ARRAY,
         Type::INT4_ARRAY,
         Type::INT4_ARRAY,
@@ -147,6 +148,9 @@ pub(crate) const REPORT_RATES: Call = Call {
         Type::INT8_ARRAY,
     ],
 };
+
+/// The keys of a namespace under a fleet-rate judgement: `o_key`, `o_remaining_ms`.
+pub(crate) const JUDGED: &str = "SELECT o_key, o_remaining_ms FROM public.rc_judged($1)";
 
 /// The functions the statements above call, with their argument types, as `pg_proc` lists them
 /// (checked against the catalog by a test, so a migration cannot drift from the code).
@@ -162,7 +166,8 @@ pub const FUNCTIONS: &[&str] = &[
     "rc_acquire_probe(text,text,text,bigint,integer,integer)",
     "rc_report_probe(text,text,bigint,boolean,integer,integer,bigint,bigint)",
     "rc_vote(text,text,text,integer,integer,integer,bigint,bigint,bigint)",
-    "rc_report_rates(text,text,text[],integer[],integer[],integer[],integer[],integer[],bigint[],bigint[])",
+    "rc_report_rates(text,text,bigint,text[],bigint[],bigint[],integer[],integer[],integer[],bigint[],bigint[])",
+    "rc_judged(text)",
 ];
 
 /// One row as a transition function answers it (`o_state, o_version, o_remaining_ms,
