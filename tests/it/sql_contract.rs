@@ -862,9 +862,7 @@ async fn database_errors_keep_their_source() {
     c.batch_execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
         .await
         .expect("revoke");
-    let role = db
-        .role(&["GRANT SELECT ON public.rc_circuit_breakers TO {role}"])
-        .await;
+    let role = db.role_of(&[RoleKind::Reader]).await;
     let mut ro = connect_as(&db.conninfo_as(&role)).await;
     let err = resilient_circuit::storage::postgres::migrate::migrate(&mut ro)
         .await
