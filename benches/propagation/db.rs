@@ -77,8 +77,8 @@ where
     Ok(client)
 }
 
-/// A bare LISTEN connection: every notification of the channel with the instant its connection
-/// task saw it.
+/// A bare LISTEN connection on the crate's (secret) channel: every notification with the instant
+/// its connection task saw it.
 pub(crate) struct NotifyListener {
     _client: Client,
     pub(crate) rx: mpsc::UnboundedReceiver<(Instant, String)>,
@@ -115,7 +115,20 @@ where
             }
         }
     });
-    client.batch_execute("LISTEN rc_circuit_breakers").await?;
+    // The channel is as secret as the notification key (`rc_notify_key`); the benchmark's role
+    // applied the migrations, so it owns them and may read it.
+    let channel: String = client
+        .query_one("SELECT o_channel FROM public.rc_notify_secret()", &[])
+        .await?
+        .get(0);
+    if channel.is_empty()
+        || !channel
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    {
+        return Err(format!("rc_notify_key holds an odd channel name: {channel:?}").into());
+    }
+    client.batch_execute(&format!("LISTEN {channel}")).await?;
     Ok(NotifyListener {
         _client: client,
         rx,

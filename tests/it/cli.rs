@@ -81,15 +81,25 @@ async fn row_count(db: &TestDb, key: &str) -> i64 {
         .get(0)
 }
 
+/// On an empty database `check` reports the schema and the triggers as problems and names the
+/// fix; asked about a role too, it names the grant that role needs.
 #[tokio::test]
 async fn check_fails_on_an_empty_database_and_names_the_fix() {
     let db = test_db().await;
     let r = run(&db.conninfo(), &["check"]).await;
     assert_eq!(r.code, 1, "stdout:\n{}\nstderr:\n{}", r.stdout, r.stderr);
-    assert!(r.stdout.contains("MISSING schema"), "{}", r.stdout);
-    assert!(r
-        .stdout
-        .contains("MISSING function public.rc_snapshot(text)"));
+    assert!(
+        r.stdout
+            .contains("PROBLEM schema: table public.rc_schema_migrations does not exist"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout
+            .contains("PROBLEM trigger rc_notify_insert on public.rc_circuit_breakers"),
+        "{}",
+        r.stdout
+    );
     assert!(
         r.stderr.contains("fix: resilient-circuit setup"),
         "{}",
@@ -97,6 +107,19 @@ async fn check_fails_on_an_empty_database_and_names_the_fix() {
     );
     // The ancestor's name answers too.
     assert_eq!(run(&db.conninfo(), &["pg-check"]).await.code, 1);
+
+    let role = db.role(&[]).await;
+    let r = run(&db.conninfo(), &["check", "--role", role.name()]).await;
+    assert_eq!(r.code, 1, "stdout:\n{}\nstderr:\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr.contains(&format!(
+            "fix: resilient-circuit setup --grant-to {}",
+            role.name()
+        )),
+        "stdout:\n{}\nstderr:\n{}",
+        r.stdout,
+        r.stderr
+    );
 }
 
 #[tokio::test]
@@ -107,9 +130,15 @@ async fn setup_then_check_succeed() {
     let r = ok(&db.conninfo(), &["check"]).await;
     assert!(r.stdout.contains("the database is ready"), "{}", r.stdout);
     assert!(!r.stdout.contains("MISSING"), "{}", r.stdout);
+    assert!(!r.stdout.contains("PROBLEM"), "{}", r.stdout);
     // Idempotent.
     let r = ok(&db.conninfo(), &["setup", "--yes"]).await;
-    assert!(r.stdout.contains("every migration was applied already"));
+    assert!(
+        r.stdout
+            .contains("every migration and object was applied already"),
+        "{}",
+        r.stdout
+    );
 }
 
 #[tokio::test]
@@ -137,9 +166,29 @@ async fn setup_dry_run_changes_nothing() {
     assert!(r
         .stdout
         .contains("CREATE TABLE IF NOT EXISTS public.rc_circuit_breakers"));
-    assert!(r
+    let to = format!("TO \"{}\";", role.name());
+    for grant in [
+        "GRANT SELECT ON public.rc_circuit_breakers",
+        "GRANT EXECUTE ON FUNCTION public.rc_notify_secret()",
+        "GRANT EXECUTE ON FUNCTION public.rc_trip_many(text,text[],bigint[],integer[],jsonb[],bigint[])",
+    ] {
+        assert!(
+            r.stdout.contains(&format!("{grant} {to}")),
+            "{grant} {to}:\n{}",
+            r.stdout
+        );
+    }
+    let grants = r
         .stdout
-        .contains("GRANT SELECT, INSERT, UPDATE, DELETE ON public.rc_circuit_breakers TO \""));
+        .split_once(&format!("-- \"{}\" as instance\n", role.name()))
+        .map(|(_, grants)| grants)
+        .unwrap_or_else(|| panic!("a section of the role's grants:\n{}", r.stdout));
+    assert!(
+        grants.lines().all(|l| l.starts_with("GRANT ")
+            && !l.starts_with("GRANT INSERT")
+            && !l.contains("rc_force")),
+        "an instance writes no table and decrees nothing:\n{grants}"
+    );
     let exists: bool = db
         .client()
         .await
@@ -155,11 +204,13 @@ async fn setup_dry_run_changes_nothing() {
     assert_eq!(run(&db.conninfo(), &["check"]).await.code, 1);
 }
 
-/// The grant `setup --grant-to` gives is all an instance needs: it connects, trips, leases a
-/// probe from the database and forces, on a role that owns nothing.
+/// The grant `setup --grant-to` gives is all an instance needs: on a role that owns nothing it
+/// connects, trips, leases a probe from the database and reports it; forcing a state takes an
+/// operator's grant (`--grant-operator`), which `check` then expects of the role too.
 #[tokio::test]
 async fn setup_grant_to_is_enough_for_an_instance() {
     let db = test_db().await;
+    set_up(&db).await;
     let role = db.role(&[]).await;
     let name = role.name().to_owned();
     let r = run(&db.conninfo(), &["check", "--role", &name]).await;
@@ -170,19 +221,24 @@ async fn setup_grant_to_is_enough_for_an_instance() {
         r.stderr
     );
 
-    ok(&db.conninfo(), &["setup", "--yes", "--grant-to", &name]).await;
+    let r = ok(&db.conninfo(), &["setup", "--yes", "--grant-to", &name]).await;
+    assert!(
+        r.stdout
+            .contains(&format!("granted \"{name}\" the rights of instance")),
+        "{}",
+        r.stdout
+    );
     ok(&db.conninfo(), &["check", "--role", &name]).await;
 
     let storage = Storage::connect_with(instance_options(&db.conninfo_as(&role)))
         .await
         .expect("an instance on the granted role connects");
     let key = unique_key("granted");
-    let cb = CircuitBreaker::builder(&key)
-        .storage(storage.clone())
-        .failure_limit(Ratio::new(1, 1))
-        .cooldown(Duration::from_millis(300))
-        .build()
-        .expect("valid");
+    let mut watched = Watched::new(&storage, &key, |b| {
+        b.failure_limit(Ratio::new(1, 1))
+            .cooldown(Duration::from_millis(300))
+    });
+    let cb = watched.cb.clone();
     let _ = cb.call(|| async { Err::<(), _>("down") }).await;
     assert!(eventually(WAIT, || async { storage.pending_publications() == 0 }).await);
     let admin = db.client().await;
@@ -212,11 +268,34 @@ async fn setup_grant_to_is_enough_for_an_instance() {
         .expect("counts")
         .get(0);
     assert_eq!(leases, 1, "the probe was leased from the database");
-    drop(probe);
+    probe.success();
+    assert!(
+        watched.reaches(State::Closed).await,
+        "the probe's report closed it"
+    );
+    assert!(eventually(WAIT, || async { storage.pending_publications() == 0 }).await);
+    assert_eq!(
+        crate::support::breakers::row_state(&admin, &key)
+            .await
+            .as_deref(),
+        Some("CLOSED"),
+        "the report reached the table"
+    );
 
+    let refused = cb
+        .force_open_confirmed(Duration::from_secs(600))
+        .await
+        .expect_err("an instance does not force");
+    assert_eq!(refused.sqlstate(), Some("42501"), "{refused}");
+    ok(
+        &db.conninfo(),
+        &["setup", "--yes", "--grant-operator", &name],
+    )
+    .await;
+    ok(&db.conninfo(), &["check", "--role", &name]).await;
     cb.force_open_confirmed(Duration::from_secs(600))
         .await
-        .expect("the role may force");
+        .expect("an operator may force");
     cb.force_closed_confirmed().await.expect("and close");
     assert!(!storage.is_degraded());
 }

@@ -45,8 +45,14 @@ struct Counts {
 }
 
 /// Eight threads hammer one breaker while one of them advances a manual clock: never more than
-/// `den` probes are in flight, every attempt is admitted or rejected, every admitted permit is
-/// reported or dropped, callbacks only report legal transitions, and nothing panics.
+/// `den` probes of a round are in flight, every attempt is admitted or rejected, every admitted
+/// permit is reported or dropped, callbacks only report legal transitions, and nothing panics.
+///
+/// A round ends as soon as closing has become impossible, and the probes it leaves running no
+/// longer count for the breaker: a round begun after the cooldown may run beside them. So that
+/// the in-flight count is that of one round, the clock moves only while no probe is in flight,
+/// and admissions (with their count) and the clock's moves take turns: a new round never starts
+/// while a probe of an earlier one runs.
 #[test]
 fn eight_threads_one_breaker() {
     let configs = [
@@ -89,10 +95,13 @@ fn eight_threads_one_breaker() {
         // Workers still running; thread 0 keeps the clock moving until the others are done.
         let running = AtomicUsize::new(THREADS - 1);
         let start = std::sync::Barrier::new(THREADS);
+        // Read: an admission and its count; write: a move of the clock (see the doc).
+        let turns = std::sync::RwLock::new(());
 
         std::thread::scope(|s| {
             for t in 0..THREADS {
-                let (cb, counts, clock, running, start) = (&cb, &counts, &clock, &running, &start);
+                let (cb, counts, clock, running, start, turns) =
+                    (&cb, &counts, &clock, &running, &start, &turns);
                 s.spawn(move || {
                     start.wait();
                     let mut rng = Rng::new(t as u64 + 1);
@@ -100,10 +109,28 @@ fn eight_threads_one_breaker() {
                     while i < iterations || (t == 0 && running.load(Ordering::SeqCst) > 0) {
                         i += 1;
                         if t == 0 && i % 8 == 0 {
-                            clock.advance(Duration::from_millis(1));
+                            let _turn = turns.write().unwrap();
+                            if counts.probes_in_flight.load(Ordering::SeqCst) == 0 {
+                                clock.advance(Duration::from_millis(1));
+                            }
                         }
                         counts.attempts.fetch_add(1, Ordering::Relaxed);
-                        let permit = match cb.try_acquire() {
+                        let admitted = {
+                            let _turn = turns.read().unwrap();
+                            let admitted = cb.try_acquire();
+                            if admitted.as_ref().is_ok_and(|p| p.is_probe()) {
+                                counts.probes.fetch_add(1, Ordering::Relaxed);
+                                let n = counts.probes_in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                                counts.max_probes_in_flight.fetch_max(n, Ordering::Relaxed);
+                                if n > den {
+                                    counts
+                                        .probe_limit_violations
+                                        .fetch_add(1, Ordering::Relaxed);
+                                }
+                            }
+                            admitted
+                        };
+                        let permit = match admitted {
                             Ok(p) => p,
                             Err(r) => {
                                 counts.rejected.fetch_add(1, Ordering::Relaxed);
@@ -117,16 +144,6 @@ fn eight_threads_one_breaker() {
                         };
                         counts.admitted.fetch_add(1, Ordering::Relaxed);
                         let probe = permit.is_probe();
-                        if probe {
-                            counts.probes.fetch_add(1, Ordering::Relaxed);
-                            let n = counts.probes_in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-                            counts.max_probes_in_flight.fetch_max(n, Ordering::Relaxed);
-                            if n > den {
-                                counts
-                                    .probe_limit_violations
-                                    .fetch_add(1, Ordering::Relaxed);
-                            }
-                        }
                         // Hold the permit a little (probes longer) so probes overlap.
                         let holds = if probe { 4 } else { rng.below(2) };
                         for _ in 0..holds {
@@ -177,7 +194,7 @@ fn eight_threads_one_breaker() {
         assert_eq!(
             get(&counts.probe_limit_violations),
             0,
-            "{label}: more than {den} probes in flight (max {})",
+            "{label}: more than {den} probes of a round in flight (max {})",
             counts.max_probes_in_flight.load(Ordering::SeqCst)
         );
         assert_eq!(counts.probes_in_flight.load(Ordering::SeqCst), 0);

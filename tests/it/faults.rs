@@ -52,8 +52,12 @@ const BLACKHOLE_DETECTED: Duration = Duration::from_secs(10);
 /// the database, so microseconds; milliseconds only if the thread is preempted.
 const CALL_PATH: Duration = Duration::from_millis(20);
 
+/// Options for an instance of its own name (votes and rate reports count by name: each instance
+/// is a pod of its own).
 fn options(conninfo: &str) -> PostgresOptions {
-    PostgresOptions::from_dsn(conninfo).expect("test conninfo parses")
+    PostgresOptions::from_dsn(conninfo)
+        .expect("test conninfo parses")
+        .instance_name(unique_key("instance"))
 }
 
 /// An instance whose transition calls go through `proxy` while its listener (named

@@ -282,7 +282,8 @@ async fn an_instance_alone_does_not_open_the_key_when_it_is_back() {
         resilient_circuit::storage::postgres::PostgresOptions::from_dsn(
             &db.app_conninfo_via(proxy.addr()).await,
         )
-        .expect("dsn"),
+        .expect("dsn")
+        .instance_name(unique_key("instance")),
     )
     .await
     .expect("connects through the proxy");

@@ -22,8 +22,12 @@ use support::{eventually, test_db, unique_key, Mode, Proxy, TestDb};
 const WAIT: Duration = Duration::from_secs(10);
 
 /// Options logging in as `conninfo`'s role (the tests' application role: see `TestDb::app`).
+/// Options for an instance of its own name (votes and rate reports count by name: each instance
+/// is a pod of its own).
 fn options(conninfo: &str) -> PostgresOptions {
-    PostgresOptions::from_dsn(conninfo).expect("test conninfo parses")
+    PostgresOptions::from_dsn(conninfo)
+        .expect("test conninfo parses")
+        .instance_name(unique_key("instance"))
 }
 
 async fn instance(db: &TestDb) -> Storage {
@@ -782,7 +786,8 @@ async fn killed_sessions_do_not_cause_a_reconnect_storm() {
 
 /// Risk: a storm of notifications larger than the listener's buffer is neither kept without
 /// bound nor lost: the listener drops the excess and reloads every row (here it finds a change
-/// that no notification announced; reconciliation is an hour away).
+/// that no notification announced; reconciliation is an hour away). The storm is signed and
+/// sent on the secret channel as the owner, as the trigger would send it.
 #[tokio::test]
 async fn notification_storm_past_the_buffer_reloads() {
     let db = test_db().await;
@@ -802,9 +807,15 @@ async fn notification_storm_past_the_buffer_reloads() {
              INSERT INTO rc_circuit_breakers (resource_key, state, open_until, version)
              VALUES ('{key}', 'OPEN', now() + interval '1 hour', 1000000);
              SET session_replication_role = origin;
-             SELECT pg_notify('rc_circuit_breakers',
-                    rc_notify_payload('row', 'elsewhere', 'k' || i, 'OPEN', i, 0))
-             FROM generate_series(1, 2000) i;"
+             SELECT pg_notify(k.channel, json_build_object(
+                 'v', 3, 'op', 'row', 'ns', 'elsewhere', 'key', 'k' || i, 'state', 'OPEN',
+                 'version', i, 'remaining_ms', 0, 'at_us', m.at_us,
+                 'mac', encode(sha256(k.opad || sha256(k.ipad || convert_to(concat_ws('|', '3', 'row',
+                     '9:elsewhere', char_length('k' || i) || ':k' || i, 'OPEN', i::text, '0',
+                     m.at_us::text), 'UTF8'))), 'hex'))::text)
+             FROM public.rc_notify_key k,
+                  (SELECT floor(date_part('epoch', clock_timestamp()) * 1e6)::bigint AS at_us) m,
+                  generate_series(1, 2000) i;"
         ))
         .await
         .expect("silent write, then a storm");

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use resilient_circuit::storage::postgres::{PostgresOptions, SslMode};
 use resilient_circuit::{ChangeOrigin, CircuitBreaker, ConfigError, State, Storage, StorageError};
-use support::breakers::{fail, insert_open, instance, panics, trip_fast, Logs, Watched};
+use support::breakers::{
+    fail, insert_open, instance, panics, signed_payload, trip_fast, Logs, Watched,
+};
 use support::{eventually, test_db, unique_key, Cluster, TestDb};
 use tokio_postgres::Client;
 
@@ -18,15 +20,43 @@ const WAIT: Duration = Duration::from_secs(10);
 /// A password that must never show up in an error, a `Debug` or a log line.
 const PASSWORD: &str = "Hunter2-s3cr3t-PW";
 
+/// Sends `payload` on the secret channel the trigger notifies on (read as the owner: `client` is
+/// `TestDb::client`'s), where instances listen: a forgery there is judged by its MAC and fields,
+/// not simply unheard.
 async fn notify(client: &Client, payload: &str) {
     client
-        .execute("SELECT pg_notify('rc_circuit_breakers', $1)", &[&payload])
+        .execute(
+            "SELECT pg_notify((SELECT channel FROM public.rc_notify_key), $1)",
+            &[&payload],
+        )
         .await
         .unwrap_or_else(|e| panic!("pg_notify of {} bytes: {e}", payload.len()));
 }
 
-/// A plain LISTEN on the breakers' channel: the raw payloads, as the trigger sends them. Drop
-/// the handle to stop it.
+/// The local clock in microseconds since the Unix epoch: a fresh `at_us` for a forgery (the
+/// database runs on this machine).
+fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_micros() as i64
+}
+
+/// HMAC-SHA256 of `text` under `key`, in lowercase hex: how a role holding some other key would
+/// sign a forgery.
+fn hmac_hex(key: &[u8], text: &str) -> String {
+    use hmac::{KeyInit, Mac};
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).expect("any key length");
+    mac.update(text.as_bytes());
+    mac.finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A plain LISTEN on the breakers' secret channel (read as the owner): the raw payloads, as the
+/// trigger sends them. Drop the handle to stop it.
 async fn listen(db: &TestDb) -> (Client, tokio::sync::mpsc::UnboundedReceiver<String>) {
     use futures_util::StreamExt;
     let (client, mut connection) = db
@@ -43,8 +73,9 @@ async fn listen(db: &TestDb) -> (Client, tokio::sync::mpsc::UnboundedReceiver<St
             }
         }
     });
+    let channel = support::breakers::notify_channel(&client).await;
     client
-        .batch_execute("LISTEN rc_circuit_breakers")
+        .batch_execute(&format!("LISTEN {channel}"))
         .await
         .expect("LISTEN");
     (client, rx)
@@ -286,7 +317,7 @@ async fn hostile_rows_are_tolerated() {
     assert_eq!(panics(), panics_before, "something panicked (see stderr)");
 }
 
-/// Broken or foreign notification payloads (malformed, empty, truncated, 7999 bytes, nested, unknown version, wrong types, stale or other-namespace versions) are ignored and the listener survives: the next real change applies, first and exactly.
+/// Broken or foreign notification payloads on the instances' secret channel (malformed, empty, truncated, 7999 bytes, nested, older formats, wrong types, missing fields, a MAC that does not verify, stale or other-namespace versions) are ignored and the listener survives: the next real change applies, first and exactly.
 #[tokio::test]
 async fn hostile_payloads_are_ignored() {
     let panics_before = panics();
@@ -296,31 +327,42 @@ async fn hostile_payloads_are_ignored() {
     let mut w = Watched::new(&a, &key, |b| b);
     let client = db.client().await;
     let huge = 1_000_000_000_000_000i64; // far above any real version: applied, it would pin the key
-    let valid = serde_json::json!({"v":1,"ns":"default","key":key,"state":"OPEN","version":huge,"remaining_ms":3_600_000}).to_string();
+                                         // The current format (3), fresh, with a MAC that does not verify; the variants below break
+                                         // one field each, so the parser, not only the MAC check, has to refuse them.
+    let at = now_us();
+    let mac = "00".repeat(32);
+    let valid = serde_json::json!({"v":3,"op":"row","ns":"default","key":key,"state":"OPEN","version":huge,"remaining_ms":3_600_000,"at_us":at,"mac":mac}).to_string();
     let payloads: Vec<String> = vec![
         String::new(),
         "not json".into(),
         "{".into(),
         "null".into(),
         "[1,2]".into(),
-        "{\"v\":1}".into(),
+        "{\"v\":3}".into(),
+        valid.clone(),
         valid[..valid.len() - 5].to_owned(),
         valid[..valid.len() / 2].to_owned(),
         "x".repeat(7999),
         format!("{}{}", "[".repeat(3999), "]".repeat(3999)),
-        serde_json::json!({"v":2,"ns":"default","key":key,"state":"OPEN","version":huge,"remaining_ms":1}).to_string(),
-        serde_json::json!({"v":"1","ns":"default","key":key,"state":"OPEN","version":huge,"remaining_ms":1}).to_string(),
-        serde_json::json!({"v":1,"ns":"default","key":key,"state":"OPEN","version":huge.to_string(),"remaining_ms":1}).to_string(),
-        serde_json::json!({"v":1,"ns":"default","key":key,"state":"OPEN","version":1.0e15,"remaining_ms":1}).to_string(),
-        serde_json::json!({"v":1,"ns":"default","key":key,"state":1,"version":huge,"remaining_ms":1}).to_string(),
-        serde_json::json!({"v":1,"ns":"default","key":42,"state":"OPEN","version":huge,"remaining_ms":1}).to_string(),
-        serde_json::json!({"v":1,"ns":null,"key":key,"state":"OPEN","version":huge,"remaining_ms":1}).to_string(),
-        serde_json::json!({"v":1,"ns":"default","key":key,"state":"OPEN","version":huge,"remaining_ms":"1"}).to_string(),
-        serde_json::json!({"v":1,"ns":"default","key":key,"state":"OPEN","version":huge}).to_string(),
-        format!(r#"{{"v":1,"ns":"default","key":"\ud800","state":"OPEN","version":{huge},"remaining_ms":1}}"#),
-        serde_json::json!({"v":1,"ns":"other","key":key,"state":"OPEN","version":huge,"remaining_ms":1}).to_string(),
-        serde_json::json!({"v":1,"ns":"default","key":key,"state":"OPEN","version":0,"remaining_ms":1}).to_string(),
-        serde_json::json!({"v":1,"ns":"default","key":key,"state":"OPEN","version":-1,"remaining_ms":-1}).to_string(),
+        // Older formats: unauthenticated (1) and without a commit time (2).
+        serde_json::json!({"v":1,"ns":"default","key":key,"state":"OPEN","version":huge,"remaining_ms":1}).to_string(),
+        serde_json::json!({"v":2,"op":"row","ns":"default","key":key,"state":"OPEN","version":huge,"remaining_ms":1,"mac":mac}).to_string(),
+        serde_json::json!({"v":"3","op":"row","ns":"default","key":key,"state":"OPEN","version":huge,"remaining_ms":1,"at_us":at,"mac":mac}).to_string(),
+        serde_json::json!({"v":3,"op":"row","ns":"default","key":key,"state":"OPEN","version":huge.to_string(),"remaining_ms":1,"at_us":at,"mac":mac}).to_string(),
+        serde_json::json!({"v":3,"op":"row","ns":"default","key":key,"state":"OPEN","version":1.0e15,"remaining_ms":1,"at_us":at,"mac":mac}).to_string(),
+        serde_json::json!({"v":3,"op":"row","ns":"default","key":key,"state":1,"version":huge,"remaining_ms":1,"at_us":at,"mac":mac}).to_string(),
+        serde_json::json!({"v":3,"op":"row","ns":"default","key":42,"state":"OPEN","version":huge,"remaining_ms":1,"at_us":at,"mac":mac}).to_string(),
+        serde_json::json!({"v":3,"op":"row","ns":null,"key":key,"state":"OPEN","version":huge,"remaining_ms":1,"at_us":at,"mac":mac}).to_string(),
+        serde_json::json!({"v":3,"op":"row","ns":"default","key":key,"state":"OPEN","version":huge,"remaining_ms":"1","at_us":at,"mac":mac}).to_string(),
+        serde_json::json!({"v":3,"op":"row","ns":"default","key":key,"state":"OPEN","version":huge,"at_us":at,"mac":mac}).to_string(),
+        serde_json::json!({"v":3,"op":"row","ns":"default","key":key,"state":"OPEN","version":huge,"remaining_ms":1,"mac":mac}).to_string(),
+        serde_json::json!({"v":3,"op":"row","ns":"default","key":key,"state":"OPEN","version":huge,"remaining_ms":1,"at_us":at.to_string(),"mac":mac}).to_string(),
+        serde_json::json!({"v":3,"op":"drop","ns":"default","key":key,"state":"OPEN","version":huge,"remaining_ms":1,"at_us":at,"mac":mac}).to_string(),
+        serde_json::json!({"v":3,"op":"row","ns":"default","key":key,"state":"OPEN","version":huge,"remaining_ms":1,"at_us":at}).to_string(),
+        format!(r#"{{"v":3,"op":"row","ns":"default","key":"\ud800","state":"OPEN","version":{huge},"remaining_ms":1,"at_us":{at},"mac":"{mac}"}}"#),
+        serde_json::json!({"v":3,"op":"row","ns":"other","key":key,"state":"OPEN","version":huge,"remaining_ms":1,"at_us":at,"mac":mac}).to_string(),
+        serde_json::json!({"v":3,"op":"row","ns":"default","key":key,"state":"OPEN","version":0,"remaining_ms":1,"at_us":at,"mac":mac}).to_string(),
+        serde_json::json!({"v":3,"op":"row","ns":"default","key":key,"state":"OPEN","version":-1,"remaining_ms":-1,"at_us":at,"mac":mac}).to_string(),
     ];
     for p in &payloads {
         notify(&client, p).await;
@@ -328,7 +370,7 @@ async fn hostile_payloads_are_ignored() {
     // 8000 bytes and more never leave the server.
     let refused = client
         .execute(
-            "SELECT pg_notify('rc_circuit_breakers', $1)",
+            "SELECT pg_notify((SELECT channel FROM public.rc_notify_key), $1)",
             &[&"x".repeat(8000)],
         )
         .await;
@@ -366,7 +408,7 @@ async fn hostile_payloads_are_ignored() {
     assert_eq!(keys, [key], "no payload made a cell");
 }
 
-/// Well-formed payloads naming a key no row can hold (over 255 characters; one of them 7999 bytes, the most NOTIFY carries) are ignored: they make no cell on the instance.
+/// Well-formed payloads naming a key no row can hold (over 255 characters; one of them 7999 bytes, the most NOTIFY carries) are ignored, though fresh and validly signed: they make no cell on the instance.
 #[tokio::test]
 async fn payloads_with_impossible_keys_are_ignored() {
     let db = test_db().await;
@@ -374,14 +416,27 @@ async fn payloads_with_impossible_keys_are_ignored() {
     let key = unique_key("after");
     let mut w = Watched::new(&a, &key, |b| b);
     let client = db.client().await;
-    let payload = |key: &str| {
-        serde_json::json!({"v":1,"ns":"default","key":key,"state":"OPEN","version":1_000_000_000_000i64,"remaining_ms":3_600_000}).to_string()
+    let payload = |key: String| {
+        let client = &client;
+        async move {
+            signed_payload(
+                client,
+                "default",
+                &key,
+                "OPEN",
+                1_000_000_000_000,
+                3_600_000,
+                None,
+            )
+            .await
+        }
     };
-    let longest = "k".repeat(7999 - payload("").len());
-    assert_eq!(payload(&longest).len(), 7999);
+    let longest = "k".repeat(7999 - payload(String::new()).await.len());
+    let longest_payload = payload(longest.clone()).await;
+    assert_eq!(longest_payload.len(), 7999);
     let just_over = "k".repeat(256);
-    for k in [&longest, &just_over] {
-        notify(&client, &payload(k)).await;
+    for p in [longest_payload, payload(just_over).await] {
+        notify(&client, &p).await;
     }
     insert_open(&client, &key).await;
     assert!(w.reaches(State::Open).await, "the listener carries on");
@@ -397,9 +452,10 @@ async fn payloads_with_impossible_keys_are_ignored() {
     );
 }
 
-/// Forged notifications (any role that may connect can NOTIFY on the channel) are ignored: the
-/// old unauthenticated format, a current-format payload without a MAC, with a MAC made under
-/// another key, or a real payload replayed with its version raised. Notifications are delivered in
+/// Forged notifications sent on the instances' secret channel (as a role that learnt its name
+/// could) are ignored: the old unauthenticated format, a current-format payload without a MAC,
+/// with a MAC made under another key, or a real payload replayed with its key and version
+/// changed. Notifications are delivered in
 /// commit order, so once a real change sent after them has arrived, they have all been judged.
 #[tokio::test]
 async fn forged_notifications_are_ignored() {
@@ -420,10 +476,16 @@ async fn forged_notifications_are_ignored() {
     let replayed = real
         .replace(&marker, &key)
         .replace("\"version\" : ", "\"version\" : 9");
+    let at = now_us();
+    let (version, remaining) = (i64::MAX, 3_600_000i64);
+    let signed = format!(
+        "3|row|7:default|{}:{key}|OPEN|{version}|{remaining}|{at}",
+        key.chars().count()
+    );
     let forgeries = [
-        serde_json::json!({"v":1,"ns":"default","key":key,"state":"OPEN","version":i64::MAX,"remaining_ms":3_600_000}).to_string(),
-        serde_json::json!({"v":2,"op":"row","ns":"default","key":key,"state":"OPEN","version":i64::MAX,"remaining_ms":3_600_000,"mac":""}).to_string(),
-        serde_json::json!({"v":2,"op":"row","ns":"default","key":key,"state":"OPEN","version":i64::MAX,"remaining_ms":3_600_000,"mac":"00".repeat(32)}).to_string(),
+        serde_json::json!({"v":1,"ns":"default","key":key,"state":"OPEN","version":version,"remaining_ms":remaining}).to_string(),
+        serde_json::json!({"v":3,"op":"row","ns":"default","key":key,"state":"OPEN","version":version,"remaining_ms":remaining,"at_us":at,"mac":""}).to_string(),
+        serde_json::json!({"v":3,"op":"row","ns":"default","key":key,"state":"OPEN","version":version,"remaining_ms":remaining,"at_us":at,"mac":hmac_hex(b"another key, not the table's one", &signed)}).to_string(),
         replayed,
     ];
     for f in &forgeries {
@@ -440,7 +502,7 @@ async fn forged_notifications_are_ignored() {
     assert!(on_a.reaches(State::Closed).await, "the real change arrives");
     assert_eq!(w.cb.state(), State::Closed, "no forgery opened {key}");
     let unused = unique_key("unused");
-    notify(&client, &serde_json::json!({"v":2,"op":"row","ns":"default","key":unused,"state":"OPEN","version":1,"remaining_ms":1,"mac":"00"}).to_string()).await;
+    notify(&client, &serde_json::json!({"v":3,"op":"row","ns":"default","key":unused,"state":"OPEN","version":1,"remaining_ms":1,"at_us":now_us(),"mac":"00"}).to_string()).await;
     client
         .execute(
             "UPDATE rc_circuit_breakers SET state = 'OPEN' WHERE resource_key = $1",

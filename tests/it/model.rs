@@ -162,12 +162,21 @@ impl Model {
                 } else {
                     self.probe_failures += 1;
                 }
-                if self.probe_successes + self.probe_failures == self.limits.probes() {
-                    let close = match self.limits.success {
-                        Some((n, _)) => self.probe_successes >= n,
-                        None => self.probe_failures < self.limits.fail_n,
-                    };
+                let reported = self.probe_successes + self.probe_failures;
+                let close = match self.limits.success {
+                    Some((n, _)) => self.probe_successes >= n,
+                    None => self.probe_failures < self.limits.fail_n,
+                };
+                // Could the round still close if every probe yet to report succeeded?
+                let may_close = match self.limits.success {
+                    Some((n, _)) => self.probe_successes + (self.limits.probes() - reported) >= n,
+                    None => self.probe_failures < self.limits.fail_n,
+                };
+                if reported == self.limits.probes() {
                     self.go(if close { State::Closed } else { State::Open });
+                } else if !may_close {
+                    // The round ends as soon as closing has become impossible.
+                    self.go(State::Open);
                 }
             }
             State::Open => unreachable!("no permit is admitted in an open generation"),

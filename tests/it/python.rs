@@ -463,13 +463,17 @@ struct Fleet {
 
 impl Fleet {
     async fn on(db: &TestDb, conninfo: &str) -> Fleet {
-        let opts = PostgresOptions::from_dsn(conninfo)
-            .expect("test conninfo parses")
-            .strict(true);
-        let rust = Storage::connect_with(opts.clone())
+        // Each of its own name, as two pods.
+        let opts = || {
+            PostgresOptions::from_dsn(conninfo)
+                .expect("test conninfo parses")
+                .strict(true)
+                .instance_name(unique_key("instance"))
+        };
+        let rust = Storage::connect_with(opts())
             .await
             .expect("a Rust instance connects");
-        let other = Storage::connect_with(opts)
+        let other = Storage::connect_with(opts())
             .await
             .expect("a second Rust instance connects");
         Fleet {
@@ -883,13 +887,26 @@ async fn recovery_crosses_between_python_and_rust() {
 }
 
 /// All of the above with Python and Rust on a role that owns nothing, granted by `setup
-/// --grant-to`: no Python write is refused or lost.
+/// --grant-python` (the package writes the table) and `--grant-operator` (a Rust instance closes
+/// a key by override): no Python write is refused or lost.
 #[tokio::test]
 async fn on_a_role_that_owns_nothing_python_and_rust_see_each_other() {
     let db = test_db().await;
     let role = db.role(&[]).await;
     let name = role.name().to_owned();
-    ok(&db.conninfo(), &["setup", "--yes", "--grant-to", &name]).await;
+    ok(
+        &db.conninfo(),
+        &[
+            "setup",
+            "--yes",
+            "--grant-python",
+            &name,
+            "--grant-operator",
+            &name,
+        ],
+    )
+    .await;
+    ok(&db.conninfo(), &["check", "--role", &name]).await;
     let admin = db.client().await;
     let owns: bool = admin
         .query_one(

@@ -339,8 +339,10 @@ async fn rc_vote_refuses_nonsense_and_its_table_is_closed() {
     };
     assert!(refused("i", 1, 1, 0, 1000)
         .await
-        .contains("quorum must be at least 1"));
-    assert!(refused("", 1, 1, 2, 1000).await.contains("instance"));
+        .contains("quorum must be 1 to 10000 instances"));
+    assert!(refused("", 1, 1, 2, 1000)
+        .await
+        .contains("a voter's name must have 1 to 255 characters"));
     assert!(refused("i", 3, 2, 2, 1000)
         .await
         .contains("failures <= calls"));
@@ -353,7 +355,8 @@ async fn rc_vote_refuses_nonsense_and_its_table_is_closed() {
     assert_eq!(counted, 1);
     let forged = app
         .execute(
-            "INSERT INTO rc_votes VALUES ('default', 'k', 'forged', now(), 1, 1)",
+            "INSERT INTO rc_votes (namespace, resource_key, voter, role, cast_at, expires_at, failures, calls)
+             VALUES ('default', 'k', 'forged', current_user, now(), now() + interval '1 hour', 1, 1)",
             &[],
         )
         .await

@@ -6,6 +6,7 @@ use crate::support;
 
 use std::time::Duration;
 
+use resilient_circuit::storage::postgres::roles::RoleKind;
 use resilient_circuit::storage::postgres::PostgresOptions;
 use resilient_circuit::{CircuitBreaker, Ratio, State, Storage};
 use support::breakers::{caught_up, fail, fleet_probe, row_state, trip_fast, Watched, REACH};
@@ -13,10 +14,6 @@ use support::{eventually, test_db, unique_key, TestDb};
 use tokio_postgres::Client;
 
 const WAIT: Duration = Duration::from_secs(10);
-
-/// What the ancestor's `pg-setup --grant-to` grants: the table, nothing else.
-const ANCESTOR_GRANT: &str =
-    "GRANT SELECT, INSERT, UPDATE, DELETE ON public.rc_circuit_breakers TO {role}";
 
 /// An instance on `db` once the schema is set up (`TestDb::app`), as the application role.
 async fn migrated(db: &TestDb) -> Storage {
@@ -42,14 +39,17 @@ fn message(e: &tokio_postgres::Error) -> String {
         .unwrap_or_else(|| e.to_string())
 }
 
-/// Hardening II, 1: a role holding only the ancestor's grants writes rows the way the ancestor
-/// does (upsert, update, delete; the triggers need the sequence and the lease table, which it has
-/// no right to) and runs an instance: trip, fleet probe, override.
+/// Hardening II, 1: a role granted what the Python package needs (`setup --grant-python`, which
+/// owns nothing) writes rows the way the package does (upsert, update, delete; the triggers need
+/// the sequence and the lease table, which it has no right to) and runs an instance: trip and
+/// fleet probe. An operator's role (`--grant-operator`) overrides, and the Python role's instance
+/// follows.
 #[tokio::test]
 async fn least_privilege_role_writes_and_runs_an_instance() {
     let db = test_db().await;
     let _owner = migrated(&db).await;
-    let role = db.role(&[ANCESTOR_GRANT]).await;
+    let role = db.role_of(&[RoleKind::Python]).await;
+    let operator = db.role_of(&[RoleKind::Operator]).await;
     let app = connect_as(&db.conninfo_as(&role)).await;
     let key = unique_key("py");
     app.execute(
@@ -61,7 +61,7 @@ async fn least_privilege_role_writes_and_runs_an_instance() {
         &[&key],
     )
     .await
-    .expect("the ancestor's upsert works on its own grant");
+    .expect("the package's upsert works on its grant");
     app.execute(
         "UPDATE rc_circuit_breakers SET state = 'CLOSED', open_until = NULL WHERE resource_key = $1",
         &[&key],
@@ -75,13 +75,24 @@ async fn least_privilege_role_writes_and_runs_an_instance() {
     .await
     .expect("delete");
 
-    let opts = PostgresOptions::from_dsn(&db.conninfo_as(&role)).expect("dsn");
-    let a = Storage::connect_with(opts.clone())
+    let opts = || {
+        PostgresOptions::from_dsn(&db.conninfo_as(&role))
+            .expect("dsn")
+            .instance_name(unique_key("instance"))
+    };
+    let a = Storage::connect_with(opts())
         .await
-        .expect("connects as the app role");
-    let b = Storage::connect_with(opts)
+        .expect("connects as the Python role");
+    let b = Storage::connect_with(opts())
         .await
-        .expect("connects as the app role");
+        .expect("connects as the Python role");
+    let by_operator = Storage::connect_with(
+        PostgresOptions::from_dsn(&db.conninfo_as(&operator))
+            .expect("dsn")
+            .instance_name(unique_key("instance")),
+    )
+    .await
+    .expect("connects as the operator's role");
     assert!(!a.is_degraded());
     let key = unique_key("app");
     let on_a = CircuitBreaker::builder(&key)
@@ -106,22 +117,28 @@ async fn least_privilege_role_writes_and_runs_an_instance() {
         on_b.reaches(State::Closed).await,
         "the probe's report closed it"
     );
-    on_a.force_open_confirmed(Duration::from_secs(60))
+    let decreed = CircuitBreaker::builder(&key)
+        .storage(by_operator.clone())
+        .failure_limit(Ratio::new(1, 1))
+        .cooldown(Duration::from_millis(100))
+        .build()
+        .expect("valid");
+    decreed
+        .force_open_confirmed(Duration::from_secs(60))
         .await
-        .expect("the override is accepted");
+        .expect("the operator's override is accepted");
     assert!(on_b.reaches(State::Open).await);
 }
 
 /// The change log shows its rows to exactly the roles that may read the breaker table: a reader
-/// polls it, a role without that grant sees nothing, and nobody but the owner writes it.
+/// polls it (`rc_changes_since`), a stranger may not call the function and reads no row of the
+/// table, and nobody but the owner writes it.
 #[tokio::test]
 async fn the_change_log_is_for_those_who_may_read_breakers() {
     let db = test_db().await;
     let _instance = migrated(&db).await;
-    let reader = db
-        .role(&["GRANT SELECT ON public.rc_circuit_breakers TO {role}"])
-        .await;
-    let stranger = db.role(&[]).await;
+    let reader = db.role_of(&[RoleKind::Reader]).await;
+    let stranger = db.role_of(&[]).await;
     let admin = db.client().await;
     let start: String = admin
         .query_one(
@@ -156,10 +173,21 @@ async fn the_change_log_is_for_those_who_may_read_breakers() {
     let as_reader = connect_as(&db.conninfo_as(&reader)).await;
     assert_eq!(keys(as_reader).await.expect("polls"), ["logged"]);
     let as_stranger = connect_as(&db.conninfo_as(&stranger)).await;
+    let e = keys(as_stranger)
+        .await
+        .expect_err("a stranger may not poll");
     assert_eq!(
-        keys(as_stranger).await.expect("polls"),
-        Vec::<String>::new()
+        e.code(),
+        Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
+        "{e:?}"
     );
+    let as_stranger = connect_as(&db.conninfo_as(&stranger)).await;
+    let seen: i64 = as_stranger
+        .query_one("SELECT count(*) FROM public.rc_changes", &[])
+        .await
+        .expect("the log's table is readable, its rows are not")
+        .get(0);
+    assert_eq!(seen, 0, "a stranger sees no change");
     let as_reader = connect_as(&db.conninfo_as(&reader)).await;
     let e = as_reader
         .execute(
@@ -174,34 +202,38 @@ async fn the_change_log_is_for_those_who_may_read_breakers() {
     );
 }
 
-/// Hardening II, 1 (refusal): a role that may read but not write the table cannot move a
-/// breaker through the functions (they run as the owner), and the override says why.
+/// Hardening II, 1 (refusal): a reader (may read the table, runs no function that changes it)
+/// cannot move a breaker (`rc_force` is not granted to it) nor read the notification secret,
+/// and its instance's override says why with a matchable SQLSTATE.
 #[tokio::test]
 async fn read_only_role_cannot_change_breakers() {
     let db = test_db().await;
     let writer_instance = migrated(&db).await;
-    let role = db
-        .role(&["GRANT SELECT ON public.rc_circuit_breakers TO {role}"])
-        .await;
+    let role = db.role_of(&[RoleKind::Reader]).await;
     let ro = connect_as(&db.conninfo_as(&role)).await;
     let e = ro
         .query("SELECT * FROM rc_force('default', 'k', 'OPEN', 1000)", &[])
         .await
         .expect_err("refused");
+    assert_eq!(
+        e.code(),
+        Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
+        "{e:?}"
+    );
     assert!(
-        message(&e).contains("may not change circuit breakers"),
+        message(&e).contains("permission denied for function rc_force"),
         "{e:?}"
     );
     let e = ro
-        .query("SELECT rc_notify_key()", &[])
+        .query("SELECT * FROM rc_notify_secret()", &[])
         .await
-        .expect_err("the key is for writers only");
+        .expect_err("the notification secret is for instances only");
     assert!(
-        message(&e).contains("may not change circuit breakers"),
+        message(&e).contains("permission denied for function rc_notify_secret"),
         "{e:?}"
     );
 
-    // An instance on it still follows the fleet (notifications confirmed from the table).
+    // An instance on it still follows the fleet (by polling the change log: it hears nothing).
     let ro_storage =
         Storage::connect_with(PostgresOptions::from_dsn(&db.conninfo_as(&role)).expect("dsn"))
             .await
@@ -214,17 +246,14 @@ async fn read_only_role_cannot_change_breakers() {
     fail(&writer).await;
     assert!(
         seen.reaches(State::Open).await,
-        "a reader follows by confirmed notifications"
+        "a reader follows by polling the change log"
     );
     let err = seen
         .cb
         .force_closed_confirmed()
         .await
         .expect_err("the reader's override is refused");
-    assert!(
-        err.to_string().contains("may not change circuit breakers"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("permission denied"), "{err}");
     assert_eq!(
         err.sqlstate(),
         Some("42501"),
@@ -406,7 +435,7 @@ async fn round_size_is_fixed_when_it_starts() {
     let lease = lease.expect("a lease");
     one(
         &c,
-        &format!("SELECT * FROM rc_report_probe('ns', 'w', {lease}, true, 3, 3, 1000)"),
+        &format!("SELECT * FROM rc_report_probe('ns', 'w', {lease}, true, 3, 3, 1000, NULL)"),
     )
     .await;
     // Another instance with a smaller round asks: the round is still 3 (2 slots left).
@@ -450,16 +479,16 @@ async fn round_size_is_fixed_when_it_starts() {
     let l6 = l6.expect("a round of 3 has room for it");
     one(
         &c,
-        &format!("SELECT * FROM rc_report_probe('ns', 'w', {l5}, true, 1, 1, 1000)"),
+        &format!("SELECT * FROM rc_report_probe('ns', 'w', {l5}, true, 1, 1, 1000, NULL)"),
     )
     .await;
     let (state, ..) = one(
         &c,
-        &format!("SELECT * FROM rc_report_probe('ns', 'w', {l6}, true, 1, 1, 1000)"),
+        &format!("SELECT * FROM rc_report_probe('ns', 'w', {l6}, true, 1, 1, 1000, NULL)"),
     )
     .await;
     assert_eq!(state, "CLOSED", "three successes close a round of 3");
-    for bad in ["0", "-1", "NULL"] {
+    for bad in ["0", "-1", "NULL", "8193"] {
         let e = c
             .query(
                 &format!("SELECT * FROM rc_acquire_probe('ns', 'w', 'h', 100, {bad})"),
@@ -468,7 +497,7 @@ async fn round_size_is_fixed_when_it_starts() {
             .await
             .expect_err("refused");
         assert!(
-            message(&e).contains("probe count must be at least 1"),
+            message(&e).contains("probe count must be 1 to 8192"),
             "{bad}: {e:?}"
         );
     }
@@ -496,7 +525,7 @@ async fn rounds_have_an_identity() {
     let (l1, l2) = (l1.expect("lease"), l2.expect("lease"));
     one(
         &c,
-        &format!("SELECT * FROM rc_report_probe('ns', 'r', {l1}, true, 3, 3, 1000)"),
+        &format!("SELECT * FROM rc_report_probe('ns', 'r', {l1}, true, 3, 3, 1000, NULL)"),
     )
     .await;
     // An operator reopens it, then the ancestor moves it to HALF_OPEN itself.
@@ -522,7 +551,7 @@ async fn rounds_have_an_identity() {
     // The old round's second lease reports: it does not count.
     one(
         &c,
-        &format!("SELECT * FROM rc_report_probe('ns', 'r', {l2}, true, 3, 3, 1000)"),
+        &format!("SELECT * FROM rc_report_probe('ns', 'r', {l2}, true, 3, 3, 1000, NULL)"),
     )
     .await;
     let n: i32 = c
@@ -547,7 +576,7 @@ async fn rounds_have_an_identity() {
     one(
         &c,
         &format!(
-            "SELECT * FROM rc_report_probe('ns', 'r', {}, true, 9, 9, 1000)",
+            "SELECT * FROM rc_report_probe('ns', 'r', {}, true, 9, 9, 1000, NULL)",
             leases[0]
         ),
     )
@@ -555,7 +584,7 @@ async fn rounds_have_an_identity() {
     let (state, ..) = one(
         &c,
         &format!(
-            "SELECT * FROM rc_report_probe('ns', 'r', {}, true, 9, 9, 1000)",
+            "SELECT * FROM rc_report_probe('ns', 'r', {}, true, 9, 9, 1000, NULL)",
             leases[1]
         ),
     )
@@ -833,9 +862,7 @@ async fn database_errors_keep_their_source() {
     c.batch_execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
         .await
         .expect("revoke");
-    let role = db
-        .role(&["GRANT SELECT ON public.rc_circuit_breakers TO {role}"])
-        .await;
+    let role = db.role_of(&[RoleKind::Reader]).await;
     let mut ro = connect_as(&db.conninfo_as(&role)).await;
     let err = resilient_circuit::storage::postgres::migrate::migrate(&mut ro)
         .await
@@ -848,14 +875,31 @@ async fn database_errors_keep_their_source() {
 }
 
 /// A migration waits for another instance's migration however short the statement timeout of the
-/// pool's sessions is (they carry it so that an abandoned call frees its row lock).
+/// pool's sessions is (they carry it so that an abandoned call frees its row lock): it retries
+/// while the lock migrations take turns under (`rc_schema_objects`) is held, and succeeds once it
+/// is released.
 #[tokio::test]
 async fn migration_is_not_cut_by_the_statement_timeout() {
     let db = test_db().await;
     let mut holder = db.client().await;
+    // The bookkeeping tables as a migration makes them, empty: nothing is applied yet.
+    holder
+        .batch_execute(
+            "CREATE TABLE public.rc_schema_migrations (
+                 version    integer PRIMARY KEY,
+                 name       text NOT NULL,
+                 checksum   text NOT NULL,
+                 applied_at timestamptz NOT NULL DEFAULT now());
+             CREATE TABLE public.rc_schema_objects (
+                 name       text PRIMARY KEY,
+                 checksum   text NOT NULL,
+                 applied_at timestamptz NOT NULL DEFAULT now());",
+        )
+        .await
+        .expect("the bookkeeping tables");
     let tx = holder.transaction().await.expect("tx");
-    // The advisory lock instances migrate under ("rc_migr").
-    tx.execute("SELECT pg_advisory_xact_lock(32197408853682034)", &[])
+    // What another migration holds until it commits.
+    tx.batch_execute("LOCK TABLE public.rc_schema_objects IN SHARE ROW EXCLUSIVE MODE")
         .await
         .expect("lock");
     let connecting = tokio::spawn({
@@ -867,22 +911,41 @@ async fn migration_is_not_cut_by_the_statement_timeout() {
         async move { Storage::connect_with(opts).await }
     });
     let admin = db.client().await;
+    // When the instance's current attempt started waiting for the lock, if it waits.
+    let waiting_since = || async {
+        admin
+            .query_opt(
+                "SELECT a.query_start FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+                 WHERE NOT l.granted AND l.locktype = 'relation'
+                   AND l.relation = 'public.rc_schema_objects'::regclass
+                   AND a.datname = current_database()",
+                &[],
+            )
+            .await
+            .ok()
+            .flatten()
+            .map(|r| r.get::<_, std::time::SystemTime>(0))
+    };
+    let first = std::cell::Cell::new(None);
     assert!(
         eventually(WAIT, || async {
-            admin
-                .query_one(
-                    "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)
-                     WHERE NOT l.granted AND l.locktype = 'advisory' AND a.datname = current_database()",
-                    &[],
-                )
-                .await
-                .map(|r| r.get::<_, i64>(0) > 0)
-                .unwrap_or(false)
+            first.set(waiting_since().await);
+            first.get().is_some()
         })
         .await,
         "the instance waits for the lock"
     );
-    tokio::time::sleep(Duration::from_millis(800)).await; // longer than the statement timeout
+    let first = first.get().expect("a wait");
+    // Its attempt gives up after the lock timeout (longer than the statement timeout) and it
+    // tries again: a wait that started later.
+    assert!(
+        eventually(WAIT, || async {
+            waiting_since().await.is_some_and(|t| t > first)
+        })
+        .await,
+        "the instance tries again while the lock is held"
+    );
+    assert!(!connecting.is_finished(), "still waiting, not failed");
     tx.commit().await.expect("release");
     let storage = connecting
         .await
@@ -891,9 +954,11 @@ async fn migration_is_not_cut_by_the_statement_timeout() {
     assert!(!storage.is_degraded());
 }
 
-/// Exactly the functions that need more than the application role holds run as the schema's
-/// owner (the triggers, the notification key, and the transition functions that write leases or
-/// check the caller), each with its `search_path` pinned; nothing else is SECURITY DEFINER.
+/// Every function of ours pins its `search_path` (`pg_catalog, pg_temp`) but the two on the
+/// polling hot path (`rc_remaining_ms`, `rc_changes_since`), which name everything with its
+/// schema instead; exactly the functions that need more than the calling role holds (the
+/// triggers, the notification secret, and the transition functions that write the table, leases,
+/// votes and reports) run as the schema's owner.
 #[tokio::test]
 async fn only_what_needs_it_is_security_definer_with_a_pinned_search_path() {
     let db = test_db().await;
@@ -909,39 +974,43 @@ async fn only_what_needs_it_is_security_definer_with_a_pinned_search_path() {
         )
         .await
         .expect("reads the catalog");
+    let unpinned = [
+        "rc_changes_since(text,text)",
+        "rc_remaining_ms(timestamp with time zone)",
+    ];
     let mut definers = Vec::new();
     for row in &rows {
         let (name, definer, config): (String, bool, Option<Vec<String>>) =
             (row.get(0), row.get(1), row.get(2));
-        if definer {
+        if unpinned.contains(&name.as_str()) {
+            assert!(!definer, "{name} runs with the caller's rights");
+            assert_eq!(config, None, "{name} is written fully schema-qualified");
+        } else {
             assert_eq!(
                 config.as_deref(),
-                Some(&["search_path=pg_catalog, public".to_owned()][..]),
-                "{name} runs as the owner, so its search_path is pinned"
+                Some(&["search_path=pg_catalog, pg_temp".to_owned()][..]),
+                "{name} pins its search_path"
             );
+        }
+        if definer {
             definers.push(name);
-        } else {
-            assert_eq!(config, None, "{name}");
         }
     }
     assert_eq!(
         definers,
         [
             "rc_acquire_probe(text,text,text,bigint,integer,integer)",
+            "rc_announce()",
             "rc_bump_version()",
+            "rc_config_mode()",
+            "rc_config_stamp()",
             "rc_configure(text,text,text,bigint,integer,integer,integer,integer,boolean,text,text,integer,bigint,integer,integer,integer,bigint)",
+            "rc_delete(text,text)",
             "rc_force(text,text,text,bigint)",
             "rc_force_many(text,text[],text[],bigint[])",
-            "rc_notify_change()",
-            "rc_notify_key()",
-            "rc_notify_truncate()",
-            "rc_report_probe(text,text,bigint,boolean,integer,integer,bigint)",
+            "rc_notify_secret()",
             "rc_report_probe(text,text,bigint,boolean,integer,integer,bigint,bigint)",
-            "rc_report_rate(text,text,text,integer,integer,integer,integer,integer,bigint,bigint)",
             "rc_report_rates(text,text,text[],integer[],integer[],integer[],integer[],integer[],bigint[],bigint[])",
-            "rc_require_write()",
-            "rc_spend_judgements()",
-            "rc_trip(text,text,bigint,integer,jsonb,bigint)",
             "rc_trip_many(text,text[],bigint[],integer[],jsonb[],bigint[])",
             "rc_vote(text,text,text,integer,integer,integer,bigint,bigint,bigint)",
         ]
@@ -989,11 +1058,12 @@ async fn probe_round(admin: &Client, app: &Client, key: &str, report: &str) -> S
         .get("o_state")
 }
 
-/// Growing cooldowns in SQL (`0011`), called directly as the application role: each failed round
-/// reopens for `min(max, base × 2^n)` less at most 10%, counted in `reopens`; the previous
-/// signature still works (a fixed cooldown, still counted); a round that closes, `rc_force` and
-/// `rc_force_many` CLOSED, the ancestor's plain UPDATE and a DELETE all leave the next trip at the
-/// base; a maximum below the cooldown is refused with a clear error.
+/// Growing cooldowns in SQL (`0011`), called directly as the application role (trips through
+/// `rc_trip_many`, as instances send them): each failed round reopens for `min(max, base × 2^n)`
+/// less at most 10%, counted in `reopens`; a NULL maximum rests a fixed cooldown, still counted;
+/// a round that closes, `rc_force` and `rc_force_many` CLOSED, the ancestor's plain UPDATE and a
+/// DELETE all leave the next trip at the base; a maximum below the cooldown is refused with a
+/// clear error.
 #[tokio::test]
 async fn report_probe_grows_the_cooldown_in_sql() {
     let db = test_db().await;
@@ -1001,7 +1071,8 @@ async fn report_probe_grows_the_cooldown_in_sql() {
     let admin = db.client().await;
     let app = connect_as(&db.app_conninfo().await).await;
     let key = unique_key("grow");
-    let trip = "SELECT o_state FROM rc_trip('ns', $1, 100, 1, '[]')";
+    let trip = "SELECT o_state FROM rc_trip_many('ns', ARRAY[$1::text], ARRAY[100::bigint], \
+                ARRAY[1], ARRAY['[]'::jsonb])";
     let grow = "SELECT * FROM rc_report_probe('ns', $1, {lease}, false, 1, 1, 100, 1000)";
     app.query_one(trip, &[&key]).await.expect("trips");
     let (set, reopens) = set_cooldown(&admin, &key).await;
@@ -1017,19 +1088,15 @@ async fn report_probe_grows_the_cooldown_in_sql() {
             "reopen {n}: {set} ms, expected {grown} ms less at most 10%"
         );
     }
-    // The previous signature: a fixed cooldown, but the reopen is counted.
-    let old = "SELECT * FROM rc_report_probe('ns', $1, {lease}, false, 1, 1, 100)";
-    assert_eq!(probe_round(&admin, &app, &key, old).await, "OPEN");
+    // NULL maximum: growth off, a fixed cooldown, but the reopen is counted.
+    let fixed = "SELECT * FROM rc_report_probe('ns', $1, {lease}, false, 1, 1, 100, NULL)";
+    assert_eq!(probe_round(&admin, &app, &key, fixed).await, "OPEN");
     let (set, reopens) = set_cooldown(&admin, &key).await;
-    assert_eq!(reopens, 6, "the previous signature counts the reopen too");
+    assert_eq!(reopens, 6, "a fixed cooldown counts the reopen too");
     assert!(
         (100..150).contains(&set),
         "and rests the cooldown it asks: {set} ms"
     );
-    // NULL maximum: growth off.
-    let fixed = "SELECT * FROM rc_report_probe('ns', $1, {lease}, false, 1, 1, 100, NULL)";
-    assert_eq!(probe_round(&admin, &app, &key, fixed).await, "OPEN");
-    assert_eq!(set_cooldown(&admin, &key).await.1, 7);
 
     // Every way of closing the row leaves the next trip at the base and restarts the count.
     let closes = [

@@ -16,9 +16,13 @@ use super::TestDb;
 pub const REACH: Duration = Duration::from_secs(10);
 
 /// Options for an instance on `db`, logging in as its application role (a role that owns
-/// nothing, holding what `setup --grant-to` grants; the schema is set up on first use).
+/// nothing, holding what `setup --grant-operator --grant-python` grants; the schema is set up on
+/// first use), under a name of its own: votes and fleet-rate reports are counted by instance
+/// name, so each instance of a test counts as a pod of its own.
 pub async fn options(db: &TestDb) -> PostgresOptions {
-    PostgresOptions::from_dsn(&db.app_conninfo().await).expect("test conninfo parses")
+    PostgresOptions::from_dsn(&db.app_conninfo().await)
+        .expect("test conninfo parses")
+        .instance_name(super::unique_key("instance"))
 }
 
 /// An instance on `db` with [`options`].
@@ -237,9 +241,10 @@ pub fn panics() -> usize {
     COUNT.load(Ordering::SeqCst)
 }
 
-/// Sends a notification signed like the trigger's (the test role is the owner, so it may call
-/// `rc_notify_payload`): for tests of what instances do with real-looking stale or repeated
-/// notifications.
+/// Sends a `row` notification signed like the trigger's (`rc_announce`), committed now by the
+/// database's clock, on the secret channel: for tests of what instances do with real-looking
+/// stale or repeated notifications. `client` must be the owner's (`TestDb::client`): only it
+/// reads `rc_notify_key`.
 pub async fn notify_signed(
     client: &Client,
     namespace: &str,
@@ -248,13 +253,69 @@ pub async fn notify_signed(
     version: i64,
     remaining_ms: i64,
 ) {
+    notify_signed_at(client, namespace, key, state, version, remaining_ms, None).await;
+}
+
+/// [`notify_signed`] with its commit time `at_us` (microseconds since the Unix epoch) given, e.g.
+/// an old one; `None`: the database's clock now.
+pub async fn notify_signed_at(
+    client: &Client,
+    namespace: &str,
+    key: &str,
+    state: &str,
+    version: i64,
+    remaining_ms: i64,
+    at_us: Option<i64>,
+) {
+    let payload = signed_payload(client, namespace, key, state, version, remaining_ms, at_us).await;
     client
         .execute(
-            "SELECT pg_notify('rc_circuit_breakers', public.rc_notify_payload('row', $1, $2, $3, $4, $5))",
-            &[&namespace, &key, &state, &version, &remaining_ms],
+            "SELECT pg_notify((SELECT channel FROM public.rc_notify_key), $1)",
+            &[&payload],
         )
         .await
-        .expect("a signed notification");
+        .expect("a signed notification (as the owner)");
+}
+
+/// A `row` payload in format 3, built and signed in SQL as `rc_announce` does (`client` must be
+/// the owner's): `at_us` as given, else the database's clock now.
+pub async fn signed_payload(
+    client: &Client,
+    namespace: &str,
+    key: &str,
+    state: &str,
+    version: i64,
+    remaining_ms: i64,
+    at_us: Option<i64>,
+) -> String {
+    client
+        .query_one(
+            "WITH m AS (
+                 SELECT coalesce($6::bigint,
+                                 floor(date_part('epoch', clock_timestamp()) * 1e6)::bigint) AS at_us)
+             SELECT json_build_object(
+                 'v', 3, 'op', 'row', 'ns', $1::text, 'key', $2::text, 'state', $3::text,
+                 'version', $4::bigint, 'remaining_ms', $5::bigint, 'at_us', m.at_us,
+                 'mac', encode(sha256(k.opad || sha256(k.ipad || convert_to(concat_ws('|', '3', 'row',
+                     char_length($1::text) || ':' || $1::text, char_length($2::text) || ':' || $2::text,
+                     $3::text, $4::bigint::text, $5::bigint::text, m.at_us::text), 'UTF8'))), 'hex')
+             )::text
+             FROM public.rc_notify_key k, m",
+            &[&namespace, &key, &state, &version, &remaining_ms, &at_us],
+        )
+        .await
+        .expect("a signed payload (as the owner)")
+        .get(0)
+}
+
+/// The secret channel the trigger notifies on (read as the owner: `client` is
+/// `TestDb::client`'s).
+pub async fn notify_channel(client: &Client) -> String {
+    client
+        .query_one("SELECT channel FROM public.rc_notify_key", &[])
+        .await
+        .expect("the notification channel (as the owner)")
+        .get(0)
 }
 
 /// A breaker that trips on its first failure and rests for `cooldown`.
@@ -320,19 +381,23 @@ pub async fn caught_up(client: &Client, storages: &[&Storage], within: Duration)
 }
 
 /// Records every row write of `rc_circuit_breakers` from now on (key, state before — `NONE` for
-/// an insert — and after) in a table `transitions`, in order: to count transitions exactly.
+/// an insert — and after) in a table `transitions`, in order: to count transitions exactly. The
+/// trigger names its table in full and pins its own `search_path` (it fires inside the crate's
+/// functions, whose `search_path` is `pg_catalog, pg_temp`), and runs as the owner (`client`'s
+/// role), so that plain writes by a role that may not write `transitions` are recorded too.
 pub async fn audit_transitions(client: &Client) {
     client
         .batch_execute(
-            "CREATE TABLE transitions (seq bigserial, key text, from_state text, to_state text);
-             CREATE FUNCTION log_transition() RETURNS trigger LANGUAGE plpgsql AS $$
+            "CREATE TABLE public.transitions (seq bigserial, key text, from_state text, to_state text);
+             CREATE FUNCTION public.log_transition() RETURNS trigger LANGUAGE plpgsql
+               SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
              BEGIN
-               INSERT INTO transitions (key, from_state, to_state) VALUES (NEW.resource_key,
+               INSERT INTO public.transitions (key, from_state, to_state) VALUES (NEW.resource_key,
                  CASE WHEN TG_OP = 'INSERT' THEN 'NONE' ELSE OLD.state END, NEW.state);
                RETURN NULL;
              END $$;
-             CREATE TRIGGER log_transition AFTER INSERT OR UPDATE ON rc_circuit_breakers
-               FOR EACH ROW EXECUTE FUNCTION log_transition();",
+             CREATE TRIGGER log_transition AFTER INSERT OR UPDATE ON public.rc_circuit_breakers
+               FOR EACH ROW EXECUTE FUNCTION public.log_transition();",
         )
         .await
         .expect("audit trigger");
