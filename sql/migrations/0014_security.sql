@@ -102,6 +102,8 @@ REVOKE ALL ON public.rc_rate_reports FROM PUBLIC;
 -- * judged_until: while in the future, every instance holding the key reports its failure
 --   rate each interval (a fleet rate is judged over the whole fleet, not only the instances
 --   that see failures); extended by every report at or above the limit.
+-- * judging_since: when the current judgement began; the key does not open on it before one
+--   reporting interval has passed, so that every instance told of it has reported.
 -- * announced_until: the end the instances were last told of (op "judge"); told again when the
 --   judgement starts and when it has grown by half a period since.
 CREATE TABLE IF NOT EXISTS public.rc_judgements (
@@ -109,6 +111,7 @@ CREATE TABLE IF NOT EXISTS public.rc_judgements (
     resource_key    varchar(255) NOT NULL,
     touched_at      timestamptz  NOT NULL,
     judged_until    timestamptz  NULL,
+    judging_since   timestamptz  NULL,
     announced_until timestamptz  NULL,
     PRIMARY KEY (namespace, resource_key)
 );

@@ -7,9 +7,10 @@
 --   the row); else the old one, whatever the writer set. Taken under the row lock, so the
 --   versions of a key follow commit order; an INSERT first waits for a transaction deleting its
 --   key.
--- * the episode: a new state (a deletion, a renamed key) resets the half-open round (its
---   counts, its size, its leases), spends the key's quorum votes and fleet-rate reports, and
---   stamps state_changed_at; a CLOSED row's reopen count is 0.
+-- * the episode: a new state (a deletion, a renamed key, an operator's decree even when the
+--   state stays) spends the key's quorum votes, fleet-rate reports and probe leases; a new
+--   state also resets the half-open round (its counts, its size) and stamps state_changed_at;
+--   a CLOSED row's reopen count is 0.
 -- * forced_open holds: a key whose live configuration forces it open cannot be closed,
 --   deleted, moved or given a shorter cooldown by anyone; change its mode first.
 CREATE OR REPLACE FUNCTION public.rc_bump_version() RETURNS trigger
@@ -17,6 +18,8 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     -- The write ends the row's state under its key: a new state, a deletion, a renamed key.
     ends boolean;
+    -- An operator's decree (rc_force): it ends an episode even when the state stays.
+    decree boolean := current_setting('resilient_circuit.decree', true) = 'on';
 BEGIN
     IF TG_OP = 'INSERT' THEN
         -- Wait for a transaction deleting this key (if any) to end, so that our version is
@@ -36,8 +39,9 @@ BEGIN
         END IF;
         IF NEW.state = 'CLOSED' THEN
             NEW.reopens := 0;
-        ELSE
-            -- No row was CLOSED: leaving it ends what was judged of it.
+        END IF;
+        IF NEW.state IS DISTINCT FROM 'CLOSED' OR decree THEN
+            -- No row was CLOSED: leaving it, or a decree, ends what was judged of it.
             DELETE FROM public.rc_votes
                 WHERE namespace = NEW.namespace AND resource_key = NEW.resource_key;
             DELETE FROM public.rc_rate_reports
@@ -64,7 +68,7 @@ BEGIN
             NEW.open_until := OLD.open_until;
         END IF;
     END IF;
-    IF ends THEN
+    IF ends OR decree THEN
         DELETE FROM public.rc_probe_leases
             WHERE namespace = OLD.namespace AND resource_key = OLD.resource_key;
         DELETE FROM public.rc_votes
@@ -76,8 +80,7 @@ BEGIN
         RETURN OLD;
     END IF;
 
-    IF ends OR NEW.open_until IS DISTINCT FROM OLD.open_until
-       OR current_setting('resilient_circuit.decree', true) = 'on' THEN
+    IF ends OR decree OR NEW.open_until IS DISTINCT FROM OLD.open_until THEN
         NEW.version := nextval('public.rc_circuit_breakers_version_seq');
     ELSE
         NEW.version := OLD.version;

@@ -10,9 +10,12 @@
 -- The fleet rate is the whole fleet's: a report at or above the limit puts the key under
 -- judgement for a period (rc_judgements.judged_until), and the instances are told (op "judge",
 -- when it starts and each time it has grown by half a period), so that every instance holding
--- the key reports each interval, its healthy calls too, until a period passes with no report at
--- or above the limit. Until then instances report only their own rate at or above the limit: a
--- fleet whose every instance is under the limit is under it, and sends nothing.
+-- the key reports at once and then each interval, its healthy calls too, until a period passes
+-- with no report at or above the limit. The key does not open before one reporting interval of
+-- the judgement has passed: the first report is one instance's, and the fleet's answer to the
+-- notice comes within that interval. Until a judgement instances report only their own rate at
+-- or above the limit: a fleet whose every instance is under the limit is under it, and sends
+-- nothing.
 --
 -- * p_reporter is the reporting instance's stable name (as a voter's, rc_vote), 1 to 255
 --   characters.
@@ -123,6 +126,9 @@ BEGIN
         -- At or above the limit: the fleet is judged for a period from now.
         SELECT * INTO j FROM public.rc_judgements WHERE namespace = p_ns AND resource_key = k;
         IF n_failures > 0 AND n_failures * den >= num::bigint * n_calls THEN
+            IF j.judged_until IS NULL OR j.judged_until <= clock_timestamp() THEN
+                j.judging_since := clock_timestamp(); -- a new judgement
+            END IF;
             j.judged_until := GREATEST(coalesce(j.judged_until, '-infinity'),
                                        clock_timestamp() + period_ms * interval '1 millisecond');
             IF j.announced_until IS NULL OR j.announced_until < clock_timestamp()
@@ -130,7 +136,8 @@ BEGIN
                 j.announced_until := j.judged_until; -- rc_announce tells the instances
             END IF;
             UPDATE public.rc_judgements
-                SET judged_until = j.judged_until, announced_until = j.announced_until
+                SET judged_until = j.judged_until, judging_since = j.judging_since,
+                    announced_until = j.announced_until
                 WHERE namespace = p_ns AND resource_key = k;
         END IF;
         judged_ms := coalesce(public.rc_remaining_ms(j.judged_until), 0);
@@ -140,7 +147,8 @@ BEGIN
             INTO fleet_failures, fleet_calls, reporters
             FROM public.rc_rate_reports q WHERE q.namespace = p_ns AND q.resource_key = k;
         IF fleet_calls >= min_calls AND fleet_failures > 0
-           AND fleet_failures * den >= num::bigint * fleet_calls THEN
+           AND fleet_failures * den >= num::bigint * fleet_calls
+           AND j.judging_since <= clock_timestamp() - interval_ms * interval '1 millisecond' THEN
             PERFORM public.rc_open_for_fleet(p_ns, k, fleet_failures, ms,
                 jsonb_build_object('fleet_rate', jsonb_build_object(
                     'failures', fleet_failures, 'calls', fleet_calls, 'instances', reporters,

@@ -176,8 +176,9 @@ impl Storage {
     }
 
     /// Waits, at most `within`, until the database has answered everything this instance sent
-    /// it: trips, overrides and half-open probe results, accepted or refused for good. True when
-    /// nothing is left; at once (true) in memory.
+    /// it: trips, overrides, half-open probe results, quorum votes, and the fleet-rate counts
+    /// due now (sent at once rather than at the next interval), accepted or refused for good.
+    /// True when nothing is left; at once (true) in memory.
     ///
     /// Transitions are published in the background, so a breaker call never waits for the
     /// database. A short-lived process — a serverless function, a batch job, a command — calls

@@ -452,3 +452,97 @@ async fn a_garbled_explanation_never_fails_a_write() {
         .get(0);
     assert_eq!(explained, 3, "every vote's opening says why");
 }
+
+/// A TRUNCATE of the breaker table spends every vote, as a close does: the next voter is alone.
+/// And once a quorum opened the key, its votes are spent: after the round closes, one new vote
+/// does not reopen it (the next opening needs a new quorum).
+#[tokio::test]
+async fn votes_are_spent_by_a_truncate_and_by_the_opening_they_caused() {
+    let db = test_db().await;
+    let admin = db.client().await;
+    let key = unique_key("truncated");
+    let (a, b) = (instance(&db).await, instance(&db).await);
+    let policy = quorum(2, Duration::from_secs(60), Duration::from_millis(200));
+    let mut on_a = Watched::new(&a, &key, &policy);
+    let mut on_b = Watched::new(&b, &key, &policy);
+    vote(&on_a, &a).await;
+    assert_eq!(votes(&admin, &key).await, 1);
+    admin
+        .batch_execute("TRUNCATE rc_circuit_breakers")
+        .await
+        .expect("truncates");
+    assert_eq!(votes(&admin, &key).await, 0, "the TRUNCATE spent the vote");
+    assert!(
+        on_a.reaches(State::Closed).await,
+        "the voter's hold ends with the reset"
+    );
+    vote(&on_b, &b).await;
+    assert_eq!(row_state(&admin, &key).await, None, "b is alone: no quorum");
+    assert!(
+        on_b.reaches(State::Closed).await,
+        "b's hold ends with its cooldown"
+    );
+
+    vote(&on_a, &a).await;
+    vote(&on_b, &b).await;
+    assert_eq!(
+        row_state(&admin, &key).await.as_deref(),
+        Some("OPEN"),
+        "a quorum"
+    );
+    assert_eq!(votes(&admin, &key).await, 0, "the opening spent its votes");
+    let probe = crate::support::breakers::fleet_probe(&on_a.cb).await;
+    probe.success();
+    assert!(
+        on_b.reaches(State::Closed).await,
+        "the round closed the key"
+    );
+    vote(&on_a, &a).await;
+    assert_eq!(
+        row_state(&admin, &key).await.as_deref(),
+        Some("CLOSED"),
+        "one vote after the round: no quorum"
+    );
+}
+
+/// A vote is a judgement of its moment: cut off from the database, the voter stops its own calls
+/// for its cooldown, but does not send its vote when the database is back; the next voter is
+/// alone.
+#[tokio::test]
+async fn a_vote_is_never_replayed_after_an_outage() {
+    let db = test_db().await;
+    let admin = db.client().await;
+    let key = unique_key("unsent");
+    let proxy = crate::support::Proxy::start(db.addr()).await;
+    let behind = Storage::connect_with(
+        resilient_circuit::storage::postgres::PostgresOptions::from_dsn(
+            &db.app_conninfo_via(proxy.addr()).await,
+        )
+        .expect("dsn")
+        .instance_name(unique_key("pod")),
+    )
+    .await
+    .expect("connects through the proxy");
+    let b = instance(&db).await;
+    let policy = quorum(2, Duration::from_secs(60), Duration::from_secs(60));
+    let cut_off = Watched::new(&behind, &key, &policy);
+    let on_b = Watched::new(&b, &key, &policy);
+    proxy.set_mode(crate::support::Mode::Cut);
+    assert!(crate::support::eventually(WAIT, || async { behind.is_degraded() }).await);
+    fail(&cut_off.cb).await;
+    assert_eq!(
+        cut_off.cb.state(),
+        State::Open,
+        "alone, it stops its own calls"
+    );
+    proxy.set_mode(crate::support::Mode::Pass);
+    assert!(crate::support::eventually(WAIT, || async { !behind.is_degraded() }).await);
+    assert!(behind.flush(WAIT).await);
+    assert_eq!(
+        votes(&admin, &key).await,
+        0,
+        "the vote was not sent when the database came back"
+    );
+    vote(&on_b, &b).await;
+    assert_eq!(row_state(&admin, &key).await, None, "b is alone: no quorum");
+}

@@ -1008,9 +1008,10 @@ async fn only_what_needs_it_is_security_definer_with_a_pinned_search_path() {
             "rc_delete(text,text)",
             "rc_force(text,text,text,bigint)",
             "rc_force_many(text,text[],text[],bigint[])",
+            "rc_judged(text)",
             "rc_notify_secret()",
             "rc_report_probe(text,text,bigint,boolean,integer,integer,bigint,bigint)",
-            "rc_report_rates(text,text,text[],integer[],integer[],integer[],integer[],integer[],bigint[],bigint[])",
+            "rc_report_rates(text,text,bigint,text[],bigint[],bigint[],integer[],integer[],integer[],bigint[],bigint[])",
             "rc_trip_many(text,text[],bigint[],integer[],jsonb[],bigint[])",
             "rc_vote(text,text,text,integer,integer,integer,bigint,bigint,bigint)",
         ]

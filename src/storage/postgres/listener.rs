@@ -411,6 +411,8 @@ enum Next {
     Reload,
     /// Read this key's live configuration.
     Config(String),
+    /// The fleet judges a key's rate: report it now rather than at the next interval.
+    Judged,
 }
 
 /// Applies one notification; bad or forged payloads are logged and skipped, and those not to
@@ -445,7 +447,7 @@ fn apply_notification(shared: &Shared, live: &Live, n: &Notification) -> Next {
         Op::Config => return Next::Config(change.key),
         Op::Judge => {
             shared.judged(&change.key, change.remaining);
-            return Next::Nothing;
+            return Next::Judged;
         }
         Op::Row | Op::Reset => {}
     }
@@ -679,6 +681,7 @@ async fn take_notifications(
     let mut reload = false;
     let mut to_confirm = Vec::new();
     let mut configured = Vec::new();
+    let mut judged = false;
     let mut next = Some(first);
     let mut taken = 0;
     while let Some(n) = next.take() {
@@ -687,11 +690,15 @@ async fn take_notifications(
             Next::Confirm(k) => to_confirm.push(k),
             Next::Reload => reload = true,
             Next::Config(k) => configured.push(k),
+            Next::Judged => judged = true,
         }
         taken += 1;
         if taken < TURN {
             next = live.notes.try_recv().ok();
         }
+    }
+    if judged {
+        shared.spawn(shared.clone().report_rates_now());
     }
     if reload {
         return Ok(true); // the reload reads every row and configuration
@@ -718,6 +725,9 @@ async fn take_poll(shared: &Arc<Shared>, live: &mut Live) -> Result<bool, String
     };
     let work = poll::poll(shared, &live.client, cursor);
     let polled: Polled = bounded(shared, "polling the change log", work).await?;
+    if polled.judged {
+        shared.spawn(shared.clone().report_rates_now());
+    }
     if polled.reload {
         return Ok(true);
     }
@@ -726,7 +736,12 @@ async fn take_poll(shared: &Arc<Shared>, live: &mut Live) -> Result<bool, String
         let released = bounded(shared, "reading the live configuration", work).await?;
         if !released.is_empty() {
             let keys = released.into_iter().map(Unconfirmed::key).collect();
-            bounded(shared, "reading released rows", confirm(shared, &live.client, keys)).await?;
+            bounded(
+                shared,
+                "reading released rows",
+                confirm(shared, &live.client, keys),
+            )
+            .await?;
         }
     }
     Ok(false)

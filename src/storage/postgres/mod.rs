@@ -391,6 +391,8 @@ impl Instance {
     /// at most `within`; true when nothing is left.
     pub(crate) async fn flush(&self, within: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + within;
+        // The fleet-rate counts due now, sent now rather than at the next interval.
+        let _ = tokio::time::timeout_at(deadline, self.shared.report_rates()).await;
         loop {
             // Register before looking, so that an answer arriving in between is not missed.
             let settled = self.shared.settled.notified();

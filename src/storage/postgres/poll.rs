@@ -41,6 +41,8 @@ pub(crate) struct Polled {
     pub(crate) reload: bool,
     /// Keys whose live configuration changed: read them again.
     pub(crate) configured: Vec<String>,
+    /// The fleet judges some key's rate: report now.
+    pub(crate) judged: bool,
 }
 
 async fn changes_since(
@@ -94,7 +96,7 @@ pub(crate) async fn poll(
     let rows = changes_since(shared, client, Some(&cursor.snapshot)).await?;
     let mut outcome = Polled {
         reload: gap,
-        configured: Vec::new(),
+        ..Polled::default()
     };
     if gap {
         tracing::info!(since = ?cursor.polled.elapsed(), "polls were too far apart; reloading every row");
@@ -105,7 +107,11 @@ pub(crate) async fn poll(
         let Some(key) = row.try_get::<_, Option<String>>("o_key").map_err(err)? else {
             continue; // no change: the row only carries the snapshot
         };
-        match row.try_get::<_, Option<String>>("o_kind").map_err(err)?.as_deref() {
+        match row
+            .try_get::<_, Option<String>>("o_kind")
+            .map_err(err)?
+            .as_deref()
+        {
             Some("reset") => {
                 outcome.reload = true;
                 continue;
@@ -117,6 +123,7 @@ pub(crate) async fn poll(
             Some("judge") => {
                 let ms = row.try_get("o_remaining_ms").map_err(err)?;
                 shared.judged(&key, statements::remaining(ms));
+                outcome.judged = true;
                 continue;
             }
             _ => {}

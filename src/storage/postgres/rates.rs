@@ -54,8 +54,10 @@ struct Report {
 }
 
 impl Shared {
-    /// Samples every fleet-rate key and sends the reports due (see the module doc).
-    async fn report_rates(self: &Arc<Self>) {
+    /// Samples every fleet-rate key and sends the reports due (see the module doc); also run
+    /// by [`Storage::flush`](crate::Storage::flush), so that a process about to stop tells the
+    /// fleet what it counted.
+    pub(crate) async fn report_rates(self: &Arc<Self>) {
         let now = self.clock.now_nanos();
         let mut due = Vec::new();
         for cell in self.cells() {
@@ -162,6 +164,12 @@ impl Shared {
                 Err(e) => tracing::warn!(error = %e, "unreadable answer to a failure rate report"),
             }
         }
+    }
+
+    /// [`report_rates`](Self::report_rates) as a task of its own: the fleet started judging a
+    /// key, and waits one interval for every instance's counts.
+    pub(crate) async fn report_rates_now(self: Arc<Self>) {
+        self.report_rates().await;
     }
 
     /// The fleet judges `key` for `left` from now: its breaker reports every interval until then.

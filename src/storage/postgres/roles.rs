@@ -266,7 +266,8 @@ pub async fn grant(client: &mut Client, role: &str, kind: RoleKind) -> Result<()
 }
 
 /// The roles `rc_role_grants` records, with their kinds; roles that no longer exist are left
-/// out.
+/// out. Nothing when the table does not exist yet (no setup ran) or this role may not read it
+/// (only the schema's owner may).
 pub async fn recorded<C: GenericClient>(
     client: &C,
 ) -> Result<Vec<(String, Vec<RoleKind>)>, StorageError> {
@@ -279,8 +280,17 @@ pub async fn recorded<C: GenericClient>(
              ORDER BY g.role, g.kind",
             &[],
         )
-        .await
-        .map_err(err)?;
+        .await;
+    let rows = match rows {
+        Ok(rows) => rows,
+        Err(e)
+            if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE)
+                || e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) =>
+        {
+            return Ok(Vec::new())
+        }
+        Err(e) => return Err(err(e)),
+    };
     let mut out: Vec<(String, Vec<RoleKind>)> = Vec::new();
     for row in &rows {
         let role: String = row.try_get(0).map_err(err)?;

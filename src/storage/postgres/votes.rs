@@ -5,7 +5,9 @@
 //!
 //! A vote is sent once, not queued in the outbox and retried like a trip: it is a judgement of
 //! this moment, and replayed after an outage it would count a failure long past. An instance that
-//! cannot reach the database keeps its own calls stopped for the cooldown all the same.
+//! cannot reach the database keeps its own calls stopped for the cooldown all the same, and sends
+//! nothing while it knows the database is away; a vote that meets an outage unnoticed waits at
+//! most the statement timeout.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -29,6 +31,12 @@ impl Instance {
         // As for a trip: the basis the database checks the vote against.
         let basis = shared.max_seen.load(Ordering::Relaxed);
         self.hold_trip(cell, cooldown, true);
+        if shared.is_degraded() {
+            // Not sent at all: the connection attempts of a call would wait for the database to
+            // come back and count this failure then, long past its moment.
+            tracing::debug!(key = %cell.key, "database unreachable: this instance's vote stops only its own calls");
+            return;
+        }
         let (failures, calls) = cell.window_counts();
         let cell = cell.clone();
         // Counted until answered, so that `Storage::flush` waits for the vote.
