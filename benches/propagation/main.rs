@@ -34,6 +34,8 @@
 //!     [`first_trip`], the first trip after idle pooled connections were closed, warm vs reaped.
 //! 11. [`followers`]: 2,000 instances following a streaming replica by polling, through
 //!     pgbouncer in transaction mode: a trip on the primary to the last follower, CPU per poll.
+//! 12. [`live_config`]: an operator's configuration change, from its commit to the last
+//!     listening instance's snapshot and to a polling one's.
 //!
 //! Beside them: [`report`] (percentiles and the tables), [`db`] (the benchmark's database,
 //! transports and bare connections), [`server_cpu`] (a local server's CPU from `/proc`),
@@ -49,6 +51,7 @@ mod first_trip;
 mod fleet;
 mod followers;
 mod half_open;
+mod live_config;
 mod memory;
 mod raw_notify;
 mod report;
@@ -247,6 +250,9 @@ async fn phases(main: &Target, admin: &Client, sizes: &Sizes, report: &mut Repor
     }
     if wanted(11) {
         followers::phase(sizes, report).await?;
+    }
+    if wanted(12) {
+        live_config::phase(main, sizes, report).await?;
     }
     Ok(())
 }

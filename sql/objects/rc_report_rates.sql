@@ -17,8 +17,8 @@
 -- or above the limit: a fleet whose every instance is under the limit is under it, and sends
 -- nothing.
 --
--- * p_reporter is the reporting instance's stable name (as a voter's, rc_vote), 1 to 255
---   characters.
+-- * p_reporter is the reporting instance's id, one per process and start (a restarted instance
+--   counts afresh; its old report expires), 1 to 255 characters.
 -- * A report is believed up to what one instance can have seen in a period:
 --   rc_change_log_settings.max_report_calls_per_second calls for each of its seconds, and at most
 --   as many failures as calls.

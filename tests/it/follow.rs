@@ -352,3 +352,43 @@ async fn a_follower_on_a_replica_falls_behind_and_loses_it_and_misses_nothing() 
         "the follower follows the replica again"
     );
 }
+
+/// Live configuration travels in the change log too: a polling instance (no reload for an hour)
+/// gets a change, and its reset, within a few poll intervals of the commit.
+#[tokio::test]
+async fn live_configuration_reaches_a_polling_instance_through_the_change_log() {
+    let db = test_db().await;
+    let follower = Storage::connect_with(polling(options(&db).await))
+        .await
+        .expect("connects");
+    let key = unique_key("configured");
+    let w = Watched::new(&follower, &key, |b| b.cooldown(Duration::from_secs(60)));
+    let app = as_app(&db.app_conninfo().await).await;
+    let committed = Instant::now();
+    app.execute(
+        "SELECT FROM rc_configure('default', $1, p_cooldown_ms => 4000)",
+        &[&key],
+    )
+    .await
+    .expect("configures");
+    assert!(
+        eventually(WAIT, || async {
+            w.cb.live_config()
+                .is_some_and(|c| c.cooldown == Some(Duration::from_secs(4)))
+        })
+        .await,
+        "the polling instance got the change"
+    );
+    let reached = committed.elapsed();
+    eprintln!("MEASURED a live change reached a polling instance (every {EVERY:?}) {reached:?} after its commit");
+    app.execute(
+        "SELECT FROM rc_configure('default', $1, p_reset => true)",
+        &[&key],
+    )
+    .await
+    .expect("resets");
+    assert!(
+        eventually(WAIT, || async { w.cb.live_config().is_none() }).await,
+        "the polling instance got the reset"
+    );
+}

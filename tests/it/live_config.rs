@@ -175,6 +175,17 @@ async fn forced_open_holds_every_instance_open_until_the_mode_changes() {
         refused.stderr
     );
     assert_eq!(on_a.cb.state(), State::Open);
+    // An `open` is refused as well: it would replace the hold's end with its own cooldown.
+    let refused = run(&dsn, &["open", &key, "--for", "1s"]).await;
+    assert_eq!(refused.code, 1, "{}", refused.stdout);
+    assert!(
+        refused
+            .stderr
+            .contains("forced open by its live configuration"),
+        "{}",
+        refused.stderr
+    );
+    assert!(on_a.cb.cooldown_remaining() > Duration::from_secs(365 * 24 * 3600));
 
     ok(&dsn, &["config", &key, "--mode", "normal"]).await;
     assert!(on_a.reaches(State::Closed).await);
@@ -444,4 +455,38 @@ async fn an_instance_never_applies_a_configuration_it_cannot_use() {
         Some(Ratio::new(2, 4)),
         "the unusable row was not applied"
     );
+}
+
+/// Disabled counts nothing while CLOSED either: failures made while disabled are not in the
+/// window when the mode is normal again, so the next failure alone does not trip.
+#[tokio::test]
+async fn disabled_counts_nothing_while_closed() {
+    let db = test_db().await;
+    let dsn = db.app_conninfo().await;
+    let storage = instance(&db).await;
+    let key = unique_key("uncounted");
+    let w = Watched::new(&storage, &key, |b| {
+        b.failure_limit(Ratio::new(2, 4))
+            .cooldown(Duration::from_secs(60))
+    });
+    ok(&dsn, &["config", &key, "--mode", "disabled"]).await;
+    assert!(eventually(WAIT, || async { w.cb.mode() == Mode::Disabled }).await);
+    for _ in 0..5 {
+        fail(&w.cb).await;
+    }
+    assert_eq!(w.cb.state(), State::Closed);
+    assert!(
+        w.cb.execution_log().is_empty(),
+        "{:?}",
+        w.cb.execution_log()
+    );
+    ok(&dsn, &["config", &key, "--mode", "normal"]).await;
+    assert!(eventually(WAIT, || async { w.cb.mode() == Mode::Normal }).await);
+    fail(&w.cb).await;
+    assert_eq!(
+        w.cb.execution_log(),
+        [false],
+        "only the failure made in normal mode"
+    );
+    assert_eq!(w.cb.state(), State::Closed, "one failure of 2 needed");
 }

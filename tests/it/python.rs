@@ -933,3 +933,37 @@ async fn on_a_role_that_owns_nothing_python_and_rust_see_each_other() {
         summary(&lags)
     );
 }
+
+/// `config --mode forced-open` holds a service on the Python package too: its row is OPEN with
+/// the hold's far end, so the package rejects every call, even past its own short cooldown (it
+/// would otherwise probe), and `--mode normal` lets its calls through again.
+#[tokio::test]
+async fn a_python_service_obeys_forced_open() {
+    let db = test_db().await;
+    ok(&db.conninfo(), &["setup", "--yes"]).await;
+    let mut f = Fleet::on(&db, &db.conninfo()).await;
+    let key = unique_key("py-forced");
+    let cooldown = Duration::from_millis(300);
+    f.py.policy(&key, cooldown, None).await;
+    assert_eq!(f.py.call(&key, false).await["outcome"], "ok");
+    ok(&db.conninfo(), &["config", &key, "--mode", "forced-open"]).await;
+    let a = f.py.call(&key, false).await;
+    assert_eq!(a["outcome"], "rejected", "forced open: {a}");
+    assert_eq!(a["writes"], json!([]), "{a}");
+    // Past the package's own cooldown: a key it had opened itself would now be probed.
+    tokio::time::sleep(cooldown + Duration::from_millis(100)).await;
+    let a = f.py.call(&key, false).await;
+    assert_eq!(a["outcome"], "rejected", "still forced open: {a}");
+    assert_eq!(a["status"], "OPEN", "{a}");
+    let row = f.py.read(&key).await;
+    assert_eq!(row["state"], "OPEN", "{row}");
+    let left = ms(epoch(&row["open_until"]), SystemTime::now());
+    assert!(
+        left > 365.0 * 24.0 * 3600.0 * 1e3,
+        "the package reads the hold's far end: {left} ms left"
+    );
+    ok(&db.conninfo(), &["config", &key, "--mode", "normal"]).await;
+    let a = f.py.call(&key, false).await;
+    assert_eq!(a["outcome"], "ok", "normal again: {a}");
+    assert_eq!(f.row(&key).await.0, "CLOSED");
+}

@@ -100,10 +100,12 @@ async fn connect_inner(
     // Server-side limits, so that a call the client gave up on cannot keep a row lock. Not
     // through a transaction pooler: the settings would stay on its server connection for its
     // other clients (the client's timeout still cancels a call on the server).
-    // This instance's stable name (its votes and rate reports), and its id, unique to this
-    // process and start: its probe leases' holder, and, on its pooled sessions, what the change
-    // log records as the instance behind each change (`sql/objects/rc_announce.sql`). The id
-    // stays under the 255 characters the functions accept.
+    // This instance's stable name (its votes: a restarted pod replaces its vote), and its id,
+    // unique to this process and start: its probe leases' holder, its rate reports' reporter (a
+    // restarted pod's new counts cover another span than its old ones), and, on its pooled
+    // sessions, what the change log records as the instance behind each change
+    // (`sql/objects/rc_announce.sql`). The id stays under the 255 characters the functions
+    // accept.
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let name = opts.resolved_instance_name();
     let holder = format!(
