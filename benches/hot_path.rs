@@ -51,8 +51,9 @@
 //!   Admission and recording read the same local cell; only transitions reach the database.
 //!   `quorum/…`: the same on a breaker with `TripPolicy::Quorum` (the policy is read only when
 //!   the window trips, so these should match the default policy's figures); `fleet_rate/…` with
-//!   `TripPolicy::FleetRate` (a window holding failures queues a report for the next flush; its
-//!   `min_calls` is set out of reach so that the key never opens during the run).
+//!   `TripPolicy::FleetRate` (every call is counted for the fleet's rate, the healthy ones on the
+//!   fast path too, one relaxed add to a striped counter; one thread and two; its `min_calls` is
+//!   set out of reach so that the key never opens during the run).
 //!
 //! Excluded: key lookup (`Storage::cell_for` runs once per `build`, never per call), and
 //! metrics/tracing recorders (none is installed, so the rejection counter is the no-op
@@ -749,8 +750,9 @@ mod postgres {
         group.bench_function("quorum/1_in_20/resilient_circuit/acquire_run_record", |b| {
             b.iter(|| black_box(rc::acquire_run_record_failing(&quorum, 20)).ok())
         });
-        // A fleet rate breaker whose window holds failures queues a report (at most one per
-        // interval reaches the database): the cost of that bookkeeping on the calls.
+        // A fleet-rate breaker counts every call (one relaxed add to a striped counter, on the
+        // fast path too) for the fleet's rate: the cost of that count on the calls. Its reports
+        // are sent by a task, off the calls' paths.
         let rate = rc::healthy_configured("pg_fleet_rate", storage.clone(), |b| {
             b.trip_policy(resilient_circuit::TripPolicy::FleetRate {
                 limit: resilient_circuit::Ratio::new(1, 2),
@@ -761,6 +763,10 @@ mod postgres {
         group.bench_function("fleet_rate/resilient_circuit/try_acquire_success", |b| {
             b.iter(|| rc::acquire_success(&rate))
         });
+        group.bench_function(
+            "fleet_rate/two_threads/resilient_circuit/try_acquire_success",
+            |b| two_threads(b, || rc::acquire_success(&rate)),
+        );
         group.bench_function(
             "fleet_rate/1_in_20/resilient_circuit/acquire_run_record",
             |b| b.iter(|| black_box(rc::acquire_run_record_failing(&rate, 20)).ok()),
