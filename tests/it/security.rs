@@ -1136,6 +1136,15 @@ async fn bookkeeping_writes_spend_no_judgement() {
         .expect("counts")
         .get(0);
     assert_eq!(live, 1, "the vote survived");
+    // The judgement began over a reporting interval ago (the fleet had its time to answer).
+    admin
+        .execute(
+            "UPDATE rc_judgements SET judging_since = judging_since - interval '2 seconds'
+             WHERE resource_key = $1",
+            &[&rated],
+        )
+        .await
+        .expect("ages the judgement");
     assert_eq!(vote("b").await.0, "OPEN", "the second vote opened the key");
     assert_eq!(
         report("b").await.0,
