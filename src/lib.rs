@@ -94,11 +94,13 @@
 //!   `storage::postgres::rates` and judged by `rc_report_rates` in `sql/objects/`);
 //!   `live_config`: [`LiveConfig`] and [`Mode`], a key's configuration from the table
 //!   (`sql/migrations/0013_live_config.sql`), read by `storage::postgres::configs`.
+//! * `fleet`: what a store shared by a fleet adds to the core, whatever its backend: who wins
+//!   between local decisions and the shared row (`precedence.rs`), what a trip becomes under
+//!   each trip policy, and `SharedStore`, the one way the core reaches a shared backend.
 //! * [`storage`]: the key map; `storage::postgres` holds the shared backend: its listener
-//!   (`listener.rs`), who wins between local decisions and the table (`precedence.rs`), its
-//!   outbox of transitions (`publish.rs`) and every statement it sends (`statements.rs`); the
-//!   SQL itself lives in `sql/`: `migrations/` for tables, `objects/` for the current definition
-//!   of every function and trigger.
+//!   (`listener.rs`), its outbox of transitions (`publish.rs`) and every statement it sends
+//!   (`statements.rs`); the SQL itself lives in `sql/`: `migrations/` for tables, `objects/` for
+//!   the current definition of every function and trigger.
 //! * [`clock`]: monotonic time, injectable for tests.
 //! * `tower` (feature `tower`): `CircuitBreakerLayer` for any `tower::Service`, as a tower
 //!   middleware folder (`layer.rs`, `service.rs`, `future.rs`, `classify.rs`, `error.rs`).
@@ -112,6 +114,7 @@ pub mod changes;
 pub mod clock;
 pub mod docs;
 mod error;
+mod fleet;
 mod live_config;
 mod policy;
 mod ratio;

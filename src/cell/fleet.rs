@@ -1,5 +1,5 @@
 //! The cell's side of a shared store: probe-lease requests, the row's state as the fleet reports
-//! it (judged by `storage::postgres::precedence`), our own trips and overrides on their way, and
+//! it (judged by `fleet::precedence`), our own trips and overrides on their way, and
 //! the switch to local half-open rounds when the database goes away. Nothing here is on the path
 //! of a call on a closed breaker.
 
@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::{KeyCell, Lease, Slow, Transition};
 use crate::clock::duration_nanos;
-use crate::storage::postgres::precedence::{PendingTrip, Remote, Source, Verdict};
+use crate::fleet::precedence::{Hold, PendingTrip, Remote, Source, Verdict};
 use crate::State;
 
 impl KeyCell {
@@ -104,15 +104,16 @@ impl KeyCell {
         Some(self.set_state(slow, r.state, deadline.filter(|_| r.state == State::Open)))
     }
 
-    /// Records a local trip on its way to the database (or, with `held_only`, one held the same
-    /// way and never sent as a trip: see `PendingTrip::held_only`); returns its sequence number.
-    pub(crate) fn trip_pending(&self, deadline: u64, basis: i64, held_only: bool) -> u64 {
+    /// Records a decision of this instance held against older rows until `deadline` (a trip on
+    /// its way to the database, a vote, a judgement made alone: see [`Hold`]); returns its
+    /// sequence number.
+    pub(crate) fn trip_pending(&self, deadline: u64, basis: i64, hold: Hold) -> u64 {
         let seq = self.next_decision();
         self.lock().view.pending_trip = Some(PendingTrip {
             deadline,
             basis,
             seq,
-            held_only,
+            hold,
         });
         seq
     }

@@ -45,9 +45,9 @@ use tokio::sync::Notify;
 use arc_swap::ArcSwapOption;
 
 use crate::clock::{duration_nanos, Clock};
+use crate::fleet::precedence::FleetView;
 use crate::live_config::{LiveConfig, Mode};
 use crate::policy::Policy;
-use crate::storage::postgres::precedence::FleetView;
 use crate::telemetry::{KeyMetrics, Reason};
 use crate::time_window::TimeWindow;
 use crate::window::OutcomeWindow;

@@ -137,4 +137,4 @@
 //!
 //! The crate docs' "Layout" and the README's "Layout" list the files; the flow 2 walk-through in
 //! the code is at the top of `src/storage/postgres/mod.rs`, and the rules for which change wins
-//! are the table in `src/storage/postgres/precedence.rs`.
+//! are the table in `src/fleet/precedence.rs`.

@@ -13,10 +13,11 @@ use dashmap::DashMap;
 use crate::cell::{KeyCell, Lease, Transition};
 use crate::changes::{Changes, Feed};
 use crate::clock::{Clock, SystemClock};
+use crate::fleet::SharedStore;
 use crate::policy::Policy;
 use crate::telemetry::MEMORY_NAMESPACE;
+use crate::LiveConfig;
 use crate::{ConfigError, State, StorageError};
-use crate::{LiveConfig, TripPolicy};
 
 /// Shared state over PostgreSQL (see the crate docs, "Shared state").
 pub mod postgres;
@@ -49,17 +50,14 @@ pub(crate) struct StorageInner {
     capacity: usize,
     /// The map's size at which the next scan for idle keys is worth making (see `make_room`).
     next_scan: std::sync::atomic::AtomicUsize,
-    pub(crate) backend: Backend,
+    /// The fleet's shared state, when the store has one (`None`: in memory, this process's
+    /// alone).
+    pub(crate) shared: Option<Box<dyn SharedStore>>,
     /// Every transition of every cell, for [`Storage::changes`].
     pub(crate) feed: Feed,
     /// The live configurations the table holds (PostgreSQL only), also for keys with no cell
     /// yet: a breaker built later starts with its key's.
     pub(crate) live: DashMap<Arc<str>, Arc<LiveConfig>>,
-}
-
-pub(crate) enum Backend {
-    Memory,
-    Postgres(postgres::Instance),
 }
 
 impl std::fmt::Debug for Storage {
@@ -86,32 +84,26 @@ impl Storage {
     /// or an open breaker is never dropped, so the store may exceed the bound rather than forget
     /// an open breaker.
     pub fn in_memory_with(capacity: usize, clock: Arc<dyn Clock>) -> Storage {
-        Storage::with_backend(Backend::Memory, capacity.max(1), clock)
+        Storage::with_shared(capacity.max(1), clock, |_| None)
     }
 
-    pub(crate) fn with_backend(backend: Backend, capacity: usize, clock: Arc<dyn Clock>) -> Self {
-        Storage::with_backend_cyclic(capacity, clock, |_| backend)
-    }
-
-    /// Builds a storage whose backend keeps a weak reference to it (the listener does).
-    pub(crate) fn with_backend_cyclic(
+    /// Builds a storage whose shared backend (if any) keeps a weak reference to it (the
+    /// listener does).
+    pub(crate) fn with_shared(
         capacity: usize,
         clock: Arc<dyn Clock>,
-        backend: impl FnOnce(std::sync::Weak<StorageInner>) -> Backend,
+        shared: impl FnOnce(std::sync::Weak<StorageInner>) -> Option<Box<dyn SharedStore>>,
     ) -> Self {
         Storage {
             inner: Arc::new_cyclic(|weak| {
-                let backend = backend(weak.clone());
-                let feed = Feed::new(match &backend {
-                    Backend::Memory => MEMORY_NAMESPACE,
-                    Backend::Postgres(pg) => &pg.shared.opts.namespace,
-                });
+                let shared = shared(weak.clone());
+                let feed = Feed::new(shared.as_ref().map_or(MEMORY_NAMESPACE, |s| s.namespace()));
                 StorageInner {
                     cells: DashMap::new(),
                     clock,
                     next_scan: std::sync::atomic::AtomicUsize::new(capacity),
                     capacity,
-                    backend,
+                    shared,
                     feed,
                     live: DashMap::new(),
                 }
@@ -169,10 +161,7 @@ impl Storage {
     /// the database has not answered yet: in flight, or waiting to be retried. One per key however
     /// often it tripped. Always 0 in memory.
     pub fn pending_publications(&self) -> usize {
-        match &self.inner.backend {
-            Backend::Memory => 0,
-            Backend::Postgres(pg) => pg.shared.pending(),
-        }
+        self.inner.shared.as_ref().map_or(0, |s| s.pending())
     }
 
     /// Waits, at most `within`, until the database has answered everything this instance sent
@@ -206,19 +195,16 @@ impl Storage {
     /// # Ok(()) }
     /// ```
     pub async fn flush(&self, within: Duration) -> bool {
-        match &self.inner.backend {
-            Backend::Memory => true,
-            Backend::Postgres(pg) => pg.flush(within).await,
+        match &self.inner.shared {
+            None => true,
+            Some(s) => s.flush(within).await,
         }
     }
 
     /// True while a PostgreSQL storage has no working listener connection: breakers then run on
     /// local state, and catch up when it is back. Always false in memory.
     pub fn is_degraded(&self) -> bool {
-        match &self.inner.backend {
-            Backend::Memory => false,
-            Backend::Postgres(pg) => pg.is_degraded(),
-        }
+        self.inner.shared.as_ref().is_some_and(|s| s.is_degraded())
     }
 
     /// The process-wide in-memory store that breakers use when no storage is given. It is not
@@ -240,18 +226,15 @@ impl Storage {
     /// The `namespace` label of this storage's metrics: the PostgreSQL namespace, or
     /// `"in-memory"`.
     pub(crate) fn metrics_namespace(&self) -> &str {
-        match &self.inner.backend {
-            Backend::Memory => MEMORY_NAMESPACE,
-            Backend::Postgres(pg) => &pg.shared.opts.namespace,
-        }
+        self.inner
+            .shared
+            .as_ref()
+            .map_or(MEMORY_NAMESPACE, |s| s.namespace())
     }
 
     /// `"in-memory"` or `"postgres"`.
     pub fn backend_name(&self) -> &'static str {
-        match self.inner.backend {
-            Backend::Memory => "in-memory",
-            Backend::Postgres(_) => "postgres",
-        }
+        self.inner.shared.as_ref().map_or("in-memory", |s| s.name())
     }
 
     /// The state this storage holds for `key`, if it knows the key: a breaker was built for it,
@@ -317,41 +300,38 @@ impl Storage {
         Ok(cell)
     }
 
-    /// Fleet mode: ask the database for a probe lease for `cell`.
+    /// Fleet mode: ask the shared state for a probe lease for `cell`.
     pub(crate) fn request_lease(&self, cell: &Arc<KeyCell>) {
-        if let Backend::Postgres(pg) = &self.inner.backend {
-            pg.request_lease(cell);
+        if let Some(s) = &self.inner.shared {
+            s.request_lease(cell);
         }
     }
 
-    /// Fleet mode: send a probe's result to the database.
+    /// Fleet mode: send a probe's result to the shared state.
     pub(crate) fn report_probe(&self, cell: &Arc<KeyCell>, lease: Lease, success: bool) {
-        if let Backend::Postgres(pg) = &self.inner.backend {
-            pg.report_probe(cell, lease, success);
+        if let Some(s) = &self.inner.shared {
+            s.report_probe(cell, lease, success);
         }
     }
 
-    /// Publishes a transition this instance decided on its own window.
+    /// Tells the fleet of a transition this instance decided on its own window, as its trip
+    /// policy says (`fleet::route`).
     pub(crate) fn publish_transition(&self, cell: &Arc<KeyCell>, t: Transition) {
-        if let Backend::Postgres(pg) = &self.inner.backend {
-            if t.to == State::Open {
-                // A trip from CLOSED rests the base cooldown; a round of our own that failed
-                // while the database was away, the (maybe grown) cooldown it set.
-                let policy = cell.policy();
-                let cooldown = if t.from == State::HalfOpen {
-                    cell.cooldown_remaining()
-                } else {
-                    policy.cooldown
-                };
-                match policy.trip {
-                    TripPolicy::Quorum { instances, within } => {
-                        pg.cast_vote(cell, instances, within, cooldown)
-                    }
-                    // Judged alone while the database was away: this instance only.
-                    TripPolicy::FleetRate { .. } => pg.hold_trip(cell, cooldown, true),
-                    _ => pg.publish_trip(cell, cooldown),
-                }
+        let Some(s) = &self.inner.shared else {
+            return;
+        };
+        let policy = cell.policy();
+        // A trip from CLOSED rests the base cooldown; a round of our own that failed while the
+        // database was away, the (maybe grown) cooldown it set.
+        let cooldown = || {
+            if t.from == State::HalfOpen {
+                cell.cooldown_remaining()
+            } else {
+                policy.cooldown
             }
+        };
+        if let Some(decision) = crate::fleet::route(policy.trip, t, cooldown) {
+            s.decided(cell, decision);
         }
     }
 
@@ -364,16 +344,14 @@ impl Storage {
         cooldown: Duration,
         confirm: bool,
     ) -> Option<tokio::sync::oneshot::Receiver<Result<(), StorageError>>> {
-        let Backend::Postgres(pg) = &self.inner.backend else {
-            return None;
-        };
+        let s = self.inner.shared.as_ref()?;
         let (tx, rx) = if confirm {
             let (tx, rx) = tokio::sync::oneshot::channel();
             (Some(tx), Some(rx))
         } else {
             (None, None)
         };
-        pg.publish_force(cell, to, cooldown, tx);
+        s.force(cell, to, cooldown, tx);
         rx
     }
 }
@@ -386,12 +364,9 @@ impl StorageInner {
         self.cells
             .entry(key.clone())
             .or_insert_with(|| {
-                let (online, namespace) = match &self.backend {
-                    Backend::Memory => (None, MEMORY_NAMESPACE),
-                    Backend::Postgres(pg) => (
-                        Some(pg.shared.online.clone()),
-                        pg.shared.opts.namespace.as_str(),
-                    ),
+                let (online, namespace) = match &self.shared {
+                    None => (None, MEMORY_NAMESPACE),
+                    Some(s) => (Some(s.online()), s.namespace()),
                 };
                 let cell = Arc::new(KeyCell::new(
                     key.clone(),

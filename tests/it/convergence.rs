@@ -90,12 +90,12 @@ async fn a_hold_ends_with_its_cooldown_without_waiting_for_a_call() {
     );
 }
 
-/// Every test the precedence rule table (`src/storage/postgres/precedence.rs`) cites exists, so
+/// Every test the precedence rule table (`src/fleet/precedence.rs`) cites exists, so
 /// the table never points a reader at a claim nobody checks.
 #[test]
 fn every_test_the_rule_table_cites_exists() {
     let root = env!("CARGO_MANIFEST_DIR");
-    let table = std::fs::read_to_string(format!("{root}/src/storage/postgres/precedence.rs"))
+    let table = std::fs::read_to_string(format!("{root}/src/fleet/precedence.rs"))
         .expect("reads precedence.rs");
     let mut cited = Vec::new();
     for line in table.lines().filter(|l| l.starts_with("//! |")) {
@@ -108,7 +108,7 @@ fn every_test_the_rule_table_cites_exists() {
     for name in &cited {
         let (module, test) = name.rsplit_once("::").expect("module::test");
         let file = match module {
-            "precedence::tests" => format!("{root}/src/storage/postgres/precedence_tests.rs"),
+            "precedence::tests" => format!("{root}/src/fleet/precedence_tests.rs"),
             m => format!("{root}/tests/it/{m}.rs"),
         };
         let text = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{name}: {file}: {e}"));

@@ -18,7 +18,7 @@ use super::{
 };
 use crate::clock::{Clock, SystemClock};
 use crate::error::StorageError;
-use crate::storage::{Backend, Storage};
+use crate::storage::Storage;
 
 /// Connects an instance: see [`Storage::connect_with`]. The caller must be in a tokio runtime
 /// (a typed error otherwise), but the instance lives on the [`background`] runtime. Everything
@@ -158,7 +158,7 @@ async fn connect_inner(
     let (shutdown_tx, shutdown_rx) = watch::channel(());
     let mut made = None;
     let capacity = crate::storage::DEFAULT_MEMORY_CAPACITY;
-    let storage = Storage::with_backend_cyclic(capacity, clock.clone(), |weak| {
+    let storage = Storage::with_shared(capacity, clock.clone(), |weak| {
         let shared = Arc::new(Shared {
             opts: opts.clone(),
             listener_tls,
@@ -184,10 +184,11 @@ async fn connect_inner(
             metrics: crate::telemetry::InstanceMetrics::new(&opts.namespace),
         });
         made = Some(shared.clone());
-        Backend::Postgres(Instance {
+        let instance: Box<dyn crate::fleet::SharedStore> = Box::new(Instance {
             shared,
             _shutdown: shutdown_tx,
-        })
+        });
+        Some(instance)
     });
     let Some(shared) = made else {
         return Err(StorageError::Database {

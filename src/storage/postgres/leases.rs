@@ -5,10 +5,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::precedence::Source;
 use super::{statements, Instance};
 use crate::cell::{KeyCell, Lease};
 use crate::clock::duration_nanos;
+use crate::fleet::precedence::Source;
 
 /// How long an instance waits before asking again for a probe lease after an error.
 const LEASE_ERROR_PAUSE: Duration = Duration::from_millis(250);

@@ -32,9 +32,9 @@ use tokio_postgres::{AsyncMessage, Client, Notification};
 
 use super::payload::{self, NotifyKey, Op};
 use super::poll::{self, Polled};
-use super::precedence::{Remote, Source};
 use super::{configs, statements, Follow, Shared};
 use crate::error::{describe_pg_error, StorageError};
+use crate::fleet::precedence::{Remote, Source};
 use crate::State;
 
 /// How far a notification's commit time may be from the database's clock (by this instance's

@@ -7,7 +7,6 @@
 //! | `listener.rs` | **the listener**: LISTEN, reload after every (re)connect, heartbeat, backoff |
 //! | `poll.rs` | following by polling the change log instead (`Follow::Poll`, or a deaf LISTEN) |
 //! | `payload.rs` | NOTIFY payloads: parsing and HMAC authentication |
-//! | `precedence.rs` | **who wins** between our own decisions and what the table says |
 //! | `publish.rs` | the outbox: our trips and overrides, one entry per key, batched, retried |
 //! | `leases.rs` | fleet-wide half-open probes: leases and reports |
 //! | `pool.rs` | one transition call on a pooled connection, bounded and cancellable |
@@ -23,7 +22,7 @@
 //! → `publish_trip` below marks it pending with its basis → the outbox sends `rc_trip_many`
 //! (`publish.rs`, SQL in `sql/`) → the row lock, the trigger and the NOTIFY at commit → every
 //! listener verifies and applies it (`listener.rs`, `payload.rs`) by the rules of
-//! `precedence.rs` → each instance's cell changes state, and its callbacks run on
+//! `fleet/precedence.rs` → each instance's cell changes state, and its callbacks run on
 //! `callbacks.rs`'s thread.
 
 pub mod admin;
@@ -38,7 +37,6 @@ pub mod migrate;
 mod payload;
 mod poll;
 mod pool;
-pub(crate) mod precedence;
 mod publish;
 mod rates;
 mod reaper;
@@ -61,13 +59,14 @@ pub use config::{
     Follow, ParseFollowError, ParseSslModeError, PostgresOptions, SslMode, TargetSessionAttrs,
 };
 
-use crate::cell::{KeyCell, Transition};
+use crate::cell::{KeyCell, Lease, Transition};
 use crate::clock::{duration_nanos, Clock};
+use crate::fleet::precedence::{Hold, Remote, Source};
+use crate::fleet::{BoxFuture, Decision, Done, SharedStore};
 use crate::policy::Policy;
 use crate::storage::StorageInner;
 use crate::telemetry::InstanceMetrics;
 use crate::{ChangeOrigin, State};
-use precedence::{Remote, Source};
 
 /// One instance's link to the shared table; owned by its [`Storage`].
 pub(crate) struct Instance {
@@ -383,10 +382,6 @@ impl Drop for ReportInFlight {
 }
 
 impl Instance {
-    pub(crate) fn is_degraded(&self) -> bool {
-        self.shared.is_degraded()
-    }
-
     /// Waits until the database answered every transition and probe result this instance sent,
     /// at most `within`; true when nothing is left.
     pub(crate) async fn flush(&self, within: Duration) -> bool {
@@ -408,22 +403,22 @@ impl Instance {
     }
 
     /// Publishes a trip this instance decided: pending until the database answers, with the
-    /// newest version seen as its basis (see `precedence.rs`).
-    pub(crate) fn publish_trip(&self, cell: &Arc<KeyCell>, cooldown: Duration) {
-        self.hold_trip(cell, cooldown, false);
+    /// newest version seen as its basis (see `fleet/precedence.rs`).
+    fn publish_trip(&self, cell: &Arc<KeyCell>, cooldown: Duration) {
+        self.hold_trip(cell, cooldown, Hold::Trip);
         self.shared.outbox.trip(&self.shared, cell.clone());
     }
 
-    /// Holds a trip this instance decided against older rows for `cooldown`, with the newest
-    /// version seen as its basis; `held_only`: never sent as a trip (`PendingTrip::held_only`).
-    pub(crate) fn hold_trip(&self, cell: &Arc<KeyCell>, cooldown: Duration, held_only: bool) {
+    /// Holds a decision of this instance against older rows for `cooldown`, with the newest
+    /// version seen as its basis (see [`Hold`]).
+    pub(crate) fn hold_trip(&self, cell: &Arc<KeyCell>, cooldown: Duration, hold: Hold) {
         let deadline = self
             .shared
             .clock
             .now_nanos()
             .saturating_add(duration_nanos(cooldown));
         let basis = self.shared.max_seen.load(Ordering::Relaxed); // see `seen`
-        let seq = cell.trip_pending(deadline, basis, held_only);
+        let seq = cell.trip_pending(deadline, basis, hold);
         // No hold outlives its reason: when its cooldown ends and nothing newer ended it first
         // (an answer, a newer row), the cell shows the table's row again, without waiting for a
         // call to ask. (A vote short of its quorum, or a trip the database never took, would
@@ -437,15 +432,54 @@ impl Instance {
             }
         });
     }
+}
 
-    /// Publishes a manual override; `done` hears whether the database accepted it.
-    pub(crate) fn publish_force(
-        &self,
-        cell: &Arc<KeyCell>,
-        to: State,
-        cooldown: Duration,
-        done: Option<publish::Done>,
-    ) {
+impl SharedStore for Instance {
+    fn name(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn namespace(&self) -> &str {
+        &self.shared.opts.namespace
+    }
+
+    fn online(&self) -> Arc<AtomicBool> {
+        self.shared.online.clone()
+    }
+
+    fn pending(&self) -> usize {
+        self.shared.pending()
+    }
+
+    fn is_degraded(&self) -> bool {
+        self.shared.is_degraded()
+    }
+
+    fn flush(&self, within: Duration) -> BoxFuture<'_, bool> {
+        Box::pin(Instance::flush(self, within))
+    }
+
+    fn request_lease(&self, cell: &Arc<KeyCell>) {
+        Instance::request_lease(self, cell);
+    }
+
+    fn report_probe(&self, cell: &Arc<KeyCell>, lease: Lease, success: bool) {
+        Instance::report_probe(self, cell, lease, success);
+    }
+
+    fn decided(&self, cell: &Arc<KeyCell>, decision: Decision) {
+        match decision {
+            Decision::Trip { cooldown } => self.publish_trip(cell, cooldown),
+            Decision::Vote {
+                quorum,
+                within,
+                cooldown,
+            } => self.cast_vote(cell, quorum, within, cooldown),
+            Decision::Alone { cooldown } => self.hold_trip(cell, cooldown, Hold::Alone),
+        }
+    }
+
+    fn force(&self, cell: &Arc<KeyCell>, to: State, cooldown: Duration, done: Option<Done>) {
         let seq = cell.next_decision();
         self.shared.outbox.force(
             &self.shared,

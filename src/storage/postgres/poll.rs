@@ -18,9 +18,9 @@ use std::time::Duration;
 
 use tokio_postgres::{Client, Row};
 
-use super::precedence::{Remote, Source};
 use super::{statements, Shared};
 use crate::error::StorageError;
+use crate::fleet::precedence::{Remote, Source};
 
 /// A poll this long after the last good one (the process was stopped, the machine slept) is
 /// followed by a full load: the log keeps changes for its retention (10 minutes at least), and a

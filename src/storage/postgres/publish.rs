@@ -18,13 +18,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::Notify;
 
-use super::precedence::Remote;
 use super::statements::{self, RowState};
 use super::Shared;
 use crate::cell::KeyCell;
 use crate::error::StorageError;
+use crate::fleet::precedence::Remote;
 use crate::State;
 
 /// The largest batch sent in one statement.
@@ -33,8 +33,7 @@ const MAX_BATCH: usize = 512;
 const RETRY_BASE: Duration = Duration::from_millis(50);
 const RETRY_CAP: Duration = Duration::from_secs(5);
 
-/// Where the caller of a confirmed override hears the database's answer.
-pub(crate) type Done = oneshot::Sender<Result<(), StorageError>>;
+pub(crate) use crate::fleet::Done;
 
 /// A manual override waiting to be sent.
 #[derive(Debug, Clone, Copy)]
@@ -330,7 +329,7 @@ impl Shared {
             let Some(pending) = cell.pending_trip() else {
                 continue;
             };
-            if pending.held_only {
+            if !pending.hold.is_published() {
                 continue; // held here only: a quorum vote (`votes.rs` sent it) or a fleet rate
             }
             let remaining = pending.deadline.saturating_sub(now);

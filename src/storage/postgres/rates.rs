@@ -21,10 +21,10 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::precedence::Source;
 use super::{statements, Shared};
 use crate::cell::KeyCell;
 use crate::clock::duration_nanos;
+use crate::fleet::precedence::Source;
 use crate::State;
 
 /// The reporter task of one instance: samples and reports every `fleet_rate_interval` until the

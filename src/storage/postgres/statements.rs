@@ -9,8 +9,8 @@ use std::time::Duration;
 use tokio_postgres::types::Type;
 use tokio_postgres::Row;
 
-use super::precedence::Remote;
 use crate::error::StorageError;
+use crate::fleet::precedence::Remote;
 use crate::State;
 
 /// Every row of a namespace: `o_key, o_state, o_version, o_remaining_ms`.

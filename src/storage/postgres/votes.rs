@@ -13,9 +13,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::precedence::Source;
 use super::{statements, Instance};
 use crate::cell::KeyCell;
+use crate::fleet::precedence::{Hold, Source};
 
 impl Instance {
     /// Casts this instance's vote for `cell`, whose window just tripped: holds the cell open
@@ -30,7 +30,7 @@ impl Instance {
         let shared = self.shared.clone();
         // As for a trip: the basis the database checks the vote against.
         let basis = shared.max_seen.load(Ordering::Relaxed);
-        self.hold_trip(cell, cooldown, true);
+        self.hold_trip(cell, cooldown, Hold::Vote);
         if shared.is_degraded() {
             // Not sent at all: the connection attempts of a call would wait for the database to
             // come back and count this failure then, long past its moment.

@@ -109,7 +109,7 @@ fn superseded_override_raises_version_and_the_trips_basis() {
             deadline: NOW * 10,
             basis: 12,
             seq: 2,
-            held_only: false,
+            hold: Hold::Trip,
         }),
         ..FleetView::default()
     };
@@ -139,7 +139,7 @@ fn reload_is_authoritative_except_over_a_trip_ahead_of_it() {
         deadline: NOW * 10,
         basis: 7,
         seq: 1,
-        held_only: false,
+        hold: Hold::Trip,
     });
     assert_eq!(
         view.judge(r(State::Closed, 7), RELOAD, NOW),
@@ -161,7 +161,7 @@ fn reload_drops_an_expired_trip() {
             deadline: NOW,
             basis: 7,
             seq: 1,
-            held_only: false,
+            hold: Hold::Trip,
         }),
         ..FleetView::default()
     };
@@ -190,7 +190,7 @@ fn notification_older_than_a_pending_trips_basis_keeps_the_trip() {
             deadline: NOW * 10,
             basis: 99,
             seq: 1,
-            held_only: false,
+            hold: Hold::Trip,
         }),
         ..FleetView::default()
     };
@@ -231,7 +231,7 @@ fn answered_trip_is_no_longer_pending_unless_a_later_one() {
             deadline: NOW * 10,
             basis: 1,
             seq: 2,
-            held_only: false,
+            hold: Hold::Trip,
         }),
         ..FleetView::default()
     };

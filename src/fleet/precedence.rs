@@ -67,11 +67,30 @@ pub(crate) struct PendingTrip {
     pub(crate) basis: i64,
     /// Tells this trip from a later one of the same key.
     pub(crate) seq: u64,
-    /// Held here only, never sent as a trip: a quorum vote (`TripPolicy::Quorum`, sent as a
-    /// vote), or a fleet-rate breaker's own judgement while the database was away
-    /// (`TripPolicy::FleetRate`: only the fleet's rate opens the key for all). It holds this
-    /// instance's own state against older rows until its deadline, as a trip does.
-    pub(crate) held_only: bool,
+    /// What the decision is for the fleet; every kind holds this instance's own state against
+    /// older rows until its deadline.
+    pub(crate) hold: Hold,
+}
+
+/// Why this instance holds its own OPEN against older rows: what its trip is for the fleet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Hold {
+    /// A trip on its way to the database, which opens the key for everyone (the outbox sends
+    /// it).
+    Trip,
+    /// A quorum vote (`TripPolicy::Quorum`): sent as a vote, never as a trip; the quorum's
+    /// last vote opens the key.
+    Vote,
+    /// A fleet-rate breaker's own judgement while the database was away
+    /// (`TripPolicy::FleetRate`): never sent, since only the fleet's rate opens the key for all.
+    Alone,
+}
+
+impl Hold {
+    /// True when the outbox sends it to the database as a trip.
+    pub(crate) fn is_published(self) -> bool {
+        self == Hold::Trip
+    }
 }
 
 /// What to do with a [`Remote`].
