@@ -493,10 +493,10 @@ async fn votes_are_spent_by_a_truncate_and_by_the_opening_they_caused() {
     assert_eq!(votes(&admin, &key).await, 0, "the opening spent its votes");
     let probe = crate::support::breakers::fleet_probe(&on_a.cb).await;
     probe.success();
-    assert!(
-        on_b.reaches(State::Closed).await,
-        "the round closed the key"
-    );
+    assert!(a.flush(WAIT).await, "the probe's report is answered");
+    for w in [&mut on_a, &mut on_b] {
+        assert!(w.reaches(State::Closed).await, "the round closed the key");
+    }
     vote(&on_a, &a).await;
     assert_eq!(
         row_state(&admin, &key).await.as_deref(),
