@@ -115,6 +115,7 @@ pub mod clock;
 pub mod docs;
 mod error;
 mod fleet;
+mod jitter;
 mod live_config;
 mod policy;
 mod ratio;

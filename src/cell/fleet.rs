@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::{KeyCell, Lease, Slow, Transition};
 use crate::clock::duration_nanos;
-use crate::fleet::precedence::{Hold, PendingTrip, Remote, Source, Verdict};
+use crate::fleet::precedence::{Call, Hold, PendingTrip, Remote, Source, Verdict};
 use crate::State;
 
 impl KeyCell {
@@ -40,7 +40,7 @@ impl KeyCell {
 
     /// Numbers this instance's next own decision for the key (a trip or an override).
     pub(crate) fn next_decision(&self) -> u64 {
-        // AcqRel: an override's answer compares against the latest number (`override_answered`).
+        // AcqRel: an override's answer compares against the latest number (`answered`).
         self.local_decisions.fetch_add(1, Ordering::AcqRel) + 1
     }
 
@@ -159,18 +159,21 @@ impl KeyCell {
         self.lock().view.trip_answered(seq);
     }
 
-    /// The database answered trip `seq` with the row as it is now.
-    pub(crate) fn trip_answered(&self, seq: u64, row: Remote) -> Option<Transition> {
-        let mut slow = self.lock();
-        slow.view.trip_answered(seq);
-        let verdict = slow.view.judge(row, Source::Answer, self.clock.now_nanos());
-        self.carry_out(&mut slow, verdict)
-    }
-
-    /// The database answered an override of ours (made as local decision `seq`).
-    pub(crate) fn override_answered(&self, seq: u64, row: Remote) -> Option<Transition> {
-        let superseded = self.local_decisions.load(Ordering::Acquire) != seq;
-        self.apply_remote(row, Source::OverrideAnswer { superseded })
+    /// The database answered a call of ours about this key with `row`, the row as it is now.
+    pub(crate) fn answered(&self, call: Call, row: Remote) -> Option<Transition> {
+        let source = match call {
+            Call::Other => Source::Answer,
+            Call::Trip { seq } => {
+                let mut slow = self.lock();
+                slow.view.trip_answered(seq);
+                let verdict = slow.view.judge(row, Source::Answer, self.clock.now_nanos());
+                return self.carry_out(&mut slow, verdict);
+            }
+            Call::Override { seq } => Source::OverrideAnswer {
+                superseded: self.local_decisions.load(Ordering::Acquire) != seq,
+            },
+        };
+        self.apply_remote(row, source)
     }
 
     /// An override of ours will not reach the database.

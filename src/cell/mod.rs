@@ -242,22 +242,6 @@ pub(crate) struct KeyCell {
     callbacks: Mutex<Vec<Weak<Callback>>>,
 }
 
-/// A random number in `[0, 1)` for the jitter of grown cooldowns, off the hot path (a
-/// half-open round failed). std's `RandomState` draws random keys once per thread and steps them
-/// for each new one, so hashing the clock with a fresh one is enough here without a dependency:
-/// jitter only has to differ between keys and instances, not be unpredictable.
-fn jitter() -> f64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    // The top 53 bits, as a fraction: uniform in [0, 1).
-    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
-}
-
 /// A zero-sized field that starts a new cache line.
 #[repr(align(64))]
 #[derive(Debug, Default)]
@@ -624,7 +608,9 @@ impl KeyCell {
                     None => Recorded::Nothing,
                     Some(State::Open) => {
                         slow.reopens = slow.reopens.saturating_add(1);
-                        let cooldown = slow.policy.cooldown_after(slow.reopens, jitter());
+                        let cooldown = slow
+                            .policy
+                            .cooldown_after(slow.reopens, crate::jitter::fraction());
                         let deadline = self.deadline_after(cooldown);
                         Recorded::Changed(self.set_state(&mut slow, State::Open, deadline))
                     }

@@ -58,6 +58,17 @@ pub(crate) enum Source {
     OverrideAnswer { superseded: bool },
 }
 
+/// Which call of ours an answer answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Call {
+    /// Our trip, made as local decision `seq`: no longer pending once answered.
+    Trip { seq: u64 },
+    /// Our manual override, made as local decision `seq` ([`Source::OverrideAnswer`]).
+    Override { seq: u64 },
+    /// Any other (a probe lease or report, a vote, a rate report): [`Source::Answer`].
+    Other,
+}
+
 /// A local trip the database has not accepted yet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct PendingTrip {

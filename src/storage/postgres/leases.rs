@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::{statements, Instance};
 use crate::cell::{KeyCell, Lease};
 use crate::clock::duration_nanos;
-use crate::fleet::precedence::Source;
+use crate::fleet::precedence::Call;
 
 /// How long an instance waits before asking again for a probe lease after an error.
 const LEASE_ERROR_PAUSE: Duration = Duration::from_millis(250);
@@ -50,7 +50,7 @@ impl Instance {
                 .await;
             match r {
                 Ok(row) => {
-                    shared.apply(cell, row.remote(&cell.key), Source::Answer, None);
+                    shared.answered(cell, Call::Other, &row);
                     match row.lease_id {
                         Some(id) => {
                             // Keep a margin so we never start a probe on a lease about to expire.
@@ -106,7 +106,7 @@ impl Instance {
                 )
                 .await;
             match r {
-                Ok(row) => shared.apply(&cell, row.remote(&cell.key), Source::Answer, None),
+                Ok(row) => shared.answered(&cell, Call::Other, &row),
                 Err(e) => tracing::warn!(key = %cell.key, error = %e, "could not report a probe result; its lease will expire"),
             }
         });

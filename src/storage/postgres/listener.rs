@@ -30,6 +30,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
 use tokio_postgres::{AsyncMessage, Client, Notification};
 
+use super::backoff::Backoff;
 use super::payload::{self, NotifyKey, Op};
 use super::poll::{self, Polled};
 use super::{configs, statements, Follow, Shared};
@@ -151,7 +152,7 @@ pub(crate) async fn open(shared: &Arc<Shared>) -> Result<Live, StorageError> {
         }
     });
     // The self-check channel is made of our own hex digits: nothing from outside reaches the SQL.
-    let check = format!("rc_selfcheck_{:016x}", jitter(u64::MAX));
+    let check = format!("rc_selfcheck_{:016x}", crate::jitter::below(u64::MAX));
     Ok(Live {
         client,
         notes,
@@ -186,16 +187,10 @@ async fn listen(shared: &Shared, live: &mut Live) -> Result<bool, StorageError> 
         });
     }
     let sql = format!("LISTEN {channel}; LISTEN {}", live.check);
-    let listen = live.client.batch_execute(&sql);
-    match tokio::time::timeout(shared.opts.statement_timeout, listen).await {
-        Ok(r) => r.map_err(|e| StorageError::db("listening", e))?,
-        Err(_) => {
-            return Err(StorageError::Timeout {
-                after: shared.opts.statement_timeout,
-                during: "listening",
-            })
-        }
-    }
+    let listen = async {
+        (live.client.batch_execute(&sql).await).map_err(|e| StorageError::db("listening", e))
+    };
+    within(shared.opts.statement_timeout, "listening", listen).await?;
     live.key = Some(key);
     live.channel = channel;
     Ok(true)
@@ -271,13 +266,21 @@ pub(crate) async fn sync(shared: &Arc<Shared>, live: &mut Live) -> Result<(), St
         }
         resync(shared, &live.client).await
     };
-    match tokio::time::timeout(bound, work).await {
-        Ok(r) => r,
-        Err(_) => Err(StorageError::Timeout {
+    within(bound, "loading the snapshot", work).await
+}
+
+/// `work`, or a [`StorageError::Timeout`] when it takes longer than `bound`.
+async fn within<T>(
+    bound: Duration,
+    during: &'static str,
+    work: impl std::future::Future<Output = Result<T, StorageError>>,
+) -> Result<T, StorageError> {
+    tokio::time::timeout(bound, work)
+        .await
+        .unwrap_or(Err(StorageError::Timeout {
             after: bound,
-            during: "loading the snapshot",
-        }),
-    }
+            during,
+        }))
 }
 
 /// Reads the database's clock and the notification queue's usage (`rc_server_status`): the
@@ -640,7 +643,7 @@ pub(crate) async fn run(
                 shared.drop_idle_connections();
                 shared.set_degraded(true);
                 if since.elapsed() >= STABLE_AFTER {
-                    backoff = Backoff::new(shared.opts.reconnect_backoff_max);
+                    backoff.reset();
                 }
                 // Pause before reconnecting: short after a long healthy spell, longer each
                 // time a fresh connection dies again.
@@ -660,14 +663,12 @@ async fn bounded<T>(
     during: &'static str,
     work: impl std::future::Future<Output = Result<T, StorageError>>,
 ) -> Result<T, String> {
-    match tokio::time::timeout(shared.opts.statement_timeout, work).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(format!("{during} failed: {e}")),
-        Err(_) => Err(format!(
-            "{during} unanswered for {:?}",
-            shared.opts.statement_timeout
-        )),
-    }
+    within(shared.opts.statement_timeout, during, work)
+        .await
+        .map_err(|e| match e {
+            StorageError::Timeout { after, .. } => format!("{during} unanswered for {after:?}"),
+            e => format!("{during} failed: {e}"),
+        })
 }
 
 /// Applies `first` and the notifications queued behind it (up to a turn), then reads what they
@@ -798,49 +799,10 @@ async fn serve(shared: &Arc<Shared>, mut live: Live, shutdown: &mut watch::Recei
             reload = true;
         }
         if reload {
-            match tokio::time::timeout(reload_bound, resync(shared, &live.client)).await {
-                Ok(Ok(())) => shared.outbox_kick(),
-                Ok(Err(e)) => return Ended::Lost(format!("reconciliation failed: {e}")),
-                Err(_) => return Ended::Lost("reconciliation timed out".into()),
+            match within(reload_bound, "reconciliation", resync(shared, &live.client)).await {
+                Ok(()) => shared.outbox_kick(),
+                Err(e) => return Ended::Lost(format!("reconciliation failed: {e}")),
             }
         }
     }
 }
-
-/// Capped exponential backoff with jitter: 50 ms doubling to `cap` (`reconnect_backoff_max`,
-/// 5 s by default), each delay drawn in [ceiling/2, ceiling].
-#[derive(Debug)]
-struct Backoff {
-    attempt: u32,
-    cap: Duration,
-}
-
-impl Backoff {
-    const BASE: Duration = Duration::from_millis(50);
-
-    fn new(cap: Duration) -> Backoff {
-        Backoff { attempt: 0, cap }
-    }
-
-    fn next_delay(&mut self) -> Duration {
-        let ceiling = Self::BASE
-            .saturating_mul(1u32 << self.attempt.min(10))
-            .min(self.cap);
-        self.attempt = self.attempt.saturating_add(1);
-        // Jitter in [ceiling/2, ceiling]: instances restarting together spread out.
-        let nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
-        Duration::from_nanos(nanos / 2 + jitter(nanos / 2 + 1))
-    }
-}
-
-/// A cheap random number below `bound` (not for cryptography).
-fn jitter(bound: u64) -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(bound);
-    h.finish() % bound.max(1)
-}
-
-#[cfg(test)]
-#[path = "listener_tests.rs"]
-mod tests;

@@ -10,6 +10,7 @@
 //! | `publish.rs` | the outbox: our trips and overrides, one entry per key, batched, retried |
 //! | `leases.rs` | fleet-wide half-open probes: leases and reports |
 //! | `pool.rs` | one transition call on a pooled connection, bounded and cancellable |
+//! | `backoff.rs` | the pause before trying the database again (reconnects, retries) |
 //! | `reaper.rs` | closing pooled connections left idle, so an instance at rest holds one |
 //! | `hosts.rs` | connecting to a host list as libpq does: one host at a time, each bounded |
 //! | `statements.rs` | every statement we send and the columns we read back |
@@ -26,6 +27,7 @@
 //! `callbacks.rs`'s thread.
 
 pub mod admin;
+mod backoff;
 mod callbacks;
 pub(crate) mod config;
 mod configs;
@@ -61,7 +63,7 @@ pub use config::{
 
 use crate::cell::{KeyCell, Lease, Transition};
 use crate::clock::{duration_nanos, Clock};
-use crate::fleet::precedence::{Hold, Remote, Source};
+use crate::fleet::precedence::{Call, Hold, Remote, Source};
 use crate::fleet::{BoxFuture, Decision, Done, SharedStore};
 use crate::policy::Policy;
 use crate::storage::StorageInner;
@@ -208,6 +210,16 @@ impl Shared {
         self.seen(remote.version);
         if let Some(t) = cell.apply_remote(remote, source) {
             self.transitioned(cell, t, Some(remote.version), committed_at_us);
+        }
+    }
+
+    /// Applies a transition function's answer to `call` about `cell`'s row: the one place
+    /// answers are applied, for every kind of call.
+    pub(crate) fn answered(&self, cell: &Arc<KeyCell>, call: Call, row: &statements::RowState) {
+        let remote = row.remote(&cell.key);
+        self.seen(remote.version);
+        if let Some(t) = cell.answered(call, remote) {
+            self.transitioned(cell, t, Some(remote.version), None);
         }
     }
 

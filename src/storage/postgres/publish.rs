@@ -20,17 +20,17 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
+use super::backoff::Backoff;
 use super::statements::{self, RowState};
 use super::Shared;
 use crate::cell::KeyCell;
 use crate::error::StorageError;
-use crate::fleet::precedence::Remote;
+use crate::fleet::precedence::Call;
 use crate::State;
 
 /// The largest batch sent in one statement.
 const MAX_BATCH: usize = 512;
-/// First pause after a failed batch; doubles up to [`RETRY_CAP`].
-const RETRY_BASE: Duration = Duration::from_millis(50);
+/// Longest pause between tries of a failed batch (see `backoff.rs`).
 const RETRY_CAP: Duration = Duration::from_secs(5);
 
 pub(crate) use crate::fleet::Done;
@@ -248,7 +248,7 @@ impl Shared {
     /// decided after its override), one statement each.
     async fn flush(mut guard: Draining) {
         let this = guard.shared.clone();
-        let mut pause = RETRY_BASE;
+        let mut backoff = Backoff::new(RETRY_CAP);
         loop {
             let Some(batch) = this.outbox.next_batch() else {
                 // Release, then look again: something queued between the last look and the
@@ -267,16 +267,15 @@ impl Shared {
             if failed.is_empty() {
                 this.outbox.sent();
                 this.pending_changed();
-                pause = RETRY_BASE;
+                backoff.reset();
                 continue;
             }
             this.outbox.requeue(failed);
             this.pending_changed();
             tokio::select! {
-                _ = tokio::time::sleep(pause) => {}
+                _ = tokio::time::sleep(backoff.next_delay()) => {}
                 _ = this.outbox.kick.notified() => {}
             }
-            pause = (pause * 2).min(RETRY_CAP);
         }
     }
 
@@ -384,7 +383,7 @@ impl Shared {
                         continue;
                     };
                     match answer {
-                        Ok(state) => self.trip_answered(&cell, seq, &state),
+                        Ok(state) => self.answered(&cell, Call::Trip { seq }, &state),
                         Err(e) => {
                             tracing::warn!(key = %cell.key, error = %e, "the database refused a trip; it stays local");
                             cell.drop_pending_trip(seq);
@@ -396,14 +395,6 @@ impl Shared {
         }
         // Keys the answer did not mention: try again.
         by_key.into_values().map(|(c, _)| c).collect()
-    }
-
-    fn trip_answered(&self, cell: &Arc<KeyCell>, seq: u64, row: &RowState) {
-        let remote: Remote = row.remote(&cell.key);
-        self.seen(remote.version);
-        if let Some(t) = cell.trip_answered(seq, remote) {
-            self.transitioned(cell, t, Some(remote.version), None);
-        }
     }
 
     /// Sends overrides; returns (entries sent, entries to try again).
@@ -467,11 +458,7 @@ impl Shared {
             let Some(f) = e.force else { continue };
             match answers.remove(&*e.cell.key) {
                 Some(Ok(row)) => {
-                    let remote = row.remote(&e.cell.key);
-                    self.seen(remote.version);
-                    if let Some(t) = e.cell.override_answered(f.seq, remote) {
-                        self.transitioned(&e.cell, t, Some(remote.version), None);
-                    }
+                    self.answered(&e.cell, Call::Override { seq: f.seq }, &row);
                     for d in e.done.drain(..) {
                         let _ = d.send(Ok(()));
                     }

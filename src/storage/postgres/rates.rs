@@ -24,7 +24,7 @@ use tokio::sync::watch;
 use super::{statements, Shared};
 use crate::cell::KeyCell;
 use crate::clock::duration_nanos;
-use crate::fleet::precedence::Source;
+use crate::fleet::precedence::Call;
 use crate::State;
 
 /// The reporter task of one instance: samples and reports every `fleet_rate_interval` until the
@@ -151,12 +151,7 @@ impl Shared {
                     }
                     // An OPEN row is the fleet's rate reaching the limit: newer than what the
                     // cell holds, so it applies like any notification.
-                    self.apply(
-                        &report.cell,
-                        state.remote(&report.cell.key),
-                        Source::Answer,
-                        None,
-                    );
+                    self.answered(&report.cell, Call::Other, &state);
                 }
                 Ok((key, Err(e))) => {
                     tracing::warn!(key = %key, error = %e, "the database refused a failure rate report");

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use super::{statements, Instance};
 use crate::cell::KeyCell;
-use crate::fleet::precedence::{Hold, Source};
+use crate::fleet::precedence::{Call, Hold};
 
 impl Instance {
     /// Casts this instance's vote for `cell`, whose window just tripped: holds the cell open
@@ -79,7 +79,7 @@ impl Instance {
                     // Judged like any answer: the CLOSED row of a vote short of the quorum is
                     // older than the vote's basis and leaves the hold alone; the OPEN row of the
                     // quorum's last vote is newer and brings the database's cooldown.
-                    shared.apply(&cell, row.remote(&cell.key), Source::Answer, None);
+                    shared.answered(&cell, Call::Other, &row);
                 }
                 Err(e) => {
                     tracing::warn!(key = %cell.key, error = %e, "could not cast a quorum vote; this instance still stops its own calls for the cooldown");
