@@ -155,8 +155,9 @@ impl CircuitBreaker {
     #[cold]
     pub(crate) fn counted(&self, r: Rejected) -> Rejected {
         let cell = &self.inner.cell;
-        cell.metrics.rejected(cell.rejection_reason(r.state()));
-        r
+        let reason = cell.rejection_reason(r.state());
+        cell.metrics.rejected(reason);
+        r.with_reason(reason)
     }
 
     /// The breaker's key.

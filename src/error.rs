@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::cell::{pack_rejection, unpack_rejection, KeyCell};
+use crate::cell::{mark_forced, pack_rejection, unpack_rejection, KeyCell};
 use crate::{Ratio, State};
 
 /// A call refused by an open (or busy half-open) breaker: the protected operation did not run.
@@ -54,6 +54,73 @@ impl Rejected {
     pub fn retry_after(&self) -> Option<Duration> {
         unpack_rejection(self.packed).1
     }
+
+    /// Why the call was refused, as the `reason` label of `resilient_circuit_rejected_calls_total`
+    /// says it.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), resilient_circuit::ConfigError> {
+    /// use resilient_circuit::{CircuitBreaker, RejectReason, Storage};
+    /// let cb = CircuitBreaker::builder("billing").storage(Storage::in_memory()).build()?;
+    /// cb.force_open(std::time::Duration::from_secs(60));
+    /// let rejected = cb.try_acquire().unwrap_err();
+    /// assert_eq!(rejected.reason(), RejectReason::Forced);
+    /// # Ok(()) }
+    /// ```
+    pub fn reason(&self) -> RejectReason {
+        match unpack_rejection(self.packed) {
+            (State::HalfOpen, _, _) => RejectReason::HalfOpenFull,
+            (_, _, true) => RejectReason::Forced,
+            _ => RejectReason::Open,
+        }
+    }
+
+    /// This rejection with its reason (only [`RejectReason::Forced`] changes it).
+    pub(crate) fn with_reason(mut self, reason: RejectReason) -> Self {
+        if reason == RejectReason::Forced {
+            self.packed = mark_forced(self.packed);
+        }
+        self
+    }
+}
+
+/// Why a call was refused ([`Rejected::reason`]); also the `reason` label of
+/// `resilient_circuit_rejected_calls_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RejectReason {
+    /// Open and cooling down after failures.
+    Open,
+    /// Half-open, with every probe slot of the round taken.
+    HalfOpenFull,
+    /// Open on purpose: [`force_open`](crate::CircuitBreaker::force_open) on this instance, or
+    /// the key's live mode `forced-open`. (An override made elsewhere, another instance's or the
+    /// command's `open`, reaches this instance as a row like any trip: `Open`.)
+    Forced,
+}
+
+impl RejectReason {
+    /// Every reason, in the order of their metric handles.
+    pub(crate) const ALL: [RejectReason; 3] = [
+        RejectReason::Open,
+        RejectReason::HalfOpenFull,
+        RejectReason::Forced,
+    ];
+
+    /// `"open"`, `"half_open_full"` or `"forced"`: the metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::Open => "open",
+            RejectReason::HalfOpenFull => "half_open_full",
+            RejectReason::Forced => "forced",
+        }
+    }
+}
+
+impl std::fmt::Display for RejectReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl PartialEq for Rejected {
@@ -70,6 +137,7 @@ impl std::fmt::Debug for Rejected {
             .field("key", &self.key())
             .field("state", &self.state())
             .field("retry_after", &self.retry_after())
+            .field("reason", &self.reason())
             .finish()
     }
 }

@@ -133,7 +133,7 @@ pub use breaker::{CircuitBreaker, Outcome, OwnedPermit, Permit};
 pub use builder::{Builder, MAX_KEY_LEN, MIN_TIME_WINDOW};
 pub use changes::{Change, Changes};
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use error::{CircuitError, ConfigError, Rejected, StorageError};
+pub use error::{CircuitError, ConfigError, RejectReason, Rejected, StorageError};
 pub use live_config::{LiveConfig, Mode};
 pub use policy::MAX_DURATION;
 pub use ratio::Ratio;

@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use metrics::{Counter, Gauge, Histogram, Unit};
 
-use crate::{ChangeOrigin, State};
+use crate::{ChangeOrigin, RejectReason, State};
 
 /// The `namespace` label of keys in an in-memory storage (PostgreSQL storages use their
 /// namespace).
@@ -115,17 +115,6 @@ fn describe() {
     });
 }
 
-/// Why a call was rejected.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Reason {
-    /// Open and cooling down.
-    Open,
-    /// Half-open with every probe slot taken.
-    HalfOpenFull,
-    /// Opened by `force_open` on this instance.
-    Forced,
-}
-
 /// One key's metrics in one storage, made with its cell.
 pub(crate) struct KeyMetrics {
     key: String,
@@ -143,8 +132,8 @@ impl KeyMetrics {
         let state = STATES.map(|s| {
             metrics::gauge!(STATE, "key" => k.clone(), "namespace" => ns.clone(), "state" => state_label(s))
         });
-        let rejected = ["open", "half_open_full", "forced"].map(|r| {
-            metrics::counter!(REJECTED, "key" => k.clone(), "namespace" => ns.clone(), "reason" => r)
+        let rejected = RejectReason::ALL.map(|r| {
+            metrics::counter!(REJECTED, "key" => k.clone(), "namespace" => ns.clone(), "reason" => r.as_str())
         });
         KeyMetrics {
             open_until: metrics::gauge!(OPEN_UNTIL, "key" => k.clone(), "namespace" => ns.clone()),
@@ -200,7 +189,7 @@ impl KeyMetrics {
         .increment(1);
     }
 
-    pub(crate) fn rejected(&self, reason: Reason) {
+    pub(crate) fn rejected(&self, reason: RejectReason) {
         self.rejected[reason as usize].increment(1);
     }
 

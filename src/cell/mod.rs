@@ -48,9 +48,10 @@ use crate::clock::{duration_nanos, Clock};
 use crate::fleet::precedence::FleetView;
 use crate::live_config::{LiveConfig, Mode};
 use crate::policy::Policy;
-use crate::telemetry::{KeyMetrics, Reason};
+use crate::telemetry::KeyMetrics;
 use crate::time_window::TimeWindow;
 use crate::window::OutcomeWindow;
+use crate::RejectReason;
 
 mod fleet;
 mod live;
@@ -60,7 +61,7 @@ mod word;
 use crate::changes::Feed;
 use crate::{ChangeOrigin, State, StatusChange};
 pub(crate) use rate::RateCounter;
-pub(crate) use word::{pack_rejection, unpack_rejection, StateWord};
+pub(crate) use word::{mark_forced, pack_rejection, unpack_rejection, StateWord};
 
 /// A status-change callback as stored by a breaker handle.
 pub(crate) type Callback = dyn Fn(&StatusChange) + Send + Sync;
@@ -758,14 +759,14 @@ impl KeyCell {
         self.metrics.state(state, open_for);
     }
 
-    /// The reason label of a rejection in `state`.
-    pub(crate) fn rejection_reason(&self, state: State) -> Reason {
+    /// Why a call is rejected in `state`.
+    pub(crate) fn rejection_reason(&self, state: State) -> RejectReason {
         match state {
-            State::HalfOpen => Reason::HalfOpenFull,
+            State::HalfOpen => RejectReason::HalfOpenFull,
             _ if self.forced_open.load(Ordering::Relaxed) || self.mode() == Mode::ForcedOpen => {
-                Reason::Forced
+                RejectReason::Forced
             }
-            _ => Reason::Open,
+            _ => RejectReason::Open,
         }
     }
 

@@ -108,13 +108,29 @@ pub(crate) fn pack_rejection(state: State, retry_after: Option<Duration>) -> u64
     (state_to_bits(state) << 62) | retry
 }
 
-/// The inverse of [`pack_rejection`].
-pub(crate) fn unpack_rejection(packed: u64) -> (State, Option<Duration>) {
+/// State bits that no state uses, marking a packed rejection OPEN on purpose (a force, or the
+/// forced-open mode): see [`RejectReason::Forced`](crate::RejectReason::Forced).
+const FORCED_BITS: u64 = 3;
+
+/// `packed`, an OPEN rejection, marked as open on purpose; other states unchanged.
+pub(crate) fn mark_forced(packed: u64) -> u64 {
+    if packed >> 62 == state_to_bits(State::Open) {
+        packed | (FORCED_BITS << 62)
+    } else {
+        packed
+    }
+}
+
+/// The inverse of [`pack_rejection`], and whether [`mark_forced`] marked it.
+pub(crate) fn unpack_rejection(packed: u64) -> (State, Option<Duration>, bool) {
     let retry = match packed & ((1 << 62) - 1) {
         0 => None,
         n => Some(Duration::from_nanos(n - 1)),
     };
-    (state_from_bits(packed >> 62), retry)
+    match packed >> 62 {
+        FORCED_BITS => (State::Open, retry, true),
+        bits => (state_from_bits(bits), retry, false),
+    }
 }
 
 #[cfg(test)]

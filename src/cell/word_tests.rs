@@ -36,10 +36,15 @@ proptest! {
     fn rejection_round_trips(s in 0u8..3, nanos in proptest::option::of(any::<u64>())) {
         let state = [State::Closed, State::Open, State::HalfOpen][usize::from(s)];
         let retry = nanos.map(Duration::from_nanos);
-        let (st, back) = unpack_rejection(pack_rejection(state, retry));
+        let packed = pack_rejection(state, retry);
+        let (st, back, forced) = unpack_rejection(packed);
         prop_assert_eq!(st, state);
+        prop_assert!(!forced);
         let limit = (1u64 << 62) - 2;
         prop_assert_eq!(back, nanos.map(|n| Duration::from_nanos(n.min(limit))));
+        // Marked as forced: only an OPEN rejection is, and keeps its state and time.
+        let (st, back2, forced) = unpack_rejection(mark_forced(packed));
+        prop_assert_eq!((st, back2, forced), (state, back, state == State::Open));
     }
 
     /// The epoch grows with every transition and the state is what was asked.

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use resilient_circuit::{
     Builder, ChangeOrigin, CircuitBreaker, CircuitError, ConfigError, ManualClock, Outcome,
-    OwnedPermit, Permit, Ratio, Rejected, SlowCalls, State, StatusChange, Storage, MAX_KEY_LEN,
+    OwnedPermit, Permit, Ratio, RejectReason, Rejected, SlowCalls, State, StatusChange, Storage,
+    MAX_KEY_LEN,
 };
 
 use State::{Closed, HalfOpen, Open};
@@ -2004,4 +2005,41 @@ fn config_conflicting_windows() {
         "{err}"
     );
     drop(plain);
+}
+
+/// A rejection says why: open after failures, half-open with every slot taken, or open on
+/// purpose (forced); the same reason whichever way the call was refused.
+#[tokio::test]
+async fn rejections_say_why() {
+    let rig = Rig::new("why", Ratio::new(1, 1), None, 100);
+    rig.admit("closed").failure();
+    assert_eq!(rig.reject("tripped").reason(), RejectReason::Open);
+    let by_call = rig
+        .cb
+        .call(|| async { Ok::<_, std::io::Error>(()) })
+        .await
+        .expect_err("open");
+    assert_eq!(
+        by_call.rejected().map(Rejected::reason),
+        Some(RejectReason::Open)
+    );
+    rig.advance_ms(100);
+    let probe = rig.admit("the cooldown is over: a probe");
+    assert_eq!(
+        rig.reject("the probe's slot is taken").reason(),
+        RejectReason::HalfOpenFull
+    );
+    probe.success();
+    rig.cb.force_open(Duration::from_secs(60));
+    let forced = rig.reject("forced open");
+    assert_eq!(forced.reason(), RejectReason::Forced);
+    assert_eq!(forced.state(), Open, "still OPEN");
+    assert!(forced
+        .retry_after()
+        .is_some_and(|d| d <= Duration::from_secs(60)));
+    assert_eq!(
+        rig.cb.try_acquire_owned().map(|_| ()).unwrap_err().reason(),
+        RejectReason::Forced
+    );
+    assert_eq!(RejectReason::HalfOpenFull.to_string(), "half_open_full");
 }

@@ -164,6 +164,12 @@ async fn forced_open_holds_every_instance_open_until_the_mode_changes() {
     assert!(on_a.reaches(State::Open).await);
     assert!(on_b.reaches(State::Open).await);
     assert!(on_a.cb.cooldown_remaining() > Duration::from_secs(365 * 24 * 3600));
+    assert!(eventually(WAIT, || async { on_b.cb.mode() == Mode::ForcedOpen }).await);
+    assert_eq!(
+        on_b.cb.try_acquire().map(|_| ()).unwrap_err().reason(),
+        resilient_circuit::RejectReason::Forced,
+        "rejected on purpose"
+    );
     let refused = run(&dsn, &["close", &key]).await;
     assert_eq!(refused.code, 1, "{}", refused.stdout);
     assert!(
