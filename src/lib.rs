@@ -105,7 +105,9 @@
 //! * `tower` (feature `tower`): `CircuitBreakerLayer` for any `tower::Service`, as a tower
 //!   middleware folder (`layer.rs`, `service.rs`, `future.rs`, `classify.rs`, `error.rs`).
 
-#![warn(missing_docs)]
+#![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
+// docs.rs builds with `--cfg docsrs`: feature-gated items say which feature they need.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod breaker;
 mod builder;
@@ -125,6 +127,7 @@ pub mod storage;
 mod telemetry;
 mod time_window;
 #[cfg(feature = "tower")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
 pub mod tower;
 mod trip_policy;
 mod window;

@@ -64,6 +64,7 @@ mod layer;
 mod service;
 
 #[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub use self::classify::HttpClassifier;
 pub use self::classify::{Classify, ErrorsAsFailures};
 pub use self::error::{BoxError, Error};
