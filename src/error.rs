@@ -393,15 +393,25 @@ impl StorageError {
 }
 
 /// The most useful text of a tokio-postgres error: since 0.7.15 its `Display` says only "db
-/// error", so prefer the server's message.
+/// error", so prefer the server's message, with its detail and hint (the way out, when the
+/// server gives one).
 pub(crate) fn describe_pg_error(e: &tokio_postgres::Error) -> String {
     if let Some(db) = e.as_db_error() {
-        return format!(
+        let mut s = format!(
             "{}: {} (SQLSTATE {})",
             db.severity(),
             db.message(),
             db.code().code()
         );
+        if let Some(detail) = db.detail() {
+            s.push_str("; detail: ");
+            s.push_str(detail);
+        }
+        if let Some(hint) = db.hint() {
+            s.push_str("; hint: ");
+            s.push_str(hint);
+        }
+        return s;
     }
     describe_chain(e)
 }

@@ -124,6 +124,7 @@ mod ratio;
 mod slow;
 mod state;
 pub mod storage;
+pub use storage::postgres::admin;
 mod telemetry;
 mod time_window;
 #[cfg(feature = "tower")]

@@ -11,7 +11,8 @@ use std::time::Instant;
 use futures_util::StreamExt;
 use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
 use postgres_openssl::MakeTlsConnector;
-use resilient_circuit::storage::postgres::{migrate, PostgresOptions};
+use resilient_circuit::admin::AdminSession;
+use resilient_circuit::storage::postgres::PostgresOptions;
 use tokio::sync::mpsc;
 use tokio_postgres::config::SslMode as PgSslMode;
 use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
@@ -223,8 +224,10 @@ pub(crate) async fn create_bench_db(
         cfg,
         transport: transport.clone(),
     };
-    let mut c = target.client().await?;
-    migrate::migrate(&mut c).await?;
+    AdminSession::connect(&target.opts("setup")?)
+        .await?
+        .migrate(std::time::Duration::from_secs(60))
+        .await?;
     Ok(target)
 }
 

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use resilient_circuit::storage::postgres::admin::AdminSession;
+use resilient_circuit::admin::AdminSession;
 use resilient_circuit::storage::postgres::PostgresOptions;
 use resilient_circuit::{CircuitBreaker, State};
 use tokio::sync::watch;
@@ -107,14 +107,12 @@ async fn remove_rows(opts: &PostgresOptions) -> Result<(), Box<dyn Error>> {
     if namespaces.is_empty() {
         return Ok(());
     }
-    let admin = AdminSession::connect(opts).await?;
-    admin
-        .client()
-        .execute(
-            "DELETE FROM public.rc_circuit_breakers WHERE namespace = ANY($1)",
-            &[&namespaces],
-        )
-        .await?;
+    let mut admin = AdminSession::connect(opts).await?;
+    for ns in &namespaces {
+        for row in admin.status(ns).await? {
+            admin.delete(ns, &row.key, Some("example cleanup")).await?;
+        }
+    }
     Ok(())
 }
 
@@ -126,17 +124,15 @@ pub async fn row(
     key: &str,
 ) -> Result<Option<(String, f64)>, Box<dyn Error>> {
     let admin = AdminSession::connect(opts).await?;
-    let row = admin
-        .client()
-        .query_opt(
-            "SELECT state, CASE WHEN state = 'OPEN' \
-                    THEN greatest(EXTRACT(EPOCH FROM (open_until - now())), 0)::float8 \
-                    ELSE 0 END \
-             FROM public.rc_circuit_breakers WHERE namespace = $1 AND resource_key = $2",
-            &[&namespace, &key],
-        )
-        .await?;
-    Ok(row.map(|r| (r.get(0), r.get(1))))
+    Ok(admin
+        .status(namespace)
+        .await?
+        .into_iter()
+        .find(|r| r.key == key)
+        .map(|r| {
+            let left = r.half_open_in.map_or(0.0, |d| d.as_secs_f64());
+            (r.state.as_str().to_owned(), left)
+        }))
 }
 
 /// Every row of `key` in this run's namespaces: `(namespace, state)`, by namespace.
@@ -144,17 +140,16 @@ pub async fn rows_of(
     opts: &PostgresOptions,
     key: &str,
 ) -> Result<Vec<(String, String)>, Box<dyn Error>> {
-    let namespaces = NAMESPACES.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let mut namespaces = NAMESPACES.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    namespaces.sort();
     let admin = AdminSession::connect(opts).await?;
-    let rows = admin
-        .client()
-        .query(
-            "SELECT namespace, state FROM public.rc_circuit_breakers \
-             WHERE resource_key = $1 AND namespace = ANY($2) ORDER BY namespace",
-            &[&key, &namespaces],
-        )
-        .await?;
-    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    let mut rows = Vec::new();
+    for ns in &namespaces {
+        if let Some(r) = admin.status(ns).await?.into_iter().find(|r| r.key == key) {
+            rows.push((ns.clone(), r.state.as_str().to_owned()));
+        }
+    }
+    Ok(rows)
 }
 
 /// Prints `[ok] what` when `holds`, else fails the example with `what`.

@@ -9,7 +9,7 @@
 //! ## Roles
 //!
 //! `resilient-circuit setup` (run by the owner of the schema, usually an administrator) grants
-//! each role the rights of its kind ([`RoleKind`](crate::storage::postgres::roles::RoleKind)),
+//! each role the rights of its kind ([`RoleKind`](crate::admin::RoleKind)),
 //! and records them, so that a later `setup` grants them again what a new definition of a
 //! function needs. Rights are `EXECUTE` on functions, which PostgreSQL checks on `current_user`:
 //! a login that `SET ROLE`s to a reader has a reader's rights, and a `NOINHERIT` login that

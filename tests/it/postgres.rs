@@ -469,10 +469,7 @@ async fn schema_not_ready_then_concurrent_migration() {
         .await
         .expect("count")
         .get(0);
-    assert_eq!(
-        n as usize,
-        resilient_circuit::storage::postgres::migrate::MIGRATIONS.len()
-    );
+    assert_eq!(n as usize, resilient_circuit::admin::MIGRATIONS.len());
 }
 
 /// What the instance's backends last ran: (pid, application_name, query_start), by pid.

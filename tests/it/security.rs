@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use resilient_circuit::storage::postgres::roles::{self, Rights, RoleKind};
-use resilient_circuit::storage::postgres::{migrate, PostgresOptions};
+use resilient_circuit::admin::{Rights, RoleKind};
+use resilient_circuit::storage::postgres::PostgresOptions;
 use resilient_circuit::{CircuitBreaker, Mode, Ratio, State, Storage, TripPolicy};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
@@ -90,10 +90,11 @@ async fn every_function_call(admin: &Client) -> Vec<String> {
 #[tokio::test]
 async fn each_kind_holds_exactly_its_rights() {
     let db = test_db().await;
-    let admin = db.client().await;
+    let admin = db.admin_session().await;
     for kind in RoleKind::ALL {
         let role = db.role_of(&[kind]).await;
-        let held = roles::held(&admin, role.name())
+        let held = admin
+            .rights_of(role.name())
             .await
             .expect("reads rights")
             .expect("the role exists");
@@ -103,16 +104,17 @@ async fn each_kind_holds_exactly_its_rights() {
             "{kind} lacks {}",
             expected.beyond(&held).describe()
         );
-        let extra = held.beyond(&expected).beyond(&roles::public_rights());
+        let extra = held.beyond(&expected).beyond(&Rights::public());
         assert!(extra.is_empty(), "{kind} holds more: {}", extra.describe());
     }
     let stranger = db.role_of(&[]).await;
-    let held = roles::held(&admin, stranger.name())
+    let held = admin
+        .rights_of(stranger.name())
         .await
         .expect("reads rights")
         .expect("exists");
     assert!(
-        held.beyond(&roles::public_rights()).is_empty(),
+        held.beyond(&Rights::public()).is_empty(),
         "a stranger holds {}",
         held.describe()
     );
@@ -736,7 +738,7 @@ async fn a_strangers_advisory_locks_block_nothing() {
         .expect("a rate report within 2 s")
         .get(0);
     assert_eq!(calls, 5);
-    let mut admin = db.client().await;
+    let admin = db.client().await;
     admin
         .execute(
             "UPDATE public.rc_schema_objects SET checksum = 'stale' WHERE name = 'rc_vote'",
@@ -744,13 +746,11 @@ async fn a_strangers_advisory_locks_block_nothing() {
         )
         .await
         .expect("marks an object stale");
-    let applied = tokio::time::timeout(
-        WAIT,
-        migrate::migrate_within(&mut admin, Duration::from_secs(5)),
-    )
-    .await
-    .expect("the migration is not blocked")
-    .expect("migrates");
+    let mut session = db.admin_session().await;
+    let applied = tokio::time::timeout(WAIT, session.migrate(Duration::from_secs(5)))
+        .await
+        .expect("the migration is not blocked")
+        .expect("migrates");
     assert_eq!(
         applied.objects.iter().map(|o| o.name).collect::<Vec<_>>(),
         ["rc_vote"]
@@ -1479,7 +1479,7 @@ async fn a_migration_behind_a_long_reader_does_not_stall_the_fleet() {
     long.batch_execute("SELECT count(*) FROM rc_circuit_breakers")
         .await
         .expect("holds the table");
-    let mut admin = db.client().await;
+    let admin = db.client().await;
     // Re-applying this object drops and makes a trigger on the table: it needs the table alone.
     admin
         .batch_execute(
@@ -1487,9 +1487,10 @@ async fn a_migration_behind_a_long_reader_does_not_stall_the_fleet() {
         )
         .await
         .expect("an object to apply");
+    let mut session = db.admin_session().await;
     let migrating = tokio::spawn(async move {
-        let r = migrate::migrate_within(&mut admin, Duration::from_secs(60)).await;
-        (admin, r)
+        let r = session.migrate(Duration::from_secs(60)).await;
+        (session, r)
     });
     let watcher = db.client().await;
     wait_for_a_lock_wait(&watcher).await;
@@ -1510,7 +1511,7 @@ async fn a_migration_behind_a_long_reader_does_not_stall_the_fleet() {
         "the migration waits for the reader"
     );
     long.rollback().await.expect("the reader ends");
-    let (mut admin, applied) = migrating.await.expect("task");
+    let (mut session, applied) = migrating.await.expect("task");
     let applied = applied.expect("migrated once the reader ended");
     assert_eq!(
         applied.objects.iter().map(|o| o.name).collect::<Vec<_>>(),
@@ -1527,7 +1528,8 @@ async fn a_migration_behind_a_long_reader_does_not_stall_the_fleet() {
         )
         .await
         .expect("an object to apply");
-    let e = migrate::migrate_within(&mut admin, Duration::from_secs(1))
+    let e = session
+        .migrate(Duration::from_secs(1))
         .await
         .expect_err("gives up after a second");
     assert_eq!(e.sqlstate(), Some("55P03"), "lock_not_available: {e}");

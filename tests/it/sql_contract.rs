@@ -6,7 +6,7 @@ use crate::support;
 
 use std::time::Duration;
 
-use resilient_circuit::storage::postgres::roles::RoleKind;
+use resilient_circuit::admin::RoleKind;
 use resilient_circuit::storage::postgres::PostgresOptions;
 use resilient_circuit::{CircuitBreaker, Ratio, State, Storage};
 use support::breakers::{caught_up, fail, fleet_probe, row_state, trip_fast, Watched, REACH};
@@ -795,23 +795,32 @@ async fn truncate_is_announced_and_cooldowns_count_from_commit() {
     );
 }
 
-/// The functions the code calls exist in the catalog with the argument types it sends.
+/// The functions the code calls exist in the catalog with the argument types it sends (as
+/// `check` reports them), and a function dropped is reported missing.
 #[tokio::test]
 async fn statements_match_the_catalog() {
     let db = test_db().await;
     let _a = migrated(&db).await;
-    let c = db.client().await;
-    for f in resilient_circuit::storage::postgres::statements::FUNCTIONS {
-        let found: bool = c
-            .query_one(
-                "SELECT to_regprocedure($1) IS NOT NULL",
-                &[&format!("public.{f}")],
-            )
-            .await
-            .expect("catalog")
-            .get(0);
-        assert!(found, "{f} is not in pg_proc");
-    }
+    let session = db.admin_session().await;
+    let health = session.check().await.expect("checks");
+    assert_eq!(health.missing_functions, Vec::<String>::new());
+    db.client()
+        .await
+        .batch_execute("DROP FUNCTION public.rc_vote(text, text, text, integer, integer, integer, bigint, bigint, bigint)")
+        .await
+        .expect("drops a function the code calls");
+    let health = session.check().await.expect("checks");
+    assert_eq!(
+        health.missing_functions.len(),
+        1,
+        "{:?}",
+        health.missing_functions
+    );
+    assert!(
+        health.missing_functions[0].starts_with("rc_vote("),
+        "{:?}",
+        health.missing_functions
+    );
 }
 
 /// The files of `sql/<dir>`, sorted.
@@ -831,7 +840,7 @@ fn sql_files(dir: &str) -> Vec<String> {
 /// order, and the object list exactly those of `sql/objects/`, each once.
 #[test]
 fn migration_and_object_lists_match_the_sql_folders() {
-    use resilient_circuit::storage::postgres::migrate::{MIGRATIONS, OBJECTS};
+    use resilient_circuit::admin::{MIGRATIONS, OBJECTS};
     let listed: Vec<String> = MIGRATIONS
         .iter()
         .map(|m| format!("{:04}_{}.sql", m.version, m.name))
@@ -849,13 +858,13 @@ async fn database_errors_keep_their_source() {
     let storage = Storage::connect(&db.conninfo()).await;
     let err = storage.expect_err("no schema, no auto_create");
     assert!(err.to_string().contains("schema is not ready"), "{err}");
-    let (client, connection) = tokio_postgres::connect(&db.conninfo(), tokio_postgres::NoTls)
+    let e = db
+        .admin_session()
         .await
-        .expect("connects");
-    tokio::spawn(connection);
-    let mut c = client;
-    let e = resilient_circuit::storage::postgres::migrate::migrate(&mut c).await;
+        .migrate(Duration::from_secs(60))
+        .await;
     assert!(e.is_ok(), "{e:?}");
+    let c = db.client().await;
     // As PostgreSQL 15 and later have it by default: 13 and 14 let every role create in
     // `public`, so the reader's `CREATE TABLE IF NOT EXISTS` would pass and a migration with
     // nothing left to apply would have nothing to refuse.
@@ -863,8 +872,13 @@ async fn database_errors_keep_their_source() {
         .await
         .expect("revoke");
     let role = db.role_of(&[RoleKind::Reader]).await;
-    let mut ro = connect_as(&db.conninfo_as(&role)).await;
-    let err = resilient_circuit::storage::postgres::migrate::migrate(&mut ro)
+    let opts =
+        resilient_circuit::storage::postgres::PostgresOptions::from_dsn(&db.conninfo_as(&role))
+            .expect("dsn");
+    let err = resilient_circuit::admin::AdminSession::connect(&opts)
+        .await
+        .expect("a reader connects")
+        .migrate(Duration::from_secs(60))
         .await
         .expect_err("a reader may not migrate");
     assert!(err.sqlstate().is_some(), "{err:?}");

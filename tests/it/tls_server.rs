@@ -18,7 +18,7 @@ use openssl::x509::extension::{
     BasicConstraints, ExtendedKeyUsage, KeyUsage, SubjectAlternativeName,
 };
 use openssl::x509::{X509NameBuilder, X509};
-use resilient_circuit::storage::postgres::admin::AdminSession;
+use resilient_circuit::admin::AdminSession;
 use resilient_circuit::storage::postgres::PostgresOptions;
 use resilient_circuit::{State, Storage, StorageError};
 
@@ -223,9 +223,10 @@ impl TlsServer {
         Storage::connect_with(opts).await
     }
 
-    /// The other sessions of the application role, `(application_name, ssl, TLS version,
-    /// client DN)`, as that role sees them in `pg_stat_ssl`: asked through the crate's own
-    /// `AdminSession` connected with `conninfo`.
+    /// The sessions of the application role, `(application_name, ssl, TLS version, client DN)`,
+    /// as `pg_stat_ssl` shows them to the cluster's superuser, leaving out a crate's
+    /// `AdminSession` connected with `conninfo` first (it must connect and read the breakers
+    /// too).
     async fn app_sessions(
         &self,
         conninfo: &str,
@@ -235,13 +236,17 @@ impl TlsServer {
             .await
             .expect("the application role connects");
         session
-            .client()
+            .status(session.namespace())
+            .await
+            .expect("the application role reads the breakers");
+        let admin = self.cluster.client(&self.db).await;
+        admin
             .query(
                 "SELECT a.application_name, s.ssl, s.version, s.client_dn \
                  FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) \
-                 WHERE a.usename = current_user AND a.pid <> pg_backend_pid() \
+                 WHERE a.usename = $1 AND a.application_name <> 'resilient-circuit-cli' \
                  ORDER BY a.application_name",
-                &[],
+                &[&self.app.name()],
             )
             .await
             .expect("pg_stat_ssl")

@@ -817,7 +817,7 @@ impl Cluster {
     /// Sets database `db` up for an application and returns its role (see
     /// [`TestDb::app`]); connect with [`super::TestRole::conninfo`].
     pub async fn app_role(&self, db: &str) -> super::TestRole {
-        use resilient_circuit::storage::postgres::roles::RoleKind;
+        use resilient_circuit::admin::RoleKind;
         super::app_role(
             self.admin_parts(),
             db,

@@ -39,7 +39,7 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use resilient_circuit::storage::postgres::roles::RoleKind;
+use resilient_circuit::admin::RoleKind;
 use tokio::sync::OnceCell;
 use tokio_postgres::config::Host;
 use tokio_postgres::{Client, Config, NoTls};
@@ -347,6 +347,17 @@ impl TestDb {
         self.parts().with_addr(addr).config()
     }
 
+    /// The crate's administration session on this database, as its owner.
+    pub async fn admin_session(&self) -> resilient_circuit::admin::AdminSession {
+        let opts = resilient_circuit::storage::postgres::PostgresOptions::from_dsn(
+            &self.parts().conninfo(),
+        )
+        .expect("the test database's conninfo parses");
+        resilient_circuit::admin::AdminSession::connect(&opts)
+            .await
+            .unwrap_or_else(|e| panic!("an admin session on {}: {e}", self.name))
+    }
+
     /// A plain connection to this database (its driver spawned on the current
     /// runtime), for setting up and asserting.
     pub async fn client(&self) -> Client {
@@ -436,19 +447,28 @@ impl TestDb {
 /// grants it the rights of `kinds` as `setup` grants them. The role is dropped with the
 /// returned guard.
 pub(crate) async fn app_role(admin: ConnParts, db: &str, kinds: &[RoleKind]) -> TestRole {
-    use resilient_circuit::storage::postgres::{migrate, roles};
-    let mut client = admin.with_db(db).connect().await.unwrap_or_else(|e| {
+    use resilient_circuit::admin::{AdminSession, RoleName};
+    use resilient_circuit::storage::postgres::PostgresOptions;
+    let opts = PostgresOptions::from_dsn(&admin.with_db(db).conninfo())
+        .unwrap_or_else(|e| panic!("the admin's conninfo for {db}: {e}"));
+    let mut session = AdminSession::connect(&opts)
+        .await
+        .unwrap_or_else(|e| panic!("connecting to {db} to set it up failed: {e}"));
+    session
+        .migrate(Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|e| panic!("applying the migrations to {db}: {e}"));
+    let client = admin.with_db(db).connect().await.unwrap_or_else(|e| {
         panic!(
             "connecting to {db} to set it up failed: {}",
             error_chain(&e)
         )
     });
-    migrate::migrate(&mut client)
-        .await
-        .unwrap_or_else(|e| panic!("applying the migrations to {db}: {e}"));
     let role = TestRole::create(&admin, db, &client).await;
+    let name = RoleName::new(&role.name).expect("a test role's name is valid");
     for kind in kinds {
-        roles::grant(&mut client, &role.name, *kind)
+        session
+            .grant(&name, *kind)
             .await
             .unwrap_or_else(|e| panic!("granting {kind} to {}: {e}", role.name));
     }

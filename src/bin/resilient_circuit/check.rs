@@ -3,28 +3,10 @@
 
 use std::process::ExitCode;
 
-use resilient_circuit::storage::postgres::migrate::{self, MIGRATIONS, OBJECTS};
-use resilient_circuit::storage::postgres::roles::{self, Rights, RoleKind};
+use resilient_circuit::admin::{RoleKind, MIGRATIONS, OBJECTS};
 use resilient_circuit::storage::postgres::PostgresOptions;
-use resilient_circuit::StorageError;
 
-use super::{connect, quote_ident, CliError};
-
-/// The triggers the objects create: (table, trigger).
-const TRIGGERS: &[(&str, &str)] = &[
-    (
-        "rc_circuit_breakers",
-        "update_rc_circuit_breakers_updated_at",
-    ),
-    ("rc_circuit_breakers", "rc_bump_version"),
-    ("rc_circuit_breakers", "rc_notify_insert"),
-    ("rc_circuit_breakers", "rc_notify_update"),
-    ("rc_circuit_breakers", "rc_notify_delete"),
-    ("rc_circuit_breakers", "rc_notify_truncate"),
-    ("rc_breaker_config", "rc_config_stamp"),
-    ("rc_breaker_config", "rc_config_mode"),
-    ("rc_breaker_config", "rc_notify_config"),
-];
+use super::{connect, role_name, CliError};
 
 /// The notification queue's usage past which `check` reports a problem.
 const QUEUE_PROBLEM: f64 = 0.5;
@@ -55,105 +37,65 @@ enum Level {
 }
 
 pub async fn run(opts: &PostgresOptions, args: Args) -> Result<ExitCode, CliError> {
-    if let Some(r) = &args.role {
-        quote_ident(r)?;
-    }
+    let role = args.role.as_deref().map(role_name).transpose()?;
     let session = connect(opts).await?;
-    let client = session.client();
+    let health = session.check().await?;
     let mut findings: Vec<(Level, String)> = Vec::new();
-    let db = |during: &'static str| move |e| CliError::db(during, e);
 
-    match migrate::verify(client).await {
-        Ok(()) => findings.push((
+    findings.push(match &health.schema_problem {
+        None => (
             Level::Ok,
             format!(
                 "schema version {} and {} objects (every migration and object applied, checksums match)",
                 MIGRATIONS.last().map_or(0, |m| m.version),
                 OBJECTS.len()
             ),
-        )),
-        Err(StorageError::SchemaNotReady { reason }) => {
-            findings.push((Level::Problem, format!("schema: {reason}")))
-        }
-        Err(e) => return Err(e.into()),
-    }
-
-    let rows = client
-        .query_typed(
-            "SELECT c.relname::pg_catalog.text, t.tgname::pg_catalog.text \
-             FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_class c \
-               ON c.oid OPERATOR(pg_catalog.=) t.tgrelid \
-             WHERE c.relnamespace OPERATOR(pg_catalog.=) 'public'::pg_catalog.regnamespace \
-               AND NOT t.tgisinternal",
-            &[],
-        )
-        .await
-        .map_err(db("checking the triggers"))?;
-    let present: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
-    for (table, trigger) in TRIGGERS {
-        let found = present.iter().any(|(t, g)| t == table && g == trigger);
+        ),
+        Some(reason) => (Level::Problem, format!("schema: {reason}")),
+    });
+    for t in &health.triggers {
         findings.push((
-            if found { Level::Ok } else { Level::Problem },
-            format!("trigger {trigger} on public.{table}"),
+            if t.present { Level::Ok } else { Level::Problem },
+            format!("trigger {} on public.{}", t.trigger, t.table),
         ));
     }
-
-    // Functions anyone may run: only what a role is granted should be.
-    let public = client
-        .query_typed(
-            "SELECT p.proname::pg_catalog.text FROM pg_catalog.pg_proc p \
-             WHERE p.pronamespace OPERATOR(pg_catalog.=) 'public'::pg_catalog.regnamespace \
-               AND p.proname OPERATOR(pg_catalog.~~) 'rc\\_%' \
-               AND pg_catalog.has_function_privilege('public', p.oid, 'EXECUTE') \
-             ORDER BY 1",
-            &[],
+    findings.push(if health.missing_functions.is_empty() {
+        (
+            Level::Ok,
+            "every function this build calls is in the catalog".into(),
         )
-        .await
-        .map_err(db("checking the functions' grants"))?;
-    let public: Vec<String> = public.iter().map(|r| r.get(0)).collect();
-    findings.push(if public.is_empty() {
+    } else {
+        (
+            Level::Problem,
+            format!(
+                "functions this build calls are missing: {}",
+                health.missing_functions.join(", ")
+            ),
+        )
+    });
+    // Functions anyone may run: only what a role is granted should be.
+    findings.push(if health.public_functions.is_empty() {
         (Level::Ok, "no function of ours may be run by every role (PUBLIC)".into())
     } else {
         (
             Level::Problem,
             format!(
                 "functions every role may run (PUBLIC holds EXECUTE): {}; run `resilient-circuit setup` to revoke it",
-                public.join(", ")
+                health.public_functions.join(", ")
             ),
         )
     });
-
     // Schemas on the search path that roles other than their owner may create objects in: an
     // operator or function made there runs as whoever resolves a name through it. This crate's
     // SQL resolves nothing through them; other SQL on the database may.
-    let unsafe_schemas = client
-        .query_typed(
-            "SELECT n.nspname::pg_catalog.text, \
-                    CASE WHEN pg_catalog.has_schema_privilege('public', n.oid, 'CREATE') \
-                         THEN 'every role (PUBLIC)' \
-                         ELSE (SELECT pg_catalog.string_agg(r.rolname::pg_catalog.text, ', ' \
-                                                            ORDER BY r.rolname) \
-                               FROM pg_catalog.pg_roles r \
-                               WHERE NOT r.rolsuper AND r.oid OPERATOR(pg_catalog.<>) n.nspowner \
-                                 AND pg_catalog.has_schema_privilege(r.oid, n.oid, 'CREATE')) END \
-             FROM pg_catalog.pg_namespace n \
-             WHERE n.nspname OPERATOR(pg_catalog.=) ANY (pg_catalog.current_schemas(false)) \
-             ORDER BY 1",
-            &[],
-        )
-        .await
-        .map_err(db("checking the schemas"))?;
-    let unsafe_schemas: Vec<(String, String)> = unsafe_schemas
-        .iter()
-        .filter_map(|r| Some((r.get(0), r.get::<_, Option<String>>(1)?)))
-        .collect();
-    if unsafe_schemas.is_empty() {
+    if health.open_schemas.is_empty() {
         findings.push((
             Level::Ok,
             "no schema on the search path is writable by a role other than its owner".into(),
         ));
     }
-    for (schema, who) in &unsafe_schemas {
+    for s in &health.open_schemas {
+        let (schema, who) = (&s.schema, &s.creators);
         findings.push((
             Level::Warn,
             format!(
@@ -161,13 +103,7 @@ pub async fn run(opts: &PostgresOptions, args: Args) -> Result<ExitCode, CliErro
             ),
         ));
     }
-
-    let usage: f64 = client
-        .query_typed("SELECT pg_catalog.pg_notification_queue_usage()", &[])
-        .await
-        .map_err(db("reading the notification queue"))?
-        .first()
-        .map_or(0.0, |r| r.get(0));
+    let usage = health.queue_usage;
     findings.push(if usage < QUEUE_PROBLEM {
         (
             Level::Ok,
@@ -184,62 +120,48 @@ pub async fn run(opts: &PostgresOptions, args: Args) -> Result<ExitCode, CliErro
     });
 
     let mut fix: Option<String> = None;
-    if let Some(role) = &args.role {
-        let quoted = quote_ident(role)?;
-        let recorded = roles::recorded(client)
-            .await?
-            .into_iter()
-            .find(|(r, _)| r == role)
-            .map(|(_, kinds)| kinds);
-        let kinds = match (args.kind, recorded) {
-            (Some(k), _) => vec![k],
-            (None, Some(kinds)) => kinds,
-            (None, None) => vec![RoleKind::Instance],
-        };
-        let names: Vec<&str> = kinds.iter().map(|k| k.as_str()).collect();
-        match roles::held(client, role).await? {
-            None => findings.push((Level::Problem, format!("role {quoted} does not exist"))),
-            Some(held) => {
-                let expected = Rights::of(&kinds);
-                let missing = expected.beyond(&held);
-                let excess = held.beyond(&expected).beyond(&roles::public_rights());
-                if missing.is_empty() {
-                    findings.push((
-                        Level::Ok,
-                        format!("role {quoted} holds what a {} needs", names.join(" and ")),
-                    ));
-                } else {
-                    findings.push((
-                        Level::Problem,
-                        format!(
-                            "role {quoted} ({}) lacks {}",
-                            names.join(", "),
-                            missing.describe()
-                        ),
-                    ));
-                    let flag = match kinds.iter().max() {
-                        Some(RoleKind::Reader) => "--grant-reader",
-                        Some(RoleKind::Python) => "--grant-python",
-                        Some(RoleKind::Operator) => "--grant-operator",
-                        _ => "--grant-to",
-                    };
-                    fix = Some(format!(
-                        "resilient-circuit setup {flag} {}",
-                        shell_word(role)
-                    ));
-                }
-                if excess.is_empty() {
-                    findings.push((Level::Ok, format!("role {quoted} holds nothing more")));
-                } else {
-                    findings.push((
-                        Level::Problem,
-                        format!(
-                            "role {quoted} ({}) holds more than it needs: {} (revoke it; a role that runs the Python package is granted with --grant-python)",
-                            names.join(", "),
-                            excess.describe()
-                        ),
-                    ));
-                }
+    if let Some(role) = &role {
+        let found = session.check_role(role.as_str(), args.kind).await?;
+        let names: Vec<&str> = found.kinds.iter().map(|k| k.as_str()).collect();
+        if !found.exists {
+            findings.push((Level::Problem, format!("role {role} does not exist")));
+        } else {
+            if found.missing.is_empty() {
+                findings.push((
+                    Level::Ok,
+                    format!("role {role} holds what a {} needs", names.join(" and ")),
+                ));
+            } else {
+                findings.push((
+                    Level::Problem,
+                    format!(
+                        "role {role} ({}) lacks {}",
+                        names.join(", "),
+                        found.missing.describe()
+                    ),
+                ));
+                let flag = match found.kinds.iter().max() {
+                    Some(RoleKind::Reader) => "--grant-reader",
+                    Some(RoleKind::Python) => "--grant-python",
+                    Some(RoleKind::Operator) => "--grant-operator",
+                    _ => "--grant-to",
+                };
+                fix = Some(format!(
+                    "resilient-circuit setup {flag} {}",
+                    shell_word(role.as_str())
+                ));
+            }
+            if found.excess.is_empty() {
+                findings.push((Level::Ok, format!("role {role} holds nothing more")));
+            } else {
+                findings.push((
+                    Level::Problem,
+                    format!(
+                        "role {role} ({}) holds more than it needs: {} (revoke it; a role that runs the Python package is granted with --grant-python)",
+                        names.join(", "),
+                        found.excess.describe()
+                    ),
+                ));
             }
         }
     }

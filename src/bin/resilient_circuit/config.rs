@@ -7,10 +7,9 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
+use resilient_circuit::admin::ConfigChange;
 use resilient_circuit::storage::postgres::PostgresOptions;
 use resilient_circuit::{Mode, Ratio, TripPolicy};
-
-use tokio_postgres::types::Type;
 
 use super::text::escaped;
 use super::{connect, namespace, CliError};
@@ -155,175 +154,74 @@ fn parse_mode(s: &str) -> Result<Mode, String> {
 
 pub async fn run(opts: &PostgresOptions, args: Args) -> Result<ExitCode, CliError> {
     let ns = namespace(opts, &args.namespace);
-    let policy = trip_policy(&args)?;
+    let mut change = ConfigChange::new();
+    if args.reset {
+        change = change.reset();
+    }
+    if let Some(mode) = args.mode {
+        change = change.mode(mode);
+    }
+    if let Some(cooldown) = args.cooldown {
+        change = change.cooldown(cooldown);
+    }
+    if let Some(limit) = args.failure_limit {
+        change = change.failure_limit(limit);
+    }
+    if let Some(limit) = args.success_limit {
+        change = change.success_limit(limit);
+    }
+    if let Some(policy) = trip_policy(&args)? {
+        change = change.trip_policy(policy);
+    }
+    if let Some(note) = &args.note {
+        change = change.note(note.clone());
+    }
+    change
+        .validate()
+        .map_err(|e| CliError::Usage(e.to_string()))?;
     let session = connect(opts).await?;
-    let changing = args.reset
-        || args.mode.is_some()
-        || args.cooldown.is_some()
-        || args.failure_limit.is_some()
-        || args.success_limit.is_some()
-        || policy.is_some();
-    let rows = if changing {
-        let cooldown_ms = args
-            .cooldown
-            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-        let (f_num, f_den) = split(args.failure_limit);
-        let (s_num, s_den) = split(args.success_limit);
-        let mode = args.mode.map(Mode::as_str);
-        let p = PolicyParams::of(policy);
-        session
-            .client()
-            .query_typed(
-                "SELECT * FROM public.rc_configure($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
-                 $11, $12, $13, $14, $15, $16, $17)",
-                &[
-                    (&ns, Type::TEXT),
-                    (&args.key, Type::TEXT),
-                    (&mode, Type::TEXT),
-                    (&cooldown_ms, Type::INT8),
-                    (&f_num, Type::INT4),
-                    (&f_den, Type::INT4),
-                    (&s_num, Type::INT4),
-                    (&s_den, Type::INT4),
-                    (&args.reset, Type::BOOL),
-                    (&args.note, Type::TEXT),
-                    (&p.name, Type::TEXT),
-                    (&p.instances, Type::INT4),
-                    (&p.within_ms, Type::INT8),
-                    (&p.rate_num, Type::INT4),
-                    (&p.rate_den, Type::INT4),
-                    (&p.min_calls, Type::INT4),
-                    (&p.period_ms, Type::INT8),
-                ],
-            )
-            .await
-            .map_err(|e| CliError::db("changing the live configuration", e))?
+    let live = if change.changes_anything() {
+        session.configure(ns, &args.key, &change).await?
     } else {
-        let keys = vec![args.key.clone()];
-        session
-            .client()
-            .query_typed(
-                "SELECT * FROM public.rc_configs($1, $2)",
-                &[(&ns, Type::TEXT), (&keys, Type::TEXT_ARRAY)],
-            )
-            .await
-            .map_err(|e| CliError::db("reading the live configuration", e))?
+        session.configuration(ns, &args.key).await?
     };
     let key = escaped(&args.key);
-    let Some(row) = rows.first() else {
+    let Some(live) = live else {
         say!(
             "{key} in namespace {}: mode normal, the code's values (no live configuration)",
             escaped(ns)
         );
         return Ok(ExitCode::SUCCESS);
     };
-    let mode: String = row.get("o_mode");
-    let cooldown: Option<i64> = row.get("o_cooldown_ms");
-    let limit = |num: &str, den: &str| match (
-        row.get::<_, Option<i32>>(num),
-        row.get::<_, Option<i32>>(den),
-    ) {
-        (Some(k), Some(n)) => format!("{k}/{n}"),
-        _ => "the code's".into(),
-    };
-    let version: i64 = row.get("o_version");
-    let ms = |column: &str| {
-        let ms: Option<i64> = row.get(column);
-        humantime::format_duration(Duration::from_millis(
-            ms.and_then(|ms| u64::try_from(ms).ok()).unwrap_or(0),
-        ))
-        .to_string()
-    };
-    let trip = match row.get::<_, Option<String>>("o_trip_policy").as_deref() {
+    let duration = |d: Duration| humantime::format_duration(d).to_string();
+    let limit = |r: Option<Ratio>| r.map_or_else(|| "the code's".into(), |r| r.to_string());
+    let trip = match live.trip_policy {
         None => "the code's".to_owned(),
-        Some("quorum") => format!(
-            "quorum of {} within {}",
-            row.get::<_, Option<i32>>("o_quorum_instances").unwrap_or(0),
-            ms("o_quorum_within_ms")
+        Some(TripPolicy::Quorum { instances, within }) => {
+            format!("quorum of {instances} within {}", duration(within))
+        }
+        Some(TripPolicy::FleetRate {
+            limit: rate,
+            min_calls,
+            period,
+        }) => format!(
+            "fleet rate {} over {}, at least {min_calls} calls",
+            limit(Some(rate)),
+            duration(period)
         ),
-        Some("fleet_rate") => format!(
-            "fleet rate {} over {}, at least {} calls",
-            limit("o_rate_num", "o_rate_den"),
-            ms("o_rate_period_ms"),
-            row.get::<_, Option<i32>>("o_rate_min_calls").unwrap_or(0)
-        ),
-        Some(other) => other.replace('_', " "),
+        Some(_) => "any instance".to_owned(),
     };
     say!(
         "{key} in namespace {}: mode {}, cooldown {}, failure limit {}, success limit {}, trip policy {}{}",
         escaped(ns),
-        escaped(&mode),
-        cooldown.map_or_else(
-            || "the code's".into(),
-            |ms| humantime::format_duration(Duration::from_millis(u64::try_from(ms).unwrap_or(0)))
-                .to_string()
-        ),
-        limit("o_failure_num", "o_failure_den"),
-        limit("o_success_num", "o_success_den"),
-        escaped(&trip),
-        if version == 0 {
-            " (no live configuration: the code's values)".to_owned()
-        } else {
-            format!(" (version {version})")
-        }
+        live.mode,
+        live.cooldown.map_or_else(|| "the code's".into(), duration),
+        limit(live.failure_limit),
+        limit(live.success_limit),
+        trip,
+        format!(" (version {})", live.version)
     );
     Ok(ExitCode::SUCCESS)
-}
-
-/// A trip policy as `rc_configure`'s parameters (all NULL: keep the stored one).
-#[derive(Default)]
-struct PolicyParams {
-    name: Option<&'static str>,
-    instances: Option<i32>,
-    within_ms: Option<i64>,
-    rate_num: Option<i32>,
-    rate_den: Option<i32>,
-    min_calls: Option<i32>,
-    period_ms: Option<i64>,
-}
-
-impl PolicyParams {
-    fn of(policy: Option<TripPolicy>) -> PolicyParams {
-        let ms = |d: Duration| i64::try_from(d.as_millis()).ok();
-        match policy {
-            Some(TripPolicy::Quorum { instances, within }) => PolicyParams {
-                name: Some("quorum"),
-                instances: i32::try_from(instances).ok(),
-                within_ms: ms(within),
-                ..PolicyParams::default()
-            },
-            Some(TripPolicy::FleetRate {
-                limit,
-                min_calls,
-                period,
-            }) => {
-                let (rate_num, rate_den) = split(Some(limit));
-                PolicyParams {
-                    name: Some("fleet_rate"),
-                    rate_num,
-                    rate_den,
-                    min_calls: i32::try_from(min_calls).ok(),
-                    period_ms: ms(period),
-                    ..PolicyParams::default()
-                }
-            }
-            Some(_) => PolicyParams {
-                name: Some("any_instance"),
-                ..PolicyParams::default()
-            },
-            None => PolicyParams::default(),
-        }
-    }
-}
-
-fn split(r: Option<Ratio>) -> (Option<i32>, Option<i32>) {
-    match r {
-        Some(r) => (
-            i32::try_from(r.numerator()).ok(),
-            i32::try_from(r.denominator()).ok(),
-        ),
-        None => (None, None),
-    }
 }
 
 #[cfg(test)]

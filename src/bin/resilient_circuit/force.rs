@@ -4,10 +4,8 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use resilient_circuit::storage::postgres::admin::AdminSession;
+use resilient_circuit::admin::Override;
 use resilient_circuit::storage::postgres::PostgresOptions;
-
-use tokio_postgres::types::Type;
 
 use super::text::escaped;
 use super::{connect, namespace, CliError};
@@ -47,62 +45,17 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-async fn force(
-    opts: &PostgresOptions,
-    target: &KeyArgs,
-    state: &str,
-    ms: i64,
-) -> Result<i64, CliError> {
+/// Decrees `to` on the key `target` names.
+async fn force(opts: &PostgresOptions, target: &KeyArgs, to: Override) -> Result<i64, CliError> {
     let ns = namespace(opts, &target.namespace);
     let mut session = connect(opts).await?;
-    let tx = noted(&mut session, &target.note).await?;
-    let rows = tx
-        .query_typed(
-            "SELECT o_version FROM public.rc_force($1, $2, $3, $4)",
-            &[
-                (&ns, Type::TEXT),
-                (&target.key, Type::TEXT),
-                (&state, Type::TEXT),
-                (&ms, Type::INT8),
-            ],
-        )
-        .await
-        .map_err(|e| CliError::db("forcing the breaker", e))?;
-    tx.commit()
-        .await
-        .map_err(|e| CliError::db("forcing the breaker", e))?;
-    rows.first()
-        .map(|r| r.get(0))
-        .ok_or_else(|| CliError::Problem("rc_force returned no row".into()))
-}
-
-/// A transaction whose changes the change log records with `note` (the trigger reads
-/// `resilient_circuit.note` at commit; set for this transaction only).
-async fn noted<'a>(
-    session: &'a mut AdminSession,
-    note: &Option<String>,
-) -> Result<tokio_postgres::Transaction<'a>, CliError> {
-    let tx = session
-        .client_mut()
-        .transaction()
-        .await
-        .map_err(|e| CliError::db("starting a transaction", e))?;
-    if let Some(note) = note {
-        tx.query_typed(
-            "SELECT pg_catalog.set_config('resilient_circuit.note', $1, true)",
-            &[(note, Type::TEXT)],
-        )
-        .await
-        .map_err(|e| CliError::db("recording the note", e))?;
-    }
-    Ok(tx)
+    Ok(session
+        .force(ns, &target.key, to, target.note.as_deref())
+        .await?)
 }
 
 pub async fn open(opts: &PostgresOptions, args: OpenArgs) -> Result<ExitCode, CliError> {
-    let ms = args
-        .hold
-        .map_or(MAX_MS, |d| i64::try_from(d.as_millis()).unwrap_or(MAX_MS));
-    let version = force(opts, &args.target, "OPEN", ms).await?;
+    let version = force(opts, &args.target, Override::Open { hold: args.hold }).await?;
     let how_long = match args.hold {
         Some(d) => format!("for {}", humantime::format_duration(d)),
         None => "until `close`".into(),
@@ -116,7 +69,7 @@ pub async fn open(opts: &PostgresOptions, args: OpenArgs) -> Result<ExitCode, Cl
 }
 
 pub async fn close(opts: &PostgresOptions, args: KeyArgs) -> Result<ExitCode, CliError> {
-    let version = force(opts, &args, "CLOSED", 0).await?;
+    let version = force(opts, &args, Override::Closed).await?;
     say!(
         "{} in namespace {} is CLOSED (version {version})",
         escaped(&args.key),
@@ -128,19 +81,7 @@ pub async fn close(opts: &PostgresOptions, args: KeyArgs) -> Result<ExitCode, Cl
 pub async fn delete(opts: &PostgresOptions, args: KeyArgs) -> Result<ExitCode, CliError> {
     let ns = namespace(opts, &args.namespace);
     let mut session = connect(opts).await?;
-    let tx = noted(&mut session, &args.note).await?;
-    let deleted: bool = tx
-        .query_typed(
-            "SELECT o_deleted FROM public.rc_delete($1, $2)",
-            &[(&ns, Type::TEXT), (&args.key, Type::TEXT)],
-        )
-        .await
-        .map_err(|e| CliError::db("deleting the breaker", e))?
-        .first()
-        .is_some_and(|r| r.get(0));
-    tx.commit()
-        .await
-        .map_err(|e| CliError::db("deleting the breaker", e))?;
+    let deleted = session.delete(ns, &args.key, args.note.as_deref()).await?;
     let key = escaped(&args.key);
     let ns = escaped(ns);
     if !deleted {

@@ -26,8 +26,6 @@ use std::time::Duration;
 use resilient_circuit::storage::postgres::PostgresOptions;
 use serde::Serialize;
 
-use tokio_postgres::types::Type;
-
 use super::text::escaped;
 use super::{connect, namespace, CliError};
 
@@ -75,39 +73,22 @@ struct Entry {
     why: Option<serde_json::Value>,
 }
 
-const QUERY: &str = "SELECT * FROM public.rc_history($1, $2, $3)";
-
 pub async fn run(opts: &PostgresOptions, args: Args) -> Result<ExitCode, CliError> {
     let ns = namespace(opts, &args.namespace);
-    let since_ms = args
-        .since
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
     let session = connect(opts).await?;
-    let err = |e| CliError::db("reading the change log", e);
-    let rows = session
-        .client()
-        .query_typed(
-            QUERY,
-            &[
-                (&ns, Type::TEXT),
-                (&args.key, Type::TEXT),
-                (&since_ms, Type::INT8),
-            ],
-        )
-        .await
-        .map_err(err)?;
-    let mut changes = Vec::with_capacity(rows.len());
-    for r in &rows {
-        let at: std::time::SystemTime = r.try_get("o_at").map_err(err)?;
-        changes.push(Entry {
-            at: humantime::format_rfc3339_millis(at).to_string(),
-            from: r.try_get("o_from").map_err(err)?,
-            to: r.try_get("o_to").map_err(err)?,
-            version: r.try_get("o_version").map_err(err)?,
-            actor: r.try_get("o_actor").map_err(err)?,
-            why: r.try_get("o_why").map_err(err)?,
-        });
-    }
+    let changes: Vec<Entry> = session
+        .history(ns, &args.key, args.since)
+        .await?
+        .into_iter()
+        .map(|c| Entry {
+            at: humantime::format_rfc3339_millis(c.at).to_string(),
+            from: c.from.map(|s| s.as_str().to_owned()),
+            to: c.to.map_or("", |s| s.as_str()).to_owned(),
+            version: c.version,
+            actor: c.actor,
+            why: c.why,
+        })
+        .collect();
     if args.json {
         let text = serde_json::to_string_pretty(&History {
             namespace: ns,

@@ -23,8 +23,7 @@ use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use resilient_circuit::storage::postgres::admin::AdminSession;
-use resilient_circuit::storage::postgres::roles;
+use resilient_circuit::admin::{AdminSession, RoleName};
 use resilient_circuit::storage::postgres::PostgresOptions;
 use resilient_circuit::{ConfigError, StorageError};
 
@@ -81,14 +80,6 @@ pub enum CliError {
     /// The database failed or refused (exit 1).
     #[error("{0}")]
     Storage(#[from] StorageError),
-    /// A query failed (exit 1).
-    #[error("{during}: {cause}")]
-    Database {
-        /// What the command was doing.
-        during: &'static str,
-        /// The server's message (with its detail and hint), or the client's.
-        cause: String,
-    },
     /// Something the command checks is wrong (exit 1).
     #[error("{0}")]
     Problem(String),
@@ -101,46 +92,13 @@ impl CliError {
     pub fn exit_code(&self) -> u8 {
         match self {
             CliError::Usage(_) | CliError::Config(_) => 2,
-            CliError::Storage(_)
-            | CliError::Database { .. }
-            | CliError::Problem(_)
-            | CliError::Io(_) => 1,
+            CliError::Storage(_) | CliError::Problem(_) | CliError::Io(_) => 1,
         }
     }
 
     /// Stdout was closed by its reader (`| head`): not worth a message.
     pub fn is_broken_pipe(&self) -> bool {
         matches!(self, CliError::Io(e) if e.kind() == std::io::ErrorKind::BrokenPipe)
-    }
-
-    /// A database error during `during`.
-    pub fn db(during: &'static str, e: tokio_postgres::Error) -> CliError {
-        let cause = match e.as_db_error() {
-            Some(db) => {
-                let mut s = db.message().to_owned();
-                if let Some(detail) = db.detail() {
-                    s.push_str(" (");
-                    s.push_str(detail);
-                    s.push(')');
-                }
-                if let Some(hint) = db.hint() {
-                    s.push_str("; hint: ");
-                    s.push_str(hint);
-                }
-                s
-            }
-            None => {
-                let mut s = e.to_string();
-                let mut source = std::error::Error::source(&e);
-                while let Some(cause) = source {
-                    s.push_str(": ");
-                    s.push_str(&cause.to_string());
-                    source = cause.source();
-                }
-                s
-            }
-        };
-        CliError::Database { during, cause }
     }
 }
 
@@ -207,7 +165,7 @@ pub fn confirm(question: &str) -> Result<bool, CliError> {
     Ok(matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes"))
 }
 
-/// `name` as a double-quoted SQL identifier; a name that cannot be a role is a usage error.
-pub fn quote_ident(name: &str) -> Result<String, CliError> {
-    roles::quote_role(name).map_err(|e| CliError::Usage(e.to_string()))
+/// `name` as a role's name; a name that cannot be a role is a usage error.
+pub fn role_name(name: &str) -> Result<RoleName, CliError> {
+    RoleName::new(name).map_err(|e| CliError::Usage(e.to_string()))
 }

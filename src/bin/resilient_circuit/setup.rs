@@ -2,10 +2,10 @@
 
 use std::process::ExitCode;
 
-use resilient_circuit::storage::postgres::roles::{self, Rights, RoleKind};
-use resilient_circuit::storage::postgres::{migrate, PostgresOptions};
+use resilient_circuit::admin::{Rights, RoleKind, RoleName};
+use resilient_circuit::storage::postgres::PostgresOptions;
 
-use super::{confirm, connect, quote_ident, CliError};
+use super::{confirm, connect, role_name, CliError};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -39,7 +39,7 @@ pub struct Args {
 
 pub async fn run(opts: &PostgresOptions, args: Args) -> Result<ExitCode, CliError> {
     // Refuse bad names before touching anything.
-    let mut grants: Vec<(&str, RoleKind)> = Vec::new();
+    let mut grants: Vec<(RoleName, RoleKind)> = Vec::new();
     for (roles, kind) in [
         (&args.grant_reader, RoleKind::Reader),
         (&args.grant_to, RoleKind::Instance),
@@ -47,20 +47,16 @@ pub async fn run(opts: &PostgresOptions, args: Args) -> Result<ExitCode, CliErro
         (&args.grant_operator, RoleKind::Operator),
     ] {
         for role in roles {
-            quote_ident(role)?;
-            grants.push((role.as_str(), kind));
+            grants.push((role_name(role)?, kind));
         }
     }
     let mut session = connect(opts).await?;
     for (role, _) in &grants {
-        if roles::held(session.client(), role).await?.is_none() {
-            return Err(CliError::Problem(format!(
-                "role {} does not exist",
-                quote_ident(role)?
-            )));
+        if session.rights_of(role.as_str()).await?.is_none() {
+            return Err(CliError::Problem(format!("role {role} does not exist")));
         }
     }
-    let pending = migrate::pending(session.client()).await?;
+    let pending = session.pending().await?;
 
     if args.dry_run {
         say!("-- resilient-circuit setup --dry-run on {opts}: nothing is changed");
@@ -76,10 +72,8 @@ pub async fn run(opts: &PostgresOptions, args: Args) -> Result<ExitCode, CliErro
             say!("{}", o.sql.trim_end());
         }
         for (role, kind) in &grants {
-            say!("-- {} as {kind}", quote_ident(role)?);
-            for sql in
-                roles::grant_statements(role, *kind).map_err(|e| CliError::Usage(e.to_string()))?
-            {
+            say!("-- {role} as {kind}");
+            for sql in role.grant_statements(*kind) {
                 say!("{sql};");
             }
         }
@@ -96,7 +90,10 @@ pub async fn run(opts: &PostgresOptions, args: Args) -> Result<ExitCode, CliErro
             ));
         }
         if !grants.is_empty() {
-            let roles: Vec<String> = grants.iter().map(|(r, k)| format!("{r} ({k})")).collect();
+            let roles: Vec<String> = grants
+                .iter()
+                .map(|(r, k)| format!("{} ({k})", r.as_str()))
+                .collect();
             what.push(format!("grant access to {}", roles.join(", ")));
         }
         if !what.is_empty() && !confirm(&format!("{} on {opts}?", what.join(" and ")))? {
@@ -104,11 +101,9 @@ pub async fn run(opts: &PostgresOptions, args: Args) -> Result<ExitCode, CliErro
         }
     }
 
-    let applied = migrate::migrate_within(
-        session.client_mut(),
-        std::time::Duration::from_secs(args.wait),
-    )
-    .await?;
+    let applied = session
+        .migrate(std::time::Duration::from_secs(args.wait))
+        .await?;
     if applied.is_empty() {
         say!("schema: every migration and object was applied already");
     } else {
@@ -125,22 +120,22 @@ pub async fn run(opts: &PostgresOptions, args: Args) -> Result<ExitCode, CliErro
             say!("schema: applied object(s) {}", names.join(", "));
         }
     }
-    migrate::verify(session.client()).await?;
+    session.verify().await?;
 
     for (role, kind) in &grants {
-        roles::grant(session.client_mut(), role, *kind).await?;
-        let held = roles::held(session.client(), role)
+        session.grant(role, *kind).await?;
+        let held = session
+            .rights_of(role.as_str())
             .await?
             .ok_or_else(|| CliError::Problem(format!("role {role} disappeared")))?;
         let missing = Rights::of(&[*kind]).beyond(&held);
         if !missing.is_empty() {
             return Err(CliError::Problem(format!(
-                "after granting, {} still lacks {}",
-                quote_ident(role)?,
+                "after granting, {role} still lacks {}",
                 missing.describe()
             )));
         }
-        say!("granted {} the rights of {kind}", quote_ident(role)?);
+        say!("granted {role} the rights of {kind}");
     }
     say!("setup complete");
     Ok(ExitCode::SUCCESS)

@@ -29,8 +29,6 @@ use std::time::Duration;
 use resilient_circuit::storage::postgres::PostgresOptions;
 use serde::Serialize;
 
-use tokio_postgres::types::Type;
-
 use super::text::escaped;
 use super::{connect, namespace, CliError};
 
@@ -67,8 +65,6 @@ struct Breaker {
 /// for ten years).
 const HELD_S: f64 = 9.0 * 365.0 * 86_400.0;
 
-const QUERY: &str = "SELECT * FROM public.rc_status($1)";
-
 /// RFC 3339 in UTC with milliseconds.
 fn stamp(t: Option<std::time::SystemTime>) -> Option<String> {
     t.map(|t| humantime::format_rfc3339_millis(t).to_string())
@@ -77,35 +73,22 @@ fn stamp(t: Option<std::time::SystemTime>) -> Option<String> {
 pub async fn run(opts: &PostgresOptions, args: Args) -> Result<ExitCode, CliError> {
     let ns = namespace(opts, &args.namespace);
     let session = connect(opts).await?;
-    let err = |e| CliError::db("reading the breakers", e);
-    let rows = session
-        .client()
-        .query_typed(QUERY, &[(&ns, Type::TEXT)])
-        .await
-        .map_err(err)?;
-    let mut breakers = Vec::with_capacity(rows.len());
-    for r in &rows {
-        breakers.push(Breaker {
-            key: r.try_get("o_key").map_err(err)?,
-            state: r.try_get("o_state").map_err(err)?,
-            failure_count: r.try_get("o_failure_count").map_err(err)?,
-            half_open_in_seconds: r
-                .try_get::<_, Option<i64>>("o_remaining_ms")
-                .map_err(err)?
-                .map(|ms| ms as f64 / 1000.0),
-            version: r.try_get("o_version").map_err(err)?,
-            updated_at: stamp(r.try_get("o_updated_at").map_err(err)?),
-            since: stamp(r.try_get("o_state_changed_at").map_err(err)?),
-            mode: r.try_get("o_mode").map_err(err)?,
-        });
-    }
-    let usage: f64 = session
-        .client()
-        .query_typed("SELECT o_queue_usage FROM public.rc_server_status()", &[])
-        .await
-        .map_err(|e| CliError::db("reading the notification queue", e))?
-        .first()
-        .map_or(0.0, |r| r.get(0));
+    let breakers: Vec<Breaker> = session
+        .status(ns)
+        .await?
+        .into_iter()
+        .map(|r| Breaker {
+            key: r.key,
+            state: r.state.as_str().to_owned(),
+            failure_count: r.failure_count,
+            half_open_in_seconds: r.half_open_in.map(|d| d.as_secs_f64()),
+            version: r.version,
+            updated_at: stamp(r.updated_at),
+            since: stamp(r.since),
+            mode: r.mode.as_str().to_owned(),
+        })
+        .collect();
+    let usage = session.queue_usage().await?;
 
     if args.json {
         let text = serde_json::to_string_pretty(&Status {

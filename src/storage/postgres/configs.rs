@@ -99,7 +99,7 @@ pub(crate) async fn refresh(
 }
 
 /// One row as a checked [`LiveConfig`].
-fn parse(row: &Row) -> Result<LiveConfig, ConfigError> {
+pub(crate) fn parse(row: &Row) -> Result<LiveConfig, ConfigError> {
     let bad = |e: tokio_postgres::Error| ConfigError::InvalidSetting {
         name: "live configuration",
         reason: e.to_string(),

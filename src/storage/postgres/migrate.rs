@@ -129,7 +129,7 @@ pub const OBJECTS: &[Object] = &[
 ];
 
 /// FNV-1a of the SQL text: enough to notice an edited file, no dependency.
-pub fn checksum(sql: &str) -> String {
+pub(crate) fn checksum(sql: &str) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in sql.bytes() {
         h ^= u64::from(b);
@@ -213,7 +213,7 @@ async fn applied(client: &Client) -> Result<Option<Applied>, StorageError> {
 /// object exists; the error's reason names the first that is not. An object whose checksum
 /// differs (the database was set up by another version of the crate) is only logged: its
 /// signature is the one this build calls.
-pub async fn verify(client: &Client) -> Result<(), StorageError> {
+pub(crate) async fn verify(client: &Client) -> Result<(), StorageError> {
     let Some(applied) = applied(client).await? else {
         return Err(StorageError::SchemaNotReady {
             reason: "table public.rc_schema_migrations does not exist (no migration applied)"
@@ -256,7 +256,8 @@ pub async fn verify(client: &Client) -> Result<(), StorageError> {
     Ok(())
 }
 
-/// What [`migrate`] would apply now (read-only).
+/// What [`AdminSession::migrate`](crate::admin::AdminSession::migrate) would apply now, or
+/// applied.
 #[derive(Debug, Default)]
 pub struct Pending {
     /// Migrations not yet applied, in order.
@@ -274,7 +275,7 @@ impl Pending {
 
 /// The migrations and objects not yet applied as this build has them (read-only: what
 /// [`migrate`] would apply now).
-pub async fn pending(client: &Client) -> Result<Pending, StorageError> {
+pub(crate) async fn pending(client: &Client) -> Result<Pending, StorageError> {
     let done = applied(client).await?.unwrap_or_default();
     Ok(Pending {
         migrations: MIGRATIONS
@@ -292,7 +293,7 @@ pub async fn pending(client: &Client) -> Result<Pending, StorageError> {
 /// back and made again: a DDL statement waiting for a lock holds up every later statement on
 /// its table (the lock queue), so a migration behind a long reader must not wait long, or the
 /// fleet's calls would wait behind it.
-pub const LOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
+pub(crate) const LOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Applies every missing migration, then every object whose definition differs, in one
 /// transaction, and returns what it applied. Idempotent: instances and operators may run it at
@@ -302,12 +303,12 @@ pub const LOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(5
 /// is rolled back and made again after a pause, for at most `patience`, so that a migration
 /// behind a long transaction never stalls the fleet (their statements would queue behind its
 /// lock request). The error then says what held the lock.
-pub async fn migrate(client: &mut Client) -> Result<Pending, StorageError> {
+pub(crate) async fn migrate(client: &mut Client) -> Result<Pending, StorageError> {
     migrate_within(client, std::time::Duration::from_secs(60)).await
 }
 
 /// [`migrate`], trying for at most `patience`.
-pub async fn migrate_within(
+pub(crate) async fn migrate_within(
     client: &mut Client,
     patience: std::time::Duration,
 ) -> Result<Pending, StorageError> {
@@ -440,15 +441,12 @@ async fn migrate_once(client: &mut Client) -> Result<Pending, StorageError> {
     // Roles granted earlier get what new definitions of their functions need.
     if !applied.objects.is_empty() {
         for (role, kinds) in super::roles::recorded(&tx).await? {
+            // A recorded name that cannot be a role's (written by hand) is left alone.
+            let Ok(role) = super::roles::RoleName::new(&role) else {
+                continue;
+            };
             for kind in kinds {
-                let statements = super::roles::grant_statements(&role, kind).map_err(|e| {
-                    StorageError::Database {
-                        during: "granting again",
-                        cause: e.to_string(),
-                        source: None,
-                    }
-                })?;
-                for sql in statements {
+                for sql in role.grant_statements(kind) {
                     tx.batch_execute(&sql).await.map_err(err)?;
                 }
             }

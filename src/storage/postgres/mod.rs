@@ -35,15 +35,15 @@ mod connect;
 pub(crate) mod hosts;
 mod leases;
 mod listener;
-pub mod migrate;
+pub(crate) mod migrate;
 mod payload;
 mod poll;
 mod pool;
 mod publish;
 mod rates;
 mod reaper;
-pub mod roles;
-pub mod statements;
+pub(crate) mod roles;
+pub(crate) mod statements;
 pub(crate) mod tls;
 mod votes;
 

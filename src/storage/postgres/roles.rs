@@ -197,8 +197,58 @@ impl Rights {
 #[error("{0}")]
 pub struct InvalidRoleName(String);
 
+/// A name that can be a role's, checked: its `Display` is the name as a double-quoted SQL
+/// identifier (what `setup` prints and grants to).
+///
+/// ```
+/// use resilient_circuit::admin::RoleName;
+/// assert_eq!(RoleName::new("app").unwrap().to_string(), r#""app""#);
+/// assert_eq!(RoleName::new(r#"a"b"#).unwrap().to_string(), r#""a""b""#);
+/// assert!(RoleName::new("").is_err());
+/// assert!(RoleName::new(&"x".repeat(64)).is_err());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RoleName {
+    name: String,
+    quoted: String,
+}
+
+impl RoleName {
+    /// `name`, or why it cannot name a role.
+    pub fn new(name: &str) -> Result<RoleName, InvalidRoleName> {
+        Ok(RoleName {
+            quoted: quote_role(name)?,
+            name: name.to_owned(),
+        })
+    }
+
+    /// The name as given.
+    pub fn as_str(&self) -> &str {
+        &self.name
+    }
+
+    /// The statements that give this role the rights of `kind` (and of the kinds it
+    /// includes): what [`AdminSession::grant`](super::admin::AdminSession::grant) runs.
+    ///
+    /// ```
+    /// use resilient_circuit::admin::{RoleKind, RoleName};
+    /// let sql = RoleName::new("app").unwrap().grant_statements(RoleKind::Reader);
+    /// assert!(sql.contains(&r#"GRANT SELECT ON public.rc_circuit_breakers TO "app""#.to_owned()));
+    /// assert!(sql.contains(&r#"GRANT EXECUTE ON FUNCTION public.rc_snapshot(text) TO "app""#.to_owned()));
+    /// ```
+    pub fn grant_statements(&self, kind: RoleKind) -> Vec<String> {
+        grant_statements_quoted(&self.quoted, kind)
+    }
+}
+
+impl fmt::Display for RoleName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.quoted)
+    }
+}
+
 /// `name` as a double-quoted SQL identifier, or why it cannot name a role.
-pub fn quote_role(name: &str) -> Result<String, InvalidRoleName> {
+pub(crate) fn quote_role(name: &str) -> Result<String, InvalidRoleName> {
     if name.is_empty() {
         return Err(InvalidRoleName("a role name must not be empty".into()));
     }
@@ -216,17 +266,8 @@ pub fn quote_role(name: &str) -> Result<String, InvalidRoleName> {
     Ok(format!("\"{}\"", name.replace('"', "\"\"")))
 }
 
-/// The statements that give `role` the rights of `kind` (and of the kinds it includes).
-///
-/// ```
-/// use resilient_circuit::storage::postgres::roles::{grant_statements, RoleKind};
-/// let sql = grant_statements("app", RoleKind::Reader).unwrap();
-/// assert!(sql.contains(&r#"GRANT SELECT ON public.rc_circuit_breakers TO "app""#.to_owned()));
-/// assert!(sql.contains(&r#"GRANT EXECUTE ON FUNCTION public.rc_snapshot(text) TO "app""#.to_owned()));
-/// assert!(grant_statements("", RoleKind::Reader).is_err());
-/// ```
-pub fn grant_statements(role: &str, kind: RoleKind) -> Result<Vec<String>, InvalidRoleName> {
-    let quoted = quote_role(role)?;
+/// The statements that give the role `quoted` (a quoted identifier) the rights of `kind`.
+fn grant_statements_quoted(quoted: &str, kind: RoleKind) -> Vec<String> {
     let rights = Rights::of(&[kind]);
     let mut sql: Vec<String> = rights
         .tables
@@ -240,17 +281,18 @@ pub fn grant_statements(role: &str, kind: RoleKind) -> Result<Vec<String>, Inval
             .iter()
             .map(|f| format!("GRANT EXECUTE ON FUNCTION public.{f} TO {quoted}")),
     );
-    Ok(sql)
+    sql
 }
 
 /// Grants `role` the rights of `kind` and records it (`rc_role_grants`), in one transaction.
-pub async fn grant(client: &mut Client, role: &str, kind: RoleKind) -> Result<(), StorageError> {
+pub(crate) async fn grant(
+    client: &mut Client,
+    role: &RoleName,
+    kind: RoleKind,
+) -> Result<(), StorageError> {
     let err = |e| StorageError::db("granting", e);
-    let statements = grant_statements(role, kind).map_err(|e| StorageError::Database {
-        during: "granting",
-        cause: e.to_string(),
-        source: None,
-    })?;
+    let statements = role.grant_statements(kind);
+    let role = role.as_str();
     let tx = client.transaction().await.map_err(err)?;
     for sql in &statements {
         tx.batch_execute(sql).await.map_err(err)?;
@@ -268,7 +310,7 @@ pub async fn grant(client: &mut Client, role: &str, kind: RoleKind) -> Result<()
 /// The roles `rc_role_grants` records, with their kinds; roles that no longer exist are left
 /// out. Nothing when the table does not exist yet (no setup ran) or this role may not read it
 /// (only the schema's owner may).
-pub async fn recorded<C: GenericClient>(
+pub(crate) async fn recorded<C: GenericClient>(
     client: &C,
 ) -> Result<Vec<(String, Vec<RoleKind>)>, StorageError> {
     let err = |e| StorageError::db("reading the recorded grants", e);
@@ -308,7 +350,7 @@ pub async fn recorded<C: GenericClient>(
 
 /// The rights `role` holds on this crate's tables and functions, by PostgreSQL's own checks
 /// (grants to PUBLIC, memberships and ownership included). `None` when no such role exists.
-pub async fn held<C: GenericClient>(
+pub(crate) async fn held<C: GenericClient>(
     client: &C,
     role: &str,
 ) -> Result<Option<Rights>, StorageError> {
@@ -370,14 +412,17 @@ pub async fn held<C: GenericClient>(
     Ok(Some(rights))
 }
 
-/// What any role holds without a grant of ours: the change log and the live configuration are
-/// readable by all (their rows, by row security, only by the roles that may read breakers).
-pub fn public_rights() -> Rights {
-    let mut rights = Rights::default();
-    for t in ["rc_changes", "rc_breaker_config"] {
-        rights.tables.insert((t.to_owned(), "SELECT".to_owned()));
+impl Rights {
+    /// What any role holds without a grant of ours: the change log and the live configuration
+    /// are readable by all (their rows, by row security, only by the roles that may read
+    /// breakers).
+    pub fn public() -> Rights {
+        let mut rights = Rights::default();
+        for t in ["rc_changes", "rc_breaker_config"] {
+            rights.tables.insert((t.to_owned(), "SELECT".to_owned()));
+        }
+        rights
     }
-    rights
 }
 
 #[cfg(test)]

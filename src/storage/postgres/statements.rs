@@ -152,9 +152,10 @@ pub(crate) const REPORT_RATES: Call = Call {
 /// The keys of a namespace under a fleet-rate judgement: `o_key`, `o_remaining_ms`.
 pub(crate) const JUDGED: &str = "SELECT o_key, o_remaining_ms FROM public.rc_judged($1)";
 
-/// The functions the statements above call, with their argument types, as `pg_proc` lists them
-/// (checked against the catalog by a test, so a migration cannot drift from the code).
-pub const FUNCTIONS: &[&str] = &[
+/// The functions the statements above and the administration API call, with their argument
+/// types, as `pg_proc` lists them: `check` reports any the catalog lacks, so a migration cannot
+/// drift from the code unseen.
+pub(crate) const FUNCTIONS: &[&str] = &[
     "rc_snapshot(text)",
     "rc_rows(text,text[])",
     "rc_configs(text,text[])",
@@ -168,6 +169,11 @@ pub const FUNCTIONS: &[&str] = &[
     "rc_vote(text,text,text,integer,integer,integer,bigint,bigint,bigint)",
     "rc_report_rates(text,text,bigint,text[],bigint[],bigint[],integer[],integer[],integer[],bigint[],bigint[])",
     "rc_judged(text)",
+    "rc_status(text)",
+    "rc_history(text,text,bigint)",
+    "rc_force(text,text,text,bigint)",
+    "rc_delete(text,text)",
+    "rc_configure(text,text,text,bigint,integer,integer,integer,integer,boolean,text,text,integer,bigint,integer,integer,integer,bigint)",
 ];
 
 /// One row as a transition function answers it (`o_state, o_version, o_remaining_ms,
