@@ -479,10 +479,9 @@ impl CircuitBreaker {
     async fn force_confirmed(&self, to: State, cooldown: Duration) -> Result<(), StorageError> {
         match self.force(to, cooldown, true) {
             None => Ok(()),
-            Some(rx) => rx.await.unwrap_or(Err(StorageError::Database {
+            Some(rx) => rx.await.unwrap_or(Err(StorageError::Internal {
                 during: "forcing a state",
-                cause: "the storage shut down before the database answered".into(),
-                source: None,
+                what: "the storage shut down before the database answered".into(),
             })),
         }
     }

@@ -342,6 +342,24 @@ pub enum StorageError {
         #[source]
         source: Option<Arc<tokio_postgres::Error>>,
     },
+    /// PostgreSQL answered something this crate cannot use (no row where one is due, a
+    /// notification secret of the wrong shape): a schema changed by hand, or another version's.
+    #[error("unexpected answer from PostgreSQL during {during}: {what}")]
+    Unexpected {
+        /// What we were doing.
+        during: &'static str,
+        /// What came back.
+        what: String,
+    },
+    /// The library's own machinery failed (its background thread, a task, the shutdown of
+    /// the storage before an answer came): not the database's doing.
+    #[error("resilient-circuit could not finish {during}: {what}")]
+    Internal {
+        /// What we were doing.
+        during: &'static str,
+        /// What failed.
+        what: String,
+    },
     /// The TLS setup failed (certificate files, verification mode).
     #[error("TLS setup failed: {0}")]
     Tls(String),

@@ -51,3 +51,26 @@ fn chains_say_each_cause_once() {
     );
     assert_eq!(describe_chain(&chain(&["a", "b", "c"])), "a: b: c");
 }
+
+/// Failures that are not the database's do not say they are: no "PostgreSQL error", and no
+/// SQLSTATE to match.
+#[test]
+fn failures_of_our_own_are_not_database_errors() {
+    let unexpected = StorageError::Unexpected {
+        during: "casting a vote",
+        what: "rc_vote returned no row".into(),
+    };
+    let internal = StorageError::Internal {
+        during: "forcing a state",
+        what: "the storage shut down before the database answered".into(),
+    };
+    for e in [&unexpected, &internal] {
+        assert!(!e.to_string().contains("PostgreSQL error"), "{e}");
+        assert_eq!(e.sqlstate(), None);
+        assert!(!e.is_permanent());
+    }
+    assert_eq!(
+        unexpected.to_string(),
+        "unexpected answer from PostgreSQL during casting a vote: rc_vote returned no row"
+    );
+}

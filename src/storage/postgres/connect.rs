@@ -33,10 +33,9 @@ pub(crate) async fn connect(opts: PostgresOptions) -> Result<Storage, StorageErr
         .await
     {
         Ok(r) => r,
-        Err(e) => Err(StorageError::Database {
+        Err(e) => Err(StorageError::Internal {
             during: "connecting",
-            cause: format!("the connecting task ended early: {e}"),
-            source: None,
+            what: format!("the connecting task ended early: {e}"),
         }),
     }
 }
@@ -65,10 +64,9 @@ fn background() -> Result<&'static tokio::runtime::Handle, StorageError> {
             .map_err(|e| format!("spawning its thread failed: {e}"))?;
         Ok(handle)
     });
-    started.as_ref().map_err(|cause| StorageError::Database {
+    started.as_ref().map_err(|cause| StorageError::Internal {
         during: "starting the background thread",
-        cause: cause.clone(),
-        source: None,
+        what: cause.clone(),
     })
 }
 
@@ -150,10 +148,9 @@ async fn connect_inner(
             })
         }))
         .build()
-        .map_err(|e| StorageError::Database {
+        .map_err(|e| StorageError::Internal {
             during: "building the connection pool",
-            cause: e.to_string(),
-            source: None,
+            what: e.to_string(),
         })?;
     let (shutdown_tx, shutdown_rx) = watch::channel(());
     let mut made = None;
@@ -191,10 +188,9 @@ async fn connect_inner(
         Some(instance)
     });
     let Some(shared) = made else {
-        return Err(StorageError::Database {
+        return Err(StorageError::Internal {
             during: "starting the instance",
-            cause: "internal: backend not built".into(),
-            source: None,
+            what: "the backend was not built".into(),
         });
     };
     // Started first: the connection the schema check opens below is idle from then on too.

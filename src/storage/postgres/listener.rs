@@ -180,10 +180,9 @@ async fn listen(shared: &Shared, live: &mut Live) -> Result<bool, StorageError> 
         || channel.is_empty()
         || channel.len() > 63
     {
-        return Err(StorageError::Database {
+        return Err(StorageError::Unexpected {
             during: "listening",
-            cause: "the notification channel in rc_notify_key is not a plain name".into(),
-            source: None,
+            what: "the notification channel in rc_notify_key is not a plain name".into(),
         });
     }
     let sql = format!("LISTEN {channel}; LISTEN {}", live.check);
@@ -322,10 +321,9 @@ async fn notify_secret(client: &Client) -> Result<Option<(NotifyKey, String)>, S
     match client.query_typed(statements::NOTIFY_SECRET, &[]).await {
         Ok(rows) => {
             let Some(row) = rows.first() else {
-                return Err(StorageError::Database {
+                return Err(StorageError::Unexpected {
                     during,
-                    cause: "rc_notify_key holds no key".into(),
-                    source: None,
+                    what: "rc_notify_key holds no key".into(),
                 });
             };
             let bytes: Vec<u8> = row
@@ -334,11 +332,8 @@ async fn notify_secret(client: &Client) -> Result<Option<(NotifyKey, String)>, S
             let channel: String = row
                 .try_get("o_channel")
                 .map_err(|e| StorageError::db(during, e))?;
-            let key = NotifyKey::new(&bytes).map_err(|cause| StorageError::Database {
-                during,
-                cause,
-                source: None,
-            })?;
+            let key =
+                NotifyKey::new(&bytes).map_err(|what| StorageError::Unexpected { during, what })?;
             Ok(Some((key, channel)))
         }
         Err(e) if e.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) => Ok(None),

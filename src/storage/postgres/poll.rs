@@ -75,10 +75,9 @@ fn snapshot_of(row: &Row) -> Result<String, StorageError> {
 /// The current snapshot: the cursor to take before a full load.
 pub(crate) async fn start(shared: &Shared, client: &Client) -> Result<Cursor, StorageError> {
     let rows = changes_since(shared, client, None).await?;
-    let row = rows.first().ok_or(StorageError::Database {
+    let row = rows.first().ok_or(StorageError::Unexpected {
         during: "polling the change log",
-        cause: "the function returned no row".into(),
-        source: None,
+        what: "rc_changes_since returned no row".into(),
     })?;
     Ok(Cursor {
         snapshot: snapshot_of(row)?,

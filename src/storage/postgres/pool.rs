@@ -64,14 +64,13 @@ impl Shared {
     ) -> Result<Vec<Row>, StorageError> {
         if params.len() != call.types.len() {
             // A programming error in this crate, reported rather than sent.
-            return Err(StorageError::Database {
+            return Err(StorageError::Internal {
                 during,
-                cause: format!(
+                what: format!(
                     "{} parameters for a statement of {}",
                     params.len(),
                     call.types.len()
                 ),
-                source: None,
             });
         }
         let typed: Vec<(&(dyn ToSql + Sync), Type)> = params
@@ -128,10 +127,9 @@ impl Shared {
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<statements::RowState, StorageError> {
         let rows = self.call_many(during, call, params).await?;
-        let row = rows.first().ok_or(StorageError::Database {
+        let row = rows.first().ok_or(StorageError::Unexpected {
             during,
-            cause: "the function returned no row".into(),
-            source: None,
+            what: "the function returned no row".into(),
         })?;
         statements::decode(row, during)
     }

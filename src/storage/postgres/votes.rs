@@ -67,10 +67,9 @@ impl Instance {
                 .await
                 .and_then(|rows| match rows.first() {
                     Some(row) => statements::decode_vote(row),
-                    None => Err(crate::StorageError::Database {
+                    None => Err(crate::StorageError::Unexpected {
                         during: "casting a vote",
-                        cause: "rc_vote returned no row".into(),
-                        source: None,
+                        what: "rc_vote returned no row".into(),
                     }),
                 });
             match answer {

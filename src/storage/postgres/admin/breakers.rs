@@ -258,9 +258,5 @@ fn maybe_state(
 
 /// An answer the database should not have given.
 pub(super) fn unexpected(during: &'static str, what: String) -> StorageError {
-    StorageError::Database {
-        during,
-        cause: format!("unexpected answer: {what}"),
-        source: None,
-    }
+    StorageError::Unexpected { during, what }
 }
