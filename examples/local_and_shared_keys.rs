@@ -40,7 +40,7 @@ struct Pod {
     shared_api: CircuitBreaker,
 }
 
-fn announce(id: &'static str) -> impl Fn(&resilient_circuit::StatusChange) + Send + Sync {
+fn announce(id: &'static str) -> impl Fn(&resilient_circuit::Change) + Send + Sync {
     move |c| {
         println!(
             "{}   {id}: {} {} -> {} ({:?})",

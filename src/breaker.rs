@@ -10,9 +10,7 @@ use crate::telemetry::CallMetrics;
 
 mod permit;
 
-use crate::{
-    Builder, ChangeOrigin, CircuitError, Rejected, State, Storage, StorageError, MAX_DURATION,
-};
+use crate::{Builder, CircuitError, Rejected, State, Storage, StorageError, MAX_DURATION};
 pub use permit::{OwnedPermit, Permit};
 
 /// Whether a finished call counts as a success or a failure of the protected resource.
@@ -495,7 +493,7 @@ impl CircuitBreaker {
         let cooldown = cooldown.min(MAX_DURATION);
         let cell = &self.inner.cell;
         if let Some(t) = cell.force(to, cooldown) {
-            cell.notify(t, ChangeOrigin::Local);
+            cell.notify(t);
         }
         self.inner
             .storage
@@ -580,7 +578,7 @@ impl CircuitBreaker {
         match recorded {
             Recorded::Nothing => {}
             Recorded::Changed(t) => {
-                cell.notify(t, ChangeOrigin::Local);
+                cell.notify(t);
                 self.inner.storage.publish_transition(cell, t);
             }
             Recorded::Report(lease, success) => {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::cell::Callback;
 use crate::policy::{Policy, MAX_DURATION};
-use crate::{CircuitBreaker, ConfigError, Ratio, SlowCalls, StatusChange, Storage, TripPolicy};
+use crate::{Change, CircuitBreaker, ConfigError, Ratio, SlowCalls, Storage, TripPolicy};
 
 /// The longest key the shared table holds (`varchar(255)`), in bytes.
 pub const MAX_KEY_LEN: usize = 255;
@@ -243,9 +243,10 @@ impl Builder {
     }
 
     /// Calls `f` after every transition of this key on its storage, including those another
-    /// instance made. It runs outside every lock; a panic in it is caught and logged. It lives as
-    /// long as the breaker handle (and its clones).
-    pub fn on_status_change(mut self, f: impl Fn(&StatusChange) + Send + Sync + 'static) -> Self {
+    /// instance made, with the same [`Change`] that [`Storage::changes`] streams (a remote one
+    /// with its row version and commit time). It runs outside every lock; a panic in it is
+    /// caught and logged. It lives as long as the breaker handle (and its clones).
+    pub fn on_status_change(mut self, f: impl Fn(&Change) + Send + Sync + 'static) -> Self {
         self.callback = Some(Arc::new(f));
         self
     }

@@ -144,11 +144,26 @@ impl Feed {
         if from == to || self.tx.receiver_count() == 0 {
             return;
         }
+        // An error only means every receiver went away meanwhile.
+        let _ = self
+            .tx
+            .send(self.change(key, from, to, origin, version, committed_at_us));
+    }
+
+    /// The [`Change`] of a transition seen now: what the stream sends and callbacks receive.
+    pub(crate) fn change(
+        &self,
+        key: &str,
+        from: State,
+        to: State,
+        origin: ChangeOrigin,
+        version: Option<i64>,
+        committed_at_us: Option<i64>,
+    ) -> Change {
         let committed_at = committed_at_us
             .and_then(|us| u64::try_from(us).ok())
             .and_then(|us| UNIX_EPOCH.checked_add(Duration::from_micros(us)));
-        // An error only means every receiver went away meanwhile.
-        let _ = self.tx.send(Change {
+        Change {
             key: key.to_owned(),
             namespace: self.namespace.to_string(),
             from,
@@ -157,6 +172,6 @@ impl Feed {
             version,
             committed_at,
             seen_at: SystemTime::now(),
-        });
+        }
     }
 }

@@ -1,4 +1,5 @@
-//! [`State`] and [`StatusChange`]: what a breaker is doing and how it got there.
+//! [`State`] and [`ChangeOrigin`]: what a breaker is doing and who decided it (a transition is
+//! a [`Change`](crate::Change)).
 
 use std::fmt;
 use std::str::FromStr;
@@ -78,19 +79,4 @@ pub enum ChangeOrigin {
     Local,
     /// Another instance, service or operator changed the shared row; this process applied it.
     Remote,
-}
-
-/// A state transition, as passed to [`on_status_change`](crate::Builder::on_status_change)
-/// callbacks.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct StatusChange {
-    /// The breaker's key.
-    pub key: String,
-    /// The state before.
-    pub from: State,
-    /// The state after.
-    pub to: State,
-    /// Who decided it.
-    pub origin: ChangeOrigin,
 }

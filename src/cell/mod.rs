@@ -59,12 +59,12 @@ mod rate;
 mod word;
 
 use crate::changes::Feed;
-use crate::{ChangeOrigin, State, StatusChange};
+use crate::{Change, ChangeOrigin, State};
 pub(crate) use rate::RateCounter;
 pub(crate) use word::{mark_forced, pack_rejection, unpack_rejection, StateWord};
 
 /// A status-change callback as stored by a breaker handle.
-pub(crate) type Callback = dyn Fn(&StatusChange) + Send + Sync;
+pub(crate) type Callback = dyn Fn(&Change) + Send + Sync;
 
 /// A probe permit leased from the shared store for a fleet-wide half-open round.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -461,7 +461,7 @@ impl KeyCell {
                     drop(slow);
                     if let Some(t) = started {
                         // Outside the lock: callbacks may call back into this breaker.
-                        self.notify(t, ChangeOrigin::Local);
+                        self.notify(t);
                     }
                     w = self.load(Ordering::Acquire);
                 }
@@ -776,17 +776,42 @@ impl KeyCell {
         cbs.iter().any(|w| w.strong_count() > 0)
     }
 
-    /// Runs the status-change callbacks outside every lock; a panicking one is logged and the
-    /// others still run.
-    pub(crate) fn notify(&self, t: Transition, origin: ChangeOrigin) {
+    /// Announces a transition this process decided, streams it, and runs the status-change
+    /// callbacks outside every lock.
+    pub(crate) fn notify(&self, t: Transition) {
         if t.from == t.to {
             return;
         }
-        self.announce(t, origin);
-        if origin == ChangeOrigin::Local {
-            self.feed
-                .send(&self.key, t.from, t.to, ChangeOrigin::Local, None, None);
+        self.announce(t, ChangeOrigin::Local);
+        self.feed
+            .send(&self.key, t.from, t.to, ChangeOrigin::Local, None, None);
+        self.run_callbacks(t, ChangeOrigin::Local, None, None);
+    }
+
+    /// Announces a transition that came from the shared table (already streamed) and runs the
+    /// callbacks: on the callbacks thread (`storage::postgres::callbacks`).
+    pub(crate) fn notify_remote(
+        &self,
+        t: Transition,
+        version: Option<i64>,
+        committed_at_us: Option<i64>,
+    ) {
+        if t.from == t.to {
+            return;
         }
+        self.announce(t, ChangeOrigin::Remote);
+        self.run_callbacks(t, ChangeOrigin::Remote, version, committed_at_us);
+    }
+
+    /// Runs the status-change callbacks with the transition's [`Change`], the one the stream
+    /// carries; a panicking one is logged and the others still run.
+    fn run_callbacks(
+        &self,
+        t: Transition,
+        origin: ChangeOrigin,
+        version: Option<i64>,
+        committed_at_us: Option<i64>,
+    ) {
         let live: Vec<Arc<Callback>> = {
             let cbs = self.callbacks.lock().unwrap_or_else(|e| e.into_inner());
             cbs.iter().filter_map(Weak::upgrade).collect()
@@ -794,12 +819,9 @@ impl KeyCell {
         if live.is_empty() {
             return;
         }
-        let change = StatusChange {
-            key: self.key.to_string(),
-            from: t.from,
-            to: t.to,
-            origin,
-        };
+        let change = self
+            .feed
+            .change(&self.key, t.from, t.to, origin, version, committed_at_us);
         for cb in live {
             let run = std::panic::AssertUnwindSafe(|| cb(&change));
             if std::panic::catch_unwind(run).is_err() {

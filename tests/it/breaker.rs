@@ -7,9 +7,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use resilient_circuit::{
-    Builder, ChangeOrigin, CircuitBreaker, CircuitError, ConfigError, ManualClock, Outcome,
-    OwnedPermit, Permit, Ratio, RejectReason, Rejected, SlowCalls, State, StatusChange, Storage,
-    MAX_KEY_LEN,
+    Builder, Change, ChangeOrigin, CircuitBreaker, CircuitError, ConfigError, ManualClock, Outcome,
+    OwnedPermit, Permit, Ratio, RejectReason, Rejected, SlowCalls, State, Storage, MAX_KEY_LEN,
 };
 
 use State::{Closed, HalfOpen, Open};
@@ -18,7 +17,7 @@ use State::{Closed, HalfOpen, Open};
 // Harness
 // ---------------------------------------------------------------------------------------------
 
-type Log = Arc<Mutex<Vec<StatusChange>>>;
+type Log = Arc<Mutex<Vec<Change>>>;
 
 /// One breaker on its own store with a manual clock and a callback that logs every change.
 struct Rig {
@@ -1375,7 +1374,7 @@ fn static_assertions() {
     send_sync_clone::<ManualClock>();
     send_sync_clone::<Rejected>();
     send_sync_clone::<ConfigError>();
-    send_sync_clone::<StatusChange>();
+    send_sync_clone::<Change>();
     send_sync_clone::<Ratio>();
     send_sync::<Permit<'static>>();
     send_sync_static::<OwnedPermit>();

@@ -195,3 +195,53 @@ async fn a_local_cycle_is_streamed_in_order() {
         ]
     );
 }
+
+/// A status-change callback receives the very change the stream carries: a remote one with its
+/// row version and the database's commit time, a local one with neither.
+#[tokio::test]
+async fn callbacks_and_the_stream_see_the_same_change() {
+    let db = test_db().await;
+    let (a, b) = (instance(&db).await, instance(&db).await);
+    let key = unique_key("same-change");
+    let mut stream = b.changes();
+    let on_a = Watched::new(&a, &key, trip_fast);
+    let mut on_b = Watched::new(&b, &key, trip_fast);
+    fail(&on_a.cb).await;
+    let streamed = next_of(&mut stream, &key).await;
+    let called = tokio::time::timeout(WAIT, on_b.changes.recv())
+        .await
+        .expect("a callback within 10 s")
+        .expect("the callback ran");
+    assert_eq!(called.origin, ChangeOrigin::Remote);
+    assert!(
+        called.version.is_some() && called.committed_at.is_some(),
+        "{called:?}"
+    );
+    assert_eq!(
+        (
+            &called.key,
+            &called.namespace,
+            called.from,
+            called.to,
+            called.version,
+            called.committed_at
+        ),
+        (
+            &streamed.key,
+            &streamed.namespace,
+            streamed.from,
+            streamed.to,
+            streamed.version,
+            streamed.committed_at
+        )
+    );
+    let mut on_a = on_a;
+    let local = tokio::time::timeout(WAIT, on_a.changes.recv())
+        .await
+        .expect("a's own callback")
+        .expect("ran");
+    assert_eq!(
+        (local.origin, local.version, local.committed_at),
+        (ChangeOrigin::Local, None, None)
+    );
+}

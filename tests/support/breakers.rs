@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use resilient_circuit::storage::postgres::PostgresOptions;
-use resilient_circuit::{Builder, CircuitBreaker, State, StatusChange, Storage};
+use resilient_circuit::{Builder, Change, CircuitBreaker, State, Storage};
 use tokio::sync::mpsc;
 use tokio_postgres::Client;
 
@@ -46,7 +46,7 @@ pub async fn fail(cb: &CircuitBreaker) {
 /// A breaker plus a stream of the transitions it sees, to await instead of sleeping.
 pub struct Watched {
     pub cb: CircuitBreaker,
-    pub changes: mpsc::UnboundedReceiver<StatusChange>,
+    pub changes: mpsc::UnboundedReceiver<Change>,
 }
 
 impl Watched {

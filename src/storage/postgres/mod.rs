@@ -282,7 +282,7 @@ impl Shared {
             version,
             committed_at_us,
         );
-        self.callbacks.queue(cell, t);
+        self.callbacks.queue(cell, t, version, committed_at_us);
     }
 
     pub(crate) fn set_clock_offset(&self, us: i64) {
