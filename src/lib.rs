@@ -142,6 +142,8 @@ pub use live_config::{LiveConfig, Mode};
 pub use policy::MAX_DURATION;
 pub use ratio::Ratio;
 pub use slow::SlowCalls;
+#[allow(deprecated)]
+pub use state::StatusChange;
 pub use state::{ChangeOrigin, State, UnknownState};
 pub use storage::Storage;
 pub use trip_policy::{TripPolicy, MAX_QUORUM, MIN_RATE_PERIOD};

@@ -80,3 +80,11 @@ pub enum ChangeOrigin {
     /// Another instance, service or operator changed the shared row; this process applied it.
     Remote,
 }
+
+/// What [`on_status_change`](crate::Builder::on_status_change) callbacks received before they
+/// received the stream's [`Change`](crate::Change) (same fields, and more).
+#[deprecated(
+    since = "0.1.0",
+    note = "callbacks receive `resilient_circuit::Change`"
+)]
+pub type StatusChange = crate::Change;

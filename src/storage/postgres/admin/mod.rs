@@ -89,6 +89,24 @@ impl AdminSession {
     pub fn namespace(&self) -> &str {
         &self.namespace
     }
+
+    /// The connection itself, for SQL of your own.
+    #[deprecated(
+        since = "0.1.0",
+        note = "use the typed calls of AdminSession, or a connection of your own"
+    )]
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The connection itself, for transactions of your own.
+    #[deprecated(
+        since = "0.1.0",
+        note = "use the typed calls of AdminSession, or a connection of your own"
+    )]
+    pub fn client_mut(&mut self) -> &mut Client {
+        &mut self.client
+    }
 }
 
 impl PostgresOptions {
