@@ -242,9 +242,9 @@ impl Shared {
     /// Verifies the schema, applying the migrations when allowed; remembers success.
     pub(crate) async fn prepare_schema(&self) -> Result<(), StorageError> {
         let mut client = self.client("checking the schema").await?;
-        let r = match migrate::verify(&client).await {
+        let r = match migrate::verify_schema(&client).await {
             Err(StorageError::SchemaNotReady { .. }) if self.opts.auto_create => {
-                migrate::migrate(&mut client).await.map(|_| ())
+                migrate::apply(&mut client).await.map(|_| ())
             }
             other => other,
         };

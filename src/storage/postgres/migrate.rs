@@ -213,7 +213,7 @@ async fn applied(client: &Client) -> Result<Option<Applied>, StorageError> {
 /// object exists; the error's reason names the first that is not. An object whose checksum
 /// differs (the database was set up by another version of the crate) is only logged: its
 /// signature is the one this build calls.
-pub(crate) async fn verify(client: &Client) -> Result<(), StorageError> {
+pub(crate) async fn verify_schema(client: &Client) -> Result<(), StorageError> {
     let Some(applied) = applied(client).await? else {
         return Err(StorageError::SchemaNotReady {
             reason: "table public.rc_schema_migrations does not exist (no migration applied)"
@@ -275,7 +275,7 @@ impl Pending {
 
 /// The migrations and objects not yet applied as this build has them (read-only: what
 /// [`migrate`] would apply now).
-pub(crate) async fn pending(client: &Client) -> Result<Pending, StorageError> {
+pub(crate) async fn pending_of(client: &Client) -> Result<Pending, StorageError> {
     let done = applied(client).await?.unwrap_or_default();
     Ok(Pending {
         migrations: MIGRATIONS
@@ -303,12 +303,12 @@ pub(crate) const LOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_m
 /// is rolled back and made again after a pause, for at most `patience`, so that a migration
 /// behind a long transaction never stalls the fleet (their statements would queue behind its
 /// lock request). The error then says what held the lock.
-pub(crate) async fn migrate(client: &mut Client) -> Result<Pending, StorageError> {
-    migrate_within(client, std::time::Duration::from_secs(60)).await
+pub(crate) async fn apply(client: &mut Client) -> Result<Pending, StorageError> {
+    apply_within(client, std::time::Duration::from_secs(60)).await
 }
 
 /// [`migrate`], trying for at most `patience`.
-pub(crate) async fn migrate_within(
+pub(crate) async fn apply_within(
     client: &mut Client,
     patience: std::time::Duration,
 ) -> Result<Pending, StorageError> {
@@ -440,7 +440,7 @@ async fn migrate_once(client: &mut Client) -> Result<Pending, StorageError> {
     tx.batch_execute(REVOKE_FROM_PUBLIC).await.map_err(err)?;
     // Roles granted earlier get what new definitions of their functions need.
     if !applied.objects.is_empty() {
-        for (role, kinds) in super::roles::recorded(&tx).await? {
+        for (role, kinds) in super::roles::recorded_on(&tx).await? {
             // A recorded name that cannot be a role's (written by hand) is left alone.
             let Ok(role) = super::roles::RoleName::new(&role) else {
                 continue;
@@ -454,4 +454,43 @@ async fn migrate_once(client: &mut Client) -> Result<Pending, StorageError> {
     }
     tx.commit().await.map_err(err)?;
     Ok(applied)
+}
+
+/// Applies the schema on `client` (see [`AdminSession::migrate`](crate::admin::AdminSession::migrate)).
+#[deprecated(
+    since = "0.1.0",
+    note = "use resilient_circuit::admin::AdminSession::migrate"
+)]
+pub async fn migrate(client: &mut Client) -> Result<Pending, StorageError> {
+    apply(client).await
+}
+
+/// Applies the schema on `client`, trying for at most `patience`.
+#[deprecated(
+    since = "0.1.0",
+    note = "use resilient_circuit::admin::AdminSession::migrate"
+)]
+pub async fn migrate_within(
+    client: &mut Client,
+    patience: std::time::Duration,
+) -> Result<Pending, StorageError> {
+    apply_within(client, patience).await
+}
+
+/// Ok when the schema on `client` is this build's.
+#[deprecated(
+    since = "0.1.0",
+    note = "use resilient_circuit::admin::AdminSession::verify"
+)]
+pub async fn verify(client: &Client) -> Result<(), StorageError> {
+    verify_schema(client).await
+}
+
+/// What [`migrate`] would apply on `client` now.
+#[deprecated(
+    since = "0.1.0",
+    note = "use resilient_circuit::admin::AdminSession::pending"
+)]
+pub async fn pending(client: &Client) -> Result<Pending, StorageError> {
+    pending_of(client).await
 }

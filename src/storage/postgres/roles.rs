@@ -217,7 +217,7 @@ impl RoleName {
     /// `name`, or why it cannot name a role.
     pub fn new(name: &str) -> Result<RoleName, InvalidRoleName> {
         Ok(RoleName {
-            quoted: quote_role(name)?,
+            quoted: quoted(name)?,
             name: name.to_owned(),
         })
     }
@@ -248,7 +248,13 @@ impl fmt::Display for RoleName {
 }
 
 /// `name` as a double-quoted SQL identifier, or why it cannot name a role.
-pub(crate) fn quote_role(name: &str) -> Result<String, InvalidRoleName> {
+#[deprecated(since = "0.1.0", note = "use RoleName::new")]
+pub fn quote_role(name: &str) -> Result<String, InvalidRoleName> {
+    quoted(name)
+}
+
+/// `name` as a double-quoted SQL identifier, or why it cannot name a role (see [`RoleName`]).
+fn quoted(name: &str) -> Result<String, InvalidRoleName> {
     if name.is_empty() {
         return Err(InvalidRoleName("a role name must not be empty".into()));
     }
@@ -285,7 +291,7 @@ fn grant_statements_quoted(quoted: &str, kind: RoleKind) -> Vec<String> {
 }
 
 /// Grants `role` the rights of `kind` and records it (`rc_role_grants`), in one transaction.
-pub(crate) async fn grant(
+pub(crate) async fn grant_to(
     client: &mut Client,
     role: &RoleName,
     kind: RoleKind,
@@ -310,7 +316,7 @@ pub(crate) async fn grant(
 /// The roles `rc_role_grants` records, with their kinds; roles that no longer exist are left
 /// out. Nothing when the table does not exist yet (no setup ran) or this role may not read it
 /// (only the schema's owner may).
-pub(crate) async fn recorded<C: GenericClient>(
+pub(crate) async fn recorded_on<C: GenericClient>(
     client: &C,
 ) -> Result<Vec<(String, Vec<RoleKind>)>, StorageError> {
     let err = |e| StorageError::db("reading the recorded grants", e);
@@ -350,7 +356,7 @@ pub(crate) async fn recorded<C: GenericClient>(
 
 /// The rights `role` holds on this crate's tables and functions, by PostgreSQL's own checks
 /// (grants to PUBLIC, memberships and ownership included). `None` when no such role exists.
-pub(crate) async fn held<C: GenericClient>(
+pub(crate) async fn held_by<C: GenericClient>(
     client: &C,
     role: &str,
 ) -> Result<Option<Rights>, StorageError> {
@@ -425,6 +431,56 @@ impl Rights {
     }
 }
 
+/// Grants `role` the rights of `kind` on `client`.
+#[deprecated(
+    since = "0.1.0",
+    note = "use resilient_circuit::admin::AdminSession::grant"
+)]
+pub async fn grant(client: &mut Client, role: &str, kind: RoleKind) -> Result<(), StorageError> {
+    let role = RoleName::new(role).map_err(|e| {
+        StorageError::Config(crate::ConfigError::InvalidSetting {
+            name: "role",
+            reason: e.to_string(),
+        })
+    })?;
+    grant_to(client, &role, kind).await
+}
+
+/// The rights `role` holds, read on `client`.
+#[deprecated(
+    since = "0.1.0",
+    note = "use resilient_circuit::admin::AdminSession::rights_of"
+)]
+pub async fn held<C: GenericClient>(
+    client: &C,
+    role: &str,
+) -> Result<Option<Rights>, StorageError> {
+    held_by(client, role).await
+}
+
+/// The roles `setup` recorded, read on `client`.
+#[deprecated(
+    since = "0.1.0",
+    note = "use resilient_circuit::admin::AdminSession::recorded_grants"
+)]
+pub async fn recorded<C: GenericClient>(
+    client: &C,
+) -> Result<Vec<(String, Vec<RoleKind>)>, StorageError> {
+    recorded_on(client).await
+}
+
+/// What any role holds without a grant of ours.
+#[deprecated(since = "0.1.0", note = "use Rights::public")]
+pub fn public_rights() -> Rights {
+    Rights::public()
+}
+
+/// The statements that give `role` the rights of `kind`.
+#[deprecated(since = "0.1.0", note = "use RoleName::grant_statements")]
+pub fn grant_statements(role: &str, kind: RoleKind) -> Result<Vec<String>, InvalidRoleName> {
+    Ok(RoleName::new(role)?.grant_statements(kind))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -457,10 +513,10 @@ mod tests {
 
     #[test]
     fn role_names_are_quoted_or_refused() {
-        assert_eq!(quote_role("app").as_deref(), Ok("\"app\""));
-        assert_eq!(quote_role("a\"b").as_deref(), Ok("\"a\"\"b\""));
-        assert!(quote_role("").is_err());
-        assert!(quote_role("a\0b").is_err());
-        assert!(quote_role(&"x".repeat(64)).is_err());
+        assert_eq!(quoted("app").as_deref(), Ok("\"app\""));
+        assert_eq!(quoted("a\"b").as_deref(), Ok("\"a\"\"b\""));
+        assert!(quoted("").is_err());
+        assert!(quoted("a\0b").is_err());
+        assert!(quoted(&"x".repeat(64)).is_err());
     }
 }

@@ -83,7 +83,7 @@ pub struct RoleCheck {
 impl AdminSession {
     /// The migrations and objects this build would apply (read-only).
     pub async fn pending(&self) -> Result<Pending, StorageError> {
-        migrate::pending(&self.client).await
+        migrate::pending_of(&self.client).await
     }
 
     /// Applies every missing migration, then every object whose definition differs, in one
@@ -91,31 +91,31 @@ impl AdminSession {
     /// a lock, and the whole is tried again until `patience` has passed (so that the fleet's
     /// calls never queue long behind it). Idempotent. Needs a role that may create tables.
     pub async fn migrate(&mut self, patience: Duration) -> Result<Pending, StorageError> {
-        migrate::migrate_within(&mut self.client, patience).await
+        migrate::apply_within(&mut self.client, patience).await
     }
 
     /// Ok when the schema is this build's: every migration and object applied, checksums
     /// matching; else [`StorageError::SchemaNotReady`] saying what is missing.
     pub async fn verify(&self) -> Result<(), StorageError> {
-        migrate::verify(&self.client).await
+        migrate::verify_schema(&self.client).await
     }
 
     /// Grants `role` the rights of `kind` and records it, so that a later
     /// [`migrate`](Self::migrate) grants it again what new definitions need.
     pub async fn grant(&mut self, role: &RoleName, kind: RoleKind) -> Result<(), StorageError> {
-        roles::grant(&mut self.client, role, kind).await
+        roles::grant_to(&mut self.client, role, kind).await
     }
 
     /// The rights `role` holds on this crate's tables and functions, by PostgreSQL's own
     /// checks; `None` when no such role exists.
     pub async fn rights_of(&self, role: &str) -> Result<Option<Rights>, StorageError> {
-        roles::held(&self.client, role).await
+        roles::held_by(&self.client, role).await
     }
 
     /// The roles `setup` granted, with their kinds (nothing when this role may not read the
     /// record: only the schema's owner may).
     pub async fn recorded_grants(&self) -> Result<Vec<(String, Vec<RoleKind>)>, StorageError> {
-        roles::recorded(&self.client).await
+        roles::recorded_on(&self.client).await
     }
 
     /// The schema, the triggers, the functions' grants, the schemas on the search path, and
