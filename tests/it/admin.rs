@@ -12,7 +12,7 @@ use resilient_circuit::{Mode, Ratio, State};
 use crate::support::breakers::{instance, trip_fast, Watched};
 use crate::support::{eventually, test_db, unique_key, TestDb, TestRole};
 
-const WAIT: Duration = Duration::from_secs(10);
+use crate::support::WAIT;
 
 async fn session_as(db: &TestDb, role: &TestRole) -> AdminSession {
     let opts = PostgresOptions::from_dsn(&db.conninfo_as(role)).expect("dsn");

@@ -10,7 +10,7 @@ use tokio_stream::StreamExt;
 use crate::support::breakers::{fail, instance, trip_fast, Watched};
 use crate::support::{test_db, unique_key};
 
-const WAIT: Duration = Duration::from_secs(10);
+use crate::support::WAIT;
 
 /// The next change of `key` on `changes`, skipping other keys.
 async fn next_of(changes: &mut Changes, key: &str) -> Change {
@@ -68,14 +68,7 @@ async fn a_trip_is_local_on_its_instance_and_remote_with_version_and_commit_time
     let after = database_now(&client).await;
     assert_eq!((remote.from, remote.to), (State::Closed, State::Open));
     assert_eq!(remote.origin, ChangeOrigin::Remote);
-    let version: i64 = client
-        .query_one(
-            "SELECT version FROM rc_circuit_breakers WHERE resource_key = $1",
-            &[&key],
-        )
-        .await
-        .expect("the row exists")
-        .get(0);
+    let version = crate::support::version_of(&client, &key).await;
     assert_eq!(remote.version, Some(version));
     let committed = remote.committed_at.expect("the notification says when");
     assert!(

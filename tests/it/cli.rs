@@ -12,7 +12,7 @@ use crate::support::breakers::Watched;
 use crate::support::{eventually, test_db, unique_key, TestDb};
 
 const BIN: &str = env!("CARGO_BIN_EXE_resilient-circuit");
-const WAIT: Duration = Duration::from_secs(10);
+use crate::support::WAIT;
 
 /// What one run printed.
 pub(crate) struct Run {
@@ -424,16 +424,7 @@ async fn watch_prints_a_line_per_change() {
     assert_eq!(fields.len(), 8, "{line}");
     assert!(fields[0].ends_with('Z'), "{line}");
     assert_eq!(&fields[1..4], &["default", key.as_str(), "OPEN"], "{line}");
-    let version: i64 = db
-        .client()
-        .await
-        .query_one(
-            "SELECT version FROM rc_circuit_breakers WHERE resource_key = $1",
-            &[&key],
-        )
-        .await
-        .expect("the row exists")
-        .get(0);
+    let version = crate::support::version_of(&db.client().await, &key).await;
     assert_eq!(fields[4], format!("v{version}"), "{line}");
     assert_eq!(&fields[5..7], &["from=CLOSED", "origin=remote"], "{line}");
     let delay = fields[7]

@@ -21,7 +21,7 @@ use crate::support::{eventually, unique_key, Cluster, Mode, Proxy, TestRole};
 const INSTANCES: usize = 3;
 
 /// Something expected in milliseconds (a NOTIFY, a publication, a replica replaying).
-const WAIT: Duration = Duration::from_secs(10);
+use crate::support::WAIT;
 
 /// How long no host accepts writes before the standby is promoted: long enough for every
 /// listener's reconnect backoff (50 ms doubling, jittered in [ceiling/2, ceiling]) to reach its

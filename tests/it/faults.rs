@@ -23,7 +23,7 @@ use support::{eventually, test_db, unique_key, Cluster, Mode, Proxy, TestDb};
 use tokio_postgres::Client;
 
 /// Waiting for something that is expected in milliseconds (a NOTIFY, a pending publication).
-const WAIT: Duration = Duration::from_secs(10);
+use crate::support::WAIT;
 
 /// After the database comes back: the listener's backoff is capped at 5 s (jittered in
 /// [2.5 s, 5 s]), then one connect + LISTEN + snapshot; 3 s of slack for a loaded 2-core machine.

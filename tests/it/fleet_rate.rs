@@ -13,7 +13,7 @@ use crate::support::breakers::{fail, instance, options, row_state, Watched};
 use crate::support::cluster::Cluster;
 use crate::support::{test_db, unique_key};
 
-const WAIT: Duration = Duration::from_secs(10);
+use crate::support::WAIT;
 
 /// Windows of 10 calls; the fleet opens at a 50% failure rate over at least `min_calls` calls.
 fn fleet_rate(min_calls: u32) -> impl Fn(Builder) -> Builder {

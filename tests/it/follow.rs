@@ -15,9 +15,9 @@ use crate::support::breakers::{
     fail, insert_open, options, published, row_state, trip_fast, Watched,
 };
 use crate::support::pgbouncer::{PgBouncer, PoolMode};
-use crate::support::{eventually, test_db, unique_key, Cluster};
+use crate::support::{eventually, test_db, unique_key, version_of, Cluster};
 
-const WAIT: Duration = Duration::from_secs(10);
+use crate::support::WAIT;
 const EVERY: Duration = Duration::from_millis(50);
 
 /// `opts` following by polling every [`EVERY`], with the periodic full load pushed out of reach
@@ -36,18 +36,6 @@ async fn as_app(conninfo: &str) -> Client {
         .unwrap_or_else(|e| panic!("connecting as the application role: {e}"));
     tokio::spawn(connection);
     client
-}
-
-/// The current version of `key`'s row.
-async fn version_of(client: &Client, key: &str) -> i64 {
-    client
-        .query_one(
-            "SELECT version FROM rc_circuit_breakers WHERE resource_key = $1",
-            &[&key],
-        )
-        .await
-        .unwrap_or_else(|e| panic!("reading the version of {key}: {e}"))
-        .get(0)
 }
 
 /// A row written first and committed last has the lower version: a follower that had moved past

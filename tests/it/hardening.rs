@@ -19,7 +19,7 @@ use support::breakers::{
 use support::{eventually, test_db, unique_key, Mode, Proxy, TestDb};
 
 /// Something expected in milliseconds.
-const WAIT: Duration = Duration::from_secs(10);
+use crate::support::{version_of, WAIT};
 
 /// Options logging in as `conninfo`'s role (the tests' application role: see `TestDb::app`).
 /// Options for an instance of its own name (votes and rate reports count by name: each instance
@@ -58,17 +58,6 @@ async fn pool_behind(
         .listener_dsn(&listener)
         .expect("listener DSN");
     Storage::connect_with(opts).await.expect("connects")
-}
-
-async fn version_of(client: &tokio_postgres::Client, key: &str) -> i64 {
-    client
-        .query_one(
-            "SELECT version FROM rc_circuit_breakers WHERE resource_key = $1",
-            &[&key],
-        )
-        .await
-        .expect("a row")
-        .get(0)
 }
 
 /// Hardening I, 1: A trips K while cut off; B trips K and then closes it (two newer versions);

@@ -15,7 +15,7 @@ use support::breakers::{
 use support::{eventually, test_db, unique_key, Cluster, TestDb};
 use tokio_postgres::Client;
 
-const WAIT: Duration = Duration::from_secs(10);
+use crate::support::WAIT;
 
 /// A password that must never show up in an error, a `Debug` or a log line.
 const PASSWORD: &str = "Hunter2-s3cr3t-PW";

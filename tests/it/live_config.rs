@@ -12,7 +12,7 @@ use crate::cli::{ok, run};
 use crate::support::breakers::{fail, instance, Watched};
 use crate::support::{eventually, test_db, unique_key};
 
-const WAIT: Duration = Duration::from_secs(10);
+use crate::support::WAIT;
 
 /// The code's values: 5 failures in 10 calls, a minute's cooldown.
 fn coded(b: resilient_circuit::Builder) -> resilient_circuit::Builder {

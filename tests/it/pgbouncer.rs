@@ -12,7 +12,7 @@ use crate::support::breakers::{audit_transitions, audited, fail, trip_fast, Logs
 use crate::support::pgbouncer::{PgBouncer, PoolMode};
 use crate::support::{eventually, unique_key, Cluster, TestRole};
 
-const WAIT: Duration = Duration::from_secs(10);
+use crate::support::WAIT;
 
 /// A cluster, its application role, and pgbouncer in front of it in `mode`: three server
 /// connections in transaction mode (fewer than the instances' connections), enough for every

@@ -391,14 +391,7 @@ async fn stale_notifications_are_ignored() {
         "the trip is accepted"
     );
     while w.changes.try_recv().is_ok() {} // the trip's own change
-    let version: i64 = client
-        .query_one(
-            "SELECT version FROM rc_circuit_breakers WHERE resource_key = $1",
-            &[&key],
-        )
-        .await
-        .expect("row")
-        .get(0);
+    let version = support::version_of(&client, &key).await;
     // All carry a valid MAC and a fresh commit time: only their versions make them stale.
     for (state, v) in [
         ("HALF_OPEN", version),

@@ -36,7 +36,7 @@ const PY_VERSION: &str = "0.8.6";
 const PY_REQUIREMENT: &str = "resilient-circuit[postgres]==0.8.6";
 const DRIVER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/driver.py");
 /// How long a transition may take to show anywhere before the test gives up.
-const WAIT: Duration = Duration::from_secs(10);
+use crate::support::WAIT;
 /// How long one driver command or ancestor CLI run may take.
 const ANSWER: Duration = Duration::from_secs(60);
 /// How long `python3 -m venv` plus pip may take on a cold cache.

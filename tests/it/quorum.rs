@@ -11,7 +11,7 @@ use tokio_postgres::Client;
 use crate::support::breakers::{fail, instance, options, row_state, Watched};
 use crate::support::{eventually, test_db, unique_key};
 
-const WAIT: Duration = Duration::from_secs(10);
+use crate::support::WAIT;
 
 /// Trips on one failure; the fleet opens when `instances` voted within `within`.
 fn quorum(instances: u32, within: Duration, cooldown: Duration) -> impl Fn(Builder) -> Builder {

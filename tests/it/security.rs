@@ -14,7 +14,7 @@ use crate::cli::{ok, run};
 use crate::support::breakers::{caught_up, fail, trip_fast, Watched};
 use crate::support::{eventually, test_db, test_db_with, unique_key, TestRole};
 
-const WAIT: Duration = Duration::from_secs(10);
+use crate::support::WAIT;
 
 async fn connect(conninfo: &str) -> Client {
     let (client, connection) = tokio_postgres::connect(conninfo, tokio_postgres::NoTls)

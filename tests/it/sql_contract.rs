@@ -13,7 +13,7 @@ use support::breakers::{caught_up, fail, fleet_probe, row_state, trip_fast, Watc
 use support::{eventually, test_db, unique_key, TestDb};
 use tokio_postgres::Client;
 
-const WAIT: Duration = Duration::from_secs(10);
+use crate::support::WAIT;
 
 /// An instance on `db` once the schema is set up (`TestDb::app`), as the application role.
 async fn migrated(db: &TestDb) -> Storage {

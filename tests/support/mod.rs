@@ -625,6 +625,23 @@ pub async fn connect_to(conninfo: &str) -> Client {
     client
 }
 
+/// How long a test waits for something that should happen within milliseconds (a notification,
+/// an answer, a row): long enough for a loaded CI machine, short enough that a broken behaviour
+/// fails the test rather than hangs it.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// The current version of `key`'s row (in any namespace; tests use unique keys).
+pub async fn version_of(client: &tokio_postgres::Client, key: &str) -> i64 {
+    client
+        .query_one(
+            "SELECT version FROM rc_circuit_breakers WHERE resource_key = $1",
+            &[&key],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("reading the version of {key}: {e}"))
+        .get(0)
+}
+
 /// Polls `cond` every 20 ms until it returns true (then returns true) or
 /// `timeout` of wall-clock time has passed (then returns false). For
 /// conditions that have no awaitable event. `cond` should itself return
