@@ -6,7 +6,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use super::{KeyCell, Lease, Slow, Transition};
+use super::{KeyCell, Lease, Locked, Transition};
 use crate::clock::duration_nanos;
 use crate::fleet::precedence::{Call, Hold, PendingTrip, Remote, Source, Verdict};
 use crate::State;
@@ -66,12 +66,12 @@ impl KeyCell {
     /// Judges a state of the shared row from `source` (see `precedence.rs`) and applies it if it
     /// wins. Returns the transition, if the state changed.
     pub(crate) fn apply_remote(&self, incoming: Remote, source: Source) -> Option<Transition> {
-        let mut slow = self.lock();
-        let verdict = slow.view.judge(incoming, source, self.clock.now_nanos());
-        self.carry_out(&mut slow, verdict)
+        let mut locked = self.lock();
+        let verdict = locked.view.judge(incoming, source, self.clock.now_nanos());
+        self.carry_out(&mut locked, verdict)
     }
 
-    fn carry_out(&self, slow: &mut Slow, verdict: Verdict) -> Option<Transition> {
+    fn carry_out(&self, locked: &mut Locked, verdict: Verdict) -> Option<Transition> {
         let Verdict::Apply(r) = verdict else {
             return None;
         };
@@ -95,13 +95,13 @@ impl KeyCell {
         if cur == State::HalfOpen && r.state == State::Open {
             // The fleet's round failed: count it as the row does, for rounds run here while
             // the database is away (the row's count itself is not sent to instances).
-            slow.reopens = slow.reopens.saturating_add(1);
+            locked.reopens = locked.reopens.saturating_add(1);
         }
         if r.state == State::HalfOpen && !self.is_fleet() {
             // A round the fleet began, learned of just as the database went away: run it here.
-            slow.probes_free = slow.policy.probe_count();
+            locked.probes_free = locked.policy.probe_count();
         }
-        Some(self.set_state(slow, r.state, deadline.filter(|_| r.state == State::Open)))
+        Some(self.set_state(locked, r.state, deadline.filter(|_| r.state == State::Open)))
     }
 
     /// Records a decision of this instance held against older rows until `deadline` (a trip on
@@ -121,25 +121,25 @@ impl KeyCell {
     /// The closed window's failures and calls, for a vote or a fleet rate report: those of the
     /// time window's period when the breaker has one, else of the count window.
     pub(crate) fn window_counts(&self) -> (u32, u32) {
-        let mut slow = self.lock();
-        if let Some(t) = slow.timed.as_mut() {
+        let mut locked = self.lock();
+        if let Some(t) = locked.timed.as_mut() {
             let c = t.counts_at(self.clock.now_nanos());
             return (
                 u32::try_from(c.failures).unwrap_or(u32::MAX),
                 u32::try_from(c.calls).unwrap_or(u32::MAX),
             );
         }
-        (slow.closed.failures(), slow.closed.len())
+        (locked.closed.failures(), locked.closed.len())
     }
 
     /// The hold of local decision `seq` (a trip on its way, a vote, a fleet-rate judgement made
     /// alone) reached its deadline: true when it was still held, and is dropped now (the caller
     /// reads the row); false when something newer ended it first.
     pub(crate) fn hold_ended(&self, seq: u64) -> bool {
-        let mut slow = self.lock();
-        let held = slow.view.pending_trip.is_some_and(|p| p.seq == seq);
+        let mut locked = self.lock();
+        let held = locked.view.pending_trip.is_some_and(|p| p.seq == seq);
         if held {
-            slow.view.pending_trip = None;
+            locked.view.pending_trip = None;
         }
         held
     }
@@ -164,10 +164,12 @@ impl KeyCell {
         let source = match call {
             Call::Other => Source::Answer,
             Call::Trip { seq } => {
-                let mut slow = self.lock();
-                slow.view.trip_answered(seq);
-                let verdict = slow.view.judge(row, Source::Answer, self.clock.now_nanos());
-                return self.carry_out(&mut slow, verdict);
+                let mut locked = self.lock();
+                locked.view.trip_answered(seq);
+                let verdict = locked
+                    .view
+                    .judge(row, Source::Answer, self.clock.now_nanos());
+                return self.carry_out(&mut locked, verdict);
             }
             Call::Override { seq } => Source::OverrideAnswer {
                 superseded: self.local_decisions.load(Ordering::Acquire) != seq,
@@ -178,9 +180,9 @@ impl KeyCell {
 
     /// An override of ours will not reach the database.
     pub(crate) fn override_abandoned(&self) -> Option<Transition> {
-        let mut slow = self.lock();
-        let verdict = slow.view.override_abandoned(self.clock.now_nanos());
-        self.carry_out(&mut slow, verdict)
+        let mut locked = self.lock();
+        let verdict = locked.view.override_abandoned(self.clock.now_nanos());
+        self.carry_out(&mut locked, verdict)
     }
 
     /// The storage lost the database: a fleet half-open round cannot go on (its leases and
@@ -188,26 +190,27 @@ impl KeyCell {
     /// so that outcomes of fleet probes in flight count as neither. Without this the key would
     /// reject every call until the database is back.
     pub(crate) fn go_local(&self) {
-        let mut slow = self.lock();
+        let mut locked = self.lock();
         if self.state() == State::HalfOpen {
-            slow.probes_free = slow.policy.probe_count();
-            slow.leases.clear();
-            self.set_state(&mut slow, State::HalfOpen, None);
+            locked.probes_free = locked.policy.probe_count();
+            locked.leases.clear();
+            self.set_state(&mut locked, State::HalfOpen, None);
             // set_state sets the fleet hint (0 leases) while `online` may still be read as true.
-            self.probes_hint.store(slow.probes_free, Ordering::Relaxed);
+            self.probes_hint
+                .store(locked.probes_free, Ordering::Relaxed);
         }
-        drop(slow);
+        drop(locked);
         self.lease_retry_at.store(0, Ordering::Relaxed);
         self.changed.notify_waiters();
     }
 
     /// Fleet mode: leases the database granted for this key.
     pub(crate) fn add_leases(&self, leases: impl IntoIterator<Item = Lease>) {
-        let mut slow = self.lock();
-        slow.leases.extend(leases);
+        let mut locked = self.lock();
+        locked.leases.extend(leases);
         self.probes_hint
-            .store(slow.leases.len() as u32, Ordering::Relaxed);
-        drop(slow);
+            .store(locked.leases.len() as u32, Ordering::Relaxed);
+        drop(locked);
         self.changed.notify_waiters();
     }
 }

@@ -5,7 +5,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::{KeyCell, RateCounter, Slow, Transition};
+use super::{KeyCell, Locked, RateCounter, Transition};
 use crate::live_config::{LiveConfig, Mode};
 use crate::policy::Policy;
 use crate::window::OutcomeWindow;
@@ -23,27 +23,29 @@ pub(crate) struct LiveApplied {
 
 impl KeyCell {
     /// Puts `policy` in force; windows of another size start empty.
-    pub(super) fn set_policy(&self, slow: &mut Slow, policy: Policy) {
-        if slow.policy == policy {
+    pub(super) fn set_policy(&self, locked: &mut Locked, policy: Policy) {
+        if locked.policy == policy {
             return;
         }
-        let resized = slow.policy.failure_limit.denominator() != policy.failure_limit.denominator()
-            || slow.policy.time_window != policy.time_window
-            || slow.policy.slow_call != policy.slow_call;
-        let probes_changed = slow.policy.probe_count() != policy.probe_count();
-        slow.policy = policy;
+        let resized = locked.policy.failure_limit.denominator()
+            != policy.failure_limit.denominator()
+            || locked.policy.time_window != policy.time_window
+            || locked.policy.slow_call != policy.slow_call;
+        let probes_changed = locked.policy.probe_count() != policy.probe_count();
+        locked.policy = policy;
         if resized {
-            slow.closed = OutcomeWindow::new(policy.failure_limit.denominator());
-            (slow.slow_calls, slow.timed) = Slow::extra_windows(&policy);
+            locked.closed = OutcomeWindow::new(policy.failure_limit.denominator());
+            (locked.slow_calls, locked.timed) = Locked::extra_windows(&policy);
         }
         if probes_changed {
-            slow.half_open = OutcomeWindow::new(policy.probe_count());
+            locked.half_open = OutcomeWindow::new(policy.probe_count());
             // A local half-open round restarts with the new probe count (a probe out at the
             // change still reports into the new round).
             let cur = self.load(Ordering::Relaxed);
             if cur.state() == State::HalfOpen && !self.is_fleet() {
-                slow.probes_free = policy.probe_count();
-                self.probes_hint.store(slow.probes_free, Ordering::Relaxed);
+                locked.probes_free = policy.probe_count();
+                self.probes_hint
+                    .store(locked.probes_free, Ordering::Relaxed);
             }
         }
         // A fleet rate counts every call from now on (see `rate.rs`).
@@ -66,21 +68,21 @@ impl KeyCell {
     /// announce); leaving it says so, since the cell then holds a state no reason backs: the
     /// caller reads the row again.
     pub(crate) fn set_live(&self, live: Option<Arc<LiveConfig>>) -> LiveApplied {
-        let mut slow = self.lock();
+        let mut locked = self.lock();
         let was_forced = self.mode() == Mode::ForcedOpen;
         let effective = live
             .as_deref()
-            .map_or(slow.code_policy, |l| l.over(slow.code_policy));
+            .map_or(locked.code_policy, |l| l.over(locked.code_policy));
         let mode = live.as_deref().map_or(Mode::Normal, |l| l.mode);
         self.live.store(live);
         // Relaxed: the slow paths read it as a hint; the lock orders it with the policy.
         self.mode.store(mode.to_u8(), Ordering::Relaxed);
-        self.set_policy(&mut slow, effective);
+        self.set_policy(&mut locked, effective);
         let opened = (mode == Mode::ForcedOpen
             && self.load(Ordering::Relaxed).state() != State::Open)
             .then(|| {
                 let deadline = self.deadline_after(crate::MAX_DURATION);
-                self.set_state(&mut slow, State::Open, deadline)
+                self.set_state(&mut locked, State::Open, deadline)
             });
         LiveApplied {
             opened,

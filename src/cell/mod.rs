@@ -49,17 +49,19 @@ use crate::fleet::precedence::FleetView;
 use crate::live_config::{LiveConfig, Mode};
 use crate::policy::Policy;
 use crate::telemetry::KeyMetrics;
-use crate::time_window::TimeWindow;
 use crate::window::OutcomeWindow;
-use crate::RejectReason;
 
+mod announce;
 mod fleet;
 mod live;
+mod locked;
+
+use locked::Locked;
 mod rate;
 mod word;
 
 use crate::changes::Feed;
-use crate::{Change, ChangeOrigin, State};
+use crate::{Change, State};
 pub(crate) use rate::RateCounter;
 pub(crate) use word::{mark_forced, pack_rejection, unpack_rejection, StateWord};
 
@@ -109,89 +111,6 @@ pub(crate) enum Recorded {
     Report(Lease, bool),
 }
 
-/// Mutable state behind the key's private lock.
-#[derive(Debug)]
-struct Slow {
-    /// The policy in force: the code's, with the live configuration's overrides.
-    policy: Policy,
-    /// The policy the breakers were built with (what a second builder must agree with).
-    code_policy: Policy,
-    closed: OutcomeWindow,
-    half_open: OutcomeWindow,
-    /// Local mode: probe permits not yet handed out in this half-open round.
-    probes_free: u32,
-    /// Fleet mode: leases granted by the database and not yet taken by a caller.
-    leases: VecDeque<Lease>,
-    /// Shared stores: what this cell knows of the row, and who wins (`precedence.rs`).
-    view: FleetView,
-    /// Live breaker handles using this cell; while any exist, the policy is fixed.
-    handles: u32,
-    /// Half-open rounds that failed since the breaker last closed: the `n` of a growing
-    /// cooldown (`Policy::cooldown_after`). Reset by every transition to CLOSED. With a shared
-    /// store the row counts them (`reopens`, `sql/objects/rc_report_probe.sql`); this count
-    /// follows the reopens this instance sees, for local rounds while the database is away.
-    reopens: u32,
-    /// With a slow-call rate on the count window: one bit per outcome of `closed`, in step with
-    /// it, set ("failure") for a slow call.
-    slow_calls: Option<OutcomeWindow>,
-    /// With [`Builder::time_window`](crate::Builder::time_window): the window that is judged;
-    /// `closed` then only keeps the last outcomes for `execution_log`.
-    timed: Option<TimeWindow>,
-}
-
-impl Slow {
-    /// The closed state's windows beyond `closed` that `policy` asks for, empty.
-    fn extra_windows(policy: &Policy) -> (Option<OutcomeWindow>, Option<TimeWindow>) {
-        let timed = policy.time_window.map(TimeWindow::new);
-        let slow_calls = (timed.is_none() && policy.slow_rate().is_some())
-            .then(|| OutcomeWindow::new(policy.failure_limit.denominator()));
-        (slow_calls, timed)
-    }
-
-    /// Records a closed-state outcome in every window. The clock is read only with a time
-    /// window.
-    fn push_closed(&mut self, success: bool, slow_call: bool, clock: &dyn Clock) {
-        self.closed.push(success);
-        if let Some(s) = &mut self.slow_calls {
-            s.push(!slow_call);
-        }
-        if let Some(t) = &mut self.timed {
-            t.push(clock.now_nanos(), success, slow_call);
-        }
-    }
-
-    /// The closed state's verdict on the windows just pushed to.
-    fn closed_trips(&self) -> bool {
-        match (&self.timed, &self.slow_calls) {
-            (Some(t), _) => self.policy.timed_trips(t.counts()),
-            (None, Some(s)) => {
-                self.policy.closed_trips(&self.closed) || self.policy.slow_trips(&self.closed, s)
-            }
-            (None, None) => self.policy.closed_trips(&self.closed),
-        }
-    }
-
-    /// True when a fast, unrecorded success would change nothing: a full count window with no
-    /// failure and no slow call. Never with a time window, where every success counts toward
-    /// the rate of the period.
-    fn closed_clean(&self) -> bool {
-        self.timed.is_none()
-            && self.closed.is_full()
-            && self.closed.failures() == 0
-            && self.slow_calls.as_ref().map_or(true, |s| s.failures() == 0)
-    }
-
-    fn clear_closed(&mut self) {
-        self.closed.clear();
-        if let Some(s) = &mut self.slow_calls {
-            s.clear();
-        }
-        if let Some(t) = &mut self.timed {
-            t.clear();
-        }
-    }
-}
-
 /// One key's state in one storage.
 ///
 /// `repr(C)` with a cache-line marker: the first line holds only what every call reads (the
@@ -214,7 +133,7 @@ pub(crate) struct KeyCell {
     /// tripped during an outage can still recover.
     online: Option<Arc<AtomicBool>>,
     _written_below: CacheLine,
-    slow: Mutex<Slow>,
+    locked: Mutex<Locked>,
     /// Set while a lease request to the shared store is in flight, so callers do not flood it.
     lease_requested: AtomicBool,
     /// `TripPolicy::FleetRate`: every call and failure, for the fleet's rate (`rate.rs`); made
@@ -269,7 +188,7 @@ impl KeyCell {
     ) -> Self {
         let metrics = KeyMetrics::new(&key, namespace);
         metrics.state(State::Closed, None);
-        let (slow_calls, timed) = Slow::extra_windows(&policy);
+        let (slow_calls, timed) = Locked::extra_windows(&policy);
         KeyCell {
             forced_open: AtomicBool::new(false),
             metrics,
@@ -283,7 +202,7 @@ impl KeyCell {
             open_deadline: AtomicU64::new(0),
             probes_hint: AtomicU32::new(0),
             mode: AtomicU8::new(Mode::Normal.to_u8()),
-            slow: Mutex::new(Slow {
+            locked: Mutex::new(Locked {
                 policy,
                 code_policy: policy,
                 closed: OutcomeWindow::new(policy.failure_limit.denominator()),
@@ -332,37 +251,37 @@ impl KeyCell {
         self.word.store(w.0, order);
     }
 
-    fn lock(&self) -> MutexGuard<'_, Slow> {
+    fn lock(&self) -> MutexGuard<'_, Locked> {
         // Nothing user-supplied runs under this lock, so poisoning could only come from a bug of
         // ours; the data is still consistent word by word, so carry on with it.
-        self.slow.lock().unwrap_or_else(|e| e.into_inner())
+        self.locked.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Registers a breaker handle with `policy`. A cell with live handles keeps its policy and
     /// refuses a different one (returned as the error); an unclaimed cell (made by the listener
     /// from a row, or whose handles are gone) takes the new one.
     pub(crate) fn claim(&self, policy: Policy) -> Result<(), Box<Policy>> {
-        let mut slow = self.lock();
-        if slow.code_policy != policy {
-            if slow.handles > 0 {
-                return Err(Box::new(slow.code_policy));
+        let mut locked = self.lock();
+        if locked.code_policy != policy {
+            if locked.handles > 0 {
+                return Err(Box::new(locked.code_policy));
             }
-            slow.code_policy = policy;
+            locked.code_policy = policy;
             let effective = self
                 .live
                 .load()
                 .as_deref()
                 .map_or(policy, |l| l.over(policy));
-            self.set_policy(&mut slow, effective);
+            self.set_policy(&mut locked, effective);
         }
-        slow.handles += 1;
+        locked.handles += 1;
         Ok(())
     }
 
     /// A breaker handle is gone.
     pub(crate) fn unclaim(&self) {
-        let mut slow = self.lock();
-        slow.handles = slow.handles.saturating_sub(1);
+        let mut locked = self.lock();
+        locked.handles = locked.handles.saturating_sub(1);
     }
 
     pub(crate) fn policy(&self) -> Policy {
@@ -451,14 +370,14 @@ impl KeyCell {
                             wants_lease: self.may_ask_lease(),
                         });
                     }
-                    let mut slow = self.lock();
+                    let mut locked = self.lock();
                     let started = if self.load(Ordering::Relaxed) == w {
-                        slow.probes_free = slow.policy.probe_count();
-                        Some(self.set_state(&mut slow, State::HalfOpen, None))
+                        locked.probes_free = locked.policy.probe_count();
+                        Some(self.set_state(&mut locked, State::HalfOpen, None))
                     } else {
                         None
                     };
-                    drop(slow);
+                    drop(locked);
                     if let Some(t) = started {
                         // Outside the lock: callbacks may call back into this breaker.
                         self.notify(t);
@@ -489,26 +408,27 @@ impl KeyCell {
         if self.probes_hint.load(Ordering::Relaxed) == 0 {
             return None;
         }
-        let mut slow = self.lock();
+        let mut locked = self.lock();
         let cur = self.load(Ordering::Relaxed);
         if self.is_fleet() {
             let now = self.clock.now_nanos();
             // A lease may outlive a round that ended elsewhere; the database ignores its result.
-            while let Some(lease) = slow.leases.pop_front() {
+            while let Some(lease) = locked.leases.pop_front() {
                 if lease.expires_at > now {
                     self.probes_hint
-                        .store(slow.leases.len() as u32, Ordering::Relaxed);
+                        .store(locked.leases.len() as u32, Ordering::Relaxed);
                     return Some(Admission::Probe(cur, Some(lease)));
                 }
             }
             self.probes_hint.store(0, Ordering::Relaxed);
             None
         } else {
-            if cur.state() != State::HalfOpen || slow.probes_free == 0 {
+            if cur.state() != State::HalfOpen || locked.probes_free == 0 {
                 return None;
             }
-            slow.probes_free -= 1;
-            self.probes_hint.store(slow.probes_free, Ordering::Relaxed);
+            locked.probes_free -= 1;
+            self.probes_hint
+                .store(locked.probes_free, Ordering::Relaxed);
             Some(Admission::Probe(cur, None))
         }
     }
@@ -568,34 +488,34 @@ impl KeyCell {
         if mode == Mode::Disabled {
             return Recorded::Nothing; // admitted, not counted
         }
-        let mut slow = self.lock();
+        let mut locked = self.lock();
         let cur = self.load(Ordering::Relaxed);
         if !cur.same_epoch(admitted) {
             return Recorded::Nothing; // admitted under an earlier state: counts as neither
         }
         match cur.state() {
             State::Closed => {
-                slow.push_closed(success, slow_call, &*self.clock);
+                locked.push_closed(success, slow_call, &*self.clock);
                 if cur.is_counted() {
                     self.count(success);
                 }
                 // A fleet rate is the database's to judge while it is reachable (the reporter
                 // sends it the counts); alone, the window judges by the same rule.
-                let fleet_rate = slow.policy.trip.fleet_rate().is_some()
+                let fleet_rate = locked.policy.trip.fleet_rate().is_some()
                     && self.is_fleet()
                     && mode == Mode::Normal;
-                if !fleet_rate && mode == Mode::Normal && slow.closed_trips() {
-                    let deadline = self.deadline_after(slow.policy.cooldown);
-                    return Recorded::Changed(self.set_state(&mut slow, State::Open, deadline));
+                if !fleet_rate && mode == Mode::Normal && locked.closed_trips() {
+                    let deadline = self.deadline_after(locked.policy.cooldown);
+                    return Recorded::Changed(self.set_state(&mut locked, State::Open, deadline));
                 }
                 // Metrics-only: the window counts and never trips; reaching the limit is counted
                 // and the window starts over, as it would after the trip and the close.
-                if mode == Mode::MetricsOnly && slow.closed_trips() {
+                if mode == Mode::MetricsOnly && locked.closed_trips() {
                     self.metrics.would_trip();
                     tracing::info!(key = %self.key, "metrics-only: the window reached its limit (a normal breaker would have opened)");
-                    slow.clear_closed();
+                    locked.clear_closed();
                 }
-                let clean = slow.closed_clean();
+                let clean = locked.closed_clean();
                 let next = cur.with_clean(clean);
                 if next != cur {
                     // Release for symmetry with transitions; nothing else is published here.
@@ -604,18 +524,18 @@ impl KeyCell {
                 Recorded::Nothing
             }
             State::HalfOpen => {
-                slow.half_open.push(success);
-                match slow.policy.half_open_verdict(&slow.half_open) {
+                locked.half_open.push(success);
+                match locked.policy.half_open_verdict(&locked.half_open) {
                     None => Recorded::Nothing,
                     Some(State::Open) => {
-                        slow.reopens = slow.reopens.saturating_add(1);
-                        let cooldown = slow
+                        locked.reopens = locked.reopens.saturating_add(1);
+                        let cooldown = locked
                             .policy
-                            .cooldown_after(slow.reopens, crate::jitter::fraction());
+                            .cooldown_after(locked.reopens, crate::jitter::fraction());
                         let deadline = self.deadline_after(cooldown);
-                        Recorded::Changed(self.set_state(&mut slow, State::Open, deadline))
+                        Recorded::Changed(self.set_state(&mut locked, State::Open, deadline))
                     }
-                    Some(to) => Recorded::Changed(self.set_state(&mut slow, to, None)),
+                    Some(to) => Recorded::Changed(self.set_state(&mut locked, to, None)),
                 }
             }
             State::Open => Recorded::Nothing,
@@ -641,22 +561,23 @@ impl KeyCell {
     /// A permit dropped without an outcome: a probe gives its slot back.
     pub(crate) fn cancel(&self, admitted: StateWord, probe: Option<Lease>) {
         self.metrics.probe_ended(); // only probes are cancelled (see `Permit`'s drop)
-        let mut slow = self.lock();
+        let mut locked = self.lock();
         let cur = self.load(Ordering::Relaxed);
         if let Some(lease) = probe {
             // The lease is still ours until it expires; keep it for the next caller.
             if cur.state() == State::HalfOpen {
-                slow.leases.push_back(lease);
+                locked.leases.push_back(lease);
                 self.probes_hint
-                    .store(slow.leases.len() as u32, Ordering::Relaxed);
+                    .store(locked.leases.len() as u32, Ordering::Relaxed);
             }
         } else if cur == admitted && cur.state() == State::HalfOpen {
-            slow.probes_free += 1;
-            self.probes_hint.store(slow.probes_free, Ordering::Relaxed);
+            locked.probes_free += 1;
+            self.probes_hint
+                .store(locked.probes_free, Ordering::Relaxed);
         } else {
             return;
         }
-        drop(slow);
+        drop(locked);
         self.changed.notify_waiters();
     }
 
@@ -670,7 +591,7 @@ impl KeyCell {
 
     /// Changes state under the lock; returns the transition. Windows of the state entered start
     /// empty.
-    fn set_state(&self, slow: &mut Slow, to: State, deadline: Option<u64>) -> Transition {
+    fn set_state(&self, locked: &mut Locked, to: State, deadline: Option<u64>) -> Transition {
         let cur = self.load(Ordering::Relaxed);
         let from = cur.state();
         if let Some(d) = deadline {
@@ -678,20 +599,20 @@ impl KeyCell {
         }
         match to {
             State::Closed => {
-                slow.clear_closed();
-                slow.reopens = 0; // a closed breaker's next trip rests the base cooldown
+                locked.clear_closed();
+                locked.reopens = 0; // a closed breaker's next trip rests the base cooldown
             }
-            State::HalfOpen => slow.half_open.clear(),
+            State::HalfOpen => locked.half_open.clear(),
             State::Open => {}
         }
         if to != State::HalfOpen {
-            slow.leases.clear();
-            slow.probes_free = 0;
+            locked.leases.clear();
+            locked.probes_free = 0;
         }
         let hint = if self.is_fleet() {
-            slow.leases.len() as u32
+            locked.leases.len() as u32
         } else {
-            slow.probes_free
+            locked.probes_free
         };
         self.probes_hint.store(hint, Ordering::Relaxed);
         self.lease_retry_at.store(0, Ordering::Relaxed);
@@ -706,26 +627,26 @@ impl KeyCell {
     /// here (`None`, nothing changes) when it would end a hold of the live configuration's
     /// `ForcedOpen`, as the database refuses it.
     pub(crate) fn force(&self, to: State, cooldown: Duration) -> Option<Transition> {
-        let mut slow = self.lock();
+        let mut locked = self.lock();
         if self.online.is_some() {
             // Until its answer arrives, changes from elsewhere (an older trip's late answer or
             // NOTIFY) must not undo it; a trip of ours still pending is superseded by it. (A
             // refused one is answered too, and counted until then.)
-            slow.view.overrides_in_flight += 1;
-            slow.view.pending_trip = None;
+            locked.view.overrides_in_flight += 1;
+            locked.view.pending_trip = None;
         }
         if to != State::Open && self.mode() == Mode::ForcedOpen {
             return None;
         }
         if to == State::HalfOpen {
-            slow.probes_free = slow.policy.probe_count();
+            locked.probes_free = locked.policy.probe_count();
         }
         let deadline = if to == State::Open {
             self.deadline_after(cooldown)
         } else {
             None
         };
-        let t = self.set_state(&mut slow, to, deadline);
+        let t = self.set_state(&mut locked, to, deadline);
         // Relaxed: read only to label a rejection.
         self.forced_open.store(to == State::Open, Ordering::Relaxed);
         (t.from != t.to).then_some(t)
@@ -735,99 +656,6 @@ impl KeyCell {
     /// `execution_log`.
     pub(crate) fn execution_log(&self) -> Vec<bool> {
         self.lock().closed.outcomes()
-    }
-
-    pub(crate) fn add_callback(&self, cb: &Arc<Callback>) {
-        let mut cbs = self.callbacks.lock().unwrap_or_else(|e| e.into_inner());
-        cbs.retain(|w| w.strong_count() > 0);
-        cbs.push(Arc::downgrade(cb));
-    }
-
-    /// The log line and the metrics of a transition, without the callbacks.
-    pub(crate) fn announce(&self, t: Transition, origin: ChangeOrigin) {
-        tracing::info!(key = %self.key, from = %t.from, to = %t.to, ?origin, "circuit breaker changed state");
-        self.metrics.transition(t.from, t.to, origin);
-        self.publish_state();
-    }
-
-    /// Sets the state gauges from the state the cell is in *now*, not from a transition's `to`:
-    /// transitions announced out of order (two threads, or the callbacks thread) still leave the
-    /// gauges right once the last one is announced.
-    pub(crate) fn publish_state(&self) {
-        let state = self.state();
-        let open_for = (state == State::Open).then(|| self.cooldown_remaining());
-        self.metrics.state(state, open_for);
-    }
-
-    /// Why a call is rejected in `state`.
-    pub(crate) fn rejection_reason(&self, state: State) -> RejectReason {
-        match state {
-            State::HalfOpen => RejectReason::HalfOpenFull,
-            _ if self.forced_open.load(Ordering::Relaxed) || self.mode() == Mode::ForcedOpen => {
-                RejectReason::Forced
-            }
-            _ => RejectReason::Open,
-        }
-    }
-
-    /// True when some live breaker handle registered a status-change callback on this key.
-    pub(crate) fn has_callbacks(&self) -> bool {
-        let cbs = self.callbacks.lock().unwrap_or_else(|e| e.into_inner());
-        cbs.iter().any(|w| w.strong_count() > 0)
-    }
-
-    /// Announces a transition this process decided, streams it, and runs the status-change
-    /// callbacks outside every lock.
-    pub(crate) fn notify(&self, t: Transition) {
-        if t.from == t.to {
-            return;
-        }
-        self.announce(t, ChangeOrigin::Local);
-        self.feed
-            .send(&self.key, t.from, t.to, ChangeOrigin::Local, None, None);
-        self.run_callbacks(t, ChangeOrigin::Local, None, None);
-    }
-
-    /// Announces a transition that came from the shared table (already streamed) and runs the
-    /// callbacks: on the callbacks thread (`storage::postgres::callbacks`).
-    pub(crate) fn notify_remote(
-        &self,
-        t: Transition,
-        version: Option<i64>,
-        committed_at_us: Option<i64>,
-    ) {
-        if t.from == t.to {
-            return;
-        }
-        self.announce(t, ChangeOrigin::Remote);
-        self.run_callbacks(t, ChangeOrigin::Remote, version, committed_at_us);
-    }
-
-    /// Runs the status-change callbacks with the transition's [`Change`], the one the stream
-    /// carries; a panicking one is logged and the others still run.
-    fn run_callbacks(
-        &self,
-        t: Transition,
-        origin: ChangeOrigin,
-        version: Option<i64>,
-        committed_at_us: Option<i64>,
-    ) {
-        let live: Vec<Arc<Callback>> = {
-            let cbs = self.callbacks.lock().unwrap_or_else(|e| e.into_inner());
-            cbs.iter().filter_map(Weak::upgrade).collect()
-        };
-        if live.is_empty() {
-            return;
-        }
-        let change = self
-            .feed
-            .change(&self.key, t.from, t.to, origin, version, committed_at_us);
-        for cb in live {
-            let run = std::panic::AssertUnwindSafe(|| cb(&change));
-            if std::panic::catch_unwind(run).is_err() {
-                tracing::error!(key = %self.key, "an on_status_change callback panicked; the breaker carries on");
-            }
-        }
     }
 
     /// True when nothing but the store holds this cell (no handle, no outbox entry, no request

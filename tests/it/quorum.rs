@@ -136,7 +136,9 @@ async fn votes_expire() {
         instance(&db).await,
         instance(&db).await,
     );
-    let policy = quorum(2, within, Duration::from_millis(200));
+    // A cooldown far longer than the moment between a vote and its assertion, even on a
+    // loaded machine, and far shorter than `within`.
+    let policy = quorum(2, within, Duration::from_secs(1));
     let mut on_a = Watched::new(&a, &key, &policy);
     let on_b = Watched::new(&b, &key, &policy);
     let mut on_c = Watched::new(&c, &key, &policy);
@@ -462,7 +464,9 @@ async fn votes_are_spent_by_a_truncate_and_by_the_opening_they_caused() {
     let admin = db.client().await;
     let key = unique_key("truncated");
     let (a, b) = (instance(&db).await, instance(&db).await);
-    let policy = quorum(2, Duration::from_secs(60), Duration::from_millis(200));
+    // Holds end with the cooldown, which must outlast the moment between a vote and its
+    // assertion even on a loaded machine.
+    let policy = quorum(2, Duration::from_secs(60), Duration::from_secs(1));
     let mut on_a = Watched::new(&a, &key, &policy);
     let mut on_b = Watched::new(&b, &key, &policy);
     vote(&on_a, &a).await;

@@ -13,7 +13,7 @@ use tokio_postgres::types::Type;
 use tracing::Instrument;
 
 use super::{
-    callbacks, hosts, listener, migrate, publish, rates, reaper, statements, tls, Instance,
+    callbacks, hosts, listener, migrate, publish, rates, reaper, statements, sync, tls, Instance,
     PostgresOptions, Shared,
 };
 use crate::clock::{Clock, SystemClock};
@@ -202,7 +202,7 @@ async fn connect_inner(
 
     // The schema check and the listener's connection at the same time (two round-trip chains,
     // one wait); the snapshot then needs both, since it calls the schema's functions.
-    let (schema, opened) = tokio::join!(shared.prepare_schema(), listener::open(&shared));
+    let (schema, opened) = tokio::join!(shared.prepare_schema(), sync::open(&shared));
     let reachable = match schema {
         Ok(()) => true,
         Err(e @ StorageError::SchemaNotReady { .. }) => return Err(e),
@@ -215,7 +215,7 @@ async fn connect_inner(
     // The listener loads every row of the namespace before we return, so that a breaker built
     // next is OPEN on its first call if the fleet's is.
     let synced = match opened {
-        Ok(mut live) if reachable => listener::sync(&shared, &mut live).await.map(|()| live),
+        Ok(mut live) if reachable => sync::sync(&shared, &mut live).await.map(|()| live),
         Ok(_) => Err(StorageError::Connect {
             target: opts.target(),
             cause: "the schema check failed".into(),

@@ -4,7 +4,9 @@
 //! | file | what it is for |
 //! |---|---|
 //! | `connect.rs` | making an instance: pool, schema, first snapshot, listener task; shutdown |
-//! | `listener.rs` | **the listener**: LISTEN, reload after every (re)connect, heartbeat, backoff |
+//! | `listener.rs` | **the listener**: its loop, heartbeat, reconnects with backoff |
+//! | `sync.rs` | the listener's connection: LISTEN, the secret, the clock, reload after every (re)connect |
+//! | `notifications.rs` | one notification: verified, taken on trust or confirmed from the table |
 //! | `poll.rs` | following by polling the change log instead (`Follow::Poll`, or a deaf LISTEN) |
 //! | `payload.rs` | NOTIFY payloads: parsing and HMAC authentication |
 //! | `publish.rs` | the outbox: our trips and overrides, one entry per key, batched, retried |
@@ -36,6 +38,7 @@ pub(crate) mod hosts;
 mod leases;
 mod listener;
 pub mod migrate;
+mod notifications;
 mod payload;
 mod poll;
 mod pool;
@@ -44,6 +47,7 @@ mod rates;
 mod reaper;
 pub mod roles;
 pub(crate) mod statements;
+mod sync;
 pub(crate) mod tls;
 mod votes;
 
@@ -292,7 +296,7 @@ impl Shared {
 
     /// The database's clock now, by this instance's estimate (microseconds since the epoch).
     fn database_now_us(&self) -> i64 {
-        listener::unix_micros().saturating_add(self.clock_offset_us.load(Ordering::Relaxed))
+        sync::unix_micros().saturating_add(self.clock_offset_us.load(Ordering::Relaxed))
     }
 
     /// A full reload's query is being sent now.
@@ -325,7 +329,7 @@ impl Shared {
         if usage < warn_at {
             return;
         }
-        let now = listener::unix_micros() / 1_000_000;
+        let now = sync::unix_micros() / 1_000_000;
         // Relaxed: a rate limit for a log line.
         let last = self.queue_warned_at.load(Ordering::Relaxed);
         if now - last >= 60

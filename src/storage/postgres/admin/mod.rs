@@ -14,7 +14,8 @@
 //!   [`configure`](AdminSession::configure).
 //!
 //! It connects with the same settings, TLS and timeouts as an instance's pool, without the
-//! instance. (`watch` is an instance instead: it uses [`Storage::changes`](crate::Storage::changes).)
+//! instance. (`watch` is an instance instead: it uses
+//! [`Storage::changes`](crate::Storage::changes).)
 //!
 //! ```no_run
 //! # async fn tool() -> Result<(), Box<dyn std::error::Error>> {

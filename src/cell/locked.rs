@@ -1,0 +1,95 @@
+//! [`Locked`]: what one key keeps behind its private lock, taken only when something changes
+//! (an outcome on a window that is not clean, a transition, a lease, a row from the fleet): the
+//! policy in force, the closed state's windows, the half-open round, and the fleet's view.
+
+use std::collections::VecDeque;
+
+use super::Lease;
+use crate::clock::Clock;
+use crate::fleet::precedence::FleetView;
+use crate::policy::Policy;
+use crate::time_window::TimeWindow;
+use crate::window::OutcomeWindow;
+
+/// Mutable state behind the key's private lock.
+#[derive(Debug)]
+pub(super) struct Locked {
+    /// The policy in force: the code's, with the live configuration's overrides.
+    pub(super) policy: Policy,
+    /// The policy the breakers were built with (what a second builder must agree with).
+    pub(super) code_policy: Policy,
+    pub(super) closed: OutcomeWindow,
+    pub(super) half_open: OutcomeWindow,
+    /// Local mode: probe permits not yet handed out in this half-open round.
+    pub(super) probes_free: u32,
+    /// Fleet mode: leases granted by the database and not yet taken by a caller.
+    pub(super) leases: VecDeque<Lease>,
+    /// Shared stores: what this cell knows of the row, and who wins (`precedence.rs`).
+    pub(super) view: FleetView,
+    /// Live breaker handles using this cell; while any exist, the policy is fixed.
+    pub(super) handles: u32,
+    /// Half-open rounds that failed since the breaker last closed: the `n` of a growing
+    /// cooldown (`Policy::cooldown_after`). Reset by every transition to CLOSED. With a shared
+    /// store the row counts them (`reopens`, `sql/objects/rc_report_probe.sql`); this count
+    /// follows the reopens this instance sees, for local rounds while the database is away.
+    pub(super) reopens: u32,
+    /// With a slow-call rate on the count window: one bit per outcome of `closed`, in step with
+    /// it, set ("failure") for a slow call.
+    pub(super) slow_calls: Option<OutcomeWindow>,
+    /// With [`Builder::time_window`](crate::Builder::time_window): the window that is judged;
+    /// `closed` then only keeps the last outcomes for `execution_log`.
+    pub(super) timed: Option<TimeWindow>,
+}
+
+impl Locked {
+    /// The closed state's windows beyond `closed` that `policy` asks for, empty.
+    pub(super) fn extra_windows(policy: &Policy) -> (Option<OutcomeWindow>, Option<TimeWindow>) {
+        let timed = policy.time_window.map(TimeWindow::new);
+        let slow_calls = (timed.is_none() && policy.slow_rate().is_some())
+            .then(|| OutcomeWindow::new(policy.failure_limit.denominator()));
+        (slow_calls, timed)
+    }
+
+    /// Records a closed-state outcome in every window. The clock is read only with a time
+    /// window.
+    pub(super) fn push_closed(&mut self, success: bool, slow_call: bool, clock: &dyn Clock) {
+        self.closed.push(success);
+        if let Some(s) = &mut self.slow_calls {
+            s.push(!slow_call);
+        }
+        if let Some(t) = &mut self.timed {
+            t.push(clock.now_nanos(), success, slow_call);
+        }
+    }
+
+    /// The closed state's verdict on the windows just pushed to.
+    pub(super) fn closed_trips(&self) -> bool {
+        match (&self.timed, &self.slow_calls) {
+            (Some(t), _) => self.policy.timed_trips(t.counts()),
+            (None, Some(s)) => {
+                self.policy.closed_trips(&self.closed) || self.policy.slow_trips(&self.closed, s)
+            }
+            (None, None) => self.policy.closed_trips(&self.closed),
+        }
+    }
+
+    /// True when a fast, unrecorded success would change nothing: a full count window with no
+    /// failure and no slow call. Never with a time window, where every success counts toward
+    /// the rate of the period.
+    pub(super) fn closed_clean(&self) -> bool {
+        self.timed.is_none()
+            && self.closed.is_full()
+            && self.closed.failures() == 0
+            && self.slow_calls.as_ref().map_or(true, |s| s.failures() == 0)
+    }
+
+    pub(super) fn clear_closed(&mut self) {
+        self.closed.clear();
+        if let Some(s) = &mut self.slow_calls {
+            s.clear();
+        }
+        if let Some(t) = &mut self.timed {
+            t.clear();
+        }
+    }
+}
