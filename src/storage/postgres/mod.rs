@@ -9,8 +9,13 @@
 //! | `notifications.rs` | one notification: verified, taken on trust or confirmed from the table |
 //! | `poll.rs` | following by polling the change log instead (`Follow::Poll`, or a deaf LISTEN) |
 //! | `payload.rs` | NOTIFY payloads: parsing and HMAC authentication |
+//! | `watermarks.rs` | the newest version seen, the database's clock, the last reload: what is fresh |
 //! | `publish.rs` | the outbox: our trips and overrides, one entry per key, batched, retried |
 //! | `leases.rs` | fleet-wide half-open probes: leases and reports |
+//! | `votes.rs` | quorum votes (`TripPolicy::Quorum`) |
+//! | `rates.rs` | the fleet-rate reporter (`TripPolicy::FleetRate`) |
+//! | `configs.rs` | live configuration rows, read on (re)load and on a `config` notification |
+//! | `settle.rs` | what was sent and not answered yet: what `flush` waits for |
 //! | `pool.rs` | one transition call on a pooled connection, bounded and cancellable |
 //! | `backoff.rs` | the pause before trying the database again (reconnects, retries) |
 //! | `reaper.rs` | closing pooled connections left idle, so an instance at rest holds one |
@@ -18,7 +23,8 @@
 //! | `statements.rs` | every statement we send and the columns we read back |
 //! | `callbacks.rs` | the thread that runs callbacks of transitions made elsewhere |
 //! | `migrate.rs` | the schema: `sql/` applied in order, with checksums |
-//! | `admin.rs` | one plain connection for tools (the `resilient-circuit` command) |
+//! | `roles.rs` | what each kind of role may do, as grants |
+//! | `admin/` | the administration API (`setup`, `check`, `status`, `force`, `configure`, …) the command is built on |
 //! | `config/`, `tls.rs` | `PostgresOptions`, `RC_DB_*`, the DSN parser; TLS modes |
 //!
 //! One trip, end to end: `Permit::failure` (`breaker.rs`) → the cell trips locally (`cell/mod.rs`)
@@ -46,20 +52,22 @@ mod publish;
 mod rates;
 mod reaper;
 pub mod roles;
+mod settle;
 pub(crate) mod statements;
 mod sync;
 pub(crate) mod tls;
 mod votes;
+mod watermarks;
 
 pub(crate) use connect::connect;
 
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
 use postgres_openssl::MakeTlsConnector;
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 
 pub use config::{
     Follow, ParseFollowError, ParseSslModeError, PostgresOptions, SslMode, TargetSessionAttrs,
@@ -102,15 +110,8 @@ pub(crate) struct Shared {
     /// The schema was verified (or created) on some connection; until then every reconnect
     /// checks it first.
     pub(crate) schema_ready: AtomicBool,
-    /// The newest row version this instance has seen from any key (authenticated notifications,
-    /// reloads, answers): the `basis` of the trips it decides (see `precedence.rs`).
-    max_seen: AtomicI64,
-    /// The database's clock minus ours, in microseconds, measured at each (re)connect and
-    /// heartbeat: lag and a notification's age are measured by the database's clock.
-    clock_offset_us: AtomicI64,
-    /// When (database clock, microseconds) the last full reload's query was sent: a notification
-    /// committed before is in that reload, or older; it is not taken on trust (`fresh`).
-    reloaded_at_us: AtomicI64,
+    /// The newest version seen, the database's clock, the last reload (`watermarks.rs`).
+    pub(crate) marks: watermarks::Watermarks,
     /// The last warning about the notification queue (whole seconds since the Unix epoch).
     queue_warned_at: AtomicI64,
     /// Identifies this instance's probe leases (`holder` column) and its changes in the log:
@@ -128,12 +129,8 @@ pub(crate) struct Shared {
     outbox: publish::Outbox,
     /// Callbacks of transitions made elsewhere.
     callbacks: callbacks::Callbacks,
-    /// Probe results sent and not answered yet (they do not go through the outbox).
-    reports_in_flight: AtomicUsize,
-    /// Woken when the outbox and the probe reports may have run empty ([`Storage::flush`]).
-    ///
-    /// [`Storage::flush`]: crate::Storage::flush
-    settled: Notify,
+    /// Reports sent outside the outbox and not answered yet, and the wake-up `flush` waits on.
+    unanswered: Arc<settle::Unanswered>,
     clock: Arc<dyn Clock>,
     /// This instance's metric handles (`telemetry.rs`).
     pub(crate) metrics: InstanceMetrics,
@@ -172,14 +169,6 @@ impl Shared {
         }
     }
 
-    /// The newest version seen from any key; true when `version` is newer than every one
-    /// seen before.
-    pub(crate) fn seen(&self, version: i64) -> bool {
-        // Relaxed: a high-water mark; a trip decided a moment later than a version arrived
-        // only has an older basis, which makes the database stricter with it, never wrong.
-        self.max_seen.fetch_max(version, Ordering::Relaxed) < version
-    }
-
     /// Applies a state of `key`'s row from `source`. A key with no cell here needs one only if
     /// the row is not CLOSED (absence means CLOSED), so CLOSED rows of keys no breaker uses
     /// cost no memory. `committed_at_us`: when the database committed it, if it said.
@@ -194,7 +183,7 @@ impl Shared {
         let cell = match storage.cells.get(key).map(|c| c.clone()) {
             Some(c) => c,
             None if remote.state == State::Closed => {
-                self.seen(remote.version);
+                self.marks.seen(remote.version);
                 return;
             }
             None => storage.cell(key.into(), Policy::default()),
@@ -211,7 +200,7 @@ impl Shared {
         source: Source,
         committed_at_us: Option<i64>,
     ) {
-        self.seen(remote.version);
+        self.marks.seen(remote.version);
         if let Some(t) = cell.apply_remote(remote, source) {
             self.transitioned(cell, t, Some(remote.version), committed_at_us);
         }
@@ -221,7 +210,7 @@ impl Shared {
     /// answers are applied, for every kind of call.
     pub(crate) fn answered(&self, cell: &Arc<KeyCell>, call: Call, row: &statements::RowState) {
         let remote = row.remote(&cell.key);
-        self.seen(remote.version);
+        self.marks.seen(remote.version);
         if let Some(t) = cell.answered(call, remote) {
             self.transitioned(cell, t, Some(remote.version), None);
         }
@@ -289,36 +278,9 @@ impl Shared {
         self.callbacks.queue(cell, t, version, committed_at_us);
     }
 
-    pub(crate) fn set_clock_offset(&self, us: i64) {
-        // Relaxed: one number, read alone.
-        self.clock_offset_us.store(us, Ordering::Relaxed);
-    }
-
-    /// The database's clock now, by this instance's estimate (microseconds since the epoch).
-    fn database_now_us(&self) -> i64 {
-        sync::unix_micros().saturating_add(self.clock_offset_us.load(Ordering::Relaxed))
-    }
-
-    /// A full reload's query is being sent now.
-    pub(crate) fn reloading(&self) {
-        // Relaxed: read by this instance's listener task only, after this store.
-        self.reloaded_at_us
-            .store(self.database_now_us(), Ordering::Relaxed);
-    }
-
-    /// True when a notification committed at `at_us` (database clock) may be taken on trust:
-    /// after the last reload's query, and within the replay window of the database's clock.
-    pub(crate) fn fresh(&self, at_us: i64) -> bool {
-        let window = i64::try_from(listener::REPLAY_WINDOW.as_micros()).unwrap_or(i64::MAX);
-        let now = self.database_now_us();
-        at_us >= self.reloaded_at_us.load(Ordering::Relaxed) // see `reloading`
-            && at_us >= now.saturating_sub(window)
-            && at_us <= now.saturating_add(window)
-    }
-
     /// A notification committed at `at_us` (database clock) is in the snapshot now.
     pub(crate) fn lag_since(&self, at_us: i64) {
-        let lag_us = self.database_now_us().saturating_sub(at_us).max(0);
+        let lag_us = self.marks.database_now_us().saturating_sub(at_us).max(0);
         self.metrics.notification_lag.record(lag_us as f64 / 1e6);
     }
 
@@ -367,33 +329,18 @@ impl Shared {
         let pending = self.outbox.len();
         self.metrics.pending.set(pending as f64);
         if pending == 0 {
-            self.settled.notify_waiters();
+            self.unanswered.wake();
         }
     }
 
-    /// Transitions and probe results of this instance the database has not answered yet.
+    /// Transitions and reports of this instance the database has not answered yet.
     fn unanswered(&self) -> usize {
-        // Acquire: pairs with the decrement of a finished report.
-        self.outbox.len() + self.reports_in_flight.load(Ordering::Acquire)
+        self.outbox.len() + self.unanswered.reports()
     }
 
-    /// Counts a probe report until the returned guard is dropped (answered, failed, or its task
-    /// dropped unrun).
-    pub(crate) fn report_started(self: &Arc<Self>) -> ReportInFlight {
-        self.reports_in_flight.fetch_add(1, Ordering::AcqRel);
-        ReportInFlight(self.clone())
-    }
-}
-
-/// A probe report on its way to the database; see [`Shared::report_started`].
-pub(crate) struct ReportInFlight(Arc<Shared>);
-
-impl Drop for ReportInFlight {
-    fn drop(&mut self) {
-        // AcqRel: `flush` reads the count after registering for the wake-up sent here.
-        if self.0.reports_in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.settled.notify_waiters();
-        }
+    /// Counts a report (probe result, vote, rate report) until the returned guard is dropped.
+    pub(crate) fn report_started(&self) -> settle::ReportInFlight {
+        self.unanswered.started()
     }
 }
 
@@ -406,7 +353,7 @@ impl Instance {
         let _ = tokio::time::timeout_at(deadline, self.shared.report_rates()).await;
         loop {
             // Register before looking, so that an answer arriving in between is not missed.
-            let settled = self.shared.settled.notified();
+            let settled = self.shared.unanswered.settled();
             tokio::pin!(settled);
             settled.as_mut().enable();
             if self.shared.unanswered() == 0 {
@@ -433,7 +380,7 @@ impl Instance {
             .clock
             .now_nanos()
             .saturating_add(duration_nanos(cooldown));
-        let basis = self.shared.max_seen.load(Ordering::Relaxed); // see `seen`
+        let basis = self.shared.marks.basis();
         let seq = cell.trip_pending(deadline, basis, hold);
         // No hold outlives its reason: when its cooldown ends and nothing newer ended it first
         // (an answer, a newer row), the cell shows the table's row again, without waiting for a

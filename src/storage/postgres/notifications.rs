@@ -73,7 +73,7 @@ pub(super) fn apply_notification(shared: &Shared, live: &Live, n: &Notification)
             committed_at_us: Some(change.committed_at_us),
         })
     };
-    if !shared.fresh(change.committed_at_us) {
+    if !shared.marks.fresh(change.committed_at_us) {
         return confirm(shared, change); // a replay, or delayed past trust: read the row
     }
     let Some(storage) = shared.storage.upgrade() else {
@@ -93,7 +93,7 @@ pub(super) fn apply_notification(shared: &Shared, live: &Live, n: &Notification)
     if let Some(s) = &change.unknown_state {
         tracing::warn!(key = %change.key, state = %s, "row has an unknown state; treating it as CLOSED");
     }
-    let lag = shared.seen(change.version);
+    let lag = shared.marks.seen(change.version);
     let remote = Remote {
         state: change.state,
         version: change.version,

@@ -134,7 +134,7 @@ pub(crate) async fn poll(
             remaining: statements::remaining(row.try_get("o_remaining_ms").map_err(err)?),
         };
         let at: Option<i64> = row.try_get("o_at_us").map_err(err)?;
-        let fresh = shared.seen(remote.version);
+        let fresh = shared.marks.seen(remote.version);
         if let Some(storage) = &storage {
             shared.apply_key(storage, &key, remote, Source::Notification, at);
         }

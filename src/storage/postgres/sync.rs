@@ -271,7 +271,9 @@ pub(super) async fn server_status(shared: &Shared, client: &Client) -> Result<()
     let usage: f64 = row
         .try_get("o_queue_usage")
         .map_err(|e| StorageError::db(during, e))?;
-    shared.set_clock_offset(db.saturating_sub(before / 2 + after / 2));
+    shared
+        .marks
+        .set_clock_offset(db.saturating_sub(before / 2 + after / 2));
     shared.queue_usage(usage, QUEUE_WARN);
     Ok(())
 }
@@ -319,7 +321,7 @@ pub(super) async fn resync(shared: &Arc<Shared>, client: &Client) -> Result<(), 
     // Before the query: what the cells apply after this is newer than the snapshot, and a
     // notification committed before it is in the snapshot (or older still: see `fresh`).
     let read_at = shared.clock.now_nanos();
-    shared.reloading();
+    shared.marks.reloading();
     let rows = client
         .query_typed(
             statements::SNAPSHOT,

@@ -9,7 +9,6 @@
 //! nothing while it knows the database is away; a vote that meets an outage unnoticed waits at
 //! most the statement timeout.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,7 +28,7 @@ impl Instance {
     ) {
         let shared = self.shared.clone();
         // As for a trip: the basis the database checks the vote against.
-        let basis = shared.max_seen.load(Ordering::Relaxed);
+        let basis = shared.marks.basis();
         self.hold_trip(cell, cooldown, Hold::Vote);
         if shared.is_degraded() {
             // Not sent at all: the connection attempts of a call would wait for the database to

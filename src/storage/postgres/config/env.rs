@@ -5,9 +5,11 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::connection::check_namespace;
 use super::endpoint::Endpoint;
-use super::options::{check_namespace, DEFAULT_DBNAME, DEFAULT_USER};
-use super::parse::{parse_dsn, parse_port, parse_sslmode, split_list};
+use super::keys::{parse_port, parse_sslmode, split_list};
+use super::options::{DEFAULT_DBNAME, DEFAULT_USER};
+use super::parse::parse_dsn;
 use super::redact::{Ctx, Secret};
 use super::PostgresOptions;
 use crate::ConfigError;

@@ -9,11 +9,12 @@
 //! * `redact`: the password wrapper and the rules for quoting input in errors;
 //! * `endpoint`: where one connection goes, its TCP settings, and the one place where a DSN's
 //!   TCP settings meet the options' values;
-//! * `parse`: the URL and conninfo parser, with the one table of libpq keys (and why it is not
+//! * `parse`: the URL and conninfo parser (and why it is not
 //!   tokio-postgres's);
 //! * `env`: `from_env` and the `RC_DB_*` table;
 //! * `follow`: [`Follow`], listening or polling;
-//! * `options`: [`PostgresOptions`] itself, its defaults and setters.
+//! * `options`: [`PostgresOptions`] itself, its defaults and setters;
+//! * `connection`: what the options become when connecting (checks, pool and listener configurations).
 //!
 //! # Secrets
 //!
@@ -21,9 +22,11 @@
 //! `Display` and `target()` leave it out, and error messages only quote a piece of the input when
 //! it is a short plain token that neither contains nor is contained in the password.
 
+mod connection;
 mod endpoint;
 mod env;
 mod follow;
+mod keys;
 mod modes;
 mod options;
 mod parse;

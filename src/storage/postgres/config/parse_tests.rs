@@ -3,8 +3,12 @@
 
 use proptest::prelude::*;
 
+use super::super::keys::KEYS;
+use super::super::redact::Secret;
 use super::super::tests::*;
 use super::*;
+use std::net::IpAddr;
+use std::time::Duration;
 
 /// A URL with every part (multi-host, ports, percent-encoding, query keys) lands in the right
 /// fields.
