@@ -1,14 +1,18 @@
-//! No held state outlives its reason, and a fleet doing everything at once converges on the
-//! table: every instance agrees with every row after a close of every key and after an open of
-//! every key.
+//! Who wins, and convergence: a stale decision never replays over a later one (a trip decided
+//! while cut off, a notification overtaking an override's answer), overrides are retried until
+//! the table has them, no held state outlives its reason, and a fleet doing everything at once
+//! converges on the table: every instance agrees with every row after a close of every key and
+//! after an open of every key.
 
 use std::time::Duration;
 
 use resilient_circuit::{Ratio, State, Storage, TripPolicy};
 
 use crate::cli::ok;
-use crate::support::breakers::{fail, options, Watched};
-use crate::support::{test_db, unique_key};
+use crate::support::breakers::{
+    behind, caught_up, fail, instance, options, pool_behind, row_state, trip_fast, Watched, REACH,
+};
+use crate::support::{eventually, test_db, unique_key, Mode, Proxy, WAIT};
 
 /// A quorum of two within a minute, tripping on every failure, resting `cooldown`.
 fn quorum(b: resilient_circuit::Builder, cooldown: Duration) -> resilient_circuit::Builder {
@@ -385,4 +389,145 @@ async fn everything_at_once_converges() {
     agree("a close of every key, with votes held short of their quorum").await;
     force_all("OPEN", 600_000).await;
     agree("an open of every key").await;
+}
+
+/// A trips K while cut off; B trips K and then closes it (two newer versions);
+/// When A's path heals, A's stale trip must lose to the close: K stays CLOSED on A, on B and in
+/// the table.
+#[tokio::test]
+async fn stale_trip_is_not_replayed_over_a_later_close() {
+    let db = test_db().await;
+    let proxy = Proxy::start(db.addr()).await;
+    let a = behind(&db, &proxy).await;
+    let b = instance(&db).await;
+    let key = unique_key("replayed");
+    let mut on_a = Watched::new(&a, &key, trip_fast);
+    let mut on_b = Watched::new(&b, &key, trip_fast);
+
+    proxy.set_mode(Mode::Cut);
+    assert!(eventually(WAIT, || async { a.is_degraded() }).await);
+    fail(&on_a.cb).await;
+    assert_eq!(on_a.cb.state(), State::Open);
+    assert_eq!(
+        a.pending_publications(),
+        1,
+        "A's trip waits for the database"
+    );
+
+    fail(&on_b.cb).await;
+    assert!(on_b.reaches(State::Open).await);
+    on_b.cb
+        .force_closed_confirmed()
+        .await
+        .expect("B's close is accepted");
+    let client = db.client().await;
+    assert_eq!(row_state(&client, &key).await.as_deref(), Some("CLOSED"));
+
+    proxy.set_mode(Mode::Pass);
+    assert!(
+        eventually(WAIT, || async {
+            !a.is_degraded() && a.pending_publications() == 0
+        })
+        .await,
+        "A reconnects and its trip is answered"
+    );
+    assert!(
+        on_a.reaches(State::Closed).await,
+        "A follows the later close"
+    );
+    // A marker committed after A's answer: once B has it, anything A's trip caused has reached B.
+    assert!(caught_up(&client, &[&b], REACH).await);
+    assert_eq!(
+        row_state(&client, &key).await.as_deref(),
+        Some("CLOSED"),
+        "the table keeps the close"
+    );
+    assert_eq!(on_b.cb.state(), State::Closed, "B keeps the close");
+    assert_eq!(on_a.cb.state(), State::Closed, "A keeps the close");
+}
+
+/// While A's override is on its way (A's pool is slow), B trips the key after
+/// it, and B's NOTIFY reaches A before A's own answer: A must end OPEN (B's newer trip), not
+/// CLOSED at the older version of its own override.
+#[tokio::test]
+async fn notification_during_override_is_not_lost() {
+    let db = test_db().await;
+    let proxy = Proxy::start(db.addr()).await;
+    let a = pool_behind(&db, &proxy, |o| {
+        o.reconcile_interval(Duration::from_secs(3600))
+    })
+    .await;
+    let b = instance(&db).await;
+    let key = unique_key("override");
+    let mut on_a = Watched::new(&a, &key, trip_fast);
+    let mut on_b = Watched::new(&b, &key, trip_fast);
+    fail(&on_b.cb).await;
+    assert!(on_a.reaches(State::Open).await);
+
+    // Every packet of A's pool now waits 400 ms: the close commits ~400 ms after the call and
+    // its answer reaches A ~400 ms after that.
+    proxy.set_mode(Mode::Delay(Duration::from_millis(400)));
+    let closing = {
+        let cb = on_a.cb.clone();
+        tokio::spawn(async move { cb.force_closed_confirmed().await })
+    };
+    assert!(
+        eventually(WAIT, || async { on_a.cb.state() == State::Closed }).await,
+        "the override is local at once"
+    );
+    // B sees A's close by NOTIFY, then trips after it.
+    assert!(on_b.reaches(State::Closed).await);
+    fail(&on_b.cb).await;
+    assert_eq!(on_b.cb.state(), State::Open);
+    closing
+        .await
+        .expect("task")
+        .expect("A's close was accepted");
+    assert!(
+        on_a.reaches(State::Open).await,
+        "A applies B's trip, which is newer than its own close (now {})",
+        on_a.cb.state()
+    );
+    let client = db.client().await;
+    assert_eq!(row_state(&client, &key).await.as_deref(), Some("OPEN"));
+}
+
+/// Overrides are retried until the database takes them (a cut path does not lose
+/// them, and the reload after the reconnect does not undo them), and the confirmed variant says
+/// when the fleet has it.
+#[tokio::test]
+async fn overrides_are_retried_and_confirmed() {
+    let db = test_db().await;
+    let proxy = Proxy::start(db.addr()).await;
+    let a = behind(&db, &proxy).await;
+    let b = instance(&db).await;
+    let key = unique_key("retried");
+    let on_a = Watched::new(&a, &key, |b| b);
+    let mut on_b = Watched::new(&b, &key, |b| b);
+    proxy.set_mode(Mode::Cut);
+    assert!(eventually(WAIT, || async { a.is_degraded() }).await);
+    let confirmed = {
+        let cb = on_a.cb.clone();
+        tokio::spawn(async move { cb.force_open_confirmed(Duration::from_secs(600)).await })
+    };
+    assert!(
+        eventually(WAIT, || async { on_a.cb.state() == State::Open }).await,
+        "local at once"
+    );
+    // Some failed attempts, then the path heals.
+    assert!(eventually(WAIT, || async { proxy.connections() >= 3 }).await);
+    assert!(
+        !confirmed.is_finished(),
+        "not confirmed while the database is unreachable"
+    );
+    proxy.set_mode(Mode::Pass);
+    tokio::time::timeout(WAIT, confirmed)
+        .await
+        .expect("confirmed once the database is back")
+        .expect("task")
+        .expect("accepted");
+    assert!(on_b.reaches(State::Open).await, "the fleet follows");
+    assert_eq!(on_a.cb.state(), State::Open, "the reload did not undo it");
+    let left = on_b.cb.cooldown_remaining();
+    assert!(left > Duration::from_secs(500), "{left:?}");
 }

@@ -416,3 +416,34 @@ pub async fn audited(client: &Client, key: &str) -> Vec<(String, String)> {
         .map(|r| (r.get(0), r.get(1)))
         .collect()
 }
+
+/// Options logging in as `conninfo`'s role, for an instance of its own name.
+pub fn options_at(conninfo: &str) -> PostgresOptions {
+    PostgresOptions::from_dsn(conninfo)
+        .expect("test conninfo parses")
+        .instance_name(super::unique_key("instance"))
+}
+
+/// An instance reaching the database only through `proxy` (pool and listener), with reconciling
+/// pushed out of the test's way so that only what the test names can heal it.
+pub async fn behind(db: &TestDb, proxy: &super::Proxy) -> Storage {
+    Storage::connect_with(
+        options_at(&db.app_conninfo_via(proxy.addr()).await)
+            .reconcile_interval(Duration::from_secs(3600)),
+    )
+    .await
+    .expect("connects through the proxy")
+}
+
+/// An instance whose pool goes through `proxy` while its listener connects directly.
+pub async fn pool_behind(
+    db: &TestDb,
+    proxy: &super::Proxy,
+    tune: impl FnOnce(PostgresOptions) -> PostgresOptions,
+) -> Storage {
+    let listener = format!("host={} port={}", db.host(), db.port());
+    let opts = tune(options_at(&db.app_conninfo_via(proxy.addr()).await))
+        .listener_dsn(&listener)
+        .expect("listener DSN");
+    Storage::connect_with(opts).await.expect("connects")
+}
