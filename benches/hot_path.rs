@@ -43,6 +43,9 @@
 //!   fails: below the trip threshold (5 in 10), so the breaker stays closed, but its window is
 //!   rarely clean and outcomes take the slow path. One thread and two (each thread counts its
 //!   own calls, so each fails one in N).
+//! * `windows`: recording at windows of 10, 100 and 1,000 outcomes and failure rates of 0.1%,
+//!   1%, 5% and 50% (below a 60% limit), next to `recloser` with the same window and limit, on
+//!   one thread and two.
 //! * `half_open`: an in-memory breaker in HALF_OPEN whose probe slots are all taken
 //!   (`try_acquire` rejected as `half_open_full`), and a whole probe cycle on a manual clock:
 //!   trip, cooldown over, probe admitted and reported, closed again (two transitions).
@@ -230,6 +233,11 @@ mod rc {
         r.map_err(CircuitError::Inner)
     }
 
+    /// A breaker with a window of `window` outcomes tripping at 60%, filled with successes.
+    pub fn window_at(key: &str, window: u32) -> CircuitBreaker {
+        clean(key, Storage::in_memory(), window, window * 3 / 5, false)
+    }
+
     /// A breaker like [`healthy`] with a window of `window` outcomes, tripping at half.
     pub fn healthy_window(key: &str, window: u32) -> CircuitBreaker {
         clean(key, Storage::in_memory(), window, window / 2, false)
@@ -306,6 +314,20 @@ mod rl {
     pub fn healthy_window(window: u32) -> Recloser {
         let r = Recloser::custom()
             .error_rate(0.5)
+            .closed_len(window as usize)
+            .half_open_len(window as usize)
+            .open_wait(COOLDOWN)
+            .build();
+        for _ in 0..2 * window {
+            r.call(work).expect("closed");
+        }
+        r
+    }
+
+    /// A window of `window` outcomes tripping at 60%, as [`rc::window_at`](super::rc::window_at).
+    pub fn window_at(window: u32) -> Recloser {
+        let r = Recloser::custom()
+            .error_rate(0.6)
             .closed_len(window as usize)
             .half_open_len(window as usize)
             .open_wait(COOLDOWN)
@@ -785,11 +807,52 @@ mod postgres {
     }
 }
 
+/// Recording outcomes at the window sizes users configure (10, 100, 1,000) and failure rates of
+/// 0.1%, 1%, 5% and 50%, all below a 60% limit, for this crate and `recloser` configured alike
+/// (the same window, the same limit), on one thread and on two sharing the breaker. The breaker
+/// goes through `black_box` on every call, so nothing about it is hoisted out of the loop.
+mod windows {
+    use super::*;
+
+    pub fn bench(c: &mut Criterion) {
+        let mut group = configure(c, "windows");
+        for window in [10u32, 100, 1000] {
+            for n in [1000u32, 100, 20, 2] {
+                let cb = rc::window_at(&format!("windows_{window}_1_in_{n}"), window);
+                let r = rl::window_at(window);
+                let case = format!("{window}/1_in_{n}");
+                group.bench_function(format!("{case}/resilient_circuit"), |b| {
+                    b.iter(|| black_box(rc::acquire_run_record_failing(black_box(&cb), n)).ok())
+                });
+                group.bench_function(format!("{case}/recloser"), |b| {
+                    b.iter(|| black_box(rl::call_failing(black_box(&r), n)).ok())
+                });
+                group.bench_function(format!("two_threads/{case}/resilient_circuit"), |b| {
+                    two_threads(b, || {
+                        black_box(rc::acquire_run_record_failing(black_box(&cb), n)).ok();
+                    })
+                });
+                group.bench_function(format!("two_threads/{case}/recloser"), |b| {
+                    two_threads(b, || {
+                        black_box(rl::call_failing(black_box(&r), n)).ok();
+                    })
+                });
+                assert_eq!(
+                    cb.state(),
+                    resilient_circuit::State::Closed,
+                    "{case} stays under the limit"
+                );
+            }
+        }
+        group.finish();
+    }
+}
+
 criterion_group! {
     name = benches;
     // Plots (plotters, as gnuplot is rarely installed) cost more time than the measurements.
     config = Criterion::default().without_plots();
     targets = closed_single_thread::bench, closed_two_threads::bench, open_reject::bench,
-        error_rate::bench, half_open::bench, postgres::bench
+        error_rate::bench, windows::bench, half_open::bench, postgres::bench
 }
 criterion_main!(benches);

@@ -102,16 +102,21 @@ impl Policy {
     /// instance judges alone (in memory, or while the database is unreachable): the window's
     /// failure rate reaches the limit over at least `min_calls` outcomes, capped at the window's
     /// size.
+    #[cfg(test)]
     pub(crate) fn closed_trips(&self, w: &OutcomeWindow) -> bool {
+        self.closed_trips_at(w.failures(), w.len(), w.capacity())
+    }
+
+    /// [`closed_trips`](Self::closed_trips) of a window holding `len` outcomes of which
+    /// `failures` failed, out of `capacity`.
+    pub(crate) fn closed_trips_at(&self, failures: u32, len: u32, capacity: u32) -> bool {
         if let Some((limit, min_calls, _)) = self.trip.fleet_rate() {
-            let len = u64::from(w.len());
-            let failures = u64::from(w.failures());
-            return w.len() >= min_calls.min(w.capacity())
+            let (len, failures) = (u64::from(len), u64::from(failures));
+            return len >= u64::from(min_calls.min(capacity))
                 && failures > 0
                 && failures * u64::from(limit.denominator()) >= u64::from(limit.numerator()) * len;
         }
-        w.len() >= self.minimum_calls()
-            && at_rate(w.failures().into(), w.len().into(), self.failure_limit)
+        len >= self.minimum_calls() && at_rate(failures.into(), len.into(), self.failure_limit)
     }
 
     /// How many outcomes a closed window needs before it may trip.
@@ -130,9 +135,15 @@ impl Policy {
 
     /// The count window's slow-call verdict: `slow` holds one bit per outcome of `w`, set for a
     /// slow call (its "failures" are the slow calls).
+    #[cfg(test)]
     pub(crate) fn slow_trips(&self, w: &OutcomeWindow, slow: &OutcomeWindow) -> bool {
+        self.slow_trips_at(w.len(), slow)
+    }
+
+    /// [`slow_trips`](Self::slow_trips) of a count window holding `len` outcomes.
+    pub(crate) fn slow_trips_at(&self, len: u32, slow: &OutcomeWindow) -> bool {
         self.slow_rate().is_some_and(|r| {
-            w.len() >= self.minimum_calls() && at_rate(slow.failures().into(), w.len().into(), r)
+            len >= self.minimum_calls() && at_rate(slow.failures().into(), len.into(), r)
         })
     }
 

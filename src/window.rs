@@ -1,6 +1,8 @@
 //! [`OutcomeWindow`]: the last `n` outcomes of a breaker as a ring of bits.
 //!
-//! Pure data, no clock and no locking: the breaker keeps one behind its private lock.
+//! Pure data, no clock and no locking: the breaker keeps its half-open round and its slow-call
+//! window in one, behind its private lock. (The closed count window is `cell/ring.rs`, recorded
+//! without the lock and tested against this one.)
 
 /// The last `capacity` outcomes, oldest overwritten first, with a running failure count.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,10 +56,12 @@ impl OutcomeWindow {
         self.len == self.capacity
     }
 
+    #[cfg(test)]
     pub(crate) fn len(&self) -> u32 {
         self.len
     }
 
+    #[cfg(test)]
     pub(crate) fn capacity(&self) -> u32 {
         self.capacity
     }
@@ -70,7 +74,9 @@ impl OutcomeWindow {
         self.len - self.failures
     }
 
-    /// Outcomes oldest first (true = success), the order of the ancestor's `execution_log`.
+    /// Outcomes oldest first (true = success), the order of the Python package's
+    /// `execution_log`: the reference `ring.rs` is tested against.
+    #[cfg(test)]
     pub(crate) fn outcomes(&self) -> Vec<bool> {
         let start = if self.len == self.capacity {
             self.next

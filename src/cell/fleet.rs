@@ -129,7 +129,9 @@ impl KeyCell {
                 u32::try_from(c.calls).unwrap_or(u32::MAX),
             );
         }
-        (locked.closed.failures(), locked.closed.len())
+        drop(locked);
+        let (failures, len, _) = self.ring.counts();
+        (failures, len)
     }
 
     /// The hold of local decision `seq` (a trip on its way, a vote, a fleet-rate judgement made

@@ -5,7 +5,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::{KeyCell, Locked, RateCounter, Transition};
+use super::{KeyCell, Locked, RateCounter, Rule, Transition};
 use crate::live_config::{LiveConfig, Mode};
 use crate::policy::Policy;
 use crate::window::OutcomeWindow;
@@ -34,9 +34,13 @@ impl KeyCell {
         let probes_changed = locked.policy.probe_count() != policy.probe_count();
         locked.policy = policy;
         if resized {
-            locked.closed = OutcomeWindow::new(policy.failure_limit.denominator());
+            let generation = self.load(Ordering::Relaxed).generation();
+            self.ring
+                .resize(policy.failure_limit.denominator(), generation);
             (locked.slow_calls, locked.timed) = Locked::extra_windows(&policy);
         }
+        // Relaxed: read as a hint by the lock-free path (see `record_slow`).
+        self.rule.store(Rule::of(&policy).bits(), Ordering::Relaxed);
         if probes_changed {
             locked.half_open = OutcomeWindow::new(policy.probe_count());
             // A local half-open round restarts with the new probe count (a probe out at the

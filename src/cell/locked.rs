@@ -1,6 +1,7 @@
 //! [`Locked`]: what one key keeps behind its private lock, taken only when something changes
 //! (an outcome on a window that is not clean, a transition, a lease, a row from the fleet): the
-//! policy in force, the closed state's windows, the half-open round, and the fleet's view.
+//! policy in force, the closed state's windows beyond the count window (`ring.rs`, kept outside
+//! the lock), the half-open round, and the fleet's view.
 
 use std::collections::VecDeque;
 
@@ -18,7 +19,6 @@ pub(super) struct Locked {
     pub(super) policy: Policy,
     /// The policy the breakers were built with (what a second builder must agree with).
     pub(super) code_policy: Policy,
-    pub(super) closed: OutcomeWindow,
     pub(super) half_open: OutcomeWindow,
     /// Local mode: probe permits not yet handed out in this half-open round.
     pub(super) probes_free: u32,
@@ -33,11 +33,11 @@ pub(super) struct Locked {
     /// store the row counts them (`reopens`, `sql/objects/rc_report_probe.sql`); this count
     /// follows the reopens this instance sees, for local rounds while the database is away.
     pub(super) reopens: u32,
-    /// With a slow-call rate on the count window: one bit per outcome of `closed`, in step with
-    /// it, set ("failure") for a slow call.
+    /// With a slow-call rate on the count window: one bit per outcome of the count window, in
+    /// step with it, set ("failure") for a slow call.
     pub(super) slow_calls: Option<OutcomeWindow>,
     /// With [`Builder::time_window`](crate::Builder::time_window): the window that is judged;
-    /// `closed` then only keeps the last outcomes for `execution_log`.
+    /// the count window then only keeps the last outcomes for `execution_log`.
     pub(super) timed: Option<TimeWindow>,
 }
 
@@ -50,10 +50,9 @@ impl Locked {
         (slow_calls, timed)
     }
 
-    /// Records a closed-state outcome in every window. The clock is read only with a time
-    /// window.
-    pub(super) fn push_closed(&mut self, success: bool, slow_call: bool, clock: &dyn Clock) {
-        self.closed.push(success);
+    /// Records a closed-state outcome in the windows kept here (the count window has been
+    /// pushed to already). The clock is read only with a time window.
+    pub(super) fn push_extra(&mut self, success: bool, slow_call: bool, clock: &dyn Clock) {
         if let Some(s) = &mut self.slow_calls {
             s.push(!slow_call);
         }
@@ -62,29 +61,30 @@ impl Locked {
         }
     }
 
-    /// The closed state's verdict on the windows just pushed to.
-    pub(super) fn closed_trips(&self) -> bool {
+    /// The closed state's verdict, the count window holding `counts` (failures, outcomes,
+    /// capacity).
+    pub(super) fn closed_trips(&self, (failures, len, cap): (u32, u32, u32)) -> bool {
         match (&self.timed, &self.slow_calls) {
             (Some(t), _) => self.policy.timed_trips(t.counts()),
             (None, Some(s)) => {
-                self.policy.closed_trips(&self.closed) || self.policy.slow_trips(&self.closed, s)
+                self.policy.closed_trips_at(failures, len, cap) || self.policy.slow_trips_at(len, s)
             }
-            (None, None) => self.policy.closed_trips(&self.closed),
+            (None, None) => self.policy.closed_trips_at(failures, len, cap),
         }
     }
 
     /// True when a fast, unrecorded success would change nothing: a full count window with no
     /// failure and no slow call. Never with a time window, where every success counts toward
     /// the rate of the period.
-    pub(super) fn closed_clean(&self) -> bool {
+    pub(super) fn closed_clean(&self, (failures, len, cap): (u32, u32, u32)) -> bool {
         self.timed.is_none()
-            && self.closed.is_full()
-            && self.closed.failures() == 0
+            && len == cap
+            && failures == 0
             && self.slow_calls.as_ref().map_or(true, |s| s.failures() == 0)
     }
 
-    pub(super) fn clear_closed(&mut self) {
-        self.closed.clear();
+    /// Empties the windows kept here.
+    pub(super) fn clear_extra(&mut self) {
         if let Some(s) = &mut self.slow_calls {
             s.clear();
         }

@@ -23,17 +23,23 @@
 //!   half-open probe.
 //!
 //! Why not an `ArcSwap<Snapshot>`: a full `ArcSwap::load` costs about 20 ns on the machines we
-//! measure on, the atomic word under 1 ns. Everything else (windows, probe leases, the database
-//! version) sits behind a mutex private to this key, taken only when something changes.
+//! measure on, the atomic word under 1 ns. The closed state's count window is recorded without
+//! a lock too (`ring.rs`: a compare-and-swap claims a slot, and a bit changes only when the
+//! outcome does). Everything else (the half-open round, time and slow-call windows, probe
+//! leases, the database version) sits behind a mutex private to this key, taken only when
+//! something changes, or when the count window may trip.
 //!
 //! This file is the hot path (admission, recording, the private lock); `word.rs` holds the
-//! word's encoding, `fleet.rs` what a shared store adds (lease requests, the row's state as the
-//! fleet reports it, our own decisions on their way), `live.rs` the live configuration (the
-//! policy in force, the mode), none of it on a closed breaker's path.
+//! word's encoding, `ring.rs` the count window, `admit.rs` admission when not closed, `fleet.rs`
+//! what a shared store adds (lease requests, the row's state as the fleet reports it, our own
+//! decisions on their way), `live.rs` the live configuration (the policy in force, the mode),
+//! none of it on a closed breaker's path.
 //!
-//! Memory ordering, once: every write happens under `slow`'s mutex and ends with a `Release` store
-//! of the word; readers load the word with `Acquire`, so the deadline and probe count written
-//! before that store are visible to whoever sees the new word.
+//! Memory ordering, once: every transition happens under the key's mutex and ends with a
+//! `Release` store of the word; readers load the word with `Acquire`, so the deadline and probe
+//! count written before that store are visible to whoever sees the new word. Outside the mutex
+//! only two things change: the ring (see its module doc) and the word's `CLEAN` bit, set by a
+//! compare-and-swap and cleared by a `fetch_and` (see `mark_clean`).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
@@ -56,8 +62,10 @@ mod announce;
 mod fleet;
 mod live;
 mod locked;
+mod ring;
 
 use locked::Locked;
+use ring::{Ring, Rule};
 mod rate;
 mod word;
 
@@ -134,6 +142,10 @@ pub(crate) struct KeyCell {
     /// tripped during an outage can still recover.
     online: Option<Arc<AtomicBool>>,
     _written_below: CacheLine,
+    /// The closed state's count window, recorded without the lock (`ring.rs`).
+    ring: Ring,
+    /// [`Rule`] of the policy in force: whether, and by what, the ring is judged without the lock.
+    rule: AtomicU64,
     locked: Mutex<Locked>,
     /// Set while a lease request to the shared store is in flight, so callers do not flood it.
     lease_requested: AtomicBool,
@@ -203,10 +215,14 @@ impl KeyCell {
             open_deadline: AtomicU64::new(0),
             probes_hint: AtomicU32::new(0),
             mode: AtomicU8::new(Mode::Normal.to_u8()),
+            ring: Ring::new(
+                policy.failure_limit.denominator(),
+                StateWord::INITIAL.generation(),
+            ),
+            rule: AtomicU64::new(Rule::of(&policy).bits()),
             locked: Mutex::new(Locked {
                 policy,
                 code_policy: policy,
-                closed: OutcomeWindow::new(policy.failure_limit.denominator()),
                 half_open: OutcomeWindow::new(policy.probe_count()),
                 probes_free: 0,
                 leases: VecDeque::new(),
@@ -376,6 +392,13 @@ impl KeyCell {
         if mode == Mode::Disabled {
             return Recorded::Nothing; // admitted, not counted
         }
+        if admitted.is_closed() && mode == Mode::Normal {
+            // Relaxed: a policy arriving a moment late judges one outcome by the older rule.
+            let rule = Rule::from_bits(self.rule.load(Ordering::Relaxed));
+            if rule.lock_free() {
+                return self.record_closed(admitted, success, rule);
+            }
+        }
         let mut locked = self.lock();
         let cur = self.load(Ordering::Relaxed);
         if !cur.same_epoch(admitted) {
@@ -383,33 +406,14 @@ impl KeyCell {
         }
         match cur.state() {
             State::Closed => {
-                locked.push_closed(success, slow_call, &*self.clock);
+                if self.ring.push(cur.generation(), !success).is_none() {
+                    return Recorded::Nothing;
+                }
+                locked.push_extra(success, slow_call, &*self.clock);
                 if cur.is_counted() {
                     self.count(success);
                 }
-                // A fleet rate is the database's to judge while it is reachable (the reporter
-                // sends it the counts); alone, the window judges by the same rule.
-                let fleet_rate = locked.policy.trip.fleet_rate().is_some()
-                    && self.is_fleet()
-                    && mode == Mode::Normal;
-                if !fleet_rate && mode == Mode::Normal && locked.closed_trips() {
-                    let deadline = self.deadline_after(locked.policy.cooldown);
-                    return Recorded::Changed(self.set_state(&mut locked, State::Open, deadline));
-                }
-                // Metrics-only: the window counts and never trips; reaching the limit is counted
-                // and the window starts over, as it would after the trip and the close.
-                if mode == Mode::MetricsOnly && locked.closed_trips() {
-                    self.metrics.would_trip();
-                    tracing::info!(key = %self.key, "metrics-only: the window reached its limit (a normal breaker would have opened)");
-                    locked.clear_closed();
-                }
-                let clean = locked.closed_clean();
-                let next = cur.with_clean(clean);
-                if next != cur {
-                    // Release for symmetry with transitions; nothing else is published here.
-                    self.store(next, Ordering::Release);
-                }
-                Recorded::Nothing
+                self.judge_closed(&mut locked, cur, mode)
             }
             State::HalfOpen => {
                 locked.half_open.push(success);
@@ -427,6 +431,98 @@ impl KeyCell {
                 }
             }
             State::Open => Recorded::Nothing,
+        }
+    }
+
+    /// A closed outcome on a plain count window, without the lock: one compare-and-swap on the
+    /// ring's head, and a write of the outcome's bit when it changes. The lock is taken only
+    /// when the window may trip (to count exactly and decide), and the word's clean bit changes
+    /// when the window's last failure leaves it or a failure enters it.
+    fn record_closed(&self, admitted: StateWord, success: bool, rule: Rule) -> Recorded {
+        let Some(p) = self.ring.push(admitted.generation(), !success) else {
+            return Recorded::Nothing; // the window was cleared since: counts as neither
+        };
+        if admitted.is_counted() {
+            self.count(success);
+        }
+        // A success can raise the rate only while the window fills (it reaches minimum calls),
+        // up to the success that fills it.
+        if (!success || !p.full() || p.filled) && rule.may_trip(self.ring.failures_at_most(), p.len)
+        {
+            let mut locked = self.lock();
+            let cur = self.load(Ordering::Relaxed);
+            if !cur.same_epoch(admitted) {
+                return Recorded::Nothing;
+            }
+            return self.judge_closed(&mut locked, cur, self.mode());
+        }
+        if !success {
+            self.unmark_clean();
+        } else if p.full() && (p.flipped || p.filled || self.ring.failures_at_most() == 0) {
+            self.mark_clean(admitted);
+        }
+        Recorded::Nothing
+    }
+
+    /// The closed state's verdict after an outcome, under the lock: trip, or (metrics-only)
+    /// count what would have tripped and start the window over, and keep the clean bit true.
+    fn judge_closed(&self, locked: &mut Locked, cur: StateWord, mode: Mode) -> Recorded {
+        let counts = self.ring.counts();
+        let trips = locked.closed_trips(counts);
+        // A fleet rate is the database's to judge while it is reachable (the reporter sends it
+        // the counts); alone, the window judges by the same rule.
+        let fleet_rate =
+            locked.policy.trip.fleet_rate().is_some() && self.is_fleet() && mode == Mode::Normal;
+        if trips && !fleet_rate && mode == Mode::Normal {
+            let deadline = self.deadline_after(locked.policy.cooldown);
+            return Recorded::Changed(self.set_state(locked, State::Open, deadline));
+        }
+        // Metrics-only: the window counts and never trips; reaching the limit is counted and
+        // the window starts over, as it would after the trip and the close.
+        if trips && mode == Mode::MetricsOnly {
+            self.metrics.would_trip();
+            tracing::info!(key = %self.key, "metrics-only: the window reached its limit (a normal breaker would have opened)");
+            self.ring.clear(cur.generation());
+            locked.clear_extra();
+        }
+        if locked.closed_clean(self.ring.counts()) {
+            self.mark_clean(cur);
+        } else {
+            self.unmark_clean();
+        }
+        Recorded::Nothing
+    }
+
+    /// Sets the word's clean bit if the window is full of successes, in `admitted`'s epoch.
+    ///
+    /// Racing a failure: the failure sets its bit, then clears the clean bit if it sees it set;
+    /// this sets the clean bit, then counts again. In the one order of these SeqCst operations,
+    /// either the failure sees the bit set or the count sees the failure, so a failure never
+    /// stays behind a clean bit.
+    fn mark_clean(&self, admitted: StateWord) {
+        let (failures, len, cap) = self.ring.counts();
+        if failures != 0 || len != cap {
+            return;
+        }
+        let w = self.load(Ordering::SeqCst);
+        if !w.same_epoch(admitted) || !w.is_closed() || w.is_closed_and_clean() {
+            return;
+        }
+        let clean = w.with_clean(true);
+        if self
+            .word
+            .compare_exchange(w.0, clean.0, Ordering::SeqCst, Ordering::Relaxed)
+            .is_ok()
+            && self.ring.counts().0 != 0
+        {
+            self.unmark_clean();
+        }
+    }
+
+    /// Clears the word's clean bit: the window holds a failure.
+    fn unmark_clean(&self) {
+        if self.load(Ordering::SeqCst).is_closed_and_clean() {
+            self.word.fetch_and(!StateWord::CLEAN_BIT, Ordering::SeqCst);
         }
     }
 
@@ -485,13 +581,20 @@ impl KeyCell {
         if let Some(d) = deadline {
             self.open_deadline.store(d, Ordering::Relaxed);
         }
+        let next = cur.next(to);
         match to {
             State::Closed => {
-                locked.clear_closed();
+                // Before the word: an outcome admitted under an earlier epoch finds the window
+                // of another generation and counts as neither.
+                self.ring.clear(next.generation());
+                locked.clear_extra();
                 locked.reopens = 0; // a closed breaker's next trip rests the base cooldown
             }
             State::HalfOpen => locked.half_open.clear(),
             State::Open => {}
+        }
+        if from == State::Closed && to != State::Closed {
+            self.ring.seal(next.generation());
         }
         if to != State::HalfOpen {
             locked.leases.clear();
@@ -506,7 +609,7 @@ impl KeyCell {
         self.lease_retry_at.store(0, Ordering::Relaxed);
         self.forced_open.store(false, Ordering::Relaxed);
         // Release: publishes the deadline, the probe hint and the cleared windows with the word.
-        self.store(cur.next(to), Ordering::Release);
+        self.store(next, Ordering::Release);
         self.changed.notify_waiters();
         Transition { from, to }
     }
@@ -543,7 +646,7 @@ impl KeyCell {
     /// The closed window's outcomes, oldest first (true = success), as the ancestor's
     /// `execution_log`.
     pub(crate) fn execution_log(&self) -> Vec<bool> {
-        self.lock().closed.outcomes()
+        self.ring.outcomes()
     }
 
     /// True when nothing but the store holds this cell (no handle, no outbox entry, no request

@@ -16,6 +16,9 @@ const EPOCH_SHIFT: u32 = 4;
 pub(crate) struct StateWord(pub(super) u64);
 
 impl StateWord {
+    /// The clean bit, for clearing it with one atomic `fetch_and`.
+    pub(super) const CLEAN_BIT: u64 = CLEAN;
+
     /// Epoch 0, closed, not clean: a new cell.
     pub(super) const INITIAL: StateWord = StateWord(0);
 
@@ -57,6 +60,12 @@ impl StateWord {
         } else {
             StateWord(self.0 & !COUNTED)
         }
+    }
+
+    /// The epoch's low 32 bits: the generation of the count window it cleared (`ring.rs`).
+    #[inline]
+    pub(super) const fn generation(self) -> u32 {
+        (self.0 >> EPOCH_SHIFT) as u32
     }
 
     /// Same epoch: no transition happened between the two words.

@@ -400,3 +400,87 @@ fn rejections_name_a_refusing_state() {
         "of {r} rejections, {c} said CLOSED and {o} said OPEN with no time left"
     );
 }
+
+/// A window of `window` calls tripping at `failures` of them, with a cooldown of an hour.
+fn windowed(key: &str, failures: u32, window: u32) -> CircuitBreaker {
+    CircuitBreaker::builder(key)
+        .storage(Storage::in_memory())
+        .failure_limit(Ratio::new(failures, window))
+        .cooldown(Duration::from_secs(3600))
+        .build()
+        .expect("valid breaker")
+}
+
+/// Runs `per_thread(thread, i)` outcomes on `THREADS` threads at once (true = success).
+fn race(cb: &CircuitBreaker, calls: u32, per_thread: impl Fn(usize, u32) -> bool + Sync) {
+    let start = std::sync::Barrier::new(THREADS);
+    std::thread::scope(|s| {
+        for t in 0..THREADS {
+            let (cb, start, per_thread) = (cb.clone(), &start, &per_thread);
+            s.spawn(move || {
+                start.wait();
+                for i in 0..calls {
+                    if let Ok(p) = cb.try_acquire() {
+                        p.record(if per_thread(t, i) {
+                            resilient_circuit::Outcome::Success
+                        } else {
+                            resilient_circuit::Outcome::Failure
+                        });
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// Outcomes are recorded without the key's lock. However successes and failures race, a
+/// failure never hides behind the "window full of successes" bit (successes would then skip
+/// the window, and the failure would stay in it for ever): after each race, one window of
+/// successes on one thread leaves nothing but successes.
+#[test]
+fn racing_outcomes_never_leave_a_failure_behind_a_clean_window() {
+    for window in [10u32, 100, 1000] {
+        let cb = windowed(&format!("clean-race-{window}"), window, window);
+        for round in 0..50u32 {
+            race(&cb, 2_000, |t, i| (i + t as u32 + round) % 13 != 0);
+            assert_eq!(cb.state(), State::Closed, "never all failures");
+            for _ in 0..window {
+                cb.try_acquire().expect("closed").success();
+            }
+            let log = cb.execution_log();
+            assert_eq!(log.len() as u32, window);
+            assert!(
+                log.iter().all(|s| *s),
+                "window {window}, round {round}: a failure survived a window of successes"
+            );
+        }
+    }
+}
+
+/// The trip decision stays exact when threads record at once: a window that ends with the
+/// limit met is open, and one that never met it is closed.
+#[test]
+fn racing_outcomes_trip_exactly_at_the_limit() {
+    for window in [10u32, 100, 1000] {
+        let per_thread = window / THREADS as u32 + 1;
+        // Every outcome a failure: the window meets the limit the moment it fills.
+        let cb = windowed(&format!("trip-race-{window}"), window / 2, window);
+        race(&cb, per_thread, |_, _| false);
+        assert_eq!(cb.state(), State::Open, "window {window}: all failures");
+
+        // Just under half failures, whatever the order: never meets half of the window.
+        let cb = windowed(&format!("hold-race-{window}"), window / 2 + 1, window);
+        let failing = (window / 2) / THREADS as u32;
+        race(&cb, per_thread, |_, i| i >= failing);
+        assert_eq!(
+            cb.state(),
+            State::Closed,
+            "window {window}: under the limit"
+        );
+        let failures = cb.execution_log().iter().filter(|s| !**s).count() as u32;
+        assert!(
+            failures <= window / 2,
+            "window {window}: {failures} failures"
+        );
+    }
+}
