@@ -39,8 +39,7 @@ impl KeyCell {
                 .resize(policy.failure_limit.denominator(), generation);
             (locked.slow_calls, locked.timed) = Locked::extra_windows(&policy);
         }
-        // Relaxed: read as a hint by the lock-free path (see `record_slow`).
-        self.rule.store(Rule::of(&policy).bits(), Ordering::Relaxed);
+        self.refresh_rule(&policy);
         if probes_changed {
             locked.half_open = OutcomeWindow::new(policy.probe_count());
             // A local half-open round restarts with the new probe count (a probe out at the
@@ -82,6 +81,7 @@ impl KeyCell {
         // Relaxed: the slow paths read it as a hint; the lock orders it with the policy.
         self.mode.store(mode.to_u8(), Ordering::Relaxed);
         self.set_policy(&mut locked, effective);
+        self.refresh_rule(&locked.policy);
         let opened = (mode == Mode::ForcedOpen
             && self.load(Ordering::Relaxed).state() != State::Open)
             .then(|| {
@@ -92,6 +92,18 @@ impl KeyCell {
             opened,
             released: was_forced && mode != Mode::ForcedOpen,
         }
+    }
+
+    /// Publishes the rule the lock-free path judges by: `policy`'s in the normal mode, none in
+    /// the others (they count differently, under the lock).
+    pub(super) fn refresh_rule(&self, policy: &Policy) {
+        let rule = if self.mode() == Mode::Normal {
+            Rule::of(policy)
+        } else {
+            Rule::LOCKED
+        };
+        // Relaxed: a policy or mode arriving a moment late judges one outcome by the older rule.
+        self.rule.store(rule.bits(), Ordering::Relaxed);
     }
 
     /// The key's live configuration, if the table holds one.

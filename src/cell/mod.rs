@@ -356,6 +356,26 @@ impl KeyCell {
                 return Recorded::Nothing;
             }
         }
+        self.record_in_window(admitted, probe, success)
+    }
+
+    /// [`record`](Self::record) off the clean fast path: a closed outcome on a plain count
+    /// window is recorded without the lock, anything else under it. Out of line, so that the
+    /// fast path inlined into every caller stays a load and a compare.
+    #[inline(never)]
+    fn record_in_window(
+        &self,
+        admitted: StateWord,
+        probe: Option<Lease>,
+        success: bool,
+    ) -> Recorded {
+        if probe.is_none() && admitted.is_closed() {
+            // Relaxed: see `refresh_rule`.
+            let rule = Rule::from_bits(self.rule.load(Ordering::Relaxed));
+            if rule.lock_free() {
+                return self.record_closed(admitted, success, rule);
+            }
+        }
         self.record_slow(admitted, probe, success, false)
     }
 
@@ -391,13 +411,6 @@ impl KeyCell {
         let mode = self.mode();
         if mode == Mode::Disabled {
             return Recorded::Nothing; // admitted, not counted
-        }
-        if admitted.is_closed() && mode == Mode::Normal {
-            // Relaxed: a policy arriving a moment late judges one outcome by the older rule.
-            let rule = Rule::from_bits(self.rule.load(Ordering::Relaxed));
-            if rule.lock_free() {
-                return self.record_closed(admitted, success, rule);
-            }
         }
         let mut locked = self.lock();
         let cur = self.load(Ordering::Relaxed);
@@ -438,6 +451,7 @@ impl KeyCell {
     /// ring's head, and a write of the outcome's bit when it changes. The lock is taken only
     /// when the window may trip (to count exactly and decide), and the word's clean bit changes
     /// when the window's last failure leaves it or a failure enters it.
+    #[inline]
     fn record_closed(&self, admitted: StateWord, success: bool, rule: Rule) -> Recorded {
         let Some(p) = self.ring.push(admitted.generation(), !success) else {
             return Recorded::Nothing; // the window was cleared since: counts as neither
@@ -449,12 +463,7 @@ impl KeyCell {
         // up to the success that fills it.
         if (!success || !p.full() || p.filled) && rule.may_trip(self.ring.failures_at_most(), p.len)
         {
-            let mut locked = self.lock();
-            let cur = self.load(Ordering::Relaxed);
-            if !cur.same_epoch(admitted) {
-                return Recorded::Nothing;
-            }
-            return self.judge_closed(&mut locked, cur, self.mode());
+            return self.judge_closed_unlocked(admitted);
         }
         if !success {
             self.unmark_clean();
@@ -462,6 +471,17 @@ impl KeyCell {
             self.mark_clean(admitted);
         }
         Recorded::Nothing
+    }
+
+    /// [`judge_closed`](Self::judge_closed) from the lock-free path: the window may trip.
+    #[cold]
+    fn judge_closed_unlocked(&self, admitted: StateWord) -> Recorded {
+        let mut locked = self.lock();
+        let cur = self.load(Ordering::Relaxed);
+        if !cur.same_epoch(admitted) {
+            return Recorded::Nothing;
+        }
+        self.judge_closed(&mut locked, cur, self.mode())
     }
 
     /// The closed state's verdict after an outcome, under the lock: trip, or (metrics-only)
@@ -494,6 +514,7 @@ impl KeyCell {
     }
 
     /// Sets the word's clean bit if the window is full of successes, in `admitted`'s epoch.
+    #[cold]
     ///
     /// Racing a failure: the failure sets its bit, then clears the clean bit if it sees it set;
     /// this sets the clean bit, then counts again. In the one order of these SeqCst operations,
@@ -520,6 +541,7 @@ impl KeyCell {
     }
 
     /// Clears the word's clean bit: the window holds a failure.
+    #[inline]
     fn unmark_clean(&self) {
         if self.load(Ordering::SeqCst).is_closed_and_clean() {
             self.word.fetch_and(!StateWord::CLEAN_BIT, Ordering::SeqCst);

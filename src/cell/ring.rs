@@ -323,13 +323,16 @@ pub(crate) struct Rule(u64);
 const LOCK_FREE: u64 = 1 << 63;
 
 impl Rule {
+    /// Every outcome is recorded and judged under the lock.
+    pub(crate) const LOCKED: Rule = Rule(0);
+
     /// The rule of `policy`.
     pub(crate) fn of(policy: &crate::policy::Policy) -> Rule {
         if policy.time_window.is_some()
             || policy.slow_rate().is_some()
             || policy.trip.fleet_rate().is_some()
         {
-            return Rule(0);
+            return Rule::LOCKED;
         }
         let num = u64::from(policy.failure_limit.numerator()) & LOW16;
         let den = u64::from(policy.failure_limit.denominator()) & LOW16;
