@@ -36,8 +36,9 @@
 //! * `closed_single_thread/resilient_circuit/try_acquire_success_time_window`: a success on a
 //!   breaker with a `time_window` (every outcome is counted under the key's lock, with a clock
 //!   reading); `try_acquire_record_timed_slow_calls` and `call_async_slow_calls`: a breaker with
-//!   a slow-call threshold, reporting a duration through the permit, and timed by `call` (two
-//!   clock readings), each call under the threshold.
+//!   a slow-call threshold (1 s), reporting a duration through the permit, and timed by `call`
+//!   (two coarse clock readings), each call under the threshold; `call_async_slow_calls_precise`
+//!   the same with a 10 ms threshold, too short for the coarse clock (two precise readings).
 //!
 //! * `error_rate`: `acquire_run_record` (the peers' `call`) where one call in 100, or one in 20,
 //!   fails: below the trip threshold (5 in 10), so the breaker stays closed, but its window is
@@ -483,6 +484,21 @@ mod closed_single_thread {
         group.bench_function("resilient_circuit/call_async_slow_calls", |b| {
             b.to_async(&rt)
                 .iter(|| async { black_box(slow.call(|| async { work() }).await).ok() })
+        });
+        // A threshold under 25 coarse ticks: timed on the precise clock.
+        let precise = rc::healthy_configured(
+            "closed_single_thread_slow_calls_precise",
+            resilient_circuit::Storage::in_memory(),
+            |b| {
+                b.slow_call(
+                    Duration::from_millis(10),
+                    resilient_circuit::SlowCalls::AsFailure,
+                )
+            },
+        );
+        group.bench_function("resilient_circuit/call_async_slow_calls_precise", |b| {
+            b.to_async(&rt)
+                .iter(|| async { black_box(precise.call(|| async { work() }).await).ok() })
         });
 
         let r = rl::healthy();

@@ -96,7 +96,15 @@ struct Inner {
 struct SlowCall {
     threshold: Duration,
     as_failure: bool,
+    /// Timed on the clock's coarse reading: the threshold is at least [`COARSE_FACTOR`] of its
+    /// resolution, so a duration is known to within 1/25 of the threshold for a fraction of the
+    /// precise reading's cost.
+    coarse: bool,
 }
+
+/// How many coarse ticks a slow-call threshold must span to be timed on the coarse clock
+/// (4 ms ticks: thresholds from 100 ms).
+const COARSE_FACTOR: u32 = 25;
 
 impl Drop for Inner {
     fn drop(&mut self) {
@@ -130,13 +138,14 @@ impl CircuitBreaker {
     ) -> Self {
         let calls = call_metrics.then(|| CallMetrics::new(&cell.key, storage.metrics_namespace()));
         // The cell was just claimed with the builder's policy, so this is the breaker's.
-        let slow_call = cell
-            .policy()
-            .slow_call
-            .map(|(threshold, counts_as)| SlowCall {
+        let slow_call = cell.policy().slow_call.map(|(threshold, counts_as)| {
+            let tick = cell.clock.coarse_resolution();
+            SlowCall {
                 threshold,
                 as_failure: counts_as == crate::SlowCalls::AsFailure,
-            });
+                coarse: !tick.is_zero() && threshold >= tick.saturating_mul(COARSE_FACTOR),
+            }
+        });
         CircuitBreaker {
             inner: Arc::new(Inner {
                 cell,
@@ -547,14 +556,27 @@ impl CircuitBreaker {
     /// The clock reading a call starts at, only when the breaker has a slow-call threshold.
     #[inline]
     pub(crate) fn timing_started(&self) -> Option<u64> {
-        self.inner
-            .slow_call
-            .map(|_| self.inner.cell.clock.now_nanos())
+        self.inner.slow_call.map(|s| self.clock_reading(s))
     }
 
     /// How long since `started` (from [`timing_started`](Self::timing_started)).
     pub(crate) fn elapsed_since(&self, started: u64) -> Duration {
-        Duration::from_nanos(self.inner.cell.clock.now_nanos().saturating_sub(started))
+        let now = self.inner.slow_call.map_or_else(
+            || self.inner.cell.clock.now_nanos(),
+            |s| self.clock_reading(s),
+        );
+        Duration::from_nanos(now.saturating_sub(started))
+    }
+
+    /// The clock as `slow` times calls: coarse or precise.
+    #[inline]
+    fn clock_reading(&self, slow: SlowCall) -> u64 {
+        let clock = &self.inner.cell.clock;
+        if slow.coarse {
+            clock.coarse_nanos()
+        } else {
+            clock.now_nanos()
+        }
     }
 
     #[cfg(feature = "tower")]

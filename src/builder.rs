@@ -213,7 +213,11 @@ impl Builder {
     /// Durations are measured where the crate runs the call:
     /// [`call`](CircuitBreaker::call), [`call_with`](CircuitBreaker::call_with) and the tower
     /// layer, with the storage's [`Clock`](crate::Clock) (read twice per call, only on breakers
-    /// with a threshold). A [`Permit`](crate::Permit) reports one with
+    /// with a threshold). A threshold of at least 25 ticks of the clock's coarse reading (on
+    /// Linux `CLOCK_MONOTONIC_COARSE`, whose tick is typically 1–4 ms: thresholds from 25–100
+    /// ms) is timed on that reading, a few nanoseconds instead of some 20 on a VM; a duration
+    /// is then known to within one tick, 1/25 of the threshold at worst. Shorter thresholds are
+    /// timed on the precise clock. A [`Permit`](crate::Permit) reports one with
     /// [`record_timed`](crate::Permit::record_timed); its plain `success`, `failure` and
     /// `record` report a call of unknown duration, never counted as slow.
     ///

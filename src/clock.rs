@@ -24,6 +24,20 @@ pub trait Clock: Send + Sync + std::fmt::Debug + 'static {
         let now = self.now_nanos();
         (now < deadline).then(|| Duration::from_nanos(deadline - now))
     }
+
+    /// A cheaper reading of the same clock that may lag [`now_nanos`](Self::now_nanos) by up
+    /// to [`coarse_resolution`](Self::coarse_resolution), never run ahead of it. By default the
+    /// precise reading.
+    #[inline]
+    fn coarse_nanos(&self) -> u64 {
+        self.now_nanos()
+    }
+
+    /// How far [`coarse_nanos`](Self::coarse_nanos) may lag; zero (the default) when it is the
+    /// precise reading.
+    fn coarse_resolution(&self) -> Duration {
+        Duration::ZERO
+    }
 }
 
 /// The process's monotonic clock ([`Instant`]).
@@ -79,6 +93,24 @@ impl Clock for SystemClock {
         }
         let now = self.now_nanos();
         (now < deadline).then(|| Duration::from_nanos(deadline - now))
+    }
+
+    /// `CLOCK_MONOTONIC_COARSE` on Linux (the kernel's last tick, read through the vDSO); the
+    /// precise clock elsewhere.
+    #[inline]
+    fn coarse_nanos(&self) -> u64 {
+        if let Some((base, _)) = origin().coarse {
+            if let Some(coarse) = coarse::now().and_then(|n| n.checked_sub(base)) {
+                return coarse;
+            }
+        }
+        self.now_nanos()
+    }
+
+    fn coarse_resolution(&self) -> Duration {
+        origin().coarse.map_or(Duration::ZERO, |(_, resolution)| {
+            Duration::from_nanos(resolution)
+        })
     }
 }
 

@@ -263,3 +263,31 @@ fn slow_probes() {
         .record_timed(Outcome::Success, Duration::from_millis(150));
     assert_eq!(rig.cb.state(), Open, "closed again, 1 slow in 1 trips");
 }
+
+/// A threshold long enough to be timed on the coarse clock (a 200 ms threshold spans 50 ticks
+/// of 4 ms) still tells slow calls from quick ones, on the real clock: a 20 ms call is quick, a
+/// 260 ms one is slow.
+#[tokio::test]
+async fn slow_calls_are_told_apart_on_the_coarse_clock() {
+    let cb = CircuitBreaker::builder("coarse-slow")
+        .storage(Storage::in_memory())
+        .failure_limit(Ratio::new(1, 1))
+        .slow_call(Duration::from_millis(200), SlowCalls::AsFailure)
+        .build()
+        .expect("valid breaker");
+    let quick = cb
+        .call(|| async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            Ok::<_, std::io::Error>(())
+        })
+        .await;
+    assert!(quick.is_ok());
+    assert_eq!(cb.state(), Closed, "20 ms is under 200 ms");
+    let _ = cb
+        .call(|| async {
+            tokio::time::sleep(Duration::from_millis(260)).await;
+            Ok::<_, std::io::Error>(())
+        })
+        .await;
+    assert_eq!(cb.state(), Open, "260 ms is over 200 ms");
+}
