@@ -207,6 +207,10 @@ async fn rejections_carry_keys_of_every_length() {
     let storage = Storage::in_memory();
     for key in [
         "k".to_owned(),
+        "i".repeat(23),
+        "j".repeat(24),
+        format!("{}é", "e".repeat(21)), // 23 bytes, the last two one character
+        format!("{}é", "f".repeat(22)), // 24 bytes
         "a".repeat(30),
         "b".repeat(31),
         format!("{}é", "c".repeat(28)), // 30 bytes, the last two one character
