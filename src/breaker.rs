@@ -159,21 +159,12 @@ impl CircuitBreaker {
     }
 
     /// Counts a rejection handed to the caller (once per call, whichever path rejected it).
-    /// Inline, so that the rejection is built in place rather than moved through a call.
-    #[inline]
-    pub(crate) fn counted(&self, mut r: Rejected) -> Rejected {
-        let reason = self.count_rejection(r.state());
-        r = r.with_reason(reason);
-        r
-    }
-
-    /// The metric half of [`counted`](Self::counted): the reason, counted.
     #[cold]
-    fn count_rejection(&self, state: State) -> crate::RejectReason {
+    pub(crate) fn counted(&self, r: Rejected) -> Rejected {
         let cell = &self.inner.cell;
-        let reason = cell.rejection_reason(state);
+        let reason = cell.rejection_reason(r.state());
         cell.metrics.rejected(reason);
-        reason
+        r.with_reason(reason)
     }
 
     /// The breaker's key.
@@ -321,7 +312,7 @@ impl CircuitBreaker {
                 if wants_lease {
                     self.inner.storage.request_lease(&self.inner.cell);
                 }
-                Err(Rejected::new(&self.inner.cell, state, retry_after))
+                Err(Rejected::new(self.inner.cell.clone(), state, retry_after))
             }
         }
     }

@@ -9,9 +9,8 @@ use crate::{Ratio, State};
 
 /// A call refused by an open (or busy half-open) breaker: the protected operation did not run.
 ///
-/// Five words: the key (a copy when it is at most 23 bytes, else a shared reference to it) and
-/// a packed state and time. Refusing a call on a short key writes nothing another thread reads:
-/// a reference count shared by every caller would be one cache line all of them write.
+/// Two words (the key's cell and a packed state and time), so that `Result`s carrying it stay
+/// small on the call path; cloning it is a reference-count increment.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), resilient_circuit::ConfigError> {
@@ -28,69 +27,22 @@ use crate::{Ratio, State};
 /// ```
 #[derive(Clone)]
 pub struct Rejected {
-    key: KeyCopy,
+    cell: Arc<KeyCell>,
     /// The state and `retry_after`, packed by `cell/word.rs`.
     packed: u64,
 }
 
-/// Keys up to this many bytes are copied into a [`Rejected`].
-const INLINE_KEY: usize = 23;
-
-/// A rejection's key: see [`Rejected`]. Each cell makes its own once ([`KeyCopy::of`]), so a
-/// rejection copies 24 aligned bytes (and, for a long key, clones a reference).
-#[derive(Clone)]
-pub(crate) struct KeyCopy {
-    /// A short key's bytes, its length in the last byte.
-    inline: Inline,
-    /// A long key.
-    shared: Option<Arc<str>>,
-}
-
-/// Aligned so that copying it is three word moves.
-#[derive(Clone, Copy)]
-#[repr(C, align(8))]
-struct Inline([u8; INLINE_KEY + 1]);
-
-impl KeyCopy {
-    pub(crate) fn of(key: &Arc<str>) -> KeyCopy {
-        let len = key.len();
-        let mut inline = Inline([0; INLINE_KEY + 1]);
-        if len > INLINE_KEY {
-            return KeyCopy {
-                inline,
-                shared: Some(key.clone()),
-            };
-        }
-        inline.0[..len].copy_from_slice(key.as_bytes());
-        inline.0[INLINE_KEY] = len as u8; // at most INLINE_KEY
-        KeyCopy {
-            inline,
-            shared: None,
-        }
-    }
-
-    fn as_str(&self) -> &str {
-        if let Some(key) = &self.shared {
-            return key;
-        }
-        let len = usize::from(self.inline.0[INLINE_KEY]).min(INLINE_KEY);
-        // A whole `str` was copied, so the bytes are UTF-8.
-        std::str::from_utf8(&self.inline.0[..len]).unwrap_or_default()
-    }
-}
-
 impl Rejected {
-    #[inline]
-    pub(crate) fn new(cell: &KeyCell, state: State, retry_after: Option<Duration>) -> Self {
+    pub(crate) fn new(cell: Arc<KeyCell>, state: State, retry_after: Option<Duration>) -> Self {
         Rejected {
-            key: cell.key_copy.clone(),
+            cell,
             packed: pack_rejection(state, retry_after),
         }
     }
 
     /// The breaker's key.
     pub fn key(&self) -> &str {
-        self.key.as_str()
+        &self.cell.key
     }
 
     /// The state that refused the call: `Open`, or `HalfOpen` when every probe slot is taken.

@@ -142,8 +142,6 @@ pub(crate) struct KeyCell {
     /// tripped during an outage can still recover.
     online: Option<Arc<AtomicBool>>,
     _written_below: CacheLine,
-    /// The key as a rejection carries it (`error.rs`): never written, read by rejections only.
-    pub(crate) key_copy: crate::error::KeyCopy,
     /// The closed state's count window, recorded without the lock (`ring.rs`).
     ring: Ring,
     /// [`Rule`] of the policy in force: whether, and by what, the ring is judged without the lock.
@@ -208,7 +206,6 @@ impl KeyCell {
             forced_open: AtomicBool::new(false),
             metrics,
             _written_below: CacheLine,
-            key_copy: crate::error::KeyCopy::of(&key),
             key,
             word: AtomicU64::new(
                 StateWord::INITIAL
