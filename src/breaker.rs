@@ -7,8 +7,10 @@ use std::time::Duration;
 
 use crate::cell::{Admission, Callback, KeyCell, Lease, Recorded, StateWord};
 use crate::telemetry::CallMetrics;
+use timing::SlowCall;
 
 mod permit;
+mod timing;
 
 use crate::{Builder, CircuitError, Rejected, State, Storage, StorageError, MAX_DURATION};
 pub use permit::{OwnedPermit, Permit};
@@ -91,21 +93,6 @@ struct Inner {
     slow_call: Option<SlowCall>,
 }
 
-/// [`Builder::slow_call`] as a call needs it.
-#[derive(Debug, Clone, Copy)]
-struct SlowCall {
-    threshold: Duration,
-    as_failure: bool,
-    /// Timed on the clock's coarse reading: the threshold is at least [`COARSE_FACTOR`] of its
-    /// resolution, so a duration is known to within 1/25 of the threshold for a fraction of the
-    /// precise reading's cost.
-    coarse: bool,
-}
-
-/// How many coarse ticks a slow-call threshold must span to be timed on the coarse clock
-/// (4 ms ticks: thresholds from 100 ms).
-const COARSE_FACTOR: u32 = 25;
-
 impl Drop for Inner {
     fn drop(&mut self) {
         self.cell.unclaim();
@@ -138,14 +125,10 @@ impl CircuitBreaker {
     ) -> Self {
         let calls = call_metrics.then(|| CallMetrics::new(&cell.key, storage.metrics_namespace()));
         // The cell was just claimed with the builder's policy, so this is the breaker's.
-        let slow_call = cell.policy().slow_call.map(|(threshold, counts_as)| {
-            let tick = cell.clock.coarse_resolution();
-            SlowCall {
-                threshold,
-                as_failure: counts_as == crate::SlowCalls::AsFailure,
-                coarse: !tick.is_zero() && threshold >= tick.saturating_mul(COARSE_FACTOR),
-            }
-        });
+        let slow_call = cell
+            .policy()
+            .slow_call
+            .map(|(threshold, counts_as)| SlowCall::new(threshold, counts_as, &*cell.clock));
         CircuitBreaker {
             inner: Arc::new(Inner {
                 cell,
@@ -553,32 +536,6 @@ impl CircuitBreaker {
 
     /// The start of a call whose duration the opt-in call metrics record; `None` when they are
     /// off, so that an unmeasured call reads no clock.
-    /// The clock reading a call starts at, only when the breaker has a slow-call threshold.
-    #[inline]
-    pub(crate) fn timing_started(&self) -> Option<u64> {
-        self.inner.slow_call.map(|s| self.clock_reading(s))
-    }
-
-    /// How long since `started` (from [`timing_started`](Self::timing_started)).
-    pub(crate) fn elapsed_since(&self, started: u64) -> Duration {
-        let now = self.inner.slow_call.map_or_else(
-            || self.inner.cell.clock.now_nanos(),
-            |s| self.clock_reading(s),
-        );
-        Duration::from_nanos(now.saturating_sub(started))
-    }
-
-    /// The clock as `slow` times calls: coarse or precise.
-    #[inline]
-    fn clock_reading(&self, slow: SlowCall) -> u64 {
-        let clock = &self.inner.cell.clock;
-        if slow.coarse {
-            clock.coarse_nanos()
-        } else {
-            clock.now_nanos()
-        }
-    }
-
     #[cfg(feature = "tower")]
     pub(crate) fn call_started(&self) -> Option<std::time::Instant> {
         self.inner.calls.as_ref().map(|_| std::time::Instant::now())

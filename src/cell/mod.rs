@@ -30,7 +30,8 @@
 //! something changes, or when the count window may trip.
 //!
 //! This file is the hot path (admission, recording, the private lock); `word.rs` holds the
-//! word's encoding, `ring.rs` the count window, `admit.rs` admission when not closed, `fleet.rs`
+//! word's encoding, `ring.rs` the count window, `record.rs` recording off the fast path,
+//! `admit.rs` admission when not closed, `fleet.rs`
 //! what a shared store adds (lease requests, the row's state as the fleet reports it, our own
 //! decisions on their way), `live.rs` the live configuration (the policy in force, the mode),
 //! none of it on a closed breaker's path.
@@ -62,6 +63,7 @@ mod announce;
 mod fleet;
 mod live;
 mod locked;
+mod record;
 mod ring;
 
 use locked::Locked;
@@ -359,26 +361,6 @@ impl KeyCell {
         self.record_in_window(admitted, probe, success)
     }
 
-    /// [`record`](Self::record) off the clean fast path: a closed outcome on a plain count
-    /// window is recorded without the lock, anything else under it. Out of line, so that the
-    /// fast path inlined into every caller stays a load and a compare.
-    #[inline(never)]
-    fn record_in_window(
-        &self,
-        admitted: StateWord,
-        probe: Option<Lease>,
-        success: bool,
-    ) -> Recorded {
-        if probe.is_none() && admitted.is_closed() {
-            // Relaxed: see `refresh_rule`.
-            let rule = Rule::from_bits(self.rule.load(Ordering::Relaxed));
-            if rule.lock_free() {
-                return self.record_closed(admitted, success, rule);
-            }
-        }
-        self.record_slow(admitted, probe, success, false)
-    }
-
     /// [`record`](Self::record) for a call that took at least the policy's slow-call threshold
     /// (with [`SlowCalls::AsFailure`](crate::SlowCalls::AsFailure) the caller already made it a
     /// failure). Never the fast path: a slow call always changes the window.
@@ -390,162 +372,6 @@ impl KeyCell {
         success: bool,
     ) -> Recorded {
         self.record_slow(admitted, probe, success, true)
-    }
-
-    #[cold]
-    fn record_slow(
-        &self,
-        admitted: StateWord,
-        probe: Option<Lease>,
-        success: bool,
-        slow_call: bool,
-    ) -> Recorded {
-        if !admitted.is_closed() || probe.is_some() {
-            self.metrics.probe_ended(); // started in `CircuitBreaker::admission_slow`
-        }
-        if let Some(lease) = probe {
-            // A leased probe's result belongs to the database's round, even if we went offline
-            // meanwhile (it then fails to report and the lease expires).
-            return Recorded::Report(lease, success);
-        }
-        let mode = self.mode();
-        if mode == Mode::Disabled {
-            return Recorded::Nothing; // admitted, not counted
-        }
-        let mut locked = self.lock();
-        let cur = self.load(Ordering::Relaxed);
-        if !cur.same_epoch(admitted) {
-            return Recorded::Nothing; // admitted under an earlier state: counts as neither
-        }
-        match cur.state() {
-            State::Closed => {
-                if self.ring.push(cur.generation(), !success).is_none() {
-                    return Recorded::Nothing;
-                }
-                locked.push_extra(success, slow_call, &*self.clock);
-                if cur.is_counted() {
-                    self.count(success);
-                }
-                self.judge_closed(&mut locked, cur, mode)
-            }
-            State::HalfOpen => {
-                locked.half_open.push(success);
-                match locked.policy.half_open_verdict(&locked.half_open) {
-                    None => Recorded::Nothing,
-                    Some(State::Open) => {
-                        locked.reopens = locked.reopens.saturating_add(1);
-                        let cooldown = locked
-                            .policy
-                            .cooldown_after(locked.reopens, crate::jitter::fraction());
-                        let deadline = self.deadline_after(cooldown);
-                        Recorded::Changed(self.set_state(&mut locked, State::Open, deadline))
-                    }
-                    Some(to) => Recorded::Changed(self.set_state(&mut locked, to, None)),
-                }
-            }
-            State::Open => Recorded::Nothing,
-        }
-    }
-
-    /// A closed outcome on a plain count window, without the lock: one compare-and-swap on the
-    /// ring's head, and a write of the outcome's bit when it changes. The lock is taken only
-    /// when the window may trip (to count exactly and decide), and the word's clean bit changes
-    /// when the window's last failure leaves it or a failure enters it.
-    #[inline]
-    fn record_closed(&self, admitted: StateWord, success: bool, rule: Rule) -> Recorded {
-        let Some(p) = self.ring.push(admitted.generation(), !success) else {
-            return Recorded::Nothing; // the window was cleared since: counts as neither
-        };
-        if admitted.is_counted() {
-            self.count(success);
-        }
-        // A success can raise the rate only while the window fills (it reaches minimum calls),
-        // up to the success that fills it.
-        if (!success || !p.full() || p.filled) && rule.may_trip(self.ring.failures_at_most(), p.len)
-        {
-            return self.judge_closed_unlocked(admitted);
-        }
-        if !success {
-            self.unmark_clean();
-        } else if p.full() && (p.flipped || p.filled || self.ring.failures_at_most() == 0) {
-            self.mark_clean(admitted);
-        }
-        Recorded::Nothing
-    }
-
-    /// [`judge_closed`](Self::judge_closed) from the lock-free path: the window may trip.
-    #[cold]
-    fn judge_closed_unlocked(&self, admitted: StateWord) -> Recorded {
-        let mut locked = self.lock();
-        let cur = self.load(Ordering::Relaxed);
-        if !cur.same_epoch(admitted) {
-            return Recorded::Nothing;
-        }
-        self.judge_closed(&mut locked, cur, self.mode())
-    }
-
-    /// The closed state's verdict after an outcome, under the lock: trip, or (metrics-only)
-    /// count what would have tripped and start the window over, and keep the clean bit true.
-    fn judge_closed(&self, locked: &mut Locked, cur: StateWord, mode: Mode) -> Recorded {
-        let counts = self.ring.counts();
-        let trips = locked.closed_trips(counts);
-        // A fleet rate is the database's to judge while it is reachable (the reporter sends it
-        // the counts); alone, the window judges by the same rule.
-        let fleet_rate =
-            locked.policy.trip.fleet_rate().is_some() && self.is_fleet() && mode == Mode::Normal;
-        if trips && !fleet_rate && mode == Mode::Normal {
-            let deadline = self.deadline_after(locked.policy.cooldown);
-            return Recorded::Changed(self.set_state(locked, State::Open, deadline));
-        }
-        // Metrics-only: the window counts and never trips; reaching the limit is counted and
-        // the window starts over, as it would after the trip and the close.
-        if trips && mode == Mode::MetricsOnly {
-            self.metrics.would_trip();
-            tracing::info!(key = %self.key, "metrics-only: the window reached its limit (a normal breaker would have opened)");
-            self.ring.clear(cur.generation());
-            locked.clear_extra();
-        }
-        if locked.closed_clean(self.ring.counts()) {
-            self.mark_clean(cur);
-        } else {
-            self.unmark_clean();
-        }
-        Recorded::Nothing
-    }
-
-    /// Sets the word's clean bit if the window is full of successes, in `admitted`'s epoch.
-    #[cold]
-    ///
-    /// Racing a failure: the failure sets its bit, then clears the clean bit if it sees it set;
-    /// this sets the clean bit, then counts again. In the one order of these SeqCst operations,
-    /// either the failure sees the bit set or the count sees the failure, so a failure never
-    /// stays behind a clean bit.
-    fn mark_clean(&self, admitted: StateWord) {
-        let (failures, len, cap) = self.ring.counts();
-        if failures != 0 || len != cap {
-            return;
-        }
-        let w = self.load(Ordering::SeqCst);
-        if !w.same_epoch(admitted) || !w.is_closed() || w.is_closed_and_clean() {
-            return;
-        }
-        let clean = w.with_clean(true);
-        if self
-            .word
-            .compare_exchange(w.0, clean.0, Ordering::SeqCst, Ordering::Relaxed)
-            .is_ok()
-            && self.ring.counts().0 != 0
-        {
-            self.unmark_clean();
-        }
-    }
-
-    /// Clears the word's clean bit: the window holds a failure.
-    #[inline]
-    fn unmark_clean(&self) {
-        if self.load(Ordering::SeqCst).is_closed_and_clean() {
-            self.word.fetch_and(!StateWord::CLEAN_BIT, Ordering::SeqCst);
-        }
     }
 
     /// Counts a closed call for the fleet's rate (`COUNTED` words only).
