@@ -266,6 +266,13 @@ mod rc {
         cb
     }
 
+    /// [`healthy_configured`] in memory with a slow-call threshold (slow calls as failures).
+    pub fn slow_calls(key: &str, threshold: Duration) -> CircuitBreaker {
+        healthy_configured(key, Storage::in_memory(), |b| {
+            b.slow_call(threshold, resilient_circuit::SlowCalls::AsFailure)
+        })
+    }
+
     /// [`acquire_success`] reporting a duration under the slow-call threshold.
     #[inline(always)]
     pub fn acquire_record_timed(cb: &CircuitBreaker) {
@@ -469,16 +476,7 @@ mod closed_single_thread {
         group.bench_function("resilient_circuit/try_acquire_success_time_window", |b| {
             b.iter(|| rc::acquire_success(&timed))
         });
-        let slow = rc::healthy_configured(
-            "closed_single_thread_slow_calls",
-            resilient_circuit::Storage::in_memory(),
-            |b| {
-                b.slow_call(
-                    Duration::from_secs(1),
-                    resilient_circuit::SlowCalls::AsFailure,
-                )
-            },
-        );
+        let slow = rc::slow_calls("closed_single_thread_slow_calls", Duration::from_secs(1));
         group.bench_function(
             "resilient_circuit/try_acquire_record_timed_slow_calls",
             |b| b.iter(|| rc::acquire_record_timed(&slow)),
@@ -488,15 +486,9 @@ mod closed_single_thread {
                 .iter(|| async { black_box(slow.call(|| async { work() }).await).ok() })
         });
         // A threshold under 25 coarse ticks: timed on the precise clock.
-        let precise = rc::healthy_configured(
+        let precise = rc::slow_calls(
             "closed_single_thread_slow_calls_precise",
-            resilient_circuit::Storage::in_memory(),
-            |b| {
-                b.slow_call(
-                    Duration::from_millis(10),
-                    resilient_circuit::SlowCalls::AsFailure,
-                )
-            },
+            Duration::from_millis(10),
         );
         group.bench_function("resilient_circuit/call_async_slow_calls_precise", |b| {
             b.to_async(&rt)

@@ -24,6 +24,8 @@ pub(crate) struct LiveApplied {
 impl KeyCell {
     /// Puts `policy` in force; windows of another size start empty.
     pub(super) fn set_policy(&self, locked: &mut Locked, policy: Policy) {
+        // Even for the same policy: the mode it is judged in may have changed (`set_live`).
+        self.refresh_rule(&policy);
         if locked.policy == policy {
             return;
         }
@@ -39,7 +41,6 @@ impl KeyCell {
                 .resize(policy.failure_limit.denominator(), generation);
             (locked.slow_calls, locked.timed) = Locked::extra_windows(&policy);
         }
-        self.refresh_rule(&policy);
         if probes_changed {
             locked.half_open = OutcomeWindow::new(policy.probe_count());
             // A local half-open round restarts with the new probe count (a probe out at the
@@ -81,7 +82,6 @@ impl KeyCell {
         // Relaxed: the slow paths read it as a hint; the lock orders it with the policy.
         self.mode.store(mode.to_u8(), Ordering::Relaxed);
         self.set_policy(&mut locked, effective);
-        self.refresh_rule(&locked.policy);
         let opened = (mode == Mode::ForcedOpen
             && self.load(Ordering::Relaxed).state() != State::Open)
             .then(|| {

@@ -142,8 +142,10 @@ impl KeyCell {
             tracing::info!(key = %self.key, "metrics-only: the window reached its limit (a normal breaker would have opened)");
             self.ring.clear(cur.generation());
             locked.clear_extra();
+            self.unmark_clean(); // an empty window is not clean
+            return Recorded::Nothing;
         }
-        if locked.closed_clean(self.ring.counts()) {
+        if locked.closed_clean(counts) {
             self.mark_clean(cur);
         } else {
             self.unmark_clean();

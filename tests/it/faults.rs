@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use resilient_circuit::storage::postgres::PostgresOptions;
 use resilient_circuit::{CircuitBreaker, CircuitError, Ratio, State, Storage, StorageError};
 use support::breakers::{
-    audit_transitions, caught_up, fail, insert_open, instance, panics, row_state, trip_fast, Logs,
-    Watched,
+    audit_transitions, caught_up, fail, insert_open, instance, options_at as options, panics,
+    row_state, trip_fast, Logs, Watched,
 };
 use support::{eventually, test_db, unique_key, Cluster, Mode, Proxy, TestDb};
 use tokio_postgres::Client;
@@ -51,14 +51,6 @@ const BLACKHOLE_DETECTED: Duration = Duration::from_secs(10);
 /// Anything on the call path while the database is slow or unreachable: no I/O, no await on
 /// the database, so microseconds; milliseconds only if the thread is preempted.
 const CALL_PATH: Duration = Duration::from_millis(20);
-
-/// Options for an instance of its own name (votes and rate reports count by name: each instance
-/// is a pod of its own).
-fn options(conninfo: &str) -> PostgresOptions {
-    PostgresOptions::from_dsn(conninfo)
-        .expect("test conninfo parses")
-        .instance_name(unique_key("instance"))
-}
 
 /// An instance whose transition calls go through `proxy` while its listener (named
 /// `listener_name`) connects directly, warmed up so that the transition functions are already

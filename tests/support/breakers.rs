@@ -20,9 +20,7 @@ pub const REACH: Duration = Duration::from_secs(10);
 /// first use), under a name of its own: votes and fleet-rate reports are counted by instance
 /// name, so each instance of a test counts as a pod of its own.
 pub async fn options(db: &TestDb) -> PostgresOptions {
-    PostgresOptions::from_dsn(&db.app_conninfo().await)
-        .expect("test conninfo parses")
-        .instance_name(super::unique_key("instance"))
+    options_at(&db.app_conninfo().await)
 }
 
 /// An instance on `db` with [`options`].
@@ -351,7 +349,7 @@ pub async fn fleet_probe(cb: &CircuitBreaker) -> resilient_circuit::Permit<'_> {
     }
 }
 
-/// Writes `key`'s row OPEN for an hour by plain SQL, as an operator or the Python ancestor would.
+/// Writes `key`'s row OPEN for an hour by plain SQL, as an operator or the Python package would.
 pub async fn insert_open(client: &Client, key: &str) {
     client
         .execute(
@@ -417,7 +415,8 @@ pub async fn audited(client: &Client, key: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Options logging in as `conninfo`'s role, for an instance of its own name.
+/// Options logging in as `conninfo`'s role, for an instance of its own name (votes and rate
+/// reports count by name: each instance is a pod of its own).
 pub fn options_at(conninfo: &str) -> PostgresOptions {
     PostgresOptions::from_dsn(conninfo)
         .expect("test conninfo parses")
