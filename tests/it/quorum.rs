@@ -8,7 +8,7 @@ use std::time::Duration;
 use resilient_circuit::{Builder, CircuitBreaker, ConfigError, Ratio, State, Storage, TripPolicy};
 use tokio_postgres::Client;
 
-use crate::support::breakers::{fail, instance, options, row_state, Watched};
+use crate::support::breakers::{caught_up, fail, instance, options, row_state, Watched};
 use crate::support::{eventually, test_db, unique_key};
 
 use crate::support::WAIT;
@@ -279,6 +279,9 @@ async fn a_deleted_row_spends_the_votes() {
         .expect("the app role deletes the row");
     assert_eq!(deleted, 1);
     assert_eq!(votes(&admin, &key).await, 0, "the delete spent the vote");
+    // b's call must not be in flight while b applies the delete (an outcome admitted before a
+    // change of the row counts as neither): wait until b has applied it.
+    assert!(caught_up(&admin, &[&b], WAIT).await);
     vote(&on_b, &b).await;
     assert_eq!(row_state(&admin, &key).await, None, "b is alone: no quorum");
 }
@@ -480,6 +483,8 @@ async fn votes_are_spent_by_a_truncate_and_by_the_opening_they_caused() {
         on_a.reaches(State::Closed).await,
         "the voter's hold ends with the reset"
     );
+    // Every instance has applied the reset before the next call (see `a_deleted_row_…`).
+    assert!(caught_up(&admin, &[&a, &b], WAIT).await);
     vote(&on_b, &b).await;
     assert_eq!(row_state(&admin, &key).await, None, "b is alone: no quorum");
     assert!(
@@ -501,6 +506,7 @@ async fn votes_are_spent_by_a_truncate_and_by_the_opening_they_caused() {
     for w in [&mut on_a, &mut on_b] {
         assert!(w.reaches(State::Closed).await, "the round closed the key");
     }
+    assert!(caught_up(&admin, &[&a, &b], WAIT).await);
     vote(&on_a, &a).await;
     assert_eq!(
         row_state(&admin, &key).await.as_deref(),
