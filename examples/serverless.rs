@@ -14,7 +14,7 @@
 //! * **Reach the trip within one invocation.** Windows are per instance and an invocation's
 //!   starts empty, so a failure limit of 5 in 10 never fills in a function that makes one call.
 //!   Here `failure_limit(1/1)`: a failed invocation trips the breaker for every later one. (The
-//!   Python ancestor kept the window in the row; this crate keeps rows for transitions only.)
+//!   Python package kept the window in the row; this crate keeps rows for transitions only.)
 //! * **Flush before returning.** Trips and probe results are sent in the background; a function
 //!   frozen or ended first keeps them to itself. `Storage::flush(within)` waits until the
 //!   database answered them.

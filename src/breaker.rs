@@ -373,7 +373,7 @@ impl CircuitBreaker {
     }
 
     /// Runs `f` if the breaker admits it and lets `classify` decide what its result means for the
-    /// resource's health: the ancestor's `should_handle`, or an HTTP 503 returned as `Ok`.
+    /// resource's health: the Python package's `should_handle`, or an HTTP 503 returned as `Ok`.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -492,7 +492,7 @@ impl CircuitBreaker {
             .publish_force(cell, to, cooldown, confirm)
     }
 
-    /// The outcomes in the closed window, oldest first (`true` = success), as the ancestor's
+    /// The outcomes in the closed window, oldest first (`true` = success), as the Python package's
     /// `execution_log` column. The window is this instance's own (see
     /// [`docs::model`](crate::docs::model)); it is written to the row when the instance trips.
     /// With a [`time_window`](Builder::time_window) it is the last `denominator` outcomes, kept

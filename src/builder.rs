@@ -17,7 +17,7 @@ pub const MIN_TIME_WINDOW: Duration = Duration::from_millis(10);
 ///
 /// Defaults: the process-wide in-memory storage, a failure limit of 5 failures in the last 10
 /// calls, a 30 s cooldown, no success limit (half-open uses the failure window), and up to 1 s of
-/// waiting in [`call`](CircuitBreaker::call) for a fleet-wide probe permit. The Python ancestor
+/// waiting in [`call`](CircuitBreaker::call) for a fleet-wide probe permit. The Python package
 /// defaults to `1/1` and no cooldown, which trips on any single error and never rests; pass those
 /// explicitly if you need identical behaviour.
 #[must_use = "a builder does nothing until build() is called"]

@@ -28,7 +28,7 @@
 //!   every instance's listener and snapshot.
 //! * [`docs::settings`]: choosing the failure limit, cooldown, probes and namespaces, and matching
 //!   a Python service that shares the table.
-//! * [`docs`]: the seed document's scenarios (several pods, several services, local and shared
+//! * [`docs`]: the distributed-systems guide's scenarios (several pods, several services, local and shared
 //!   keys, serverless, the T0–T4 timeline), each an example in `examples/`.
 //!
 //! # Shared state

@@ -162,7 +162,7 @@ impl Policy {
     /// rule as `rc_report_probe` for fleet rounds.
     ///
     /// With a success limit: close when successes reach its numerator. Without: the failure
-    /// limit decides, as in the ancestor.
+    /// limit decides, as in the Python package.
     pub(crate) fn half_open_verdict(&self, w: &OutcomeWindow) -> Option<State> {
         if !w.is_full() {
             let hopeless = match self.success_limit {

@@ -6,7 +6,7 @@ use std::fmt;
 ///
 /// `Ratio::new(3, 10)` as a failure limit means "look at the last 10 outcomes and trip when at
 /// least 3 of them are failures". The denominator is the window size, exactly as in the Python
-/// ancestor's `Fraction(3, 10)`.
+/// Python package's `Fraction(3, 10)`.
 ///
 /// `new` is infallible so that limits can be written in `const` items; the breaker builder
 /// validates them and returns a [`ConfigError`](crate::ConfigError) for a zero denominator, a zero

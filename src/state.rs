@@ -7,7 +7,7 @@ use std::str::FromStr;
 /// The three states of a circuit breaker.
 ///
 /// The string forms (`CLOSED`, `OPEN`, `HALF_OPEN`) are the ones stored in the `state` column of
-/// `rc_circuit_breakers`, shared with the Python ancestor.
+/// `rc_circuit_breakers`, shared with the Python package.
 ///
 /// ```
 /// use resilient_circuit::State;

@@ -36,7 +36,7 @@ pub const MAX_QUORUM: u32 = 10_000;
 #[non_exhaustive]
 pub enum TripPolicy {
     /// Any instance whose window trips opens the breaker for the whole fleet (the default, and
-    /// the Python ancestor's behaviour).
+    /// the Python package's behaviour).
     #[default]
     AnyInstance,
     /// The fleet opens when `instances` distinct instances tripped within `within`. An instance

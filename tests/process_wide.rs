@@ -65,9 +65,9 @@ impl Recorder for &'static Counting {
     }
 }
 
-/// Hardening I, 10: a rejected `call` counts once in `resilient_circuit_rejected_calls_total`, on the
-/// fleet path too (it used to count each look: two or three per call). And (Hardening I, risks) a
-/// breaker built without a storage says at INFO which storage it uses.
+/// A rejected `call` counts once in `resilient_circuit_rejected_calls_total`, on the
+/// fleet path too (once per call, not once per look at the state). And a breaker built without a
+/// storage says at INFO which storage it uses.
 #[tokio::test]
 async fn rejections_count_once_and_the_default_storage_says_so() {
     static COUNTING: std::sync::OnceLock<&'static Counting> = std::sync::OnceLock::new();

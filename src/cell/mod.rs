@@ -491,7 +491,7 @@ impl KeyCell {
         (t.from != t.to).then_some(t)
     }
 
-    /// The closed window's outcomes, oldest first (true = success), as the ancestor's
+    /// The closed window's outcomes, oldest first (true = success), as the Python package's
     /// `execution_log`.
     pub(crate) fn execution_log(&self) -> Vec<bool> {
         self.ring.outcomes()

@@ -10,7 +10,7 @@
 //!
 //! # Examples
 //!
-//! Each scenario of the seed document (`distributed-systems.rst`, the Python ancestor's guide to
+//! Each scenario of the distributed-systems guide (`distributed-systems.rst`, the Python package's guide to
 //! distributed breakers) is an example in `examples/` that runs against PostgreSQL, checks what it
 //! claims and ends by itself; CI runs them all:
 //!

@@ -17,7 +17,7 @@
 //!   every call reads. It is the instance's view of the table plus its own latest decisions.
 //! * **Window**: the last `n` outcomes of a breaker's calls, **per instance**; never shared.
 //! * **Row**: per `(namespace, key)` in `public.rc_circuit_breakers`, the table the Python
-//!   ancestor uses too, plus a `version` that a trigger raises on every change. No row means
+//!   Python package uses too, plus a `version` that a trigger raises on every change. No row means
 //!   CLOSED.
 //!
 //! ## Two flows

@@ -3,7 +3,7 @@
 //! Four decisions per dependency: when to trip (the failure limit), how long to rest (the
 //! cooldown), how to test recovery (the probes), and who shares the breaker (the namespace).
 //! The whole fleet obeys one breaker, so settings are part of the contract between everyone who
-//! builds it: keep them in one place, as the seed document's `shared_resources` does.
+//! builds it: keep them in one place, as the distributed-systems guide's `shared_resources` does.
 //!
 //! ```
 //! use std::time::Duration;
@@ -42,11 +42,11 @@
 //!   seconds at the same 30%. At one call a minute per instance, `n = 10` is ten minutes of
 //!   history: keep it small.
 //! * `k/n` is the error rate you tolerate. A total outage trips an instance after about `k` calls.
-//! * `1/1` trips the fleet on any single error (the Python ancestor's default). Right for a
+//! * `1/1` trips the fleet on any single error (the Python package's default). Right for a
 //!   process that makes one call, such as a serverless invocation, whose window starts empty
 //!   every time; rarely right for a busy service.
 //! * Decide what a failure is with [`call_with`](crate::CircuitBreaker::call_with): a 503 returned
-//!   as `Ok` can be one, a 404 or a validation error usually is not (the ancestor's
+//!   as `Ok` can be one, a 404 or a validation error usually is not (the Python package's
 //!   `should_handle`).
 //!
 //! Default `5/10`. The window is a bit ring of at most
@@ -70,7 +70,7 @@
 //! restart, a failover) and watch `resilient_circuit_transitions_total{to="open"}`: a breaker
 //! that reopens after every round rests too little. Because a half-open round is fleet-wide and
 //! admits only `m` probes, a short cooldown costs the dependency `m` calls per cycle, whatever the
-//! size of the fleet; the ancestor's half-open admitted every call of every process, so cooldowns
+//! size of the fleet; the Python package's half-open admitted every call of every process, so cooldowns
 //! chosen for it can usually be shorter here.
 //!
 //! The cooldown written to the row is the tripping instance's, and the one after a failed round
@@ -172,7 +172,7 @@
 //!
 //! ## Matching a Python service
 //!
-//! A Python service on the ancestor (`resilient-circuit` 0.8.x) and a Rust service on this crate
+//! A Python service on the Python package `resilient-circuit` (0.8.x) and a Rust service on this crate
 //! share a breaker when they use the same table, namespace and key; give them the same settings.
 //!
 //! | Python (`CircuitProtectorPolicy`) | Rust ([`Builder`](crate::Builder)) |
@@ -196,19 +196,19 @@
 //! let kyc = CircuitBreaker::builder("external_kyc_api")
 //!     .storage(storage)
 //!     .cooldown(Duration::from_secs(10 * 60))
-//!     .failure_limit(Ratio::new(1, 1)) // the ancestor's default, spelled out
+//!     .failure_limit(Ratio::new(1, 1)) // the Python package's default, spelled out
 //!     .build()?;
 //! # assert_eq!(kyc.key(), "external_kyc_api");
 //! # Ok(()) }
 //! ```
 //!
-//! The environment is the ancestor's: `RC_DB_DSN`, or `RC_DB_HOST` and `RC_DB_PASSWORD` with
+//! The environment is the Python package's: `RC_DB_DSN`, or `RC_DB_HOST` and `RC_DB_PASSWORD` with
 //! `RC_DB_PORT`, `RC_DB_NAME`, `RC_DB_USER`, `RC_DB_SSLMODE`, `RC_DB_SSLROOTCERT`,
 //! `RC_DB_SSLCERT`, `RC_DB_SSLKEY`, `RC_DB_STRICT`, `RC_DB_AUTO_CREATE` and `RC_NAMESPACE` mean
 //! the same and have the same defaults, so one deployment's variables configure both (see
 //! [`PostgresOptions::from_env`](crate::storage::postgres::PostgresOptions::from_env)). Two
 //! differences: setting only one of `RC_DB_HOST` and `RC_DB_PASSWORD` is an error here (the
-//! ancestor silently stays in memory), and `RC_DB_APP_USER` is not read — grant with
+//! Python package silently stays in memory), and `RC_DB_APP_USER` is not read — grant with
 //! `resilient-circuit setup --grant-to ROLE`, which grants what both need.
 //!
 //! What still differs when they share a key:
@@ -218,10 +218,10 @@
 //!   Rust instances at once, through the trigger.
 //! * In HALF_OPEN, Python processes admit every call; Rust instances share the round's `m`
 //!   leases. A round begun by a Python write is sized by the first Rust instance that asks.
-//! * The ancestor has no growing cooldowns: its failed rounds rest its fixed cooldown and are not
+//! * The Python package has no growing cooldowns: its failed rounds rest its fixed cooldown and are not
 //!   counted; its closes reset the count all the same.
-//! * The ancestor ends cooldowns by the writer's wall clock (`time.time()`), so skew between its
+//! * The Python package ends cooldowns by the writer's wall clock (`time.time()`), so skew between its
 //!   hosts and the database shifts the end of the cooldowns it writes.
-//! * Windows: the ancestor keeps its window in the row (`execution_log`); this crate keeps it in
-//!   the instance, writes `execution_log` and `failure_count` when it trips (for the ancestor and
+//! * Windows: the Python package keeps its window in the row (`execution_log`); this crate keeps it in
+//!   the instance, writes `execution_log` and `failure_count` when it trips (for the Python package and
 //!   dashboards) and never reads them.

@@ -22,7 +22,7 @@ use crate::{ConfigError, State, StorageError};
 /// Shared state over PostgreSQL (see the crate docs, "Shared state").
 pub mod postgres;
 
-/// How many keys an in-memory store keeps before dropping idle ones (as the Python ancestor).
+/// How many keys an in-memory store keeps before dropping idle ones (as the Python package).
 pub const DEFAULT_MEMORY_CAPACITY: usize = 8192;
 
 /// Where breaker state lives; cheap to clone (an `Arc`), `Send + Sync`.

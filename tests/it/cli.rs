@@ -105,7 +105,7 @@ async fn check_fails_on_an_empty_database_and_names_the_fix() {
         "{}",
         r.stderr
     );
-    // The ancestor's name answers too.
+    // The Python package's name answers too.
     assert_eq!(run(&db.conninfo(), &["pg-check"]).await.code, 1);
 
     let role = db.role(&[]).await;

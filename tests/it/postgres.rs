@@ -212,9 +212,9 @@ async fn plain_sql_writes_propagate() {
     assert!(w.reaches(State::Closed).await, "DELETE means CLOSED");
 }
 
-/// The Python ancestor's upsert (state, failure_count, open_until, execution_log) propagates.
+/// The Python package's upsert (state, failure_count, open_until, execution_log) propagates.
 #[tokio::test]
-async fn ancestor_upsert_propagates() {
+async fn python_package_upsert_propagates() {
     let db = test_db().await;
     let a = instance(&db).await;
     let key = unique_key("python");
@@ -238,7 +238,7 @@ async fn ancestor_upsert_propagates() {
             ],
         )
         .await
-        .expect("ancestor upsert");
+        .expect("Python package upsert");
     assert!(w.reaches(State::Open).await);
     let left = w.cb.cooldown_remaining();
     assert!(
@@ -257,7 +257,7 @@ async fn ancestor_upsert_propagates() {
             ],
         )
         .await
-        .expect("ancestor upsert");
+        .expect("Python package upsert");
     assert!(w.reaches(State::Closed).await);
 }
 

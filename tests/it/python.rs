@@ -1,4 +1,4 @@
-//! Python services on the same table: the Python package `resilient-circuit` 0.8.6 (the ancestor),
+//! Python services on the same table: the Python package `resilient-circuit` 0.8.6,
 //! installed for real, run as a long-lived process (`tests/python/driver.py`: one JSON line per
 //! command each way) beside instances of this crate, on one database per test.
 //!
@@ -8,7 +8,7 @@
 //! importing the package, and builds it anew when that fails: tests of one process wait for one
 //! build (a `OnceCell`); concurrent processes each build in a private directory and publish it
 //! with an atomic rename, keeping the first one that verifies. The console scripts in its `bin/`
-//! name the private directory, so the ancestor's command is run as `python -m
+//! name the private directory, so the Python package's command is run as `python -m
 //! resilient_circuit.cli`, its entry point. If pip cannot install the package, every test here
 //! fails with pip's output.
 //!
@@ -37,7 +37,7 @@ const PY_REQUIREMENT: &str = "resilient-circuit[postgres]==0.8.6";
 const DRIVER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/driver.py");
 /// How long a transition may take to show anywhere before the test gives up.
 use crate::support::WAIT;
-/// How long one driver command or ancestor CLI run may take.
+/// How long one driver command or Python package CLI run may take.
 const ANSWER: Duration = Duration::from_secs(60);
 /// How long `python3 -m venv` plus pip may take on a cold cache.
 const INSTALL: Duration = Duration::from_secs(600);
@@ -244,8 +244,8 @@ async fn publish(tmp: &Path, dir: &Path) -> Result<bool, String> {
     Err(last)
 }
 
-/// The ancestor's command line (`resilient-circuit-cli`), with `dsn` in `RC_DB_DSN`.
-async fn ancestor_cli(dsn: &str, args: &[&str]) -> Run {
+/// The Python package's command line (`resilient-circuit-cli`), with `dsn` in `RC_DB_DSN`.
+async fn python_package_cli(dsn: &str, args: &[&str]) -> Run {
     let python = venv_python().await;
     let what = format!("resilient-circuit-cli {}", args.join(" "));
     output(
@@ -260,9 +260,9 @@ async fn ancestor_cli(dsn: &str, args: &[&str]) -> Run {
     .unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// Runs the ancestor's command and expects exit 0.
-async fn ancestor_ok(dsn: &str, args: &[&str]) -> Run {
-    let r = ancestor_cli(dsn, args).await;
+/// Runs the Python package's command and expects exit 0.
+async fn python_package_ok(dsn: &str, args: &[&str]) -> Run {
+    let r = python_package_cli(dsn, args).await;
     assert_eq!(
         r.code,
         0,
@@ -753,7 +753,7 @@ async fn rust_half_open_reaches_python(f: &mut Fleet) {
     assert_eq!(
         f.py.read(&key).await,
         json!({"state": "HALF_OPEN", "failure_count": 0, "open_until": 0, "execution_log": []}),
-        "the Rust round began as the ancestor begins one: an empty window"
+        "the Rust round began as the Python package begins one: an empty window"
     );
     assert!(other.reaches(State::HalfOpen).await);
 
@@ -796,11 +796,11 @@ fn summary(lags: &[Lag]) -> String {
 // ---------------------------------------------------------------------------------------------
 // The tests.
 
-/// After the ancestor's `pg-setup` then our `setup`, both checks pass and both sides trip and read.
+/// After the Python package's `pg-setup` then our `setup`, both checks pass and both sides trip and read.
 #[tokio::test]
-async fn ancestor_setup_then_ours_leave_a_schema_both_accept() {
+async fn python_package_setup_then_ours_leave_a_schema_both_accept() {
     let db = test_db().await;
-    let r = ancestor_ok(&db.conninfo(), &["pg-setup", "--yes"]).await;
+    let r = python_package_ok(&db.conninfo(), &["pg-setup", "--yes"]).await;
     assert!(
         r.stdout.contains("created table rc_circuit_breakers"),
         "{}",
@@ -812,36 +812,40 @@ async fn ancestor_setup_then_ours_leave_a_schema_both_accept() {
         "{}",
         r.stdout
     );
-    both_accept(&db, "ancestor_setup_then_ours_leave_a_schema_both_accept").await;
-}
-
-/// After our `setup` then the ancestor's `pg-setup`, both checks pass and both sides trip and read.
-#[tokio::test]
-async fn our_setup_then_the_ancestors_leave_a_schema_both_accept() {
-    let db = test_db().await;
-    ok(&db.conninfo(), &["setup", "--yes"]).await;
-    let r = ancestor_ok(&db.conninfo(), &["pg-setup", "--yes"]).await;
-    assert!(r.stdout.contains("already exists"), "{}", r.stdout);
     both_accept(
         &db,
-        "our_setup_then_the_ancestors_leave_a_schema_both_accept",
+        "python_package_setup_then_ours_leave_a_schema_both_accept",
     )
     .await;
 }
 
-/// Our `check` and the ancestor's `pg-check` pass (exit 0: complete), and a Python process and a
+/// After our `setup` then the Python package's `pg-setup`, both checks pass and both sides trip and read.
+#[tokio::test]
+async fn our_setup_then_the_python_packages_leave_a_schema_both_accept() {
+    let db = test_db().await;
+    ok(&db.conninfo(), &["setup", "--yes"]).await;
+    let r = python_package_ok(&db.conninfo(), &["pg-setup", "--yes"]).await;
+    assert!(r.stdout.contains("already exists"), "{}", r.stdout);
+    both_accept(
+        &db,
+        "our_setup_then_the_python_packages_leave_a_schema_both_accept",
+    )
+    .await;
+}
+
+/// Our `check` and the Python package's `pg-check` pass (exit 0: complete), and a Python process and a
 /// Rust instance each trip a key the other then reads.
 async fn both_accept(db: &TestDb, test: &str) {
     let r = ok(&db.conninfo(), &["check"]).await;
     assert!(r.stdout.contains("the database is ready"), "{}", r.stdout);
-    let r = ancestor_ok(&db.conninfo(), &["pg-check"]).await;
+    let r = python_package_ok(&db.conninfo(), &["pg-check"]).await;
     assert!(r.stdout.contains("Schema is complete"), "{}", r.stdout);
     let mut f = Fleet::on(db, &db.conninfo()).await;
     let lags = python_trip_reaches_rust(&mut f, 1).await;
     let took = rust_trip_reaches_python(&mut f).await;
     // Neither side's writes disturbed the other's checks.
     ok(&db.conninfo(), &["check"]).await;
-    ancestor_ok(&db.conninfo(), &["pg-check"]).await;
+    python_package_ok(&db.conninfo(), &["pg-check"]).await;
     eprintln!(
         "MEASURED {test}: {}; Python's next check after the Rust trip took {took:.1} ms",
         summary(&lags)
@@ -918,8 +922,8 @@ async fn on_a_role_that_owns_nothing_python_and_rust_see_each_other() {
         .expect("asks")
         .get(0);
     assert!(!owns, "the role must own nothing");
-    // The ancestor agrees the grant is what its runtime needs.
-    ancestor_ok(&db.conninfo(), &["pg-check", "--role", &name]).await;
+    // The Python package agrees the grant is what its runtime needs.
+    python_package_ok(&db.conninfo(), &["pg-check", "--role", &name]).await;
 
     let mut f = Fleet::on(&db, &db.conninfo_as(&role)).await;
     let lags = python_trip_reaches_rust(&mut f, 3).await;

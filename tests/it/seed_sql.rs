@@ -1,4 +1,4 @@
-//! The seed document's SQL (`distributed-systems.rst`: "Real-Time Monitoring", "Alerting" and the
+//! The distributed-systems guide's SQL (`distributed-systems.rst`: "Real-Time Monitoring", "Alerting" and the
 //! row lock under "Atomic Operations"), run verbatim against the schema and states this crate
 //! writes, on a role holding only what `setup --grant-to` grants.
 
@@ -34,7 +34,7 @@ const ALERT: &str = "
       AND state = 'OPEN'
       AND updated_at > NOW() - INTERVAL '5 minutes';";
 
-/// "Internal query used by Resilient Circuit" (the ancestor's row lock), verbatim.
+/// "Internal query used by Resilient Circuit" (the Python package's row lock), verbatim.
 const ROW_LOCK: &str = "
     -- Internal query used by Resilient Circuit
     SELECT state, failure_count, open_until

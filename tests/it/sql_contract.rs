@@ -1,5 +1,5 @@
-//! The SQL contract (issue "Hardening II"): the table and its functions hold however the table is
-//! written — by this crate, by the Python ancestor's plain upserts on a role that owns nothing,
+//! The SQL contract: the table and its functions hold however the table is
+//! written — by this crate, by the Python package's plain upserts on a role that owns nothing,
 //! by operators, by cleanup DELETEs — and the functions refuse bad input with clear errors.
 
 use crate::support;
@@ -39,7 +39,7 @@ fn message(e: &tokio_postgres::Error) -> String {
         .unwrap_or_else(|| e.to_string())
 }
 
-/// Hardening II, 1: a role granted what the Python package needs (`setup --grant-python`, which
+/// A role granted what the Python package needs (`setup --grant-python`, which
 /// owns nothing) writes rows the way the package does (upsert, update, delete; the triggers need
 /// the sequence and the lease table, which it has no right to) and runs an instance: trip and
 /// fleet probe. An operator's role (`--grant-operator`) overrides, and the Python role's instance
@@ -202,7 +202,7 @@ async fn the_change_log_is_for_those_who_may_read_breakers() {
     );
 }
 
-/// Hardening II, 1 (refusal): a reader (may read the table, runs no function that changes it)
+/// A reader (may read the table, runs no function that changes it)
 /// cannot move a breaker (`rc_force` is not granted to it) nor read the notification secret,
 /// and its instance's override says why with a matchable SQLSTATE.
 #[tokio::test]
@@ -261,7 +261,7 @@ async fn read_only_role_cannot_change_breakers() {
     );
 }
 
-/// Hardening II, 2: a DELETE racing a trip: the trip's INSERT waits for the deletion, so its
+/// A DELETE racing a trip: the trip's INSERT waits for the deletion, so its
 /// version is newer and every instance ends OPEN, like the table.
 #[tokio::test]
 async fn delete_racing_a_trip_does_not_hide_the_open() {
@@ -332,7 +332,7 @@ async fn delete_racing_a_trip_does_not_hide_the_open() {
     assert_eq!(b.state_of(&key), Some(State::Open));
 }
 
-/// Hardening II, 2 (the realistic form): a cleanup DELETE of many CLOSED rows while sessions
+/// A cleanup DELETE of many CLOSED rows while sessions
 /// trip some of those keys: every OPEN row is believed OPEN by the listening instance.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cleanup_delete_during_trips_hides_nothing() {
@@ -418,7 +418,7 @@ async fn one(client: &Client, sql: &str) -> (String, Option<i64>, Option<i64>) {
     )
 }
 
-/// Hardening II, 3: the round's size is fixed when it starts; a later caller asking for fewer
+/// The round's size is fixed when it starts; a later caller asking for fewer
 /// probes neither wedges the round nor resizes it.
 #[tokio::test]
 async fn round_size_is_fixed_when_it_starts() {
@@ -503,7 +503,7 @@ async fn round_size_is_fixed_when_it_starts() {
     }
 }
 
-/// Hardening II, 4: a round begun by a plain write (the ancestor, an operator) starts clean:
+/// A round begun by a plain write (the Python package, an operator) starts clean:
 /// counts and leases of an earlier round do not carry over, and a stale lease's report does not
 /// count in the new round.
 #[tokio::test]
@@ -528,7 +528,7 @@ async fn rounds_have_an_identity() {
         &format!("SELECT * FROM rc_report_probe('ns', 'r', {l1}, true, 3, 3, 1000, NULL)"),
     )
     .await;
-    // An operator reopens it, then the ancestor moves it to HALF_OPEN itself.
+    // An operator reopens it, then the Python package moves it to HALF_OPEN itself.
     c.batch_execute(
         "UPDATE rc_circuit_breakers SET state = 'OPEN', open_until = now() - interval '1 s' WHERE resource_key = 'r';
          UPDATE rc_circuit_breakers SET state = 'HALF_OPEN' WHERE resource_key = 'r';",
@@ -592,7 +592,7 @@ async fn rounds_have_an_identity() {
     assert_eq!(state, "CLOSED");
 }
 
-/// Hardening II, 5: a table made by an older ancestor with `open_until timestamp` (no time zone)
+/// A table made by an older Python package with `open_until timestamp` (no time zone)
 /// is converted, so a cooldown no longer depends on the writer's and reader's TimeZone.
 #[tokio::test]
 async fn old_timestamp_column_is_converted() {
@@ -640,7 +640,7 @@ async fn old_timestamp_column_is_converted() {
     assert!((25_000..=30_000).contains(&left), "{left} ms left of 30 s");
 }
 
-/// Hardening II, 6: one bad element of a batch is reported for its key; the others apply.
+/// One bad element of a batch is reported for its key; the others apply.
 #[tokio::test]
 async fn one_bad_element_does_not_sink_a_batch() {
     let db = test_db().await;
@@ -702,7 +702,7 @@ async fn one_bad_element_does_not_sink_a_batch() {
         .is_some_and(|e| e.contains("cooldown must not be NULL")));
 }
 
-/// Hardening II, 8: bad arguments get the function's own message, never a silent wrong answer.
+/// Bad arguments get the function's own message, never a silent wrong answer.
 #[tokio::test]
 async fn functions_refuse_bad_arguments() {
     let db = test_db().await;
@@ -756,7 +756,7 @@ async fn functions_refuse_bad_arguments() {
     assert_eq!(n, 0, "nothing was written");
 }
 
-/// Hardening II, 8: TRUNCATE is announced (instances reload and see every key CLOSED), and a
+/// TRUNCATE is announced (instances reload and see every key CLOSED), and a
 /// notification carries the cooldown left when it commits, not when the row was written.
 #[tokio::test]
 async fn truncate_is_announced_and_cooldowns_count_from_commit() {
@@ -1076,7 +1076,7 @@ async fn probe_round(admin: &Client, app: &Client, key: &str, report: &str) -> S
 /// Growing cooldowns in SQL (`0011`), called directly as the application role (trips through
 /// `rc_trip_many`, as instances send them): each failed round reopens for `min(max, base × 2^n)`
 /// less at most 10%, counted in `reopens`; a NULL maximum rests a fixed cooldown, still counted;
-/// a round that closes, `rc_force` and `rc_force_many` CLOSED, the ancestor's plain UPDATE and a
+/// a round that closes, `rc_force` and `rc_force_many` CLOSED, the Python package's plain UPDATE and a
 /// DELETE all leave the next trip at the base; a maximum below the cooldown is refused with a
 /// clear error.
 #[tokio::test]

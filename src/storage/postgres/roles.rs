@@ -201,11 +201,13 @@ pub struct InvalidRoleName(String);
 /// identifier (what `setup` prints and grants to).
 ///
 /// ```
+/// # fn main() -> Result<(), resilient_circuit::admin::InvalidRoleName> {
 /// use resilient_circuit::admin::RoleName;
-/// assert_eq!(RoleName::new("app").unwrap().to_string(), r#""app""#);
-/// assert_eq!(RoleName::new(r#"a"b"#).unwrap().to_string(), r#""a""b""#);
+/// assert_eq!(RoleName::new("app")?.to_string(), r#""app""#);
+/// assert_eq!(RoleName::new(r#"a"b"#)?.to_string(), r#""a""b""#);
 /// assert!(RoleName::new("").is_err());
 /// assert!(RoleName::new(&"x".repeat(64)).is_err());
+/// # Ok(()) }
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct RoleName {
@@ -231,10 +233,12 @@ impl RoleName {
     /// includes): what [`AdminSession::grant`](super::admin::AdminSession::grant) runs.
     ///
     /// ```
+    /// # fn main() -> Result<(), resilient_circuit::admin::InvalidRoleName> {
     /// use resilient_circuit::admin::{RoleKind, RoleName};
-    /// let sql = RoleName::new("app").unwrap().grant_statements(RoleKind::Reader);
+    /// let sql = RoleName::new("app")?.grant_statements(RoleKind::Reader);
     /// assert!(sql.contains(&r#"GRANT SELECT ON public.rc_circuit_breakers TO "app""#.to_owned()));
     /// assert!(sql.contains(&r#"GRANT EXECUTE ON FUNCTION public.rc_snapshot(text) TO "app""#.to_owned()));
+    /// # Ok(()) }
     /// ```
     pub fn grant_statements(&self, kind: RoleKind) -> Vec<String> {
         grant_statements_quoted(&self.quoted, kind)

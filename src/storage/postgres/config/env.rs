@@ -1,4 +1,4 @@
-//! [`PostgresOptions::from_env`]: the settings from the Python ancestor's `RC_DB_*` variables plus
+//! [`PostgresOptions::from_env`]: the settings from the Python package's `RC_DB_*` variables plus
 //! a few of ours, and the table of them that docs.rs shows (and `env_tests.rs` checks against the
 //! README's copy and against the variables read here).
 
@@ -44,7 +44,7 @@ impl PostgresOptions {
     ///
     /// `RC_DB_DSN` wins and is used verbatim: when it is set, the discrete `RC_DB_HOST` …
     /// `RC_DB_SSLKEY` are ignored (with a warning). Otherwise `RC_DB_HOST` and `RC_DB_PASSWORD`
-    /// together select PostgreSQL; unlike the Python ancestor, which silently stays in memory,
+    /// together select PostgreSQL; unlike the Python package, which silently stays in memory,
     /// setting only one of them is an error naming the other, since it is almost always a
     /// deployment mistake. Without `RC_DB_STRICT`, an unreachable PostgreSQL at start means
     /// running on local state and connecting in the background. `RC_DB_LISTENER_DSN` serves to

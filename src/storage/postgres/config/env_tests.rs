@@ -86,7 +86,7 @@ fn env_booleans() {
     }
 }
 
-/// RC_DB_HOST with RC_DB_PASSWORD selects PostgreSQL with the ancestor's defaults (5432,
+/// RC_DB_HOST with RC_DB_PASSWORD selects PostgreSQL with the Python package's defaults (5432,
 /// resilient_circuit_db, postgres, prefer).
 #[test]
 fn env_discrete_defaults() {
@@ -127,7 +127,7 @@ fn env_dsn_wins() {
     assert_eq!(
         o.tls_settings().mode,
         SslMode::Prefer,
-        "discrete TLS variables are ignored with a DSN, as the ancestor"
+        "discrete TLS variables are ignored with a DSN, as the Python package"
     );
     let e =
         PostgresOptions::from_lookup(env(&[("RC_DB_DSN", "postgresql://app:s3cr3t-PW@h:bad/d")]))
@@ -196,7 +196,7 @@ fn env_every_variable() {
     );
 }
 
-/// Only one of RC_DB_HOST / RC_DB_PASSWORD is an error naming the other (the ancestor silently
+/// Only one of RC_DB_HOST / RC_DB_PASSWORD is an error naming the other (the Python package silently
 /// stayed in memory).
 #[test]
 fn env_host_without_password_and_back() {

@@ -1,5 +1,5 @@
 //! [`PostgresOptions`]: connection and behaviour settings of the PostgreSQL backend, from a DSN
-//! ([`PostgresOptions::from_dsn`]), the ancestor's `RC_DB_*` variables
+//! ([`PostgresOptions::from_dsn`]), the Python package's `RC_DB_*` variables
 //! ([`PostgresOptions::from_env`], whose docs carry the table), or the typed builder.
 //!
 //! One concept per file, as sqlx splits its connect options:

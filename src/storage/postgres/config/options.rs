@@ -13,11 +13,11 @@ use super::parse::parse_dsn;
 use super::redact::Secret;
 use crate::ConfigError;
 
-/// The ancestor's database name for the discrete form.
+/// The Python package's database name for the discrete form.
 pub(super) const DEFAULT_DBNAME: &str = "resilient_circuit_db";
-/// The ancestor's role for the discrete form.
+/// The Python package's role for the discrete form.
 pub(super) const DEFAULT_USER: &str = "postgres";
-/// Namespace when none is given (the ancestor's).
+/// Namespace when none is given (the Python package's).
 const DEFAULT_NAMESPACE: &str = "default";
 /// `application_name` of the LISTEN connection unless the listener DSN sets one.
 pub(crate) const LISTENER_APPLICATION_NAME: &str = "resilient-circuit-listener";
@@ -112,7 +112,7 @@ impl fmt::Display for PostgresOptions {
 }
 
 impl PostgresOptions {
-    /// The ancestor's discrete defaults: `postgres@localhost:5432/resilient_circuit_db`, no
+    /// The Python package's discrete defaults: `postgres@localhost:5432/resilient_circuit_db`, no
     /// password, `sslmode=prefer`, and every behaviour setting at its default.
     pub fn new() -> Self {
         Self::with_endpoint(Endpoint {
