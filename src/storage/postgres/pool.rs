@@ -9,17 +9,6 @@ use tokio_postgres::Row;
 use super::{statements, tls, Shared};
 use crate::error::StorageError;
 
-/// The `op` label of a transition call: short, fixed names for the few `during`s there are.
-fn operation(during: &'static str) -> &'static str {
-    match during {
-        "leasing a probe" => "acquire_probe",
-        "reporting a probe" => "report_probe",
-        "publishing trips" => "publish_trips",
-        "forcing states" => "force_states",
-        _ => "other",
-    }
-}
-
 impl Shared {
     /// A pooled connection, with errors that name the target and never the password.
     pub(crate) async fn client(
@@ -100,7 +89,7 @@ impl Shared {
         }
         .await;
         self.metrics
-            .store_operation(operation(during), started.elapsed(), result.is_ok());
+            .store_operation(call.op, started.elapsed(), result.is_ok());
         result
     }
 

@@ -32,6 +32,7 @@ pub(crate) const SERVER_STATUS: &str =
 /// A `NULL` snapshot asks for the current snapshot only (one row, no change). The function is in
 /// `sql/objects/rc_changes_since.sql`.
 pub(crate) const CHANGES_SINCE: Call = Call {
+    op: "poll",
     sql: "SELECT * FROM public.rc_changes_since($1, $2)",
     types: &[Type::TEXT, Type::TEXT],
 };
@@ -47,19 +48,39 @@ pub(crate) const NOTIFY_SECRET: &str = "SELECT o_key, o_channel FROM public.rc_n
 /// The live configurations of a namespace, all (`$2` NULL) or of some keys.
 pub(crate) const CONFIGS: &str = "SELECT * FROM public.rc_configs($1, $2)";
 
+/// A call whose commit does not wait for the WAL to reach the disk (`synchronous_commit` off
+/// for its transaction only): the transitions an instance decides from outcomes it saw (trips,
+/// probes, votes, rate reports). They reach the other instances as soon as they commit, about
+/// 0.4 ms sooner on a disk that takes that long to flush; a server crash within the WAL writer's
+/// delay (3 × `wal_writer_delay`, 600 ms by default) may forget one, and the instances then
+/// reload the row as the database kept it and judge the dependency again. Manual overrides and
+/// live configuration stay durable.
+macro_rules! decided {
+    ($call:literal) => {
+        concat!(
+            "SELECT t.* FROM pg_catalog.set_config('synchronous_commit', 'off', true) AS s, ",
+            $call,
+            " AS t"
+        )
+    };
+}
+
 /// A transition function's call: the statement and its parameters' types. Calls are sent as
 /// unnamed statements with the types given here (one round trip, nothing prepared), so they work
 /// through a pooler in transaction mode (pgbouncer), where a named statement prepared on one
 /// server connection is unknown to the next.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Call {
+    /// The `op` label of the call's metrics (`resilient_circuit_store_operation_duration_seconds`).
+    pub(crate) op: &'static str,
     pub(crate) sql: &'static str,
     pub(crate) types: &'static [Type],
 }
 
 /// Trips: namespace, keys, cooldowns (ms), failure counts, logs, bases.
 pub(crate) const TRIP_MANY: Call = Call {
-    sql: "SELECT * FROM public.rc_trip_many($1, $2, $3, $4, $5, $6)",
+    op: "publish_trips",
+    sql: decided!("public.rc_trip_many($1, $2, $3, $4, $5, $6)"),
     types: &[
         Type::TEXT,
         Type::TEXT_ARRAY,
@@ -72,6 +93,7 @@ pub(crate) const TRIP_MANY: Call = Call {
 
 /// Manual overrides: namespace, keys, states, cooldowns (ms).
 pub(crate) const FORCE_MANY: Call = Call {
+    op: "force_states",
     sql: "SELECT * FROM public.rc_force_many($1, $2, $3, $4)",
     types: &[
         Type::TEXT,
@@ -83,7 +105,8 @@ pub(crate) const FORCE_MANY: Call = Call {
 
 /// One probe lease: namespace, key, holder, lease (ms), probes, close threshold.
 pub(crate) const ACQUIRE_PROBE: Call = Call {
-    sql: "SELECT * FROM public.rc_acquire_probe($1, $2, $3, $4, $5, $6)",
+    op: "acquire_probe",
+    sql: decided!("public.rc_acquire_probe($1, $2, $3, $4, $5, $6)"),
     types: &[
         Type::TEXT,
         Type::TEXT,
@@ -97,7 +120,8 @@ pub(crate) const ACQUIRE_PROBE: Call = Call {
 /// One probe result: namespace, key, lease, success, probes, close threshold, cooldown (ms),
 /// maximum cooldown (ms; NULL for a fixed cooldown, `sql/objects/rc_report_probe.sql`).
 pub(crate) const REPORT_PROBE: Call = Call {
-    sql: "SELECT * FROM public.rc_report_probe($1, $2, $3, $4, $5, $6, $7, $8)",
+    op: "report_probe",
+    sql: decided!("public.rc_report_probe($1, $2, $3, $4, $5, $6, $7, $8)"),
     types: &[
         Type::TEXT,
         Type::TEXT,
@@ -114,7 +138,8 @@ pub(crate) const REPORT_PROBE: Call = Call {
 /// name), failures, calls, quorum, period (ms), cooldown (ms), basis. Answers as the others, plus
 /// `o_votes`.
 pub(crate) const VOTE: Call = Call {
-    sql: "SELECT * FROM public.rc_vote($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    op: "vote",
+    sql: decided!("public.rc_vote($1, $2, $3, $4, $5, $6, $7, $8, $9)"),
     types: &[
         Type::TEXT,
         Type::TEXT,
@@ -133,7 +158,8 @@ pub(crate) const VOTE: Call = Call {
 /// limit numerators, limit denominators, minimum calls, periods (ms), cooldowns (ms). Answers as
 /// the batched functions, plus `o_fleet_failures`, `o_fleet_calls` and `o_judged_ms`.
 pub(crate) const REPORT_RATES: Call = Call {
-    sql: "SELECT * FROM public.rc_report_rates($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+    op: "report_rate",
+    sql: decided!("public.rc_report_rates($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"),
     types: &[
         Type::TEXT,
         Type::TEXT,
