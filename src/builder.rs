@@ -179,10 +179,14 @@ impl Builder {
     ///
     /// The period is kept in ten slices of `period / 10`, as Resilience4j does: an outcome stops
     /// counting between 0.9 and 1 `period` after it was recorded. Time comes from the storage's
-    /// [`Clock`](crate::Clock), read once per recorded outcome, under the key's lock: with a
-    /// time window every outcome, success or not, is counted there, so a success costs a lock
-    /// and a clock reading instead of one load. Half-open rounds are unchanged (`denominator`
-    /// probes, or the success limit's); the window starts empty when the breaker closes.
+    /// [`Clock`](crate::Clock), read once per recorded outcome (its coarse reading when a slice
+    /// spans at least 25 of its ticks, 100 ms on Linux's 4 ms tick: an outcome then leaves the
+    /// period within 1/25 of a slice of its time). A success is counted without a lock: a clock
+    /// reading and one compare-and-swap, instead of the single load of a count window full of
+    /// successes; failures and slow calls are counted under the key's lock, where the verdict
+    /// is made, as is a success when the period may have reached its limit. Half-open rounds
+    /// are unchanged (`denominator` probes, or the success limit's); the window starts empty
+    /// when the breaker closes.
     ///
     /// At least [`MIN_TIME_WINDOW`] (10 ms), at most [`MAX_DURATION`]; `build` refuses others.
     ///

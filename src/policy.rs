@@ -147,6 +147,12 @@ impl Policy {
         })
     }
 
+    /// Every closed call is counted outside the count window: for a fleet rate (`rate.rs`) or a
+    /// time window (`cell/tally.rs`).
+    pub(crate) fn counts_every_call(&self) -> bool {
+        self.trip.fleet_rate().is_some() || self.time_window.is_some()
+    }
+
     /// The time window's verdict: enough calls in the period, and failures or slow calls at
     /// their rate.
     pub(crate) fn timed_trips(&self, c: Counts) -> bool {

@@ -92,6 +92,7 @@ impl TimeWindow {
     }
 
     /// What the window holds as of the last [`push`](Self::push).
+    #[cfg(test)]
     pub(crate) fn counts(&self) -> Counts {
         self.totals
     }

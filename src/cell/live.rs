@@ -35,6 +35,13 @@ impl KeyCell {
             || locked.policy.slow_call != policy.slow_call;
         let probes_changed = locked.policy.probe_count() != policy.probe_count();
         locked.policy = policy;
+        if policy.time_window.is_some() || self.tally.get().is_some() {
+            let tally = self.tally.get_or_init(Box::default);
+            tally.configure(&policy, &*self.clock);
+            if resized {
+                tally.clear();
+            }
+        }
         if resized {
             let generation = self.load(Ordering::Relaxed).generation();
             self.ring
@@ -52,9 +59,9 @@ impl KeyCell {
                     .store(locked.probes_free, Ordering::Relaxed);
             }
         }
-        // A fleet rate counts every call from now on (see `rate.rs`).
-        let counted = policy.trip.fleet_rate().is_some();
-        if counted {
+        // A fleet rate and a time window count every call from now on (`rate.rs`, `tally.rs`).
+        let counted = policy.counts_every_call();
+        if policy.trip.fleet_rate().is_some() {
             self.rate
                 .get_or_init(|| Box::new(RateCounter::new(self.clock.now_nanos())));
         }

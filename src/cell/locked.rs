@@ -6,10 +6,9 @@
 use std::collections::VecDeque;
 
 use super::Lease;
-use crate::clock::Clock;
 use crate::fleet::precedence::FleetView;
 use crate::policy::Policy;
-use crate::time_window::TimeWindow;
+use crate::time_window::{Counts, TimeWindow};
 use crate::window::OutcomeWindow;
 
 /// Mutable state behind the key's private lock.
@@ -51,21 +50,25 @@ impl Locked {
     }
 
     /// Records a closed-state outcome in the windows kept here (the count window has been
-    /// pushed to already). The clock is read only with a time window.
-    pub(super) fn push_extra(&mut self, success: bool, slow_call: bool, clock: &dyn Clock) {
+    /// pushed to already); `now` is the time window's reading, with one.
+    pub(super) fn push_extra(&mut self, success: bool, slow_call: bool, now: Option<u64>) {
         if let Some(s) = &mut self.slow_calls {
             s.push(!slow_call);
         }
-        if let Some(t) = &mut self.timed {
-            t.push(clock.now_nanos(), success, slow_call);
+        if let (Some(t), Some(now)) = (&mut self.timed, now) {
+            t.push(now, success, slow_call);
         }
     }
 
     /// The closed state's verdict, the count window holding `counts` (failures, outcomes,
-    /// capacity).
-    pub(super) fn closed_trips(&self, (failures, len, cap): (u32, u32, u32)) -> bool {
-        match (&self.timed, &self.slow_calls) {
-            (Some(t), _) => self.policy.timed_trips(t.counts()),
+    /// capacity) and the time window, with one, `timed`.
+    pub(super) fn closed_trips(
+        &self,
+        (failures, len, cap): (u32, u32, u32),
+        timed: Option<Counts>,
+    ) -> bool {
+        match (timed, &self.slow_calls) {
+            (Some(t), _) => self.policy.timed_trips(t),
             (None, Some(s)) => {
                 self.policy.closed_trips_at(failures, len, cap) || self.policy.slow_trips_at(len, s)
             }
@@ -73,14 +76,11 @@ impl Locked {
         }
     }
 
-    /// True when a fast, unrecorded success would change nothing: a full count window with no
-    /// failure and no slow call. Never with a time window, where every success counts toward
-    /// the rate of the period.
+    /// True when a fast success leaves the count window as it is: full, with no failure and no
+    /// slow call. With a time window such a success still counts toward the period's calls
+    /// (the word is `COUNTED`, `tally.rs`).
     pub(super) fn closed_clean(&self, (failures, len, cap): (u32, u32, u32)) -> bool {
-        self.timed.is_none()
-            && len == cap
-            && failures == 0
-            && self.slow_calls.as_ref().map_or(true, |s| s.failures() == 0)
+        len == cap && failures == 0 && self.slow_calls.as_ref().map_or(true, |s| s.failures() == 0)
     }
 
     /// Empties the windows kept here.

@@ -13,11 +13,11 @@
 //! * `state` is Closed / Open / HalfOpen.
 //! * `CLEAN` is set while the breaker is closed and its window is full of successes: recording a
 //!   success then changes nothing, so [`Permit::success`](crate::Permit::success) is one load and
-//!   a compare, with no lock and no write. A slow call is never such a success, and a breaker
-//!   with a time window is never clean: there every success counts toward the period's rate.
-//! * `COUNTED` is set while the policy is a fleet rate (`TripPolicy::FleetRate`): a clean success
-//!   then also adds one to the key's call counter (`rate.rs`), one relaxed add on a stripe of
-//!   this thread's, so the database judges the rate of every call the fleet made.
+//!   a compare, with no lock and no write. A slow call is never such a success.
+//! * `COUNTED` is set while the policy is a fleet rate (`TripPolicy::FleetRate`) or has a time
+//!   window: a clean success then also adds one to the key's call counter (`rate.rs`, one
+//!   relaxed add on a stripe of this thread's, so the database judges the rate of every call the
+//!   fleet made) or to the period's calls (`tally.rs`, a clock reading and a compare-and-swap).
 //! * `epoch` grows with every transition. A permit remembers the word it was admitted under, and
 //!   an outcome from an older epoch is dropped: a call admitted before a trip cannot count as a
 //!   half-open probe.
@@ -25,12 +25,13 @@
 //! Why not an `ArcSwap<Snapshot>`: a full `ArcSwap::load` costs about 20 ns on the machines we
 //! measure on, the atomic word under 1 ns. The closed state's count window is recorded without
 //! a lock too (`ring.rs`: a compare-and-swap claims a slot, and a bit changes only when the
-//! outcome does). Everything else (the half-open round, time and slow-call windows, probe
+//! outcome does), and so are a time window's successes (`tally.rs`). Everything else (the
+//! half-open round, failures of a time window, slow-call windows, probe
 //! leases, the database version) sits behind a mutex private to this key, taken only when
 //! something changes, or when the count window may trip.
 //!
 //! This file is the hot path (admission, recording, the private lock); `word.rs` holds the
-//! word's encoding, `ring.rs` the count window, `record.rs` recording off the fast path,
+//! word's encoding, `ring.rs` the count window, `tally.rs` a time window's calls, `record.rs` recording off the fast path,
 //! `admit.rs` admission when not closed, `fleet.rs`
 //! what a shared store adds (lease requests, the row's state as the fleet reports it, our own
 //! decisions on their way), `live.rs` the live configuration (the policy in force, the mode),
@@ -65,9 +66,11 @@ mod live;
 mod locked;
 mod record;
 mod ring;
+mod tally;
 
 use locked::Locked;
 use ring::{Ring, Rule};
+use tally::{Counted, Tally};
 mod rate;
 mod word;
 
@@ -154,6 +157,9 @@ pub(crate) struct KeyCell {
     /// `TripPolicy::FleetRate`: every call and failure, for the fleet's rate (`rate.rs`); made
     /// when the policy first becomes a fleet rate, and counted while the word says `COUNTED`.
     rate: OnceLock<Box<RateCounter>>,
+    /// [`Builder::time_window`](crate::Builder::time_window): the period's calls, counted
+    /// without the lock (`tally.rs`); made when the policy first has a time window.
+    tally: OnceLock<Box<Tally>>,
     /// The key's live configuration (`live_config.rs`), whole: read without a lock by
     /// `CircuitBreaker::live_config`, replaced when the table changes.
     live: ArcSwapOption<LiveConfig>,
@@ -204,14 +210,21 @@ impl KeyCell {
         let metrics = KeyMetrics::new(&key, namespace);
         metrics.state(State::Closed, None);
         let (slow_calls, timed) = Locked::extra_windows(&policy);
+        let tally = OnceLock::new();
+        if policy.time_window.is_some() {
+            let t = Box::<Tally>::default();
+            t.configure(&policy, &*clock);
+            let _ = tally.set(t);
+        }
         KeyCell {
+            tally,
             forced_open: AtomicBool::new(false),
             metrics,
             _written_below: CacheLine,
             key,
             word: AtomicU64::new(
                 StateWord::INITIAL
-                    .with_counted(policy.trip.fleet_rate().is_some())
+                    .with_counted(policy.counts_every_call())
                     .0,
             ),
             open_deadline: AtomicU64::new(0),
@@ -353,7 +366,7 @@ impl KeyCell {
             let cur = self.load(Ordering::Relaxed);
             if cur.same_epoch(admitted) && cur.is_closed_and_clean() {
                 if cur.is_counted() {
-                    self.count(true);
+                    return self.count_success(admitted);
                 }
                 return Recorded::Nothing;
             }
@@ -372,6 +385,46 @@ impl KeyCell {
         success: bool,
     ) -> Recorded {
         self.record_slow(admitted, probe, success, true)
+    }
+
+    /// Counts a closed success of a `COUNTED` word without the lock: for the fleet's rate, and
+    /// in the time window's calls, which may then have to be judged.
+    #[inline]
+    fn count_success(&self, admitted: StateWord) -> Recorded {
+        self.count(true);
+        match self.tally.get() {
+            Some(t) if t.enabled() && self.mode() != Mode::Disabled => {
+                match t.success(admitted.generation(), &*self.clock) {
+                    Counted::Judge => self.judge_closed_unlocked(admitted),
+                    Counted::Done | Counted::Neither => Recorded::Nothing,
+                }
+            }
+            _ => Recorded::Nothing,
+        }
+    }
+
+    /// The time window's counts at this moment, when the policy has one: failures and slow
+    /// calls from the lock, calls from the tally. Under the lock; the tally's hint is set from
+    /// them before the calls are counted (see `Tally::success`).
+    fn timed_counts(
+        &self,
+        locked: &mut Locked,
+        cur: StateWord,
+    ) -> Option<crate::time_window::Counts> {
+        let tally = self.tally.get().filter(|t| t.enabled())?;
+        let now = tally.now(&*self.clock);
+        let mut counts = locked.timed.as_mut()?.counts_at(now);
+        tally.set_hint(counts);
+        counts.calls = tally.period_calls(cur.generation(), now);
+        Some(counts)
+    }
+
+    /// The time window's reading now, when the policy has one.
+    fn timed_now(&self) -> Option<u64> {
+        self.tally
+            .get()
+            .filter(|t| t.enabled())
+            .map(|t| t.now(&*self.clock))
     }
 
     /// Counts a closed call for the fleet's rate (`COUNTED` words only).
@@ -436,6 +489,9 @@ impl KeyCell {
                 // of another generation and counts as neither.
                 self.ring.clear(next.generation());
                 locked.clear_extra();
+                if let Some(t) = self.tally.get() {
+                    t.clear();
+                }
                 locked.reopens = 0; // a closed breaker's next trip rests the base cooldown
             }
             State::HalfOpen => locked.half_open.clear(),

@@ -26,8 +26,31 @@ impl KeyCell {
             if rule.lock_free() {
                 return self.record_closed(admitted, success, rule);
             }
+            if success && self.tally.get().is_some_and(|t| t.enabled()) {
+                return self.record_timed_success(admitted);
+            }
         }
         self.record_slow(admitted, probe, success, false)
+    }
+
+    /// A closed success on a time window, without the lock: the count window's slot (for
+    /// `execution_log` and the clean bit), then the period's calls (`tally.rs`). The lock is
+    /// taken when the period may have reached its limit, or in a mode that counts differently.
+    fn record_timed_success(&self, admitted: StateWord) -> Recorded {
+        if self.mode() == Mode::Disabled {
+            return self.record_slow(admitted, None, true, false);
+        }
+        let Some(p) = self.ring.push(admitted.generation(), false) else {
+            return Recorded::Nothing; // the window was cleared since: counts as neither
+        };
+        let recorded = self.count_success(admitted);
+        if recorded == Recorded::Nothing
+            && p.full()
+            && (p.flipped || p.filled || self.ring.failures_at_most() == 0)
+        {
+            self.mark_clean(admitted);
+        }
+        recorded
     }
 
     #[cold]
@@ -60,7 +83,11 @@ impl KeyCell {
                 if self.ring.push(cur.generation(), !success).is_none() {
                     return Recorded::Nothing;
                 }
-                locked.push_extra(success, slow_call, &*self.clock);
+                let now = self.timed_now();
+                locked.push_extra(success, slow_call, now);
+                if let (Some(t), Some(now)) = (self.tally.get(), now) {
+                    t.locked_call(cur.generation(), now);
+                }
                 if cur.is_counted() {
                     self.count(success);
                 }
@@ -113,7 +140,7 @@ impl KeyCell {
 
     /// [`judge_closed`](Self::judge_closed) from the lock-free path: the window may trip.
     #[cold]
-    fn judge_closed_unlocked(&self, admitted: StateWord) -> Recorded {
+    pub(super) fn judge_closed_unlocked(&self, admitted: StateWord) -> Recorded {
         let mut locked = self.lock();
         let cur = self.load(Ordering::Relaxed);
         if !cur.same_epoch(admitted) {
@@ -126,7 +153,8 @@ impl KeyCell {
     /// count what would have tripped and start the window over, and keep the clean bit true.
     fn judge_closed(&self, locked: &mut Locked, cur: StateWord, mode: Mode) -> Recorded {
         let counts = self.ring.counts();
-        let trips = locked.closed_trips(counts);
+        let timed = self.timed_counts(locked, cur);
+        let trips = locked.closed_trips(counts, timed);
         // A fleet rate is the database's to judge while it is reachable (the reporter sends it
         // the counts); alone, the window judges by the same rule.
         let fleet_rate =
@@ -142,6 +170,9 @@ impl KeyCell {
             tracing::info!(key = %self.key, "metrics-only: the window reached its limit (a normal breaker would have opened)");
             self.ring.clear(cur.generation());
             locked.clear_extra();
+            if let Some(t) = self.tally.get() {
+                t.clear();
+            }
             self.unmark_clean(); // an empty window is not clean
             return Recorded::Nothing;
         }

@@ -484,3 +484,33 @@ fn racing_outcomes_trip_exactly_at_the_limit() {
         );
     }
 }
+
+/// A time window counts successes without the lock, failures under it. Whatever the order in
+/// which they race, the outcome that brings the period to its minimum of calls with the
+/// failures at the limit trips it, and a period that never meets the limit stays closed.
+#[test]
+fn racing_outcomes_on_a_time_window_trip_exactly_at_the_minimum() {
+    let per_thread = 16u32;
+    let total = per_thread * THREADS as u32;
+    let timed = |key: &str, failures: u32| {
+        CircuitBreaker::builder(key)
+            .storage(Storage::in_memory())
+            .failure_limit(Ratio::new(failures, total))
+            .minimum_calls(total)
+            .time_window(Duration::from_secs(3600))
+            .cooldown(Duration::from_secs(3600))
+            .build()
+            .expect("valid breaker")
+    };
+    for round in 0..50 {
+        // Every other call fails: the limit (half the calls) is met only by the last outcome,
+        // a success or a failure, whichever thread comes last.
+        let cb = timed(&format!("timed-trip-{round}"), total / 2);
+        race(&cb, per_thread, |t, i| (t as u32 + i) % 2 == 0);
+        assert_eq!(cb.state(), State::Open, "round {round}: half failures");
+        // One failure fewer than the limit: closed whatever the order.
+        let cb = timed(&format!("timed-hold-{round}"), total / 2 + 1);
+        race(&cb, per_thread, |t, i| (t as u32 + i) % 2 == 0);
+        assert_eq!(cb.state(), State::Closed, "round {round}: under the limit");
+    }
+}

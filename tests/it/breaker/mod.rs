@@ -21,6 +21,7 @@ mod overrides;
 mod permits;
 mod states;
 mod store;
+mod time_model;
 mod windows;
 
 type Log = Arc<Mutex<Vec<Change>>>;
