@@ -295,7 +295,7 @@ impl CircuitBreaker {
                 if wants_lease {
                     self.inner.storage.request_lease(&self.inner.cell);
                 }
-                Err(Rejected::new(self.inner.cell.clone(), state, retry_after))
+                Err(Rejected::new(&self.inner.cell.key, state, retry_after))
             }
         }
     }

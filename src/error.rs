@@ -4,13 +4,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::cell::{mark_forced, pack_rejection, unpack_rejection, KeyCell};
+use crate::cell::{mark_forced, pack_rejection, unpack_rejection};
+use crate::key_copies::{copy_of, KeyCopy};
 use crate::{Ratio, State};
 
 /// A call refused by an open (or busy half-open) breaker: the protected operation did not run.
 ///
-/// Two words (the key's cell and a packed state and time), so that `Result`s carrying it stay
-/// small on the call path; cloning it is a reference-count increment.
+/// Two words (the key and a packed state and time), so that `Result`s carrying it stay small on
+/// the call path; cloning it is a reference-count increment, on a copy of the key private to
+/// the thread that was refused (`key_copies.rs`), so threads rejected at once do not contend.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), resilient_circuit::ConfigError> {
@@ -27,22 +29,22 @@ use crate::{Ratio, State};
 /// ```
 #[derive(Clone)]
 pub struct Rejected {
-    cell: Arc<KeyCell>,
+    key: KeyCopy,
     /// The state and `retry_after`, packed by `cell/word.rs`.
     packed: u64,
 }
 
 impl Rejected {
-    pub(crate) fn new(cell: Arc<KeyCell>, state: State, retry_after: Option<Duration>) -> Self {
+    pub(crate) fn new(key: &Arc<str>, state: State, retry_after: Option<Duration>) -> Self {
         Rejected {
-            cell,
+            key: copy_of(key),
             packed: pack_rejection(state, retry_after),
         }
     }
 
     /// The breaker's key.
     pub fn key(&self) -> &str {
-        &self.cell.key
+        &self.key
     }
 
     /// The state that refused the call: `Open`, or `HalfOpen` when every probe slot is taken.

@@ -74,3 +74,13 @@ fn failures_of_our_own_are_not_database_errors() {
         "unexpected answer from PostgreSQL during casting a vote: rc_vote returned no row"
     );
 }
+
+/// A rejection stays two words: `Result<Permit, Rejected>` is on every call's path, and a
+/// larger error made the healthy closed path several times slower.
+#[test]
+fn a_rejection_is_two_words() {
+    assert_eq!(
+        std::mem::size_of::<Rejected>(),
+        2 * std::mem::size_of::<usize>()
+    );
+}

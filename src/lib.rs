@@ -118,6 +118,7 @@ pub mod docs;
 mod error;
 mod fleet;
 mod jitter;
+mod key_copies;
 mod live_config;
 mod policy;
 mod ratio;
