@@ -433,14 +433,14 @@ mod closed_single_thread {
 
         let cb = rc::healthy("closed_single_thread");
         group.bench_function("resilient_circuit/try_acquire_success", |b| {
-            b.iter(|| rc::acquire_success(&cb))
+            b.iter(|| rc::acquire_success(black_box(&cb)))
         });
         group.bench_function("resilient_circuit/try_acquire_owned_success", |b| {
-            b.iter(|| rc::acquire_owned_success(&cb))
+            b.iter(|| rc::acquire_owned_success(black_box(&cb)))
         });
         // What an owned permit adds to a borrowed one, measured alone.
         group.bench_function("resilient_circuit/handle_clone_drop", |b| {
-            b.iter(|| drop(black_box(cb.clone())))
+            b.iter(|| drop(black_box(black_box(&cb).clone())))
         });
         // A real recorder for this breaker's handles only: the rest of the bench keeps none.
         let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
@@ -448,42 +448,62 @@ mod closed_single_thread {
             rc::healthy_with("closed_single_thread_counted", true)
         });
         group.bench_function("resilient_circuit/try_acquire_success_call_metrics", |b| {
-            b.iter(|| rc::acquire_success(&counted))
+            b.iter(|| rc::acquire_success(black_box(&counted)))
         });
         group.bench_function("resilient_circuit/state", |b| {
-            b.iter(|| black_box(cb.state()))
+            b.iter(|| black_box(black_box(&cb).state()))
         });
         group.bench_function("resilient_circuit/acquire_run_record", |b| {
-            b.iter(|| black_box(rc::acquire_run_record(&cb)).ok())
+            b.iter(|| black_box(rc::acquire_run_record(black_box(&cb))).ok())
         });
         group.bench_function("resilient_circuit/acquire_owned_run_record", |b| {
-            b.iter(|| black_box(rc::acquire_owned_run_record(&cb)).ok())
+            b.iter(|| black_box(rc::acquire_owned_run_record(black_box(&cb))).ok())
         });
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .expect("tokio runtime");
         group.bench_function("resilient_circuit/call_async", |b| {
             b.to_async(&rt)
-                .iter(|| async { black_box(cb.call(|| async { work() }).await).ok() })
+                .iter(|| async { black_box(black_box(&cb).call(|| async { work() }).await).ok() })
         });
-        // The opt-in windows: a time window counts every success under the key's lock with a
-        // clock reading; a slow-call threshold makes `call` read the clock twice.
+        // The opt-in windows: a time window counts every success with a clock reading and one
+        // compare-and-swap (`cell/tally.rs`); a slow-call threshold makes `call` read the clock
+        // twice.
         let timed = rc::healthy_configured(
             "closed_single_thread_time_window",
             resilient_circuit::Storage::in_memory(),
             |b| b.time_window(Duration::from_secs(60)).minimum_calls(WINDOW),
         );
         group.bench_function("resilient_circuit/try_acquire_success_time_window", |b| {
-            b.iter(|| rc::acquire_success(&timed))
+            b.iter(|| rc::acquire_success(black_box(&timed)))
         });
+        // The same period with 1 call in 100 failing: failures are recorded under the lock,
+        // successes still without it.
+        let timed_failing = rc::healthy_configured(
+            "closed_single_thread_time_window_failing",
+            resilient_circuit::Storage::in_memory(),
+            |b| b.time_window(Duration::from_secs(60)).minimum_calls(WINDOW),
+        );
+        group.bench_function(
+            "resilient_circuit/acquire_run_record_time_window_1_in_100",
+            |b| {
+                b.iter(|| {
+                    black_box(rc::acquire_run_record_failing(
+                        black_box(&timed_failing),
+                        100,
+                    ))
+                    .ok()
+                })
+            },
+        );
         let slow = rc::slow_calls("closed_single_thread_slow_calls", Duration::from_secs(1));
         group.bench_function(
             "resilient_circuit/try_acquire_record_timed_slow_calls",
-            |b| b.iter(|| rc::acquire_record_timed(&slow)),
+            |b| b.iter(|| rc::acquire_record_timed(black_box(&slow))),
         );
         group.bench_function("resilient_circuit/call_async_slow_calls", |b| {
             b.to_async(&rt)
-                .iter(|| async { black_box(slow.call(|| async { work() }).await).ok() })
+                .iter(|| async { black_box(black_box(&slow).call(|| async { work() }).await).ok() })
         });
         // A threshold under 25 coarse ticks: timed on the precise clock.
         let precise = rc::slow_calls(
@@ -491,18 +511,23 @@ mod closed_single_thread {
             Duration::from_millis(10),
         );
         group.bench_function("resilient_circuit/call_async_slow_calls_precise", |b| {
-            b.to_async(&rt)
-                .iter(|| async { black_box(precise.call(|| async { work() }).await).ok() })
+            b.to_async(&rt).iter(|| async {
+                black_box(black_box(&precise).call(|| async { work() }).await).ok()
+            })
         });
 
         let r = rl::healthy();
-        group.bench_function("recloser/call", |b| b.iter(|| black_box(rl::call(&r)).ok()));
+        group.bench_function("recloser/call", |b| {
+            b.iter(|| black_box(rl::call(black_box(&r))).ok())
+        });
 
         let f = fs::healthy();
-        group.bench_function("failsafe/call", |b| b.iter(|| black_box(fs::call(&f)).ok()));
+        group.bench_function("failsafe/call", |b| {
+            b.iter(|| black_box(fs::call(black_box(&f))).ok())
+        });
         let f = fs::healthy_default_policy();
         group.bench_function("failsafe/call_default_policy", |b| {
-            b.iter(|| black_box(fs::call(&f)).ok())
+            b.iter(|| black_box(fs::call(black_box(&f))).ok())
         });
 
         group.finish();
@@ -518,33 +543,33 @@ mod closed_two_threads {
 
         let cb = rc::healthy("closed_two_threads");
         group.bench_function("resilient_circuit/try_acquire_success", |b| {
-            two_threads(b, || rc::acquire_success(&cb))
+            two_threads(b, || rc::acquire_success(black_box(&cb)))
         });
         group.bench_function("resilient_circuit/try_acquire_owned_success", |b| {
-            two_threads(b, || rc::acquire_owned_success(&cb))
+            two_threads(b, || rc::acquire_owned_success(black_box(&cb)))
         });
         group.bench_function("resilient_circuit/acquire_run_record", |b| {
             two_threads(b, || {
-                black_box(rc::acquire_run_record(&cb)).ok();
+                black_box(rc::acquire_run_record(black_box(&cb))).ok();
             })
         });
         group.bench_function("resilient_circuit/acquire_owned_run_record", |b| {
             two_threads(b, || {
-                black_box(rc::acquire_owned_run_record(&cb)).ok();
+                black_box(rc::acquire_owned_run_record(black_box(&cb))).ok();
             })
         });
 
         let r = rl::healthy();
         group.bench_function("recloser/call", |b| {
             two_threads(b, || {
-                black_box(rl::call(&r)).ok();
+                black_box(rl::call(black_box(&r))).ok();
             })
         });
 
         let f = fs::healthy();
         group.bench_function("failsafe/call", |b| {
             two_threads(b, || {
-                black_box(fs::call(&f)).ok();
+                black_box(fs::call(black_box(&f))).ok();
             })
         });
 
@@ -564,28 +589,32 @@ mod open_reject {
         let f = fs::open();
 
         group.bench_function("resilient_circuit/try_acquire", |b| {
-            b.iter(|| rc::reject(&cb))
+            b.iter(|| rc::reject(black_box(&cb)))
         });
         group.bench_function("resilient_circuit/try_acquire_owned", |b| {
-            b.iter(|| rc::reject_owned(&cb))
+            b.iter(|| rc::reject_owned(black_box(&cb)))
         });
-        group.bench_function("recloser/call", |b| b.iter(|| black_box(rl::call(&r)).ok()));
-        group.bench_function("failsafe/call", |b| b.iter(|| black_box(fs::call(&f)).ok()));
+        group.bench_function("recloser/call", |b| {
+            b.iter(|| black_box(rl::call(black_box(&r))).ok())
+        });
+        group.bench_function("failsafe/call", |b| {
+            b.iter(|| black_box(fs::call(black_box(&f))).ok())
+        });
 
         group.bench_function("two_threads/resilient_circuit/try_acquire", |b| {
-            two_threads(b, || rc::reject(&cb))
+            two_threads(b, || rc::reject(black_box(&cb)))
         });
         group.bench_function("two_threads/resilient_circuit/try_acquire_owned", |b| {
-            two_threads(b, || rc::reject_owned(&cb))
+            two_threads(b, || rc::reject_owned(black_box(&cb)))
         });
         group.bench_function("two_threads/recloser/call", |b| {
             two_threads(b, || {
-                black_box(rl::call(&r)).ok();
+                black_box(rl::call(black_box(&r))).ok();
             })
         });
         group.bench_function("two_threads/failsafe/call", |b| {
             two_threads(b, || {
-                black_box(fs::call(&f)).ok();
+                black_box(fs::call(black_box(&f))).ok();
             })
         });
 
@@ -605,30 +634,30 @@ mod error_rate {
             let f = fs::healthy();
             group.bench_function(
                 format!("1_in_{n}/resilient_circuit/acquire_run_record"),
-                |b| b.iter(|| black_box(rc::acquire_run_record_failing(&cb, n)).ok()),
+                |b| b.iter(|| black_box(rc::acquire_run_record_failing(black_box(&cb), n)).ok()),
             );
             group.bench_function(format!("1_in_{n}/recloser/call"), |b| {
-                b.iter(|| black_box(rl::call_failing(&r, n)).ok())
+                b.iter(|| black_box(rl::call_failing(black_box(&r), n)).ok())
             });
             group.bench_function(format!("1_in_{n}/failsafe/call"), |b| {
-                b.iter(|| black_box(fs::call_failing(&f, n)).ok())
+                b.iter(|| black_box(fs::call_failing(black_box(&f), n)).ok())
             });
             group.bench_function(
                 format!("two_threads/1_in_{n}/resilient_circuit/acquire_run_record"),
                 |b| {
                     two_threads(b, || {
-                        black_box(rc::acquire_run_record_failing(&cb, n)).ok();
+                        black_box(rc::acquire_run_record_failing(black_box(&cb), n)).ok();
                     })
                 },
             );
             group.bench_function(format!("two_threads/1_in_{n}/recloser/call"), |b| {
                 two_threads(b, || {
-                    black_box(rl::call_failing(&r, n)).ok();
+                    black_box(rl::call_failing(black_box(&r), n)).ok();
                 })
             });
             group.bench_function(format!("two_threads/1_in_{n}/failsafe/call"), |b| {
                 two_threads(b, || {
-                    black_box(fs::call_failing(&f, n)).ok();
+                    black_box(fs::call_failing(black_box(&f), n)).ok();
                 })
             });
             assert_eq!(
@@ -644,16 +673,16 @@ mod error_rate {
             let r = rl::healthy_window(100);
             group.bench_function(
                 format!("window_100/1_in_{n}/resilient_circuit/acquire_run_record"),
-                |b| b.iter(|| black_box(rc::acquire_run_record_failing(&cb, n)).ok()),
+                |b| b.iter(|| black_box(rc::acquire_run_record_failing(black_box(&cb), n)).ok()),
             );
             group.bench_function(format!("window_100/1_in_{n}/recloser/call"), |b| {
-                b.iter(|| black_box(rl::call_failing(&r, n)).ok())
+                b.iter(|| black_box(rl::call_failing(black_box(&r), n)).ok())
             });
             group.bench_function(
                 format!("window_100/two_threads/1_in_{n}/resilient_circuit/acquire_run_record"),
                 |b| {
                     two_threads(b, || {
-                        black_box(rc::acquire_run_record_failing(&cb, n)).ok();
+                        black_box(rc::acquire_run_record_failing(black_box(&cb), n)).ok();
                     })
                 },
             );
@@ -661,7 +690,7 @@ mod error_rate {
                 format!("window_100/two_threads/1_in_{n}/recloser/call"),
                 |b| {
                     two_threads(b, || {
-                        black_box(rl::call_failing(&r, n)).ok();
+                        black_box(rl::call_failing(black_box(&r), n)).ok();
                     })
                 },
             );
@@ -694,11 +723,11 @@ mod half_open {
         let held = full.try_acquire().expect("the one probe");
         assert_eq!(full.state(), State::HalfOpen);
         group.bench_function("resilient_circuit/try_acquire_full", |b| {
-            b.iter(|| black_box(full.try_acquire().map(|p| p.success())).ok())
+            b.iter(|| black_box(black_box(&full).try_acquire().map(|p| p.success())).ok())
         });
         group.bench_function("two_threads/resilient_circuit/try_acquire_full", |b| {
             two_threads(b, || {
-                black_box(full.try_acquire().map(|p| p.success())).ok();
+                black_box(black_box(&full).try_acquire().map(|p| p.success())).ok();
             })
         });
         drop(held);
@@ -746,24 +775,24 @@ mod postgres {
         let mut group = configure(c, "postgres");
         let healthy = rc::healthy_on("pg_healthy", storage.clone());
         group.bench_function("resilient_circuit/try_acquire_success", |b| {
-            b.iter(|| rc::acquire_success(&healthy))
+            b.iter(|| rc::acquire_success(black_box(&healthy)))
         });
         group.bench_function("two_threads/resilient_circuit/acquire_run_record", |b| {
             two_threads(b, || {
-                black_box(rc::acquire_run_record(&healthy)).ok();
+                black_box(rc::acquire_run_record(black_box(&healthy))).ok();
             })
         });
         for n in [100, 20] {
             let cb = rc::healthy_on(&format!("pg_error_rate_{n}"), storage.clone());
             group.bench_function(
                 format!("1_in_{n}/resilient_circuit/acquire_run_record"),
-                |b| b.iter(|| black_box(rc::acquire_run_record_failing(&cb, n)).ok()),
+                |b| b.iter(|| black_box(rc::acquire_run_record_failing(black_box(&cb), n)).ok()),
             );
             group.bench_function(
                 format!("two_threads/1_in_{n}/resilient_circuit/acquire_run_record"),
                 |b| {
                     two_threads(b, || {
-                        black_box(rc::acquire_run_record_failing(&cb, n)).ok();
+                        black_box(rc::acquire_run_record_failing(black_box(&cb), n)).ok();
                     })
                 },
             );
@@ -777,10 +806,10 @@ mod postgres {
             })
         });
         group.bench_function("quorum/resilient_circuit/try_acquire_success", |b| {
-            b.iter(|| rc::acquire_success(&quorum))
+            b.iter(|| rc::acquire_success(black_box(&quorum)))
         });
         group.bench_function("quorum/1_in_20/resilient_circuit/acquire_run_record", |b| {
-            b.iter(|| black_box(rc::acquire_run_record_failing(&quorum, 20)).ok())
+            b.iter(|| black_box(rc::acquire_run_record_failing(black_box(&quorum), 20)).ok())
         });
         // A fleet-rate breaker counts every call (one relaxed add to a striped counter, on the
         // fast path too) for the fleet's rate: the cost of that count on the calls. Its reports
@@ -793,23 +822,23 @@ mod postgres {
             })
         });
         group.bench_function("fleet_rate/resilient_circuit/try_acquire_success", |b| {
-            b.iter(|| rc::acquire_success(&rate))
+            b.iter(|| rc::acquire_success(black_box(&rate)))
         });
         group.bench_function(
             "fleet_rate/two_threads/resilient_circuit/try_acquire_success",
-            |b| two_threads(b, || rc::acquire_success(&rate)),
+            |b| two_threads(b, || rc::acquire_success(black_box(&rate))),
         );
         group.bench_function(
             "fleet_rate/1_in_20/resilient_circuit/acquire_run_record",
-            |b| b.iter(|| black_box(rc::acquire_run_record_failing(&rate, 20)).ok()),
+            |b| b.iter(|| black_box(rc::acquire_run_record_failing(black_box(&rate), 20)).ok()),
         );
         let open = rc::healthy_on("pg_open", storage.clone());
         open.force_open(LONG_COOLDOWN);
         group.bench_function("resilient_circuit/try_acquire_rejected", |b| {
-            b.iter(|| rc::reject(&open))
+            b.iter(|| rc::reject(black_box(&open)))
         });
         group.bench_function("two_threads/resilient_circuit/try_acquire_rejected", |b| {
-            two_threads(b, || rc::reject(&open))
+            two_threads(b, || rc::reject(black_box(&open)))
         });
         group.finish();
         drop((healthy, quorum, rate, open, storage));
