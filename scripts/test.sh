@@ -58,6 +58,19 @@ if ! have_pgbouncer; then
   fi
 fi
 
+# The Python package's tests (tests/it/python.rs) make a virtual environment and install the
+# package (psycopg, which needs libpq) with pip.
+if ! python3 -c 'import ensurepip, venv' 2>/dev/null || ! ldconfig -p 2>/dev/null | grep -q 'libpq\.so'; then
+  if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+    echo "test.sh: installing python3-venv and libpq5 (Debian packages)"
+    apt-get update -q
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends python3-venv libpq5
+  else
+    echo "test.sh: the tests need python3 with venv and libpq: sudo apt-get install python3-venv libpq5" >&2
+    exit 1
+  fi
+fi
+
 if [[ -n ${RC_TEST_DATABASE_URL:-} ]]; then
   echo "test.sh: test databases on \$RC_TEST_DATABASE_URL"
 elif local_server_answers; then

@@ -1,9 +1,9 @@
 //! Circuit breakers whose state is shared by every instance of a fleet through PostgreSQL.
 //!
-//! When one pod sees a dependency fail and trips its breaker, every other pod and every other
-//! service using the same key stops calling it within milliseconds, and a new pod starts with the
-//! fleet's current state. Deciding whether a call may run reads a local snapshot: one atomic load,
-//! no lock, no I/O.
+//! When one pod sees a dependency fail and trips its breaker, every other instance using the same
+//! key stops calling it milliseconds later (a Python service, on its next read of the row), and a
+//! new pod starts with the fleet's current state. Deciding whether a call may run reads a local
+//! snapshot: one atomic load, no lock, no I/O.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -21,15 +21,26 @@
 //! # Ok(()) }
 //! ```
 //!
-//! # Guides
+//! # Reference
+//!
+//! The README gets you started; the [`docs`] pages tell everything:
 //!
 //! * [`docs::model`]: how it works, on one page, with the diagram of the two flows — a call
 //!   reads the local snapshot; a trip goes through a row-locked function, a trigger and NOTIFY to
 //!   every instance's listener and snapshot.
 //! * [`docs::settings`]: choosing the failure limit, cooldown, probes and namespaces, and matching
 //!   a Python service that shares the table.
-//! * [`docs`]: the distributed-systems guide's scenarios (several pods, several services, local and shared
-//!   keys, serverless, the T0–T4 timeline), each an example in `examples/`.
+//! * [`docs::guarantees`]: what is promised and what can be lost, each with its test.
+//! * [`docs::postgres`]: setup, roles, the `RC_DB_*` variables, TLS, pgbouncer, replicas,
+//!   failover, several regions, Python services.
+//! * [`docs::security`]: the threat model of the shared table.
+//! * [`docs::operating`]: the command line, live configuration, fleet policies, the change
+//!   stream, every metric, troubleshooting.
+//! * [`docs::performance`] and [`docs::scale`]: what it costs, measured, and how large a fleet
+//!   one database serves.
+//! * [`docs`] itself lists the examples: the distributed-systems guide's scenarios (several
+//!   pods, several services, local and shared keys, serverless, the T0–T4 timeline, several
+//!   regions), each in `examples/`.
 //!
 //! # Shared state
 //!
@@ -37,9 +48,9 @@
 //! connection, a small pool and the local snapshot. Breakers are evaluated locally: an instance
 //! trips on its own window, stops its own calls at once and publishes the trip through a
 //! row-locked function in the database; every other instance applies it when the trigger's
-//! NOTIFY arrives, typically well under a millisecond later on a LAN. Half-open rounds are
-//! fleet-wide: exactly `n` probe leases exist across all instances. A healthy closed breaker
-//! sends nothing to the database.
+//! NOTIFY arrives, milliseconds later ([`docs::performance`]). Half-open rounds are fleet-wide:
+//! exactly `n` probe leases exist across all instances. A healthy closed breaker sends nothing to
+//! the database.
 //!
 //! When the database is unreachable, breakers keep working on local state
 //! ([`Storage::is_degraded`] says so); trips made meanwhile are published when it is back, and the
@@ -51,30 +62,10 @@
 //! Through the [`metrics`] facade; the application installs a recorder (`examples/prometheus.rs`
 //! serves them to Prometheus, `dashboards/resilient-circuit.json` charts them). **Install it
 //! before making storages and breakers**: their handles are made once and cached, and those made
-//! without a recorder stay no-ops. The README's "Metrics" section describes every metric.
-//!
-//! Per key, labelled `key` and `namespace` (the PostgreSQL namespace, or `in-memory`); keys are
-//! bounded by the code that builds breakers, so do not key breakers by user input:
-//! `resilient_circuit_state{state}` (1 for the current state, 0 for the other two, all three set
-//! at build and on every transition), `resilient_circuit_rejected_calls_total{reason = open |
-//! half_open_full | forced}` (once per rejected call), `resilient_circuit_transitions_total{from,
-//! to, origin = local | remote}`, `resilient_circuit_open_until_timestamp_seconds`,
-//! `resilient_circuit_half_open_probes_in_flight`.
-//!
-//! Per call, **opt-in** with [`Builder::call_metrics`]: `resilient_circuit_calls_total{outcome =
-//! success | failure | cancelled}` and the `resilient_circuit_call_duration_seconds` histogram
-//! (calls through [`call`](CircuitBreaker::call), [`call_with`](CircuitBreaker::call_with) and
-//! the `tower` layer).
-//! Off by default: a success on a healthy closed breaker is one load and a compare, and counting
-//! it would add an atomic increment; off, they cost one predictable branch.
-//!
-//! Per PostgreSQL instance, labelled `namespace`: `resilient_circuit_listener_connected`,
-//! `resilient_circuit_degraded`, `resilient_circuit_listener_reconnects_total`,
-//! `resilient_circuit_resyncs_total`, `resilient_circuit_notifications_total`,
-//! `resilient_circuit_bad_notifications_total`,
-//! `resilient_circuit_store_operation_duration_seconds{op}`,
-//! `resilient_circuit_store_errors_total{op}`, `resilient_circuit_pending_publications`,
-//! `resilient_circuit_notification_lag_seconds` (commit to snapshot, by the database's clock).
+//! without a recorder stay no-ops. Per-call counts and durations are opt-in
+//! ([`Builder::call_metrics`]): a success on a healthy closed breaker is one load and a compare,
+//! and counting it would add an atomic increment. [`docs::operating`] describes every metric and
+//! label.
 //!
 //! # Change stream
 //!

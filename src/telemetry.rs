@@ -287,3 +287,73 @@ impl InstanceMetrics {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// The first cells of the table rows of `docs::operating` that start with `prefix`.
+    fn documented(prefix: &str) -> std::collections::BTreeSet<String> {
+        include_str!("docs/operating.rs")
+            .lines()
+            .filter_map(|l| l.strip_prefix("//! | `"))
+            .filter_map(|l| l.split('`').next())
+            .filter(|name| name.starts_with(prefix))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The string constants of `src` whose value starts with `prefix`.
+    fn in_code(src: &str, prefix: &str) -> std::collections::BTreeSet<String> {
+        src.lines()
+            .filter(|l| !l.trim_start().starts_with("//"))
+            .flat_map(|l| l.split('"').skip(1).step_by(2))
+            .filter(|s| s.starts_with(prefix) && !s.contains(' '))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// `docs::operating` lists every metric this file defines, and no other.
+    #[test]
+    fn the_metrics_table_lists_every_metric() {
+        let src = include_str!("telemetry.rs");
+        let code = src.split("\n#[cfg(test)]").next().unwrap_or(src);
+        let code = in_code(code, "resilient_circuit_");
+        assert!(code.len() >= 20, "metric names not found: {code:?}");
+        assert_eq!(documented("resilient_circuit_"), code);
+    }
+
+    /// `docs::operating`'s `op` table lists every label a database operation is recorded with.
+    #[test]
+    fn the_op_table_lists_every_operation() {
+        let statements = include_str!("storage/postgres/statements.rs");
+        let mut code: std::collections::BTreeSet<String> = statements
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("op: \""))
+            .filter_map(|l| l.split('"').next())
+            .map(str::to_owned)
+            .collect();
+        for src in [
+            include_str!("storage/postgres/sync.rs"),
+            include_str!("storage/postgres/poll.rs"),
+        ] {
+            for l in src.lines().filter(|l| l.contains(".store_operation(\"")) {
+                if let Some(op) = l.split('"').nth(1) {
+                    code.insert(op.to_owned());
+                }
+            }
+        }
+        assert!(code.len() >= 8, "operations not found: {code:?}");
+        let table: std::collections::BTreeSet<String> = include_str!("docs/operating.rs")
+            .lines()
+            .skip_while(|l| !l.starts_with("//! | `op` |"))
+            .skip(2)
+            .take_while(|l| l.starts_with("//! | `"))
+            .filter_map(|l| {
+                l.strip_prefix("//! | `")?
+                    .split('`')
+                    .next()
+                    .map(str::to_owned)
+            })
+            .collect();
+        assert_eq!(table, code);
+    }
+}

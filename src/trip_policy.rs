@@ -14,7 +14,7 @@ pub const MAX_QUORUM: u32 = 10_000;
 
 /// Who opens a breaker for the fleet. Chosen per breaker with
 /// [`Builder::trip_policy`](crate::Builder::trip_policy); every instance sharing a key should
-/// choose the same. The README's "Fleet policies" section says when to choose which.
+/// choose the same. [`docs::operating`](crate::docs::operating), "Fleet policies", says when to choose which.
 ///
 /// With `AnyInstance` and `Quorum`, an instance whose own window trips stops its own calls at once
 /// (for the breaker's cooldown), and the policy decides whether the rest of the fleet follows;

@@ -10,7 +10,7 @@
 //! instance's interval.
 //!
 //! Why: a change an operator makes to stop an incident (a longer cooldown, `forced-open`) is only
-//! as good as the time it takes to reach the last instance; the README quotes these figures.
+//! as good as the time it takes to reach the last instance; `docs::performance` quotes these figures.
 
 use std::time::{Duration, Instant};
 

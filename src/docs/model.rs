@@ -1,5 +1,10 @@
 //! # The model, on one page
 //!
+//! How the crate works, for anyone who will run it in a fleet or change its code: the words it
+//! uses, the path of a call and the path of a transition, who decides what, and what happens
+//! when the database is away. The promises, each with its test, are
+//! [`guarantees`](super::guarantees).
+//!
 //! ## Words
 //!
 //! * **Key**: the name of a protected dependency, e.g. `stripe_payment_api` (at most 255 bytes).
@@ -17,7 +22,7 @@
 //!   every call reads. It is the instance's view of the table plus its own latest decisions.
 //! * **Window**: the last `n` outcomes of a breaker's calls, **per instance**; never shared.
 //! * **Row**: per `(namespace, key)` in `public.rc_circuit_breakers`, the table the Python
-//!   Python package uses too, plus a `version` that a trigger raises on every change. No row means
+//!   package `resilient-circuit` uses too, plus a `version` that a trigger raises on every change. No row means
 //!   CLOSED.
 //!
 //! ## Two flows
@@ -62,9 +67,10 @@
 //!
 //! **Flow 1** is all a call does. A closed breaker's call reads the word once to be admitted and
 //! once more to record a success; a failure (or a success while the window still holds
-//! failures) takes the key's own lock to update the window. When
-//! the window is full and holds enough failures (the failure limit), the instance trips at once,
-//! locally, and hands the trip to flow 2. A healthy closed breaker sends nothing to the database.
+//! failures) writes the window, a ring of bits whose slot one compare-and-swap claims, and takes
+//! the key's own lock only when the window may trip. When the window is full and holds enough
+//! failures (the failure limit), the instance trips at once, locally, and hands the trip to
+//! flow 2. A healthy closed breaker sends nothing to the database.
 //!
 //! **Flow 2** carries every change of a row to every instance. The instance's *outbox* sends its
 //! trips in batches (one statement, one commit, keys in order so instances cannot deadlock) and
@@ -135,6 +141,6 @@
 //!
 //! ## Where each piece lives
 //!
-//! The crate docs' "Layout" and the README's "Layout" list the files; the flow 2 walk-through in
+//! The crate docs' "Layout" and `CONTRIBUTING.md` list the files; the flow 2 walk-through in
 //! the code is at the top of `src/storage/postgres/mod.rs`, and the rules for which change wins
 //! are the table in `src/fleet/precedence.rs`.

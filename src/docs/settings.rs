@@ -1,15 +1,16 @@
 //! # Choosing settings
 //!
-//! Four decisions per dependency: when to trip (the failure limit), how long to rest (the
-//! cooldown), how to test recovery (the probes), and who shares the breaker (the namespace).
-//! The whole fleet obeys one breaker, so settings are part of the contract between everyone who
-//! builds it: keep them in one place, as the distributed-systems guide's `shared_resources` does.
+//! How to choose what a breaker is built with. Four decisions per dependency: when to trip (the
+//! failure limit), how long to rest (the cooldown), how to test recovery (the probes), and who
+//! shares the breaker (the namespace). The whole fleet obeys one breaker, so settings are part
+//! of the contract between everyone who builds it: keep them in one place, as the
+//! distributed-systems guide's `shared_resources` does.
 //!
 //! ```
 //! use std::time::Duration;
 //! use resilient_circuit::{CircuitBreaker, ConfigError, Ratio, Storage};
 //!
-//! /// Every service builds its breakers here, so all agree (the seed's microservices table).
+//! /// Every service builds its breakers here, so all agree (the distributed-systems guide's microservices table).
 //! fn shared_resources(storage: &Storage) -> Result<[CircuitBreaker; 3], ConfigError> {
 //!     let breaker = |key: &str, cooldown: Duration, limit: Ratio| {
 //!         CircuitBreaker::builder(key)
@@ -135,7 +136,7 @@
 //! smallest fleet. [`TripPolicy::FleetRate`](crate::TripPolicy::FleetRate): the database adds up
 //! the windows of the instances seeing failures and opens the key on their rate, for
 //! dependencies that fail partly, or instances with too little traffic each to fill a window.
-//! The README's "Fleet policies" compares them.
+//! [`operating`](super::operating#fleet-policies) compares them and says how each works.
 //!
 //! ## Changing them live: `resilient-circuit config`
 //!

@@ -566,7 +566,7 @@ async fn rust_trip_reaches_python(f: &mut Fleet) -> f64 {
     let a = f.py.call(&key, false).await;
     assert_eq!(a["outcome"], "ok", "Python admits before the trip: {a}");
     // That success inserted the row (CLOSED). A trip decided before the instance saw that row
-    // yields to it, as to any newer row (README, "Can be lost"): let the instance see it first.
+    // yields to it, as to any newer row (`docs::guarantees`, "Can be lost"): let the instance see it first.
     assert!(caught_up(&f.admin, &[&f.rust], WAIT).await);
 
     fail(&w.cb).await;

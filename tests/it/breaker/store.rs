@@ -100,7 +100,7 @@ fn eviction_spares_open_and_live_keys() {
 #[test]
 fn default_store_is_bounded_at_8192_keys() {
     use resilient_circuit::storage::DEFAULT_MEMORY_CAPACITY as CAPACITY;
-    assert_eq!(CAPACITY, 8192, "the README promises 8,192");
+    assert_eq!(CAPACITY, 8192, "the documentation promises 8,192");
     let storage = Storage::in_memory();
     let open: Vec<String> = (0..50).map(|i| format!("open-{i}")).collect();
     for key in &open {

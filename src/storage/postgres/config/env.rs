@@ -1,6 +1,6 @@
 //! [`PostgresOptions::from_env`]: the settings from the Python package's `RC_DB_*` variables plus
 //! a few of ours, and the table of them that docs.rs shows (and `env_tests.rs` checks against the
-//! README's copy and against the variables read here).
+//! copy in `docs::postgres` and against the variables read here).
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -1,4 +1,4 @@
-//! Unit tests of `env.rs`: the `RC_DB_*` variables, and the README's copy of their table.
+//! Unit tests of `env.rs`: the `RC_DB_*` variables, and the copy of their table in `docs::postgres`.
 
 use super::super::endpoint::DEFAULT_PORT;
 use super::super::tests::*;
@@ -279,17 +279,24 @@ fn names(cell: &str) -> Vec<String> {
         .collect()
 }
 
-/// The README's copy of the `RC_DB_*` table (section "PostgreSQL") lists the same variables with
-/// the same defaults as the one on `PostgresOptions::from_env`, so the two cannot drift.
+/// The reference's copy of the `RC_DB_*` table (`docs::postgres`, section "Connection
+/// settings") lists the same variables with the same defaults as the one on
+/// `PostgresOptions::from_env`, so the two cannot drift.
 #[test]
 fn readme_env_table_matches_from_env_docs() {
-    let readme = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"));
-    let start = readme
-        .find("\n## PostgreSQL\n")
-        .expect("README has a PostgreSQL section");
-    let section = &readme[start + 1..];
-    let end = section[3..].find("\n## ").map_or(section.len(), |i| i + 3);
-    let readme_rows = env_table(section[..end].lines());
+    let page = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/docs/postgres.rs"));
+    let start = page
+        .find("\n//! ## Connection settings\n")
+        .expect("docs::postgres has a Connection settings section");
+    let section = &page[start + 1..];
+    let end = section[3..]
+        .find("\n//! ## ")
+        .map_or(section.len(), |i| i + 3);
+    // Rustdoc lines of the page, `//!` stripped, so that `env_table` reads them as markdown.
+    let page_rows = env_table(section[..end].lines().map(|l| {
+        let l = l.trim_start();
+        l.strip_prefix("//!").map_or(l, str::trim_start)
+    }));
     let doc_rows = doc_table();
     assert!(
         doc_rows.len() >= 10,
@@ -304,9 +311,9 @@ fn readme_env_table_matches_from_env_docs() {
         "a variable twice in from_env's table"
     );
     assert_eq!(
-        as_map(&readme_rows),
+        as_map(&page_rows),
         as_map(&doc_rows),
-        "README.md's RC_DB_* table (left) differs from PostgresOptions::from_env's (right)"
+        "docs::postgres's RC_DB_* table (left) differs from PostgresOptions::from_env's (right)"
     );
 }
 

@@ -6,7 +6,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 /// How an instance learns of the changes other instances make; see
-/// [`PostgresOptions::follow`](super::PostgresOptions::follow) and the README, "Scale".
+/// [`PostgresOptions::follow`](super::PostgresOptions::follow) and [`docs::scale`](crate::docs::scale).
 ///
 /// ```
 /// use resilient_circuit::storage::postgres::Follow;
@@ -30,7 +30,7 @@ pub enum Follow {
 
 /// The default [`poll_interval`](super::PostgresOptions::poll_interval): a change reaches a
 /// polling instance within this, plus the replica's lag; each poll costs the server about 60 µs
-/// of CPU (README, "Scale").
+/// of CPU ([`docs::scale`](crate::docs::scale)).
 pub(crate) const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(250);
 
 impl Follow {

@@ -484,7 +484,7 @@ impl PostgresOptions {
     /// pass on to its other clients. Calls are then bounded by the client's timeout, which
     /// cancels them on the server. The LISTEN connection needs a direct address
     /// ([`listener_dsn`](Self::listener_dsn)); without one the listener checks itself and
-    /// follows the table by polling when it hears nothing (see the README, "pgbouncer").
+    /// follows the table by polling when it hears nothing (see [`docs::postgres`](crate::docs::postgres), "pgbouncer").
     /// Default `false`; `RC_DB_TRANSACTION_POOLER=1`.
     pub fn transaction_pooler(mut self, yes: bool) -> Self {
         self.transaction_pooler = yes;
@@ -501,7 +501,7 @@ impl PostgresOptions {
     ///
     /// Polling needs no LISTEN, so it passes through any pooler and works on a replica; a
     /// change reaches the instance within the interval (plus the replica's lag) instead of
-    /// milliseconds. See the README, "Scale", for when to choose it.
+    /// milliseconds. See [`docs::scale`](crate::docs::scale) for when to choose it.
     pub fn follow(mut self, mode: Follow) -> Self {
         self.follow = mode;
         self

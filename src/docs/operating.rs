@@ -1,0 +1,312 @@
+//! # Operating a fleet: the command line, live changes, fleet policies, metrics, troubleshooting
+//!
+//! What an operator needs once breakers are shared: the `resilient-circuit` command, changing a
+//! key's configuration for every instance without a deploy, choosing who opens a breaker for the
+//! fleet, the change stream, every metric, and where to look when something is wrong. Setting up
+//! the database is [`postgres`](super::postgres); choosing limits and cooldowns is
+//! [`settings`](super::settings).
+//!
+//! ## The command line
+//!
+//! The `resilient-circuit` binary (cargo feature `cli`, on by default; `default-features =
+//! false` leaves it and its dependencies, clap and humantime, out) reads the same `RC_DB_*`
+//! variables and `RC_NAMESPACE` as the library; `--dsn` overrides them (it shows in the process
+//! list, so prefer `RC_DB_DSN` for a DSN with a password). Passwords are never printed.
+//!
+//! ```text
+//! resilient-circuit setup --grant-to app --grant-operator oncall   # migrations, grants, verified
+//! resilient-circuit check --role app          # exit 1 and the fix when a right is missing or excess
+//! resilient-circuit status --namespace checkout
+//! resilient-circuit watch                     # one line per transition, until Ctrl-C
+//! resilient-circuit open payments --for 5m    # every instance obeys; without --for: until close
+//! resilient-circuit close payments --note "vendor fixed it, ticket 42"
+//! resilient-circuit delete payments           # removes the row: CLOSED everywhere
+//! resilient-circuit history payments --since 2h   # who changed it, when, why
+//! resilient-circuit config payments --failure-limit 3/10 --cooldown 5m   # live, every instance
+//! ```
+//!
+//! | Command | What it does |
+//! |---|---|
+//! | `setup [--grant-to ROLE]... [--grant-reader ROLE]... [--grant-python ROLE]... [--grant-operator ROLE]... [--wait SECONDS] [--dry-run] [--yes]` (alias `pg-setup`) | Applies the migrations and the changed objects (waiting at most 0.5 s for any lock, retrying for `--wait`, so it is safe on a live fleet), takes back any grant of the crate's functions to PUBLIC, then grants each role the rights of its kind ([`postgres`](super::postgres#roles-and-grants)) and records them, so that a later `setup` grants what new definitions need; checks each grant before reporting success. `--dry-run` prints the SQL and changes nothing. Asks for confirmation on a terminal; off a terminal it needs `--yes` (else exit 2). |
+//! | `check [--role ROLE [--as KIND]]` (alias `pg-check`) | Every migration and object applied with this build's checksum, the triggers, every function this build calls present, no function of the crate executable by PUBLIC, the notification queue's usage, schemas on the search path others may create in (a warning), and, with `--role`, the role's rights against its kinds (as recorded by `setup`, or `--as`): what it lacks and what it holds beyond them. Prints the fix and exits 1 on any problem. |
+//! | `status [--namespace NS] [--json]` | Every row of the namespace: state, failure count, time until half-open (database clock), version, since when, live mode; then the notification queue's usage. Colour only on a terminal; keys and notes with terminal controls escaped. JSON: `{"namespace", "notification_queue_usage", "breakers": [{"key", "state", "failure_count", "half_open_in_seconds" (OPEN rows, else null), "version", "updated_at", "since" (UTC, RFC 3339), "mode"}]}`; fields are only ever added. |
+//! | `watch [--namespace NS]` | One line per transition of the namespace's breakers until Ctrl-C: `TIME NAMESPACE KEY STATE vVERSION from=STATE origin=remote delay=MSms` (`delay`: from the database's commit to this process's snapshot). It is one more instance built on [`Storage::changes`](crate::Storage::changes): it lists the keys that are not CLOSED when it starts (stderr), follows through reconnects (saying so on stderr) and shows changes made while it was cut off when it is back. |
+//! | `open KEY [--for DURATION] [--namespace NS] [--note TEXT]`, `close KEY`, `delete KEY` | Overrides through `rc_force` (OPEN for the duration, e.g. `30s`, `5m`; without `--for` until `close`) and `rc_delete` (an operator's rights); every running instance follows at once. Refused for a key forced open by its live configuration. `--note` is recorded with the change in the change log. |
+//! | `config KEY [--cooldown D] [--failure-limit K/N] [--success-limit K/N] [--trip-policy any-instance\|quorum\|fleet-rate [--quorum K --within D] [--rate K/N --min-calls N --period D]] [--mode MODE] [--reset] [--note TEXT] [--namespace NS]` | Without options prints the key's live configuration; with them changes it through `rc_configure` (see [Live configuration](#live-configuration)), and every running instance applies it. Values are checked by the command (exit 2) and by the table's constraints. |
+//! | `history KEY [--namespace NS] [--since DURATION] [--json]` | The key's changes from the change log (kept for `rc_change_log_settings.retention`, 1 hour by default), oldest first: `TIME FROM -> TO vVERSION by WHO; N failures of the last M; note: …`. WHO is the instance (`host:pid:start`, set by each instance on its pooled sessions, except through a transaction pooler; self-reported, like `application_name`) or the writer's `application_name`, with its role and client address (the server's own record): a Python service or `psql` shows as itself. A quorum's opening also lists its votes and voters, a fleet rate's opening the fleet's counts. JSON: `{"namespace", "key", "changes": [{"at", "from", "to", "version", "actor", "why"}]}`; fields are only ever added. |
+//!
+//! Exit codes: 0 ok, 1 a problem was found (or the database failed), 2 usage. Errors are one
+//! line on stderr. Each command is a typed call of the library's administration API,
+//! [`AdminSession`](crate::admin::AdminSession), for tools of your own.
+//!
+//! ## Live configuration
+//!
+//! A key's cooldown, limits, trip policy and mode can be changed for the whole fleet while it
+//! runs, without a deploy: a row of `rc_breaker_config` overrides the values the code gave its
+//! breakers, and every instance applies it (a signed notification on the breakers' channel, then
+//! one read of the row; polling instances find it in the change log they already follow). How
+//! long that takes is in [`performance`](super::performance#the-fleet). Tests:
+//! `live_config::a_live_change_reaches_every_instance_and_takes_effect`,
+//! `live_config::a_new_instance_starts_with_the_live_configuration`,
+//! `follow::live_configuration_reaches_a_polling_instance_through_the_change_log`.
+//!
+//! ```text
+//! resilient-circuit config payments --failure-limit 3/10 --cooldown 5m   # every instance, now
+//! resilient-circuit config payments                                       # what is in force
+//! resilient-circuit config payments --mode forced-open --note "vendor maintenance"
+//! resilient-circuit config payments --mode metrics-only   # try limits on live traffic
+//! resilient-circuit config payments --trip-policy quorum --quorum 3 --within 1m
+//! resilient-circuit config payments --trip-policy fleet-rate --rate 1/2 --min-calls 50 --period 1m
+//! resilient-circuit config payments --reset                # back to the code's values
+//! ```
+//!
+//! | Mode | Calls | Window | Trips |
+//! |---|---|---|---|
+//! | `normal` | as the state says | counted | yes |
+//! | `forced-open` | rejected everywhere: the database holds the row OPEN (services on the Python package obey too), no probe round starts, and `open` / `close` are refused until the mode changes | — | — |
+//! | `disabled` | all admitted, whatever the state | not counted | no |
+//! | `metrics-only` | all admitted, whatever the state | counted (and `execution_log`, metrics); reaching the limit counts `resilient_circuit_would_trip_total` and starts the window over | no |
+//!
+//! * **Checked twice.** The command refuses values no breaker could use (exit 2: `11/10`, `0/3`,
+//!   a cooldown over ten years, an unknown mode), and the table's CHECK constraints refuse them
+//!   whoever writes (`live_config::bad_values_are_refused_by_the_command_and_the_database`). An
+//!   instance checks each row as the builder checks its arguments and never applies one it cannot
+//!   use: it logs a warning and keeps the configuration in force
+//!   (`live_config::an_instance_never_applies_a_configuration_it_cannot_use`).
+//! * **Read without a lock.** Each key holds its configuration in an `ArcSwap`
+//!   ([`CircuitBreaker::live_config`](crate::CircuitBreaker::live_config),
+//!   [`CircuitBreaker::mode`](crate::CircuitBreaker::mode)); the policy in force changes under
+//!   the key's lock, and a window of another size starts empty. Admission on a closed breaker
+//!   still reads one word: the mode is read only on the slow paths.
+//! * **Who may change it:** operators, through `rc_configure`; applications read it under the
+//!   same row security as the change log. A new instance starts with the configuration in force.
+//!
+//! ## Fleet policies
+//!
+//! Each instance judges its own window; [`Builder::trip_policy`](crate::Builder::trip_policy)
+//! decides who opens the breaker for the whole fleet. With `AnyInstance` and `Quorum`, an
+//! instance whose window trips stops its own calls at once, for the cooldown, and the policy
+//! decides whether the others follow; with `FleetRate`, only the fleet's failure rate opens it.
+//!
+//! | Policy | The fleet opens when | Choose it when |
+//! |---|---|---|
+//! | [`TripPolicy::AnyInstance`](crate::TripPolicy::AnyInstance) (default) | any one instance's window trips | the instances see the dependency alike (one network path, one client), so one instance's failures are everyone's; a Python service sharing the key behaves so too |
+//! | [`TripPolicy::Quorum`](crate::TripPolicy::Quorum) `{ instances: K, within }` | `K` distinct instances tripped within `within` | one sick pod must not poison the others: its own network, its own bad deploy, a noisy neighbour. Pick `K` well under the smallest fleet you run (a quorum larger than the fleet never opens it for everyone) and `within` about the time a real outage takes to reach `K` instances (a minute is a good start) |
+//! | [`TripPolicy::FleetRate`](crate::TripPolicy::FleetRate) `{ limit, min_calls, period }` | the windows the instances reported within `period` add up to at least `min_calls` calls, failing at `limit` or more | the dependency fails partly (one shard, one zone): no single window says much, the fleet's rate does. Also for instances with little traffic each, whose windows would take long to fill |
+//!
+//! ```
+//! # fn main() -> Result<(), resilient_circuit::ConfigError> {
+//! use resilient_circuit::{CircuitBreaker, Storage, TripPolicy};
+//! use std::time::Duration;
+//!
+//! # let storage = Storage::in_memory(); // a service: Storage::from_env().await?
+//! let cb = CircuitBreaker::builder("payments")
+//!     .storage(storage.clone())
+//!     .trip_policy(TripPolicy::Quorum { instances: 3, within: Duration::from_secs(60) })
+//!     .build()?;
+//! # assert_eq!(cb.key(), "payments");
+//! # Ok(()) }
+//! ```
+//!
+//! Every instance sharing a key should use the same policy; two breakers of one key on one
+//! `Storage` with different policies are refused
+//! ([`ConfigError::ConflictingPolicy`](crate::ConfigError::ConflictingPolicy),
+//! `quorum::a_second_breaker_with_another_trip_policy_is_refused`). Services on the Python
+//! package know no policy: their own window still opens a shared key for everyone. The policy
+//! is read only when a window trips, so a quorum costs the calls nothing; a fleet rate counts
+//! every call (the `postgres/quorum/…` and `postgres/fleet_rate/…` rows of
+//! [`performance`](super::performance#the-hot-path)).
+//!
+//! ### How a quorum works
+//!
+//! `sql/objects/rc_vote.sql` and `src/storage/postgres/votes.rs`; tests in `cargo test
+//! --all-features --test it quorum::`.
+//!
+//! * **A vote per trip, nothing on healthy calls.** The instance whose window trips sends one
+//!   statement, `rc_vote`, with its name
+//!   ([`PostgresOptions::instance_name`](crate::storage::postgres::PostgresOptions::instance_name),
+//!   `RC_INSTANCE_NAME`, by default the host name: a pod's) and its window. The database counts
+//!   the live votes of distinct names under a lock on the key, and on the quorum's last vote
+//!   opens it for the cooldown, in the same transaction; every instance follows by NOTIFY as for
+//!   any trip (`quorum::a_quorum_of_three_among_five_opens_only_with_the_third_vote`).
+//!   Concurrent votes open the key exactly once (`quorum::concurrent_votes_open_exactly_once`).
+//!   An instance that votes again replaces its vote.
+//! * **Votes expire** after `within` (`quorum::votes_expire`), and are **spent** by the opening
+//!   they caused, by a `TRUNCATE`
+//!   (`quorum::votes_are_spent_by_a_truncate_and_by_the_opening_they_caused`), by a close (an
+//!   operator's `close`, a probe round that closed: `quorum::an_operator_close_ends_a_vote_hold`)
+//!   and by deleting the row (`quorum::a_deleted_row_spends_the_votes`): the next opening needs a
+//!   new quorum.
+//! * **The voter's own calls** stay stopped until its cooldown ends, whatever the table says
+//!   meanwhile, unless a later change arrives: the quorum opening the key, or an operator's
+//!   `open` or `close`, which wins as always. When its cooldown ends the voter reads the row
+//!   again and follows it (`quorum::a_voter_stops_its_own_calls_until_its_cooldown_ends`).
+//! * **A vote is sent once, never replayed** (`quorum::a_vote_is_never_replayed_after_an_outage`).
+//!   An instance that cannot reach the database keeps its own calls stopped for the cooldown and
+//!   sends nothing; its vote would be stale by the time the database is back.
+//! * **The change log says who voted:** `resilient-circuit history KEY` prints `quorum: 3 votes
+//!   of 3 needed within 60000 ms (pod-a, pod-b, pod-c)`, and `--json` has the voters' windows.
+//! * The name a vote carries is self-reported: a role that may vote could cast votes under
+//!   several names, as it could open the key outright with a trip
+//!   ([`security`](super::security)).
+//!
+//! ### How a fleet rate works
+//!
+//! `sql/objects/rc_report_rates.sql`, `src/storage/postgres/rates.rs`, `src/cell/rate.rs`; tests
+//! in `cargo test --all-features --test it fleet_rate::`.
+//!
+//! * **Every call is counted**, the healthy ones too: one relaxed add to a counter striped per
+//!   thread, on the fast path. Failures are counted on the slow path, where the window already
+//!   records them.
+//! * **Quiet while every instance is under the limit.** Every
+//!   [`fleet_rate_interval`](crate::storage::postgres::PostgresOptions::fleet_rate_interval)
+//!   (1 s by default) each instance computes its calls and failures over the last `period`, and
+//!   reports a key only when its own rate reaches the limit. The fleet's rate is an average of
+//!   the instances' rates weighted by their calls, so it cannot reach the limit if none does: a
+//!   fleet under the limit sends no statement at all
+//!   (`fleet_rate::a_fleet_under_the_limit_sends_no_statement` counts every statement in the
+//!   server's own log).
+//! * **Then the whole fleet is judged.** The first report at the limit puts the key under
+//!   judgement for a period, and the database tells every instance. Every instance holding the
+//!   key then reports at once and each interval, its healthy calls included, until a period
+//!   passes with no instance at the limit. Each report replaces the instance's previous one and
+//!   counts until three of its intervals pass without a new one (at most the period), so the
+//!   rate the database judges is the fleet's over the period, give or take one reporting
+//!   interval at each end (`fleet_rate::the_judged_rate_is_the_fleets_rate`: random fleets of
+//!   two to six instances, seeded; the key opens if and only if the true rate reaches the limit
+//!   over `min_calls`).
+//! * **It opens when** the live reports add up to at least `min_calls` calls and `failures /
+//!   calls >= limit`, no sooner than one interval after the judgement began, and the change log
+//!   records the fleet's counts (`history`: `fleet rate: 30 failures of 40 calls from 4
+//!   instances, limit 1/2 over 60000 ms`). Fleets users meet: nine healthy instances and one
+//!   failing half its calls stay CLOSED under a 10% limit
+//!   (`fleet_rate::nine_healthy_instances_keep_one_failing_half_under_a_tenth`); three at 2% stay
+//!   CLOSED under 5% and three at 8% open everywhere
+//!   (`fleet_rate::three_at_two_percent_stay_closed_and_three_at_eight_open_everywhere`); one
+//!   instance with all the traffic is the fleet
+//!   (`fleet_rate::one_instance_with_all_the_traffic_is_the_fleet`); instances joining
+//!   mid-period, with other windows and intervals, add up
+//!   (`fleet_rate::instances_joining_late_or_configured_apart_add_up`); one instance's calls count
+//!   beyond its window (`fleet_rate::one_instance_reaches_the_minimum_over_the_period`).
+//! * **Reports are spent** by the opening, a close, a deleted row or a `TRUNCATE`, and expire
+//!   (`fleet_rate::reports_expire_and_are_spent_by_a_close_or_a_delete`). A report is believed up
+//!   to `max_report_calls_per_second` (10,000, in `rc_change_log_settings`) for each second of
+//!   the period.
+//! * [`Storage::flush`](crate::Storage::flush) sends a round of reports first, so that an
+//!   instance about to stop tells the fleet what it counted.
+//! * **Alone** (in memory, or cut off from the database) the instance judges its own window by
+//!   the same rule, with `min_calls` capped at the window's size, and stops its own calls; back
+//!   online it does not publish that judgement: only the fleet's rate opens the key for everyone
+//!   (`fleet_rate::an_instance_alone_does_not_open_the_key_when_it_is_back`,
+//!   `fleet_rate::alone_the_window_is_the_fleet`).
+//!
+//! ## The change stream
+//!
+//! [`Storage::changes`](crate::Storage::changes) is a `Stream` of every transition the instance
+//! sees: its own (`origin: Local`) and those applied from the table (`Remote`, with the row
+//! version and, when a notification announced it, the database's commit time). Status-change
+//! callbacks see the same transitions per key; the stream sees a whole storage, so an audit log
+//! or a `watch` is one loop. A receiver that falls more than
+//! [`CHANGE_BUFFER`](crate::changes::CHANGE_BUFFER) changes behind loses the oldest and gets
+//! `Err(Lagged { missed })`; the listener and the callers never wait for it
+//! (`changes::a_slow_receiver_is_told_how_many_it_missed`).
+//!
+//! ## Metrics
+//!
+//! Every metric goes through the [`metrics`] facade: the crate depends on the facade only, and
+//! the application installs a recorder. `examples/prometheus.rs` serves `/metrics` with
+//! `metrics-exporter-prometheus`; `dashboards/resilient-circuit.json` is a Grafana dashboard for
+//! it (state per key over time, rejections, transitions, calls, degraded instances, reconnects,
+//! pending publications, notifications, database latency, notification lag).
+//! `tests/metrics_scrape.rs` sets up an exporter the way the example does, scrapes it over HTTP,
+//! parses the text with `prometheus-parse`, and checks the values and that every series the
+//! dashboard's PromQL names exists; the example itself is only compiled by the tests.
+//!
+//! **Install the recorder before making storages and breakers.** Handles are made once (with a
+//! key's cell, a breaker handle, a PostgreSQL instance) and kept, so counting never looks
+//! anything up; handles made while no recorder is installed stay no-ops.
+//!
+//! Names follow Prometheus conventions (base units, `_total` counters), so
+//! `with_recommended_naming(true)` leaves them unchanged. Labels:
+//!
+//! * `key`: the breaker's key. Its values are bounded by the code that builds breakers: keys are
+//!   usually fixed names of dependencies; do not build breakers keyed by user input, or every
+//!   metric's cardinality grows with it. Cells the listener makes for rows of other keys of the
+//!   namespace (non-CLOSED rows only) get series too.
+//! * `namespace`: the PostgreSQL namespace of the storage, or `in-memory` for in-memory
+//!   storages. Two storages with the same namespace in one process share the series of a key;
+//!   the last write wins for gauges.
+//!
+//! Per key:
+//!
+//! | Name | Type | Labels | Meaning |
+//! |---|---|---|---|
+//! | `resilient_circuit_state` | gauge | `key`, `namespace`, `state` = `closed`\|`open`\|`half_open` | 1 for the state the breaker is in, 0 for the other two. All three are set when the key's cell is made, at every `build()`, and on every transition (local or remote), from the state the cell is in when the transition is announced, so out-of-order announcements still end right. |
+//! | `resilient_circuit_rejected_calls_total` | counter | `key`, `namespace`, `reason` = `open`\|`half_open_full`\|`forced` | Calls refused without running, once per call (`try_acquire`, `acquire`, `call` alike). `open`: cooling down; `half_open_full`: every probe slot is taken (or, fleet-wide, leased elsewhere); `forced`: opened by `force_open` on this instance, or held by the live mode `forced-open` (an override made by another instance counts as `open`). The same word is [`Rejected::reason`](crate::Rejected::reason). |
+//! | `resilient_circuit_transitions_total` | counter | `key`, `namespace`, `from`, `to`, `origin` = `local`\|`remote` | Transitions applied here; `remote`: decided by another instance and applied from the table. |
+//! | `resilient_circuit_would_trip_total` | counter | `key`, `namespace` | A breaker in mode `metrics-only` whose window reached its limit: a normal one would have opened here. The window then starts over. |
+//! | `resilient_circuit_open_until_timestamp_seconds` | gauge | `key`, `namespace` | Unix time at which the current cooldown ends; 0 when not open. |
+//! | `resilient_circuit_half_open_probes_in_flight` | gauge | `key`, `namespace` | Probe calls admitted here and not reported or dropped yet. |
+//! | `resilient_circuit_calls_total` | counter | `key`, `namespace`, `outcome` = `success`\|`failure`\|`cancelled` | **Opt-in** ([`Builder::call_metrics`](crate::Builder::call_metrics)): calls that ran, by outcome; `cancelled` is a permit dropped without an outcome. |
+//! | `resilient_circuit_call_duration_seconds` | histogram | `key`, `namespace` | **Opt-in**, with the above: duration of calls run through `call` / `call_with` or the tower layer (a `try_acquire` permit is not timed). |
+//!
+//! Per PostgreSQL instance (none for in-memory storages):
+//!
+//! | Name | Type | Labels | Meaning |
+//! |---|---|---|---|
+//! | `resilient_circuit_listener_connected` | gauge | `namespace` | 1 while the LISTEN connection is up. |
+//! | `resilient_circuit_degraded` | gauge | `namespace` | 1 while breakers run on local state only ([`Storage::is_degraded`](crate::Storage::is_degraded)); sum it for the number of degraded instances. |
+//! | `resilient_circuit_listener_reconnects_total` | counter | `namespace` | LISTEN connections lost (each is followed by a reload of every row). |
+//! | `resilient_circuit_resyncs_total` | counter | `namespace` | Reloads of every row: after each (re)connect, on overflow, and the periodic reconciliation. |
+//! | `resilient_circuit_notifications_total` | counter | `namespace` | Notifications received on the channel. |
+//! | `resilient_circuit_bad_notifications_total` | counter | `namespace` | Notifications ignored as malformed or forged. |
+//! | `resilient_circuit_store_operation_duration_seconds` | histogram | `namespace`, `op` (below) | Duration of each database operation, timeouts included. |
+//! | `resilient_circuit_store_errors_total` | counter | `namespace`, `op` | Failed database operations (errors and timeouts); absent until the first one. |
+//! | `resilient_circuit_pending_publications` | gauge | `namespace` | Keys with a trip or override the database has not accepted yet ([`Storage::pending_publications`](crate::Storage::pending_publications)). |
+//! | `resilient_circuit_notification_lag_seconds` | histogram | `namespace` | From a change's commit to this instance's snapshot, **by the database's clock**: the trigger stamps each notification with `clock_timestamp()` at commit, and the instance reads the database's clock at every (re)connect and heartbeat to correct for the two clocks' difference (to within half a round trip). One sample per notification with a version this instance had not seen; changes learned by a reload are not sampled. |
+//! | `resilient_circuit_notification_queue_usage` | gauge | `namespace` | How full the server's notification queue is, 0 to 1, read at every heartbeat. At 1 every commit that notifies fails; a LISTENing session stuck in a transaction fills it ([`security`](super::security)). Instances warn past 0.5. |
+//! | `resilient_circuit_confirmed_notifications_total` | counter | `namespace` | Notifications read again from the table before they counted: stale (older than the last reload or the 2 s window: a replay, or a long delay), or closing an open breaker. |
+//!
+//! The `op` label names the database operation:
+//!
+//! | `op` | Operation |
+//! |---|---|
+//! | `publish_trips` | the outbox sending this instance's trips, in batches (`rc_trip_many`) |
+//! | `force_states` | the outbox sending manual overrides, `force_open` and `force_closed` (`rc_force_many`) |
+//! | `acquire_probe` | asking for a half-open probe lease (`rc_acquire_probe`) |
+//! | `report_probe` | reporting a probe's outcome (`rc_report_probe`) |
+//! | `vote` | casting a quorum vote (`rc_vote`) |
+//! | `report_rate` | reporting calls and failures for a fleet rate (`rc_report_rates`) |
+//! | `snapshot` | loading every row of the namespace (at connect, after a reconnect, the periodic reconciliation) |
+//! | `poll` | reading the change log (`rc_changes_since`), when following by polling or when the listener hears nothing |
+//!
+//! What is opt-in, and why: a call on a closed, healthy breaker is one atomic load to admit and
+//! one load and a compare to report success (`src/cell/`). Counting every success adds an atomic
+//! read-modify-write on a shared cache line to that path (compare the
+//! `try_acquire_success_call_metrics` row with `try_acquire_success` in
+//! [`performance`](super::performance#the-hot-path)), so per-call counts and durations are off
+//! unless a breaker is built with `.call_metrics(true)`; off, they cost one predictable branch.
+//! Everything else (states, rejections, transitions, probes, the instance metrics) happens on
+//! paths that already take a lock or do I/O, and is always on.
+//!
+//! ## Troubleshooting
+//!
+//! The distributed-systems guide's troubleshooting entries, and where to look here:
+//!
+//! | Symptom | Where to look |
+//! |---|---|
+//! | *Instances not syncing*: same database? | Each instance logs its target (`host:port/db`, never the password) in the `resilient_circuit.connect` span and on every connection change; `resilient-circuit status` run with each instance's `RC_DB_*` shows what that database holds. |
+//! | … same key? | `resilient-circuit status` lists the keys of a namespace; `resilient-circuit watch` prints each change with its namespace and key as it happens. Namespaces isolate: check `RC_NAMESPACE`. |
+//! | … network between instances and database? | [`Storage::is_degraded`](crate::Storage::is_degraded); the WARN lines `lost PostgreSQL: breakers run on local state until it is back` and, while it lasts, `cannot reach PostgreSQL; breakers run on local state and the listener keeps trying` (the first failure, then every 60 s, with the cause); `listener reconnected` at INFO. |
+//! | … slow to sync? | `resilient_circuit_notification_lag_seconds` (the dashboard's lag panel): commit to snapshot by the database's clock, per instance; `watch` prints the same delay per change. A p99 far above the round trip means a busy listener or a slow network; `resilient_circuit_resyncs_total` rising means overflow reloads. |
+//! | … clock skew? | Not a cause here: cooldowns end by the database's clock (notifications carry the time left, computed at commit), turned into a local monotonic deadline. A trip written by a Python service is the exception: its cooldown ends by that host's clock. |
+//! | *Deadlocks, contention* | Transitions take one row lock each, batches in key order, so instances cannot deadlock each other; a call waiting for a lock gives up at the statement timeout (client and server side) and is retried. `SELECT * FROM pg_stat_activity WHERE application_name = 'resilient-circuit' AND wait_event_type = 'Lock'` shows waiters. |
+//! | *High database load*: pooling, connection limits | Each instance holds one LISTEN connection and at most `pool_size` (4) pooled ones, closed after `RC_DB_POOL_IDLE_TIMEOUT_MS` (60 s) idle, so one connection per instance at rest; a healthy breaker sends nothing, only transitions do. Behind pgbouncer, give the listener a direct address (`RC_DB_LISTENER_DSN`) and set `RC_DB_TRANSACTION_POOLER=1` ([`postgres`](super::postgres#pgbouncer)); for large fleets see [`scale`](super::scale). |
+//! | … indexes | Created by the migrations, under the Python package's names (`resilient-circuit check` verifies the schema). |
+//! | *State not persisting*: storage configured? | [`Storage::from_env`](crate::Storage::from_env) uses PostgreSQL only when `RC_DB_DSN`, or `RC_DB_HOST` with `RC_DB_PASSWORD`, is set; [`Storage::backend_name`](crate::Storage::backend_name) says which; a breaker built without `.storage()` uses the process-wide in-memory store and says so at INFO once. |
+//! | … permissions allow writes? | `resilient-circuit check --role ROLE` (exit 1 with the fix). A role without the right gets PostgreSQL's `permission denied for function …` (SQLSTATE 42501), which [`force_open_confirmed`](crate::CircuitBreaker::force_open_confirmed) returns and the outbox logs at WARN. A role that may not read the notification secret logs `this role may not read the notification secret (grant it an instance's rights with resilient-circuit setup --grant-to ROLE)` and follows the table by polling. |
+//! | … storage errors in the logs? | WARN: `could not publish a trip; it stays local and is sent again`, `the database refused …`, `ignoring a notification` (malformed or forged), `notifications arrived faster than they could be applied; reloading every row`. |
+//!
+//! The guide's monitoring SQL (the dashboard query, the alert and the row lock) runs unchanged
+//! on the schema, as a role holding only what `setup --grant-to` grants
+//! (`seed_sql::seed_monitoring_queries_return_the_right_rows`).

@@ -1,0 +1,122 @@
+//! # Performance: what a breaker costs, measured
+//!
+//! What a call costs on each path (admitted, rejected, recorded at an error rate, on a breaker of
+//! a PostgreSQL storage) next to the peers `recloser` and `failsafe`, and how fast a change
+//! travels between instances. Every measurement the crate's documentation quotes is on this
+//! page or on [`scale`](super::scale), once, in a table that says when, on what machine, under
+//! what load and with which command it was measured; other pages point here (the bounds that
+//! tests assert are in [`guarantees`](super::guarantees)).
+//!
+//! ## Measuring
+//!
+//! ```text
+//! cargo bench --bench hot_path          # criterion, in memory and on PostgreSQL
+//! scripts/perf-table                    # prints the table below from criterion's results
+//! cargo bench --bench propagation       # the fleet: needs PostgreSQL
+//! scripts/callgrind.sh                  # instructions of one try_acquire() + success()
+//! ```
+//!
+//! * `hot_path` (`benches/hot_path.rs`, whose module documentation says what each group
+//!   measures) warms each case up for 1 s and measures it for 3 s; its hundred-odd cases take
+//!   about 8 minutes. `cargo bench --bench hot_path -- postgres/` runs one group. Its `postgres`
+//!   group uses a database of its own on the test server (`RC_TEST_DATABASE_URL`, else
+//!   127.0.0.1:5432, else a throwaway cluster, as the tests do).
+//! * `scripts/perf-table` reads `target/criterion/<group>/<case>/new/estimates.json` and prints
+//!   one row per case with the median, under a line with the date of the results, the machine
+//!   (`uname -m`, CPUs, memory), the load average, rustc's and PostgreSQL's versions, and the
+//!   command. With `--run` it runs the bench itself and records the load average before and
+//!   after it; without, the load is the one when the table was printed, and it says so.
+//! * `propagation` (`benches/propagation/main.rs`) creates a database of its own on the server of
+//!   `RC_BENCH_DATABASE_URL` (else `RC_TEST_DATABASE_URL`, else 127.0.0.1:5432) and takes about
+//!   3 minutes on 2 cores; `RC_BENCH_PHASES=2` runs only phase 2. Each phase's module says what
+//!   it measures and why.
+//! * `scripts/callgrind.sh` builds a release binary and counts, with valgrind, the instructions
+//!   of one `try_acquire()` + `success()` on a closed, healthy breaker: a figure that does not
+//!   move with the machine's load.
+//!
+//! Two-thread figures are the wall time of one call *per thread* while another thread does the
+//! same on the same breaker. On a machine with other work running they mostly measure
+//! preemption, for every library alike: compare them only within one table.
+//!
+//! ## The hot path
+//!
+//! Until the next full run replaces it with `scripts/perf-table`'s output, this table holds the
+//! figures of the 2026-12-05 run that were checked, in that script's format:
+//!
+//! Measured 2026-12-05 on x86_64 (a VM: Debian 12), 2 CPUs, 24 GiB; load average not recorded;
+//! rustc 1.95; PostgreSQL 15. Command: `cargo bench --bench hot_path`; criterion medians.
+//!
+//! | Group | Case | Median |
+//! |---|---|---|
+//! | `closed_single_thread` | `resilient_circuit/try_acquire_success` | 1.47 ns |
+//! | `closed_single_thread` | `resilient_circuit/acquire_run_record` | 2.46 ns |
+//! | `closed_single_thread` | `resilient_circuit/call_async` | 19.4 ns |
+//! | `closed_single_thread` | `resilient_circuit/try_acquire_success_time_window` | 48.5 ns |
+//! | `closed_single_thread` | `resilient_circuit/call_async_slow_calls` | 27.8 ns |
+//! | `closed_single_thread` | `resilient_circuit/call_async_slow_calls_precise` | 65.9 ns |
+//! | `closed_two_threads` | `resilient_circuit/try_acquire_success` | 2.02 ns |
+//! | `closed_two_threads` | `resilient_circuit/acquire_run_record` | 2.24 ns |
+//! | `open_reject` | `resilient_circuit/try_acquire` | 16.7 ns |
+//! | `open_reject` | `recloser/call` | 30.4 ns |
+//! | `open_reject` | `two_threads/resilient_circuit/try_acquire` | 45.5 ns |
+//! | `open_reject` | `two_threads/recloser/call` | 37.2 ns |
+//!
+//! ### Reading it
+//!
+//! * **A closed, healthy breaker only reads shared memory**: one atomic load to admit, one load
+//!   and a compare to record a success on a clean window (`src/cell/`). The state is one packed
+//!   word rather than an `ArcSwap` snapshot for that reason. The same code serves in-memory and
+//!   PostgreSQL breakers, since only transitions reach the database: the `postgres` group
+//!   measures the same paths on a breaker of a PostgreSQL storage.
+//! * **`acquire_run_record`** is not a function of the crate: it is what `call` does, written
+//!   with the public synchronous API (`try_acquire`, run, `record(Outcome::from_result)`), the
+//!   same shape as the peers' synchronous `call`, so the peers' `call` rows compare with it. The
+//!   crate's own `call` is async: `call_async` is it, polled on a current-thread runtime.
+//! * **Errors below the limit** (`error_rate`, `windows`): a count window records an outcome
+//!   without the key's lock (one compare-and-swap claims the ring's head) and takes the lock only
+//!   when the window may trip. A window that nearly always holds a failure (100 outcomes at 1 in
+//!   20) never takes the clean fast path.
+//! * **Rejections** read the clock to decide whether the cooldown is over: the kernel's coarse
+//!   clock (`CLOCK_MONOTONIC_COARSE`, through the vDSO) while the deadline is more than four
+//!   ticks ahead, the precise one nearer to it, so a cooldown never ends early
+//!   ([`SystemClock`](crate::SystemClock)). Half-open rejections (`half_open`,
+//!   `try_acquire_full`) need no clock. [`Rejected`](crate::Rejected) shares the key's cell
+//!   rather than copying the key.
+//! * **Owned permits** (`try_acquire_owned_success`, `acquire_owned_run_record`) add one
+//!   reference-count increment when admitted and one decrement when reported, what
+//!   `handle_clone_drop` measures alone. Two threads on one handle both write that count, one
+//!   cache line bouncing between cores. Use the borrowed form where the borrow suffices.
+//! * **Opt-in costs**: a time window (`try_acquire_success_time_window`) counts every outcome,
+//!   successes included, with a clock reading; a slow-call threshold makes `call` read the clock
+//!   twice (`call_async_slow_calls`: the coarse clock, for thresholds of 25 coarse ticks or more;
+//!   `call_async_slow_calls_precise`: the precise clock, for shorter ones), while a permit's
+//!   `record_timed` under the threshold is a plain success; per-call metrics
+//!   (`try_acquire_success_call_metrics`) add an atomic increment on a shared cache line.
+//! * **Fleet policies**: a quorum is read only when a window trips (`postgres/quorum/…` match
+//!   the default policy's rows); a fleet rate counts every call with one relaxed add to a
+//!   counter striped per thread (`postgres/fleet_rate/…`).
+//!
+//! ## The fleet
+//!
+//! `cargo bench --bench propagation` on the same 2-core VM, with PostgreSQL 15 on loopback with
+//! TLS (`sslmode=prefer`), the server and the instances sharing the two cores:
+//!
+//! | Measurement | Result | Command | Date, load average |
+//! |---|---|---|---|
+//! | A trips → B's first rejection (a thread spinning on B's `try_acquire`), p50 / p99 | 1.92 / 3.28 ms | `RC_BENCH_PHASES=2 cargo bench --bench propagation` | 2026-12-05, not recorded |
+//! | 100 keys flipped OPEN/CLOSED by one UPDATE every 10 ms for 10 s, applied by one instance and read through `Storage::changes()`: changes applied per second; commit → snapshot (database clock) p50 / p90 / p99 / max; changes missed by the stream | 10,003 /s; 1.48 / 1.96 / 2.70 / 9.8 ms; 0 | `RC_BENCH_PHASES=8 cargo bench --bench propagation` | 2026-11-29, about 1.5 |
+//! | The same storm: a change written without a notification (`session_replication_role = replica`), applied by the periodic reload (reconcile interval 1 s) | 994 ms later | the same | the same |
+//! | `rc_configure`'s commit acknowledged → the last of three listening instances holds the change, p50 / p99 (from sending the statement) | 1.4 / 2.3 ms (4.0 / 6.3 ms) | `RC_BENCH_PHASES=12 cargo bench --bench propagation` | 2026-12-06, 1.6 |
+//! | The same change → a polling instance at the default 250 ms, p50 / max | 129 / 250 ms | the same | the same |
+//!
+//! Where the time goes: a change reaches another instance one commit (a WAL flush), one
+//! notification and one wake-up of its listener later; the instance's own share is parsing, a
+//! MAC check and one store into the snapshot. PostgreSQL serializes the commits of transactions
+//! that NOTIFY, so throughput comes from batching: while a statement is in flight the next
+//! transitions gather and share one commit (`rc_trip_many`, `rc_force_many`). The outbox, the
+//! listener and every connection of the process's instances run on a small runtime of the
+//! library's (two `resilient-circuit-io` threads), so a caller's task that computes without
+//! yielding does not delay a publication.
+//!
+//! Fleets of hundreds or thousands of instances, listening or polling, are on
+//! [`scale`](super::scale).
