@@ -19,7 +19,8 @@
 //! * the server's CPU per transition over the trips (each trip and each re-close is one
 //!   transition, NOTIFYed to every listener), gross and net of the rest rate (`server_cpu.rs`).
 //!
-//! Then transitions per second as phase 6 measures them (4 instances cycling their keys), with
+//! Then the largest fleet's listeners are all cut at once and come back (`reconnect.rs`), and
+//! transitions per second as phase 6 measures them (4 instances cycling their keys), with
 //! no other listener, with the largest fleet listening (its instances receive and drop every
 //! notification, in this process), and with as many bare LISTEN connections (the server's share
 //! alone, nearly: their drivers only drain). Before all that, `first_trip.rs`.
@@ -134,6 +135,7 @@ pub(crate) async fn phase(
                 &format!("{} idle instances listening (in this process)", fleet.n),
                 &busy,
             );
+            crate::reconnect::storm(&observer, cpu.as_ref(), &fleet.storages, report).await?;
             let n = fleet.n;
             fleet.close(&observer).await;
             let alone = batched_tps(t, sizes, "fan_batch_0").await?;

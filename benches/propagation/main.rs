@@ -54,6 +54,7 @@ mod half_open;
 mod live_config;
 mod memory;
 mod raw_notify;
+mod reconnect;
 mod report;
 mod round_trips;
 mod server_cpu;

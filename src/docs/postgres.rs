@@ -177,13 +177,22 @@
 //! calls stay bounded by the client's timeout, which cancels them on the server (pgbouncer
 //! forwards the cancel). In **session** mode one address serves both.
 //!
-//! Every listener checks itself at each (re)connect: it sends a NOTIFY from a pooled session and
-//! waits (up to the statement timeout) for it to come back. Behind a transaction pooler it never
-//! does: the instance logs at WARN `the listener does not hear notifications sent by other
+//! Every listener checks that it hears other sessions: it sends a NOTIFY on a channel all
+//! listeners share (`rc_listener_check`) from a pooled session and waits (up to the statement
+//! timeout) for it, or anyone's, to arrive. At start it checks before `connect` returns. After a
+//! reconnect it checks only if nothing at all arrives within a heartbeat, at a random moment in
+//! it: PostgreSQL before 19 wakes every listening backend for every NOTIFY, so a fleet
+//! reconnecting at once after a failover would otherwise cost the server `n` × `n` wake-ups;
+//! this way the first instance's check answers the others' (`outages::a_fleet_reconnecting_at_once_checks_itself_a_few_times_not_once_each`:
+//! 24 instances cut at once send at most 6 checks). Behind a transaction pooler nothing comes
+//! back: the instance logs at WARN `the listener does not hear notifications sent by other
 //! sessions …`, naming `RC_DB_LISTENER_DSN` and `RC_DB_FOLLOW=poll`, and follows the table by
 //! polling its change log every `RC_DB_POLL_INTERVAL_MS` until a reconnect finds a listener that
-//! hears. To go through the pooler on purpose, with no direct address at all, set
-//! `RC_DB_FOLLOW=poll` (next section): nothing then needs a session of its own.
+//! hears. A listener that reconnects to an address that has come to lead through such a
+//! pooler finds out within a heartbeat and the statement timeout, and polls from then on
+//! (`outages::a_listener_that_reconnects_deaf_finds_out_and_polls`). To go through the pooler
+//! on purpose, with no direct address at all, set `RC_DB_FOLLOW=poll` (next section): nothing
+//! then needs a session of its own.
 //!
 //! `tests/it/pgbouncer.rs` starts Debian's pgbouncer (1.18) in front of a throwaway cluster:
 //!

@@ -365,3 +365,142 @@ async fn killed_sessions_do_not_cause_a_reconnect_storm() {
         "it reconnects once the killing stops"
     );
 }
+
+/// A fleet whose listeners all lose their connections at once (a failover, a pooler's restart)
+/// comes back checking that it hears other sessions a few times, not once an instance:
+/// PostgreSQL before 19 wakes every listening backend for every NOTIFY, so a check each would
+/// cost the server `n` × `n` wake-ups. Each reconnected listener checks only if nothing arrives
+/// within a heartbeat, on one channel for all, so one instance's check answers the others'.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_reconnecting_at_once_checks_itself_a_few_times_not_once_each() {
+    const N: usize = 24;
+    let db = test_db().await;
+    let conninfo = db.app_conninfo().await;
+    let mut fleet = Vec::with_capacity(N);
+    for _ in 0..N {
+        fleet.push(
+            Storage::connect_with(
+                options(&conninfo).heartbeat_interval(Duration::from_millis(500)),
+            )
+            .await
+            .expect("connects"),
+        );
+    }
+    let (_counter, mut checks) =
+        crate::support::listening(&db.conninfo(), &["rc_listener_check"]).await;
+    let client = db.client().await;
+    let listeners = "SELECT pid FROM pg_stat_activity WHERE datname = current_database()
+                       AND application_name = 'resilient-circuit-listener'";
+    let pids = |rows: Vec<tokio_postgres::Row>| -> std::collections::HashSet<i32> {
+        rows.iter().map(|r| r.get(0)).collect()
+    };
+    let before = pids(
+        client
+            .query(listeners, &[])
+            .await
+            .expect("pg_stat_activity"),
+    );
+    assert_eq!(before.len(), N, "one listener an instance");
+    client
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database()
+               AND application_name = 'resilient-circuit-listener'",
+            &[],
+        )
+        .await
+        .expect("terminating the listeners");
+    let back = eventually(WAIT * 4, || async {
+        let now = pids(client.query(listeners, &[]).await.unwrap_or_default());
+        now.len() == N && now.is_disjoint(&before) && fleet.iter().all(|s| !s.is_degraded())
+    })
+    .await;
+    assert!(back, "every instance listens again on a new session");
+    // Every deferred check is due within a heartbeat of its reconnect; then one more heartbeat
+    // and the statement timeout for a check still in flight.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut sent = 0;
+    while checks.try_recv().is_ok() {
+        sent += 1;
+    }
+    assert!(
+        (1..=N / 4).contains(&sent),
+        "{sent} checks for {N} reconnecting listeners: at least one, and far fewer than one each"
+    );
+    // And they hear: a trip reaches every one of them.
+    let key = unique_key("after-storm");
+    let watched: Vec<_> = fleet
+        .iter()
+        .map(|s| crate::support::breakers::Watched::new(s, &key, trip_fast))
+        .collect();
+    crate::support::breakers::insert_open(&client, &key).await;
+    for (i, mut w) in watched.into_iter().enumerate() {
+        assert!(w.reaches(State::Open).await, "instance {i} hears the trip");
+    }
+}
+
+/// A listener that heard other sessions and reconnects to an address that now leads through a
+/// transaction pooler (where its LISTEN stays on a server session no client is attached to)
+/// finds out within a heartbeat of the reconnect that it hears nothing, says so, and follows
+/// the table by polling, as one that started that way does.
+#[tokio::test]
+async fn a_listener_that_reconnects_deaf_finds_out_and_polls() {
+    use crate::support::pgbouncer::{PgBouncer, PoolMode};
+    use resilient_circuit::storage::postgres::PostgresOptions;
+    let (logs, _guard) = Logs::capture();
+    let cluster = crate::support::Cluster::start().await;
+    let db = cluster.create_db().await;
+    let app = cluster.app_role(&db).await;
+    let bouncer = PgBouncer::start(
+        cluster.addr(),
+        PoolMode::Transaction,
+        &[app.name(), "postgres"],
+        3,
+    )
+    .await;
+    let proxy = Proxy::start(cluster.addr()).await;
+    let a = Storage::connect_with(
+        PostgresOptions::from_dsn(&app.conninfo())
+            .expect("parses")
+            .listener_dsn(&app.conninfo_via(proxy.addr()))
+            .expect("parses")
+            .heartbeat_interval(Duration::from_millis(500))
+            .statement_timeout(Duration::from_secs(1)),
+    )
+    .await
+    .expect("connects");
+    let client = cluster.client(&db).await;
+    let heard = unique_key("heard");
+    let mut w = crate::support::breakers::Watched::new(&a, &heard, trip_fast);
+    crate::support::breakers::insert_open(&client, &heard).await;
+    assert!(w.reaches(State::Open).await, "it hears the table at first");
+    const DEAF: &str = "does not hear notifications sent by other sessions";
+    assert!(!logs.text().contains(DEAF), "{}", logs.text());
+
+    proxy.retarget(bouncer.addr());
+    let cut = Instant::now();
+    client
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database()
+               AND application_name = 'resilient-circuit-listener'",
+            &[],
+        )
+        .await
+        .expect("terminating the listener");
+    assert!(
+        eventually(WAIT, || async { logs.text().contains(DEAF) }).await,
+        "the reconnected listener finds out that it hears nothing:\n{}",
+        logs.text()
+    );
+    let found = cut.elapsed();
+    // A reconnect (a first backoff of at most 100 ms), at most a heartbeat (0.5 s) before the
+    // check, the check's statement timeout (1 s), a reconnect that polls: about 2 s at worst.
+    assert!(found < Duration::from_secs(4), "found out after {found:?}");
+    let polled = unique_key("polled");
+    let mut p = crate::support::breakers::Watched::new(&a, &polled, trip_fast);
+    crate::support::breakers::insert_open(&client, &polled).await;
+    assert!(
+        p.reaches_within(State::Open, Duration::from_secs(2)).await,
+        "polling the change log delivers a trip"
+    );
+    eprintln!("MEASURED a_listener_that_reconnects_deaf_finds_out_and_polls: deafness found {found:?} after the cut");
+}

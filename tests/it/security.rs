@@ -12,7 +12,7 @@ use tokio_postgres::Client;
 
 use crate::cli::{ok, run};
 use crate::support::breakers::{caught_up, fail, trip_fast, Watched};
-use crate::support::{eventually, test_db, test_db_with, unique_key, TestRole};
+use crate::support::{eventually, listening, test_db, test_db_with, unique_key, TestRole};
 
 use crate::support::WAIT;
 
@@ -364,36 +364,6 @@ async fn rights_follow_set_role_not_the_login() {
     l.batch_execute("SELECT * FROM rc_force('default', 'k', 'OPEN', 1000)")
         .await
         .expect("as the operator it may");
-}
-
-/// A session that LISTENs on `channels` and hands over what it hears.
-async fn listening(
-    conninfo: &str,
-    channels: &[&str],
-) -> (
-    Client,
-    tokio::sync::mpsc::UnboundedReceiver<tokio_postgres::Notification>,
-) {
-    use futures_util::StreamExt;
-    let (client, mut connection) = tokio_postgres::connect(conninfo, tokio_postgres::NoTls)
-        .await
-        .expect("connects");
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-        while let Some(Ok(m)) = messages.next().await {
-            if let tokio_postgres::AsyncMessage::Notification(n) = m {
-                let _ = tx.send(n);
-            }
-        }
-    });
-    for c in channels {
-        client
-            .batch_execute(&format!("LISTEN \"{c}\""))
-            .await
-            .expect("listens");
-    }
-    (client, rx)
 }
 
 /// The secret channel's name (read as the owner).

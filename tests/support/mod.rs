@@ -710,3 +710,33 @@ fn percent_encode(v: &str) -> String {
     }
     s
 }
+
+/// A session that LISTENs on `channels` and hands over what it hears.
+pub async fn listening(
+    conninfo: &str,
+    channels: &[&str],
+) -> (
+    Client,
+    tokio::sync::mpsc::UnboundedReceiver<tokio_postgres::Notification>,
+) {
+    use futures_util::StreamExt;
+    let (client, mut connection) = tokio_postgres::connect(conninfo, tokio_postgres::NoTls)
+        .await
+        .expect("connects");
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(Ok(m)) = messages.next().await {
+            if let tokio_postgres::AsyncMessage::Notification(n) = m {
+                let _ = tx.send(n);
+            }
+        }
+    });
+    for c in channels {
+        client
+            .batch_execute(&format!("LISTEN \"{c}\""))
+            .await
+            .expect("listens");
+    }
+    (client, rx)
+}

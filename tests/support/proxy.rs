@@ -43,6 +43,8 @@ pub enum Mode {
 
 pub struct Proxy {
     addr: SocketAddr,
+    /// Where new connections go (see [`Proxy::retarget`]).
+    target: Arc<std::sync::Mutex<SocketAddr>>,
     mode: watch::Sender<Mode>,
     accepted: Arc<AtomicUsize>,
     open: Arc<AtomicUsize>,
@@ -71,9 +73,10 @@ impl Proxy {
         let accepted = Arc::new(AtomicUsize::new(0));
         let open = Arc::new(AtomicUsize::new(0));
         let bytes = Arc::new(Bytes::default());
+        let target = Arc::new(std::sync::Mutex::new(target));
         let acceptor = tokio::spawn(accept_loop(
             listener,
-            target,
+            target.clone(),
             mode_rx,
             accepted.clone(),
             open.clone(),
@@ -81,6 +84,7 @@ impl Proxy {
         ));
         Proxy {
             addr,
+            target,
             mode,
             accepted,
             open,
@@ -95,6 +99,12 @@ impl Proxy {
     }
 
     /// Switches mode; takes effect at once on current connections too.
+    /// Sends new connections to `to` (open ones stay where they are): an address that now
+    /// leads somewhere else, as after a failover or a change of pooler.
+    pub fn retarget(&self, to: SocketAddr) {
+        *self.target.lock().unwrap_or_else(|e| e.into_inner()) = to;
+    }
+
     pub fn set_mode(&self, mode: Mode) {
         self.mode.send_replace(mode);
     }
@@ -128,7 +138,7 @@ impl Drop for Proxy {
 
 async fn accept_loop(
     listener: TcpListener,
-    target: SocketAddr,
+    target: Arc<std::sync::Mutex<SocketAddr>>,
     mut mode: watch::Receiver<Mode>,
     accepted: Arc<AtomicUsize>,
     open: Arc<AtomicUsize>,
@@ -164,6 +174,7 @@ async fn accept_loop(
                 ));
             }
             Mode::Pass | Mode::Delay(_) => {
+                let target = *target.lock().unwrap_or_else(|e| e.into_inner());
                 tokio::spawn(forward(
                     socket,
                     target,

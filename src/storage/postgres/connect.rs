@@ -212,7 +212,9 @@ async fn connect_inner(
     // The listener loads every row of the namespace before we return, so that a breaker built
     // next is OPEN on its first call if the fleet's is.
     let synced = match opened {
-        Ok(mut live) if reachable => sync::sync(&shared, &mut live).await.map(|()| live),
+        Ok(mut live) if reachable => sync::sync(&shared, &mut live, sync::Check::Now)
+            .await
+            .map(|()| live),
         Ok(_) => Err(StorageError::Connect {
             target: opts.target(),
             cause: "the schema check failed".into(),

@@ -14,6 +14,11 @@
 //! row is read first (`confirm`). So a payload captured and sent again later, or forged by a role
 //! that holds the key but may not close a breaker, changes nothing the table does not say.
 //!
+//! A listener checks that it hears other sessions (a transaction pooler would swallow every
+//! notification): at start before `connect` returns, after a reconnect only if nothing arrives
+//! within a heartbeat (`sync::Check`), so that a fleet reconnecting at once does not NOTIFY once
+//! an instance.
+//!
 //! A heartbeat under a timeout finds a black-holed connection that TCP alone would keep for many
 //! minutes (and reads the notification queue's usage and the database's clock), and a periodic
 //! reload is the safety net for anything else. No user code runs on this task (`callbacks.rs`).
@@ -48,11 +53,13 @@ const STABLE_AFTER: Duration = Duration::from_secs(30);
 const WARN_EVERY: Duration = Duration::from_secs(60);
 
 use super::notifications::{apply_notification, confirm, Next, Unconfirmed};
-use super::sync::{connect_and_sync, resync, server_status, within, Live};
+use super::sync::{connect_and_sync, resync, send_check, server_status, within, Check, Live};
 
 enum Ended {
     Shutdown,
     Lost(String),
+    /// A deferred check went unanswered: the listener hears no other session.
+    Unheard,
 }
 
 /// The listener task: serve, and on loss reconnect with capped, jittered backoff. The backoff
@@ -67,12 +74,15 @@ pub(crate) async fn run(
     let mut backoff = Backoff::new(shared.opts.reconnect_backoff_max);
     let mut failures: u64 = 0;
     let mut last_warn: Option<tokio::time::Instant> = None;
+    // How the next connection checks that it hears other sessions: later (and only if nothing
+    // arrives) after one that heard them, at once after one that did not.
+    let mut check = Check::Deferred;
     loop {
         let current = match live.take() {
             Some(l) => l,
             None => {
                 let attempt = tokio::select! {
-                    r = connect_and_sync(&shared) => r,
+                    r = connect_and_sync(&shared, check) => r,
                     _ = shutdown.changed() => return,
                 };
                 match attempt {
@@ -105,8 +115,18 @@ pub(crate) async fn run(
         last_warn = None;
         shared.set_degraded(false);
         let since = tokio::time::Instant::now();
+        check = if current.deaf {
+            Check::Now
+        } else {
+            Check::Deferred
+        };
         match serve(&shared, current, &mut shutdown).await {
             Ended::Shutdown => return,
+            Ended::Unheard => {
+                // Connect again at once, to follow by polling (the connect says why).
+                check = Check::Failed;
+                shared.set_degraded(true);
+            }
             Ended::Lost(why) => {
                 tracing::warn!(reason = %why, "listener lost its connection; reconnecting");
                 shared.metrics.reconnects.increment(1);
@@ -240,6 +260,15 @@ async fn serve(shared: &Arc<Shared>, mut live: Live, shutdown: &mut watch::Recei
     let mut polls = tokio::time::interval_at(start + poll_every, poll_every);
     polls.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let reload_bound = opts.statement_timeout * 4;
+    // A deferred check (`Check::Deferred`): at a random moment within the first heartbeat, if
+    // nothing has arrived by then, NOTIFY the check channel, and give up on this connection if
+    // nothing arrives within the statement timeout after. Random, so that of a fleet that
+    // reconnected at once the first to check answers the others' question too.
+    let mut check_due = start
+        + Duration::from_nanos(crate::jitter::below(
+            crate::clock::duration_nanos(beat).max(1),
+        ));
+    let mut check_sent = false;
     loop {
         // Not biased: under a storm of notifications the heartbeat and the reconcile timer still
         // get their turn (notifications are taken a batch at a time). Each arm says whether
@@ -247,9 +276,22 @@ async fn serve(shared: &Arc<Shared>, mut live: Live, shutdown: &mut watch::Recei
         let step: Result<bool, String> = tokio::select! {
             _ = shutdown.changed() => return Ended::Shutdown,
             note = live.notes.recv() => match note {
-                Some(first) => take_notifications(shared, &mut live, first).await,
+                Some(first) => {
+                    live.unsure = false; // it hears someone
+                    take_notifications(shared, &mut live, first).await
+                }
                 None => Err("connection closed".into()),
             },
+            _ = tokio::time::sleep_until(check_due), if live.unsure => {
+                if check_sent {
+                    return Ended::Unheard;
+                }
+                check_sent = send_check(shared).await;
+                // Unsent (no pooled connection): try again a heartbeat later.
+                check_due = tokio::time::Instant::now()
+                    + if check_sent { opts.statement_timeout } else { beat };
+                Ok(false)
+            }
             _ = heartbeat.tick() => {
                 bounded(shared, "the heartbeat", server_status(shared, &live.client)).await.map(|()| false)
             }

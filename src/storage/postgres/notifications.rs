@@ -36,7 +36,7 @@ pub(super) fn apply_notification(shared: &Shared, live: &Live, n: &Notification)
         return Next::Nothing;
     };
     if n.channel() != live.channel {
-        return Next::Nothing; // the self-check's, or another channel this session listens to
+        return Next::Nothing; // the listeners' check channel, or another this session listens to
     }
     shared.metrics.notifications.increment(1);
     let bad = |why: &dyn std::fmt::Display| {

@@ -35,11 +35,12 @@ pub(crate) struct Live {
     pub(super) key: Option<NotifyKey>,
     /// The secret channel notifications arrive on (with the key).
     pub(super) channel: String,
-    /// The private channel of the self-check (see [`hears_others`]).
-    pub(super) check: String,
     /// A NOTIFY sent from another session did not come back: the listener follows the table
     /// by polling its change log instead.
     pub(super) deaf: bool,
+    /// Listening, and not yet known to hear other sessions: the check was deferred
+    /// ([`Check::Deferred`]) until nothing arrived for a while.
+    pub(super) unsure: bool,
     /// Where the next poll of the change log starts, when the instance polls (`poll.rs`).
     pub(super) cursor: Option<poll::Cursor>,
 }
@@ -69,14 +70,17 @@ impl Drop for Live {
 
 /// Connects, LISTENs, then loads the namespace into the cells. Verifies (or creates) the schema
 /// first if that has not succeeded yet (an instance that started while the database was down).
-pub(crate) async fn connect_and_sync(shared: &Arc<Shared>) -> Result<Live, StorageError> {
+pub(crate) async fn connect_and_sync(
+    shared: &Arc<Shared>,
+    check: Check,
+) -> Result<Live, StorageError> {
     if !shared.schema_ready.load(Ordering::Relaxed)
     /* see `prepare_schema` */
     {
         shared.prepare_schema().await?;
     }
     let mut live = open(shared).await?;
-    sync(shared, &mut live).await?;
+    sync(shared, &mut live, check).await?;
     Ok(live)
 }
 
@@ -119,8 +123,6 @@ pub(crate) async fn open(shared: &Arc<Shared>) -> Result<Live, StorageError> {
             }
         }
     });
-    // The self-check channel is made of our own hex digits: nothing from outside reaches the SQL.
-    let check = format!("rc_selfcheck_{:016x}", crate::jitter::below(u64::MAX));
     Ok(Live {
         client,
         notes,
@@ -128,8 +130,8 @@ pub(crate) async fn open(shared: &Arc<Shared>) -> Result<Live, StorageError> {
         driver,
         key: None,
         channel: String::new(),
-        check,
         deaf: false,
+        unsure: false,
         cursor: None,
     })
 }
@@ -153,7 +155,7 @@ async fn listen(shared: &Shared, live: &mut Live) -> Result<bool, StorageError> 
             what: "the notification channel in rc_notify_key is not a plain name".into(),
         });
     }
-    let sql = format!("LISTEN {channel}; LISTEN {}", live.check);
+    let sql = format!("LISTEN {channel}; LISTEN {CHECK_CHANNEL}");
     let listen = async {
         (live.client.batch_execute(&sql).await).map_err(|e| StorageError::db("listening", e))
     };
@@ -163,36 +165,62 @@ async fn listen(shared: &Shared, live: &mut Live) -> Result<bool, StorageError> 
     Ok(true)
 }
 
-/// Sends a NOTIFY on the listener's private channel from a pooled session and waits for it. Through
-/// a transaction-mode pooler the LISTEN stays on a server session that no client is attached
-/// to, and nothing comes back. Other notifications received meanwhile are dropped: the reload
-/// that follows every connect covers them. True when the check could not be made (no pooled
-/// connection): a reconnect checks again.
-async fn hears_others(shared: &Shared, live: &mut Live) -> bool {
-    let bound = shared.opts.statement_timeout;
-    let channel = live.check.as_str();
+/// The channel every listener of the database LISTENs on to check that it hears other sessions.
+/// One channel for all, so that one instance's check tells every listener that heard it: a fleet
+/// that reconnects at once sends a few checks, not one each (PostgreSQL before 19 wakes every
+/// listening backend for every NOTIFY, so `n` checks would cost `n` × `n` wake-ups). Anyone may
+/// NOTIFY it; hearing anyone's is what the check asks.
+pub(super) const CHECK_CHANNEL: &str = "rc_listener_check";
+
+/// When a (re)connected listener checks that it hears other sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Check {
+    /// Before the connect returns: at start, and after a connection that heard nothing.
+    Now,
+    /// Only if nothing at all arrives within a heartbeat (`listener.rs`): after losing a
+    /// connection that heard others, as a whole fleet does at once after a failover.
+    Deferred,
+    /// Not again: the previous connection, to the same address a moment ago, heard nothing
+    /// (its deferred check went unanswered).
+    Failed,
+}
+
+/// NOTIFYs the check channel from a pooled session. False when it could not be sent (no pooled
+/// connection, or no answer within the statement timeout).
+pub(super) async fn send_check(shared: &Shared) -> bool {
     let send = async {
         let client = shared.client("checking the listener").await?;
         client
             .query_typed(
                 "SELECT pg_catalog.pg_notify($1, '')",
-                &[(&channel, Type::TEXT)],
+                &[(&CHECK_CHANNEL, Type::TEXT)],
             )
             .await
             .map_err(|e| StorageError::db("checking the listener", e))
     };
-    match tokio::time::timeout(bound, send).await {
-        Ok(Ok(_)) => {}
+    match tokio::time::timeout(shared.opts.statement_timeout, send).await {
+        Ok(Ok(_)) => true,
         Ok(Err(e)) => {
             tracing::debug!(error = %e, "could not check that the listener hears other sessions");
-            return true;
+            false
         }
-        Err(_) => return true,
+        Err(_) => false,
     }
-    let deadline = tokio::time::Instant::now() + bound;
+}
+
+/// Sends a NOTIFY on the check channel from a pooled session and waits for it (or anyone's).
+/// Through a transaction-mode pooler the LISTEN stays on a server session that no client is
+/// attached to, and nothing comes back. Other notifications received meanwhile are dropped: the
+/// reload that follows every connect covers them. True when the check could not be made (no
+/// pooled connection): a reconnect checks again.
+async fn hears_others(shared: &Shared, live: &mut Live) -> bool {
+    if !send_check(shared).await {
+        return true;
+    }
+    let deadline = tokio::time::Instant::now() + shared.opts.statement_timeout;
     loop {
         match tokio::time::timeout_at(deadline, live.notes.recv()).await {
-            Ok(Some(n)) if n.channel() == channel => return true,
+            Ok(Some(n)) if n.channel() == CHECK_CHANNEL => return true,
             Ok(Some(_)) => continue,
             // The connection ended: the loop will notice and reconnect.
             Ok(None) => return true,
@@ -201,11 +229,15 @@ async fn hears_others(shared: &Shared, live: &mut Live) -> bool {
     }
 }
 
-/// Checks that the listener hears other sessions, reads the notification key, then loads the
-/// namespace into the cells over a listening connection (after LISTEN, so nothing committed
-/// from here on is missed). A polling instance takes its first cursor instead, before the load
+/// Reads the notification key and LISTENs, checks that the listener hears other sessions (now,
+/// or later: `check`), then loads the namespace into the cells over the listening connection
+/// (after LISTEN, so nothing committed from here on is missed). A polling instance takes its first cursor instead, before the load
 /// for the same reason.
-pub(crate) async fn sync(shared: &Arc<Shared>, live: &mut Live) -> Result<(), StorageError> {
+pub(crate) async fn sync(
+    shared: &Arc<Shared>,
+    live: &mut Live,
+    check: Check,
+) -> Result<(), StorageError> {
     let bound = shared.opts.statement_timeout * 4;
     let work = async {
         if shared.opts.follow == Follow::Listen {
@@ -217,7 +249,14 @@ pub(crate) async fn sync(shared: &Arc<Shared>, live: &mut Live) -> Result<(), St
                     shared.opts.poll_interval
                 );
             } else {
-                live.deaf = !hears_others(shared, live).await;
+                live.deaf = match check {
+                    Check::Now => !hears_others(shared, live).await,
+                    Check::Deferred => {
+                        live.unsure = true;
+                        false
+                    }
+                    Check::Failed => true,
+                };
                 if live.deaf {
                     tracing::warn!(
                         target = %shared.opts.listener_target(),
