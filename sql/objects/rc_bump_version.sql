@@ -5,8 +5,9 @@
 --   or when an operator's decree rewrites the row as it is (rc_force sets
 --   `resilient_circuit.decree`: every instance then hears it, and ends what it held against
 --   the row); else the old one, whatever the writer set. Taken under the row lock, so the
---   versions of a key follow commit order; an INSERT first waits for a transaction deleting its
---   key.
+--   versions of a key follow commit order; a row that arrives under a key (an INSERT, a
+--   renamed key) first waits for every transaction writing that key, its uncommitted INSERT
+--   included, through the key's row in rc_key_locks.
 -- * the episode: a new state (a deletion, a renamed key, an operator's decree even when the
 --   state stays) spends the key's quorum votes, fleet-rate reports and probe leases; a new
 --   state also resets the half-open round (its counts, its size) and stamps state_changed_at;
@@ -26,6 +27,9 @@ BEGIN
         -- taken after its and the two commit in version order. Locks nothing if no row exists.
         PERFORM 1 FROM public.rc_circuit_breakers
             WHERE namespace = NEW.namespace AND resource_key = NEW.resource_key FOR KEY SHARE;
+        -- And for one that inserted the key and has not committed (it may still delete it):
+        -- its row is invisible here, its lock on the key is not.
+        PERFORM public.rc_lock_key(NEW.namespace, NEW.resource_key);
         -- (No forced_open check: a forced key always has its OPEN row, which an upsert
         -- reaches through UPDATE; the Python package's guarded upserts must not fail here.)
         NEW.version := nextval('public.rc_circuit_breakers_version_seq');
@@ -80,6 +84,10 @@ BEGIN
         RETURN OLD;
     END IF;
 
+    IF NEW.resource_key IS DISTINCT FROM OLD.resource_key
+       OR NEW.namespace IS DISTINCT FROM OLD.namespace THEN
+        PERFORM public.rc_lock_key(NEW.namespace, NEW.resource_key); -- as an INSERT does
+    END IF;
     IF ends OR decree OR NEW.open_until IS DISTINCT FROM OLD.open_until THEN
         NEW.version := nextval('public.rc_circuit_breakers_version_seq');
     ELSE

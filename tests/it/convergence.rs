@@ -531,3 +531,98 @@ async fn overrides_are_retried_and_confirmed() {
     let left = on_b.cb.cooldown_remaining();
     assert!(left > Duration::from_secs(500), "{left:?}");
 }
+
+/// The versions of a key follow commit order even when a row arrives under a key another
+/// transaction has inserted and not committed: the upsert waits out that transaction, which
+/// deletes the key, and must take its version after the delete's. A version taken before the
+/// wait would be older than the delete's while committing after it, and every follower would
+/// drop the newer row as stale (a polling one for good).
+#[tokio::test]
+async fn an_upsert_that_waits_out_an_uncommitted_insert_is_versioned_after_it() {
+    let db = test_db().await;
+    let listener = instance(&db).await;
+    let poller = Storage::connect_with(
+        options(&db)
+            .await
+            .follow(resilient_circuit::storage::postgres::Follow::Poll)
+            .poll_interval(Duration::from_millis(20)),
+    )
+    .await
+    .expect("connects");
+    let key = unique_key("waits-out");
+    let on_listener = Watched::new(&listener, &key, |b| b);
+    let on_poller = Watched::new(&poller, &key, |b| b);
+    let insert = "INSERT INTO rc_circuit_breakers (resource_key, state, open_until) \
+                  VALUES ($1, 'OPEN', now() + interval '1 hour')";
+    let mut first = db.client().await;
+    let first = first.transaction().await.expect("a transaction");
+    first
+        .execute(insert, &[&key])
+        .await
+        .expect("the first insert");
+    let upserter = db.client().await;
+    let pid: i32 = upserter
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .expect("pid")
+        .get(0);
+    let k = key.clone();
+    let upsert = tokio::spawn(async move {
+        upserter
+            .query_one(
+                &format!(
+                    "{insert} ON CONFLICT (resource_key, namespace) DO UPDATE \
+                     SET state = 'OPEN', open_until = EXCLUDED.open_until RETURNING version"
+                ),
+                &[&k],
+            )
+            .await
+            .expect("the upsert")
+            .get::<_, i64>(0)
+    });
+    let admin = db.client().await;
+    let waiting = eventually(WAIT, || async {
+        admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND wait_event_type = 'Lock'",
+                &[&pid],
+            )
+            .await
+            .map(|r| r.get::<_, i64>(0) == 1)
+            .unwrap_or(false)
+    })
+    .await;
+    assert!(waiting, "the upsert waits for the first transaction");
+    first
+        .execute(
+            "DELETE FROM rc_circuit_breakers WHERE resource_key = $1",
+            &[&key],
+        )
+        .await
+        .expect("the delete");
+    first.commit().await.expect("commit");
+    let upserted = upsert.await.expect("the upsert's task");
+    let logged: Vec<(i64, String)> = admin
+        .query(
+            "SELECT version, state::text FROM rc_changes WHERE resource_key = $1 ORDER BY at",
+            &[&key],
+        )
+        .await
+        .expect("the change log")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let versions: Vec<i64> = logged.iter().map(|(v, _)| *v).collect();
+    assert!(
+        versions.windows(2).all(|w| w[0] < w[1]) && versions.last() == Some(&upserted),
+        "the log, in commit order, has rising versions ending with the upsert's ({upserted}): {logged:?}"
+    );
+    assert_eq!(row_state(&admin, &key).await.as_deref(), Some("OPEN"));
+    assert!(caught_up(&admin, &[&listener, &poller], WAIT).await);
+    assert_eq!(
+        on_listener.cb.state(),
+        State::Open,
+        "the listening instance"
+    );
+    assert_eq!(on_poller.cb.state(), State::Open, "the polling instance");
+}

@@ -77,6 +77,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(12, "0012", "fleet_rate"),
     migration!(13, "0013", "live_config"),
     migration!(14, "0014", "security"),
+    migration!(15, "0015", "key_locks"),
 ];
 
 /// Every object, applied after the migrations in this order: a SQL-language function is
@@ -94,6 +95,7 @@ pub const OBJECTS: &[Object] = &[
     object!("rc_refuse_forced"),
     object!("rc_view"),
     object!("rc_judge_lock"),
+    object!("rc_lock_key"),
     object!("rc_prune"),
     object!("rc_explain"),
     object!("rc_open_for_fleet"),
