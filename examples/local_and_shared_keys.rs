@@ -25,9 +25,9 @@ mod common;
 use std::error::Error;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use common::{check, ms, reach, Outcome};
+use common::{check, millis, ms, reach, Outcome, PUSHED};
 use resilient_circuit::storage::postgres::PostgresOptions;
 use resilient_circuit::{CircuitBreaker, CircuitError, Ratio, State, Storage};
 
@@ -134,20 +134,24 @@ async fn scenario(opts: PostgresOptions) -> Outcome {
     for _ in 0..5 {
         let _ = call(&a.shared_api, false, &ran).await;
     }
+    let tripped = Instant::now();
     check(
         a.shared_api.state() == State::Open,
         "shared_external_api is OPEN on pod-a",
     )?;
-    let took = reach(&b.shared_api, State::Open).await?;
+    reach(&b.shared_api, State::Open).await?;
+    let took = tripped.elapsed();
     let ran = AtomicUsize::new(0);
     check(
-        call(&b.shared_api, true, &ran)
-            .await
-            .is_err_and(|e| e.is_rejected())
+        took < PUSHED
+            && call(&b.shared_api, true, &ran)
+                .await
+                .is_err_and(|e| e.is_rejected())
             && ran.load(Ordering::SeqCst) == 0,
         format!(
-            "pod-b follows (OPEN after {:.1} ms) and rejects its call without running it",
-            took.as_secs_f64() * 1000.0
+            "pod-b follows (OPEN {} after pod-a's trip, within {}: pushed by NOTIFY) and rejects its call without running it",
+            millis(took),
+            millis(PUSHED)
         ),
     )?;
     let row = common::row(&opts, &namespace, SHARED_KEY).await?;

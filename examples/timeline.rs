@@ -22,9 +22,9 @@ mod common;
 
 use std::process::ExitCode;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use common::{check, ms, reach, Outcome};
+use common::{check, millis, ms, reach, Outcome, PUSHED};
 use resilient_circuit::storage::postgres::PostgresOptions;
 use resilient_circuit::{CircuitBreaker, Ratio, State, Storage};
 
@@ -83,17 +83,27 @@ async fn scenario(opts: PostgresOptions) -> Outcome {
             })
             .await;
     }
+    let tripped = Instant::now();
     check(
         one.state() == State::Open,
         "T1: instance 1 is OPEN and publishes the trip",
     )?;
 
     reach(two, State::Open).await?;
+    let pushed = tripped.elapsed();
     println!(
         "{} T2: instance 2 is {} before its next call",
         ms(),
         two.state()
     );
+    check(
+        pushed < PUSHED,
+        format!(
+            "T2: instance 2 is OPEN {} after instance 1's trip, within {}: pushed by NOTIFY",
+            millis(pushed),
+            millis(PUSHED)
+        ),
+    )?;
     let mut ran = false;
     let r = two
         .call(|| async {

@@ -34,6 +34,17 @@ pub type Outcome = Result<(), Box<dyn Error>>;
 /// another instance); past it the example fails.
 pub const WITHIN: Duration = Duration::from_secs(5);
 
+/// How soon a transition one instance makes is on every other listening instance: the
+/// publication (one round trip and a commit) and the NOTIFY, single-digit milliseconds on one
+/// host or network. The bound leaves room for a loaded machine and stays well under the 250 ms
+/// poll interval, the fallback of an instance that hears no notifications.
+pub const PUSHED: Duration = Duration::from_millis(100);
+
+/// `12.3 ms`.
+pub fn millis(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
 /// Runs `body` with the database settings from `RC_DB_*`, then deletes the rows of the
 /// namespaces it used; exit status 0 when every check held, 1 when one did not (or the body
 /// failed), 2 when PostgreSQL is not configured.

@@ -5,11 +5,15 @@
 //! A polling instance never reloads on a timer, so whatever it ends up holding it learned from
 //! the change log: a missed change would stay missed, and these tests would see it.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use resilient_circuit::changes::Lagged;
 use resilient_circuit::storage::postgres::{Follow, PostgresOptions};
-use resilient_circuit::{CircuitBreaker, State, Storage};
+use resilient_circuit::{Change, ChangeOrigin, Changes, CircuitBreaker, State, Storage};
+use tokio::task::JoinHandle;
 use tokio_postgres::Client;
+use tokio_stream::StreamExt;
 
 use crate::support::breakers::{
     fail, insert_open, options, published, row_state, trip_fast, Watched,
@@ -106,27 +110,85 @@ async fn a_change_committed_late_with_a_lower_version_is_not_missed() {
     );
 }
 
-/// Eight writers change 24 keys in overlapping transactions of random length, up to three poll
-/// intervals (inserts, updates,
-/// deletes), each as the application role with plain SQL (as a Python service writes), while a
-/// follower polls every 50 ms: when they stop, the follower holds exactly the table's state of
-/// every key. (With the in-progress list left out of the poll, this fails: checked by hand.)
+/// One transition as a change stream shows it: from, to, and the row version that made it.
+type Transition = (String, String, i64);
+
+/// The transitions a follower must stream for a key whose committed history is `history`
+/// (`(version, state)` in commit order): one for each version whose state differs from the one
+/// before, starting from CLOSED (no row).
+fn transitions(history: &[(i64, String)]) -> Vec<Transition> {
+    let mut before = State::Closed.to_string();
+    let mut out = Vec::new();
+    for (version, state) in history {
+        if *state != before {
+            out.push((before.clone(), state.clone(), *version));
+            before = state.clone();
+        }
+    }
+    out
+}
+
+/// Collects what `changes` streams until the change of `marker`; `Err` if the stream lost
+/// some on the way (which would make the comparison meaningless, not the follower wrong).
+fn record(mut changes: Changes, marker: String) -> JoinHandle<Result<Vec<Change>, Lagged>> {
+    tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while let Some(next) = changes.next().await {
+            let change = next?;
+            if change.key == marker {
+                return Ok(seen);
+            }
+            seen.push(change);
+        }
+        panic!("the change stream ended while its storage is alive");
+    })
+}
+
+/// Eight writers change 24 keys in overlapping transactions of random length (inserts, updates,
+/// deletes), each as the application role with plain SQL (as a Python service writes), while
+/// two followers poll: every 10 ms (each poll catches a few commits, and the writers' open
+/// transactions straddle many polls) and every 250 ms, the default (one poll brings several
+/// changes of one key). A polling follower reads every change of the log (`poll.rs`), so its
+/// change stream must show, for every key, every change of state the table went through, in
+/// commit order, with the version that made it: a change missed and overwritten later leaves the
+/// final state right and this sequence wrong. A version that keeps the state (a
+/// cooldown moved, a CLOSED row deleted) is no transition, and is not streamed. The reference is
+/// the change log, checked against what the writers committed, and the final states are checked
+/// against the table itself. (With the in-progress list left out of the poll, or with a poll
+/// applying only the newest change of each key, this fails.)
 #[tokio::test]
 async fn concurrent_writers_miss_nothing() {
     let db = test_db().await;
-    let follower = Storage::connect_with(polling(options(&db).await))
-        .await
-        .expect("connects");
+    let intervals = [Duration::from_millis(10), Duration::from_millis(250)];
+    let mut followers = Vec::new();
+    for every in intervals {
+        let opts = polling(options(&db).await).poll_interval(every);
+        followers.push(Storage::connect_with(opts).await.expect("connects"));
+    }
     let keys: Vec<String> = (0..24).map(|i| unique_key(&format!("k{i}"))).collect();
-    let breakers: Vec<CircuitBreaker> = keys
+    // A follower streams the transitions of the keys it holds a breaker for.
+    let breakers: Vec<Vec<CircuitBreaker>> = followers
         .iter()
-        .map(|k| {
-            CircuitBreaker::builder(k)
-                .storage(follower.clone())
-                .build()
-                .expect("valid")
+        .map(|f| {
+            keys.iter()
+                .map(|k| {
+                    CircuitBreaker::builder(k)
+                        .storage(f.clone())
+                        .build()
+                        .expect("valid")
+                })
+                .collect()
         })
         .collect();
+    // Written once the writers are done: a poll that sees it sees everything committed before
+    // it, and applies its batch in version order, the marker's last; so a follower that streams
+    // the marker has streamed everything the writers committed.
+    let marker = unique_key("marker");
+    let recorders: Vec<_> = followers
+        .iter()
+        .map(|f| record(f.changes(), marker.clone()))
+        .collect();
+
     let until = Instant::now() + Duration::from_secs(3);
     let mut writers = Vec::new();
     let app = db.app_conninfo().await;
@@ -134,76 +196,161 @@ async fn concurrent_writers_miss_nothing() {
         let client = as_app(&app).await;
         let keys = keys.clone();
         writers.push(tokio::spawn(async move {
+            // (key, version, state) of each insert or update committed.
+            let mut committed: Vec<(String, i64, String)> = Vec::new();
             let mut n = w;
             while Instant::now() < until {
                 n = n.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                 let key = &keys[(n >> 33) as usize % keys.len()];
                 let pause_ms = (n >> 20) % 150;
-                let sql = match (n >> 10) % 3 {
-                    0 => "DELETE FROM rc_circuit_breakers WHERE resource_key = $1",
-                    1 => "INSERT INTO rc_circuit_breakers (resource_key, state, open_until) VALUES ($1, 'OPEN', now() + interval '1 hour') ON CONFLICT (resource_key, namespace) DO UPDATE SET state = 'OPEN', open_until = EXCLUDED.open_until",
-                    _ => "INSERT INTO rc_circuit_breakers (resource_key, state) VALUES ($1, 'CLOSED') ON CONFLICT (resource_key, namespace) DO UPDATE SET state = 'CLOSED', open_until = NULL",
+                let kind = (n >> 10) % 3;
+                let sql = match kind {
+                    0 => "DELETE FROM rc_circuit_breakers WHERE resource_key = $1 RETURNING version, state",
+                    1 => "INSERT INTO rc_circuit_breakers (resource_key, state, open_until) VALUES ($1, 'OPEN', now() + interval '1 hour') ON CONFLICT (resource_key, namespace) DO UPDATE SET state = 'OPEN', open_until = EXCLUDED.open_until RETURNING version, state",
+                    _ => "INSERT INTO rc_circuit_breakers (resource_key, state) VALUES ($1, 'CLOSED') ON CONFLICT (resource_key, namespace) DO UPDATE SET state = 'CLOSED', open_until = NULL RETURNING version, state",
                 };
                 // Write, then hold the transaction open a while: commits land out of version order.
                 let begin = "BEGIN; SET LOCAL lock_timeout = '2s'";
                 if client.batch_execute(begin).await.is_err() {
                     continue;
                 }
-                let wrote = client.execute(sql, &[key]).await.is_ok();
-                let _ = client
+                let wrote = client.query(sql, &[key]).await;
+                let slept = client
                     .execute("SELECT pg_sleep($1::float8 / 1000)", &[&(pause_ms as f64)])
-                    .await;
-                let _ = client
-                    .batch_execute(if wrote { "COMMIT" } else { "ROLLBACK" })
-                    .await;
+                    .await
+                    .is_ok();
+                let keep = wrote.is_ok() && slept;
+                let ended = client
+                    .batch_execute(if keep { "COMMIT" } else { "ROLLBACK" })
+                    .await
+                    .is_ok();
+                if let (Ok(rows), true, true, false) = (wrote, keep, ended, kind == 0) {
+                    committed.extend(rows.iter().map(|r| (key.clone(), r.get(0), r.get(1))));
+                }
             }
+            committed
         }));
     }
+    let mut committed = Vec::new();
     for w in writers {
-        w.await.expect("a writer panicked");
+        committed.extend(w.await.expect("a writer panicked"));
     }
     let admin = db.client().await;
-    let table = |key: String| {
-        let admin = &admin;
-        async move {
-            row_state(admin, &key)
-                .await
-                .unwrap_or_else(|| "CLOSED".into())
+    insert_open(&admin, &marker).await;
+    let mut streamed = Vec::new();
+    for (i, r) in recorders.into_iter().enumerate() {
+        let changes = tokio::time::timeout(WAIT, r)
+            .await
+            .unwrap_or_else(|_| panic!("follower {i} streamed no marker within {WAIT:?}"))
+            .expect("a recorder panicked")
+            .unwrap_or_else(|e| panic!("follower {i}'s stream: {e}"));
+        streamed.push(changes);
+    }
+
+    // What the table went through, key by key, in commit order: `at` is stamped at commit, and
+    // of two writes of one key the later waits for the earlier to end (a row lock, or the key's
+    // entry in the unique index).
+    let mut logged: BTreeMap<String, Vec<(i64, String)>> =
+        keys.iter().map(|k| (k.clone(), Vec::new())).collect();
+    for r in admin
+        .query(
+            "SELECT resource_key::text, version, state::text FROM rc_changes
+             WHERE resource_key::text = ANY($1) ORDER BY at, version",
+            &[&keys],
+        )
+        .await
+        .expect("reads the change log")
+    {
+        let key: String = r.get(0);
+        if let Some(history) = logged.get_mut(&key) {
+            history.push((r.get(1), r.get(2)));
         }
-    };
-    let mut want = Vec::new();
+    }
+    for (key, version, state) in &committed {
+        assert!(
+            logged[key].contains(&(*version, state.clone())),
+            "a committed write of {key} (version {version}, {state}) is missing from the change log: {:?}",
+            logged[key]
+        );
+    }
+    let expected: BTreeMap<&String, Vec<Transition>> =
+        logged.iter().map(|(k, h)| (k, transitions(h))).collect();
+    // A key that changed state twice or more went through a state that a later change overwrote.
+    let changed_again = expected.values().filter(|t| t.len() >= 2).count();
+    assert!(
+        changed_again >= keys.len() / 2,
+        "half the keys or more changed state twice or more: \
+         {changed_again} of {}; {} inserts and updates committed",
+        keys.len(),
+        committed.len()
+    );
+
+    eprintln!(
+        "MEASURED concurrent_writers_miss_nothing: {} inserts and updates committed, {} transitions \
+         expected of each follower, {changed_again} of {} keys changed state twice or more",
+        committed.len(),
+        expected.values().map(Vec::len).sum::<usize>(),
+        keys.len()
+    );
+    for (i, (changes, every)) in streamed.iter().zip(intervals).enumerate() {
+        let mut seen: BTreeMap<&String, Vec<Transition>> =
+            keys.iter().map(|k| (k, Vec::new())).collect();
+        for c in changes {
+            assert_eq!(
+                c.origin,
+                ChangeOrigin::Remote,
+                "follower {i} decided nothing itself: {c:?}"
+            );
+            let version = c
+                .version
+                .unwrap_or_else(|| panic!("a remote change has its version: {c:?}"));
+            seen.get_mut(&c.key)
+                .unwrap_or_else(|| panic!("follower {i} streamed a key no one wrote: {c:?}"))
+                .push((c.from.to_string(), c.to.to_string(), version));
+        }
+        let wrong: Vec<_> = keys
+            .iter()
+            .filter(|k| seen[k] != expected[k])
+            .map(|k| (k, &seen[k], &expected[k], &logged[k]))
+            .collect();
+        assert!(
+            wrong.is_empty(),
+            "follower {i} (polling every {every:?}) streamed other transitions than the table went through \
+             (key, streamed, committed, the log as (version, state) in commit order):\n{wrong:?}"
+        );
+    }
+    // The final states, from the table itself.
+    let mut table = Vec::new();
     for k in &keys {
-        want.push(table(k.clone()).await);
+        let state = row_state(&admin, k).await;
+        table.push(state.unwrap_or_else(|| State::Closed.to_string()));
     }
     assert!(
-        want.iter().any(|s| s == "OPEN") && want.iter().any(|s| s == "CLOSED"),
-        "the writers left both states: {want:?}"
+        table.iter().any(|s| s == "OPEN") && table.iter().any(|s| s == "CLOSED"),
+        "the writers left both states: {table:?}"
     );
-    let held = || {
-        breakers
-            .iter()
-            .map(|b| b.state().to_string())
-            .collect::<Vec<_>>()
-    };
-    let matches = eventually(WAIT, || async { held() == want }).await;
-    assert!(
-        matches,
-        "the follower holds {:?}, the table {want:?}",
-        held()
-    );
+    for (i, held) in breakers.iter().enumerate() {
+        let held: Vec<String> = held.iter().map(|b| b.state().to_string()).collect();
+        assert_eq!(held, table, "follower {i} holds the table's final states");
+    }
 }
 
-/// Through pgbouncer in transaction mode (2 server connections for 6 instances), with nothing
-/// direct: a polling fleet sees a trip made by any of them, each within the interval and change,
-/// and no server session LISTENs.
+/// Through pgbouncer in transaction mode with nothing direct, six polling instances on a pool
+/// of two server connections: a trip made by any of them reaches all of them within a few poll
+/// intervals, and none falls back to local state. What makes that work is the instances'
+/// doing: between their statements they hold no server connection (two transactions of the
+/// test, as the same role, get both of the pool's while the six keep polling), and they leave
+/// no session state behind, no LISTEN above all (asked in each of those two server sessions,
+/// which are every server session of the role).
 #[tokio::test]
 async fn a_polling_fleet_works_through_pgbouncer_in_transaction_mode() {
     let cluster = Cluster::start().await;
     let db = cluster.create_db().await;
     let app = cluster.app_role(&db).await;
     let bouncer = PgBouncer::start(cluster.addr(), PoolMode::Transaction, &[app.name()], 2).await;
+    let through_bouncer = app.conninfo_via(bouncer.addr());
     let opts = polling(
-        PostgresOptions::from_dsn(&app.conninfo_via(bouncer.addr()))
+        PostgresOptions::from_dsn(&through_bouncer)
             .expect("parses")
             .transaction_pooler(true),
     );
@@ -233,28 +380,62 @@ async fn a_polling_fleet_works_through_pgbouncer_in_transaction_mode() {
         fleet.iter().all(|s| !s.is_degraded()),
         "no instance fell back to local state"
     );
+
+    // Each of two clients of the pool holds a transaction: both server connections, which the
+    // six instances (still polling every 50 ms) must not be holding.
+    let mut sessions = Vec::new();
+    for _ in 0..2 {
+        sessions.push(as_app(&through_bouncer).await);
+    }
+    let mut pinned = Vec::new();
+    for c in &mut sessions {
+        let tx = tokio::time::timeout(WAIT, c.transaction())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "no server connection free within {WAIT:?}: an instance holds one between statements\n{}",
+                    bouncer.log()
+                )
+            })
+            .expect("begins through the pooler");
+        pinned.push(tx);
+    }
+    let mut asked = Vec::new();
+    for tx in &pinned {
+        let row = tx
+            .query_one(
+                "SELECT pg_backend_pid(), array(SELECT pg_listening_channels())::text[]",
+                &[],
+            )
+            .await
+            .expect("asks the server session");
+        let (pid, channels): (i32, Vec<String>) = (row.get(0), row.get(1));
+        assert!(
+            channels.is_empty(),
+            "the server session {pid} LISTENs on {channels:?}: an instance left it there"
+        );
+        asked.push(pid);
+    }
     let admin = cluster.client(&db).await;
-    let listening: i64 = admin
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE query ILIKE 'LISTEN%'",
-            &[],
-        )
-        .await
-        .expect("reads pg_stat_activity")
-        .get(0);
-    assert_eq!(listening, 0, "no session LISTENs");
-    let servers: i64 = admin
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE usename = $1",
+    let mut servers: Vec<i32> = admin
+        .query(
+            "SELECT pid FROM pg_stat_activity WHERE usename = $1 AND backend_type = 'client backend'",
             &[&app.name()],
         )
         .await
         .expect("reads pg_stat_activity")
-        .get(0);
-    assert!(
-        servers <= 2,
-        "{servers} server connections for six instances"
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    servers.sort_unstable();
+    asked.sort_unstable();
+    assert_eq!(
+        servers, asked,
+        "the two server sessions asked are every server session of the role"
     );
+    for tx in pinned {
+        tx.rollback().await.expect("gives the connection back");
+    }
 }
 
 /// A follower polling a streaming replica sends its trips to the primary and sees the primary's
