@@ -80,14 +80,17 @@
 //!   clock (`CLOCK_MONOTONIC_COARSE`, through the vDSO) while the deadline is more than four
 //!   ticks ahead, the precise one nearer to it, so a cooldown never ends early
 //!   ([`SystemClock`](crate::SystemClock)). Half-open rejections (`half_open`,
-//!   `try_acquire_full`) need no clock. [`Rejected`](crate::Rejected) shares the key's cell
-//!   rather than copying the key.
+//!   `try_acquire_full`) need no clock. [`Rejected`](crate::Rejected) holds a copy of the key
+//!   private to the thread that was refused, so threads refused at once by one breaker write
+//!   no shared reference count.
 //! * **Owned permits** (`try_acquire_owned_success`, `acquire_owned_run_record`) add one
 //!   reference-count increment when admitted and one decrement when reported, what
 //!   `handle_clone_drop` measures alone. Two threads on one handle both write that count, one
 //!   cache line bouncing between cores. Use the borrowed form where the borrow suffices.
-//! * **Opt-in costs**: a time window (`try_acquire_success_time_window`) counts every outcome,
-//!   successes included, with a clock reading; a slow-call threshold makes `call` read the clock
+//! * **Opt-in costs**: a time window (`try_acquire_success_time_window`) counts every success
+//!   with a clock reading (the coarse one for slices of 25 ticks or more) and one
+//!   compare-and-swap, without the lock, and takes the lock for failures
+//!   (`acquire_run_record_time_window_1_in_100`); a slow-call threshold makes `call` read the clock
 //!   twice (`call_async_slow_calls`: the coarse clock, for thresholds of 25 coarse ticks or more;
 //!   `call_async_slow_calls_precise`: the precise clock, for shorter ones), while a permit's
 //!   `record_timed` under the threshold is a plain success; per-call metrics
