@@ -41,8 +41,10 @@
 //!   replay) is older than its window and is read from the table instead (next section).
 //!   Test: `a_stranger_hears_nothing_and_its_notifications_change_nothing`.
 //! * **Take advisory locks** on any id. The crate takes none: judgements of a key are serialized
-//!   by a row lock in `rc_judgements`, which only its owner can read, and migrations by a lock
-//!   on `rc_schema_objects`, which only its owner can lock in a mode that blocks them. Test:
+//!   by a row lock in `rc_judgements`, which only its owner can read, a row arriving under a
+//!   key waits for the key's other writers on its row in `rc_key_locks`, which no other role
+//!   can read or lock, and migrations by a lock on `rc_schema_objects`, which only its owner can
+//!   lock in a mode that blocks them. Test:
 //!   `a_strangers_advisory_locks_block_nothing`.
 //! * **Create objects in a schema it may create in** (`public` for every login up to
 //!   PostgreSQL 14 and on clusters upgraded from it; for the database's owner, often the

@@ -146,6 +146,7 @@ async fn a_stranger_can_do_nothing_of_ours() {
         "rc_rate_reports",
         "rc_probe_leases",
         "rc_judgements",
+        "rc_key_locks",
         "rc_role_grants",
         "rc_schema_migrations",
     ] {
