@@ -27,9 +27,13 @@ BEGIN
         -- taken after its and the two commit in version order. Locks nothing if no row exists.
         PERFORM 1 FROM public.rc_circuit_breakers
             WHERE namespace = NEW.namespace AND resource_key = NEW.resource_key FOR KEY SHARE;
-        -- And for one that inserted the key and has not committed (it may still delete it):
-        -- its row is invisible here, its lock on the key is not.
-        PERFORM public.rc_lock_key(NEW.namespace, NEW.resource_key);
+        -- No row: wait for a transaction that inserted the key and has not committed (it may
+        -- still delete it); its row is invisible here, its lock on the key is not. (A row
+        -- that exists stays, under the lock just taken, and an upsert then updates it under
+        -- its row lock: the common case of a trip pays for no key lock.)
+        IF NOT FOUND THEN
+            PERFORM public.rc_lock_key(NEW.namespace, NEW.resource_key);
+        END IF;
         -- (No forced_open check: a forced key always has its OPEN row, which an upsert
         -- reaches through UPDATE; the Python package's guarded upserts must not fail here.)
         NEW.version := nextval('public.rc_circuit_breakers_version_seq');
