@@ -388,11 +388,19 @@ impl KeyCell {
     }
 
     /// Counts a closed success of a `COUNTED` word without the lock: for the fleet's rate, and
-    /// in the time window's calls, which may then have to be judged. Out of line: inlined, the
-    /// time window's code made the plain breaker's fast path twice as slow.
+    /// in the time window's calls, which may then have to be judged. Out of line, so that a
+    /// plain breaker's fast path stays a load and a compare (inlined, the time window's code
+    /// made it twice as slow).
     #[inline(never)]
     fn count_success(&self, admitted: StateWord) -> Recorded {
         self.count(true);
+        self.count_timed_success(admitted)
+    }
+
+    /// Counts a closed success in the time window's calls, without the lock; they may then have
+    /// to be judged.
+    #[inline]
+    fn count_timed_success(&self, admitted: StateWord) -> Recorded {
         match self.tally.get() {
             Some(t) if t.enabled() && self.mode() != Mode::Disabled => {
                 match t.success(admitted.generation(), &*self.clock) {

@@ -43,7 +43,8 @@ impl KeyCell {
         let Some(p) = self.ring.push(admitted.generation(), false) else {
             return Recorded::Nothing; // the window was cleared since: counts as neither
         };
-        let recorded = self.count_success(admitted);
+        self.count(true);
+        let recorded = self.count_timed_success(admitted);
         if recorded == Recorded::Nothing
             && p.full()
             && (p.flipped || p.filled || self.ring.failures_at_most() == 0)

@@ -22,6 +22,16 @@
 //! overwritten within one window's worth of calls, and can only count as a failure, never hide
 //! one.
 //!
+//! **Under concurrency the count is the slots', not a sequence's.** A slot claimed and not yet
+//! written still holds the outcome it replaces, one lap older. A count taken meanwhile (to judge
+//! the window) reads that older outcome in place of the one in flight, so with `t` threads
+//! recording at once it may differ by up to `t` from every `capacity` consecutive outcomes: two
+//! threads failing every second call, whose any ten consecutive outcomes hold at most six
+//! failures, can be counted at seven. A thread paused (preempted) between claiming its slot and
+//! writing it, while the others record a whole window's worth, writes its outcome a lap late
+//! over the slot's newer one, off by one until the slot comes round again. `recloser`'s ring of
+//! atomic booleans behaves alike. Recording from one thread is exact (the proptest below).
+//!
 //! A policy with another window size swaps the bits for a larger allocation; the old one is
 //! kept until the ring is dropped, since a thread may still be writing to it. Allocations are
 //! rounded up to a power of two of words, so a key keeps at most eight.

@@ -144,7 +144,12 @@
 //! model's transitions, once each, in order (`model::callbacks_match_reference_model`). Eight
 //! threads on one breaker never have more than a round's probes in flight, and every admitted
 //! permit is reported or dropped (`concurrency::eight_threads_one_breaker`); racing outcomes
-//! trip exactly at the limit (`concurrency::racing_outcomes_trip_exactly_at_the_limit`).
+//! trip exactly at the limit (`concurrency::racing_outcomes_trip_exactly_at_the_limit`,
+//! `concurrency::racing_outcomes_on_a_time_window_trip_exactly_at_the_minimum`, and the time
+//! window's own model, `breaker::time_model`). A count window recorded by `t` threads at once
+//! is judged as its slots hold it: a slot claimed and not yet written still holds the outcome
+//! it replaces, so the count may differ by up to `t` from the last `n` outcomes (the
+//! `cell/ring.rs` module doc); recording from one thread is exact.
 //!
 //! ## Healing, by fault
 //!

@@ -106,15 +106,21 @@
 //!
 //! | Measurement | Result | Command | Date, load average |
 //! |---|---|---|---|
-//! | A trips → B's first rejection (a thread spinning on B's `try_acquire`), p50 / p99 | 1.92 / 3.28 ms | `RC_BENCH_PHASES=2 cargo bench --bench propagation` | 2026-12-05, not recorded |
+//! | A trips → B's first rejection (a thread spinning on B's `try_acquire`), p50 / p99 | 1.10 / 2.88 ms | `RC_BENCH_PHASES=2 cargo bench --bench propagation` | 2026-12-06, 1.6 |
+//! | The floors of the same run: a bare `UPDATE` → its NOTIFY on a bare listener, p50 / p99, with `synchronous_commit` on / off; the crate's `rc_trip()` called bare (on) | 0.70 / 2.02 ms; 0.48 / 0.70 ms; 1.05 / 2.91 ms | the same | the same |
+//! | B's own share: the NOTIFY handed to B's socket → B's first rejection, p50 / p99 | 0.05 / 0.18 ms | the same | the same |
 //! | 100 keys flipped OPEN/CLOSED by one UPDATE every 10 ms for 10 s, applied by one instance and read through `Storage::changes()`: changes applied per second; commit → snapshot (database clock) p50 / p90 / p99 / max; changes missed by the stream | 10,003 /s; 1.48 / 1.96 / 2.70 / 9.8 ms; 0 | `RC_BENCH_PHASES=8 cargo bench --bench propagation` | 2026-11-29, about 1.5 |
 //! | The same storm: a change written without a notification (`session_replication_role = replica`), applied by the periodic reload (reconcile interval 1 s) | 994 ms later | the same | the same |
 //! | `rc_configure`'s commit acknowledged → the last of three listening instances holds the change, p50 / p99 (from sending the statement) | 1.4 / 2.3 ms (4.0 / 6.3 ms) | `RC_BENCH_PHASES=12 cargo bench --bench propagation` | 2026-12-06, 1.6 |
 //! | The same change → a polling instance at the default 250 ms, p50 / max | 129 / 250 ms | the same | the same |
 //!
-//! Where the time goes: a change reaches another instance one commit (a WAL flush), one
-//! notification and one wake-up of its listener later; the instance's own share is parsing, a
-//! MAC check and one store into the snapshot. PostgreSQL serializes the commits of transactions
+//! Where the time goes: a change reaches another instance one commit, one notification and one
+//! wake-up of its listener later. A trip's commit does not wait for the WAL flush (trips,
+//! probes, votes and rate reports commit with `synchronous_commit` off; what that may lose is in
+//! [`guarantees`](super::guarantees#can-be-lost)); most of what is left over the floor is the
+//! trip function itself (the row's triggers: its version, the change log, the signed
+//! notification), about 0.35 ms more than a bare `UPDATE` on this machine. The receiving
+//! instance's own share is parsing, a MAC check and one store into the snapshot. PostgreSQL serializes the commits of transactions
 //! that NOTIFY, so throughput comes from batching: while a statement is in flight the next
 //! transitions gather and share one commit (`rc_trip_many`, `rc_force_many`). The outbox, the
 //! listener and every connection of the process's instances run on a small runtime of the

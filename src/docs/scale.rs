@@ -28,35 +28,51 @@
 //! PostgreSQL wakes every listening backend at each commit that notifies, so the time for a trip
 //! to reach the *last* instance, and the server's CPU, grow with the fleet.
 //!
-//! Measured 2026-11-29 with `RC_BENCH_PHASES=10 cargo bench --bench propagation`, three runs, on a
-//! 2-core x86_64 VM (24 GiB, Debian 12) with a private PostgreSQL 15 cluster over TLS; the
-//! server, every instance and the bare listeners share the 2 cores (load average 3.8 and 7.2
-//! before the first two runs, from other builds; not recorded for the third). Each instance is a
-//! `Storage` with `pool_idle_timeout` 1 s and one breaker on one key, holding one server
-//! connection at rest; instance 0 trips, 15 trips per size; times run from `failure()` to the
-//! moment each instance's listener applied the change.
+//! Measured 2026-12-06 with `RC_BENCH_PHASES=10 cargo bench --bench propagation` (one run,
+//! 273 s; load average 1.7 before, 4.9 after: the bench's own fleet) on a 2-core x86_64 VM (AMD
+//! EPYC, 24 GiB, Debian 12) with a private PostgreSQL 15 cluster over TLS; the server, every
+//! instance and the bare listeners share the 2 cores. Each instance is a `Storage` with
+//! `pool_idle_timeout` 1 s and one breaker on one key, holding one server connection at rest;
+//! instance 0 trips, 15 trips per size, each followed by an operator's close; times run from
+//! `failure()` to the moment each instance's listener applied the change.
 //!
-//! | Instances | Trip → OPEN on the last instance, p50 / max | Bare UPDATE → the last of as many bare listeners, p50 (first two runs) | Server CPU per transition |
+//! | Instances | Trip → OPEN on the last instance, p50 / max | Bare UPDATE → the last of as many bare listeners, p50 | Server CPU per transition (net of rest) |
 //! |---|---|---|---|
-//! | 10 | 1.4–2.0 / 1.9–9.0 ms | 1.3 ms | 0.7–2.0 ms |
-//! | 100 | 5.0–7.8 / 6.4–12.5 ms | 3.9–5.3 ms | 3.6–4.7 ms |
-//! | 500 | 24–30 / 30–36 ms | 20 ms | 24–30 ms |
-//! | 1,000 | 51–62 / 81–135 ms | 36–43 ms | 66–73 ms |
+//! | 10 | 2.4 / 3.9 ms | 1.4 ms | 3.0 ms |
+//! | 100 | 6.9 / 9.3 ms | 3.6 ms | 17 ms |
+//! | 500 | 26 / 38 ms | 17 ms | 82 ms |
+//! | 1,000 | 63 / 79 ms | 38 ms | 202 ms |
 //!
-//! * The server spends 60–70 µs of CPU per listener per notifying commit: at 1,000 listeners
-//!   that alone is about the bare floor. On this machine it competes with the 1,000 instances
-//!   themselves for the same 2 cores; in production each instance is a process of its own,
-//!   elsewhere. At rest the 1,000 instances cost the server 63–70 ms of CPU a second
-//!   (heartbeats every 2 s, reloads every 30 s).
-//! * Transitions accepted per second, one per commit (phase 6's method), fall from 4,300–5,800
-//!   with no other listener to 220–290 with 1,000 instances listening; 1,000 bare `LISTEN`
-//!   sessions show the same drop, so the cost is the server's.
+//! * Each notifying commit costs the server CPU for every listener: waking its backend, and for
+//!   a close, the row read that instance makes before it takes a close on trust (a close is
+//!   confirmed from the table, [`security`](super::security)), about 0.2 ms per instance and
+//!   transition at 1,000. On this machine it competes with the 1,000 instances themselves for
+//!   the same 2 cores; in production each instance is a process of its own, elsewhere. At rest
+//!   the 1,000 instances cost the server 152 ms of CPU a second (heartbeats every 2 s, reloads
+//!   every 30 s).
+//! * Transitions accepted per second, one per commit (phase 6's method), fall from 3,291 with no
+//!   other listener to 354 with 1,000 instances listening; 1,000 bare `LISTEN` sessions show
+//!   the same drop (316), so the cost is the server's.
 //! * The cost is per *commit*, not per transition: the outbox sends every trip and override
 //!   pending on an instance in one call, so an incident that trips many keys at once pays it
-//!   once per batch. In batches of 100 (`rc_force_many`, open loop) the server accepted 5,200
-//!   transitions a second with no listener and 607 with 1,000 bare listeners. Each listener still
-//!   reads every notification of the batch, so batching gains less than its size.
+//!   once per batch. In batches of 100 (`rc_force_many`, open loop) the server accepted 2,841
+//!   transitions a second with no listener and 799 with 1,000 bare listeners.
 //!
+//! ## Reconnecting at once
+//!
+//! After a failover or a pooler's restart every listener of the fleet reconnects at once: a new
+//! session (TLS, authentication), LISTEN, a reload of the namespace and a read of the server's
+//! clock each. A listener that heard other sessions before checks that it still does only if
+//! nothing arrives within a heartbeat, and on one channel all listeners share, so the first
+//! check answers the others' ([`postgres`](super::postgres#pgbouncer)): a check each would cost
+//! `n` NOTIFYs waking `n` backends each.
+//!
+//! The same run cut all 1,000 listeners at once (`pg_terminate_backend`): every instance was
+//! listening again on a new session, none degraded, 8.5 s after the cut, and the server spent
+//! 15.6 s of CPU from the cut to 6 s after that (15.6 ms an instance). For comparison,
+//! listeners that check on every reconnect took 10.7 s and 19.3 s in the same conditions. What
+//! is left is the sessions and reloads themselves.
+
 //! ## Following by polling
 //!
 //! With `RC_DB_FOLLOW=poll` every instance reads the change log of its follow address every
