@@ -401,8 +401,8 @@ impl KeyCell {
     /// to be judged.
     #[inline]
     fn count_timed_success(&self, admitted: StateWord) -> Recorded {
-        match self.tally.get() {
-            Some(t) if t.enabled() && self.mode() != Mode::Disabled => {
+        match self.time_window() {
+            Some(t) if self.mode() != Mode::Disabled => {
                 match t.success(admitted.generation(), &*self.clock) {
                     Counted::Judge => self.judge_closed_unlocked(admitted),
                     Counted::Done | Counted::Neither => Recorded::Nothing,
@@ -412,28 +412,26 @@ impl KeyCell {
         }
     }
 
-    /// The time window's counts at this moment, when the policy has one: failures and slow
-    /// calls from the lock, calls from the tally. Under the lock; the tally's hint is set from
-    /// them before the calls are counted (see `Tally::success`).
+    /// The time window's counts at `now` (its reading; `None`: read it), when the policy has
+    /// one: failures and slow calls from the lock, calls from the tally. Under the lock; the
+    /// tally's hint is set from them before the calls are counted (see `Tally::success`).
     fn timed_counts(
         &self,
         locked: &mut Locked,
         cur: StateWord,
+        now: Option<u64>,
     ) -> Option<crate::time_window::Counts> {
-        let tally = self.tally.get().filter(|t| t.enabled())?;
-        let now = tally.now(&*self.clock);
+        let tally = self.time_window()?;
+        let now = now.unwrap_or_else(|| tally.now(&*self.clock));
         let mut counts = locked.timed.as_mut()?.counts_at(now);
         tally.set_hint(counts);
         counts.calls = tally.period_calls(cur.generation(), now);
         Some(counts)
     }
 
-    /// The time window's reading now, when the policy has one.
-    fn timed_now(&self) -> Option<u64> {
-        self.tally
-            .get()
-            .filter(|t| t.enabled())
-            .map(|t| t.now(&*self.clock))
+    /// The time window's calls, when the policy has one.
+    fn time_window(&self) -> Option<&Tally> {
+        self.tally.get().map(|t| &**t).filter(|t| t.enabled())
     }
 
     /// Counts a closed call for the fleet's rate (`COUNTED` words only).

@@ -26,7 +26,7 @@ impl KeyCell {
             if rule.lock_free() {
                 return self.record_closed(admitted, success, rule);
             }
-            if success && self.tally.get().is_some_and(|t| t.enabled()) {
+            if success && self.time_window().is_some() {
                 return self.record_timed_success(admitted);
             }
         }
@@ -84,15 +84,17 @@ impl KeyCell {
                 if self.ring.push(cur.generation(), !success).is_none() {
                     return Recorded::Nothing;
                 }
-                let now = self.timed_now();
+                // One reading of the time window's clock for the outcome and its verdict.
+                let timed = self.time_window().map(|t| (t, t.now(&*self.clock)));
+                let now = timed.map(|(_, now)| now);
                 locked.push_extra(success, slow_call, now);
-                if let (Some(t), Some(now)) = (self.tally.get(), now) {
+                if let Some((t, now)) = timed {
                     t.locked_call(cur.generation(), now);
                 }
                 if cur.is_counted() {
                     self.count(success);
                 }
-                self.judge_closed(&mut locked, cur, mode)
+                self.judge_closed(&mut locked, cur, mode, now)
             }
             State::HalfOpen => {
                 locked.half_open.push(success);
@@ -147,14 +149,21 @@ impl KeyCell {
         if !cur.same_epoch(admitted) {
             return Recorded::Nothing;
         }
-        self.judge_closed(&mut locked, cur, self.mode())
+        self.judge_closed(&mut locked, cur, self.mode(), None)
     }
 
     /// The closed state's verdict after an outcome, under the lock: trip, or (metrics-only)
     /// count what would have tripped and start the window over, and keep the clean bit true.
-    fn judge_closed(&self, locked: &mut Locked, cur: StateWord, mode: Mode) -> Recorded {
+    /// `now` is the time window's reading of the outcome, if taken (`None`: read it).
+    fn judge_closed(
+        &self,
+        locked: &mut Locked,
+        cur: StateWord,
+        mode: Mode,
+        now: Option<u64>,
+    ) -> Recorded {
         let counts = self.ring.counts();
-        let timed = self.timed_counts(locked, cur);
+        let timed = self.timed_counts(locked, cur, now);
         let trips = locked.closed_trips(counts, timed);
         // A fleet rate is the database's to judge while it is reachable (the reporter sends it
         // the counts); alone, the window judges by the same rule.

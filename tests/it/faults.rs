@@ -124,33 +124,6 @@ fn differences(storage: &Storage, table: &BTreeMap<String, State>, exact: bool) 
     out
 }
 
-/// Terminates this database's backends named `application_name` and waits (at most 5 s) until
-/// they have exited, as `pg_terminate_backend(pid, 5000)` does on PostgreSQL 14 and later (13
-/// has only the one-argument form). Returns what each termination returned.
-async fn terminate(client: &Client, application_name: &str) -> Vec<bool> {
-    let rows = client
-        .query(
-            "SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1 AND datname = current_database()",
-            &[&application_name],
-        )
-        .await
-        .expect("terminate");
-    let pids: Vec<i32> = rows.iter().map(|r| r.get(0)).collect();
-    let gone = eventually(Duration::from_secs(5), || async {
-        client
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1)",
-                &[&pids],
-            )
-            .await
-            .map(|r| r.get::<_, i64>(0) == 0)
-            .unwrap_or(false)
-    })
-    .await;
-    assert!(gone, "the terminated backends {pids:?} exit within 5 s");
-    rows.iter().map(|r| r.get(1)).collect()
-}
-
 struct Stats {
     mean: Duration,
     median: Duration,
@@ -689,7 +662,7 @@ async fn listener_backend_killed_reconnects_within_a_second() {
         .await
         .expect("refusing new connections to the database");
     let killed_at = Instant::now();
-    let killed = terminate(&client, "resilient-circuit-listener").await;
+    let killed = support::terminate(&client, "resilient-circuit-listener").await;
     assert_eq!(killed, [true], "the listener's backend was terminated");
     assert!(
         eventually(WAIT, || async { storage.is_degraded() }).await,
@@ -894,7 +867,7 @@ async fn timed_out_publication_is_not_replayed_over_a_later_close() {
     assert!(on_direct.reaches_within(State::Closed, WAIT).await);
 
     // A listener reconnect (here: its backend killed) republishes what is still pending.
-    let killed = terminate(&client, "replay-listener").await;
+    let killed = support::terminate(&client, "replay-listener").await;
     assert_eq!(killed, [true]);
     assert!(
         eventually(WAIT, || async {

@@ -401,14 +401,7 @@ async fn a_fleet_reconnecting_at_once_checks_itself_a_few_times_not_once_each() 
             .expect("pg_stat_activity"),
     );
     assert_eq!(before.len(), N, "one listener an instance");
-    client
-        .execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database()
-               AND application_name = 'resilient-circuit-listener'",
-            &[],
-        )
-        .await
-        .expect("terminating the listeners");
+    crate::support::terminate(&client, "resilient-circuit-listener").await;
     let back = eventually(WAIT * 4, || async {
         let now = pids(client.query(listeners, &[]).await.unwrap_or_default());
         now.len() == N && now.is_disjoint(&before) && fleet.iter().all(|s| !s.is_degraded())
@@ -478,14 +471,7 @@ async fn a_listener_that_reconnects_deaf_finds_out_and_polls() {
 
     proxy.retarget(bouncer.addr());
     let cut = Instant::now();
-    client
-        .execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database()
-               AND application_name = 'resilient-circuit-listener'",
-            &[],
-        )
-        .await
-        .expect("terminating the listener");
+    crate::support::terminate(&client, "resilient-circuit-listener").await;
     assert!(
         eventually(WAIT, || async { logs.text().contains(DEAF) }).await,
         "the reconnected listener finds out that it hears nothing:\n{}",

@@ -740,3 +740,30 @@ pub async fn listening(
     }
     (client, rx)
 }
+
+/// Terminates this database's backends named `application_name` and waits (at most 5 s) until
+/// they have exited, as `pg_terminate_backend(pid, 5000)` does on PostgreSQL 14 and later (13
+/// has only the one-argument form). Returns what each termination returned.
+pub async fn terminate(client: &Client, application_name: &str) -> Vec<bool> {
+    let rows = client
+        .query(
+            "SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1 AND datname = current_database()",
+            &[&application_name],
+        )
+        .await
+        .expect("terminate");
+    let pids: Vec<i32> = rows.iter().map(|r| r.get(0)).collect();
+    let gone = eventually(Duration::from_secs(5), || async {
+        client
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1)",
+                &[&pids],
+            )
+            .await
+            .map(|r| r.get::<_, i64>(0) == 0)
+            .unwrap_or(false)
+    })
+    .await;
+    assert!(gone, "the terminated backends {pids:?} exit within 5 s");
+    rows.iter().map(|r| r.get(1)).collect()
+}
