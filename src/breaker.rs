@@ -253,6 +253,7 @@ impl CircuitBreaker {
     /// use resilient_circuit::{CircuitBreaker, OwnedPermit, Storage};
     /// let cb = CircuitBreaker::builder("owned").storage(Storage::in_memory()).build()?;
     /// let permit: OwnedPermit = cb.try_acquire_owned()?;
+    /// // `join` fails only if the thread panicked; reporting a success does not panic.
     /// std::thread::spawn(move || permit.success()).join().expect("no panic");
     /// # Ok(()) }
     /// ```
@@ -500,11 +501,11 @@ impl CircuitBreaker {
     /// [`AsFailure`](crate::SlowCalls::AsFailure) shows as a failure.
     ///
     /// ```
-    /// # fn main() -> Result<(), resilient_circuit::ConfigError> {
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// use resilient_circuit::{CircuitBreaker, Storage};
     /// let cb = CircuitBreaker::builder("logged").storage(Storage::in_memory()).build()?;
-    /// cb.try_acquire().expect("closed").success();
-    /// cb.try_acquire().expect("closed").failure();
+    /// cb.try_acquire()?.success();
+    /// cb.try_acquire()?.failure();
     /// assert_eq!(cb.execution_log(), [true, false]);
     /// # Ok(()) }
     /// ```

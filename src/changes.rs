@@ -83,6 +83,7 @@ pub struct Lagged {
 /// let mut changes = storage.changes();
 /// let cb = CircuitBreaker::builder("api").storage(storage.clone()).build()?;
 /// cb.force_open(std::time::Duration::from_secs(60));
+/// // `None` only once every handle to the storage is gone; `storage` is alive here.
 /// let change = changes.next().await.expect("the storage is alive")?;
 /// assert_eq!((change.from, change.to), (State::Closed, State::Open));
 /// assert_eq!(change.origin, ChangeOrigin::Local);

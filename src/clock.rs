@@ -221,6 +221,7 @@ mod tests {
     fn system_clock_until_matches_the_precise_clock() {
         let c = SystemClock;
         let now = c.now_nanos();
+        // Both deadlines are ahead when read: `until` answers `Some` for them.
         let far = c.until(now + 10_000_000_000).expect("10 s ahead");
         // Understated by at most four ticks (a few ms), never overstated.
         assert!(far > Duration::from_millis(9_900), "{far:?}");

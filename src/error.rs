@@ -20,6 +20,7 @@ use crate::{Ratio, State};
 /// use std::time::Duration;
 /// let cb = CircuitBreaker::builder("payments").storage(Storage::in_memory()).build()?;
 /// cb.force_open(Duration::from_secs(60));
+/// // Forced open: the call is refused without running, so `call` returns the rejection.
 /// let err = cb.call(|| async { Ok::<_, std::io::Error>(()) }).await.unwrap_err();
 /// let rejected = err.rejected().expect("did not run");
 /// assert_eq!((rejected.key(), rejected.state()), ("payments", State::Open));

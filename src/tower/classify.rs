@@ -79,14 +79,14 @@ mod http_classifier {
     /// use resilient_circuit::Outcome;
     ///
     /// type Answer = Result<Response<()>, std::io::Error>;
-    /// let status = |s: u16| -> Answer {
+    /// let status = |s: StatusCode| -> Answer {
     ///     let mut response = Response::new(());
-    ///     *response.status_mut() = StatusCode::from_u16(s).expect("a valid status");
+    ///     *response.status_mut() = s;
     ///     Ok(response)
     /// };
     /// let http = HttpClassifier::new();
-    /// assert_eq!(http.classify(&status(503)), Outcome::Failure);
-    /// assert_eq!(http.classify(&status(404)), Outcome::Success);
+    /// assert_eq!(http.classify(&status(StatusCode::SERVICE_UNAVAILABLE)), Outcome::Failure);
+    /// assert_eq!(http.classify(&status(StatusCode::NOT_FOUND)), Outcome::Success);
     /// let reset: Answer = Err(std::io::Error::other("connection reset"));
     /// assert_eq!(http.classify(&reset), Outcome::Failure);
     ///
@@ -94,7 +94,7 @@ mod http_classifier {
     /// let strict = HttpClassifier::failure_statuses(|s| {
     ///     s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS
     /// });
-    /// assert_eq!(strict.classify(&status(429)), Outcome::Failure);
+    /// assert_eq!(strict.classify(&status(StatusCode::TOO_MANY_REQUESTS)), Outcome::Failure);
     /// ```
     #[derive(Clone, Copy)]
     pub struct HttpClassifier {
