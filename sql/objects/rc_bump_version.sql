@@ -33,6 +33,13 @@ BEGIN
         -- its row lock: the common case of a trip pays for no key lock.)
         IF NOT FOUND THEN
             PERFORM public.rc_lock_key(NEW.namespace, NEW.resource_key);
+            -- A row committed while we waited for the key (the insert we waited out) is the
+            -- row this upsert will update: hold it, so that no one deletes it first (our
+            -- version is taken below, and an upsert whose row is deleted under it inserts
+            -- with that version, older than the delete's, committed after it).
+            PERFORM 1 FROM public.rc_circuit_breakers
+                WHERE namespace = NEW.namespace AND resource_key = NEW.resource_key
+                FOR KEY SHARE;
         END IF;
         -- (No forced_open check: a forced key always has its OPEN row, which an upsert
         -- reaches through UPDATE; the Python package's guarded upserts must not fail here.)
