@@ -56,7 +56,7 @@
 //!   `quorum/…`: the same on a breaker with `TripPolicy::Quorum` (the policy is read only when
 //!   the window trips, so these should match the default policy's figures); `fleet_rate/…` with
 //!   `TripPolicy::FleetRate` (every call is counted for the fleet's rate, the healthy ones on the
-//!   fast path too, one relaxed add to a striped counter; one thread and two; its `min_calls` is
+//!   fast path too, a load and a store on a counter of the calling thread's; one thread and two; its `min_calls` is
 //!   set out of reach so that the key never opens during the run).
 //!
 //! Excluded: key lookup (`Storage::cell_for` runs once per `build`, never per call), and
@@ -813,9 +813,9 @@ mod postgres {
         group.bench_function("quorum/1_in_20/resilient_circuit/acquire_run_record", |b| {
             b.iter(|| black_box(rc::acquire_run_record_failing(black_box(&quorum), 20)).ok())
         });
-        // A fleet-rate breaker counts every call (one relaxed add to a striped counter, on the
-        // fast path too) for the fleet's rate: the cost of that count on the calls. Its reports
-        // are sent by a task, off the calls' paths.
+        // A fleet-rate breaker counts every call (a load and a store on a counter of the calling
+        // thread's, on the fast path too) for the fleet's rate: the cost of that count on the
+        // calls. Its reports are sent by a task, off the calls' paths.
         let rate = rc::healthy_configured("pg_fleet_rate", storage.clone(), |b| {
             b.trip_policy(resilient_circuit::TripPolicy::FleetRate {
                 limit: resilient_circuit::Ratio::new(1, 2),

@@ -15,8 +15,8 @@
 //!   success then changes nothing, so [`Permit::success`](crate::Permit::success) is one load and
 //!   a compare, with no lock and no write. A slow call is never such a success.
 //! * `COUNTED` is set while the policy is a fleet rate (`TripPolicy::FleetRate`) or has a time
-//!   window: a clean success then also adds one to the key's call counter (`rate.rs`, one
-//!   relaxed add on a stripe of this thread's, so the database judges the rate of every call the
+//!   window: a clean success then also adds one to the key's call counter (`rate.rs`, a load
+//!   and a store on a counter only this thread writes, so the database judges the rate of every call the
 //!   fleet made) or to the period's calls (`tally.rs`, a clock reading and a compare-and-swap).
 //! * `epoch` grows with every transition. A permit remembers the word it was admitted under, and
 //!   an outcome from an older epoch is dropped: a call admitted before a trip cannot count as a
@@ -67,6 +67,7 @@ mod locked;
 mod record;
 mod ring;
 mod tally;
+mod thread_slot;
 
 use locked::Locked;
 use ring::{Ring, Rule};
@@ -391,24 +392,42 @@ impl KeyCell {
     /// in the time window's calls, which may then have to be judged. Out of line, so that a
     /// plain breaker's fast path stays a load and a compare (inlined, the time window's code
     /// made it twice as slow).
+    /// The fleet-rate count is a leaf of a few instructions; the time window's is a call of its
+    /// own, so that the registers it needs are not saved for the fleet rate's sake.
     #[inline(never)]
     fn count_success(&self, admitted: StateWord) -> Recorded {
-        self.count(true);
-        self.count_timed_success(admitted)
+        match self.rate.get() {
+            Some(r) if !r.call_on_own_stripe() => self.count_success_elsewhere(admitted, r),
+            _ => self.count_timed_success_if_timed(admitted),
+        }
+    }
+
+    /// [`count_success`](Self::count_success) by a thread without a stripe of its own.
+    #[cold]
+    #[inline(never)]
+    fn count_success_elsewhere(&self, admitted: StateWord, rate: &RateCounter) -> Recorded {
+        rate.call_elsewhere();
+        self.count_timed_success_if_timed(admitted)
+    }
+
+    #[inline]
+    fn count_timed_success_if_timed(&self, admitted: StateWord) -> Recorded {
+        match self.time_window() {
+            Some(t) => self.count_timed_success(admitted, t),
+            None => Recorded::Nothing,
+        }
     }
 
     /// Counts a closed success in the time window's calls, without the lock; they may then have
     /// to be judged.
-    #[inline]
-    fn count_timed_success(&self, admitted: StateWord) -> Recorded {
-        match self.time_window() {
-            Some(t) if self.mode() != Mode::Disabled => {
-                match t.success(admitted.generation(), &*self.clock) {
-                    Counted::Judge => self.judge_closed_unlocked(admitted),
-                    Counted::Done | Counted::Neither => Recorded::Nothing,
-                }
-            }
-            _ => Recorded::Nothing,
+    #[inline(never)]
+    fn count_timed_success(&self, admitted: StateWord, tally: &Tally) -> Recorded {
+        if self.mode() == Mode::Disabled {
+            return Recorded::Nothing;
+        }
+        match tally.success(admitted.generation(), &*self.clock) {
+            Counted::Judge => self.judge_closed_unlocked(admitted),
+            Counted::Done | Counted::Neither => Recorded::Nothing,
         }
     }
 

@@ -1,9 +1,11 @@
 //! [`RateCounter`]: what one key's calls were, for a fleet rate (`TripPolicy::FleetRate`).
 //!
 //! The database judges the rate of every call of the fleet, so every call is counted, the
-//! healthy ones on the one-load fast path too: one relaxed add to a counter on a cache line of
-//! this thread's stripe, so that threads calling one key at once do not bounce a line between
-//! cores. Failures are counted under the key's lock, where they already are. The instance's
+//! healthy ones on the one-load fast path too. Each thread counts on a cache line no other
+//! thread writes (its number from `thread_slot.rs`), with a plain load and store: no locked
+//! add, which alone would cost more than the rest of a healthy call, and no line bouncing
+//! between cores. Threads without a number of their own share one counter and add atomically.
+//! Failures are counted under the key's lock, where they already are. The instance's
 //! reporter (`storage::postgres::rates`) samples the totals every interval and sends, for the
 //! keys it reports, the calls and failures of the last period: the difference between the
 //! totals now and a sample taken a period ago.
@@ -12,17 +14,36 @@
 //! it in the next one; nothing else is published with them.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 
-/// How many stripes the call counter has: enough that the threads of a small pool rarely share
-/// one.
-const STRIPES: usize = 8;
+use super::thread_slot;
 
-/// One stripe, on its own cache line.
+/// How many threads count on a stripe of their own: twice the cores, from 8 to
+/// [`thread_slot::EXCLUSIVE`], so that a key costs 0.5 to 4 KiB. Threads numbered past it share
+/// the last stripe.
+fn own_stripes() -> usize {
+    static OWN: OnceLock<usize> = OnceLock::new();
+    *OWN.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(4, |n| n.get());
+        (2 * cores).clamp(8, thread_slot::EXCLUSIVE)
+    })
+}
+
+/// One thread's calls, on its own cache line.
 #[repr(align(64))]
 #[derive(Debug, Default)]
 struct Stripe(AtomicU64);
+
+impl Stripe {
+    /// One more, by the one thread that writes this stripe: a load and a store, not a locked
+    /// add.
+    #[inline]
+    fn add_own(&self) {
+        let n = self.0.load(Ordering::Relaxed);
+        self.0.store(n.wrapping_add(1), Ordering::Relaxed);
+    }
+}
 
 /// The calls and failures of one key over some span, from two samples.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -44,7 +65,8 @@ struct Sample {
 /// A key's fleet-rate counts (see the module doc).
 #[derive(Debug)]
 pub(crate) struct RateCounter {
-    calls: [Stripe; STRIPES],
+    /// Calls by thread number; the last is shared by threads without one.
+    calls: Box<[Stripe]>,
     failures: AtomicU64,
     /// Totals sampled by the reporter, oldest first, back to a period ago.
     samples: Mutex<VecDeque<Sample>>,
@@ -53,20 +75,11 @@ pub(crate) struct RateCounter {
     judged_until: AtomicU64,
 }
 
-/// This thread's stripe, handed out round-robin at its first call.
-fn stripe() -> usize {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    thread_local! {
-        static STRIPE: usize = NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES;
-    }
-    STRIPE.with(|s| *s)
-}
-
 impl RateCounter {
     /// Counting from `now` (clock nanoseconds): the first sample is zero then.
     pub(crate) fn new(now: u64) -> RateCounter {
         RateCounter {
-            calls: Default::default(),
+            calls: (0..=own_stripes()).map(|_| Stripe::default()).collect(),
             failures: AtomicU64::new(0),
             samples: Mutex::new(VecDeque::from([Sample {
                 at: now,
@@ -80,7 +93,37 @@ impl RateCounter {
     /// One call (of any outcome).
     #[inline]
     pub(crate) fn call(&self) {
-        self.calls[stripe()].0.fetch_add(1, Ordering::Relaxed);
+        if !self.call_on_own_stripe() {
+            self.call_elsewhere();
+        }
+    }
+
+    /// One call, counted on this thread's own stripe if it has one already; false if it has none yet, or none at all. Without a
+    /// call in it, so that the fast path saves no registers.
+    #[inline]
+    pub(crate) fn call_on_own_stripe(&self) -> bool {
+        match thread_slot::held() {
+            Some(i) if i < self.calls.len() - 1 => {
+                self.calls[i].add_own();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// One call by a thread without a stripe of its own yet: it takes its number, and counts on
+    /// its stripe or the shared one.
+    #[cold]
+    pub(crate) fn call_elsewhere(&self) {
+        let i = thread_slot::index();
+        let shared = self.calls.len() - 1;
+        if let Some(stripe) = self.calls.get(i.min(shared)) {
+            if i < shared {
+                stripe.add_own();
+            } else {
+                stripe.0.fetch_add(1, Ordering::Relaxed);
+            }
+        }
     }
 
     /// One failure (counted as a call too, by [`call`](Self::call)).
@@ -160,6 +203,28 @@ mod tests {
         r.judged_until(5);
         r.judged_until(3);
         assert!(r.judged(4) && !r.judged(5));
+    }
+
+    /// More threads than own stripes, counting at once: none of their calls is lost, neither
+    /// on the stripes of their own (a lost update if two threads shared one) nor on the shared.
+    #[test]
+    fn threads_counting_at_once_lose_no_call() {
+        let r = std::sync::Arc::new(RateCounter::new(0));
+        let threads = own_stripes() + 8;
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(threads));
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                let (r, barrier) = (r.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    (0..1_000_000).for_each(|_| r.call());
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join().expect("the thread counts");
+        }
+        assert_eq!(r.sample(SECOND, SECOND).calls, threads as u64 * 1_000_000);
     }
 
     proptest! {

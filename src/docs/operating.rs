@@ -155,8 +155,8 @@
 //! `sql/objects/rc_report_rates.sql`, `src/storage/postgres/rates.rs`, `src/cell/rate.rs`; tests
 //! in `cargo test --all-features --test it fleet_rate::`.
 //!
-//! * **Every call is counted**, the healthy ones too: one relaxed add to a counter striped per
-//!   thread, on the fast path. Failures are counted on the slow path, where the window already
+//! * **Every call is counted**, the healthy ones too: a load and a store on a counter only the
+//!   calling thread writes (no locked add), on the fast path. Failures are counted on the slow path, where the window already
 //!   records them.
 //! * **Quiet while every instance is under the limit.** Every
 //!   [`fleet_rate_interval`](crate::storage::postgres::PostgresOptions::fleet_rate_interval)

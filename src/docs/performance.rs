@@ -202,8 +202,8 @@
 //!   `record_timed` under the threshold is a plain success; per-call metrics
 //!   (`try_acquire_success_call_metrics`) add an atomic increment on a shared cache line.
 //! * **Fleet policies**: a quorum is read only when a window trips (`postgres/quorum/…` match
-//!   the default policy's rows); a fleet rate counts every call with one relaxed add to a
-//!   counter striped per thread (`postgres/fleet_rate/…`).
+//!   the default policy's rows); a fleet rate counts every call with a load and a store
+//!   on a counter only the calling thread writes (`postgres/fleet_rate/…`).
 //!
 //! ## The fleet
 //!
