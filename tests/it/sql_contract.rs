@@ -968,6 +968,47 @@ async fn migration_is_not_cut_by_the_statement_timeout() {
     assert!(!storage.is_degraded());
 }
 
+/// No function calls a SQL-language function that has a `SET` clause: such a function is never
+/// inlined and plans its query on every call (about 60 µs for `rc_view`, more than the rest of
+/// a trip's statements together), where PL/pgSQL keeps its plans for the session. Called from
+/// a client, once a request, the plan is made once either way.
+#[tokio::test]
+async fn no_function_calls_one_that_plans_on_every_call() {
+    let db = test_db().await;
+    let _ = db.app().await; // the schema, set up as an operator would
+    let rows = db
+        .client()
+        .await
+        .query(
+            "SELECT p.proname::text, p.prosrc, l.lanname::text, p.proconfig IS NOT NULL
+             FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+             JOIN pg_language l ON l.oid = p.prolang
+             WHERE n.nspname = 'public' AND p.proname LIKE 'rc%'",
+            &[],
+        )
+        .await
+        .expect("reads the catalog");
+    let planned_each_call: Vec<String> = rows
+        .iter()
+        .filter(|r| r.get::<_, String>(2) == "sql" && r.get::<_, bool>(3))
+        .map(|r| r.get(0))
+        .collect();
+    assert!(
+        planned_each_call.iter().any(|f| f == "rc_snapshot"),
+        "the rule is checked against the functions there are: {planned_each_call:?}"
+    );
+    for row in &rows {
+        let (caller, source): (String, String) = (row.get(0), row.get(1));
+        for callee in &planned_each_call {
+            assert!(
+                !source.contains(&format!("public.{callee}(")),
+                "{caller} calls {callee}, a SQL function with a SET clause: make {callee} \
+                 PL/pgSQL"
+            );
+        }
+    }
+}
+
 /// Every function of ours pins its `search_path` (`pg_catalog, pg_temp`) but the two on the
 /// polling hot path (`rc_remaining_ms`, `rc_changes_since`), which name everything with its
 /// schema instead; exactly the functions that need more than the calling role holds (the
