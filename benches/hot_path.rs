@@ -374,6 +374,20 @@ mod rl {
     pub fn call_failing(r: &Recloser, n: u32) -> Result<u64, Error<()>> {
         r.call(|| if super::nth(n) { Err(()) } else { work() })
     }
+
+    /// Calls recloser rejected in [`call_failing_counted`]: recloser has no public state, so
+    /// its rejections are how a bench sees that it opened (its row then times rejections).
+    pub static REJECTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+    /// [`call_failing`], counting rejections in [`REJECTED`] (an add only on a rejection).
+    #[inline(always)]
+    pub fn call_failing_counted(r: &Recloser, n: u32) -> Result<u64, Error<()>> {
+        let result = call_failing(r, n);
+        if matches!(result, Err(Error::Rejected)) {
+            REJECTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        result
+    }
 }
 
 mod fs {
@@ -857,6 +871,7 @@ mod windows {
 
     pub fn bench(c: &mut Criterion) {
         let mut group = configure(c, "windows");
+        let mut opened = PeerRejections::new();
         for window in [10u32, 100, 1000] {
             for n in [1000u32, 100, 20, 2] {
                 let cb = rc::window_at(&format!("windows_{window}_1_in_{n}"), window);
@@ -865,18 +880,22 @@ mod windows {
                 group.bench_function(format!("{case}/resilient_circuit"), |b| {
                     b.iter(|| black_box(rc::acquire_run_record_failing(black_box(&cb), n)).ok())
                 });
-                group.bench_function(format!("{case}/recloser"), |b| {
-                    b.iter(|| black_box(rl::call_failing(black_box(&r), n)).ok())
+                opened.run(&format!("{case}/recloser"), || {
+                    group.bench_function(format!("{case}/recloser"), |b| {
+                        b.iter(|| black_box(rl::call_failing_counted(black_box(&r), n)).ok())
+                    });
                 });
                 group.bench_function(format!("two_threads/{case}/resilient_circuit"), |b| {
                     two_threads(b, || {
                         black_box(rc::acquire_run_record_failing(black_box(&cb), n)).ok();
                     })
                 });
-                group.bench_function(format!("two_threads/{case}/recloser"), |b| {
-                    two_threads(b, || {
-                        black_box(rl::call_failing(black_box(&r), n)).ok();
-                    })
+                opened.run(&format!("two_threads/{case}/recloser"), || {
+                    group.bench_function(format!("two_threads/{case}/recloser"), |b| {
+                        two_threads(b, || {
+                            black_box(rl::call_failing_counted(black_box(&r), n)).ok();
+                        })
+                    });
                 });
                 assert_eq!(
                     cb.state(),
@@ -886,6 +905,43 @@ mod windows {
             }
         }
         group.finish();
+        opened.write();
+    }
+
+    /// The recloser cases in which recloser opened, with how many calls it rejected: written
+    /// beside criterion's results (`windows/peer-rejections.tsv`), where `scripts/perf-table`
+    /// marks those rows, and printed.
+    struct PeerRejections(Vec<(String, u64)>);
+
+    impl PeerRejections {
+        fn new() -> Self {
+            PeerRejections(Vec::new())
+        }
+
+        /// Runs one recloser case, counting its rejections.
+        fn run(&mut self, case: &str, bench: impl FnOnce()) {
+            use std::sync::atomic::Ordering;
+            let before = rl::REJECTED.load(Ordering::Relaxed);
+            bench();
+            let rejected = rl::REJECTED.load(Ordering::Relaxed) - before;
+            if rejected > 0 {
+                eprintln!("windows/{case}: recloser opened and rejected {rejected} calls");
+                self.0.push((case.to_owned(), rejected));
+            }
+        }
+
+        fn write(&self) {
+            let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
+            let dir = std::path::Path::new(&target)
+                .join("criterion")
+                .join("windows");
+            let lines: String = self.0.iter().map(|(c, n)| format!("{c}\t{n}\n")).collect();
+            if let Err(e) = std::fs::create_dir_all(&dir)
+                .and_then(|()| std::fs::write(dir.join("peer-rejections.tsv"), lines))
+            {
+                eprintln!("windows: could not write peer-rejections.tsv: {e}");
+            }
+        }
     }
 }
 
