@@ -162,9 +162,14 @@
 //!
 //! ## pgbouncer
 //!
-//! Transition calls are unnamed statements with typed parameters (one round trip, nothing
-//! prepared), so they pass through a pooler in **transaction** mode. LISTEN cannot: the listener
-//! needs a session of its own. Give it a direct address:
+//! On a session of its own (a direct address, or a pooler in session mode) an instance prepares
+//! each transition call once per connection, once its listener on the same address has heard
+//! another session; everywhere else (`RC_DB_TRANSACTION_POOLER=1`, `RC_DB_LISTENER_DSN` set,
+//! polling, or a listener that hears nothing) calls are unnamed statements with typed parameters
+//! (one round trip, nothing prepared), so they pass through a pooler in **transaction** mode,
+//! which could route a prepared statement's execution to a session where the name is unknown or
+//! another client's. LISTEN cannot pass: the listener needs a session of its own. Give it a
+//! direct address:
 //!
 //! ```text
 //! RC_DB_DSN=postgresql://app@pgbouncer:6432/breakers         # calls, through the pooler

@@ -23,6 +23,7 @@ mod model;
 mod outages;
 mod pgbouncer;
 mod postgres;
+mod prepared;
 mod python;
 mod quorum;
 mod resources;

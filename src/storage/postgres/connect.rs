@@ -162,6 +162,7 @@ async fn connect_inner(
             listener_hosts,
             pool_tls: tls,
             pool,
+            prepared: Default::default(),
             storage: weak,
             online: Arc::new(AtomicBool::new(false)),
             schema_ready: AtomicBool::new(false),

@@ -277,7 +277,9 @@ async fn serve(shared: &Arc<Shared>, mut live: Live, shutdown: &mut watch::Recei
             _ = shutdown.changed() => return Ended::Shutdown,
             note = live.notes.recv() => match note {
                 Some(first) => {
-                    live.unsure = false; // it hears someone
+                    if std::mem::take(&mut live.unsure) {
+                        shared.main_address_heard(true); // it hears someone
+                    }
                     take_notifications(shared, &mut live, first).await
                 }
                 None => Err("connection closed".into()),

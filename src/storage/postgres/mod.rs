@@ -102,6 +102,10 @@ pub(crate) struct Shared {
     /// Connections for transition calls, opened on demand; those left idle for
     /// `pool_idle_timeout` are closed by the reaper (`reaper.rs`), so at rest it is empty.
     pool: Pool,
+    /// Transition calls are prepared once per pooled connection (`pool.rs`): true once the
+    /// listener heard another session on the main address, until it finds itself deaf or a
+    /// server refuses a prepared statement.
+    prepared: pool::Prepared,
     /// The storage's cells; weak so that dropping the last `Storage` ends everything.
     pub(crate) storage: Weak<StorageInner>,
     /// True while the listener is connected; the cells read it to decide whether half-open

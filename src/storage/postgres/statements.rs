@@ -65,10 +65,10 @@ macro_rules! decided {
     };
 }
 
-/// A transition function's call: the statement and its parameters' types. Calls are sent as
-/// unnamed statements with the types given here (one round trip, nothing prepared), so they work
-/// through a pooler in transaction mode (pgbouncer), where a named statement prepared on one
-/// server connection is unknown to the next.
+/// A transition function's call: the statement and its parameters' types. Prepared with these
+/// types once per connection on a session of the instance's own, else sent as an unnamed
+/// statement with them (one round trip, nothing prepared) so that it works through a pooler in
+/// transaction mode: see `pool.rs`.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Call {
     /// The `op` label of the call's metrics (`resilient_circuit_store_operation_duration_seconds`).

@@ -244,6 +244,7 @@ pub(crate) async fn sync(
             // After the schema check (at start), so that its pooled connection is reused.
             if !listen(shared, live).await? {
                 live.deaf = true;
+                shared.main_address_heard(false);
                 tracing::warn!(
                     "this role may not read the notification secret (grant it an instance's rights with `resilient-circuit setup --grant-to ROLE`): it follows the table by polling the change log every {:?}",
                     shared.opts.poll_interval
@@ -257,6 +258,8 @@ pub(crate) async fn sync(
                     }
                     Check::Failed => true,
                 };
+                // A check still to come (`unsure`) proves nothing yet.
+                shared.main_address_heard(!live.deaf && !live.unsure);
                 if live.deaf {
                     tracing::warn!(
                         target = %shared.opts.listener_target(),

@@ -478,8 +478,8 @@ impl PostgresOptions {
     }
 
     /// The main address is a pooler in transaction mode (pgbouncer's `pool_mode = transaction`).
-    /// Transition calls work through any pooler (they are unnamed statements with typed
-    /// parameters, nothing prepared); this setting only stops the instance from setting
+    /// Transition calls are then unnamed statements with typed parameters, nothing prepared
+    /// (on a session of its own an instance prepares them), and the instance sets no
     /// `statement_timeout` and `lock_timeout` on its pooled sessions, which such a pooler would
     /// pass on to its other clients. Calls are then bounded by the client's timeout, which
     /// cancels them on the server. The LISTEN connection needs a direct address
