@@ -56,8 +56,10 @@
 //!   `quorum/…`: the same on a breaker with `TripPolicy::Quorum` (the policy is read only when
 //!   the window trips, so these should match the default policy's figures); `fleet_rate/…` with
 //!   `TripPolicy::FleetRate` (every call is counted for the fleet's rate, the healthy ones on the
-//!   fast path too, a load and a store on a counter of the calling thread's; one thread and two; its `min_calls` is
-//!   set out of reach so that the key never opens during the run).
+//!   fast path too, a load and a store on a counter of the calling thread's; one thread and
+//!   two; its `min_calls` is set out of reach so that the key never opens during the run);
+//!   `group_member/…` on a member of a group with a cap (`Storage::group`), which only the
+//!   database consults, when a member trips.
 //!
 //! Excluded: key lookup (`Storage::cell_for` runs once per `build`, never per call), and
 //! metrics/tracing recorders (none is installed, so the rejection counter is the no-op
@@ -847,6 +849,19 @@ mod postgres {
         group.bench_function(
             "fleet_rate/1_in_20/resilient_circuit/acquire_run_record",
             |b| b.iter(|| black_box(rc::acquire_run_record_failing(black_box(&rate), 20)).ok()),
+        );
+        // A member of a group with a cap: an ordinary breaker on key `group/member`, the group
+        // consulted only by the database when it trips.
+        let hosts = rt
+            .block_on(storage.group("bench_group").join(["member"]))
+            .expect("joins a group");
+        let member = rc::healthy_on(&hosts.key("member"), storage.clone());
+        group.bench_function("group_member/resilient_circuit/try_acquire_success", |b| {
+            b.iter(|| rc::acquire_success(black_box(&member)))
+        });
+        group.bench_function(
+            "group_member/1_in_20/resilient_circuit/acquire_run_record",
+            |b| b.iter(|| black_box(rc::acquire_run_record_failing(black_box(&member), 20)).ok()),
         );
         let open = rc::healthy_on("pg_open", storage.clone());
         open.force_open(LONG_COOLDOWN);

@@ -124,12 +124,7 @@ BEGIN
     END IF;
 
     held := current_setting('resilient_circuit.why', true);
-    actor := jsonb_strip_nulls(jsonb_build_object(
-        'application', NULLIF(current_setting('application_name'), ''),
-        'user', session_user::text,
-        'client', host(inet_client_addr()),
-        'backend_pid', pg_backend_pid(),
-        'instance', NULLIF(left(current_setting('resilient_circuit.instance', true), 255), '')));
+    actor := public.rc_actor();
 
     FOR i IN 1 .. array_length(ops, 1) LOOP
         remaining := CASE WHEN ops[i] IN ('row', 'judge') THEN public.rc_remaining_ms(untils[i])

@@ -12,6 +12,9 @@
 --   state stays) spends the key's quorum votes, fleet-rate reports and probe leases; a new
 --   state also resets the half-open round (its counts, its size) and stamps state_changed_at;
 --   a CLOSED row's reopen count is 0.
+-- * a group's cap holds: a member of a group (rc_group_members) entering OPEN from CLOSED, or
+--   inserted OPEN, when as many of its group as the cap allows are open already, is left as it
+--   is (the write skips the row, recorded by rc_group_full); an operator's decree is not.
 -- * forced_open holds: a key whose live configuration forces it open cannot be closed,
 --   deleted, moved or given a shorter cooldown by anyone; change its mode first.
 CREATE OR REPLACE FUNCTION public.rc_bump_version() RETURNS trigger
@@ -40,6 +43,12 @@ BEGIN
             PERFORM 1 FROM public.rc_circuit_breakers
                 WHERE namespace = NEW.namespace AND resource_key = NEW.resource_key
                 FOR KEY SHARE;
+            -- A key with no row entering OPEN: its group may be full (an upsert of an existing
+            -- row is checked as the UPDATE it becomes).
+            IF NOT FOUND AND NEW.state = 'OPEN' AND decree IS NOT TRUE
+               AND public.rc_group_full(NEW.namespace, NEW.resource_key, 0) THEN
+                RETURN NULL;
+            END IF;
         END IF;
         -- (No forced_open check: a forced key always has its OPEN row, which an upsert
         -- reaches through UPDATE; the Python package's guarded upserts must not fail here.)
@@ -69,6 +78,11 @@ BEGIN
          OR NEW.state IS DISTINCT FROM OLD.state
          OR NEW.resource_key IS DISTINCT FROM OLD.resource_key
          OR NEW.namespace IS DISTINCT FROM OLD.namespace;
+    -- A member entering OPEN past its group's cap is refused: the row stays as it is.
+    IF TG_OP = 'UPDATE' AND NEW.state = 'OPEN' AND OLD.state = 'CLOSED' AND decree IS NOT TRUE
+       AND public.rc_group_full(NEW.namespace, NEW.resource_key, OLD.version) THEN
+        RETURN NULL;
+    END IF;
     IF (ends OR NEW.open_until IS DISTINCT FROM OLD.open_until)
        AND public.rc_forced_open(OLD.namespace, OLD.resource_key) THEN
         IF TG_OP = 'DELETE' OR NEW.state IS DISTINCT FROM 'OPEN'

@@ -16,6 +16,8 @@
 //!   grant can still do, and how each line is enforced and tested.
 //! * [`operating`]: the command line, live configuration, fleet policies (quorum, fleet rate),
 //!   the change stream, every metric, and troubleshooting.
+//! * [`groups`]: breakers judged together, one per host of a service, with a fleet-wide cap on
+//!   how many may be open at once.
 //! * [`performance`]: what a call costs on each path, next to the peers, and how fast a change
 //!   travels; how to measure it again.
 //! * [`scale`]: large fleets: connections, fan-out with LISTEN, following by polling, and when to
@@ -53,6 +55,7 @@
 //! and call [`Storage::flush`](crate::Storage::flush) before returning, since transitions are
 //! published in the background.
 
+pub mod groups;
 pub mod guarantees;
 pub mod model;
 pub mod operating;

@@ -277,6 +277,7 @@
 //! | `report_probe` | reporting a probe's outcome (`rc_report_probe`) |
 //! | `vote` | casting a quorum vote (`rc_vote`) |
 //! | `report_rate` | reporting calls and failures for a fleet rate (`rc_report_rates`) |
+//! | `join_group` | making keys members of a group (`rc_group_join`), when `Group::join` is awaited |
 //! | `snapshot` | loading every row of the namespace (at connect, after a reconnect, the periodic reconciliation) |
 //! | `poll` | reading the change log (`rc_changes_since`), when following by polling or when the listener hears nothing |
 //!

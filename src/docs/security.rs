@@ -20,7 +20,7 @@
 //! | **owner** | runs `setup` | everything | — |
 //! | **operator** | `setup --grant-operator ROLE` | what an instance may; `open`, `close` and `delete` any key, change any key's live configuration (`config`), and the library's `force_open` / `force_closed` | write the table directly; close or delete a key forced open by its live configuration (it changes the mode instead) |
 //! | **Python service** | `setup --grant-python ROLE` | what an instance may; write rows with INSERT, UPDATE, DELETE, as the Python package `resilient-circuit` does | escape the table's triggers: its writes get versions, end rounds, spend votes, are notified and logged like any other; close, delete or shorten a key forced open |
-//! | **instance** (app role) | `setup --grant-to ROLE` | read every row, the change log and the live configuration; hear and verify notifications; **trip** a CLOSED key; lease and report the probes of a half-open round (and so close or reopen it through the round); cast quorum votes and report failure rates, believed within bounds | write the table; close an OPEN key before its round; force any state; change a live configuration; delete a row; make its votes or reports count beyond one instance's (below) |
+//! | **instance** (app role) | `setup --grant-to ROLE` | read every row, the change log and the live configuration; hear and verify notifications; **trip** a CLOSED key; lease and report the probes of a half-open round (and so close or reopen it through the round); cast quorum votes and report failure rates, believed within bounds; put keys named `group/member` into group `group` and set its cap ([`groups`](super::groups)) | write the table; close an OPEN key before its round; force any state; change a live configuration; delete a row; make its votes or reports count beyond one instance's (below) |
 //! | **reader** | `setup --grant-reader ROLE` | read every row, the change log and the live configuration (`status`, `history`, dashboards, an instance that follows by polling) | change anything; hear notifications (it does not know the channel) |
 //! | **stranger** | any other login the server accepts | only what PostgreSQL lets every login do (next section) | read a row, the log or a notification; move a breaker; block a transition or a migration |
 //!
@@ -98,6 +98,16 @@
 //!   trigger), not compared with `updated_at`, which every write moves: the Python package's
 //!   bookkeeping writes, or a writer setting `updated_at = 'infinity'`, spend nothing. Test:
 //!   `bookkeeping_writes_spend_no_judgement`.
+//!
+//! ## Groups
+//!
+//! A group's cap keeps its members from opening past it, whoever writes ([`groups`](super::groups)):
+//! a role that may join groups could use it to keep keys calling a failing dependency. So only
+//! keys named as a group's members (`payments/host-a` for group `payments`) can join it
+//! (`rc_group_join` refuses any other, tested in `groups::only_instances_join_groups_and_bad_input_is_refused`):
+//! another service's key, named otherwise, is outside every cap. An operator's decree is never
+//! refused by a cap. The group tables are the owner's; no role reads or locks them directly, and
+//! the lock a trip takes on its group's row is taken by the owner's trigger.
 //!
 //! ## Numbers a caller reports
 //!

@@ -85,6 +85,14 @@ pub(crate) trait SharedStore: Send + Sync {
     fn decided(&self, cell: &Arc<KeyCell>, decision: Decision);
     /// Publishes a manual override; `done` hears whether it was accepted.
     fn force(&self, cell: &Arc<KeyCell>, to: State, cooldown: Duration, done: Option<Done>);
+    /// Makes `keys` members of `group`, whose cap on open members is `max_open`
+    /// ([`Group`](crate::Group)); answers the group's member count.
+    fn join_group<'a>(
+        &'a self,
+        group: &'a str,
+        keys: &'a [String],
+        max_open: crate::Ratio,
+    ) -> BoxFuture<'a, Result<u64, StorageError>>;
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ mod failover;
 mod faults;
 mod fleet_rate;
 mod follow;
+mod groups;
 mod harness;
 mod hostile;
 mod live_config;

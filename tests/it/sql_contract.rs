@@ -1013,7 +1013,7 @@ async fn no_function_calls_one_that_plans_on_every_call() {
 /// polling hot path (`rc_remaining_ms`, `rc_changes_since`), which name everything with its
 /// schema instead; exactly the functions that need more than the calling role holds (the
 /// triggers, the notification secret, and the transition functions that write the table, leases,
-/// votes and reports) run as the schema's owner.
+/// votes, reports and group memberships) run as the schema's owner.
 #[tokio::test]
 async fn only_what_needs_it_is_security_definer_with_a_pinned_search_path() {
     let db = test_db().await;
@@ -1063,6 +1063,7 @@ async fn only_what_needs_it_is_security_definer_with_a_pinned_search_path() {
             "rc_delete(text,text)",
             "rc_force(text,text,text,bigint)",
             "rc_force_many(text,text[],text[],bigint[])",
+            "rc_group_join(text,text,text[],integer,integer)",
             "rc_judged(text)",
             "rc_notify_secret()",
             "rc_report_probe(text,text,bigint,boolean,integer,integer,bigint,bigint)",

@@ -78,6 +78,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(13, "0013", "live_config"),
     migration!(14, "0014", "security"),
     migration!(15, "0015", "key_locks"),
+    migration!(16, "0016", "groups"),
 ];
 
 /// Every object, applied after the migrations in this order: a SQL-language function is
@@ -91,6 +92,7 @@ pub const OBJECTS: &[Object] = &[
     object!("rc_check_key"),
     object!("rc_check_ms"),
     object!("rc_check_text"),
+    object!("rc_actor"),
     object!("rc_forced_open"),
     object!("rc_refuse_forced"),
     object!("rc_view"),
@@ -99,6 +101,8 @@ pub const OBJECTS: &[Object] = &[
     object!("rc_prune"),
     object!("rc_explain"),
     object!("rc_open_for_fleet"),
+    object!("rc_group_full"),
+    object!("rc_group_join"),
     object!("rc_grown_cooldown_ms"),
     object!("rc_rate_error"),
     object!("rc_trip"),

@@ -40,6 +40,7 @@ mod callbacks;
 pub(crate) mod config;
 mod configs;
 mod connect;
+mod groups;
 pub(crate) mod hosts;
 mod leases;
 mod listener;
@@ -444,6 +445,20 @@ impl SharedStore for Instance {
             } => self.cast_vote(cell, quorum, within, cooldown),
             Decision::Alone { cooldown } => self.hold_trip(cell, cooldown, Hold::Alone),
         }
+    }
+
+    fn join_group<'a>(
+        &'a self,
+        group: &'a str,
+        keys: &'a [String],
+        max_open: crate::Ratio,
+    ) -> BoxFuture<'a, Result<u64, crate::StorageError>> {
+        Box::pin(groups::join(
+            self.shared.clone(),
+            group.to_owned(),
+            keys.to_vec(),
+            max_open,
+        ))
     }
 
     fn force(&self, cell: &Arc<KeyCell>, to: State, cooldown: Duration, done: Option<Done>) {

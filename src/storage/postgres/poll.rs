@@ -119,6 +119,8 @@ pub(crate) async fn poll(
                 outcome.configured.push(key);
                 continue;
             }
+            // A refused entry into a full group: the row stayed as it was.
+            Some("group") => continue,
             Some("judge") => {
                 let ms = row.try_get("o_remaining_ms").map_err(err)?;
                 shared.judged(&key, statements::remaining(ms));

@@ -120,6 +120,7 @@ const INSTANCE_FUNCTIONS: &[&str] = &[
     "rc_report_probe(text,text,bigint,boolean,integer,integer,bigint,bigint)",
     "rc_vote(text,text,text,integer,integer,integer,bigint,bigint,bigint)",
     "rc_report_rates(text,text,bigint,text[],bigint[],bigint[],integer[],integer[],integer[],bigint[],bigint[])",
+    "rc_group_join(text,text,text[],integer,integer)",
 ];
 
 /// What the Python package adds: it writes the table.

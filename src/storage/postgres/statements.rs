@@ -91,6 +91,19 @@ pub(crate) const TRIP_MANY: Call = Call {
     ],
 };
 
+/// A group's members: namespace, group, keys, the cap's numerator and denominator.
+pub(crate) const GROUP_JOIN: Call = Call {
+    op: "join_group",
+    sql: "SELECT public.rc_group_join($1, $2, $3, $4, $5)",
+    types: &[
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT_ARRAY,
+        Type::INT4,
+        Type::INT4,
+    ],
+};
+
 /// Manual overrides: namespace, keys, states, cooldowns (ms).
 pub(crate) const FORCE_MANY: Call = Call {
     op: "force_states",

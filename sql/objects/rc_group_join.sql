@@ -1,0 +1,50 @@
+-- Makes `p_keys` members of group `p_group` of namespace `p_ns`, created if needed, and sets
+-- the group's cap on open members to p_num / p_den (the latest caller's; instances of one
+-- service declare the same). A member's key is named under its group, `group/member`, so that
+-- a role that may join groups can cap only keys named as members, never another service's; a
+-- key belongs to one group (joining a nested one moves it). At most 1000 keys a call; names
+-- and keys are 1 to 255 characters, the cap a ratio k/n with 1 <= k <= n <= 8192. Returns the
+-- group's member count.
+CREATE OR REPLACE FUNCTION public.rc_group_join(
+    p_ns text, p_group text, p_keys text[], p_num integer, p_den integer)
+RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    n bigint;
+BEGIN
+    PERFORM public.rc_check_key(p_ns, p_group);
+    IF coalesce(array_length(p_keys, 1), 0) > 1000 THEN
+        RAISE EXCEPTION 'at most 1000 members a call, got %', array_length(p_keys, 1)
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF p_num IS NULL OR p_den IS NULL OR p_num < 1 OR p_den < p_num OR p_den > 8192 THEN
+        RAISE EXCEPTION 'a group''s cap must be a ratio k/n with 1 <= k <= n <= 8192, got %/%',
+            coalesce(p_num::text, 'NULL'), coalesce(p_den::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    FOR i IN 1 .. coalesce(array_length(p_keys, 1), 0) LOOP
+        PERFORM public.rc_check_key(p_ns, p_keys[i]);
+        IF left(p_keys[i], char_length(p_group) + 1) <> p_group || '/'
+           OR char_length(p_keys[i]) <= char_length(p_group) + 1 THEN
+            RAISE EXCEPTION 'a member of group % must be named %/MEMBER, got %',
+                p_group, p_group, p_keys[i]
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+    END LOOP;
+    INSERT INTO public.rc_groups AS g (namespace, name, max_open_num, max_open_den)
+        VALUES (p_ns, p_group, p_num, p_den)
+        ON CONFLICT (namespace, name) DO UPDATE
+            SET max_open_num = EXCLUDED.max_open_num, max_open_den = EXCLUDED.max_open_den,
+                updated_at = clock_timestamp()
+            WHERE (g.max_open_num, g.max_open_den)
+                  IS DISTINCT FROM (EXCLUDED.max_open_num, EXCLUDED.max_open_den);
+    INSERT INTO public.rc_group_members AS m (namespace, resource_key, group_name)
+        SELECT DISTINCT p_ns, k, p_group FROM unnest(p_keys) AS k
+        ON CONFLICT (namespace, resource_key) DO UPDATE SET group_name = EXCLUDED.group_name
+            WHERE m.group_name <> EXCLUDED.group_name;
+    SELECT count(*) INTO n FROM public.rc_group_members
+        WHERE namespace = p_ns AND group_name = p_group;
+    RETURN n;
+END
+$$;
+REVOKE ALL ON FUNCTION public.rc_group_join(text, text, text[], integer, integer) FROM PUBLIC;

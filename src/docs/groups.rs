@@ -1,0 +1,68 @@
+//! # Groups: one breaker per host, with a fleet-wide cap on open members
+//!
+//! A service behind several hosts gets one breaker per host, so that a bad host is shed while
+//! the others keep serving. Alone, that has a failure mode: when most hosts fail at once (a bad
+//! deploy of the service, a network partition), every host's breaker opens and nothing is left
+//! to send to. Envoy caps this per proxy (`max_ejection_percent`); a [`Group`](crate::Group)
+//! caps it for the whole fleet, in the database, under one lock.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use resilient_circuit::{Ratio, Storage};
+//! let storage = Storage::from_env().await?;
+//! let payments = storage
+//!     .group("payments")
+//!     .max_open(Ratio::new(1, 3))
+//!     .join(["host-a", "host-b", "host-c", "host-d", "host-e", "host-f"])
+//!     .await?;
+//! // An ordinary breaker on key "payments/host-a", configured as any other.
+//! let host_a = payments.member("host-a").build()?;
+//! # let _ = host_a;
+//! # Ok(()) }
+//! ```
+//!
+//! ## What the cap does
+//!
+//! * **At most `max_open` of the members are OPEN or HALF_OPEN at once**: a share of the
+//!   group's members, rounded down, but at least one (with six members and a third, two). The
+//!   trigger that versions every breaker row (`sql/objects/rc_bump_version.sql`) asks
+//!   `rc_group_full` before a member enters OPEN from CLOSED; that function locks the group's
+//!   row until the transaction ends, so members tripped at the same moment by different
+//!   instances are counted one after another, and counts the others.
+//! * **A trip past the cap is refused**: the member's row stays CLOSED, every instance keeps
+//!   calling it, and the change log records the refusal (kind `group`, with the group's name,
+//!   its open and member counts and the cap), shown by `resilient-circuit history KEY`. The
+//!   instance that tripped follows the row it gets back; its window starts over, so it trips
+//!   again, and is refused again, only after another window of failures.
+//! * **Whoever writes**: the cap holds for this crate's trips, the Python package's updates and
+//!   an operator's `UPDATE` in psql alike. An operator's `resilient-circuit open` (a decree) is
+//!   not refused: the cap protects against the fleet's judgement, not against an operator's.
+//! * **Members that close free room**: the next trip of another member is counted against the
+//!   members open then.
+//! * **Membership** is a row per key, written by [`GroupBuilder::join`](crate::GroupBuilder::join)
+//!   or [`Group::join`](crate::Group::join), which wait for the database; a key belongs to one
+//!   group, and joining another moves it. The cap is the group's row, set by the latest join
+//!   (instances of one service declare the same). Keys that never joined are outside every cap.
+//!
+//! ## When to choose it
+//!
+//! Choose a group when the members are interchangeable (hosts, replicas, shards of one
+//! service) and calling a failing one is better than calling none. Keep plain breakers when
+//! each key is a different dependency, or when a failing member must be shed however many
+//! fail. A group needs PostgreSQL: on an in-memory storage its members are ordinary breakers
+//! with no cap.
+//!
+//! ## Costs
+//!
+//! A member's calls cost what any breaker's cost: the group is consulted only when a member
+//! trips, in the database. Measured side by side (`cargo bench --bench hot_path --
+//! 'postgres/(group_member/)?(1_in_20/)?resilient_circuit'`, 2026-12-06, the 2-core Intel Xeon
+//! VM of [`performance`](super::performance)): `try_acquire` + `success` 1.38 ns for a member
+//! and 1.38 ns for a plain breaker; with 1 call in 20 failing, 7.61 and 7.72 ns. A trip of a member takes the group's row lock, so trips of one group
+//! commit one after another; trips of different groups do not wait for each other.
+//!
+//! ## Not yet
+//!
+//! The group's own state (the share of open members as a metric and in the change stream), a
+//! group that opens as a whole past a threshold, live configuration of the cap from the command
+//! line and a tower layer that picks the member from the request are not built yet.

@@ -1,0 +1,269 @@
+//! Groups (`docs::groups`): the fleet-wide cap on a group's open members, under a race of many
+//! instances, as members close, against the Python package's writes and an operator's decree,
+//! and who may join a group.
+
+use std::sync::Arc;
+
+use resilient_circuit::admin::RoleKind;
+use resilient_circuit::{CircuitBreaker, Group, Ratio, State, Storage};
+use tokio_postgres::Client;
+
+use crate::support::breakers::{fail, instance, trip_fast};
+use crate::support::{connect_to, eventually, test_db, unique_key, WAIT};
+
+/// The group's members that are OPEN or HALF_OPEN in the table.
+async fn open_members(client: &Client, group: &Group) -> Vec<String> {
+    client
+        .query(
+            "SELECT resource_key FROM public.rc_circuit_breakers \
+             WHERE resource_key LIKE $1 || '/%' AND state IN ('OPEN', 'HALF_OPEN') \
+             ORDER BY resource_key",
+            &[&group.name()],
+        )
+        .await
+        .expect("reads the table")
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// The refusals the change log recorded for the group's members: (key, why).
+async fn refusals(client: &Client, group: &Group) -> Vec<(String, serde_json::Value)> {
+    client
+        .query(
+            "SELECT resource_key, why FROM public.rc_changes \
+             WHERE kind = 'group' AND resource_key LIKE $1 || '/%' ORDER BY at",
+            &[&group.name()],
+        )
+        .await
+        .expect("reads the change log")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+async fn joined(storage: &Storage, name: &str, max_open: Ratio, members: usize) -> Group {
+    storage
+        .group(name)
+        .max_open(max_open)
+        .join((0..members).map(|i| format!("host-{i}")))
+        .await
+        .expect("joins")
+}
+
+/// Nine instances trip nine different members of a group capped at a third at the same
+/// moment: exactly three open, six are refused, each refusal recorded with the group's counts,
+/// and every instance ends with its member as the table has it.
+#[tokio::test]
+async fn a_race_of_trips_on_different_members_opens_at_most_the_cap() {
+    let db = test_db().await;
+    let client = db.client().await;
+    let name = unique_key("race");
+    let mut storages = Vec::new();
+    for _ in 0..9 {
+        storages.push(instance(&db).await);
+    }
+    let group = joined(&storages[0], &name, Ratio::new(1, 3), 9).await;
+    let breakers: Vec<_> = storages
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            // Each instance its member; the membership is the table's, joined once above.
+            let key = group.key(&format!("host-{i}"));
+            trip_fast(CircuitBreaker::builder(key).storage(s.clone()))
+                .build()
+                .expect("valid")
+        })
+        .collect();
+    let barrier = Arc::new(tokio::sync::Barrier::new(breakers.len()));
+    let tasks: Vec<_> = breakers
+        .iter()
+        .map(|cb| {
+            let (cb, barrier) = (cb.clone(), barrier.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                fail(&cb).await;
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("trips");
+    }
+    for s in &storages {
+        assert!(s.flush(WAIT).await, "every trip is answered");
+    }
+    let open = open_members(&client, &group).await;
+    assert_eq!(open.len(), 3, "a third of nine: {open:?}");
+    let refused = refusals(&client, &group).await;
+    assert_eq!(refused.len(), 6, "six refusals: {refused:?}");
+    for (key, why) in &refused {
+        assert!(!open.contains(key), "{key} was refused and is not open");
+        assert_eq!(why["group"]["name"], name.as_str(), "{why}");
+        assert_eq!(why["group"]["max_open"], 3, "{why}");
+        assert_eq!(why["group"]["members"], 9, "{why}");
+        assert_eq!(why["group"]["open"], 3, "{why}");
+    }
+    // Each instance follows the row its trip got back.
+    for (i, cb) in breakers.iter().enumerate() {
+        let want = if open.contains(&group.key(&format!("host-{i}"))) {
+            State::Open
+        } else {
+            State::Closed
+        };
+        assert!(
+            eventually(WAIT, || async { cb.state() == want }).await,
+            "host-{i} is {:?} on its instance, {want:?} in the table",
+            cb.state()
+        );
+    }
+}
+
+/// A group of three capped at a third (one open member): a second member's trip is refused
+/// while the first is open, and succeeds once an operator closed the first. An operator's
+/// decree is never refused.
+#[tokio::test]
+async fn a_member_that_closes_frees_room_and_a_decree_is_not_capped() {
+    let db = test_db().await;
+    let client = db.client().await;
+    let storage = instance(&db).await;
+    let group = joined(&storage, &unique_key("room"), Ratio::new(1, 3), 3).await;
+    let member = |i: usize| {
+        trip_fast(group.member(&format!("host-{i}")))
+            .build()
+            .expect("valid")
+    };
+    let (a, b, c) = (member(0), member(1), member(2));
+    fail(&a).await;
+    assert!(storage.flush(WAIT).await);
+    fail(&b).await;
+    assert!(storage.flush(WAIT).await);
+    assert_eq!(open_members(&client, &group).await, [group.key("host-0")]);
+    assert!(
+        eventually(WAIT, || async { b.state() == State::Closed }).await,
+        "the refused member follows its row"
+    );
+    assert_eq!(refusals(&client, &group).await.len(), 1);
+
+    a.force_closed_confirmed()
+        .await
+        .expect("an operator closes the open member");
+    fail(&b).await;
+    assert!(storage.flush(WAIT).await);
+    assert_eq!(open_members(&client, &group).await, [group.key("host-1")]);
+
+    c.force_open_confirmed(std::time::Duration::from_secs(60))
+        .await
+        .expect("a decree is not capped");
+    assert_eq!(
+        open_members(&client, &group).await,
+        [group.key("host-1"), group.key("host-2")]
+    );
+}
+
+/// The cap holds for the Python package's writes: its UPDATE of a member's row to OPEN, and its
+/// INSERT of a member's first row as OPEN, leave the member CLOSED (or without a row) while
+/// the group is full, and are recorded as refusals.
+#[tokio::test]
+async fn the_python_package_cannot_open_a_member_past_the_cap() {
+    let db = test_db().await;
+    let python = db.role_of(&[RoleKind::Python, RoleKind::Reader]).await;
+    let py = connect_to(&python.conninfo()).await;
+    let client = db.client().await;
+    let storage = instance(&db).await;
+    let group = joined(&storage, &unique_key("py"), Ratio::new(1, 3), 3).await;
+    let ns = "default";
+    let write = |sql: &'static str, key: String| {
+        let py = &py;
+        async move {
+            py.execute(sql, &[&key, &ns])
+                .await
+                .expect("the Python package's statement runs")
+        }
+    };
+    let insert = "INSERT INTO public.rc_circuit_breakers \
+                  (resource_key, namespace, state, failure_count, open_until) \
+                  VALUES ($1, $2, 'OPEN', 5, now() + interval '1 minute')";
+    let update = "UPDATE public.rc_circuit_breakers SET state = 'OPEN', \
+                  open_until = now() + interval '1 minute' \
+                  WHERE resource_key = $1 AND namespace = $2";
+    assert_eq!(write(insert, group.key("host-0")).await, 1, "room for one");
+    assert_eq!(
+        write(insert, group.key("host-1")).await,
+        0,
+        "a first row inserted OPEN is refused"
+    );
+    py.execute(
+        "INSERT INTO public.rc_circuit_breakers (resource_key, namespace, state) \
+         VALUES ($1, $2, 'CLOSED')",
+        &[&group.key("host-2"), &ns],
+    )
+    .await
+    .expect("a CLOSED row is no entry into OPEN");
+    assert_eq!(
+        write(update, group.key("host-2")).await,
+        0,
+        "an UPDATE to OPEN is refused"
+    );
+    assert_eq!(open_members(&client, &group).await, [group.key("host-0")]);
+    let refused: Vec<String> = refusals(&client, &group)
+        .await
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(refused, [group.key("host-1"), group.key("host-2")]);
+}
+
+/// Joining a group is an instance's right: a stranger and a reader are refused, and bad input
+/// gets a typed error, not a row; nor can a key not named as a member (`group/member`) be put
+/// under a cap, so a role that may join groups cannot keep another service's key from opening.
+#[tokio::test]
+async fn only_instances_join_groups_and_bad_input_is_refused() {
+    let db = test_db().await;
+    let call = "SELECT public.rc_group_join('default', 'g', ARRAY['g/a'], 1, 3)";
+    for kinds in [&[][..], &[RoleKind::Reader][..]] {
+        let role = db.role_of(kinds).await;
+        let err = connect_to(&role.conninfo())
+            .await
+            .query(call, &[])
+            .await
+            .expect_err("refused");
+        assert_eq!(
+            err.code(),
+            Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
+            "{kinds:?}: {err}"
+        );
+    }
+    let instance_role = db.role_of(&[RoleKind::Instance]).await;
+    let app = connect_to(&instance_role.conninfo()).await;
+    let n: i64 = app.query_one(call, &[]).await.expect("joins").get(0);
+    assert_eq!(n, 1);
+    for bad in [
+        "SELECT public.rc_group_join('default', 'g', ARRAY['g/a'], 0, 3)",
+        "SELECT public.rc_group_join('default', 'g', ARRAY['g/a'], 4, 3)",
+        "SELECT public.rc_group_join('default', '', ARRAY['g/a'], 1, 3)",
+        "SELECT public.rc_group_join('default', 'g', ARRAY[''], 1, 3)",
+        // Only keys named as the group's members: no capping another service's key.
+        "SELECT public.rc_group_join('default', 'g', ARRAY['payments'], 1, 3)",
+        "SELECT public.rc_group_join('default', 'g', ARRAY['gx/a'], 1, 3)",
+        "SELECT public.rc_group_join('default', 'g', ARRAY['g/'], 1, 3)",
+    ] {
+        let err = app.query(bad, &[]).await.expect_err(bad);
+        assert_eq!(
+            err.code(),
+            Some(&tokio_postgres::error::SqlState::INVALID_PARAMETER_VALUE),
+            "{bad}: {err}"
+        );
+    }
+    // Through the API: a cap that is no ratio is a configuration error, nothing is sent.
+    let storage = instance(&db).await;
+    let err = storage
+        .group("g")
+        .max_open(Ratio::new(0, 3))
+        .join(["a"])
+        .await
+        .expect_err("refused");
+    assert!(
+        matches!(err, resilient_circuit::StorageError::Config(_)),
+        "{err:?}"
+    );
+}
