@@ -19,7 +19,9 @@
 //! **B's own share**: B's connections go through a proxy in this process (plain TCP, std threads)
 //! that notes the instant just before it writes the NotificationResponse's bytes to B's listener
 //! socket; from there to B's first rejection (spinner) and to B's callback, all on one clock. The
-//! proxy hop is outside that interval.
+//! proxy hop is outside that interval. In the same run A goes through a proxy of its own, which
+//! notes when A's statement is complete on the wire: **A's own share** (the failure to its
+//! statement written) and the database's (that statement to the NOTIFY at B's socket).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc as std_mpsc;
@@ -215,6 +217,10 @@ struct TripSamples {
     /// Proxied B only: samples where B's rejection or callback came before the hand-over's
     /// instant (impossible unless the clocks disagree; counted, not clamped).
     wire_negative: usize,
+    /// Proxied A only: from the trip to its statement complete at A's proxy.
+    a_share: Vec<Duration>,
+    /// Proxied A and B: from A's statement at its proxy to the NOTIFY handed to B's socket.
+    db_share: Vec<Duration>,
 }
 
 /// A raw UPDATE -> NOTIFY probe on bare connections, sampled between the trips of a series.
@@ -289,6 +295,8 @@ struct Extras<'a> {
     floor: Option<&'a mut FloorProbe>,
     /// B's connections go through this proxy, which notes when it handed the NOTIFY to B.
     wire: Option<&'a WireProxy>,
+    /// A's connections go through this proxy, which notes when A's statement was complete.
+    a_wire: Option<&'a WireProxy>,
 }
 
 /// `warmup + n` trips by A, each followed by a fleet-wide close.
@@ -343,6 +351,10 @@ async fn trips(p: &Pair, ns: &str, warmup: usize, n: usize, mut x: Extras<'_>) -
             Some(w) => Some(w.notified(ns, &key, "OPEN")?),
             None => None,
         };
+        let sent = match x.a_wire {
+            Some(w) => Some(w.statement_after(t0)?),
+            None => None,
+        };
         if i >= warmup {
             if let Some(r) = rejected {
                 out.rejected.push(r.saturating_duration_since(t0));
@@ -350,6 +362,12 @@ async fn trips(p: &Pair, ns: &str, warmup: usize, n: usize, mut x: Extras<'_>) -
             out.applied.push(cb_at.saturating_duration_since(t0));
             if let Some(at) = notified {
                 out.notified.push(at.saturating_duration_since(t0));
+            }
+            if let Some(s) = sent {
+                out.a_share.push(s.saturating_duration_since(t0));
+                if let Some(w) = wired {
+                    out.db_share.push(w.saturating_duration_since(s));
+                }
             }
             if let Some(w) = wired {
                 out.to_wire.push(w.saturating_duration_since(t0));
@@ -527,9 +545,12 @@ pub(crate) async fn phase(t: &Target, sizes: &Sizes, floor: &Floor, report: &mut
         None => report.note("B's own share not measured: the server is not on TCP".into()),
         Some(addr) => {
             let proxy = WireProxy::start(addr)?;
-            let wired =
-                Pair::connect_with(t.opts("prop_wire")?, proxied_opts(t, "prop_wire", &proxy)?)
-                    .await?;
+            let a_proxy = WireProxy::start(addr)?;
+            let wired = Pair::connect_with(
+                proxied_opts(t, "prop_wire", &a_proxy)?,
+                proxied_opts(t, "prop_wire", &proxy)?,
+            )
+            .await?;
             let spinner = Spinner::spawn(wired.b_cb.clone())?;
             let w = trips(
                 &wired,
@@ -539,6 +560,7 @@ pub(crate) async fn phase(t: &Target, sizes: &Sizes, floor: &Floor, report: &mut
                 Extras {
                     spinner: Some(&spinner),
                     wire: Some(&proxy),
+                    a_wire: Some(&a_proxy),
                     ..Extras::default()
                 },
             )
@@ -555,9 +577,20 @@ pub(crate) async fn phase(t: &Target, sizes: &Sizes, floor: &Floor, report: &mut
                 "same trips; B's on_status_change",
             );
             report.dist(
-                "  trip -> NOTIFY handed to B's socket (through the proxy)",
+                "A's share: trip -> its statement complete at A's proxy",
+                &w.a_share,
+                "A proxied too, plain TCP: the cell, the outbox, the hop to the I/O runtime, \
+                 a pooled connection, the statement written",
+            );
+            report.dist(
+                "the database's share: A's statement at its proxy -> NOTIFY handed to B's socket",
+                &w.db_share,
+                "the call, its commit, the NOTIFY's delivery, and two proxy hops",
+            );
+            report.dist(
+                "  trip -> NOTIFY handed to B's socket (through the proxies)",
                 &w.to_wire,
-                "A's and the database's share plus the proxy hop",
+                "A's and the database's share plus the proxy hops",
             );
             report.dist(
                 "  trip -> B's first rejection (through the proxy)",
@@ -573,6 +606,7 @@ pub(crate) async fn phase(t: &Target, sizes: &Sizes, floor: &Floor, report: &mut
             }
             drop(wired);
             drop(proxy);
+            drop(a_proxy);
         }
     }
 

@@ -1,6 +1,7 @@
 //! A counting TCP proxy (plain TCP only), for what only the wire shows: the round trips an
-//! instance starts (phase 7) and the instant a notification is handed to an instance's socket,
-//! from which B's own share of a propagation is timed (phase 2).
+//! instance starts (phase 7), the instant a notification is handed to an instance's socket,
+//! from which B's own share of a propagation is timed, and the instant an instance's statement is
+//! complete on the wire, from which A's own share is timed (phase 2).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -20,6 +21,9 @@ struct WireLog {
     pool_round_trips: AtomicU64,
     /// The same on the listener's connection (LISTEN, reloads, heartbeats).
     listener_round_trips: AtomicU64,
+    /// When each of the pool's statements was complete (its Sync read from the client's
+    /// socket, before the proxy passed it on).
+    pool_statements: Mutex<Vec<Instant>>,
     /// Connections accepted so far.
     connections: AtomicU64,
     /// NotificationResponses to the listener's connection: payload and the instant just before
@@ -129,6 +133,7 @@ impl WireProxy {
                         Ok(0) | Err(_) => break,
                         Ok(n) => n,
                     };
+                    let read_at = Instant::now();
                     buf.extend_from_slice(&chunk[..n]);
                     split_messages(&mut buf, &mut untyped, |ty, body| match ty {
                         0 => {
@@ -146,12 +151,16 @@ impl WireProxy {
                             }
                         }
                         b'S' | b'Q' => {
-                            let counter = if up_role.load(Ordering::Acquire) == 1 {
-                                &up_log.listener_round_trips
+                            if up_role.load(Ordering::Acquire) == 1 {
+                                up_log.listener_round_trips.fetch_add(1, Ordering::Relaxed);
                             } else {
-                                &up_log.pool_round_trips
-                            };
-                            counter.fetch_add(1, Ordering::Relaxed);
+                                up_log.pool_round_trips.fetch_add(1, Ordering::Relaxed);
+                                up_log
+                                    .pool_statements
+                                    .lock()
+                                    .unwrap_or_else(|e| e.into_inner())
+                                    .push(read_at);
+                            }
                         }
                         _ => {}
                     });
@@ -227,6 +236,30 @@ impl WireProxy {
             }
             if Instant::now() >= deadline {
                 return Err(format!("the proxy saw no NOTIFY of {ns}/{key} -> {state}").into());
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+
+    /// When the first of the pool's statements completed at or after `since` reached the
+    /// proxy; waits for it up to `WAIT`. Earlier ones are dropped.
+    pub(crate) fn statement_after(&self, since: Instant) -> R<Instant> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            {
+                let mut v = self
+                    .log
+                    .pool_statements
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                if let Some(i) = v.iter().position(|at| *at >= since) {
+                    let at = v[i];
+                    v.drain(..=i);
+                    return Ok(at);
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err("the proxy saw no statement from the pool".into());
             }
             std::thread::sleep(Duration::from_micros(200));
         }

@@ -218,27 +218,28 @@
 //! | A trips → B's first rejection (a thread spinning on B's `try_acquire`), p50 / p99 | 0.79 / 1.46 ms | `RC_BENCH_PHASES=1,2 cargo bench --bench propagation` | 2026-12-06, 1.6 |
 //! | The floors of the same run: a bare `UPDATE` (with the table's triggers) → its NOTIFY on a bare listener, p50 / p99, with `synchronous_commit` on / off; the crate's `rc_trip()` called bare (on) | 0.72 / 1.16 ms; 0.51 / 0.80 ms; 0.86 / 1.63 ms | the same | the same |
 //! | B's own share: the NOTIFY handed to B's socket → B's first rejection, p50 / p99 | 0.04 / 0.14 ms | the same | the same |
+//! | A's own share: the failure → A's statement complete on the wire (A and B each behind a proxy of the bench's, plain TCP); the database's: that statement → the NOTIFY handed to B's socket (two proxy hops included), p50 / p99 | 0.10 / 0.22 ms; 0.71 / 1.11 ms | `RC_BENCH_PHASES=2 cargo bench --bench propagation` | 2026-12-06, 1.8 |
 //! | 100 keys flipped OPEN/CLOSED by one UPDATE every 10 ms for 10 s, applied by one instance and read through `Storage::changes()`: changes applied per second; commit → snapshot (database clock) p50 / p90 / p99 / max; changes missed by the stream | 10,003 /s; 1.48 / 1.96 / 2.70 / 9.8 ms; 0 | `RC_BENCH_PHASES=8 cargo bench --bench propagation` | 2026-11-29, about 1.5 |
 //! | The same storm: a change written without a notification (`session_replication_role = replica`), applied by the periodic reload (reconcile interval 1 s) | 994 ms later | the same | the same |
 //! | `rc_configure`'s commit acknowledged → the last of three listening instances holds the change, p50 / p99 (from sending the statement) | 1.4 / 2.3 ms (4.0 / 6.3 ms) | `RC_BENCH_PHASES=12 cargo bench --bench propagation` | 2026-12-06, 1.6 |
 //! | The same change → a polling instance at the default 250 ms, p50 / max | 129 / 250 ms | the same | the same |
 //!
 //! Where the time goes: a change reaches another instance one commit, one notification and one
-//! wake-up of its listener later. A trip's commit does not wait for the WAL flush (trips,
-//! probes, votes and rate reports commit with `synchronous_commit` off; what that may lose is in
-//! [`guarantees`](super::guarantees#can-be-lost)); what is left over the floor with it off is
-//! the trip function's own statements (about 0.15 ms of server time: the key's checks, its
-//! live configuration, the upsert and the answer; the triggers the floor runs too) and the
-//! instance's side (the outbox, a pooled connection, TLS). Functions called by functions are
-//! PL/pgSQL, whose plans are kept for the session, and the instance prepares its calls on a
-//! session of its own (`src/storage/postgres/pool.rs`): re-planned on every call they cost
-//! 0.3 ms more. The receiving
-//! instance's own share is parsing, a MAC check and one store into the snapshot. PostgreSQL serializes the commits of transactions
-//! that NOTIFY, so throughput comes from batching: while a statement is in flight the next
-//! transitions gather and share one commit (`rc_trip_many`, `rc_force_many`). The outbox, the
-//! listener and every connection of the process's instances run on a small runtime of the
-//! library's (two `resilient-circuit-io` threads), so a caller's task that computes without
-//! yielding does not delay a publication.
+//! wake-up of its listener later. A trip's commit does not wait for the WAL flush (trips, probes,
+//! votes and rate reports commit with `synchronous_commit` off; what that may lose is in
+//! [`guarantees`](super::guarantees#can-be-lost)); what is left over the floor with it off is the
+//! instance's share (about 0.1 ms from the failure to its statement on the wire: the cell, the
+//! outbox, the hand-over to the I/O runtime's thread, a pooled connection), the trip function's own
+//! statements (about 0.15 ms of server time: the key's checks, its live configuration, the upsert
+//! and the answer; the triggers the floor runs too) and TLS. Functions called by functions are
+//! PL/pgSQL, whose plans are kept for the session, and the instance prepares its calls on a session
+//! of its own (`src/storage/postgres/pool.rs`): re-planned on every call they cost 0.3 ms more. The
+//! receiving instance's own share is parsing, a MAC check and one store into the snapshot.
+//! PostgreSQL serializes the commits of transactions that NOTIFY, so throughput comes from
+//! batching: while a statement is in flight the next transitions gather and share one commit
+//! (`rc_trip_many`, `rc_force_many`). The outbox, the listener and every connection of the
+//! process's instances run on a small runtime of the library's (two `resilient-circuit-io`
+//! threads), so a caller's task that computes without yielding does not delay a publication.
 //!
 //! Fleets of hundreds or thousands of instances, listening or polling, are on
 //! [`scale`](super::scale).
