@@ -61,8 +61,16 @@
 //! and 1.38 ns for a plain breaker; with 1 call in 20 failing, 7.61 and 7.72 ns. A trip of a member takes the group's row lock, so trips of one group
 //! commit one after another; trips of different groups do not wait for each other.
 //!
+//! ## In a tower stack
+//!
+//! [`GroupLayer`](crate::tower::GroupLayer) (feature `tower`) picks the member from each
+//! request (`|r: &Request| r.host.clone()`) and admits or rejects the call with that member's
+//! breaker, built on its first request (and joined to the group then, in the background) and
+//! configured by [`configure`](crate::tower::GroupLayer::configure). Its `poll_ready` readies
+//! only the inner service, since the member is known only in `call`.
+//!
 //! ## Not yet
 //!
 //! The group's own state (the share of open members as a metric and in the change stream), a
-//! group that opens as a whole past a threshold, live configuration of the cap from the command
-//! line and a tower layer that picks the member from the request are not built yet.
+//! group that opens as a whole past a threshold, and live configuration of the cap from the
+//! command line are not built yet.

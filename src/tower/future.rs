@@ -11,7 +11,8 @@ use super::{BoxError, Classify, Error};
 use crate::{OwnedPermit, Rejected};
 
 pin_project! {
-    /// The response future of a [`CircuitBreakerService`](super::CircuitBreakerService).
+    /// The response future of a [`CircuitBreakerService`](super::CircuitBreakerService) or a
+    /// [`GroupService`](super::GroupService).
     ///
     /// When the inner service's future completes, the classifier's verdict on its result is
     /// reported to the breaker. Dropped before that (a timeout outside the layer, a client gone),
@@ -39,6 +40,10 @@ pin_project! {
         Rejected {
             rejected: Rejected,
         },
+        // The call could not be made (no breaker for it); taken when polled.
+        Failed {
+            error: Option<Error>,
+        },
     }
 }
 
@@ -64,6 +69,12 @@ impl<F, C> ResponseFuture<F, C> {
     pub(super) fn rejected(rejected: Rejected) -> Self {
         ResponseFuture {
             kind: Kind::Rejected { rejected },
+        }
+    }
+
+    pub(super) fn failed(error: Error) -> Self {
+        ResponseFuture {
+            kind: Kind::Failed { error: Some(error) },
         }
     }
 }
@@ -95,6 +106,9 @@ where
                 Poll::Ready(result.map_err(|e| Error::Inner(e.into())))
             }
             KindProj::Rejected { rejected } => Poll::Ready(Err(Error::Rejected(rejected.clone()))),
+            KindProj::Failed { error } => Poll::Ready(Err(error.take().unwrap_or_else(|| {
+                Error::Inner("the response future was polled after it completed".into())
+            }))),
         }
     }
 }
@@ -105,6 +119,7 @@ impl<F, C> std::fmt::Debug for ResponseFuture<F, C> {
         match &self.kind {
             Kind::Called { permit, .. } => d.field("permit", permit),
             Kind::Rejected { rejected } => d.field("rejected", rejected),
+            Kind::Failed { error } => d.field("failed", error),
         };
         d.finish_non_exhaustive()
     }

@@ -51,6 +51,9 @@
 //! **retry outside**, so that each attempt counts, and never retrying [`Error::Rejected`] (the
 //! README's "Retries"). `Buffer`, `ConcurrencyLimit` and the like go outside as usual.
 //!
+//! A breaker per member of a [`Group`](crate::Group), picked from each request (one per host of a
+//! service), is [`GroupLayer`]'s: see [`docs::groups`](crate::docs::groups).
+//!
 //! With a PostgreSQL storage, a half-open round's probes are leased from the database; when a
 //! lease is being asked, `poll_ready` waits for it up to the builder's `probe_wait`, as
 //! [`CircuitBreaker::call`](crate::CircuitBreaker::call) does. The opt-in call metrics
@@ -60,6 +63,7 @@
 mod classify;
 mod error;
 mod future;
+mod group;
 mod layer;
 mod service;
 
@@ -69,5 +73,6 @@ pub use self::classify::HttpClassifier;
 pub use self::classify::{Classify, ErrorsAsFailures};
 pub use self::error::{BoxError, Error};
 pub use self::future::ResponseFuture;
+pub use self::group::{GroupLayer, GroupService};
 pub use self::layer::CircuitBreakerLayer;
 pub use self::service::CircuitBreakerService;

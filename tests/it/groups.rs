@@ -267,3 +267,85 @@ async fn only_instances_join_groups_and_bad_input_is_refused() {
         "{err:?}"
     );
 }
+
+/// The tower layer picks the member from the request: a failing host's breaker opens and its
+/// requests are rejected while the other hosts are still called; a second failing host is held
+/// CLOSED by the cap and still called; a host seen first in a request joins the group; a host
+/// name that makes no valid key is an error, and nothing is called.
+#[cfg(feature = "tower")]
+#[tokio::test]
+async fn the_group_layer_picks_the_member_from_the_request() {
+    use resilient_circuit::tower::{Error, GroupLayer};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tower::{service_fn, ServiceExt};
+
+    let db = test_db().await;
+    let client = db.client().await;
+    let storage = instance(&db).await;
+    let group = storage
+        .group(unique_key("layer"))
+        .max_open(Ratio::new(1, 3))
+        .join(["a", "b", "c"])
+        .await
+        .expect("joins");
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    // Host "c" answers; every other host fails.
+    let inner = service_fn(move |host: String| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        async move {
+            if host == "c" {
+                Ok(host)
+            } else {
+                Err(std::io::Error::other("down"))
+            }
+        }
+    });
+    let svc = tower::ServiceBuilder::new()
+        .layer(GroupLayer::new(group.clone(), |host: &String| host.clone()).configure(trip_fast))
+        .service(inner);
+    let send = |host: &str| svc.clone().oneshot(host.to_owned());
+    assert!(!send("a").await.expect_err("a fails").is_rejected());
+    assert!(storage.flush(WAIT).await);
+    assert!(send("a").await.expect_err("a is open").is_rejected());
+    assert_eq!(send("c").await.expect("c answers"), "c");
+    assert!(!send("b").await.expect_err("b fails").is_rejected());
+    assert!(storage.flush(WAIT).await);
+    let before = calls.load(Ordering::SeqCst);
+    assert!(
+        !send("b").await.expect_err("b fails again").is_rejected(),
+        "the cap holds b CLOSED: it is still called"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), before + 1);
+    assert_eq!(open_members(&client, &group).await, [group.key("a")]);
+
+    // A host first seen in a request joins the group.
+    assert!(!send("d").await.expect_err("d fails").is_rejected());
+    let members = || async {
+        client
+            .query_one(
+                "SELECT count(*) FROM public.rc_group_members WHERE group_name = $1",
+                &[&group.name()],
+            )
+            .await
+            .expect("reads the members")
+            .get::<_, i64>(0)
+    };
+    assert!(
+        eventually(WAIT, || async { members().await == 4 }).await,
+        "d joined on its first request"
+    );
+
+    // A host name that makes no valid key: an error, and nothing called.
+    let before = calls.load(Ordering::SeqCst);
+    let err = send("bad\u{7}host").await.expect_err("no breaker for it");
+    assert!(
+        matches!(&err, Error::Inner(e) if e.is::<resilient_circuit::ConfigError>()),
+        "{err:?}"
+    );
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        before,
+        "the inner service was not called"
+    );
+}
