@@ -1,7 +1,8 @@
 -- Whether `p_key`'s entry into OPEN must be refused because its group (rc_group_members) has
 -- as many members OPEN or HALF_OPEN as its cap allows: max_open_num / max_open_den of its
 -- members, rounded down, but at least one. Called by rc_bump_version, as the owner, for a row
--- entering OPEN from CLOSED (or inserted OPEN) that no operator decreed.
+-- entering OPEN from CLOSED (or inserted OPEN) that no operator decreed; a key its live
+-- configuration forces open is never refused.
 --
 -- The group's row is locked until the transaction ends, so that members entering OPEN at once
 -- are counted one after another: each counts, in a statement that starts after the lock is
@@ -20,10 +21,14 @@ BEGIN
     SELECT r.* INTO g FROM public.rc_group_members m
         JOIN public.rc_groups r ON r.namespace = m.namespace AND r.name = m.group_name
         WHERE m.namespace = p_ns AND m.resource_key = p_key;
-    IF NOT FOUND THEN
+    -- Not a member; or forced open by its live configuration, an operator's decision.
+    IF NOT FOUND OR public.rc_forced_open(p_ns, p_key) THEN
         RETURN false;
     END IF;
-    PERFORM 1 FROM public.rc_groups WHERE namespace = p_ns AND name = g.name FOR UPDATE;
+    -- NO KEY UPDATE: trips of the group wait for each other, not for members joining (whose
+    -- foreign key takes a KEY SHARE lock on this row).
+    PERFORM 1 FROM public.rc_groups WHERE namespace = p_ns AND name = g.name
+        FOR NO KEY UPDATE;
     SELECT count(*) INTO members FROM public.rc_group_members
         WHERE namespace = p_ns AND group_name = g.name;
     SELECT count(*) INTO open_now FROM public.rc_group_members m

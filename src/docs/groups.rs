@@ -35,8 +35,10 @@
 //!   instance that tripped follows the row it gets back; its window starts over, so it trips
 //!   again, and is refused again, only after another window of failures.
 //! * **Whoever writes**: the cap holds for this crate's trips, the Python package's updates and
-//!   an operator's `UPDATE` in psql alike. An operator's `resilient-circuit open` (a decree) is
-//!   not refused: the cap protects against the fleet's judgement, not against an operator's.
+//!   an operator's `UPDATE` in psql alike. An operator's `resilient-circuit open` (a decree) and
+//!   a member forced open by its live configuration (`config KEY --mode forced-open`, also when
+//!   a `TRUNCATE` brings it back) are not refused: the cap protects against the fleet's
+//!   judgement, not against an operator's.
 //! * **Members that close free room**: the next trip of another member is counted against the
 //!   members open then.
 //! * **Membership** is a row per key, written by [`GroupBuilder::join`](crate::GroupBuilder::join)
@@ -55,7 +57,8 @@
 //! ## Costs
 //!
 //! A member's calls cost what any breaker's cost: the group is consulted only when a member
-//! trips, in the database. Measured side by side (`cargo bench --bench hot_path --
+//! trips, in the database (its row locked `FOR NO KEY UPDATE`, so members joining meanwhile do
+//! not wait for it). Measured side by side (`cargo bench --bench hot_path --
 //! 'postgres/(group_member/)?(1_in_20/)?resilient_circuit'`, 2026-12-06, the 2-core Intel Xeon
 //! VM of [`performance`](super::performance)): `try_acquire` + `success` 1.38 ns for a member
 //! and 1.38 ns for a plain breaker; with 1 call in 20 failing, 7.61 and 7.72 ns. A trip of a member takes the group's row lock, so trips of one group

@@ -4,7 +4,9 @@
 
 use std::sync::Arc;
 
-use resilient_circuit::admin::RoleKind;
+use resilient_circuit::admin::{AdminSession, ConfigChange, RoleKind};
+use resilient_circuit::storage::postgres::PostgresOptions;
+use resilient_circuit::Mode;
 use resilient_circuit::{CircuitBreaker, Group, Ratio, State, Storage};
 use tokio_postgres::Client;
 
@@ -120,7 +122,7 @@ async fn a_race_of_trips_on_different_members_opens_at_most_the_cap() {
 
 /// A group of three capped at a third (one open member): a second member's trip is refused
 /// while the first is open, and succeeds once an operator closed the first. An operator's
-/// decree is never refused.
+/// decree is never refused, nor a member forced open by its live configuration.
 #[tokio::test]
 async fn a_member_that_closes_frees_room_and_a_decree_is_not_capped() {
     let db = test_db().await;
@@ -158,6 +160,30 @@ async fn a_member_that_closes_frees_room_and_a_decree_is_not_capped() {
         open_members(&client, &group).await,
         [group.key("host-1"), group.key("host-2")]
     );
+
+    // Nor is a member forced open by its live configuration, also after a TRUNCATE (which
+    // brings forced keys back OPEN).
+    let more = joined(&storage, group.name(), Ratio::new(1, 3), 4).await;
+    let admin = AdminSession::connect(
+        &PostgresOptions::from_dsn(&db.app_conninfo().await).expect("parses"),
+    )
+    .await
+    .expect("an operator's session");
+    admin
+        .configure(
+            "default",
+            &more.key("host-3"),
+            &ConfigChange::new().mode(Mode::ForcedOpen),
+        )
+        .await
+        .expect("forces it open");
+    let forced = [group.key("host-1"), group.key("host-2"), group.key("host-3")];
+    assert_eq!(open_members(&client, &group).await, forced);
+    client
+        .batch_execute("TRUNCATE public.rc_circuit_breakers")
+        .await
+        .expect("truncates");
+    assert_eq!(open_members(&client, &group).await, [group.key("host-3")]);
 }
 
 /// The cap holds for the Python package's writes: its UPDATE of a member's row to OPEN, and its
