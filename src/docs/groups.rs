@@ -66,10 +66,10 @@
 //!
 //! ## In a tower stack
 //!
-//! [`GroupLayer`](crate::tower::GroupLayer) (feature `tower`) picks the member from each
+//! `tower::GroupLayer` (feature `tower`) picks the member from each
 //! request (`|r: &Request| r.host.clone()`) and admits or rejects the call with that member's
 //! breaker, built on its first request (and joined to the group then, in the background) and
-//! configured by [`configure`](crate::tower::GroupLayer::configure). Its `poll_ready` readies
+//! configured by its `configure`. Its `poll_ready` readies
 //! only the inner service, since the member is known only in `call`.
 //!
 //! ## Not yet
