@@ -135,6 +135,11 @@
 //!   (`outages::full_half_open_round_fails_fast_and_stops_polling`: nothing sent for 1 s, no call
 //!   waited 200 ms).
 //! * Concurrent quorum votes open a key once (`quorum::concurrent_votes_open_exactly_once`).
+//! * A group's cap holds under a race: nine instances tripping nine members of a group capped at
+//!   a third at the same moment open exactly three, and the six others are refused and recorded
+//!   (`groups::a_race_of_trips_on_different_members_opens_at_most_the_cap`); the Python
+//!   package's writes are held to it too
+//!   (`groups::the_python_package_cannot_open_a_member_past_the_cap`) ([`groups`](super::groups)).
 //!
 //! ## One breaker, in memory
 //!
