@@ -340,6 +340,11 @@
 //! * It ignores a row that is gone: `resilient-circuit delete` leaves a Python service that saw
 //!   the key OPEN rejecting until its own cooldown ends. Use `resilient-circuit close`, which
 //!   writes a CLOSED row.
+//! * Its trip of a [group](super::groups) member past the group's cap writes nothing: the row
+//!   stays CLOSED, the statement reports no row changed, and the change log records the refusal
+//!   (`groups::the_python_package_cannot_open_a_member_past_the_cap`). The Python service sees
+//!   CLOSED on its next read of the row, at most `admission_refresh_interval` later; until then
+//!   it holds what it decided itself.
 //!
 //! ## Supported PostgreSQL versions
 //!
