@@ -353,8 +353,8 @@
 //! `sql_contract::`, `security::`, `convergence::`, `outages::`, `resources::`, `changes::`,
 //! `quorum::`, `live_config::`, the two change-log tests of `follow::`
 //! (`follow::a_change_committed_late_with_a_lower_version_is_not_missed`,
-//! `follow::concurrent_writers_miss_nothing`) and the three `fleet_rate::` tests whose names
-//! begin with `the_`. `RC_PG_VERSIONS_TESTS` replaces that list (e.g.
+//! `follow::concurrent_writers_miss_nothing`), the three `fleet_rate::` tests whose names
+//! begin with `the_`, and `groups::`. `RC_PG_VERSIONS_TESTS` replaces that list (e.g.
 //! `RC_PG_VERSIONS_TESTS=faults:: scripts/pg-versions.sh`). `failover::`, the replica test of
 //! `follow::` and the pgbouncer tests need `pg_basebackup` or Debian's packages and run on 15
 //! only.

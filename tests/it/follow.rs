@@ -157,12 +157,10 @@ fn record(mut changes: Changes, marker: String) -> JoinHandle<Result<Vec<Change>
 /// against the table itself. (With the in-progress list left out of the poll, or with a poll
 /// applying only the newest change of each key, this fails.)
 ///
-/// Ignored until it has passed many runs: it found a version inversion about once in ten runs
-/// (a DELETE's version committed before an upsert's older one on one key, seen as
-/// `(138, CLOSED)` then `(137, OPEN)`), which `rc_bump_version` now prevents; it passed 16 of
-/// 16 runs since. Run it with `--ignored`.
+/// It found a version inversion about once in ten runs (a DELETE's version committed before an
+/// upsert's older one on one key, seen as `(138, CLOSED)` then `(137, OPEN)`), which
+/// `rc_bump_version` now prevents.
 #[tokio::test]
-#[ignore = "passed 16 of 16 runs since the inversion it found was fixed; run with --ignored"]
 async fn concurrent_writers_miss_nothing() {
     let db = test_db().await;
     let intervals = [Duration::from_millis(10), Duration::from_millis(250)];

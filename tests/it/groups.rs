@@ -177,7 +177,11 @@ async fn a_member_that_closes_frees_room_and_a_decree_is_not_capped() {
         )
         .await
         .expect("forces it open");
-    let forced = [group.key("host-1"), group.key("host-2"), group.key("host-3")];
+    let forced = [
+        group.key("host-1"),
+        group.key("host-2"),
+        group.key("host-3"),
+    ];
     assert_eq!(open_members(&client, &group).await, forced);
     client
         .batch_execute("TRUNCATE public.rc_circuit_breakers")
