@@ -214,3 +214,34 @@ impl Prepared {
         self.0.swap(REFUSED, Ordering::Relaxed) != REFUSED
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Off until vouched for, on and off as the listener finds, and off for good once refused:
+    /// a listener that hears someone again does not turn a refused instance back on.
+    #[test]
+    fn a_refusal_turns_prepared_calls_off_for_good() {
+        let p = Prepared::default();
+        assert!(!p.on(), "off until the listener vouches");
+        p.set(true);
+        assert!(p.on());
+        p.set(false);
+        assert!(!p.on(), "a deaf listener turns it off");
+        p.set(true);
+        assert!(p.refuse(), "the first refusal is told");
+        assert!(!p.on());
+        assert!(!p.refuse(), "and only the first");
+        p.set(true);
+        assert!(!p.on(), "refused for good");
+    }
+
+    #[test]
+    fn only_a_poolers_errors_count_as_refusals() {
+        assert!(refused_prepared(&SqlState::INVALID_SQL_STATEMENT_NAME));
+        assert!(refused_prepared(&SqlState::DUPLICATE_PSTATEMENT));
+        assert!(!refused_prepared(&SqlState::FEATURE_NOT_SUPPORTED));
+        assert!(!refused_prepared(&SqlState::INSUFFICIENT_PRIVILEGE));
+    }
+}
