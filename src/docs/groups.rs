@@ -56,6 +56,14 @@
 //!
 //! ## Costs
 //!
+//! **A member held CLOSED by the cap while it keeps failing trips again at every window of
+//! failures**, on every instance that calls it, and each trip is a statement and a change-log
+//! row: with a window of one call (`failure_limit(Ratio::new(1, 1))`) that is one trip per
+//! failed call, as fast as the database answers (each instance sends one key's trips one at a
+//! time). Give members a window of several calls (e.g. `failure_limit(Ratio::new(5, 10))`):
+//! refused trips then come at most once per ten calls. An instance does not yet hold off a
+//! member's trips after a refusal.
+//!
 //! A member's calls cost what any breaker's cost: the group is consulted only when a member
 //! trips, in the database (its row locked `FOR NO KEY UPDATE`, so members joining meanwhile do
 //! not wait for it). Measured side by side (`cargo bench --bench hot_path --
