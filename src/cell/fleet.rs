@@ -11,6 +11,11 @@ use crate::clock::duration_nanos;
 use crate::fleet::precedence::{Call, Hold, PendingTrip, Remote, Source, Verdict};
 use crate::State;
 
+/// After the database left a trip's row CLOSED (a group at its cap), how long the window does
+/// not trip again, at most (the cooldown, if shorter): a member failing on sends a trip a second,
+/// not one a failure, and trips within a second of its group having room again.
+pub(crate) const REFUSED_TRIP_HOLD: Duration = Duration::from_secs(1);
+
 impl KeyCell {
     /// Fleet mode: claims the right to ask the database for a lease; false when a request is
     /// already in flight.
@@ -167,11 +172,22 @@ impl KeyCell {
             Call::Other => Source::Answer,
             Call::Trip { seq } => {
                 let mut locked = self.lock();
-                locked.view.trip_answered(seq);
-                let verdict = locked
+                let basis = locked
                     .view
-                    .judge(row, Source::Answer, self.clock.now_nanos());
-                return self.carry_out(&mut locked, verdict);
+                    .pending_trip
+                    .filter(|p| p.seq == seq)
+                    .map(|p| p.basis);
+                locked.view.trip_answered(seq);
+                let now = self.clock.now_nanos();
+                let verdict = locked.view.judge(row, Source::Answer, now);
+                let t = self.carry_out(&mut locked, verdict);
+                // CLOSED at the version the trip was decided on: the database left the row as
+                // it was (a group's cap, a live configuration), and would again at once.
+                if row.state == State::Closed && basis.is_some_and(|b| row.version <= b) {
+                    let hold = locked.policy.cooldown.min(REFUSED_TRIP_HOLD);
+                    locked.refused_until = now.saturating_add(duration_nanos(hold));
+                }
+                return t;
             }
             Call::Override { seq } => Source::OverrideAnswer {
                 superseded: self.local_decisions.load(Ordering::Acquire) != seq,

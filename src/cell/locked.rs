@@ -38,6 +38,11 @@ pub(super) struct Locked {
     /// With [`Builder::time_window`](crate::Builder::time_window): the window that is judged;
     /// the count window then only keeps the last outcomes for `execution_log`.
     pub(super) timed: Option<TimeWindow>,
+    /// Shared stores: clock nanoseconds before which the window does not trip again, because
+    /// the database left the row CLOSED when it last did (a group's cap, a live configuration):
+    /// a member held CLOSED by its group, failing on, trips again a cooldown (at most a second,
+    /// `fleet::REFUSED_TRIP_HOLD`) later, not at every failure.
+    pub(super) refused_until: u64,
 }
 
 impl Locked {

@@ -247,6 +247,7 @@ impl KeyCell {
                 reopens: 0,
                 slow_calls,
                 timed,
+                refused_until: 0,
             }),
             lease_requested: AtomicBool::new(false),
             rate: match policy.trip.fleet_rate() {
@@ -520,8 +521,12 @@ impl KeyCell {
                 }
                 locked.reopens = 0; // a closed breaker's next trip rests the base cooldown
             }
-            State::HalfOpen => locked.half_open.clear(),
-            State::Open => {}
+            State::HalfOpen => {
+                locked.half_open.clear();
+                locked.refused_until = 0;
+            }
+            // Opened after all (by the fleet, or by an override): no refusal holds any more.
+            State::Open => locked.refused_until = 0,
         }
         if from == State::Closed && to != State::Closed {
             self.ring.seal(next.generation());

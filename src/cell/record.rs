@@ -169,7 +169,7 @@ impl KeyCell {
         // the counts); alone, the window judges by the same rule.
         let fleet_rate =
             locked.policy.trip.fleet_rate().is_some() && self.is_fleet() && mode == Mode::Normal;
-        if trips && !fleet_rate && mode == Mode::Normal {
+        if trips && !fleet_rate && mode == Mode::Normal && !self.refused(locked) {
             let deadline = self.deadline_after(locked.policy.cooldown);
             return Recorded::Changed(self.set_state(locked, State::Open, deadline));
         }
@@ -192,6 +192,12 @@ impl KeyCell {
             self.unmark_clean();
         }
         Recorded::Nothing
+    }
+
+    /// True while the database's last answer to a trip of ours keeps the window from tripping
+    /// again (`Locked::refused_until`).
+    fn refused(&self, locked: &Locked) -> bool {
+        locked.refused_until != 0 && locked.refused_until > self.clock.now_nanos()
     }
 
     /// Sets the word's clean bit if the window is full of successes, in `admitted`'s epoch.

@@ -32,8 +32,8 @@
 //! * **A trip past the cap is refused**: the member's row stays CLOSED, every instance keeps
 //!   calling it, and the change log records the refusal (kind `group`, with the group's name,
 //!   its open and member counts and the cap), shown by `resilient-circuit history KEY`. The
-//!   instance that tripped follows the row it gets back; its window starts over, so it trips
-//!   again, and is refused again, only after another window of failures.
+//!   instance that tripped follows the row it gets back and trips that key again a second
+//!   later at the soonest (below).
 //! * **Whoever writes**: the cap holds for this crate's trips, the Python package's updates and
 //!   an operator's `UPDATE` in psql alike. An operator's `resilient-circuit open` (a decree) and
 //!   a member forced open by its live configuration (`config KEY --mode forced-open`, also when
@@ -56,13 +56,12 @@
 //!
 //! ## Costs
 //!
-//! **A member held CLOSED by the cap while it keeps failing trips again at every window of
-//! failures**, on every instance that calls it, and each trip is a statement and a change-log
-//! row: with a window of one call (`failure_limit(Ratio::new(1, 1))`) that is one trip per
-//! failed call, as fast as the database answers (each instance sends one key's trips one at a
-//! time). Give members a window of several calls (e.g. `failure_limit(Ratio::new(5, 10))`):
-//! refused trips then come at most once per ten calls. An instance does not yet hold off a
-//! member's trips after a refusal.
+//! **A member held CLOSED by the cap while it keeps failing trips again a second later** (or a
+//! cooldown, if shorter), not at every failure: an instance whose trip the database left CLOSED
+//! does not trip that key again before then, and keeps calling it meanwhile. So each instance
+//! sends at most one refused trip a second per member (a statement and a change-log row), and
+//! a member trips within a second of its group having room again
+//! (`groups::a_refused_member_trips_again_only_after_a_cooldown`).
 //!
 //! A member's calls cost what any breaker's cost: the group is consulted only when a member
 //! trips, in the database (its row locked `FOR NO KEY UPDATE`, so members joining meanwhile do

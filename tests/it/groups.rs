@@ -139,6 +139,7 @@ async fn a_member_that_closes_frees_room_and_a_decree_is_not_capped() {
     assert!(storage.flush(WAIT).await);
     fail(&b).await;
     assert!(storage.flush(WAIT).await);
+    let refused_at = std::time::Instant::now();
     assert_eq!(open_members(&client, &group).await, [group.key("host-0")]);
     assert!(
         eventually(WAIT, || async { b.state() == State::Closed }).await,
@@ -149,6 +150,10 @@ async fn a_member_that_closes_frees_room_and_a_decree_is_not_capped() {
     a.force_closed_confirmed()
         .await
         .expect("an operator closes the open member");
+    // A refused member trips again a second after its refusal at the soonest (the next test):
+    // a time, waited out.
+    tokio::time::sleep(std::time::Duration::from_secs(1).saturating_sub(refused_at.elapsed()))
+        .await;
     fail(&b).await;
     assert!(storage.flush(WAIT).await);
     assert_eq!(open_members(&client, &group).await, [group.key("host-1")]);
@@ -378,4 +383,53 @@ async fn the_group_layer_picks_the_member_from_the_request() {
         before,
         "the inner service was not called"
     );
+}
+
+/// A member held CLOSED by the cap while it keeps failing trips again a cooldown later (at most
+/// a second), not at every failure: one instance failing a refused member twenty times in a row
+/// sends one trip (one refusal in the log) and keeps calling it; after the cooldown (400 ms
+/// here) its next failure trips again (a second refusal).
+#[tokio::test]
+async fn a_refused_member_trips_again_only_after_a_cooldown() {
+    const COOLDOWN: std::time::Duration = std::time::Duration::from_millis(400);
+    let db = test_db().await;
+    let client = db.client().await;
+    let storage = instance(&db).await;
+    let group = joined(&storage, &unique_key("again"), Ratio::new(1, 3), 3).await;
+    let member = |i: usize| {
+        trip_fast(group.member(&format!("host-{i}")))
+            .cooldown(COOLDOWN)
+            .build()
+            .expect("valid")
+    };
+    let (a, b) = (member(0), member(1));
+    fail(&a).await;
+    assert!(storage.flush(WAIT).await);
+    fail(&b).await;
+    assert!(storage.flush(WAIT).await);
+    assert_eq!(refusals(&client, &group).await.len(), 1);
+    let refused_at = std::time::Instant::now();
+    for _ in 0..20 {
+        assert!(
+            b.try_acquire().is_ok(),
+            "the refused member is still called"
+        );
+        fail(&b).await;
+    }
+    assert!(storage.flush(WAIT).await);
+    assert!(
+        refused_at.elapsed() < COOLDOWN,
+        "the failures came within the cooldown"
+    );
+    assert_eq!(
+        refusals(&client, &group).await.len(),
+        1,
+        "no trip within the cooldown after a refusal"
+    );
+    // The hold is a time: it is waited out.
+    tokio::time::sleep(COOLDOWN.saturating_sub(refused_at.elapsed())).await;
+    fail(&b).await;
+    assert!(storage.flush(WAIT).await);
+    assert_eq!(refusals(&client, &group).await.len(), 2, "a trip after it");
+    assert_eq!(open_members(&client, &group).await, [group.key("host-0")]);
 }
