@@ -216,53 +216,19 @@ impl WireProxy {
     /// When the NotificationResponse announcing `ns`/`key` -> `state` was handed to the
     /// listener's socket; waits for it up to `WAIT`.
     pub(crate) fn notified(&self, ns: &str, key: &str, state: &str) -> R<Instant> {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            {
-                let mut v = self
-                    .log
-                    .notifications
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner());
-                let found = v.iter().position(|(_, p)| {
-                    serde_json::from_str::<serde_json::Value>(p)
-                        .is_ok_and(|j| j["ns"] == ns && j["key"] == key && j["state"] == state)
-                });
-                if let Some(i) = found {
-                    let at = v[i].0;
-                    v.drain(..=i);
-                    return Ok(at);
-                }
-            }
-            if Instant::now() >= deadline {
-                return Err(format!("the proxy saw no NOTIFY of {ns}/{key} -> {state}").into());
-            }
-            std::thread::sleep(Duration::from_micros(200));
-        }
+        take_first(&self.log.notifications, |(_, p)| {
+            serde_json::from_str::<serde_json::Value>(p)
+                .is_ok_and(|j| j["ns"] == ns && j["key"] == key && j["state"] == state)
+        })
+        .map(|(at, _)| at)
+        .ok_or_else(|| format!("the proxy saw no NOTIFY of {ns}/{key} -> {state}").into())
     }
 
     /// When the first of the pool's statements completed at or after `since` reached the
     /// proxy; waits for it up to `WAIT`. Earlier ones are dropped.
     pub(crate) fn statement_after(&self, since: Instant) -> R<Instant> {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            {
-                let mut v = self
-                    .log
-                    .pool_statements
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner());
-                if let Some(i) = v.iter().position(|at| *at >= since) {
-                    let at = v[i];
-                    v.drain(..=i);
-                    return Ok(at);
-                }
-            }
-            if Instant::now() >= deadline {
-                return Err("the proxy saw no statement from the pool".into());
-            }
-            std::thread::sleep(Duration::from_micros(200));
-        }
+        take_first(&self.log.pool_statements, |at| *at >= since)
+            .ok_or_else(|| "the proxy saw no statement from the pool".into())
     }
 
     pub(crate) fn clear_notifications(&self) {
@@ -286,6 +252,26 @@ impl Drop for WireProxy {
         {
             let _ = s.shutdown(std::net::Shutdown::Both);
         }
+    }
+}
+
+/// The first entry of `log` that `wanted` picks, removed with every entry before it; waits for
+/// one up to `WAIT` (`None` then). The proxy's threads append to `log`.
+fn take_first<T: Clone>(log: &Mutex<Vec<T>>, mut wanted: impl FnMut(&T) -> bool) -> Option<T> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        {
+            let mut v = log.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(i) = v.iter().position(&mut wanted) {
+                let found = v[i].clone();
+                v.drain(..=i);
+                return Some(found);
+            }
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_micros(200));
     }
 }
 

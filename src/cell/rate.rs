@@ -222,6 +222,7 @@ mod tests {
             })
             .collect();
         for w in workers {
+            // `join` fails only if the thread panicked; counting does not panic.
             w.join().expect("the thread counts");
         }
         assert_eq!(r.sample(SECOND, SECOND).calls, threads as u64 * 1_000_000);

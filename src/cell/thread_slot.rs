@@ -105,6 +105,8 @@ mod tests {
             })
             .collect::<Vec<_>>()
             .into_iter()
+            // `join` fails only if the thread panicked: its assertion failed, and so does the
+            // test, here.
             .map(|t| t.join().expect("the thread returns its number"))
             .collect();
         let distinct: HashSet<_> = held.iter().copied().filter(|&i| i < EXCLUSIVE).collect();
@@ -122,6 +124,7 @@ mod tests {
     #[test]
     fn exited_threads_give_their_numbers_back() {
         for n in 0..2 * EXCLUSIVE {
+            // `join` fails only if the thread panicked; `index` does not panic.
             let i = std::thread::spawn(index)
                 .join()
                 .expect("returns its number");

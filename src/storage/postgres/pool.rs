@@ -75,11 +75,6 @@ impl Shared {
                 ),
             });
         }
-        let typed: Vec<(&(dyn ToSql + Sync), Type)> = params
-            .iter()
-            .zip(call.types)
-            .map(|(p, t)| (*p, t.clone()))
-            .collect();
         let started = std::time::Instant::now();
         let deadline = tokio::time::Instant::now() + self.opts.statement_timeout;
         let timed_out = || StorageError::Timeout {
@@ -90,7 +85,7 @@ impl Shared {
             let client = tokio::time::timeout_at(deadline, self.client(during))
                 .await
                 .map_err(|_| timed_out())??;
-            let answer = tokio::time::timeout_at(deadline, self.query(&client, call, &typed)).await;
+            let answer = tokio::time::timeout_at(deadline, self.query(&client, call, params)).await;
             match answer {
                 Ok(r) => r.map_err(|e| StorageError::db(during, e)),
                 Err(_) => {
@@ -124,12 +119,11 @@ impl Shared {
         &self,
         client: &deadpool_postgres::Object,
         call: statements::Call,
-        typed: &[(&(dyn ToSql + Sync), Type)],
+        params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Row>, tokio_postgres::Error> {
         if self.prepared.on() {
-            let params: Vec<&(dyn ToSql + Sync)> = typed.iter().map(|(p, _)| *p).collect();
             let answer = match client.prepare_typed_cached(call.sql, call.types).await {
-                Ok(statement) => client.query(&statement, &params).await,
+                Ok(statement) => client.query(&statement, params).await,
                 Err(e) => Err(e),
             };
             match answer.as_ref().err().and_then(|e| e.code()) {
@@ -146,7 +140,12 @@ impl Shared {
                 _ => return answer,
             }
         }
-        client.query_typed(call.sql, typed).await
+        let typed: Vec<(&(dyn ToSql + Sync), Type)> = params
+            .iter()
+            .zip(call.types)
+            .map(|(p, t)| (*p, t.clone()))
+            .collect();
+        client.query_typed(call.sql, &typed).await
     }
 
     /// A call on `client` went unanswered within the statement timeout: it is cancelled on the
