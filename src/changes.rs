@@ -1,5 +1,6 @@
 //! The change stream: every transition a [`Storage`](crate::Storage) sees, local or remote, as a
-//! [`Stream`] ([`Storage::changes`](crate::Storage::changes)).
+//! [`Stream`] ([`Storage::changes`](crate::Storage::changes)), and the fleet's news of a breaker
+//! that changes no state ([`ChangeKind`]).
 //!
 //! A storage keeps one broadcast channel. Sending never waits: a receiver that falls more than
 //! [`CHANGE_BUFFER`] changes behind loses the oldest ones and is told how many
@@ -21,7 +22,7 @@ use crate::{ChangeOrigin, State};
 /// How many changes a receiver may fall behind before it loses the oldest.
 pub const CHANGE_BUFFER: usize = 1024;
 
-/// One transition of one breaker, as this instance saw it.
+/// One transition of one breaker, as this instance saw it, or news of it ([`kind`](Self::kind)).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Change {
@@ -46,6 +47,26 @@ pub struct Change {
     pub committed_at: Option<SystemTime>,
     /// When this instance applied it to its snapshot, by the local clock.
     pub seen_at: SystemTime,
+    /// A transition, or news that changes no state (then `from` and `to` are both the state the
+    /// breaker is in). Callbacks receive transitions only.
+    pub kind: ChangeKind,
+}
+
+/// What a [`Change`] tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ChangeKind {
+    /// The breaker went from `from` to `to`.
+    Transition,
+    /// The fleet judged this instance an outlier of the key (`outlier: true`): its failure rate
+    /// is far above the rest of the fleet's, so its reports no longer count towards opening the
+    /// key for everyone, and its own breaker judges its own window
+    /// ([`docs::outliers`](crate::docs::outliers)). `false`: it no longer is one. A process that
+    /// sees itself an outlier of many keys may be the sick one, and drain or restart itself.
+    Outlier {
+        /// True from when the fleet judged it an outlier, false once it no longer does.
+        outlier: bool,
+    },
 }
 
 impl Change {
@@ -173,6 +194,18 @@ impl Feed {
             version,
             committed_at,
             seen_at: SystemTime::now(),
+            kind: ChangeKind::Transition,
         }
+    }
+
+    /// Streams news of `key`, in `state`, that changes no state; free while no one listens.
+    pub(crate) fn news(&self, key: &str, state: State, kind: ChangeKind) {
+        if self.tx.receiver_count() == 0 {
+            return;
+        }
+        let mut change = self.change(key, state, state, ChangeOrigin::Remote, None, None);
+        change.kind = kind;
+        // An error only means every receiver went away meanwhile.
+        let _ = self.tx.send(change);
     }
 }

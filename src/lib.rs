@@ -128,7 +128,7 @@ mod window;
 
 pub use breaker::{CircuitBreaker, Outcome, OwnedPermit, Permit};
 pub use builder::{Builder, MAX_KEY_LEN, MIN_TIME_WINDOW};
-pub use changes::{Change, Changes};
+pub use changes::{Change, ChangeKind, Changes};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{CircuitError, ConfigError, RejectReason, Rejected, StorageError};
 pub use group::{Group, GroupBuilder};

@@ -38,6 +38,7 @@ pub(crate) const PENDING: &str = "resilient_circuit_pending_publications";
 pub(crate) const NOTIFICATION_LAG: &str = "resilient_circuit_notification_lag_seconds";
 pub(crate) const QUEUE_USAGE: &str = "resilient_circuit_notification_queue_usage";
 pub(crate) const CONFIRMED: &str = "resilient_circuit_confirmed_notifications_total";
+pub(crate) const OUTLIER: &str = "resilient_circuit_outlier";
 
 /// The label value of a state: lower case, as Prometheus labels usually are.
 pub(crate) const fn state_label(s: State) -> &'static str {
@@ -108,11 +109,24 @@ fn describe() {
             QUEUE_USAGE,
             "How full the server's notification queue is, 0 to 1 (a full one fails every commit that notifies)"
         );
+        describe_gauge!(
+            OUTLIER,
+            "1 while the fleet holds this instance an outlier of the key (its failure rate far above the rest of the fleet's), 0 after"
+        );
         describe_counter!(
             CONFIRMED,
             "Notifications read again from the table before they counted (stale, replayed, or lowering a state)"
         );
     });
+}
+
+/// Whether the fleet holds `instance` an outlier of `key` (`docs::outliers`); set when that
+/// changes, which is rare, so the handle is not kept.
+pub(crate) fn outlier(namespace: &str, key: &str, instance: &str, outlier: bool) {
+    describe();
+    metrics::gauge!(OUTLIER, "key" => key.to_owned(), "namespace" => namespace.to_owned(),
+        "instance" => instance.to_owned())
+    .set(if outlier { 1.0 } else { 0.0 });
 }
 
 /// One key's metrics in one storage, made with its cell.

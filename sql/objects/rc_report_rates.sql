@@ -31,16 +31,29 @@
 --   without a row see each other and open it once.
 -- * A bad element gets its error in o_error and the others go on; at most 1000 keys a call.
 --
+-- Outliers (docs::outliers): a reporter whose own rate is far above the rest of the fleet's is
+-- an outlier, and its report does not count towards opening the key. The rule, over the live
+-- reports of the key, each reporter against the sum of the others':
+--   * its own failures / calls is at or above the limit, on at least a tenth of min_calls calls;
+--   * the others' calls add up to at least min_calls;
+--   * the others' failures / calls is under a quarter of the limit.
+-- It is judged again at every report of the key, for every reporter (so a report of a healthy
+-- instance already leaves out an outlier that has not reported since). The change log records
+-- when a reporter becomes an outlier and when it stops being one (kind "outlier", the key's row
+-- as it stays; why: {"outlier": {"instance", "outlier", its counts, the others'}}); a report
+-- that expires stops it too.
+--
 -- Returns each key's row as afterwards, as the other transition functions do, the fleet's
--- counts with this report (0 when it was not recorded), and o_judged_ms: how long the key is
--- still under judgement (0: not).
+-- counts with this report (0 when it was not recorded; outliers left out), o_judged_ms: how
+-- long the key is still under judgement (0: not), and o_outlier: whether the reporter is an
+-- outlier of the key.
 CREATE OR REPLACE FUNCTION public.rc_report_rates(
     p_ns text, p_reporter text, p_interval_ms bigint, p_keys text[], p_failures bigint[],
     p_calls bigint[], p_limit_num integer[], p_limit_den integer[], p_min_calls integer[],
     p_period_ms bigint[], p_cooldown_ms bigint[])
 RETURNS TABLE (o_key text, o_state text, o_version bigint, o_remaining_ms bigint,
                o_lease_id bigint, o_retry_ms bigint, o_fleet_failures bigint,
-               o_fleet_calls bigint, o_judged_ms bigint, o_error text)
+               o_fleet_calls bigint, o_judged_ms bigint, o_error text, o_outlier boolean)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     who text := public.rc_check_text(p_reporter, 'a reporter''s name', 255);
@@ -62,6 +75,9 @@ DECLARE
     fleet_calls bigint;
     reporters integer;
     judged_ms bigint;
+    o record;
+    is_outlier boolean;
+    me_outlier boolean;
 BEGIN
     IF coalesce(array_length(p_keys, 1), 0) > 1000 THEN
         RAISE EXCEPTION 'at most 1000 reports a call, got %', array_length(p_keys, 1)
@@ -80,7 +96,7 @@ BEGIN
                                     p_cooldown_ms[i]);
         IF err IS NOT NULL THEN
             RETURN QUERY SELECT k, NULL::text, NULL::bigint, NULL::bigint, NULL::bigint,
-                                NULL::bigint, NULL::bigint, NULL::bigint, NULL::bigint, err;
+                                NULL::bigint, NULL::bigint, NULL::bigint, NULL::bigint, err, NULL::boolean;
             CONTINUE;
         END IF;
         num := p_limit_num[i];
@@ -93,7 +109,7 @@ BEGIN
             WHERE namespace = p_ns AND resource_key = k;
         IF FOUND THEN
             IF cfg.mode <> 'normal' OR cfg.trip_policy IN ('any_instance', 'quorum') THEN
-                RETURN QUERY SELECT k, v.*, 0::bigint, 0::bigint, 0::bigint, NULL::text
+                RETURN QUERY SELECT k, v.*, 0::bigint, 0::bigint, 0::bigint, NULL::text, false
                     FROM public.rc_view(p_ns, k) v;
                 CONTINUE;
             END IF;
@@ -108,7 +124,7 @@ BEGIN
         SELECT * INTO r FROM public.rc_circuit_breakers
             WHERE namespace = p_ns AND resource_key = k FOR UPDATE;
         IF FOUND AND r.state IN ('OPEN', 'HALF_OPEN') THEN
-            RETURN QUERY SELECT k, v.*, 0::bigint, 0::bigint, 0::bigint, NULL::text
+            RETURN QUERY SELECT k, v.*, 0::bigint, 0::bigint, 0::bigint, NULL::text, false
                 FROM public.rc_view(p_ns, k) v;
             CONTINUE;
         END IF;
@@ -141,11 +157,62 @@ BEGIN
                 WHERE namespace = p_ns AND resource_key = k;
         END IF;
         judged_ms := coalesce(public.rc_remaining_ms(j.judged_until), 0);
-        DELETE FROM public.rc_rate_reports
-            WHERE namespace = p_ns AND resource_key = k AND expires_at <= clock_timestamp();
+        -- An outlier whose report expired stops being one.
+        FOR o IN DELETE FROM public.rc_rate_reports
+                     WHERE namespace = p_ns AND resource_key = k
+                       AND expires_at <= clock_timestamp()
+                     RETURNING reporter, failures, calls, outlier_since
+        LOOP
+            IF o.outlier_since IS NOT NULL THEN
+                INSERT INTO public.rc_changes
+                    (txid, version, namespace, resource_key, from_state, state, open_until,
+                     reset, kind, actor, why)
+                VALUES (pg_current_xact_id()::text::bigint, coalesce(r.version, 0), p_ns, k,
+                        coalesce(r.state, 'CLOSED'), coalesce(r.state, 'CLOSED'), NULL, false,
+                        'outlier', public.rc_actor(),
+                        jsonb_build_object('outlier', jsonb_build_object(
+                            'instance', o.reporter, 'outlier', false, 'expired', true)));
+            END IF;
+        END LOOP;
+        me_outlier := false;
+        FOR o IN
+            SELECT q.reporter, q.failures, q.calls, q.outlier_since,
+                   t.failures - q.failures AS others_failures, t.calls - q.calls AS others_calls
+            FROM public.rc_rate_reports q,
+                 (SELECT sum(a.failures) AS failures, sum(a.calls) AS calls
+                  FROM public.rc_rate_reports a
+                  WHERE a.namespace = p_ns AND a.resource_key = k) t
+            WHERE q.namespace = p_ns AND q.resource_key = k
+            ORDER BY q.reporter
+        LOOP
+            is_outlier := o.failures > 0 AND o.failures * den >= num::bigint * o.calls
+                AND o.calls * 10 >= min_calls
+                AND o.others_calls >= min_calls
+                AND o.others_failures * den * 4 < num::bigint * o.others_calls;
+            IF is_outlier IS DISTINCT FROM (o.outlier_since IS NOT NULL) THEN
+                UPDATE public.rc_rate_reports
+                    SET outlier_since = CASE WHEN is_outlier THEN clock_timestamp() END
+                    WHERE namespace = p_ns AND resource_key = k AND reporter = o.reporter;
+                INSERT INTO public.rc_changes
+                    (txid, version, namespace, resource_key, from_state, state, open_until,
+                     reset, kind, actor, why)
+                VALUES (pg_current_xact_id()::text::bigint, coalesce(r.version, 0), p_ns, k,
+                        coalesce(r.state, 'CLOSED'), coalesce(r.state, 'CLOSED'), NULL, false,
+                        'outlier', public.rc_actor(),
+                        jsonb_build_object('outlier', jsonb_build_object(
+                            'instance', o.reporter, 'outlier', is_outlier,
+                            'failures', o.failures, 'calls', o.calls,
+                            'others_failures', o.others_failures,
+                            'others_calls', o.others_calls, 'limit', num || '/' || den)));
+            END IF;
+            IF o.reporter = who THEN
+                me_outlier := is_outlier;
+            END IF;
+        END LOOP;
         SELECT coalesce(sum(q.failures), 0), coalesce(sum(q.calls), 0), count(*)
             INTO fleet_failures, fleet_calls, reporters
-            FROM public.rc_rate_reports q WHERE q.namespace = p_ns AND q.resource_key = k;
+            FROM public.rc_rate_reports q
+            WHERE q.namespace = p_ns AND q.resource_key = k AND q.outlier_since IS NULL;
         IF fleet_calls >= min_calls AND fleet_failures > 0
            AND fleet_failures * den >= num::bigint * fleet_calls
            AND j.judging_since <= clock_timestamp() - interval_ms * interval '1 millisecond' THEN
@@ -155,7 +222,8 @@ BEGIN
                     'limit', num || '/' || den, 'min_calls', min_calls,
                     'period_ms', period_ms)));
         END IF;
-        RETURN QUERY SELECT k, v.*, fleet_failures, fleet_calls, judged_ms, NULL::text
+        RETURN QUERY SELECT k, v.*, fleet_failures, fleet_calls, judged_ms, NULL::text,
+                            me_outlier
             FROM public.rc_view(p_ns, k) v;
     END LOOP;
     PERFORM public.rc_prune();

@@ -73,6 +73,9 @@ pub(crate) struct RateCounter {
     /// Clock nanoseconds until which the fleet judges this key: the instance reports its counts
     /// every interval until then, whatever its own rate (0: not judged).
     judged_until: AtomicU64,
+    /// Clock nanoseconds until which the fleet holds this instance an outlier of the key
+    /// (`docs::outliers`): its own window judges it meanwhile (0: not one).
+    outlier_until: AtomicU64,
 }
 
 impl RateCounter {
@@ -87,6 +90,7 @@ impl RateCounter {
                 failures: 0,
             }])),
             judged_until: AtomicU64::new(0),
+            outlier_until: AtomicU64::new(0),
         }
     }
 
@@ -173,6 +177,31 @@ impl RateCounter {
     pub(crate) fn judged(&self, now: u64) -> bool {
         self.judged_until.load(Ordering::Relaxed) > now
     }
+
+    /// The database's answer to a report at `now`: this instance is an outlier of the key
+    /// until `until` (0: it is not one). True when that changes what [`outlier`](Self::outlier)
+    /// said at `now`.
+    pub(crate) fn outlier_until(&self, now: u64, until: u64) -> bool {
+        let was = self.outlier_until.swap(until, Ordering::Relaxed) > now;
+        was != (until > now)
+    }
+
+    /// True while the fleet holds this instance an outlier of the key.
+    pub(crate) fn outlier(&self, now: u64) -> bool {
+        self.outlier_until.load(Ordering::Relaxed) > now
+    }
+
+    /// True once, when the last answer's outlier time ran out by `now` without a new answer
+    /// (the instance stopped reporting: its rate fell under the limit).
+    pub(crate) fn outlier_lapsed(&self, now: u64) -> bool {
+        let until = self.outlier_until.load(Ordering::Relaxed);
+        until != 0
+            && until <= now
+            && self
+                .outlier_until
+                .compare_exchange(until, 0, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
 }
 
 #[cfg(test)]
@@ -203,6 +232,26 @@ mod tests {
         r.judged_until(5);
         r.judged_until(3);
         assert!(r.judged(4) && !r.judged(5));
+        // Outliers: each answer replaces the last, and says whether it changed anything.
+        assert!(!r.outlier(0));
+        assert!(r.outlier_until(1, 9));
+        assert!(!r.outlier_until(2, 12), "still one");
+        assert!(
+            r.outlier(11) && !r.outlier(12),
+            "until the last answer's end"
+        );
+        assert!(r.outlier_until(3, 0), "no longer one");
+        assert!(!r.outlier(3));
+        assert!(
+            !r.outlier_until(20, 15),
+            "an answer already past changes nothing"
+        );
+        assert!(
+            r.outlier_lapsed(20) && !r.outlier_lapsed(21),
+            "its end is told once"
+        );
+        r.outlier_until(30, 40);
+        assert!(!r.outlier_lapsed(39), "not before its end");
     }
 
     /// More threads than own stripes, counting at once: none of their calls is lost, neither

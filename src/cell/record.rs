@@ -166,9 +166,13 @@ impl KeyCell {
         let timed = self.timed_counts(locked, cur, now);
         let trips = locked.closed_trips(counts, timed);
         // A fleet rate is the database's to judge while it is reachable (the reporter sends it
-        // the counts); alone, the window judges by the same rule.
-        let fleet_rate =
-            locked.policy.trip.fleet_rate().is_some() && self.is_fleet() && mode == Mode::Normal;
+        // the counts); alone, or as the fleet's outlier (its reports no longer count), the
+        // window judges by the same rule.
+        let fleet_rate = trips
+            && locked.policy.trip.fleet_rate().is_some()
+            && self.is_fleet()
+            && mode == Mode::Normal
+            && !self.outlier();
         if trips && !fleet_rate && mode == Mode::Normal && !self.refused(locked) {
             let deadline = self.deadline_after(locked.policy.cooldown);
             return Recorded::Changed(self.set_state(locked, State::Open, deadline));
@@ -192,6 +196,12 @@ impl KeyCell {
             self.unmark_clean();
         }
         Recorded::Nothing
+    }
+
+    /// True while the fleet holds this instance an outlier of the key (`rate.rs`).
+    fn outlier(&self) -> bool {
+        self.rate()
+            .is_some_and(|r| r.outlier(self.clock.now_nanos()))
     }
 
     /// True while the database's last answer to a trip of ours keeps the window from tripping

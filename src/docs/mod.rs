@@ -18,6 +18,8 @@
 //!   the change stream, every metric, and troubleshooting.
 //! * [`groups`]: breakers judged together, one per host of a service, with a fleet-wide cap on
 //!   how many may be open at once.
+//! * [`outliers`]: one instance failing far more than the rest of the fleet, named and kept from
+//!   opening a fleet-rate key for everyone.
 //! * [`performance`]: what a call costs on each path, next to the peers, and how fast a change
 //!   travels; how to measure it again.
 //! * [`scale`]: large fleets: connections, fan-out with LISTEN, following by polling, and when to
@@ -59,6 +61,7 @@ pub mod groups;
 pub mod guarantees;
 pub mod model;
 pub mod operating;
+pub mod outliers;
 pub mod performance;
 pub mod postgres;
 pub mod scale;

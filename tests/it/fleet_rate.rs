@@ -207,7 +207,7 @@ async fn the_rate_must_reach_the_limit() {
 
 /// Calls on `cb`, `calls` of them, failing `per_mille` in a thousand evenly (no prefix of the
 /// run fails at a higher rate than the whole).
-async fn run(cb: &CircuitBreaker, calls: u64, per_mille: u64) -> u64 {
+pub(crate) async fn run(cb: &CircuitBreaker, calls: u64, per_mille: u64) -> u64 {
     let mut failures = 0;
     for j in 1..=calls {
         let fails = (j * per_mille) / 1000 > ((j - 1) * per_mille) / 1000;

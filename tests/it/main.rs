@@ -22,6 +22,7 @@ mod hostile;
 mod live_config;
 mod model;
 mod outages;
+mod outliers;
 mod pgbouncer;
 mod postgres;
 mod prepared;

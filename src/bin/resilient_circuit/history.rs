@@ -200,6 +200,41 @@ fn why(why: Option<&serde_json::Value>) -> String {
             out.push_str(&format!("; reopen {reopens}, resting {ms} ms"));
         }
     }
+    if let Some(g) = w.get("group") {
+        let count = |field: &str| g.get(field).and_then(|v| v.as_i64()).unwrap_or(0);
+        out.push_str(&format!(
+            "; group {}: OPEN refused, {} of {} members open, at most {} ({})",
+            g.get("name").and_then(|v| v.as_str()).unwrap_or("?"),
+            count("open"),
+            count("members"),
+            count("max_open"),
+            g.get("limit").and_then(|v| v.as_str()).unwrap_or("?"),
+        ));
+    }
+    if let Some(o) = w.get("outlier") {
+        let count = |field: &str| o.get(field).and_then(|v| v.as_i64()).unwrap_or(0);
+        let instance = o.get("instance").and_then(|v| v.as_str()).unwrap_or("?");
+        match o.get("outlier").and_then(|v| v.as_bool()) {
+            Some(true) => out.push_str(&format!(
+                "; outlier: instance {instance}, {} failures of {} calls, the others {} of {} (limit {})",
+                count("failures"),
+                count("calls"),
+                count("others_failures"),
+                count("others_calls"),
+                o.get("limit").and_then(|v| v.as_str()).unwrap_or("?"),
+            )),
+            _ if o.get("expired").is_some() => out.push_str(&format!(
+                "; outlier no more: instance {instance} stopped reporting"
+            )),
+            _ => out.push_str(&format!(
+                "; outlier no more: instance {instance}, {} failures of {} calls, the others {} of {}",
+                count("failures"),
+                count("calls"),
+                count("others_failures"),
+                count("others_calls"),
+            )),
+        }
+    }
     if let Some(c) = w.get("config") {
         let mode = c.get("mode").and_then(|v| v.as_str()).unwrap_or("?");
         match c.get("note").and_then(|v| v.as_str()) {
@@ -242,6 +277,25 @@ mod tests {
         assert_eq!(
             super::why(Some(&reopened)),
             "; probes: 1 succeeded, 2 failed, 2 needed; reopen 2, resting 3900 ms"
+        );
+        let refused = serde_json::json!({"group": {"name": "payments", "refused": "OPEN",
+            "open": 2, "members": 6, "max_open": 2, "limit": "1/3"}});
+        assert_eq!(
+            super::why(Some(&refused)),
+            "; group payments: OPEN refused, 2 of 6 members open, at most 2 (1/3)"
+        );
+        let outlier = serde_json::json!({"outlier": {"instance": "a:1:f", "outlier": true,
+            "failures": 40, "calls": 40, "others_failures": 0, "others_calls": 360,
+            "limit": "1/20"}});
+        assert_eq!(
+            super::why(Some(&outlier)),
+            "; outlier: instance a:1:f, 40 failures of 40 calls, the others 0 of 360 (limit 1/20)"
+        );
+        let lapsed = serde_json::json!({"outlier": {"instance": "a:1:f", "outlier": false,
+            "expired": true}});
+        assert_eq!(
+            super::why(Some(&lapsed)),
+            "; outlier no more: instance a:1:f stopped reporting"
         );
     }
 }

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use resilient_circuit::storage::postgres::PostgresOptions;
-use resilient_circuit::{Change, ChangeOrigin, State, Storage};
+use resilient_circuit::{Change, ChangeKind, ChangeOrigin, State, Storage};
 use tokio_stream::StreamExt;
 
 use super::text::escaped;
@@ -70,9 +70,19 @@ pub async fn run(opts: &PostgresOptions, args: Args) -> Result<ExitCode, CliErro
     }
 }
 
-/// `TIME NAMESPACE KEY STATE vVERSION from=STATE origin=local|remote [delay=MSms]`.
+/// `TIME NAMESPACE KEY STATE vVERSION from=STATE origin=local|remote [delay=MSms]`, or for news
+/// that changes no state `TIME NAMESPACE KEY STATE outlier=yes|no`.
 fn line(c: &Change) -> String {
     let time = humantime::format_rfc3339_millis(c.seen_at);
+    if let ChangeKind::Outlier { outlier } = c.kind {
+        let yes = if outlier { "yes" } else { "no" };
+        return format!(
+            "{time} {} {} {} outlier={yes}",
+            escaped(&c.namespace),
+            escaped(&c.key),
+            c.to
+        );
+    }
     let version = c
         .version
         .map_or_else(|| "v-".to_owned(), |v| format!("v{v}"));

@@ -79,6 +79,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(14, "0014", "security"),
     migration!(15, "0015", "key_locks"),
     migration!(16, "0016", "groups"),
+    migration!(17, "0017", "outliers"),
 ];
 
 /// Every object, applied after the migrations in this order: a SQL-language function is

@@ -119,8 +119,9 @@ pub(crate) async fn poll(
                 outcome.configured.push(key);
                 continue;
             }
-            // A refused entry into a full group: the row stayed as it was.
-            Some("group") => continue,
+            // A refused entry into a full group, an instance judged an outlier or no longer
+            // one (its own report's answer tells it): the row stayed as it was.
+            Some("group" | "outlier") => continue,
             Some("judge") => {
                 let ms = row.try_get("o_remaining_ms").map_err(err)?;
                 shared.judged(&key, statements::remaining(ms));

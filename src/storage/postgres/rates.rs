@@ -15,6 +15,10 @@
 //! Each report replaces the instance's previous one, and counts for three intervals: the fleet
 //! rate is the sum of every instance's latest counts, each over its last period (give or take
 //! one interval).
+//!
+//! The answer also says whether the fleet holds this instance an outlier of the key
+//! ([`docs::outliers`](crate::docs::outliers)): then its breaker judges its own window, as when
+//! alone, and the metric, the log and the change stream say so.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,6 +54,7 @@ struct Report {
     limit: (i32, i32),
     min_calls: i32,
     period_ms: i64,
+    period: Duration,
     cooldown_ms: i64,
 }
 
@@ -68,9 +73,15 @@ impl Shared {
             let Some((limit, min_calls, period)) = policy.trip.fleet_rate() else {
                 continue;
             };
+            if rate.outlier_lapsed(now) {
+                // It stopped reporting (its rate fell under the limit): no longer an outlier.
+                self.outlier_changed(&cell, false);
+            }
             let counts = rate.sample(now, duration_nanos(period));
-            if cell.state() != State::Closed || counts.calls == 0 {
-                continue; // open or probing (the round decides now), or idle
+            // Open or probing, the round decides now; but an outlier opened by its own window
+            // reports on, so that it stays one until its rate heals (its reports do not count).
+            if (cell.state() != State::Closed && !rate.outlier(now)) || counts.calls == 0 {
+                continue;
             }
             let (num, den) = (limit.numerator(), limit.denominator());
             let at_limit = counts.failures > 0
@@ -89,6 +100,7 @@ impl Shared {
                 ),
                 min_calls: i32::try_from(min_calls).unwrap_or(i32::MAX),
                 period_ms: statements::millis(period),
+                period,
                 cooldown_ms: statements::millis(policy.cooldown),
                 cell,
             });
@@ -149,6 +161,23 @@ impl Shared {
                         let left = duration_nanos(statements::remaining(ms));
                         rate.judged_until(answered_at.saturating_add(left));
                     }
+                    let outlier: Option<bool> = row.try_get("o_outlier").ok().flatten();
+                    if let (Some(outlier), Some(rate)) = (outlier, report.cell.rate()) {
+                        // As long as the database counts the report: three intervals, at
+                        // most the period (rc_report_rates).
+                        let until = match outlier {
+                            true => answered_at.saturating_add(
+                                duration_nanos(
+                                    report.period.min(self.opts.fleet_rate_interval * 3),
+                                )
+                                .max(1),
+                            ),
+                            false => 0,
+                        };
+                        if rate.outlier_until(answered_at, until) {
+                            self.outlier_changed(&report.cell, outlier);
+                        }
+                    }
                     // An OPEN row is the fleet's rate reaching the limit: newer than what the
                     // cell holds, so it applies like any notification.
                     self.answered(&report.cell, Call::Other, &state);
@@ -159,6 +188,22 @@ impl Shared {
                 Err(e) => tracing::warn!(error = %e, "unreadable answer to a failure rate report"),
             }
         }
+    }
+
+    /// The fleet started or stopped holding this instance an outlier of `cell`'s key: the
+    /// metric, a log line and the change stream say so (`docs::outliers`).
+    fn outlier_changed(&self, cell: &KeyCell, outlier: bool) {
+        crate::telemetry::outlier(&self.opts.namespace, &cell.key, &self.holder, outlier);
+        if outlier {
+            tracing::warn!(key = %cell.key, instance = %self.holder, "the fleet holds this instance an outlier of the key: its failure rate is far above the rest of the fleet's, so its reports no longer count and its own breaker judges its window");
+        } else {
+            tracing::info!(key = %cell.key, instance = %self.holder, "no longer an outlier of the key");
+        }
+        cell.feed.news(
+            &cell.key,
+            cell.state(),
+            crate::ChangeKind::Outlier { outlier },
+        );
     }
 
     /// [`report_rates`](Self::report_rates) as a task of its own: the fleet started judging a
