@@ -67,6 +67,15 @@ pub enum ChangeKind {
         /// True from when the fleet judged it an outlier, false once it no longer does.
         outlier: bool,
     },
+    /// The counts of a [`Group`](crate::Group) this instance joined changed: `key` is the
+    /// group's name, `from` and `to` its own state ([`GroupState`](crate::GroupState)), which
+    /// is OPEN past its threshold. `version` orders these changes of one group.
+    Group {
+        /// Members OPEN or HALF_OPEN.
+        open: u32,
+        /// Members.
+        members: u32,
+    },
 }
 
 impl Change {
@@ -196,6 +205,27 @@ impl Feed {
             seen_at: SystemTime::now(),
             kind: ChangeKind::Transition,
         }
+    }
+
+    /// The namespace its changes carry.
+    pub(crate) fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// Streams the new counts of group `name`, whose own state went from `from`; free while no
+    /// one listens.
+    pub(crate) fn group_news(&self, name: &str, from: State, now: &crate::GroupState) {
+        if self.tx.receiver_count() == 0 {
+            return;
+        }
+        let mut change = self.change(name, from, now.state, ChangeOrigin::Remote, None, None);
+        change.version = Some(now.version);
+        change.kind = ChangeKind::Group {
+            open: now.open,
+            members: now.members,
+        };
+        // An error only means every receiver went away meanwhile.
+        let _ = self.tx.send(change);
     }
 
     /// Streams news of `key`, in `state`, that changes no state; free while no one listens.

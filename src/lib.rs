@@ -131,7 +131,7 @@ pub use builder::{Builder, MAX_KEY_LEN, MIN_TIME_WINDOW};
 pub use changes::{Change, ChangeKind, Changes};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{CircuitError, ConfigError, RejectReason, Rejected, StorageError};
-pub use group::{Group, GroupBuilder};
+pub use group::{Group, GroupBuilder, GroupState};
 pub use live_config::{LiveConfig, Mode};
 pub use policy::MAX_DURATION;
 pub use ratio::Ratio;

@@ -39,6 +39,9 @@ pub(crate) const NOTIFICATION_LAG: &str = "resilient_circuit_notification_lag_se
 pub(crate) const QUEUE_USAGE: &str = "resilient_circuit_notification_queue_usage";
 pub(crate) const CONFIRMED: &str = "resilient_circuit_confirmed_notifications_total";
 pub(crate) const OUTLIER: &str = "resilient_circuit_outlier";
+pub(crate) const GROUP_OPEN_MEMBERS: &str = "resilient_circuit_group_open_members";
+pub(crate) const GROUP_MEMBERS: &str = "resilient_circuit_group_members";
+pub(crate) const GROUP_OPEN: &str = "resilient_circuit_group_open";
 
 /// The label value of a state: lower case, as Prometheus labels usually are.
 pub(crate) const fn state_label(s: State) -> &'static str {
@@ -113,6 +116,15 @@ fn describe() {
             OUTLIER,
             "1 while the fleet holds this instance an outlier of the key (its failure rate far above the rest of the fleet's), 0 after"
         );
+        describe_gauge!(
+            GROUP_OPEN_MEMBERS,
+            "A group's members OPEN or HALF_OPEN, fleet-wide, as the database last counted them"
+        );
+        describe_gauge!(GROUP_MEMBERS, "A group's members");
+        describe_gauge!(
+            GROUP_OPEN,
+            "1 while the group as a whole is OPEN (its open members reach its threshold), else 0"
+        );
         describe_counter!(
             CONFIRMED,
             "Notifications read again from the table before they counted (stale, replayed, or lowering a state)"
@@ -127,6 +139,19 @@ pub(crate) fn outlier(namespace: &str, key: &str, instance: &str, outlier: bool)
     metrics::gauge!(OUTLIER, "key" => key.to_owned(), "namespace" => namespace.to_owned(),
         "instance" => instance.to_owned())
     .set(if outlier { 1.0 } else { 0.0 });
+}
+
+/// A group's state as this instance last heard it (`docs::groups`); set when it changes, so
+/// the handles are not kept.
+pub(crate) fn group(namespace: &str, group: &str, state: &crate::GroupState) {
+    describe();
+    let labels = [
+        ("namespace", namespace.to_owned()),
+        ("group", group.to_owned()),
+    ];
+    metrics::gauge!(GROUP_OPEN_MEMBERS, &labels).set(f64::from(state.open));
+    metrics::gauge!(GROUP_MEMBERS, &labels).set(f64::from(state.members));
+    metrics::gauge!(GROUP_OPEN, &labels).set(if state.state == State::Open { 1.0 } else { 0.0 });
 }
 
 /// One key's metrics in one storage, made with its cell.

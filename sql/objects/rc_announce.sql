@@ -9,13 +9,19 @@
 --   a live configuration    op "config": read the key's configuration again
 --   a fleet-rate judgement  op "judge": every instance holding the key reports its rate until
 --                           remaining_ms has passed (rc_report_rates)
+--   a group's counts        op "group": key is the group's name, state its own (OPEN past its
+--                           threshold), version its rc_group_state version, and two more
+--                           fields, open and members: how many of its members are OPEN or
+--                           HALF_OPEN, of how many. A member's row entering or leaving the open
+--                           set counts its group again first (rc_group_tally).
 --
 -- The payload, format 3, on the secret channel of rc_notify_key:
---   {"v":3,"op","ns","key","state","version","remaining_ms","at_us","mac"}
+--   {"v":3,"op","ns","key","state","version","remaining_ms","at_us","mac"}, plus "open" and
+--   "members" for op "group"
 -- at_us is clock_timestamp() now, at commit: the listener measures lag by it and refuses (reads
 -- the row instead) a payload older than its last reload or than a few seconds, so a captured
 -- payload cannot be replayed later. mac = HMAC-SHA256(key, "3|op|<chars(ns)>:ns|<chars(key)>:
--- key|state|version|remaining_ms|at_us") in hex: lengths in characters, so the same in any
+-- key|state|version|remaining_ms|at_us", then for op "group" "|open|members") in hex: lengths in characters, so the same in any
 -- server encoding; the text is hashed as UTF-8, as the listener receives it.
 --
 -- The change log (rc_changes) gets every one of these (`kind`: row, reset, config, judge), so
@@ -37,6 +43,11 @@ DECLARE
     versions bigint[] := '{}';
     untils timestamptz[] := '{}';
     whys jsonb[] := '{}';
+    -- op "group" only: open members, members.
+    opens integer[] := '{}';
+    totals integer[] := '{}';
+    grp text;
+    mac text;
     cfg record;
     remaining bigint;
     at_us bigint;
@@ -71,6 +82,20 @@ BEGIN
         versions := ARRAY[0::bigint];
         untils := ARRAY[NEW.announced_until];
         whys := ARRAY[NULL::jsonb];
+    ELSIF TG_TABLE_NAME = 'rc_group_state' THEN
+        ops := ARRAY['group'];
+        nss := ARRAY[NEW.namespace::text];
+        keys := ARRAY[NEW.name::text];
+        froms := ARRAY[OLD.state::text];
+        states := ARRAY[NEW.state::text];
+        versions := ARRAY[NEW.version];
+        untils := ARRAY[NULL::timestamptz];
+        opens := ARRAY[NEW.open_members];
+        totals := ARRAY[NEW.members];
+        whys := ARRAY[(SELECT jsonb_build_object('group', jsonb_strip_nulls(jsonb_build_object(
+                    'name', NEW.name, 'open', NEW.open_members, 'members', NEW.members,
+                    'max_open', v.o_max_open, 'open_at', v.o_open_at)))
+                FROM public.rc_group_view(NEW.namespace, NEW.name) v)];
     ELSIF TG_LEVEL = 'STATEMENT' THEN
         -- TRUNCATE: no key has a row, a round, a vote or a report any more.
         DELETE FROM public.rc_probe_leases;
@@ -123,6 +148,27 @@ BEGIN
                            THEN NEW.execution_log END)) END;
     END IF;
 
+    -- Once a minute, the change log's old rows go. First: the count below holds its group's
+    -- lock until commit, and must wait for nothing meanwhile.
+    IF EXISTS (SELECT 1 FROM public.rc_change_log_settings
+               WHERE pruned_at < clock_timestamp() - interval '1 minute') THEN
+        PERFORM public.rc_prune();
+    END IF;
+    -- A member entering or leaving the open set: its group is counted again (which announces
+    -- the group's new counts, through the trigger on rc_group_state).
+    IF TG_TABLE_NAME = 'rc_circuit_breakers' AND TG_LEVEL = 'ROW' THEN
+        FOR i IN 1 .. array_length(ops, 1) LOOP
+            IF coalesce(froms[i] IN ('OPEN', 'HALF_OPEN'), false)
+               <> (states[i] IN ('OPEN', 'HALF_OPEN')) THEN
+                SELECT m.group_name INTO grp FROM public.rc_group_members m
+                    WHERE m.namespace = nss[i] AND m.resource_key = keys[i];
+                IF FOUND THEN
+                    PERFORM public.rc_group_tally(nss[i], grp);
+                END IF;
+            END IF;
+        END LOOP;
+    END IF;
+
     held := current_setting('resilient_circuit.why', true);
     actor := public.rc_actor();
 
@@ -133,11 +179,22 @@ BEGIN
         signed := concat_ws('|', '3', ops[i],
             char_length(nss[i]) || ':' || nss[i], char_length(keys[i]) || ':' || keys[i],
             states[i], versions[i]::text, remaining::text, at_us::text);
-        PERFORM pg_notify(secret.channel, json_build_object(
-            'v', 3, 'op', ops[i], 'ns', nss[i], 'key', keys[i], 'state', states[i],
-            'version', versions[i], 'remaining_ms', remaining, 'at_us', at_us,
-            'mac', encode(sha256(secret.opad || sha256(secret.ipad
-                || convert_to(signed, 'UTF8'))), 'hex'))::text);
+        IF ops[i] = 'group' THEN
+            signed := signed || '|' || opens[i] || '|' || totals[i];
+        END IF;
+        mac := encode(sha256(secret.opad || sha256(secret.ipad || convert_to(signed, 'UTF8'))),
+                      'hex');
+        IF ops[i] = 'group' THEN
+            PERFORM pg_notify(secret.channel, json_build_object(
+                'v', 3, 'op', ops[i], 'ns', nss[i], 'key', keys[i], 'state', states[i],
+                'version', versions[i], 'remaining_ms', remaining, 'at_us', at_us,
+                'open', opens[i], 'members', totals[i], 'mac', mac)::text);
+        ELSE
+            PERFORM pg_notify(secret.channel, json_build_object(
+                'v', 3, 'op', ops[i], 'ns', nss[i], 'key', keys[i], 'state', states[i],
+                'version', versions[i], 'remaining_ms', remaining, 'at_us', at_us,
+                'mac', mac)::text);
+        END IF;
         explained := NULL;
         IF held IS NOT NULL AND held <> '' AND octet_length(held) <= 65536 THEN
             BEGIN
@@ -167,10 +224,10 @@ BEGIN
         SELECT c.resource_key, c.namespace, 'OPEN', 0,
                clock_timestamp() + public.rc_max_ms() * interval '1 millisecond', '[]'
         FROM public.rc_breaker_config c WHERE c.mode = 'forced_open';
-    END IF;
-    IF EXISTS (SELECT 1 FROM public.rc_change_log_settings
-               WHERE pruned_at < clock_timestamp() - interval '1 minute') THEN
-        PERFORM public.rc_prune();
+        -- No member has a row now (but those forced open, counted at commit): every group is
+        -- counted again.
+        PERFORM public.rc_group_tally(s.namespace, s.name)
+            FROM public.rc_group_state s ORDER BY s.namespace, s.name;
     END IF;
     RETURN NULL;
 END
@@ -200,6 +257,11 @@ CREATE TRIGGER rc_notify_truncate
 CREATE CONSTRAINT TRIGGER rc_notify_config
     AFTER INSERT OR UPDATE OR DELETE ON public.rc_breaker_config DEFERRABLE INITIALLY DEFERRED
     FOR EACH ROW EXECUTE FUNCTION public.rc_announce();
+DROP TRIGGER IF EXISTS rc_notify_group ON public.rc_group_state;
+CREATE CONSTRAINT TRIGGER rc_notify_group
+    AFTER UPDATE ON public.rc_group_state DEFERRABLE INITIALLY DEFERRED
+    FOR EACH ROW WHEN (OLD.version IS DISTINCT FROM NEW.version)
+    EXECUTE FUNCTION public.rc_announce();
 DROP TRIGGER IF EXISTS rc_notify_judgement ON public.rc_judgements;
 CREATE CONSTRAINT TRIGGER rc_notify_judgement
     AFTER UPDATE OF announced_until ON public.rc_judgements DEFERRABLE INITIALLY DEFERRED

@@ -1,6 +1,6 @@
 -- Whether `p_key`'s entry into OPEN must be refused because its group (rc_group_members) has
--- as many members OPEN or HALF_OPEN as its cap allows: max_open_num / max_open_den of its
--- members, rounded down, but at least one. Called by rc_bump_version, as the owner, for a row
+-- as many members OPEN or HALF_OPEN as its cap allows: the cap in force (an operator's live
+-- one, else the declared one) of its members, rounded down, but at least one. Called by rc_bump_version, as the owner, for a row
 -- entering OPEN from CLOSED (or inserted OPEN) that no operator decreed; a key its live
 -- configuration forces open is never refused.
 --
@@ -36,7 +36,8 @@ BEGIN
           ON b.namespace = m.namespace AND b.resource_key = m.resource_key
         WHERE m.namespace = p_ns AND m.group_name = g.name AND m.resource_key <> p_key
           AND b.state IN ('OPEN', 'HALF_OPEN');
-    allowed := GREATEST(1, members * g.max_open_num / g.max_open_den);
+    allowed := GREATEST(1, members * coalesce(g.live_max_open_num, g.max_open_num)
+                           / coalesce(g.live_max_open_den, g.max_open_den));
     IF open_now < allowed THEN
         RETURN false;
     END IF;
@@ -52,7 +53,8 @@ BEGIN
             jsonb_build_object('group', jsonb_build_object(
                 'name', g.name, 'refused', 'OPEN', 'open', open_now, 'members', members,
                 'max_open', allowed,
-                'limit', g.max_open_num || '/' || g.max_open_den)));
+                'limit', coalesce(g.live_max_open_num, g.max_open_num) || '/'
+                         || coalesce(g.live_max_open_den, g.max_open_den))));
     RETURN true;
 END
 $$;

@@ -44,7 +44,8 @@
 //! * **Membership** is a row per key, written by [`GroupBuilder::join`](crate::GroupBuilder::join)
 //!   or [`Group::join`](crate::Group::join), which wait for the database; a key belongs to one
 //!   group, and joining another moves it. The cap is the group's row, set by the latest join
-//!   (instances of one service declare the same). Keys that never joined are outside every cap.
+//!   (instances of one service declare the same) unless an operator set one live (below). Keys
+//!   that never joined are outside every cap.
 //!
 //! ## When to choose it
 //!
@@ -79,8 +80,61 @@
 //! configured by its `configure`. Its `poll_ready` readies
 //! only the inner service, since the member is known only in `call`.
 //!
-//! ## Not yet
+//! ## The group's own state
 //!
-//! The group's own state (the share of open members as a metric and in the change stream), a
-//! group that opens as a whole past a threshold, and live configuration of the cap from the
-//! command line are not built yet.
+//! Nobody sees that "payments" as a whole is down when each host is its own key. The database
+//! counts each group's members OPEN or HALF_OPEN whenever a member enters or leaves that set,
+//! whoever wrote the member's row (this crate, the Python package, an operator), and tells
+//! every instance that joined or follows the group:
+//!
+//! * [`Group::state`](crate::Group::state): open members, members, and the group's own state,
+//!   read from a local copy (no statement); [`Group::is_open`](crate::Group::is_open);
+//! * the change stream: a [`Change`](crate::Change) of kind
+//!   [`ChangeKind::Group`](crate::ChangeKind::Group) on the group's name, each time the counts
+//!   change (`watch` prints `group payments OPEN open=3/6`);
+//! * the gauges `resilient_circuit_group_open_members`, `resilient_circuit_group_members` and
+//!   `resilient_circuit_group_open` (label `group`);
+//! * the change log, kind `group` on the group's name (`history payments`), and `status` /
+//!   `group` on the command line.
+//!
+//! **The group opens as a whole** past a threshold, for callers that check only the group (to
+//! fail over to another region, say, while most hosts are down):
+//! [`GroupBuilder::open_at`](crate::GroupBuilder::open_at), e.g. half the members. Its state
+//! is then OPEN while at least that share of the members is open, and CLOSED again as soon as
+//! fewer are; it never half-opens (its members probe). A process that calls no member follows
+//! the group with [`GroupBuilder::follow`](crate::GroupBuilder::follow).
+//!
+//! **Exact under concurrency.** The count is made at commit (`rc_group_tally`, called by the
+//! trigger that announces every change) under the lock of the group's row of `rc_group_state`,
+//! and read after the lock is granted: of two transactions changing members at once, the
+//! second counts what the first committed, so the last count is always the true one
+//! (`groups::the_counts_stay_true_under_a_race_of_writers`: eight writers on the Python
+//! package's role flip members in bursts; without the lock the test fails). That lock is taken
+//! only at commit, when a transaction waits for nothing else, and by `rc_group_join` and
+//! `rc_group_configure` after the group's row of `rc_groups`: no order of these can wait in a
+//! circle with the cap's lock, which trips take mid-statement. No role but the owner's
+//! functions can take either.
+//!
+//! **Seen by every instance**: `groups::every_instance_sees_the_groups_counts_and_its_opening`
+//! (three instances and a follower hear each trip's counts, the opening at half the members
+//! and an operator's close). An instance reads its groups' states again at every reload, so
+//! news missed while it was cut off are made up when it is back; an instance following by
+//! polling gets the counts at its reloads only.
+//!
+//! ## Live configuration
+//!
+//! An operator changes a group's cap and threshold for every instance, without a deploy:
+//!
+//! ```text
+//! resilient-circuit group                                    # every group: counts, cap, state
+//! resilient-circuit group payments --max-open 1/2 --open-at 2/3 --note "zone b drained"
+//! resilient-circuit group payments --open-at none            # never opens as a whole
+//! resilient-circuit group payments --reset                   # back to the declarations
+//! ```
+//!
+//! Live values (`rc_group_configure`, an operator's right) win over what the instances declare
+//! until reset, as a key's live configuration does. A lower cap refuses the next entries into
+//! OPEN and closes nothing; a new threshold is applied at once (the group is counted again).
+//! The admin API has it as [`AdminSession::configure_group`](crate::admin::AdminSession::configure_group)
+//! (`groups::an_operator_sets_the_cap_and_threshold_live`, which also checks that a reader and
+//! an instance's role may not, and a stranger may not even list).

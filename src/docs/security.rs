@@ -18,10 +18,10 @@
 //! | Role | Made by | May | May not |
 //! |---|---|---|---|
 //! | **owner** | runs `setup` | everything | — |
-//! | **operator** | `setup --grant-operator ROLE` | what an instance may; `open`, `close` and `delete` any key, change any key's live configuration (`config`), and the library's `force_open` / `force_closed` | write the table directly; close or delete a key forced open by its live configuration (it changes the mode instead) |
+//! | **operator** | `setup --grant-operator ROLE` | what an instance may; `open`, `close` and `delete` any key, change any key's live configuration (`config`) and any group's cap and threshold (`group`), and the library's `force_open` / `force_closed` | write the table directly; close or delete a key forced open by its live configuration (it changes the mode instead) |
 //! | **Python service** | `setup --grant-python ROLE` | what an instance may; write rows with INSERT, UPDATE, DELETE, as the Python package `resilient-circuit` does | escape the table's triggers: its writes get versions, end rounds, spend votes, are notified and logged like any other; close, delete or shorten a key forced open |
-//! | **instance** (app role) | `setup --grant-to ROLE` | read every row, the change log and the live configuration; hear and verify notifications; **trip** a CLOSED key; lease and report the probes of a half-open round (and so close or reopen it through the round); cast quorum votes and report failure rates, believed within bounds; put keys named `group/member` into group `group` and set its cap ([`groups`](super::groups)) | write the table; close an OPEN key before its round; force any state; change a live configuration; delete a row; make its votes or reports count beyond one instance's (below) |
-//! | **reader** | `setup --grant-reader ROLE` | read every row, the change log and the live configuration (`status`, `history`, dashboards, an instance that follows by polling) | change anything; hear notifications (it does not know the channel) |
+//! | **instance** (app role) | `setup --grant-to ROLE` | read every row, the change log and the live configuration; hear and verify notifications; **trip** a CLOSED key; lease and report the probes of a half-open round (and so close or reopen it through the round); cast quorum votes and report failure rates, believed within bounds; put keys named `group/member` into group `group` and declare its cap and threshold ([`groups`](super::groups)) | write the table; close an OPEN key before its round; force any state; change a live configuration, or undo an operator's live cap; delete a row; make its votes or reports count beyond one instance's (below) |
+//! | **reader** | `setup --grant-reader ROLE` | read every row, the change log, the live configuration and the groups' counts (`status`, `history`, `group`, dashboards, an instance that follows by polling) | change anything; hear notifications (it does not know the channel) |
 //! | **stranger** | any other login the server accepts | only what PostgreSQL lets every login do (next section) | read a row, the log or a notification; move a breaker; block a transition or a migration |
 //!
 //! Tests: `each_kind_holds_exactly_its_rights` (every kind against the catalog),
@@ -107,7 +107,12 @@
 //! (`rc_group_join` refuses any other, tested in `groups::only_instances_join_groups_and_bad_input_is_refused`):
 //! another service's key, named otherwise, is outside every cap. An operator's decree is never
 //! refused by a cap. The group tables are the owner's; no role reads or locks them directly, and
-//! the lock a trip takes on its group's row is taken by the owner's trigger.
+//! the locks on a group's rows (the cap's, taken by a trip, and the count's, taken at commit)
+//! are taken by the owner's triggers and functions only, so no stranger can hold a group's
+//! members still. A group's counts are announced signed, like every notification; a replayed
+//! one older than the last reload is left for the next reload, which reads the counts again.
+//! An instance's declaration cannot undo an operator's live cap or threshold: live values win
+//! until an operator resets them (`groups::an_operator_sets_the_cap_and_threshold_live`).
 //!
 //! ## Numbers a caller reports
 //!

@@ -85,14 +85,20 @@ pub(crate) trait SharedStore: Send + Sync {
     fn decided(&self, cell: &Arc<KeyCell>, decision: Decision);
     /// Publishes a manual override; `done` hears whether it was accepted.
     fn force(&self, cell: &Arc<KeyCell>, to: State, cooldown: Duration, done: Option<Done>);
-    /// Makes `keys` members of `group`, whose cap on open members is `max_open`
-    /// ([`Group`](crate::Group)); answers the group's member count.
+    /// Makes `keys` members of `group`, whose cap on open members is `max_open` and whose
+    /// threshold is `open_at` ([`Group`](crate::Group)); answers the group's state.
     fn join_group<'a>(
         &'a self,
         group: &'a str,
         keys: &'a [String],
         max_open: crate::Ratio,
-    ) -> BoxFuture<'a, Result<u64, StorageError>>;
+        open_at: Option<crate::Ratio>,
+    ) -> BoxFuture<'a, Result<crate::GroupState, StorageError>>;
+    /// The state of group `group` as the shared state holds it (`None`: no such group).
+    fn group_state<'a>(
+        &'a self,
+        group: &'a str,
+    ) -> BoxFuture<'a, Result<Option<crate::GroupState>, StorageError>>;
 }
 
 #[cfg(test)]

@@ -58,6 +58,8 @@ pub(crate) struct StorageInner {
     /// The live configurations the table holds (PostgreSQL only), also for keys with no cell
     /// yet: a breaker built later starts with its key's.
     pub(crate) live: DashMap<Arc<str>, Arc<LiveConfig>>,
+    /// The state of each group this storage joined, as the fleet last told it.
+    pub(crate) groups: crate::group::GroupStates,
 }
 
 impl std::fmt::Debug for Storage {
@@ -106,6 +108,7 @@ impl Storage {
                     shared,
                     feed,
                     live: DashMap::new(),
+                    groups: DashMap::new(),
                 }
             }),
         }

@@ -254,7 +254,7 @@ async fn the_python_package_cannot_open_a_member_past_the_cap() {
 #[tokio::test]
 async fn only_instances_join_groups_and_bad_input_is_refused() {
     let db = test_db().await;
-    let call = "SELECT public.rc_group_join('default', 'g', ARRAY['g/a'], 1, 3)";
+    let call = "SELECT o_members FROM public.rc_group_join('default', 'g', ARRAY['g/a'], 1, 3, NULL, NULL)";
     for kinds in [&[][..], &[RoleKind::Reader][..]] {
         let role = db.role_of(kinds).await;
         let err = connect_to(&role.conninfo())
@@ -270,17 +270,21 @@ async fn only_instances_join_groups_and_bad_input_is_refused() {
     }
     let instance_role = db.role_of(&[RoleKind::Instance]).await;
     let app = connect_to(&instance_role.conninfo()).await;
-    let n: i64 = app.query_one(call, &[]).await.expect("joins").get(0);
+    let n: i32 = app.query_one(call, &[]).await.expect("joins").get(0);
     assert_eq!(n, 1);
     for bad in [
-        "SELECT public.rc_group_join('default', 'g', ARRAY['g/a'], 0, 3)",
-        "SELECT public.rc_group_join('default', 'g', ARRAY['g/a'], 4, 3)",
-        "SELECT public.rc_group_join('default', '', ARRAY['g/a'], 1, 3)",
-        "SELECT public.rc_group_join('default', 'g', ARRAY[''], 1, 3)",
+        "SELECT public.rc_group_join('default', 'g', ARRAY['g/a'], 0, 3, NULL, NULL)",
+        "SELECT public.rc_group_join('default', 'g', ARRAY['g/a'], 4, 3, NULL, NULL)",
+        "SELECT public.rc_group_join('default', '', ARRAY['g/a'], 1, 3, NULL, NULL)",
+        "SELECT public.rc_group_join('default', 'g', ARRAY[''], 1, 3, NULL, NULL)",
+        // A threshold is a whole ratio k/n with 1 <= k <= n.
+        "SELECT public.rc_group_join('default', 'g', ARRAY['g/a'], 1, 3, 1, NULL)",
+        "SELECT public.rc_group_join('default', 'g', ARRAY['g/a'], 1, 3, 0, 3)",
+        "SELECT public.rc_group_join('default', 'g', ARRAY['g/a'], 1, 3, 4, 3)",
         // Only keys named as the group's members: no capping another service's key.
-        "SELECT public.rc_group_join('default', 'g', ARRAY['payments'], 1, 3)",
-        "SELECT public.rc_group_join('default', 'g', ARRAY['gx/a'], 1, 3)",
-        "SELECT public.rc_group_join('default', 'g', ARRAY['g/'], 1, 3)",
+        "SELECT public.rc_group_join('default', 'g', ARRAY['payments'], 1, 3, NULL, NULL)",
+        "SELECT public.rc_group_join('default', 'g', ARRAY['gx/a'], 1, 3, NULL, NULL)",
+        "SELECT public.rc_group_join('default', 'g', ARRAY['g/'], 1, 3, NULL, NULL)",
     ] {
         let err = app.query(bad, &[]).await.expect_err(bad);
         assert_eq!(
@@ -432,4 +436,305 @@ async fn a_refused_member_trips_again_only_after_a_cooldown() {
     assert!(storage.flush(WAIT).await);
     assert_eq!(refusals(&client, &group).await.len(), 2, "a trip after it");
     assert_eq!(open_members(&client, &group).await, [group.key("host-0")]);
+}
+
+/// Waits, at most [`WAIT`], for `news` to bring group `name`'s counts with `open` members
+/// open; the change that brought them.
+async fn group_news(
+    news: &mut resilient_circuit::Changes,
+    name: &str,
+    open: u32,
+) -> Option<resilient_circuit::Change> {
+    use tokio_stream::StreamExt;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match tokio::time::timeout_at(deadline, news.next()).await {
+            Ok(Some(Ok(c)))
+                if c.key == name
+                    && matches!(c.kind, resilient_circuit::ChangeKind::Group { open: o, .. } if o == open) =>
+            {
+                return Some(c)
+            }
+            Ok(Some(_)) => continue,
+            Ok(None) | Err(_) => return None,
+        }
+    }
+}
+
+/// Three instances join a group of six that opens as a whole at half its members: each trip
+/// of a member, made on one instance, reaches every instance as the group's new counts (the
+/// change stream, `Group::state`); the third opens the group on every instance, an operator's
+/// close of one closes it again, and a process that only follows the group sees the same.
+#[tokio::test]
+async fn every_instance_sees_the_groups_counts_and_its_opening() {
+    let db = test_db().await;
+    let client = db.client().await;
+    let name = unique_key("seen");
+    let mut storages = Vec::new();
+    let mut groups = Vec::new();
+    let mut news = Vec::new();
+    for _ in 0..3 {
+        let s = instance(&db).await;
+        news.push(s.changes());
+        let g = s
+            .group(&name)
+            .max_open(Ratio::new(2, 3))
+            .open_at(Ratio::new(1, 2))
+            .join((0..6).map(|i| format!("host-{i}")))
+            .await
+            .expect("joins");
+        assert_eq!((g.state().open, g.state().members), (0, 6));
+        groups.push(g);
+        storages.push(s);
+    }
+    let watcher = instance(&db).await;
+    let mut watched = watcher.changes();
+    let followed = watcher.group(&name).follow().await.expect("follows");
+    assert_eq!(followed.state().members, 6);
+    for i in 0..3 {
+        let cb = trip_fast(groups[i].member(&format!("host-{i}")))
+            .build()
+            .expect("valid");
+        fail(&cb).await;
+        let open = u32::try_from(i + 1).expect("small");
+        for (j, n) in news.iter_mut().enumerate() {
+            let c = group_news(n, &name, open).await;
+            let c = c.unwrap_or_else(|| panic!("instance {j} hears {open} open"));
+            let want = if open >= 3 {
+                State::Open
+            } else {
+                State::Closed
+            };
+            assert_eq!(c.to, want, "instance {j}, {open} open: {c:?}");
+            assert_eq!(groups[j].state().open, open);
+            assert_eq!(groups[j].is_open(), open >= 3);
+        }
+        assert!(group_news(&mut watched, &name, open).await.is_some());
+    }
+    assert!(followed.is_open(), "a follower sees the group open");
+    let logged: Vec<serde_json::Value> = client
+        .query(
+            "SELECT why FROM public.rc_changes WHERE kind = 'group' AND resource_key = $1 \
+             ORDER BY version",
+            &[&name],
+        )
+        .await
+        .expect("reads the change log")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let opens: Vec<&serde_json::Value> = logged.iter().map(|w| &w["group"]["open"]).collect();
+    assert_eq!(opens, [0, 1, 2, 3], "{logged:?}");
+    assert_eq!(logged[3]["group"]["open_at"], "1/2", "{logged:?}");
+
+    client
+        .query(
+            "SELECT * FROM public.rc_force('default', $1, 'CLOSED', 0)",
+            &[&groups[0].key("host-1")],
+        )
+        .await
+        .expect("an operator closes one");
+    for (j, n) in news.iter_mut().enumerate() {
+        let c = group_news(n, &name, 2).await;
+        let c = c.unwrap_or_else(|| panic!("instance {j} hears the close"));
+        assert_eq!((c.from, c.to), (State::Open, State::Closed), "{c:?}");
+        assert!(!groups[j].is_open());
+    }
+}
+
+/// Many writers at once, on the Python package's role, open and close a group's members at
+/// random: the counts the database ends with are the table's, and so are the instance's. (Each
+/// transaction counts its group after taking the group's lock at commit; without the lock two
+/// commits at once each count without the other's change.)
+#[tokio::test]
+async fn the_counts_stay_true_under_a_race_of_writers() {
+    let db = test_db().await;
+    let python = db.role_of(&[RoleKind::Python, RoleKind::Reader]).await;
+    let client = db.client().await;
+    let storage = instance(&db).await;
+    let name = unique_key("tally");
+    let group = joined(&storage, &name, Ratio::new(1, 1), 8).await;
+    let mut writers = Vec::new();
+    for w in 0..8u64 {
+        writers.push((
+            connect_to(&python.conninfo()).await,
+            group.key(&format!("host-{w}")),
+        ));
+    }
+    let writers: Vec<_> = writers.into_iter().map(Arc::new).collect();
+    // Bursts that end together, each checked: the last commits of a burst are the ones a
+    // count without the lock gets wrong.
+    let mut truth = 0;
+    for burst in 0..6u64 {
+        let tasks: Vec<_> = writers
+            .iter()
+            .enumerate()
+            .map(|(w, writer)| {
+                let writer = writer.clone();
+                let w = w as u64;
+                tokio::spawn(async move {
+                    let (py, key) = &*writer;
+                    for round in 0..20u64 {
+                        // A cheap scramble of (writer, burst, round): each member flips
+                        // often, and members flip at the same moments.
+                        let open = (w * 7 + burst * 5 + round * 13 + round / 3) % 2 == 0;
+                        let state = if open { "OPEN" } else { "CLOSED" };
+                        py.execute(
+                            "INSERT INTO public.rc_circuit_breakers \
+                             (resource_key, namespace, state, failure_count, open_until) \
+                             VALUES ($1, 'default', $2, 0, now() + interval '1 minute') \
+                             ON CONFLICT (resource_key, namespace) DO UPDATE \
+                             SET state = EXCLUDED.state, open_until = EXCLUDED.open_until",
+                            &[key, &state],
+                        )
+                        .await
+                        .expect("the Python package's write");
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.expect("writes");
+        }
+        truth = i64::try_from(open_members(&client, &group).await.len()).expect("small");
+        let counted: i32 = client
+            .query_one(
+                "SELECT open_members FROM public.rc_group_state WHERE name = $1",
+                &[&name],
+            )
+            .await
+            .expect("the group's state")
+            .get(0);
+        assert_eq!(
+            i64::from(counted),
+            truth,
+            "the database's count after burst {burst}"
+        );
+    }
+    assert!(
+        eventually(WAIT, || async { i64::from(group.state().open) == truth }).await,
+        "the instance holds {} open, the table {truth}",
+        group.state().open
+    );
+}
+
+/// An operator sets a group's cap and threshold live with `resilient-circuit group`: the cap
+/// refuses the next entry into OPEN and the threshold opens the group at once, for every
+/// instance, whatever the instances declare; `--reset` gives the declarations back. A reader
+/// may list groups but not change one, an instance's role neither, a stranger not even list.
+#[tokio::test]
+async fn an_operator_sets_the_cap_and_threshold_live() {
+    use crate::cli::{ok, run};
+    let db = test_db().await;
+    let client = db.client().await;
+    let storage = instance(&db).await;
+    let name = unique_key("live");
+    let group = joined(&storage, &name, Ratio::new(1, 2), 4).await;
+    let a = trip_fast(group.member("host-0")).build().expect("valid");
+    fail(&a).await;
+    assert!(storage.flush(WAIT).await);
+    assert!(!group.is_open(), "no threshold declared");
+
+    let operator = db.role_of(&[RoleKind::Operator, RoleKind::Reader]).await;
+    let mut news = storage.changes();
+    let r = ok(
+        &operator.conninfo(),
+        &[
+            "group",
+            &name,
+            "--max-open",
+            "1/4",
+            "--open-at",
+            "1/4",
+            "--note",
+            "zone b",
+        ],
+    )
+    .await;
+    assert!(
+        r.stdout
+            .contains("1 of 4 members open, at most 1/4, opens at 1/4: OPEN"),
+        "{}",
+        r.stdout
+    );
+    let c = group_news(&mut news, &name, 1)
+        .await
+        .expect("the instance hears it");
+    assert_eq!((c.from, c.to), (State::Closed, State::Open));
+    assert!(group.is_open());
+    // The cap in force is one member: a second one's trip is refused and recorded.
+    let b = trip_fast(group.member("host-1")).build().expect("valid");
+    fail(&b).await;
+    assert!(storage.flush(WAIT).await);
+    assert_eq!(open_members(&client, &group).await, [group.key("host-0")]);
+    let refused = refusals(&client, &group).await;
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0].1["group"]["limit"], "1/4", "{refused:?}");
+    // A re-declaration by an instance does not undo the operator's values.
+    storage
+        .group(&name)
+        .max_open(Ratio::new(1, 2))
+        .join(["host-0"])
+        .await
+        .expect("joins again");
+    let listed = ok(&operator.conninfo(), &["group", "--json"]).await;
+    let listed: serde_json::Value = serde_json::from_str(&listed.stdout).expect("JSON");
+    let ours: Vec<&serde_json::Value> = listed["groups"]
+        .as_array()
+        .expect("groups")
+        .iter()
+        .filter(|g| g["name"] == name.as_str())
+        .collect();
+    assert_eq!(ours.len(), 1, "{listed}");
+    assert_eq!(
+        (&ours[0]["max_open"], &ours[0]["open_at"], &ours[0]["state"]),
+        (
+            &serde_json::json!("1/4"),
+            &serde_json::json!("1/4"),
+            &serde_json::json!("OPEN")
+        ),
+        "{listed}"
+    );
+    // Reset: the declarations again (half may open, no threshold), and the group closes.
+    ok(&operator.conninfo(), &["group", &name, "--reset"]).await;
+    assert!(
+        eventually(WAIT, || async { !group.is_open() }).await,
+        "the reset reached the instance"
+    );
+    let status = ok(&operator.conninfo(), &["status"]).await;
+    assert!(
+        status.stdout.contains(&format!(
+            "group {name}: 1 of 4 members open, at most 1/2, never opens as a whole: CLOSED"
+        )),
+        "{}",
+        status.stdout
+    );
+
+    // Who may: a reader lists, but changes nothing; nor does an instance; a stranger neither.
+    let reader = db.role_of(&[RoleKind::Reader]).await;
+    ok(&reader.conninfo(), &["group"]).await;
+    for (who, role) in [
+        ("reader", reader),
+        (
+            "instance",
+            db.role_of(&[RoleKind::Instance, RoleKind::Reader]).await,
+        ),
+    ] {
+        let r = run(&role.conninfo(), &["group", &name, "--max-open", "4/4"]).await;
+        assert_eq!(r.code, 1, "{who}: {}", r.stderr);
+        assert!(
+            r.stderr.contains("permission denied"),
+            "{who}: {}",
+            r.stderr
+        );
+    }
+    let stranger = db.role_of(&[]).await;
+    let r = run(&stranger.conninfo(), &["group"]).await;
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("permission denied"), "{}", r.stderr);
+    // Bad input: a usage error, nothing sent.
+    let r = run(&operator.conninfo(), &["group", &name, "--max-open", "0/4"]).await;
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    let r = run(&operator.conninfo(), &["group", "--max-open", "1/4"]).await;
+    assert_eq!(r.code, 2, "{}", r.stderr);
 }

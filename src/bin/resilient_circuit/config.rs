@@ -74,7 +74,7 @@ fn parse_cooldown(s: &str) -> Result<Duration, String> {
 }
 
 /// `K/N` with 1 <= K <= N <= 8192, as the builder takes it.
-fn parse_ratio(s: &str) -> Result<Ratio, String> {
+pub fn parse_ratio(s: &str) -> Result<Ratio, String> {
     let (k, n) = s
         .split_once('/')
         .ok_or_else(|| format!("{s:?} is not K/N (e.g. 3/10)"))?;

@@ -202,14 +202,28 @@ fn why(why: Option<&serde_json::Value>) -> String {
     }
     if let Some(g) = w.get("group") {
         let count = |field: &str| g.get(field).and_then(|v| v.as_i64()).unwrap_or(0);
-        out.push_str(&format!(
-            "; group {}: OPEN refused, {} of {} members open, at most {} ({})",
-            g.get("name").and_then(|v| v.as_str()).unwrap_or("?"),
-            count("open"),
-            count("members"),
-            count("max_open"),
-            g.get("limit").and_then(|v| v.as_str()).unwrap_or("?"),
-        ));
+        let text = |field: &str| g.get(field).and_then(|v| v.as_str()).unwrap_or("?");
+        if g.get("refused").is_some() {
+            out.push_str(&format!(
+                "; group {}: OPEN refused, {} of {} members open, at most {} ({})",
+                text("name"),
+                count("open"),
+                count("members"),
+                count("max_open"),
+                text("limit"),
+            ));
+        } else {
+            let at = match g.get("open_at").and_then(|v| v.as_str()) {
+                Some(r) => format!("opens at {r}"),
+                None => "never opens as a whole".into(),
+            };
+            out.push_str(&format!(
+                "; group: {} of {} members open, at most {}, {at}",
+                count("open"),
+                count("members"),
+                text("max_open"),
+            ));
+        }
     }
     if let Some(o) = w.get("outlier") {
         let count = |field: &str| o.get(field).and_then(|v| v.as_i64()).unwrap_or(0);
@@ -283,6 +297,12 @@ mod tests {
         assert_eq!(
             super::why(Some(&refused)),
             "; group payments: OPEN refused, 2 of 6 members open, at most 2 (1/3)"
+        );
+        let counts = serde_json::json!({"group": {"name": "payments", "open": 3, "members": 6,
+            "max_open": "2/3", "open_at": "1/2"}});
+        assert_eq!(
+            super::why(Some(&counts)),
+            "; group: 3 of 6 members open, at most 2/3, opens at 1/2"
         );
         let outlier = serde_json::json!({"outlier": {"instance": "a:1:f", "outlier": true,
             "failures": 40, "calls": 40, "others_failures": 0, "others_calls": 360,

@@ -13,6 +13,7 @@ macro_rules! say {
 mod check;
 mod config;
 mod force;
+mod group;
 mod history;
 mod setup;
 mod status;
@@ -66,6 +67,9 @@ enum Command {
     Close(force::KeyArgs),
     /// Delete a breaker's row (every instance sees it CLOSED).
     Delete(force::KeyArgs),
+    /// List the groups of breakers (members open of how many, cap, threshold, state), or
+    /// change one's cap and threshold live for every instance.
+    Group(group::Args),
 }
 
 /// Why a command failed; printed as one line on stderr.
@@ -115,6 +119,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Open(a) => force::open(&opts, a).await,
         Command::Close(a) => force::close(&opts, a).await,
         Command::Delete(a) => force::delete(&opts, a).await,
+        Command::Group(a) => group::run(&opts, a).await,
     }
 }
 

@@ -18,7 +18,9 @@
 //! * `since`: when the row last changed state;
 //! * `mode`: the key's live mode (`normal` without a live configuration);
 //! * `notification_queue_usage`: how full the server's notification queue is, 0 to 1 (at 1
-//!   every commit that notifies fails: see `check`).
+//!   every commit that notifies fails: see `check`);
+//! * `groups`: the namespace's groups, as `group --json` prints them (members, open members,
+//!   the group's own state, its cap and threshold).
 //!
 //! Keys and other text a client chose are printed with terminal controls escaped.
 
@@ -47,6 +49,7 @@ struct Status<'a> {
     namespace: &'a str,
     notification_queue_usage: f64,
     breakers: Vec<Breaker>,
+    groups: Vec<super::group::Group>,
 }
 
 #[derive(Debug, Serialize)]
@@ -89,12 +92,19 @@ pub async fn run(opts: &PostgresOptions, args: Args) -> Result<ExitCode, CliErro
         })
         .collect();
     let usage = session.queue_usage().await?;
+    let groups: Vec<super::group::Group> = session
+        .groups(ns)
+        .await?
+        .into_iter()
+        .map(Into::into)
+        .collect();
 
     if args.json {
         let text = serde_json::to_string_pretty(&Status {
             namespace: ns,
             notification_queue_usage: usage,
             breakers,
+            groups,
         })
         .map_err(|e| CliError::Problem(format!("encoding JSON: {e}")))?;
         say!("{text}");
@@ -107,6 +117,9 @@ pub async fn run(opts: &PostgresOptions, args: Args) -> Result<ExitCode, CliErro
             "no breaker rows in namespace {} (every breaker is CLOSED); {queue}",
             escaped(ns)
         );
+        for g in &groups {
+            say!("group {}", g.line());
+        }
         return Ok(ExitCode::SUCCESS);
     }
     let colour = std::io::stdout().is_terminal();
@@ -176,6 +189,9 @@ pub async fn run(opts: &PostgresOptions, args: Args) -> Result<ExitCode, CliErro
             row[6].as_str(),
         ];
         say!("{}", line(cells, colour));
+    }
+    for g in &groups {
+        say!("group {}", g.line());
     }
     say!("{queue}");
     Ok(ExitCode::SUCCESS)

@@ -25,6 +25,12 @@ pub async fn run(opts: &PostgresOptions, args: Args) -> Result<ExitCode, CliErro
     // Strict: an operator asking to watch wants to hear that the database is not there.
     let storage = Storage::connect_with(opts.clone().namespace(&ns).strict(true)).await?;
     let mut changes = storage.changes();
+    // The namespace's groups, for their counts' news (a group created later is not followed).
+    let session = super::connect(opts).await?;
+    for g in session.groups(&ns).await? {
+        storage.group(g.name).follow().await?;
+    }
+    drop(session);
     eprintln!(
         "watching namespace {} on {opts} (Ctrl-C to stop)",
         escaped(&ns)
@@ -70,18 +76,31 @@ pub async fn run(opts: &PostgresOptions, args: Args) -> Result<ExitCode, CliErro
     }
 }
 
-/// `TIME NAMESPACE KEY STATE vVERSION from=STATE origin=local|remote [delay=MSms]`, or for news
-/// that changes no state `TIME NAMESPACE KEY STATE outlier=yes|no`.
+/// `TIME NAMESPACE KEY STATE vVERSION from=STATE origin=local|remote [delay=MSms]`; for a
+/// group's counts `TIME NAMESPACE group NAME STATE open=K/N from=STATE`; for an outlier
+/// `TIME NAMESPACE KEY STATE outlier=yes|no`.
 fn line(c: &Change) -> String {
     let time = humantime::format_rfc3339_millis(c.seen_at);
-    if let ChangeKind::Outlier { outlier } = c.kind {
-        let yes = if outlier { "yes" } else { "no" };
-        return format!(
-            "{time} {} {} {} outlier={yes}",
-            escaped(&c.namespace),
-            escaped(&c.key),
-            c.to
-        );
+    match c.kind {
+        ChangeKind::Outlier { outlier } => {
+            let yes = if outlier { "yes" } else { "no" };
+            return format!(
+                "{time} {} {} {} outlier={yes}",
+                escaped(&c.namespace),
+                escaped(&c.key),
+                c.to
+            );
+        }
+        ChangeKind::Group { open, members } => {
+            return format!(
+                "{time} {} group {} {} open={open}/{members} from={}",
+                escaped(&c.namespace),
+                escaped(&c.key),
+                c.to,
+                c.from
+            );
+        }
+        _ => {}
     }
     let version = c
         .version

@@ -80,6 +80,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(15, "0015", "key_locks"),
     migration!(16, "0016", "groups"),
     migration!(17, "0017", "outliers"),
+    migration!(18, "0018", "group_state"),
 ];
 
 /// Every object, applied after the migrations in this order: a SQL-language function is
@@ -103,7 +104,11 @@ pub const OBJECTS: &[Object] = &[
     object!("rc_explain"),
     object!("rc_open_for_fleet"),
     object!("rc_group_full"),
+    object!("rc_group_tally"),
+    object!("rc_group_view"),
     object!("rc_group_join"),
+    object!("rc_group_states"),
+    object!("rc_group_configure"),
     object!("rc_grown_cooldown_ms"),
     object!("rc_rate_error"),
     object!("rc_trip"),

@@ -452,13 +452,22 @@ impl SharedStore for Instance {
         group: &'a str,
         keys: &'a [String],
         max_open: crate::Ratio,
-    ) -> BoxFuture<'a, Result<u64, crate::StorageError>> {
+        open_at: Option<crate::Ratio>,
+    ) -> BoxFuture<'a, Result<crate::GroupState, crate::StorageError>> {
         Box::pin(groups::join(
             self.shared.clone(),
             group.to_owned(),
             keys.to_vec(),
             max_open,
+            open_at,
         ))
+    }
+
+    fn group_state<'a>(
+        &'a self,
+        group: &'a str,
+    ) -> BoxFuture<'a, Result<Option<crate::GroupState>, crate::StorageError>> {
+        Box::pin(groups::state(self.shared.clone(), group.to_owned()))
     }
 
     fn force(&self, cell: &Arc<KeyCell>, to: State, cooldown: Duration, done: Option<Done>) {

@@ -63,6 +63,27 @@ pub(super) fn apply_notification(shared: &Shared, live: &Live, n: &Notification)
             shared.judged(&change.key, change.remaining);
             return Next::Judged;
         }
+        Op::Group => {
+            // Counts, not a state to hold against anything: a stale one (a replay) is left
+            // for the next reload, which reads every group of ours again.
+            if let (Some((open, members)), true, Some(storage)) = (
+                change.group,
+                shared.marks.fresh(change.committed_at_us),
+                shared.storage.upgrade(),
+            ) {
+                crate::group::heard(
+                    &storage,
+                    &change.key,
+                    crate::GroupState {
+                        open,
+                        members,
+                        state: change.state,
+                        version: change.version,
+                    },
+                );
+            }
+            return Next::Nothing;
+        }
         Op::Row | Op::Reset => {}
     }
     let confirm = |shared: &Shared, change: payload::Change| {

@@ -33,6 +33,8 @@ pub(crate) enum Op {
     Config,
     /// The fleet judges a key's failure rate for `remaining`: report it every interval.
     Judge,
+    /// A group's counts changed: `key` is its name, `state` its own, `group` the counts.
+    Group,
 }
 
 /// One change, as announced.
@@ -48,6 +50,8 @@ pub(crate) struct Change {
     pub(crate) remaining: Duration,
     /// When the change committed, in microseconds since the Unix epoch by the database's clock.
     pub(crate) committed_at_us: i64,
+    /// [`Op::Group`] only: its members open, and its members.
+    pub(crate) group: Option<(u32, u32)>,
     /// The MAC as sent (lowercase hex) and the text it must cover.
     mac: String,
     signed: String,
@@ -143,6 +147,9 @@ struct Wire<'a> {
     at_us: i64,
     #[serde(borrow)]
     mac: Cow<'a, str>,
+    /// Op "group" only.
+    open: Option<i64>,
+    members: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -176,6 +183,7 @@ pub(crate) fn parse(payload: &str) -> Result<Change, PayloadError> {
         "reset" => Op::Reset,
         "config" => Op::Config,
         "judge" => Op::Judge,
+        "group" => Op::Group,
         other => {
             return Err(PayloadError::Malformed(format!(
                 "unknown op {:?}",
@@ -185,7 +193,7 @@ pub(crate) fn parse(payload: &str) -> Result<Change, PayloadError> {
     };
     // Exactly what the trigger MACs: lengths in characters (the same in every server
     // encoding), so no two payloads share an input.
-    let signed = format!(
+    let mut signed = format!(
         "3|{}|{}:{}|{}:{}|{}|{}|{}|{}",
         wire.op,
         wire.ns.chars().count(),
@@ -197,6 +205,26 @@ pub(crate) fn parse(payload: &str) -> Result<Change, PayloadError> {
         wire.remaining_ms,
         wire.at_us
     );
+    let group = match (op, wire.open, wire.members) {
+        (Op::Group, Some(open), Some(members)) => {
+            signed.push_str(&format!("|{open}|{members}"));
+            let count = |n: i64| u32::try_from(n).ok();
+            match (count(open), count(members)) {
+                (Some(o), Some(m)) if o <= m => Some((o, m)),
+                _ => {
+                    return Err(PayloadError::Malformed(format!(
+                        "group counts {open} of {members}"
+                    )))
+                }
+            }
+        }
+        (Op::Group, _, _) => {
+            return Err(PayloadError::Malformed(
+                "a group's notification without its counts".into(),
+            ))
+        }
+        _ => None,
+    };
     if op != Op::Reset {
         // The columns are varchar(255): anything else was not written by the trigger, and must
         // not make the listener create cells without bound.
@@ -210,8 +238,8 @@ pub(crate) fn parse(payload: &str) -> Result<Change, PayloadError> {
         }
     }
     let (state, unknown_state) = match (op, wire.state.parse::<State>()) {
-        (Op::Row, Ok(s)) => (s, None),
-        (Op::Row, Err(_)) => (State::Closed, Some(wire.state.into_owned())),
+        (Op::Row | Op::Group, Ok(s)) => (s, None),
+        (Op::Row | Op::Group, Err(_)) => (State::Closed, Some(wire.state.into_owned())),
         _ => (State::Closed, None),
     };
     Ok(Change {
@@ -223,6 +251,7 @@ pub(crate) fn parse(payload: &str) -> Result<Change, PayloadError> {
         version: wire.version,
         remaining: super::statements::remaining(wire.remaining_ms),
         committed_at_us: wire.at_us,
+        group,
         mac: wire.mac.into_owned(),
         signed,
     })

@@ -128,6 +128,43 @@ fn forged_macs_do_not_verify() {
     assert!(NotifyKey::new(b"short").is_err());
 }
 
+/// A group's counts are signed with the rest: they parse, verify, and an edited count does
+/// not verify; a group's notification without its counts, or with more open members than
+/// members, is refused.
+#[test]
+fn group_counts_are_signed() {
+    let k = NotifyKey::new(KEY).expect("key");
+    let text = format!("3|group|7:default|8:payments|OPEN|40|0|{AT}|2|6");
+    let mac = k.mac_hex(&text);
+    let mut wire = serde_json::json!({"v":3,"op":"group","ns":"default","key":"payments",
+        "state":"OPEN","version":40,"remaining_ms":0,"at_us":AT,"open":2,"members":6,
+        "mac":mac});
+    let c = parse(&wire.to_string()).expect("valid payload");
+    assert_eq!(
+        (c.op, c.state, c.group),
+        (Op::Group, State::Open, Some((2, 6)))
+    );
+    assert!(k.verify(&c));
+    wire["open"] = serde_json::json!(1);
+    assert!(
+        !k.verify(&parse(&wire.to_string()).expect("parses")),
+        "an edited count"
+    );
+    wire["open"] = serde_json::json!(7);
+    assert!(matches!(
+        parse(&wire.to_string()),
+        Err(PayloadError::Malformed(_))
+    ));
+    wire.as_object_mut().expect("object").remove("open");
+    assert!(matches!(
+        parse(&wire.to_string()),
+        Err(PayloadError::Malformed(_))
+    ));
+    // On a row's notification the counts are not read, nor signed.
+    let row = signed("row", "d", "k", "OPEN", 3, 5, AT);
+    assert_eq!(parse(&row).expect("parses").group, None);
+}
+
 /// Malformed, truncated, oversized, old and future payloads are refused with their reason.
 #[test]
 fn refuses_bad_payloads() {

@@ -109,6 +109,7 @@ const READER_FUNCTIONS: &[&str] = &[
     "rc_history(text,text,bigint)",
     "rc_changes_since(text,text)",
     "rc_server_status()",
+    "rc_group_states(text,text[])",
 ];
 
 /// What an instance adds: the fleet's protocol.
@@ -120,7 +121,7 @@ const INSTANCE_FUNCTIONS: &[&str] = &[
     "rc_report_probe(text,text,bigint,boolean,integer,integer,bigint,bigint)",
     "rc_vote(text,text,text,integer,integer,integer,bigint,bigint,bigint)",
     "rc_report_rates(text,text,bigint,text[],bigint[],bigint[],integer[],integer[],integer[],bigint[],bigint[])",
-    "rc_group_join(text,text,text[],integer,integer)",
+    "rc_group_join(text,text,text[],integer,integer,integer,integer)",
 ];
 
 /// What the Python package adds: it writes the table.
@@ -136,6 +137,7 @@ const OPERATOR_FUNCTIONS: &[&str] = &[
     "rc_force_many(text,text[],text[],bigint[])",
     "rc_delete(text,text)",
     "rc_configure(text,text,text,bigint,integer,integer,integer,integer,boolean,text,text,integer,bigint,integer,integer,integer,bigint)",
+    "rc_group_configure(text,text,integer,integer,integer,integer,boolean,text)",
 ];
 
 /// The rights a role holds on this crate's objects, or should.

@@ -91,18 +91,49 @@ pub(crate) const TRIP_MANY: Call = Call {
     ],
 };
 
-/// A group's members: namespace, group, keys, the cap's numerator and denominator.
+/// A group's members: namespace, group, keys, the cap's numerator and denominator, the
+/// threshold's (NULLs: none); answers the group's state (`decode_group`).
 pub(crate) const GROUP_JOIN: Call = Call {
     op: "join_group",
-    sql: "SELECT public.rc_group_join($1, $2, $3, $4, $5)",
+    sql: "SELECT * FROM public.rc_group_join($1, $2, $3, $4, $5, $6, $7)",
     types: &[
         Type::TEXT,
         Type::TEXT,
         Type::TEXT_ARRAY,
         Type::INT4,
         Type::INT4,
+        Type::INT4,
+        Type::INT4,
     ],
 };
+
+/// The state of the groups named: namespace, names; a row per group (`decode_group`).
+pub(crate) const GROUP_STATES: Call = Call {
+    op: "group_states",
+    sql: "SELECT * FROM public.rc_group_states($1, $2)",
+    types: &[Type::TEXT, Type::TEXT_ARRAY],
+};
+
+/// A group's state from a row of `rc_group_view`'s columns (`o_members`, `o_open`, `o_state`,
+/// `o_version`).
+pub(crate) fn decode_group(
+    row: &Row,
+    during: &'static str,
+) -> Result<crate::GroupState, StorageError> {
+    let err = |e: tokio_postgres::Error| StorageError::db(during, e);
+    let count = |n: i32| u32::try_from(n).unwrap_or(0);
+    let state: String = row.try_get("o_state").map_err(err)?;
+    Ok(crate::GroupState {
+        open: count(row.try_get("o_open").map_err(err)?),
+        members: count(row.try_get("o_members").map_err(err)?),
+        state: if state == "OPEN" {
+            State::Open
+        } else {
+            State::Closed
+        },
+        version: row.try_get("o_version").map_err(err)?,
+    })
+}
 
 /// Manual overrides: namespace, keys, states, cooldowns (ms).
 pub(crate) const FORCE_MANY: Call = Call {
@@ -213,6 +244,9 @@ pub(crate) const FUNCTIONS: &[&str] = &[
     "rc_force(text,text,text,bigint)",
     "rc_delete(text,text)",
     "rc_configure(text,text,text,bigint,integer,integer,integer,integer,boolean,text,text,integer,bigint,integer,integer,integer,bigint)",
+    "rc_group_join(text,text,text[],integer,integer,integer,integer)",
+    "rc_group_states(text,text[])",
+    "rc_group_configure(text,text,integer,integer,integer,integer,boolean,text)",
 ];
 
 /// One row as a transition function answers it (`o_state, o_version, o_remaining_ms,

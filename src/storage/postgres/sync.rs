@@ -407,6 +407,27 @@ pub(super) async fn resync(shared: &Arc<Shared>, client: &Client) -> Result<(), 
             .map_err(|e| StorageError::db("reading the judged keys", e))?;
         shared.judged(&key, statements::remaining(ms));
     }
+    // The groups this instance joined: their counts changed unheard while it was away.
+    let groups: Vec<String> = storage.groups.iter().map(|g| g.key().to_string()).collect();
+    if !groups.is_empty() {
+        let during = "reading the groups' states";
+        let rows = client
+            .query_typed(
+                statements::GROUP_STATES.sql,
+                &[
+                    (&shared.opts.namespace, Type::TEXT),
+                    (&groups, Type::TEXT_ARRAY),
+                ],
+            )
+            .await
+            .map_err(|e| StorageError::db(during, e))?;
+        for row in &rows {
+            let name: String = row
+                .try_get("o_group")
+                .map_err(|e| StorageError::db(during, e))?;
+            crate::group::heard(&storage, &name, statements::decode_group(row, during)?);
+        }
+    }
     tracing::debug!(rows = rows.len(), elapsed = ?started.elapsed(), "snapshot loaded");
     shared.metrics.resyncs.increment(1);
     Ok(())

@@ -11,7 +11,9 @@
 //! * overrides (`open`, `close`, `delete`): [`force`](AdminSession::force),
 //!   [`delete`](AdminSession::delete);
 //! * live configuration (`config`): [`configuration`](AdminSession::configuration),
-//!   [`configure`](AdminSession::configure).
+//!   [`configure`](AdminSession::configure);
+//! * groups (`group`, `status`): [`groups`](AdminSession::groups),
+//!   [`configure_group`](AdminSession::configure_group).
 //!
 //! It connects with the same settings, TLS and timeouts as an instance's pool, without the
 //! instance. (`watch` is an instance instead: it uses
@@ -31,12 +33,14 @@
 
 mod breakers;
 mod configure;
+mod groups;
 mod schema;
 
 pub use super::migrate::{Migration, Object, Pending, MIGRATIONS, OBJECTS};
 pub use super::roles::{InvalidRoleName, Rights, RoleKind, RoleName};
 pub use breakers::{BreakerRow, HistoryEntry, Override};
 pub use configure::ConfigChange;
+pub use groups::{GroupChange, GroupRow};
 pub use schema::{Health, OpenSchema, RoleCheck, TriggerCheck};
 
 use tokio_postgres::Client;
