@@ -39,6 +39,7 @@ pub(crate) const NOTIFICATION_LAG: &str = "resilient_circuit_notification_lag_se
 pub(crate) const QUEUE_USAGE: &str = "resilient_circuit_notification_queue_usage";
 pub(crate) const CONFIRMED: &str = "resilient_circuit_confirmed_notifications_total";
 pub(crate) const OUTLIER: &str = "resilient_circuit_outlier";
+pub(crate) const REFUSED_TRIPS: &str = "resilient_circuit_refused_trips_total";
 pub(crate) const GROUP_OPEN_MEMBERS: &str = "resilient_circuit_group_open_members";
 pub(crate) const GROUP_MEMBERS: &str = "resilient_circuit_group_members";
 pub(crate) const GROUP_OPEN: &str = "resilient_circuit_group_open";
@@ -115,6 +116,10 @@ fn describe() {
         describe_gauge!(
             OUTLIER,
             "1 while the fleet holds this instance an outlier of the key (its failure rate far above the rest of the fleet's), 0 after"
+        );
+        describe_counter!(
+            REFUSED_TRIPS,
+            "Trips of this instance the database left CLOSED (a group at its cap)"
         );
         describe_gauge!(
             GROUP_OPEN_MEMBERS,
@@ -200,6 +205,12 @@ impl KeyMetrics {
                 .map_or(0.0, |d| d.as_secs_f64())
         });
         self.open_until.set(at);
+    }
+
+    /// A trip of ours the database left CLOSED (a group at its cap); rare, so not kept.
+    pub(crate) fn refused_trip(&self) {
+        metrics::counter!(REFUSED_TRIPS, "key" => self.key.clone(), "namespace" => self.namespace.clone())
+            .increment(1);
     }
 
     pub(crate) fn transition(&self, from: State, to: State, origin: ChangeOrigin) {

@@ -420,6 +420,102 @@ async fn a_scrape_shows_every_state_count_and_instance_metric() {
         "the instance is back:\n{}",
         scrape_async(addr).await.text
     );
+    // A group: its counts, metered by the instance that joined it, and a trip the database
+    // refused (the group at its cap), counted where it was made.
+    let g_ns = "scrape_groups";
+    let member = Storage::connect_with(options(&db).await.namespace(g_ns))
+        .await
+        .expect("connects");
+    let group = member
+        .group("hosts")
+        .max_open(Ratio::new(1, 3))
+        .open_at(Ratio::new(1, 3))
+        .join(["a", "b", "c"])
+        .await
+        .expect("joins");
+    for m in ["a", "b"] {
+        let cb = group
+            .member(m)
+            .failure_limit(Ratio::new(1, 1))
+            .cooldown(Duration::from_secs(60))
+            .build()
+            .expect("valid");
+        fail(&cb).await;
+        assert!(member.flush(Duration::from_secs(10)).await);
+    }
+    let in_group = [("namespace", g_ns), ("group", "hosts")];
+    let ok = eventually(Duration::from_secs(10), || async {
+        let s = scrape_async(addr).await;
+        s.value("resilient_circuit_group_open_members", &in_group) == Some(1.0)
+            && s.value("resilient_circuit_group_members", &in_group) == Some(3.0)
+            && s.value("resilient_circuit_group_open", &in_group) == Some(1.0)
+            && s.value(
+                "resilient_circuit_refused_trips_total",
+                &[("namespace", g_ns), ("key", "hosts/b")],
+            ) == Some(1.0)
+    })
+    .await;
+    assert!(ok, "the group:\n{}", scrape_async(addr).await.text);
+
+    // An outlier: one instance failing every call, two healthy, under a fleet rate of 1 in 20;
+    // the sick one meters itself, by its id (`name:pid:start`).
+    let o_ns = "scrape_outliers";
+    let mut pods = Vec::new();
+    for i in 0..3 {
+        let s = Storage::connect_with(
+            options(&db)
+                .await
+                .namespace(o_ns)
+                .fleet_rate_interval(Duration::from_millis(200))
+                .instance_name(format!("scrape-pod-{i}")),
+        )
+        .await
+        .expect("connects");
+        let cb = CircuitBreaker::builder("shared")
+            .storage(s.clone())
+            .failure_limit(Ratio::new(5, 10))
+            .cooldown(Duration::from_secs(60))
+            .trip_policy(resilient_circuit::TripPolicy::FleetRate {
+                limit: Ratio::new(1, 20),
+                min_calls: 100,
+                period: Duration::from_secs(60),
+            })
+            .build()
+            .expect("valid");
+        pods.push((s, cb));
+    }
+    for (_, cb) in &pods[..2] {
+        for _ in 0..100 {
+            let _ = cb.call(|| async { Ok::<_, ()>(()) }).await;
+        }
+    }
+    for _ in 0..20 {
+        fail(&pods[2].1).await;
+    }
+    let outlier = |s: &Scraped| {
+        s.parsed
+            .samples
+            .iter()
+            .filter(|x| x.metric == "resilient_circuit_outlier")
+            .filter(|x| x.labels.get("namespace") == Some(o_ns))
+            .filter(|x| x.labels.get("key") == Some("shared"))
+            .map(|x| {
+                let id = x.labels.get("instance").unwrap_or_default().to_owned();
+                let v = match x.value {
+                    Value::Gauge(v) | Value::Untyped(v) => v,
+                    _ => f64::NAN,
+                };
+                (id, v)
+            })
+            .collect::<Vec<_>>()
+    };
+    let ok = eventually(Duration::from_secs(10), || async {
+        let found = outlier(&scrape_async(addr).await);
+        found.len() == 1 && found[0].0.starts_with("scrape-pod-2:") && found[0].1 == 1.0
+    })
+    .await;
+    assert!(ok, "the outlier:\n{}", scrape_async(addr).await.text);
+
     let s = scrape_async(addr).await;
 
     if std::env::var_os("SHOW_SCRAPE").is_some() {

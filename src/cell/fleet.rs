@@ -186,6 +186,7 @@ impl KeyCell {
                 if row.state == State::Closed && basis.is_some_and(|b| row.version <= b) {
                     let hold = locked.policy.cooldown.min(REFUSED_TRIP_HOLD);
                     locked.refused_until = now.saturating_add(duration_nanos(hold));
+                    self.metrics.refused_trip();
                 }
                 return t;
             }
