@@ -11,7 +11,7 @@
 //! * overrides (`open`, `close`, `delete`): [`force`](AdminSession::force),
 //!   [`delete`](AdminSession::delete);
 //! * live configuration (`config`): [`configuration`](AdminSession::configuration),
-//!   [`configure`](AdminSession::configure).
+//!   [`configurations`](AdminSession::configurations), [`configure`](AdminSession::configure).
 //!
 //! It connects with the same settings, TLS and timeouts as an instance's pool, without the
 //! instance. (`watch` is an instance instead: it uses
