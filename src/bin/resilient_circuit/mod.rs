@@ -14,6 +14,7 @@ mod check;
 mod config;
 mod force;
 mod history;
+mod serve;
 mod setup;
 mod status;
 mod text;
@@ -66,6 +67,9 @@ enum Command {
     Close(force::KeyArgs),
     /// Delete a breaker's row (every instance sees it CLOSED).
     Delete(force::KeyArgs),
+    /// Serve the fleet page: every breaker of a namespace, live, its history and a timeline,
+    /// and /metrics for Prometheus. Read-only unless --allow-writes (with a token).
+    Serve(serve::Args),
 }
 
 /// Why a command failed; printed as one line on stderr.
@@ -115,6 +119,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Open(a) => force::open(&opts, a).await,
         Command::Close(a) => force::close(&opts, a).await,
         Command::Delete(a) => force::delete(&opts, a).await,
+        Command::Serve(a) => serve::run(&opts, a).await,
     }
 }
 
