@@ -152,11 +152,13 @@ pub async fn run(opts: &PostgresOptions, args: Args) -> Result<ExitCode, CliErro
     let ns = namespace(opts, &args.namespace).to_owned();
     let token = token(&args)?;
     let opts = opts.clone().namespace(&ns);
-    // Strict: an operator starting the page wants to hear that the database is not there.
-    let storage = Storage::connect_with(opts.clone().strict(true)).await?;
-    // The reads' connection, now: a role that may not read the breakers is told at once.
+    // The reads' connection first: an operator starting the page wants to hear at once that
+    // the database is not there, or that the role may not read the breakers.
     let first = AdminSession::connect(&opts).await?;
     first.status(&ns).await?;
+    // Not strict: a reader's instance follows by polling, though the parts of a load that
+    // only an instance may read are refused to it.
+    let storage = Storage::connect_with(opts.clone()).await?;
     let app = Arc::new(App {
         ns: ns.clone(),
         opts: opts.clone(),
