@@ -31,5 +31,6 @@ mod resources;
 mod scale;
 mod security;
 mod seed_sql;
+mod serve;
 mod sql_contract;
 mod tls_server;
