@@ -7,7 +7,8 @@
 //! test process exits, however it exits); each test has a browser session of its own.
 
 use std::process::Stdio;
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes_body::{get, post};
@@ -25,17 +26,31 @@ const HOSTILE: &str = "<img src=x onerror=\"document.body.dataset.pwned='img'\">
 
 /// A running `serve`, killed when dropped.
 struct Served {
-    _child: tokio::process::Child,
+    child: tokio::process::Child,
     url: String,
     stderr: tokio::io::Lines<BufReader<tokio::process::ChildStderr>>,
 }
 
-/// Starts `serve` on a free loopback port with `conninfo`, `args` and, when given, the write
+/// Starts `serve` (the binary `RC_SERVE_BIN` names, else the one cargo built with this test) on a free loopback port with `conninfo`, `args` and, when given, the write
 /// token in RC_SERVE_TOKEN; returns once it said where it listens.
 async fn serve(conninfo: &str, args: &[&str], token: Option<&str>) -> Served {
     let mut all = vec!["serve", "--listen", "127.0.0.1:0"];
     all.extend_from_slice(args);
     let mut cmd = crate::cli::command(conninfo, &all);
+    if let Some(bin) = std::env::var_os("RC_SERVE_BIN") {
+        let mut other = tokio::process::Command::new(bin);
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("RC_") {
+                other.env_remove(k);
+            }
+        }
+        other
+            .env("RC_DB_DSN", conninfo)
+            .args(&all)
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        cmd = other;
+    }
     if let Some(t) = token {
         cmd.env("RC_SERVE_TOKEN", t);
     }
@@ -62,11 +77,7 @@ async fn serve(conninfo: &str, args: &[&str], token: Option<&str>) -> Served {
         .find(|w| w.starts_with("http://"))
         .unwrap_or_else(|| panic!("no address in {line:?}"))
         .to_owned();
-    Served {
-        _child: child,
-        url,
-        stderr,
-    }
+    Served { child, url, stderr }
 }
 
 /// The test database with its schema, and a token.
@@ -93,6 +104,8 @@ fn rand_u128() -> u128 {
 /// The chromedriver of this test process: its port. Started under a `sh` in a process group of
 /// its own that waits for its stdin to close (at this process's exit) and then kills the group,
 /// browsers included.
+// The shell is never waited for: it outlives this process by design, to stop the driver.
+#[allow(clippy::zombie_processes)]
 fn chromedriver() -> u16 {
     static DRIVER: OnceLock<(u16, std::sync::Mutex<std::process::ChildStdin>)> = OnceLock::new();
     let (port, _) = DRIVER.get_or_init(|| {
@@ -189,7 +202,7 @@ fn target_dir() -> std::path::PathBuf {
     exe.ancestors()
         .nth(3)
         .map(std::path::Path::to_path_buf)
-        .unwrap_or_else(|| std::env::temp_dir())
+        .unwrap_or_else(std::env::temp_dir)
 }
 
 /// The page lists every row, updates a trip made by an instance within a second without a
@@ -340,6 +353,8 @@ async fn the_page_shows_the_fleet_live_and_keys_as_text() {
     )
     .await;
 
+    // Small enough for the README (`src/docs/fleet-page.png` is one of these).
+    c.set_window_size(1280, 780).await.expect("resizes");
     let png = c.screenshot().await.expect("a screenshot");
     let path = target_dir().join("serve-fleet-page.png");
     std::fs::write(&path, &png).expect("writes the screenshot");
@@ -903,4 +918,251 @@ async fn a_readers_writes_fail_cleanly_and_bad_requests_are_refused() {
     assert!(line.contains(&format!("open {key} ")), "{line}");
     assert!(line.contains("permission denied"), "{line}");
     assert!(!line.contains(&token), "{line}");
+}
+
+// --- figures -------------------------------------------------------------------------------
+
+/// `(utime + stime)` of process `pid` in clock ticks, and its resident and peak resident set
+/// in KiB.
+fn usage(pid: u32) -> (u64, u64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("reads stat");
+    // The fields after the command name, which is in parentheses.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = fields[11].parse::<u64>().unwrap_or(0) + fields[12].parse::<u64>().unwrap_or(0);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("reads status");
+    let kib = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (ticks, kib("VmRSS:"), kib("VmHWM:"))
+}
+
+/// The figures of the operating reference: time to first render with 10,000 keys (in
+/// chromium, from navigation start to the table filled), 100 viewers connected to the event
+/// stream while 100 transitions a second stream through (does every viewer receive every
+/// change; the server's CPU), and the server's memory. Run by `scripts/serve-figures.sh`
+/// against a release build of the command.
+#[tokio::test]
+#[ignore = "figures, not a check: scripts/serve-figures.sh"]
+async fn figures() {
+    use http_body_util::BodyExt;
+    const KEYS: usize = 10_000;
+    const VIEWERS: usize = 100;
+    const PER_SECOND: usize = 100;
+    const SECONDS: usize = 10;
+
+    let (db, _) = set_up().await;
+    let viewer_role = db.role_of(&[RoleKind::Instance]).await;
+    let admin = db.client().await;
+    admin
+        .execute(
+            "INSERT INTO public.rc_circuit_breakers (resource_key, state, open_until)
+             SELECT 'service-' || lpad(i::text, 5, '0'),
+                    CASE WHEN i % 50 = 0 THEN 'OPEN' ELSE 'CLOSED' END,
+                    CASE WHEN i % 50 = 0 THEN now() + interval '1 hour' END
+             FROM generate_series(1, $1::int) AS i",
+            &[&(KEYS as i32)],
+        )
+        .await
+        .expect("seeds the keys");
+    let mut served = serve(&db.conninfo_as(&viewer_role), &[], None).await;
+    let pid = served.child.id().expect("the server's pid");
+    let (_, rss_start, _) = usage(pid);
+
+    let c = browser().await;
+    let mut renders = Vec::new();
+    for _ in 0..3 {
+        c.goto(&served.url).await.expect("the page loads");
+        let at = until(
+            &c,
+            Duration::from_secs(60),
+            "the table is filled",
+            &format!("return Number(document.body.dataset.loaded || 0) >= {KEYS} && document.body.dataset.renderedAt;"),
+        )
+        .await;
+        renders.push(
+            at.as_str()
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(f64::NAN),
+        );
+    }
+    c.close().await.expect("ends the session");
+    let (_, rss_page, _) = usage(pid);
+    eprintln!("first render (navigation start to table filled), 3 loads: {renders:.0?} ms");
+
+    // The viewers: each counts the `change` events it receives.
+    let counts: Vec<Arc<AtomicUsize>> = (0..VIEWERS)
+        .map(|_| Arc::new(AtomicUsize::new(0)))
+        .collect();
+    let reloads = Arc::new(AtomicUsize::new(0));
+    let hellos = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for count in &counts {
+        let url = format!("{}events", served.url);
+        let count = count.clone();
+        let reloads = reloads.clone();
+        let hellos = hellos.clone();
+        tasks.push(tokio::spawn(async move {
+            let client =
+                hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                    .build_http::<http_body_util::Empty<hyper::body::Bytes>>();
+            let response = client
+                .request(
+                    hyper::Request::get(url)
+                        .body(http_body_util::Empty::new())
+                        .expect("a request"),
+                )
+                .await
+                .expect("the stream opens");
+            let mut body = response.into_body();
+            let mut text = String::new();
+            while let Some(frame) = body.frame().await {
+                let Ok(frame) = frame else { return };
+                if let Some(data) = frame.data_ref() {
+                    text.push_str(&String::from_utf8_lossy(data));
+                    while let Some(end) = text.find("\n\n") {
+                        let event: String = text.drain(..end + 2).collect();
+                        if event.starts_with("event: change") {
+                            count.fetch_add(1, Ordering::Relaxed);
+                        } else if event.starts_with("event: reload") {
+                            reloads.fetch_add(1, Ordering::Relaxed);
+                        } else if event.starts_with("event: hello") {
+                            hellos.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
+        }));
+    }
+    // A viewer's hello comes once it is subscribed.
+    assert!(
+        crate::support::eventually(WAIT, || async { hellos.load(Ordering::Relaxed) == VIEWERS })
+            .await,
+        "every viewer is connected: {} of {VIEWERS}",
+        hellos.load(Ordering::Relaxed)
+    );
+    let flap = |i: usize| format!("flap-{:03}", i % 500);
+    admin
+        .execute(
+            "SELECT * FROM public.rc_force_many('default', ARRAY['warm-up'], ARRAY['OPEN'], ARRAY[60000::bigint])",
+            &[],
+        )
+        .await
+        .expect("forces");
+    assert!(
+        crate::support::eventually(WAIT, || async {
+            counts.iter().all(|c| c.load(Ordering::Relaxed) == 1)
+        })
+        .await,
+        "every viewer saw the warm-up"
+    );
+
+    let (cpu_before, _, _) = usage(pid);
+    let started = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let per_tick = PER_SECOND / 10;
+    let mut sent = 0usize;
+    for round in 0..SECONDS * 10 {
+        tick.tick().await;
+        let keys: Vec<String> = (0..per_tick).map(|j| flap(round * per_tick + j)).collect();
+        // Each key alternates: OPEN on its odd visits, CLOSED on its even ones.
+        let state = if (round * per_tick / 500) % 2 == 0 {
+            "OPEN"
+        } else {
+            "CLOSED"
+        };
+        let states = vec![state.to_owned(); per_tick];
+        let ms = vec![60_000_i64; per_tick];
+        let rows = admin
+            .query(
+                "SELECT o_error FROM public.rc_force_many('default', $1, $2, $3)",
+                &[&keys, &states, &ms],
+            )
+            .await
+            .expect("forces");
+        sent += rows
+            .iter()
+            .filter(|r| r.get::<_, Option<String>>(0).is_none())
+            .count();
+    }
+    let elapsed = started.elapsed();
+    let expected = sent + 1;
+    let all = crate::support::eventually(Duration::from_secs(30), || async {
+        counts.iter().all(|c| c.load(Ordering::Relaxed) >= expected)
+    })
+    .await;
+    let (cpu_after, rss_stream, hwm) = usage(pid);
+    let received: Vec<usize> = counts.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+    let ticks_per_s = 100.0; // USER_HZ on Linux
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    eprintln!(
+        "FIGURES ({} keys, release: {})",
+        KEYS,
+        std::env::var("RC_SERVE_BIN").unwrap_or_else(|_| "no (debug build)".into())
+    );
+    eprintln!("  first render (navigation start to table filled), 3 loads: {renders:.0?} ms");
+    eprintln!(
+        "  {VIEWERS} viewers, {sent} transitions in {elapsed:.1?} ({:.0}/s): every viewer got every change: {all}; min {} max {} of {expected}; reloads {}",
+        sent as f64 / elapsed.as_secs_f64(),
+        received.iter().min().unwrap_or(&0),
+        received.iter().max().unwrap_or(&0),
+        reloads.load(Ordering::Relaxed)
+    );
+    eprintln!(
+        "  server CPU during the stream: {:.0}% of one core",
+        (cpu_after - cpu_before) as f64 / ticks_per_s / elapsed.as_secs_f64() * 100.0
+    );
+    eprintln!(
+        "  server RSS: {} MiB at start, {} MiB after the page, {} MiB after the stream (peak {} MiB)",
+        rss_start / 1024,
+        rss_page / 1024,
+        rss_stream / 1024,
+        hwm / 1024
+    );
+    eprintln!("  load average: {}", load.trim());
+    for t in tasks {
+        t.abort();
+    }
+    let _ = served.child.kill().await;
+    assert!(all, "a viewer missed changes: {received:?}");
+}
+
+/// The operating reference shows the README's screenshot: `src/docs/fleet-page.png.b64` is
+/// `src/docs/fleet-page.png` in base64 (rustdoc pages cannot show a file beside them).
+/// To replace both: `base64 -w0 src/docs/fleet-page.png > src/docs/fleet-page.png.b64`.
+#[test]
+fn the_reference_shows_the_readmes_screenshot() {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let png = include_bytes!("../../src/docs/fleet-page.png");
+    let mut encoded = String::with_capacity(png.len() * 4 / 3 + 4);
+    for chunk in png.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                encoded.push(char::from(ALPHABET[(n >> (18 - 6 * i)) as usize & 63]));
+            } else {
+                encoded.push('=');
+            }
+        }
+    }
+    assert!(png.starts_with(b"\x89PNG"), "a PNG");
+    assert!(
+        png.len() < 150 * 1024,
+        "small enough for the README: {} bytes",
+        png.len()
+    );
+    assert!(
+        encoded == include_str!("../../src/docs/fleet-page.png.b64").trim_end(),
+        "src/docs/fleet-page.png.b64 is not src/docs/fleet-page.png: run base64 -w0 src/docs/fleet-page.png > src/docs/fleet-page.png.b64"
+    );
 }
