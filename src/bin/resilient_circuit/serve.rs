@@ -515,7 +515,7 @@ async fn timeline(
         .into_iter()
         .filter_map(|r| r.since.filter(|s| *s >= start).map(|s| (s, r.key)))
         .collect();
-    changed.sort_by(|a, b| b.0.cmp(&a.0));
+    changed.sort_by_key(|c| std::cmp::Reverse(c.0));
     let truncated = changed.len() > TIMELINE_KEYS;
     changed.truncate(TIMELINE_KEYS);
     let app_ref = &app;
