@@ -627,6 +627,65 @@ mod bytes_body {
         }
     }
 
+    /// An open event stream.
+    pub struct Events {
+        body: hyper::body::Incoming,
+        text: String,
+    }
+
+    impl Events {
+        /// The next event's name and data, within the wait.
+        pub async fn next_event(&mut self) -> (String, String) {
+            tokio::time::timeout(super::WAIT, async {
+                loop {
+                    if let Some(end) = self.text.find("\n\n") {
+                        let event: String = self.text.drain(..end + 2).collect();
+                        let field = |name: &str| {
+                            event
+                                .lines()
+                                .find_map(|l| l.strip_prefix(name))
+                                .unwrap_or("")
+                                .to_owned()
+                        };
+                        if event.starts_with(':') {
+                            continue; // a keep-alive comment
+                        }
+                        return (field("event: "), field("data: "));
+                    }
+                    let frame = self
+                        .body
+                        .frame()
+                        .await
+                        .expect("the stream goes on")
+                        .expect("reads the stream");
+                    if let Some(data) = frame.data_ref() {
+                        self.text.push_str(&String::from_utf8_lossy(data));
+                    }
+                }
+            })
+            .await
+            .expect("an event within the wait")
+        }
+    }
+
+    pub async fn events(url: &str) -> Events {
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<Full<Bytes>>();
+        let request = hyper::Request::get(url)
+            .body(Full::new(Bytes::new()))
+            .expect("a request");
+        let response = tokio::time::timeout(super::WAIT, client.request(request))
+            .await
+            .expect("an answer within the wait")
+            .expect("the stream opens");
+        assert_eq!(response.status().as_u16(), 200);
+        Events {
+            body: response.into_body(),
+            text: String::new(),
+        }
+    }
+
     pub async fn get(url: &str) -> Answer {
         send(
             hyper::Request::get(url)
@@ -848,6 +907,28 @@ async fn a_readers_writes_fail_cleanly_and_bad_requests_are_refused() {
     let history = get(&format!("{}api/history?key={key}", served.url)).await;
     assert_eq!(history.status, 200, "{}", history.body);
     assert!(history.body.contains("note: seed"), "{}", history.body);
+
+    // It follows the fleet by polling: a change made elsewhere reaches its event stream.
+    let mut stream = bytes_body::events(&format!("{}events", served.url)).await;
+    let (name, hello) = stream.next_event().await;
+    assert_eq!(name, "hello", "{hello}");
+    let elsewhere = unique_key("elsewhere");
+    admin
+        .force("default", &elsewhere, Override::Open { hold: None }, None)
+        .await
+        .expect("opens");
+    let (name, change) = stream.next_event().await;
+    assert_eq!(name, "change", "{change}");
+    let change: Value = serde_json::from_str(&change).expect("JSON");
+    assert_eq!(
+        (&change["key"], &change["to"]),
+        (&json!(elsewhere), &json!("OPEN")),
+        "{change}"
+    );
+    // Following by polling, it has the database: the page does not say it lost it.
+    let state = get(&format!("{}api/state", served.url)).await;
+    let state: Value = serde_json::from_str(&state.body).expect("JSON");
+    assert_eq!(state["degraded"], json!(false), "{state}");
 
     let open = |token: Option<&str>, body: Value| {
         let url = format!("{}api/open", served.url);
