@@ -35,7 +35,7 @@
 //! | `open KEY [--for DURATION] [--namespace NS] [--note TEXT]`, `close KEY`, `delete KEY` | Overrides through `rc_force` (OPEN for the duration, e.g. `30s`, `5m`; without `--for` until `close`) and `rc_delete` (an operator's rights); every running instance follows at once. Refused for a key forced open by its live configuration. `--note` is recorded with the change in the change log. |
 //! | `config KEY [--cooldown D] [--failure-limit K/N] [--success-limit K/N] [--trip-policy any-instance\|quorum\|fleet-rate [--quorum K --within D] [--rate K/N --min-calls N --period D]] [--mode MODE] [--reset] [--note TEXT] [--namespace NS]` | Without options prints the key's live configuration; with them changes it through `rc_configure` (see [Live configuration](#live-configuration)), and every running instance applies it. Values are checked by the command (exit 2) and by the table's constraints. |
 //! | `history KEY [--namespace NS] [--since DURATION] [--json]` | The key's changes from the change log (kept for `rc_change_log_settings.retention`, 1 hour by default), oldest first: `TIME FROM -> TO vVERSION by WHO; N failures of the last M; note: …`. WHO is the instance (`host:pid:start`, set by each instance on its pooled sessions, except through a transaction pooler; self-reported, like `application_name`) or the writer's `application_name`, with its role and client address (the server's own record): a Python service or `psql` shows as itself. A quorum's opening also lists its votes and voters, a fleet rate's opening the fleet's counts. JSON: `{"namespace", "key", "changes": [{"at", "from", "to", "version", "actor", "why"}]}`; fields are only ever added. |
-//! | `serve [--listen ADDR] [--namespace NS] [--allow-writes [--token-file PATH]]` | The fleet page and a fleet-wide `/metrics` over HTTP (below, [The fleet page](#the-fleet-page-serve)), on `127.0.0.1:9100` unless `--listen` says otherwise; read-only unless `--allow-writes`, which needs a token (`RC_SERVE_TOKEN` or the first line of `--token-file`, at least 16 characters; never an argument). Runs until Ctrl-C. |
+//! | `serve [--listen ADDR] [--namespace NS] [--allow-host NAME]... [--allow-writes [--token-file PATH]]` | The fleet page and a fleet-wide `/metrics` over HTTP (below, [The fleet page](#the-fleet-page-serve)), on `127.0.0.1:9100` unless `--listen` says otherwise; read-only unless `--allow-writes`, which needs a token (`RC_SERVE_TOKEN` or the first line of `--token-file`, at least 16 characters; never an argument). Runs until Ctrl-C. |
 //!
 //! Exit codes: 0 ok, 1 a problem was found (or the database failed), 2 usage. Errors are one
 //! line on stderr. Each command is a typed call of the library's administration API,
@@ -93,7 +93,10 @@
 //! configuration, and the change log's who and why: instance names (host and pid), role names,
 //! client addresses, and the notes operators typed. Hence loopback by default; to show the page
 //! to others, put it behind a proxy that authenticates (below), and do not `--listen` on a public
-//! address (the server warns when it is not loopback). The server has no TLS of its own.
+//! address (the server warns when it is not loopback). The server has no TLS of its own. It
+//! answers only requests whose `Host` is an IP address, `localhost` or a name given with
+//! `--allow-host` (421 otherwise), so that a site whose name is made to resolve to the server's
+//! address (DNS rebinding) cannot read the page from a browser on the same machine.
 //!
 //! **Its rights are the role's.** Every read and write runs as the role it connects with
 //! (`RC_DB_*`), so give it the least that works: a reader (`setup --grant-reader`) sees
@@ -137,7 +140,9 @@
 //!
 //! Authenticate at the proxy with a session cookie, client certificates or a network rule, not
 //! with HTTP Basic: the browser sends Basic credentials in the `Authorization` header, which the
-//! page's writes fill with their token instead (a read-only page behind Basic works). Keep
+//! page's writes fill with their token instead (a read-only page behind Basic works). nginx
+//! sends `Host: 127.0.0.1:9100` upstream by default; a proxy that passes the name the browser
+//! used needs `--allow-host` with that name. Keep
 //! `--listen` on loopback, or on an address only the proxy reaches.
 //!
 //! **Figures** (2026-12-06, `scripts/serve-figures.sh`: a release build of the command, driven

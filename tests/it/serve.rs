@@ -686,6 +686,17 @@ mod bytes_body {
         }
     }
 
+    /// A GET that names `host` in its Host header.
+    pub async fn get_for(url: &str, host: &str) -> Answer {
+        send(
+            hyper::Request::get(url)
+                .header("host", host)
+                .body(Full::new(Bytes::new()))
+                .expect("a request"),
+        )
+        .await
+    }
+
     pub async fn get(url: &str) -> Answer {
         send(
             hyper::Request::get(url)
@@ -868,6 +879,11 @@ async fn the_server_is_read_only_unless_told_and_never_without_a_token() {
         "no inline script: {}",
         page.body
     );
+    // A page of another site whose name resolves here (DNS rebinding) gets nothing.
+    let rebound =
+        bytes_body::get_for(&format!("{}api/state", served.url), "evil.example:9100").await;
+    assert_eq!(rebound.status, 421, "{}", rebound.body);
+    assert!(!rebound.body.contains("rows"), "{}", rebound.body);
     let key = unique_key("untouched");
     let w = post(
         &format!("{}api/open", served.url),

@@ -69,6 +69,11 @@ pub struct Args {
     /// command line, where the process list shows it).
     #[arg(long, value_name = "PATH")]
     token_file: Option<PathBuf>,
+    /// A host name the page may be asked for by (the Host header), besides IP addresses and
+    /// `localhost`; repeat for more. Other names are refused, so that a site whose name is
+    /// made to resolve to this address cannot read the page.
+    #[arg(long, value_name = "NAME")]
+    allow_host: Vec<String>,
 }
 
 /// What every request shares.
@@ -77,6 +82,8 @@ struct App {
     opts: PostgresOptions,
     /// SHA-256 of the write token; `None`: read-only.
     token: Option<[u8; 32]>,
+    /// Host names accepted besides IP addresses and `localhost` (lower case).
+    hosts: Vec<String>,
     /// The connection reads share; replaced after an error.
     reads: Mutex<Option<Arc<AdminSession>>>,
     /// Events for the viewers, each encoded once.
@@ -113,10 +120,15 @@ impl From<StorageError> for ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let (status, message) = match self {
-            ApiError::Bad(m) => (StatusCode::BAD_REQUEST, m),
+impl ApiError {
+    /// What went wrong, in a line.
+    fn message(&self) -> String {
+        self.parts().1
+    }
+
+    fn parts(&self) -> (StatusCode, String) {
+        match self {
+            ApiError::Bad(m) => (StatusCode::BAD_REQUEST, m.clone()),
             ApiError::ReadOnly => (
                 StatusCode::FORBIDDEN,
                 "this page is read-only (the server was started without --allow-writes)".into(),
@@ -137,7 +149,13 @@ impl IntoResponse for ApiError {
                 };
                 (status, e.to_string())
             }
-        };
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, message) = self.parts();
         let mut response = (status, Json(serde_json::json!({ "error": message }))).into_response();
         if status == StatusCode::UNAUTHORIZED {
             response
@@ -163,6 +181,11 @@ pub async fn run(opts: &PostgresOptions, args: Args) -> Result<ExitCode, CliErro
         ns: ns.clone(),
         opts: opts.clone(),
         token,
+        hosts: args
+            .allow_host
+            .iter()
+            .map(|h| h.to_ascii_lowercase())
+            .collect(),
         reads: Mutex::new(Some(Arc::new(first))),
         events: broadcast::channel(EVENT_BUFFER).0,
         dirty: std::sync::Mutex::new(HashSet::new()),
@@ -256,8 +279,51 @@ fn router(app: Arc<App>) -> Router {
         .route("/api/close", post(write::close))
         .route("/api/config", post(write::config))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn_with_state(app.clone(), host))
         .layer(axum::middleware::from_fn(assets::headers))
         .with_state(app)
+}
+
+/// Refuses a request for a host name the server does not answer to (421): a page elsewhere
+/// whose name was made to resolve to this address (DNS rebinding) would otherwise be
+/// same-origin with this one and read it.
+async fn host(
+    Shared(app): Shared<Arc<App>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let name = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if host_allowed(name, &app.hosts) {
+        next.run(request).await
+    } else {
+        (
+            StatusCode::MISDIRECTED_REQUEST,
+            Json(serde_json::json!({
+                "error": "this server does not answer to that host name (see --allow-host)"
+            })),
+        )
+            .into_response()
+    }
+}
+
+/// True for an IP address, `localhost` or one of `allowed`, with or without a port.
+fn host_allowed(host: &str, allowed: &[String]) -> bool {
+    let name = match host.strip_prefix('[') {
+        // [v6]:port
+        Some(rest) => {
+            return rest
+                .split(']')
+                .next()
+                .is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok())
+        }
+        None => host.rsplit_once(':').map_or(host, |(name, _port)| name),
+    };
+    let name = name.to_ascii_lowercase();
+    name.parse::<std::net::Ipv4Addr>().is_ok() || name == "localhost" || allowed.contains(&name)
 }
 
 impl App {
@@ -678,4 +744,35 @@ async fn round(app: &App, mut keys: Vec<String>) -> Result<(), ApiError> {
         app.send("row", &row_out(r, c, last));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_allowed;
+
+    #[test]
+    fn only_addresses_localhost_and_the_names_allowed_are_answered() {
+        let allowed = vec!["breakers.internal".to_owned()];
+        for ok in [
+            "127.0.0.1:9100",
+            "127.0.0.1",
+            "[::1]:9100",
+            "localhost:9100",
+            "LOCALHOST",
+            "breakers.internal",
+            "Breakers.Internal:443",
+        ] {
+            assert!(host_allowed(ok, &allowed), "{ok}");
+        }
+        for refused in [
+            "",
+            "evil.example",
+            "evil.example:9100",
+            "127.0.0.1.evil.example",
+            "[evil]:1",
+            "localhost.evil.example",
+        ] {
+            assert!(!host_allowed(refused, &allowed), "{refused}");
+        }
+    }
 }

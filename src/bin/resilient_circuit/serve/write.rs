@@ -145,7 +145,7 @@ fn audit(
 ) {
     let result = match outcome {
         Ok(_) => "done".to_owned(),
-        Err(e) => format!("failed: {e:?}"),
+        Err(e) => format!("failed: {}", e.message()),
     };
     eprintln!(
         "write from {peer}: {what} {} (note: {}): {}",
