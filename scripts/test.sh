@@ -71,6 +71,19 @@ if ! python3 -c 'import ensurepip, venv' 2>/dev/null || ! ldconfig -p 2>/dev/nul
   fi
 fi
 
+# The `serve` tests (tests/it/serve.rs) drive a real browser: Debian's chromium through its
+# chromedriver, at /usr/bin/chromium and /usr/bin/chromedriver.
+if [[ ! -x /usr/bin/chromium || ! -x /usr/bin/chromedriver ]]; then
+  if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+    echo "test.sh: installing chromium and chromium-driver (Debian packages)"
+    apt-get update -q
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium chromium-driver
+  else
+    echo "test.sh: the tests need chromium and its driver: sudo apt-get install chromium chromium-driver" >&2
+    exit 1
+  fi
+fi
+
 if [[ -n ${RC_TEST_DATABASE_URL:-} ]]; then
   echo "test.sh: test databases on \$RC_TEST_DATABASE_URL"
 elif local_server_answers; then

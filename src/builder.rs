@@ -407,8 +407,17 @@ pub(crate) fn describe_windows(policy: &Policy) -> String {
     )
 }
 
-/// Checks a key: non-empty, at most 255 bytes, no control characters.
-pub(crate) fn validate_key(key: &str) -> Result<(), ConfigError> {
+/// Checks a key as [`CircuitBreaker::builder`](crate::CircuitBreaker::builder) does: non-empty,
+/// at most [`MAX_KEY_LEN`] bytes, no control characters. For tools that take a key from a
+/// person (the command's `serve` page) and should refuse what no breaker could be built for.
+///
+/// ```
+/// use resilient_circuit::validate_key;
+/// assert!(validate_key("payments").is_ok());
+/// assert!(validate_key("").is_err());
+/// assert!(validate_key("a\nb").is_err());
+/// ```
+pub fn validate_key(key: &str) -> Result<(), ConfigError> {
     if key.is_empty() {
         return Err(ConfigError::EmptyKey);
     }

@@ -127,7 +127,7 @@ mod trip_policy;
 mod window;
 
 pub use breaker::{CircuitBreaker, Outcome, OwnedPermit, Permit};
-pub use builder::{Builder, MAX_KEY_LEN, MIN_TIME_WINDOW};
+pub use builder::{validate_key, Builder, MAX_KEY_LEN, MIN_TIME_WINDOW};
 pub use changes::{Change, ChangeKind, Changes};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{CircuitError, ConfigError, RejectReason, Rejected, StorageError};

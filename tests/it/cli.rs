@@ -22,7 +22,7 @@ pub(crate) struct Run {
 }
 
 /// The command with `dsn` in `RC_DB_DSN` and no other RC_* variable.
-fn command(dsn: &str, args: &[&str]) -> Command {
+pub(crate) fn command(dsn: &str, args: &[&str]) -> Command {
     let mut cmd = Command::new(BIN);
     for (k, _) in std::env::vars_os() {
         if k.to_string_lossy().starts_with("RC_") {

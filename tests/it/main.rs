@@ -32,5 +32,6 @@ mod resources;
 mod scale;
 mod security;
 mod seed_sql;
+mod serve;
 mod sql_contract;
 mod tls_server;

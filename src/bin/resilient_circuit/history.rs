@@ -129,7 +129,7 @@ pub async fn run(opts: &PostgresOptions, args: Args) -> Result<ExitCode, CliErro
 }
 
 /// `instance host:pid:… (user@client)`, or `application (user@client)` for other writers.
-fn who(actor: Option<&serde_json::Value>) -> String {
+pub(super) fn who(actor: Option<&serde_json::Value>) -> String {
     let Some(a) = actor else {
         return "?".into();
     };
@@ -144,7 +144,7 @@ fn who(actor: Option<&serde_json::Value>) -> String {
 }
 
 /// `; 5 failures; quorum: …; note: …`: what the log knows of why.
-fn why(why: Option<&serde_json::Value>) -> String {
+pub(super) fn why(why: Option<&serde_json::Value>) -> String {
     let Some(w) = why else {
         return String::new();
     };

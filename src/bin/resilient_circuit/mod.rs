@@ -15,6 +15,7 @@ mod config;
 mod force;
 mod group;
 mod history;
+mod serve;
 mod setup;
 mod status;
 mod text;
@@ -70,6 +71,9 @@ enum Command {
     /// List the groups of breakers (members open of how many, cap, threshold, state), or
     /// change one's cap and threshold live for every instance.
     Group(group::Args),
+    /// Serve the fleet page: every breaker of a namespace, live, its history and a timeline,
+    /// and /metrics for Prometheus. Read-only unless --allow-writes (with a token).
+    Serve(serve::Args),
 }
 
 /// Why a command failed; printed as one line on stderr.
@@ -120,6 +124,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Close(a) => force::close(&opts, a).await,
         Command::Delete(a) => force::delete(&opts, a).await,
         Command::Group(a) => group::run(&opts, a).await,
+        Command::Serve(a) => serve::run(&opts, a).await,
     }
 }
 

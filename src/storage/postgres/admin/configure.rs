@@ -133,6 +133,33 @@ impl AdminSession {
         rows.first().map(|r| live(r, during)).transpose()
     }
 
+    /// Every live configuration of namespace `ns`, by key (keys without one have the code's
+    /// values, mode normal): what a page of the whole namespace shows beside
+    /// [`status`](AdminSession::status).
+    pub async fn configurations(
+        &self,
+        ns: &str,
+    ) -> Result<Vec<(String, LiveConfig)>, StorageError> {
+        let during = "reading the live configurations";
+        let keys: Option<Vec<String>> = None;
+        let rows = self
+            .client
+            .query_typed(
+                "SELECT * FROM public.rc_configs($1, $2)",
+                &[(&ns, Type::TEXT), (&keys, Type::TEXT_ARRAY)],
+            )
+            .await
+            .map_err(|e| StorageError::db(during, e))?;
+        rows.iter()
+            .map(|r| {
+                let key: String = r
+                    .try_get("o_key")
+                    .map_err(|e| StorageError::db(during, e))?;
+                Ok((key, live(r, during)?))
+            })
+            .collect()
+    }
+
     /// Changes `key`'s live configuration in namespace `ns` for every instance and returns it
     /// as stored (`None`: none is left, after a reset that set nothing). Checked first
     /// ([`ConfigChange::validate`]); refused for a role that is not an operator.

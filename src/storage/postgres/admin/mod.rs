@@ -11,7 +11,7 @@
 //! * overrides (`open`, `close`, `delete`): [`force`](AdminSession::force),
 //!   [`delete`](AdminSession::delete);
 //! * live configuration (`config`): [`configuration`](AdminSession::configuration),
-//!   [`configure`](AdminSession::configure);
+//!   [`configurations`](AdminSession::configurations), [`configure`](AdminSession::configure);
 //! * groups (`group`, `status`): [`groups`](AdminSession::groups),
 //!   [`configure_group`](AdminSession::configure_group).
 //!
