@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the PostgreSQL integration tests that exercise the SQL and the instance (postgres::,
 # sql_contract::, security:: (every role, every threat-model line), convergence::, outages::, resources::, changes::, the change log's snapshot cursor in follow::, and the
-# fleet policies, live configuration and groups: quorum::, fleet_rate::the…, live_config::,
+# fleet policies, live configuration and groups: quorum::, fleet_rate::the…, outliers::, live_config::,
 # groups::) on
 # every supported major that Debian's `postgresql`
 # package (15 on bookworm, which scripts/test.sh runs the whole suite on) does not provide.
@@ -39,7 +39,7 @@ declare -A PACKAGE=(
   [18]=18.4.0-beta.17
 )
 DEFAULT_MAJORS=(13 14 16 17 18)
-read -ra SUBSET <<< "${RC_PG_VERSIONS_TESTS:-postgres:: sql_contract:: security:: convergence:: outages:: resources:: changes:: follow::a_change follow::concurrent quorum:: fleet_rate::the live_config:: groups::}"
+read -ra SUBSET <<< "${RC_PG_VERSIONS_TESTS:-postgres:: sql_contract:: security:: convergence:: outages:: resources:: changes:: follow::a_change follow::concurrent quorum:: fleet_rate::the outliers:: live_config:: groups::}"
 CACHE=${RC_PG_CACHE:-/var/cache/resilient-circuit-tests/postgresql}
 
 say() { echo "pg-versions.sh: $*" >&2; }

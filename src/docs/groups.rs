@@ -115,6 +115,12 @@
 //! circle with the cap's lock, which trips take mid-statement. No role but the owner's
 //! functions can take either.
 //!
+//! **What counting costs**: a transition of a key that is no member costs one index lookup
+//! at commit (is it a member?). A member's entry into or exit from the open set counts its
+//! group, a join over its members, and holds the group's count lock until its commit: member
+//! transitions of one group commit one after another, which a group of thousands of members
+//! would feel in a storm; keep groups to the hosts of one service.
+//!
 //! **Seen by every instance**: `groups::every_instance_sees_the_groups_counts_and_its_opening`
 //! (three instances and a follower hear each trip's counts, the opening at half the members
 //! and an operator's close). An instance reads its groups' states again at every reload, so

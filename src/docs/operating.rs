@@ -49,7 +49,9 @@
 //! the cooldown left, its live mode and configuration and its last recorded change (who, why);
 //! filters by state and by part of a key; a key's history on a click; and a timeline of the last
 //! hour or day with the OPEN (red) and HALF_OPEN (yellow) stretches of every key that changed,
-//! the busiest first, so a flapping breaker shows at a glance. It updates without a reload: the
+//! the busiest first, so a flapping breaker shows at a glance; above them, each
+//! [group](super::groups) with its members open of how many, its cap and threshold and its own
+//! state (`serve::groups_show_live_with_their_counts_as_text`). It updates without a reload: the
 //! server is one more instance of the fleet, and what [`Storage::changes`](crate::Storage::changes)
 //! tells it goes to every open page as a server-sent event, followed by the key's row and last
 //! change read once for all viewers. The page, its script and its style are in the binary: it
@@ -66,10 +68,10 @@
 //! | Path | What it answers |
 //! |---|---|
 //! | `/` (`app.js`, `app.css`) | The page. |
-//! | `/api/state` | Every row of the namespace: `{"namespace", "writes", "degraded", "now_ms", "rows": [{"key", "state", "since_ms", "half_open_in_ms", "held" (forced open until closed), "version", "failure_count", "mode", "config" (the live configuration in words, or null)}]}`. |
+//! | `/api/state` | Every row of the namespace: `{"namespace", "writes", "degraded", "now_ms", "rows": [{"key", "state", "since_ms", "half_open_in_ms", "held" (forced open until closed), "version", "failure_count", "mode", "config" (the live configuration in words, or null)}], "groups": [{"name", "members", "open", "state", "max_open", "open_at"}]}`. |
 //! | `/api/history?key=K` | The key's recorded changes, oldest first: `{"key", "changes": [{"at_ms", "from", "to", "version", "who", "why"}]}`. |
 //! | `/api/timeline?hours=1` (or `24`) | The changes of every key whose state changed in the window, the 500 most recent such keys at most. The change log keeps an hour by default (`rc_change_log_settings.retention`): raise it for a day's timeline. |
-//! | `/events` | Server-sent events: `hello`, `change` (`{"key", "from", "to", "version", "at_ms"}`, as it is seen), `row` (the key's row with its last change, read after, at most every 250 ms for all the keys changed meanwhile), `health` (`{"degraded"}`: the server lost or found the database), `reload` (this viewer fell more than 4096 events behind: read `/api/state` again). |
+//! | `/events` | Server-sent events: `hello`, `change` (`{"key", "from", "to", "version", "at_ms"}`, as it is seen), `row` (the key's row with its last change, read after, at most every 250 ms for all the keys changed meanwhile), `groups` (every group's counts, as in `/api/state`, with each `row` round), `health` (`{"degraded"}`: the server lost or found the database), `reload` (this viewer fell more than 4096 events behind: read `/api/state` again). |
 //! | `/metrics` | The Prometheus text format: the state of every key of the table (below). |
 //! | `POST /api/open`, `/api/close`, `/api/config` | Writes, only with `--allow-writes` and the token: `{"key", "note", "hold_s"}`, `{"key", "note"}`, `{"key", "note", "mode", "cooldown_s", "failure_limit", "success_limit", "reset"}`. |
 //!
@@ -85,7 +87,11 @@
 //!   cooldown left by the database's clock;
 //! * `resilient_circuit_fleet_mode{namespace, key, mode}`: 1 for a key whose live mode is not
 //!   `normal`;
-//! * `resilient_circuit_fleet_rows{namespace, state}`: the rows in each state.
+//! * `resilient_circuit_fleet_rows{namespace, state}`: the rows in each state;
+//! * `resilient_circuit_fleet_group_open_members{namespace, group}`,
+//!   `resilient_circuit_fleet_group_members{namespace, group}` and
+//!   `resilient_circuit_fleet_group_open{namespace, group}`: each group's members open, its
+//!   members, and 1 while it is OPEN as a whole.
 //!
 //! Label values are escaped as the format requires (backslash, double quote, line feed), so a
 //! key cannot forge a series (`serve::metrics_show_every_key_with_labels_escaped`).

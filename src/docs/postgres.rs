@@ -354,7 +354,7 @@
 //! `quorum::`, `live_config::`, the two change-log tests of `follow::`
 //! (`follow::a_change_committed_late_with_a_lower_version_is_not_missed`,
 //! `follow::concurrent_writers_miss_nothing`), the three `fleet_rate::` tests whose names
-//! begin with `the_`, and `groups::`. `RC_PG_VERSIONS_TESTS` replaces that list (e.g.
+//! begin with `the_`, `outliers::` and `groups::`. `RC_PG_VERSIONS_TESTS` replaces that list (e.g.
 //! `RC_PG_VERSIONS_TESTS=faults:: scripts/pg-versions.sh`). `failover::`, the replica test of
 //! `follow::` and the pgbouncer tests need `pg_basebackup` or Debian's packages and run on 15
 //! only.

@@ -734,6 +734,83 @@ fn unescape(v: &str) -> String {
     out
 }
 
+/// A group is listed with its name as text, its members open of how many, its cap, threshold
+/// and own state; a member's trip shows as new counts without a reload; `/metrics` has the
+/// group's gauges.
+#[tokio::test]
+async fn groups_show_live_with_their_counts_as_text() {
+    let (db, _) = set_up().await;
+    let viewer = db.role_of(&[RoleKind::Instance]).await;
+    let instance = resilient_circuit::Storage::connect_with(options(&db).await)
+        .await
+        .expect("connects");
+    let name = format!("{}<b>g</b>", unique_key("grp"));
+    let group = instance
+        .group(&name)
+        .max_open(resilient_circuit::Ratio::new(2, 3))
+        .open_at(resilient_circuit::Ratio::new(1, 3))
+        .join(["host-0", "host-1", "host-2"])
+        .await
+        .expect("joins");
+
+    let served = serve(&db.conninfo_as(&viewer), &[], None).await;
+    let c = browser().await;
+    c.goto(&served.url).await.expect("the page loads");
+    let line = format!(
+        "const n = {}; const li = [...document.querySelectorAll('#groups li')].find(l => l.dataset.group === n);",
+        json!(name)
+    );
+    let shown = until(
+        &c,
+        WAIT,
+        "the group is listed",
+        &format!("{line} return li ? li.textContent : null;"),
+    )
+    .await;
+    assert_eq!(
+        shown,
+        json!(format!(
+            "{name}0 of 3 members open · at most 2/3 · opens at 1/3CLOSED"
+        )),
+        "the name is text, the counts and state follow"
+    );
+    let made = c
+        .execute(
+            "return document.querySelectorAll('#groups b').length;",
+            vec![],
+        )
+        .await
+        .expect("counts elements");
+    assert_eq!(made, json!(0), "no element made of a group's name");
+
+    // A member's trip on the instance: the page shows the new counts and the group OPEN (a
+    // third of its members), without a reload.
+    let cb = quick_trip(&instance, &group.key("host-1"), Duration::from_secs(60));
+    let _ = cb.call(|| async { Err::<(), _>(()) }).await;
+    published(&instance).await;
+    until(
+        &c,
+        WAIT,
+        "the group's new counts",
+        &format!(
+            "{line} return li && li.dataset.open === '1' && li.querySelector('.st').textContent === 'OPEN';"
+        ),
+    )
+    .await;
+
+    // /metrics has the group, its label escaped as the format wants.
+    let m = get(&format!("{}metrics", served.url)).await;
+    assert_eq!(m.status, 200, "{}", m.body);
+    let want = format!(
+        "resilient_circuit_fleet_group_open_members{{namespace=\"default\",group=\"{name}\"}} 1"
+    );
+    assert!(m.body.contains(&want), "{want} in\n{}", m.body);
+    let want =
+        format!("resilient_circuit_fleet_group_open{{namespace=\"default\",group=\"{name}\"}} 1");
+    assert!(m.body.contains(&want), "{want} in\n{}", m.body);
+    c.close().await.expect("the session ends");
+}
+
 /// `/metrics` has every key of the table with its state, label values escaped as the format
 /// requires (a parser reads the keys back exactly), and the rows per state.
 #[tokio::test]

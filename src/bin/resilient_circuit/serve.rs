@@ -26,7 +26,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::StreamExt as _;
-use resilient_circuit::admin::{AdminSession, BreakerRow, HistoryEntry};
+use resilient_circuit::admin::{AdminSession, BreakerRow, GroupRow, HistoryEntry};
 use resilient_circuit::storage::postgres::PostgresOptions;
 use resilient_circuit::{
     Change, ChangeKind, LiveConfig, Ratio, State, Storage, StorageError, TripPolicy,
@@ -359,6 +359,20 @@ impl App {
         }
     }
 
+    /// The namespace's groups; none when the role may not read them (a reader granted before
+    /// groups existed), rather than a page that fails.
+    async fn groups(&self) -> Result<Vec<GroupRow>, ApiError> {
+        let s = self.session().await?;
+        match s.groups(&self.ns).await {
+            Ok(rows) => Ok(rows),
+            Err(e) if e.sqlstate() == Some("42501") => Ok(Vec::new()),
+            Err(e) => {
+                self.forget(&s).await;
+                Err(e.into())
+            }
+        }
+    }
+
     async fn history(
         &self,
         key: &str,
@@ -501,6 +515,29 @@ struct StateOut<'a> {
     degraded: bool,
     now_ms: u64,
     rows: Vec<RowOut>,
+    groups: Vec<GroupOut>,
+}
+
+/// A group as the page shows it: members open of how many, its cap, threshold and state.
+#[derive(Debug, Serialize)]
+struct GroupOut {
+    name: String,
+    members: u32,
+    open: u32,
+    state: &'static str,
+    max_open: String,
+    open_at: Option<String>,
+}
+
+fn group_out(g: GroupRow) -> GroupOut {
+    GroupOut {
+        name: g.name,
+        members: g.members,
+        open: g.open,
+        state: g.state.as_str(),
+        max_open: g.max_open.to_string(),
+        open_at: g.open_at.map(|r| r.to_string()),
+    }
 }
 
 /// `GET /api/state`: every row of the namespace with its live configuration.
@@ -515,12 +552,14 @@ async fn state(Shared(app): Shared<Arc<App>>) -> Result<Response, ApiError> {
             row_out(r, c, None)
         })
         .collect();
+    let groups = app.groups().await?.into_iter().map(group_out).collect();
     Ok(no_store(Json(StateOut {
         namespace: &app.ns,
         writes: app.token.is_some(),
         degraded: app.degraded.load(Ordering::Relaxed),
         now_ms: ms(SystemTime::now()),
         rows,
+        groups,
     })))
 }
 
@@ -746,6 +785,11 @@ async fn round(app: &App, mut keys: Vec<String>) -> Result<(), ApiError> {
         let last = lasts.remove(&r.key);
         let c = configs.get(&r.key);
         app.send("row", &row_out(r, c, last));
+    }
+    // A changed key may be a member: the groups' counts, read once for every viewer.
+    let groups: Vec<GroupOut> = app.groups().await?.into_iter().map(group_out).collect();
+    if !groups.is_empty() {
+        app.send("groups", &groups);
     }
     Ok(())
 }

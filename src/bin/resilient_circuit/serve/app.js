@@ -125,6 +125,7 @@
     const s = await res.json();
     $('ns').textContent = s.namespace;
     writes = s.writes;
+    drawGroups(s.groups);
     const seen = new Set();
     const body = $('rows');
     const fresh = document.createDocumentFragment();
@@ -297,6 +298,39 @@
     history();
   }
 
+  // --- groups --------------------------------------------------------------------------------
+
+  // One line per group: its name, a meter of its open members, the counts, cap and threshold,
+  // and its own state. Names are text, like keys.
+  function drawGroups(list) {
+    const box = $('groups-box');
+    const ul = $('groups');
+    ul.replaceChildren();
+    box.hidden = !list || list.length === 0;
+    if (box.hidden) return;
+    for (const g of list) {
+      const li = el('li');
+      li.dataset.group = g.name;
+      li.dataset.open = String(g.open);
+      li.dataset.members = String(g.members);
+      li.appendChild(el('code', 'g-name', g.name));
+      const meter = el('meter');
+      meter.min = 0;
+      meter.max = Math.max(g.members, 1);
+      meter.value = g.open;
+      if (g.open_at) {
+        const [k, n] = g.open_at.split('/').map(Number);
+        if (n > 0) meter.high = (g.members * k) / n;
+      }
+      li.appendChild(meter);
+      const at = g.open_at ? 'opens at ' + g.open_at : 'never opens as a whole';
+      li.appendChild(el('span', 'g-counts',
+        g.open + ' of ' + g.members + ' members open · at most ' + g.max_open + ' · ' + at));
+      li.appendChild(el('span', 'st st-' + g.state, g.state));
+      ul.appendChild(li);
+    }
+  }
+
   // --- live changes ------------------------------------------------------------------------
 
   function live() {
@@ -336,6 +370,7 @@
       if (isNew) insertSorted(r);
       counts();
     });
+    es.addEventListener('groups', (e) => drawGroups(JSON.parse(e.data)));
     es.addEventListener('reload', () => load());
     es.onerror = () => { $('conn').dataset.live = 'no'; $('conn').textContent = 'reconnecting…'; };
   }

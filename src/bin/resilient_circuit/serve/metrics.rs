@@ -8,7 +8,7 @@ use std::time::UNIX_EPOCH;
 use axum::extract::State as Shared;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use resilient_circuit::admin::BreakerRow;
+use resilient_circuit::admin::{BreakerRow, GroupRow};
 use resilient_circuit::State;
 
 use super::App;
@@ -41,9 +41,12 @@ pub(super) fn label_value(v: &str) -> String {
 
 #[tracing::instrument(name = "serve.metrics", skip_all)]
 pub(super) async fn metrics(Shared(app): Shared<Arc<App>>) -> Response {
-    match app.status().await {
-        Ok(rows) => {
-            let mut r = exposition(&app.ns, &rows).into_response();
+    let read = async { Ok::<_, super::ApiError>((app.status().await?, app.groups().await?)) };
+    match read.await {
+        Ok((rows, groups)) => {
+            let mut text = exposition(&app.ns, &rows);
+            text.push_str(&group_exposition(&app.ns, &groups));
+            let mut r = text.into_response();
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -140,6 +143,46 @@ pub(super) fn exposition(ns: &str, rows: &[BreakerRow]) -> String {
             "resilient_circuit_fleet_rows{{namespace=\"{ns}\",state=\"{}\"}} {n}",
             label(s)
         );
+    }
+    out
+}
+
+/// A gauge of groups: its name, its help, its value for a group.
+type Series = (&'static str, &'static str, fn(&GroupRow) -> u32);
+
+/// The groups' part of a scrape: per group its members, those open, and whether it is OPEN as
+/// a whole.
+pub(super) fn group_exposition(ns: &str, groups: &[GroupRow]) -> String {
+    let ns = label_value(ns);
+    let mut out = String::with_capacity(groups.len() * 300 + 400);
+    let series: [Series; 3] = [
+        (
+            "resilient_circuit_fleet_group_open_members",
+            "A group's members OPEN or HALF_OPEN",
+            |g| g.open,
+        ),
+        (
+            "resilient_circuit_fleet_group_members",
+            "A group's members",
+            |g| g.members,
+        ),
+        (
+            "resilient_circuit_fleet_group_open",
+            "1 while the group as a whole is OPEN (its open members reach its threshold)",
+            |g| u32::from(g.state == State::Open),
+        ),
+    ];
+    for (name, help, value) in series {
+        // Writing to a String cannot fail.
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for g in groups {
+            let _ = writeln!(
+                out,
+                "{name}{{namespace=\"{ns}\",group=\"{}\"}} {}",
+                label_value(&g.name),
+                value(g)
+            );
+        }
     }
     out
 }
