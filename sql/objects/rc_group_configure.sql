@@ -31,21 +31,18 @@ BEGIN
         RAISE EXCEPTION 'a group''s threshold must be a ratio k/n with 0 <= k <= n <= 8192 (0: none), got %/%',
             p_open_num, p_open_den USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    IF coalesce(p_reset, false) THEN
+        UPDATE public.rc_groups
+            SET live_max_open_num = NULL, live_max_open_den = NULL, live_open_at_num = NULL,
+                live_open_at_den = NULL, live_note = NULL
+            WHERE namespace = p_ns AND name = p_group;
+    END IF;
     UPDATE public.rc_groups SET
-        live_max_open_num = CASE WHEN p_max_num IS NOT NULL THEN p_max_num
-                                 WHEN coalesce(p_reset, false) THEN NULL
-                                 ELSE live_max_open_num END,
-        live_max_open_den = CASE WHEN p_max_num IS NOT NULL THEN p_max_den
-                                 WHEN coalesce(p_reset, false) THEN NULL
-                                 ELSE live_max_open_den END,
-        live_open_at_num = CASE WHEN p_open_num IS NOT NULL THEN p_open_num
-                                WHEN coalesce(p_reset, false) THEN NULL
-                                ELSE live_open_at_num END,
-        live_open_at_den = CASE WHEN p_open_num IS NOT NULL THEN p_open_den
-                                WHEN coalesce(p_reset, false) THEN NULL
-                                ELSE live_open_at_den END,
-        live_note = CASE WHEN p_note IS NOT NULL THEN p_note
-                         WHEN coalesce(p_reset, false) THEN NULL ELSE live_note END,
+        live_max_open_num = coalesce(p_max_num, live_max_open_num),
+        live_max_open_den = coalesce(p_max_den, live_max_open_den),
+        live_open_at_num = coalesce(p_open_num, live_open_at_num),
+        live_open_at_den = coalesce(p_open_den, live_open_at_den),
+        live_note = coalesce(p_note, live_note),
         updated_at = clock_timestamp()
     WHERE namespace = p_ns AND name = p_group;
     IF NOT FOUND THEN

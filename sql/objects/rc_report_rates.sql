@@ -78,6 +78,8 @@ DECLARE
     o record;
     is_outlier boolean;
     me_outlier boolean;
+    -- The outlier records of this key's report, for the change log.
+    outliers jsonb[];
 BEGIN
     IF coalesce(array_length(p_keys, 1), 0) > 1000 THEN
         RAISE EXCEPTION 'at most 1000 reports a call, got %', array_length(p_keys, 1)
@@ -158,20 +160,15 @@ BEGIN
         END IF;
         judged_ms := coalesce(public.rc_remaining_ms(j.judged_until), 0);
         -- An outlier whose report expired stops being one.
+        outliers := '{}';
         FOR o IN DELETE FROM public.rc_rate_reports
                      WHERE namespace = p_ns AND resource_key = k
                        AND expires_at <= clock_timestamp()
-                     RETURNING reporter, failures, calls, outlier_since
+                     RETURNING reporter, outlier_since
         LOOP
             IF o.outlier_since IS NOT NULL THEN
-                INSERT INTO public.rc_changes
-                    (txid, version, namespace, resource_key, from_state, state, open_until,
-                     reset, kind, actor, why)
-                VALUES (pg_current_xact_id()::text::bigint, coalesce(r.version, 0), p_ns, k,
-                        coalesce(r.state, 'CLOSED'), coalesce(r.state, 'CLOSED'), NULL, false,
-                        'outlier', public.rc_actor(),
-                        jsonb_build_object('outlier', jsonb_build_object(
-                            'instance', o.reporter, 'outlier', false, 'expired', true)));
+                outliers := outliers || jsonb_build_object(
+                    'instance', o.reporter, 'outlier', false, 'expired', true);
             END IF;
         END LOOP;
         me_outlier := false;
@@ -193,22 +190,23 @@ BEGIN
                 UPDATE public.rc_rate_reports
                     SET outlier_since = CASE WHEN is_outlier THEN clock_timestamp() END
                     WHERE namespace = p_ns AND resource_key = k AND reporter = o.reporter;
-                INSERT INTO public.rc_changes
-                    (txid, version, namespace, resource_key, from_state, state, open_until,
-                     reset, kind, actor, why)
-                VALUES (pg_current_xact_id()::text::bigint, coalesce(r.version, 0), p_ns, k,
-                        coalesce(r.state, 'CLOSED'), coalesce(r.state, 'CLOSED'), NULL, false,
-                        'outlier', public.rc_actor(),
-                        jsonb_build_object('outlier', jsonb_build_object(
-                            'instance', o.reporter, 'outlier', is_outlier,
-                            'failures', o.failures, 'calls', o.calls,
-                            'others_failures', o.others_failures,
-                            'others_calls', o.others_calls, 'limit', num || '/' || den)));
+                outliers := outliers || jsonb_build_object(
+                    'instance', o.reporter, 'outlier', is_outlier,
+                    'failures', o.failures, 'calls', o.calls,
+                    'others_failures', o.others_failures, 'others_calls', o.others_calls,
+                    'limit', num || '/' || den);
             END IF;
             IF o.reporter = who THEN
                 me_outlier := is_outlier;
             END IF;
         END LOOP;
+        INSERT INTO public.rc_changes
+            (txid, version, namespace, resource_key, from_state, state, open_until, reset, kind,
+             actor, why)
+        SELECT pg_current_xact_id()::text::bigint, coalesce(r.version, 0), p_ns, k,
+               coalesce(r.state, 'CLOSED'), coalesce(r.state, 'CLOSED'), NULL, false, 'outlier',
+               public.rc_actor(), jsonb_build_object('outlier', w)
+        FROM unnest(outliers) AS w;
         SELECT coalesce(sum(q.failures), 0), coalesce(sum(q.calls), 0), count(*)
             INTO fleet_failures, fleet_calls, reporters
             FROM public.rc_rate_reports q
