@@ -14,6 +14,8 @@ CREATE OR REPLACE FUNCTION public.rc_group_join(
 RETURNS TABLE (o_members integer, o_open integer, o_state text, o_version bigint,
                o_max_open text, o_open_at text)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    moved_from text[];
 BEGIN
     PERFORM public.rc_check_key(p_ns, p_group);
     IF coalesce(array_length(p_keys, 1), 0) > 1000 THEN
@@ -50,11 +52,17 @@ BEGIN
             WHERE (g.max_open_num, g.max_open_den, g.open_at_num, g.open_at_den)
                   IS DISTINCT FROM (EXCLUDED.max_open_num, EXCLUDED.max_open_den,
                                     EXCLUDED.open_at_num, EXCLUDED.open_at_den);
+    -- The groups members move out of are counted again too (after this one, in name order;
+    -- a count's lock waits for no group's row, so the order cannot close a circle).
+    moved_from := ARRAY(SELECT DISTINCT m.group_name::text FROM public.rc_group_members m
+                        WHERE m.namespace = p_ns AND m.resource_key = ANY (p_keys)
+                          AND m.group_name <> p_group ORDER BY 1);
     INSERT INTO public.rc_group_members AS m (namespace, resource_key, group_name)
         SELECT DISTINCT p_ns, k, p_group FROM unnest(p_keys) AS k
         ON CONFLICT (namespace, resource_key) DO UPDATE SET group_name = EXCLUDED.group_name
             WHERE m.group_name <> EXCLUDED.group_name;
     PERFORM public.rc_group_tally(p_ns, p_group);
+    PERFORM public.rc_group_tally(p_ns, g) FROM unnest(moved_from) AS g;
     RETURN QUERY SELECT * FROM public.rc_group_view(p_ns, p_group);
 END
 $$;

@@ -108,8 +108,10 @@
 //! trigger that announces every change) under the lock of the group's row of `rc_group_state`,
 //! and read after the lock is granted: of two transactions changing members at once, the
 //! second counts what the first committed, so the last count is always the true one
-//! (`groups::the_counts_stay_true_under_a_race_of_writers`: eight writers on the Python
-//! package's role flip members in bursts; without the lock the test fails). That lock is taken
+//! (`groups::the_counts_stay_true_through_races_truncates_and_moves`: eight writers on the Python
+//! package's role flip members in bursts; without the lock the test fails; it also checks that a
+//! `TRUNCATE` counts every group again and that a member moving to a nested group is counted
+//! out of its old one). That lock is taken
 //! only at commit, when a transaction waits for nothing else, and by `rc_group_join` and
 //! `rc_group_configure` after the group's row of `rc_groups`: no order of these can wait in a
 //! circle with the cap's lock, which trips take mid-statement. No role but the owner's

@@ -545,9 +545,10 @@ async fn every_instance_sees_the_groups_counts_and_its_opening() {
 /// Many writers at once, on the Python package's role, open and close a group's members at
 /// random: the counts the database ends with are the table's, and so are the instance's. (Each
 /// transaction counts its group after taking the group's lock at commit; without the lock two
-/// commits at once each count without the other's change.)
+/// commits at once each count without the other's change.) A TRUNCATE counts every group
+/// again, and a member moving to a nested group leaves its old group's count.
 #[tokio::test]
-async fn the_counts_stay_true_under_a_race_of_writers() {
+async fn the_counts_stay_true_through_races_truncates_and_moves() {
     let db = test_db().await;
     let python = db.role_of(&[RoleKind::Python, RoleKind::Reader]).await;
     let client = db.client().await;
@@ -615,6 +616,52 @@ async fn the_counts_stay_true_under_a_race_of_writers() {
         eventually(WAIT, || async { i64::from(group.state().open) == truth }).await,
         "the instance holds {} open, the table {truth}",
         group.state().open
+    );
+    // A TRUNCATE leaves no member open: every group is counted again.
+    client
+        .execute("TRUNCATE public.rc_circuit_breakers", &[])
+        .await
+        .expect("the owner truncates");
+    let counted: i32 = client
+        .query_one(
+            "SELECT open_members FROM public.rc_group_state WHERE name = $1",
+            &[&name],
+        )
+        .await
+        .expect("the group's state")
+        .get(0);
+    assert_eq!(counted, 0, "counted again after the TRUNCATE");
+    assert!(
+        eventually(WAIT, || async { group.state().open == 0 }).await,
+        "the instance reloads the group's counts"
+    );
+    // A member moving to another group (a nested one: `name/sub/m` may be a member of `name`
+    // or of `name/sub`) leaves its old group's count and enters the new one's.
+    let moving = group.key("sub/m");
+    group.join(["sub/m"]).await.expect("joins");
+    let py = connect_to(&python.conninfo()).await;
+    py.execute(
+        "INSERT INTO public.rc_circuit_breakers (resource_key, namespace, state) \
+         VALUES ($1, 'default', 'OPEN')",
+        &[&moving],
+    )
+    .await
+    .expect("opens the member");
+    assert!(eventually(WAIT, || async { group.state().open == 1 }).await);
+    let sub = storage
+        .group(group.key("sub"))
+        .max_open(Ratio::new(1, 1))
+        .join(["m"])
+        .await
+        .expect("the nested group takes the member");
+    assert_eq!((sub.state().open, sub.state().members), (1, 1));
+    assert!(
+        eventually(WAIT, || async {
+            (group.state().open, group.state().members) == (0, 8)
+        })
+        .await,
+        "the old group counted it out: {:?}",
+        group.state()
     );
 }
 
