@@ -215,10 +215,10 @@
 //!
 //! | Measurement | Result | Command | Date, load average |
 //! |---|---|---|---|
-//! | A trips → B's first rejection (a thread spinning on B's `try_acquire`), p50 / p99 | 0.79 / 1.46 ms | `RC_BENCH_PHASES=1,2 cargo bench --bench propagation` | 2026-12-06, 1.6 |
-//! | The floors of the same run: a bare `UPDATE` (with the table's triggers) → its NOTIFY on a bare listener, p50 / p99, with `synchronous_commit` on / off; the crate's `rc_trip()` called bare (on) | 0.72 / 1.16 ms; 0.51 / 0.80 ms; 0.86 / 1.63 ms | the same | the same |
-//! | B's own share: the NOTIFY handed to B's socket → B's first rejection, p50 / p99 | 0.04 / 0.14 ms | the same | the same |
-//! | A's own share: the failure → A's statement complete on the wire (A and B each behind a proxy of the bench's, plain TCP); the database's: that statement → the NOTIFY handed to B's socket (two proxy hops included), p50 / p99 | 0.10 / 0.22 ms; 0.71 / 1.11 ms | `RC_BENCH_PHASES=2 cargo bench --bench propagation` | 2026-12-06, 1.8 |
+//! | A trips → B's first rejection (a thread spinning on B's `try_acquire`), p50 / p99 | 0.75 / 1.47 ms | `RC_BENCH_PHASES=1,2 cargo bench --bench propagation` | 2026-12-06 17:17, 2.1 before, 1.4 after |
+//! | The floors of the same run: a bare `UPDATE` (with the table's triggers) → its NOTIFY on a bare listener, p50 / p99, with `synchronous_commit` on / off; the crate's `rc_trip()` called bare (on) | 0.58 / 0.83 ms; 0.42 / 0.59 ms; 0.74 / 0.96 ms | the same | the same |
+//! | B's own share: the NOTIFY handed to B's socket → B's first rejection, p50 / p99 | 0.05 / 0.14 ms | the same | the same |
+//! | A's own share: the failure → A's statement complete on the wire (A and B each behind a proxy of the bench's, plain TCP); the database's: that statement → the NOTIFY handed to B's socket (two proxy hops included), p50 / p99 | 0.07 / 0.11 ms; 0.55 / 0.83 ms | the same | the same |
 //! | 100 keys flipped OPEN/CLOSED by one UPDATE every 10 ms for 10 s, applied by one instance and read through `Storage::changes()`: changes applied per second; commit → snapshot (database clock) p50 / p90 / p99 / max; changes missed by the stream | 10,003 /s; 1.48 / 1.96 / 2.70 / 9.8 ms; 0 | `RC_BENCH_PHASES=8 cargo bench --bench propagation` | 2026-11-29, about 1.5 |
 //! | The same storm: a change written without a notification (`session_replication_role = replica`), applied by the periodic reload (reconcile interval 1 s) | 994 ms later | the same | the same |
 //! | `rc_configure`'s commit acknowledged → the last of three listening instances holds the change, p50 / p99 (from sending the statement) | 1.4 / 2.3 ms (4.0 / 6.3 ms) | `RC_BENCH_PHASES=12 cargo bench --bench propagation` | 2026-12-06, 1.6 |
