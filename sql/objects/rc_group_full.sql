@@ -21,8 +21,12 @@ BEGIN
     SELECT r.* INTO g FROM public.rc_group_members m
         JOIN public.rc_groups r ON r.namespace = m.namespace AND r.name = m.group_name
         WHERE m.namespace = p_ns AND m.resource_key = p_key;
-    -- Not a member; or forced open by its live configuration, an operator's decision.
-    IF NOT FOUND OR public.rc_forced_open(p_ns, p_key) THEN
+    -- Not a member (most trips: asked first, so that they skip the next question); or forced
+    -- open by its live configuration, an operator's decision.
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    IF public.rc_forced_open(p_ns, p_key) THEN
         RETURN false;
     END IF;
     -- NO KEY UPDATE: trips of the group wait for each other, not for members joining (whose
