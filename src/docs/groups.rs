@@ -123,6 +123,11 @@
 //! transitions of one group commit one after another, which a group of thousands of members
 //! would feel in a storm; keep groups to the hosts of one service.
 //!
+//! **The Python package's writes count too**: its trip of a member is counted and can open the
+//! group, its trip past the cap is refused and recorded
+//! (`python::a_python_service_on_a_groups_members_is_capped_and_counted`, the package itself,
+//! on a role that owns nothing).
+//!
 //! **Seen by every instance**: `groups::every_instance_sees_the_groups_counts_and_its_opening`
 //! (three instances and a follower hear each trip's counts, the opening at half the members
 //! and an operator's close). An instance reads its groups' states again at every reload, so

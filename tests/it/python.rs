@@ -971,3 +971,96 @@ async fn a_python_service_obeys_forced_open() {
     assert_eq!(a["outcome"], "ok", "normal again: {a}");
     assert_eq!(f.row(&key).await.0, "CLOSED");
 }
+
+/// The Python package's own writes on a group's members: its trip of a member is counted in the
+/// group's state that every instance holds (the group opening as a whole at a third), and its
+/// trip of a second member past the cap is refused by the database, recorded, and leaves the
+/// counts as they were; its close of the first is counted out again. On a role that owns
+/// nothing, granted the Python package's and an instance's rights.
+#[tokio::test]
+async fn a_python_service_on_a_groups_members_is_capped_and_counted() {
+    let db = test_db().await;
+    let role = db.role(&[]).await;
+    let name = role.name().to_owned();
+    ok(
+        &db.conninfo(),
+        &[
+            "setup",
+            "--yes",
+            "--grant-python",
+            &name,
+            "--grant-to",
+            &name,
+        ],
+    )
+    .await;
+    let mut f = Fleet::on(&db, &db.conninfo_as(&role)).await;
+    let group_name = unique_key("py-group");
+    let group = f
+        .rust
+        .group(&group_name)
+        .max_open(Ratio::new(1, 3))
+        .open_at(Ratio::new(1, 3))
+        .join(["host-0", "host-1", "host-2"])
+        .await
+        .expect("joins");
+    let seen = |open: u32| {
+        let group = &group;
+        async move { crate::support::eventually(WAIT, || async { group.state().open == open }).await }
+    };
+    let first = group.key("host-0");
+    f.py.policy(&first, Duration::from_secs(60), None).await;
+    f.py.call(&first, true).await;
+    assert_eq!(f.row(&first).await.0, "OPEN");
+    assert!(
+        seen(1).await,
+        "the Python trip is counted: {:?}",
+        group.state()
+    );
+    assert!(
+        group.is_open(),
+        "a third of the members open: the group is OPEN"
+    );
+
+    let second = group.key("host-1");
+    f.py.policy(&second, Duration::from_secs(60), None).await;
+    f.py.call(&second, true).await;
+    let refused: Vec<String> = f
+        .admin
+        .query(
+            "SELECT resource_key FROM public.rc_changes WHERE kind = 'group' AND resource_key = $1",
+            &[&second],
+        )
+        .await
+        .expect("reads the change log")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    // Recorded once per refused statement (the package may write the row more than once).
+    assert!(!refused.is_empty(), "the refusal is recorded");
+    let state: Option<String> = f
+        .admin
+        .query_opt(
+            "SELECT state FROM public.rc_circuit_breakers WHERE resource_key = $1",
+            &[&second],
+        )
+        .await
+        .expect("reads the table")
+        .map(|r| r.get(0));
+    assert_ne!(
+        state.as_deref(),
+        Some("OPEN"),
+        "the cap held the Python trip"
+    );
+    assert_eq!(group.state().open, 1);
+
+    f.admin
+        .query(
+            "SELECT * FROM public.rc_force('default', $1, 'CLOSED', 0)",
+            &[&first],
+        )
+        .await
+        .expect("an operator closes the first");
+    assert!(seen(0).await, "counted out: {:?}", group.state());
+    assert!(!group.is_open());
+}
