@@ -140,6 +140,15 @@
 //!   (`groups::a_race_of_trips_on_different_members_opens_at_most_the_cap`); the Python
 //!   package's writes are held to it too
 //!   (`groups::the_python_package_cannot_open_a_member_past_the_cap`) ([`groups`](super::groups)).
+//! * A group's counts are the table's: after writers racing on its members, a `TRUNCATE`, or a
+//!   member moving to another group, the database's count and every instance's are the true
+//!   one (`groups::the_counts_stay_true_through_races_truncates_and_moves`), and every instance
+//!   that joined or follows the group hears each change
+//!   (`groups::every_instance_sees_the_groups_counts_and_its_opening`).
+//! * An instance far above the rest of the fleet's failure rate does not open a fleet-rate key
+//!   for the others, and is named; the whole fleet failing still opens it
+//!   (`outliers::one_sick_instance_of_ten_is_named_and_opens_alone`,
+//!   `outliers::the_whole_fleet_failing_opens_the_key_for_everyone`) ([`outliers`](super::outliers)).
 //!
 //! ## One breaker, in memory
 //!
