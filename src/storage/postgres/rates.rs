@@ -63,6 +63,9 @@ impl Shared {
     /// by [`Storage::flush`](crate::Storage::flush), so that a process about to stop tells the
     /// fleet what it counted.
     pub(crate) async fn report_rates(self: &Arc<Self>) {
+        // One round at a time (the interval's, the one a judgement's notice starts, a flush's):
+        // an older round's answer applied after a newer one's would undo what it said.
+        let _round = self.unanswered.rate_round().await;
         let now = self.clock.now_nanos();
         let mut due = Vec::new();
         for cell in self.cells() {

@@ -15,6 +15,9 @@ pub(crate) struct Unanswered {
     reports: AtomicUsize,
     /// Woken when the outbox or the reports may have run empty.
     settled: Notify,
+    /// Held by a round of fleet-rate reports: rounds go one at a time, so that their answers
+    /// (whether this instance is an outlier, say) apply in the order the database gave them.
+    rate_rounds: tokio::sync::Mutex<()>,
 }
 
 impl Unanswered {
@@ -23,6 +26,12 @@ impl Unanswered {
     pub(crate) fn started(self: &Arc<Self>) -> ReportInFlight {
         self.reports.fetch_add(1, Ordering::AcqRel);
         ReportInFlight(self.clone())
+    }
+
+    /// Waits for the previous round of fleet-rate reports to be answered; the next may start
+    /// while the returned guard is held.
+    pub(crate) async fn rate_round(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.rate_rounds.lock().await
     }
 
     /// Reports in flight.
