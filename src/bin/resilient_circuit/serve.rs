@@ -6,35 +6,36 @@
 //! It reads as the role it connects with, and writes (`open`, `close`, `config`) only when
 //! started with `--allow-writes` and asked with the token (`Authorization: Bearer`). The page's
 //! files are in the binary (`serve/`): it works without a network.
+//!
+//! This file starts the server and holds what every request shares: the arguments, the token,
+//! the routes, the host check, the reads' connection and the errors. The parts:
+//! `page.rs` (what the page reads), `live.rs` (the events that keep it live), `write.rs` (the
+//! writes), `metrics.rs` (`/metrics`), `assets.rs` (the page's files and headers).
 
 mod assets;
+mod live;
 mod metrics;
+mod page;
 mod write;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use axum::extract::{DefaultBodyLimit, Query, State as Shared};
+use axum::extract::{DefaultBodyLimit, State as Shared};
 use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use futures_util::StreamExt as _;
 use resilient_circuit::admin::{AdminSession, BreakerRow, GroupRow, HistoryEntry};
 use resilient_circuit::storage::postgres::PostgresOptions;
-use resilient_circuit::{
-    Change, ChangeKind, LiveConfig, Ratio, State, Storage, StorageError, TripPolicy,
-};
-use serde::{Deserialize, Serialize};
+use resilient_circuit::{LiveConfig, Storage, StorageError};
+use serde::Serialize;
 use tokio::sync::{broadcast, Mutex, Notify};
-use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
-use tokio_stream::wrappers::BroadcastStream;
 
 use super::text::escaped;
 use super::{namespace, CliError};
@@ -45,14 +46,6 @@ const BODY_LIMIT: usize = 16 * 1024;
 const MIN_TOKEN_LEN: usize = 16;
 /// How many events a viewer may fall behind before it is told to load the page's data again.
 const EVENT_BUFFER: usize = 4096;
-/// How many keys' changes the timeline reads at most (the most recently changed).
-const TIMELINE_KEYS: usize = 500;
-/// How many keys one round of row updates reads the history of at most.
-const ROUND_KEYS: usize = 200;
-/// The least time between two rounds of row updates (each reads every row once).
-const ROUND_EVERY: Duration = Duration::from_millis(250);
-/// An OPEN row held longer than this was forced "until close".
-const HELD_MS: u64 = 9 * 365 * 86_400_000;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -198,8 +191,8 @@ pub async fn run(opts: &PostgresOptions, args: Args) -> Result<ExitCode, CliErro
         .await
         .map_err(|e| CliError::Usage(format!("cannot listen on {}: {e}", args.listen)))?;
     let bound = listener.local_addr()?;
-    tokio::spawn(follow(app.clone(), storage));
-    tokio::spawn(rounds(app.clone()));
+    tokio::spawn(live::follow(app.clone(), storage));
+    tokio::spawn(live::rounds(app.clone()));
     let writes = if app.token.is_some() {
         "writes allowed with the token"
     } else {
@@ -272,10 +265,10 @@ fn router(app: Arc<App>) -> Router {
         .route("/", get(assets::page))
         .route("/app.js", get(assets::script))
         .route("/app.css", get(assets::style))
-        .route("/api/state", get(state))
-        .route("/api/history", get(history))
-        .route("/api/timeline", get(timeline))
-        .route("/events", get(events))
+        .route("/api/state", get(page::state))
+        .route("/api/history", get(page::history))
+        .route("/api/timeline", get(page::timeline))
+        .route("/events", get(live::events))
         .route("/metrics", get(metrics::metrics))
         .route("/api/open", post(write::open))
         .route("/api/close", post(write::close))
@@ -348,10 +341,15 @@ impl App {
         }
     }
 
-    async fn status(&self) -> Result<Vec<BreakerRow>, ApiError> {
+    /// Runs `read` on the reads' connection; after an error the next read connects again.
+    async fn read<T, F, Fut>(&self, read: F) -> Result<T, ApiError>
+    where
+        F: FnOnce(Arc<AdminSession>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, StorageError>>,
+    {
         let s = self.session().await?;
-        match s.status(&self.ns).await {
-            Ok(rows) => Ok(rows),
+        match read(s.clone()).await {
+            Ok(v) => Ok(v),
             Err(e) => {
                 self.forget(&s).await;
                 Err(e.into())
@@ -359,18 +357,22 @@ impl App {
         }
     }
 
+    async fn status(&self) -> Result<Vec<BreakerRow>, ApiError> {
+        let ns = &self.ns;
+        self.read(|s| async move { s.status(ns).await }).await
+    }
+
     /// The namespace's groups; none when the role may not read them (a reader granted before
     /// groups existed), rather than a page that fails.
     async fn groups(&self) -> Result<Vec<GroupRow>, ApiError> {
-        let s = self.session().await?;
-        match s.groups(&self.ns).await {
-            Ok(rows) => Ok(rows),
-            Err(e) if e.sqlstate() == Some("42501") => Ok(Vec::new()),
-            Err(e) => {
-                self.forget(&s).await;
-                Err(e.into())
+        let ns = &self.ns;
+        self.read(|s| async move {
+            match s.groups(ns).await {
+                Err(e) if e.sqlstate() == Some("42501") => Ok(Vec::new()),
+                other => other,
             }
-        }
+        })
+        .await
     }
 
     async fn history(
@@ -378,25 +380,15 @@ impl App {
         key: &str,
         since: Option<Duration>,
     ) -> Result<Vec<HistoryEntry>, ApiError> {
-        let s = self.session().await?;
-        match s.history(&self.ns, key, since).await {
-            Ok(rows) => Ok(rows),
-            Err(e) => {
-                self.forget(&s).await;
-                Err(e.into())
-            }
-        }
+        let ns = &self.ns;
+        self.read(|s| async move { s.history(ns, key, since).await })
+            .await
     }
 
     async fn configurations(&self) -> Result<HashMap<String, LiveConfig>, ApiError> {
-        let s = self.session().await?;
-        match s.configurations(&self.ns).await {
-            Ok(rows) => Ok(rows.into_iter().collect()),
-            Err(e) => {
-                self.forget(&s).await;
-                Err(e.into())
-            }
-        }
+        let ns = &self.ns;
+        self.read(|s| async move { Ok(s.configurations(ns).await?.into_iter().collect()) })
+            .await
     }
 
     fn send(&self, name: &'static str, value: &impl Serialize) {
@@ -408,390 +400,6 @@ impl App {
             });
         }
     }
-}
-
-/// Milliseconds since the Unix epoch.
-fn ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// A row as the page shows it.
-#[derive(Debug, Serialize)]
-struct RowOut {
-    key: String,
-    state: &'static str,
-    since_ms: Option<u64>,
-    /// For an OPEN row, milliseconds until it may go half-open (`held`: forced until close).
-    half_open_in_ms: Option<u64>,
-    held: bool,
-    version: i64,
-    failure_count: i32,
-    mode: &'static str,
-    /// The live configuration, in words (`None`: the code's values).
-    config: Option<String>,
-    /// The last recorded change, when it was read with the row.
-    last: Option<EntryOut>,
-}
-
-/// A recorded change as the page shows it.
-#[derive(Debug, Serialize)]
-struct EntryOut {
-    at_ms: u64,
-    from: Option<&'static str>,
-    to: Option<&'static str>,
-    version: i64,
-    who: String,
-    why: String,
-}
-
-fn row_out(r: BreakerRow, config: Option<&LiveConfig>, last: Option<EntryOut>) -> RowOut {
-    let half_open_in_ms = r
-        .half_open_in
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-    RowOut {
-        state: r.state.as_str(),
-        since_ms: r.since.map(ms),
-        held: half_open_in_ms.is_some_and(|ms| ms >= HELD_MS),
-        half_open_in_ms,
-        version: r.version,
-        failure_count: r.failure_count,
-        mode: r.mode.as_str(),
-        config: config.map(describe),
-        last,
-        key: r.key,
-    }
-}
-
-fn entry_out(e: &HistoryEntry) -> EntryOut {
-    EntryOut {
-        at_ms: ms(e.at),
-        from: e.from.map(State::as_str),
-        to: e.to.map(State::as_str),
-        version: e.version,
-        who: super::history::who(e.actor.as_ref()),
-        why: super::history::why(e.why.as_ref())
-            .trim_start_matches("; ")
-            .to_owned(),
-    }
-}
-
-/// A live configuration in words: `mode forced_open, cooldown 30s, failure limit 3/10`.
-fn describe(c: &LiveConfig) -> String {
-    let mut parts = vec![format!("mode {}", c.mode)];
-    if let Some(d) = c.cooldown {
-        parts.push(format!("cooldown {}", humantime::format_duration(d)));
-    }
-    let ratio = |r: Ratio| r.to_string();
-    if let Some(r) = c.failure_limit {
-        parts.push(format!("failure limit {}", ratio(r)));
-    }
-    if let Some(r) = c.success_limit {
-        parts.push(format!("success limit {}", ratio(r)));
-    }
-    match c.trip_policy {
-        None => {}
-        Some(TripPolicy::Quorum { instances, within }) => parts.push(format!(
-            "quorum of {instances} within {}",
-            humantime::format_duration(within)
-        )),
-        Some(TripPolicy::FleetRate {
-            limit,
-            min_calls,
-            period,
-        }) => parts.push(format!(
-            "fleet rate {limit} over {}, at least {min_calls} calls",
-            humantime::format_duration(period)
-        )),
-        Some(p) => parts.push(p.to_string()),
-    }
-    parts.join(", ")
-}
-
-#[derive(Debug, Serialize)]
-struct StateOut<'a> {
-    namespace: &'a str,
-    writes: bool,
-    degraded: bool,
-    now_ms: u64,
-    rows: Vec<RowOut>,
-    groups: Vec<GroupOut>,
-}
-
-/// A group as the page shows it: members open of how many, its cap, threshold and state.
-#[derive(Debug, Serialize)]
-struct GroupOut {
-    name: String,
-    members: u32,
-    open: u32,
-    state: &'static str,
-    max_open: String,
-    open_at: Option<String>,
-}
-
-fn group_out(g: GroupRow) -> GroupOut {
-    GroupOut {
-        name: g.name,
-        members: g.members,
-        open: g.open,
-        state: g.state.as_str(),
-        max_open: g.max_open.to_string(),
-        open_at: g.open_at.map(|r| r.to_string()),
-    }
-}
-
-/// `GET /api/state`: every row of the namespace with its live configuration.
-#[tracing::instrument(name = "serve.state", skip_all)]
-async fn state(Shared(app): Shared<Arc<App>>) -> Result<Response, ApiError> {
-    let rows = app.status().await?;
-    let configs = app.configurations().await?;
-    let rows = rows
-        .into_iter()
-        .map(|r| {
-            let c = configs.get(&r.key);
-            row_out(r, c, None)
-        })
-        .collect();
-    let groups = app.groups().await?.into_iter().map(group_out).collect();
-    Ok(no_store(Json(StateOut {
-        namespace: &app.ns,
-        writes: app.token.is_some(),
-        degraded: app.degraded.load(Ordering::Relaxed),
-        now_ms: ms(SystemTime::now()),
-        rows,
-        groups,
-    })))
-}
-
-fn no_store(r: impl IntoResponse) -> Response {
-    let mut r = r.into_response();
-    r.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    r
-}
-
-#[derive(Debug, Deserialize)]
-struct KeyQuery {
-    key: String,
-}
-
-/// `GET /api/history?key=K`: the key's recorded changes, oldest first.
-#[tracing::instrument(name = "serve.history", skip_all)]
-async fn history(
-    Shared(app): Shared<Arc<App>>,
-    Query(q): Query<KeyQuery>,
-) -> Result<Response, ApiError> {
-    let entries: Vec<EntryOut> = app
-        .history(&q.key, None)
-        .await?
-        .iter()
-        .map(entry_out)
-        .collect();
-    Ok(no_store(Json(
-        serde_json::json!({ "key": q.key, "changes": entries }),
-    )))
-}
-
-#[derive(Debug, Deserialize)]
-struct WindowQuery {
-    hours: Option<u64>,
-}
-
-#[derive(Debug, Serialize)]
-struct Lane {
-    key: String,
-    changes: Vec<EntryOut>,
-}
-
-/// `GET /api/timeline?hours=1|24`: the recorded changes of every key that changed state in
-/// the window (the most recently changed first, at most [`TIMELINE_KEYS`]).
-#[tracing::instrument(name = "serve.timeline", skip_all)]
-async fn timeline(
-    Shared(app): Shared<Arc<App>>,
-    Query(q): Query<WindowQuery>,
-) -> Result<Response, ApiError> {
-    let hours = q.hours.unwrap_or(1).clamp(1, 24);
-    let window = Duration::from_secs(hours * 3600);
-    let now = SystemTime::now();
-    let start = now.checked_sub(window).unwrap_or(UNIX_EPOCH);
-    // A key whose state changed in the window has `since` in it: only those have changes to
-    // read (the log keeps nothing older than a row's last change that matters here).
-    let mut changed: Vec<(SystemTime, String)> = app
-        .status()
-        .await?
-        .into_iter()
-        .filter_map(|r| r.since.filter(|s| *s >= start).map(|s| (s, r.key)))
-        .collect();
-    changed.sort_by_key(|c| std::cmp::Reverse(c.0));
-    let truncated = changed.len() > TIMELINE_KEYS;
-    changed.truncate(TIMELINE_KEYS);
-    let app_ref = &app;
-    let lanes: Vec<Result<Lane, ApiError>> = futures_util::stream::iter(changed)
-        .map(|(_, key)| async move {
-            let changes = app_ref.history(&key, Some(window)).await?;
-            Ok(Lane {
-                changes: changes.iter().map(entry_out).collect(),
-                key,
-            })
-        })
-        .buffer_unordered(8)
-        .collect()
-        .await;
-    let lanes = lanes.into_iter().collect::<Result<Vec<Lane>, ApiError>>()?;
-    Ok(no_store(Json(serde_json::json!({
-        "now_ms": ms(now),
-        "window_ms": ms(UNIX_EPOCH + window),
-        "truncated": truncated,
-        "keys": lanes,
-    }))))
-}
-
-/// `GET /events`: server-sent events: `hello`, then `change` (a transition, as it is seen),
-/// `row` (a changed key's row and last recorded change, read after), `health` (the database
-/// lost or back) and `reload` (this viewer fell behind: read `/api/state` again).
-async fn events(Shared(app): Shared<Arc<App>>) -> impl IntoResponse {
-    let hello = serde_json::json!({
-        "namespace": app.ns,
-        "degraded": app.degraded.load(Ordering::Relaxed),
-    })
-    .to_string();
-    let first = futures_util::stream::once(async move {
-        Ok::<Event, std::convert::Infallible>(Event::default().event("hello").data(hello))
-    });
-    let rest = BroadcastStream::new(app.events.subscribe()).map(|item| {
-        Ok(match item {
-            Ok(sent) => Event::default().event(sent.name).data(&*sent.data),
-            Err(BroadcastStreamRecvError::Lagged(missed)) => Event::default()
-                .event("reload")
-                .data(format!("{{\"missed\":{missed}}}")),
-        })
-    });
-    let mut response = Sse::new(first.chain(rest))
-        .keep_alive(KeepAlive::default())
-        .into_response();
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
-}
-
-#[derive(Debug, Serialize)]
-struct ChangeOut<'a> {
-    key: &'a str,
-    from: &'static str,
-    to: &'static str,
-    version: Option<i64>,
-    at_ms: u64,
-}
-
-/// Forwards every change the storage sees to the viewers, and marks its key for a round of row
-/// updates; tells them when the database is lost and back.
-async fn follow(app: Arc<App>, storage: Storage) {
-    let mut changes = storage.changes();
-    let mut health = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        let next = tokio::select! {
-            _ = health.tick() => {
-                let now = storage.is_degraded();
-                if app.degraded.swap(now, Ordering::Relaxed) != now {
-                    app.send("health", &serde_json::json!({ "degraded": now }));
-                }
-                continue;
-            }
-            next = changes.next() => next,
-        };
-        match next {
-            None => return,
-            Some(Err(_lagged)) => app.send("reload", &serde_json::json!({})),
-            // Transitions only: the news of outliers and groups are not a key's state.
-            Some(Ok(change)) if change.kind == ChangeKind::Transition => {
-                forward(&app, &change);
-                if let Ok(mut dirty) = app.dirty.lock() {
-                    dirty.insert(change.key);
-                }
-                app.wake.notify_one();
-            }
-            Some(Ok(_)) => {}
-        }
-    }
-}
-
-fn forward(app: &App, c: &Change) {
-    app.send(
-        "change",
-        &ChangeOut {
-            key: &c.key,
-            from: c.from.as_str(),
-            to: c.to.as_str(),
-            version: c.version,
-            at_ms: ms(c.committed_at.unwrap_or(c.seen_at)),
-        },
-    );
-}
-
-/// Rounds of row updates: the changed keys' rows (cooldown left, mode) and last recorded
-/// change (who, why), read once for every viewer, at most every [`ROUND_EVERY`].
-async fn rounds(app: Arc<App>) {
-    loop {
-        app.wake.notified().await;
-        let keys: Vec<String> = match app.dirty.lock() {
-            Ok(mut dirty) => dirty.drain().collect(),
-            Err(_) => return,
-        };
-        if keys.is_empty() {
-            continue;
-        }
-        if let Err(e) = round(&app, keys).await {
-            tracing::warn!(error = ?e, "reading the changed rows failed");
-        }
-        tokio::time::sleep(ROUND_EVERY).await;
-    }
-}
-
-#[tracing::instrument(name = "serve.round", skip_all, fields(keys = keys.len()))]
-async fn round(app: &App, mut keys: Vec<String>) -> Result<(), ApiError> {
-    keys.sort();
-    let wanted: HashSet<&str> = keys.iter().map(String::as_str).collect();
-    let rows: Vec<BreakerRow> = app
-        .status()
-        .await?
-        .into_iter()
-        .filter(|r| wanted.contains(r.key.as_str()))
-        .collect();
-    let configs = app.configurations().await?;
-    let wanted: Vec<String> = rows
-        .iter()
-        .take(ROUND_KEYS)
-        .map(|r| r.key.clone())
-        .collect();
-    let found: Vec<(String, Option<EntryOut>)> = futures_util::stream::iter(wanted)
-        .map(|key| async move {
-            // Without its last change, the row is still worth sending.
-            let last = app
-                .history(&key, Some(Duration::from_secs(3600)))
-                .await
-                .ok()
-                .and_then(|h| h.last().map(entry_out));
-            (key, last)
-        })
-        .buffer_unordered(8)
-        .collect()
-        .await;
-    let mut lasts: HashMap<String, EntryOut> = found
-        .into_iter()
-        .filter_map(|(k, last)| last.map(|l| (k, l)))
-        .collect();
-    for r in rows {
-        let last = lasts.remove(&r.key);
-        let c = configs.get(&r.key);
-        app.send("row", &row_out(r, c, last));
-    }
-    // A changed key may be a member: the groups' counts, read once for every viewer.
-    let groups: Vec<GroupOut> = app.groups().await?.into_iter().map(group_out).collect();
-    if !groups.is_empty() {
-        app.send("groups", &groups);
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -254,7 +254,7 @@ pub(super) async fn config(
         Ok(done(match live {
             Some(c) => format!(
                 "configured: {} (version {})",
-                super::describe(&c),
+                super::page::describe(&c),
                 c.version
             ),
             None => "configuration reset: the code's values, mode normal".to_owned(),
