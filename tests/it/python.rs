@@ -890,26 +890,27 @@ async fn recovery_crosses_between_python_and_rust() {
     delete_reaches_rust_but_not_python(&mut f).await;
 }
 
+/// A role that owns nothing, given by `setup` the rights its `flags` name (`--grant-python`,
+/// `--grant-operator`, `--grant-to`, each for this role).
+async fn granted(db: &TestDb, flags: &[&str]) -> crate::support::TestRole {
+    let role = db.role(&[]).await;
+    let name = role.name().to_owned();
+    let mut args = vec!["setup", "--yes"];
+    for flag in flags {
+        args.extend([*flag, name.as_str()]);
+    }
+    ok(&db.conninfo(), &args).await;
+    role
+}
+
 /// All of the above with Python and Rust on a role that owns nothing, granted by `setup
 /// --grant-python` (the package writes the table) and `--grant-operator` (a Rust instance closes
 /// a key by override): no Python write is refused or lost.
 #[tokio::test]
 async fn on_a_role_that_owns_nothing_python_and_rust_see_each_other() {
     let db = test_db().await;
-    let role = db.role(&[]).await;
+    let role = granted(&db, &["--grant-python", "--grant-operator"]).await;
     let name = role.name().to_owned();
-    ok(
-        &db.conninfo(),
-        &[
-            "setup",
-            "--yes",
-            "--grant-python",
-            &name,
-            "--grant-operator",
-            &name,
-        ],
-    )
-    .await;
     ok(&db.conninfo(), &["check", "--role", &name]).await;
     let admin = db.client().await;
     let owns: bool = admin
@@ -980,20 +981,7 @@ async fn a_python_service_obeys_forced_open() {
 #[tokio::test]
 async fn a_python_service_on_a_groups_members_is_capped_and_counted() {
     let db = test_db().await;
-    let role = db.role(&[]).await;
-    let name = role.name().to_owned();
-    ok(
-        &db.conninfo(),
-        &[
-            "setup",
-            "--yes",
-            "--grant-python",
-            &name,
-            "--grant-to",
-            &name,
-        ],
-    )
-    .await;
+    let role = granted(&db, &["--grant-python", "--grant-to"]).await;
     let mut f = Fleet::on(&db, &db.conninfo_as(&role)).await;
     let group_name = unique_key("py-group");
     let group = f
