@@ -35,6 +35,14 @@ pub struct GroupState {
 }
 
 impl GroupState {
+    /// Nothing heard yet: no members, CLOSED.
+    const UNKNOWN: GroupState = GroupState {
+        open: 0,
+        members: 0,
+        state: State::Closed,
+        version: 0,
+    };
+
     /// The share of members open, 0 to 1 (0 for a group with no members).
     pub fn open_share(&self) -> f64 {
         if self.members == 0 {
@@ -157,14 +165,11 @@ impl GroupBuilder {
         };
         if let Some(shared) = &group.storage.inner.shared {
             let state = shared.group_state(&group.name).await?;
-            let unknown = GroupState {
-                open: 0,
-                members: 0,
-                state: State::Closed,
-                version: 0,
-            };
             let inner = &group.storage.inner;
-            inner.groups.entry(group.name.clone()).or_insert(unknown);
+            inner
+                .groups
+                .entry(group.name.clone())
+                .or_insert(GroupState::UNKNOWN);
             if let Some(state) = state {
                 heard(inner, &group.name, state);
             }
@@ -222,13 +227,7 @@ impl Group {
                 .inner
                 .groups
                 .get(&*self.name)
-                .map(|s| *s)
-                .unwrap_or(GroupState {
-                    open: 0,
-                    members: 0,
-                    state: State::Closed,
-                    version: 0,
-                }),
+                .map_or(GroupState::UNKNOWN, |s| *s),
             None => self.counted_here(),
         }
     }
