@@ -98,10 +98,13 @@ BEGIN
         END IF;
     END IF;
     IF ends OR decree THEN
-        DELETE FROM public.rc_probe_leases
-            WHERE namespace = OLD.namespace AND resource_key = OLD.resource_key;
-        DELETE FROM public.rc_votes
-            WHERE namespace = OLD.namespace AND resource_key = OLD.resource_key;
+        -- One statement, not three: every transition pays for these on its way to commit.
+        WITH leases AS (
+            DELETE FROM public.rc_probe_leases
+                WHERE namespace = OLD.namespace AND resource_key = OLD.resource_key),
+        votes AS (
+            DELETE FROM public.rc_votes
+                WHERE namespace = OLD.namespace AND resource_key = OLD.resource_key)
         DELETE FROM public.rc_rate_reports
             WHERE namespace = OLD.namespace AND resource_key = OLD.resource_key;
     END IF;

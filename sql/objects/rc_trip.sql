@@ -16,6 +16,9 @@ RETURNS TABLE (o_state text, o_version bigint, o_remaining_ms bigint, o_lease_id
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     ms bigint := public.rc_check_ms(p_cooldown_ms, 'cooldown');
+    st text;
+    ver bigint;
+    until timestamptz;
     window_log jsonb := CASE WHEN jsonb_typeof(p_log) = 'array'
                               AND jsonb_array_length(p_log) <= 8192 THEN p_log END;
 BEGIN
@@ -27,15 +30,38 @@ BEGIN
         RETURN QUERY SELECT * FROM public.rc_view(p_ns, p_key);
         RETURN;
     END IF;
-    INSERT INTO public.rc_circuit_breakers AS b
-        (resource_key, namespace, state, failure_count, open_until, execution_log)
-    VALUES (p_key, p_ns, 'OPEN', GREATEST(coalesce(p_failures, 0), 0),
-            clock_timestamp() + ms * interval '1 millisecond', window_log)
-    ON CONFLICT (resource_key, namespace) DO UPDATE
-        SET state = 'OPEN', failure_count = EXCLUDED.failure_count,
-            open_until = EXCLUDED.open_until, execution_log = EXCLUDED.execution_log
-        WHERE b.state NOT IN ('OPEN', 'HALF_OPEN')
-          AND (p_basis IS NULL OR b.version <= p_basis);
+    -- A key with a row (most trips) is updated in place: an upsert would first run the
+    -- table's BEFORE INSERT trigger for the row it might insert (a row lock, a version, the
+    -- key's votes and reports deleted) and then the UPDATE's, twice the work on the path
+    -- every trip's propagation waits for.
+    UPDATE public.rc_circuit_breakers AS b
+        SET state = 'OPEN', failure_count = GREATEST(coalesce(p_failures, 0), 0),
+            open_until = clock_timestamp() + ms * interval '1 millisecond',
+            execution_log = window_log
+        WHERE b.namespace = p_ns AND b.resource_key = p_key
+          AND b.state NOT IN ('OPEN', 'HALF_OPEN')
+          AND (p_basis IS NULL OR b.version <= p_basis)
+        RETURNING b.state, b.version, b.open_until INTO st, ver, until;
+    -- Tripped: the row as the update left it (its triggers' version included) is the answer.
+    IF FOUND THEN
+        RETURN QUERY SELECT st, ver, coalesce(public.rc_remaining_ms(until), 0), NULL::bigint,
+                            NULL::bigint;
+        RETURN;
+    END IF;
+    -- No row to update: none (insert it), one the guard leaves alone (as the upsert's guard
+    -- does), or one deleted or inserted meanwhile (the upsert decides, under the key's locks).
+    IF NOT EXISTS (SELECT 1 FROM public.rc_circuit_breakers
+                   WHERE namespace = p_ns AND resource_key = p_key) THEN
+        INSERT INTO public.rc_circuit_breakers AS b
+            (resource_key, namespace, state, failure_count, open_until, execution_log)
+        VALUES (p_key, p_ns, 'OPEN', GREATEST(coalesce(p_failures, 0), 0),
+                clock_timestamp() + ms * interval '1 millisecond', window_log)
+        ON CONFLICT (resource_key, namespace) DO UPDATE
+            SET state = 'OPEN', failure_count = EXCLUDED.failure_count,
+                open_until = EXCLUDED.open_until, execution_log = EXCLUDED.execution_log
+            WHERE b.state NOT IN ('OPEN', 'HALF_OPEN')
+              AND (p_basis IS NULL OR b.version <= p_basis);
+    END IF;
     RETURN QUERY SELECT * FROM public.rc_view(p_ns, p_key);
 END
 $$;
