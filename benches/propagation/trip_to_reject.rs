@@ -604,6 +604,38 @@ pub(crate) async fn phase(t: &Target, sizes: &Sizes, floor: &Floor, report: &mut
                     w.wire_negative
                 ));
             }
+            // The same proxies without the spinner, where both cores may idle between trips:
+            // from a plain thread (the crate's runtime must be woken) and from a runtime task.
+            for (from_task, how) in [(false, "plain thread"), (true, "tokio task")] {
+                let q = trips(
+                    &wired,
+                    "prop_wire",
+                    sizes.trip_warmup,
+                    sizes.trips,
+                    Extras {
+                        wire: Some(&proxy),
+                        a_wire: Some(&a_proxy),
+                        from_task,
+                        ..Extras::default()
+                    },
+                )
+                .await?;
+                report.dist(
+                    &format!("A's share, no spinner, tripped from a {how}"),
+                    &q.a_share,
+                    "trip -> A's statement complete at its proxy",
+                );
+                report.dist(
+                    &format!("  the database's share, no spinner, from a {how}"),
+                    &q.db_share,
+                    "A's statement at its proxy -> NOTIFY handed to B's socket",
+                );
+                report.dist(
+                    &format!("  B's share, no spinner, from a {how}"),
+                    &q.wire_to_applied,
+                    "NOTIFY handed to B's socket -> B's callback",
+                );
+            }
             drop(wired);
             drop(proxy);
             drop(a_proxy);
