@@ -126,6 +126,17 @@ pub(crate) enum Recorded {
     Report(Lease, bool),
 }
 
+/// What [`KeyCell::count_success_on_own_stripe`] left to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Counting {
+    /// Counted; nothing else.
+    Done,
+    /// Counted (or nothing to count for the fleet's rate); the time window's count remains.
+    Timed,
+    /// Not counted: this thread has no stripe of its own yet (or none to have).
+    NotCounted,
+}
+
 /// One key's state in one storage.
 ///
 /// `repr(C)` with a cache-line marker: the first line holds only what every call reads (the
@@ -368,7 +379,11 @@ impl KeyCell {
             let cur = self.load(Ordering::Relaxed);
             if cur.same_epoch(admitted) && cur.is_closed_and_clean() {
                 if cur.is_counted() {
-                    return self.count_success(admitted);
+                    return match self.count_success_on_own_stripe() {
+                        Counting::Done => Recorded::Nothing,
+                        Counting::Timed => self.count_timed_success_if_timed(admitted),
+                        Counting::NotCounted => self.count_success(admitted),
+                    };
                 }
                 return Recorded::Nothing;
             }
@@ -389,25 +404,35 @@ impl KeyCell {
         self.record_slow(admitted, probe, success, true)
     }
 
-    /// Counts a closed success of a `COUNTED` word without the lock: for the fleet's rate, and
-    /// in the time window's calls, which may then have to be judged. Out of line, so that a
-    /// plain breaker's fast path stays a load and a compare (inlined, the time window's code
-    /// made it twice as slow).
-    /// The fleet-rate count is a leaf of a few instructions; the time window's is a call of its
-    /// own, so that the registers it needs are not saved for the fleet rate's sake.
+    /// Counts a closed success of a `COUNTED` word for the fleet's rate on this thread's own
+    /// stripe, and says what is left. Out of line, so that a plain breaker's fast path stays a
+    /// load and a compare; a leaf that saves no registers and returns in one, so that a
+    /// fleet-rate breaker's success costs the count and little more. The time window's count
+    /// (which may have to judge) and a thread's first count are calls of their own.
     #[inline(never)]
-    fn count_success(&self, admitted: StateWord) -> Recorded {
+    fn count_success_on_own_stripe(&self) -> Counting {
+        // The thread's number first: reading it may be a call to the linker's TLS helper,
+        // across which nothing else is then held.
+        let thread = thread_slot::raw();
         match self.rate.get() {
-            Some(r) if !r.call_on_own_stripe() => self.count_success_elsewhere(admitted, r),
-            _ => self.count_timed_success_if_timed(admitted),
+            Some(r) if r.call_on_stripe(thread) => match self.tally.get() {
+                Some(t) if t.enabled() => Counting::Timed,
+                _ => Counting::Done,
+            },
+            Some(_) => Counting::NotCounted,
+            None => Counting::Timed,
         }
     }
 
-    /// [`count_success`](Self::count_success) by a thread without a stripe of its own.
+    /// Counts a closed success of a `COUNTED` word without the lock, when
+    /// [`count_success_on_own_stripe`](Self::count_success_on_own_stripe) could not: for the
+    /// fleet's rate, and in the time window's calls, which may then have to be judged.
     #[cold]
     #[inline(never)]
-    fn count_success_elsewhere(&self, admitted: StateWord, rate: &RateCounter) -> Recorded {
-        rate.call_elsewhere();
+    fn count_success(&self, admitted: StateWord) -> Recorded {
+        if let Some(r) = self.rate.get() {
+            r.call_elsewhere();
+        }
         self.count_timed_success_if_timed(admitted)
     }
 

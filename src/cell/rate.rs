@@ -21,7 +21,7 @@ use super::thread_slot;
 
 /// How many threads count on a stripe of their own: twice the cores, from 8 to
 /// [`thread_slot::EXCLUSIVE`], so that a key costs 0.5 to 4 KiB. Threads numbered past it share
-/// the last stripe.
+/// one more.
 fn own_stripes() -> usize {
     static OWN: OnceLock<usize> = OnceLock::new();
     *OWN.get_or_init(|| {
@@ -65,8 +65,10 @@ struct Sample {
 /// A key's fleet-rate counts (see the module doc).
 #[derive(Debug)]
 pub(crate) struct RateCounter {
-    /// Calls by thread number; the last is shared by threads without one.
+    /// Calls by thread number.
     calls: Box<[Stripe]>,
+    /// Calls of threads numbered past `calls` (or without a number), added atomically.
+    shared: Stripe,
     failures: AtomicU64,
     /// Totals sampled by the reporter, oldest first, back to a period ago.
     samples: Mutex<VecDeque<Sample>>,
@@ -82,7 +84,8 @@ impl RateCounter {
     /// Counting from `now` (clock nanoseconds): the first sample is zero then.
     pub(crate) fn new(now: u64) -> RateCounter {
         RateCounter {
-            calls: (0..=own_stripes()).map(|_| Stripe::default()).collect(),
+            calls: (0..own_stripes()).map(|_| Stripe::default()).collect(),
+            shared: Stripe::default(),
             failures: AtomicU64::new(0),
             samples: Mutex::new(VecDeque::from([Sample {
                 at: now,
@@ -102,16 +105,24 @@ impl RateCounter {
         }
     }
 
-    /// One call, counted on this thread's own stripe if it has one already; false if it has none yet, or none at all. Without a
-    /// call in it, so that the fast path saves no registers.
+    /// One call, counted on this thread's own stripe if it has one already; false if it has
+    /// none yet, or none at all. One bounds check covers both: a number not asked for yet, or
+    /// none to be had, is past every stripe.
     #[inline]
     pub(crate) fn call_on_own_stripe(&self) -> bool {
-        match thread_slot::held() {
-            Some(i) if i < self.calls.len() - 1 => {
-                self.calls[i].add_own();
+        self.call_on_stripe(thread_slot::raw())
+    }
+
+    /// [`call_on_own_stripe`](Self::call_on_own_stripe) with the thread's number read already
+    /// ([`thread_slot::raw`]).
+    #[inline]
+    pub(crate) fn call_on_stripe(&self, thread: usize) -> bool {
+        match self.calls.get(thread) {
+            Some(stripe) => {
+                stripe.add_own();
                 true
             }
-            _ => false,
+            None => false,
         }
     }
 
@@ -119,13 +130,10 @@ impl RateCounter {
     /// its stripe or the shared one.
     #[cold]
     pub(crate) fn call_elsewhere(&self) {
-        let i = thread_slot::index();
-        let shared = self.calls.len() - 1;
-        if let Some(stripe) = self.calls.get(i.min(shared)) {
-            if i < shared {
-                stripe.add_own();
-            } else {
-                stripe.0.fetch_add(1, Ordering::Relaxed);
+        match self.calls.get(thread_slot::index()) {
+            Some(stripe) => stripe.add_own(),
+            None => {
+                self.shared.0.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
@@ -136,7 +144,12 @@ impl RateCounter {
     }
 
     fn totals(&self) -> (u64, u64) {
-        let calls = self.calls.iter().map(|s| s.0.load(Ordering::Relaxed)).sum();
+        let calls = self
+            .calls
+            .iter()
+            .chain([&self.shared])
+            .map(|s| s.0.load(Ordering::Relaxed))
+            .sum();
         (calls, self.failures.load(Ordering::Relaxed))
     }
 

@@ -54,11 +54,11 @@ pub(crate) fn index() -> usize {
     }
 }
 
-/// This thread's number if it took one already (possibly [`EXCLUSIVE`]: none to be had); `None`
-/// if it has yet to ask [`index`].
+/// This thread's number as held: below [`EXCLUSIVE`] if it holds one alone, else at least
+/// [`EXCLUSIVE`] (none to be had, or not asked for yet: [`index`] takes one). One load.
 #[inline]
-pub(crate) fn held() -> Option<usize> {
-    INDEX.try_with(Cell::get).ok().filter(|&i| i != UNSET)
+pub(crate) fn raw() -> usize {
+    INDEX.try_with(Cell::get).unwrap_or(EXCLUSIVE)
 }
 
 #[cold]
