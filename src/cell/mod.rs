@@ -411,8 +411,12 @@ impl KeyCell {
     /// (which may have to judge) and a thread's first count are calls of their own.
     #[inline(never)]
     fn count_success_on_own_stripe(&self) -> Counting {
-        // The thread's number first: reading it may be a call to the linker's TLS helper,
-        // across which nothing else is then held.
+        // Only a fleet rate counts here (a time window counts in its own call). The thread's
+        // number first: reading it may be a call to the linker's TLS helper, across which
+        // nothing else is then held.
+        if self.rate.get().is_none() {
+            return Counting::Timed;
+        }
         let thread = thread_slot::raw();
         match self.rate.get() {
             Some(r) if r.call_on_stripe(thread) => match self.tally.get() {
