@@ -406,8 +406,8 @@ impl KeyCell {
 
     /// Counts a closed success of a `COUNTED` word for the fleet's rate on this thread's own
     /// stripe, and says what is left. Out of line, so that a plain breaker's fast path stays a
-    /// load and a compare; a leaf that saves no registers and returns in one, so that a
-    /// fleet-rate breaker's success costs the count and little more. The time window's count
+    /// load and a compare; a leaf that saves one register and returns its answer in one, so
+    /// that a fleet-rate breaker's success costs the count and little more. The time window's count
     /// (which may have to judge) and a thread's first count are calls of their own.
     #[inline(never)]
     fn count_success_on_own_stripe(&self) -> Counting {
