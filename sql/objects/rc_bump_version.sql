@@ -24,17 +24,21 @@ DECLARE
     ends boolean;
     -- An operator's decree (rc_force): it ends an episode even when the state stays.
     decree boolean := current_setting('resilient_circuit.decree', true) = 'on';
+    -- An INSERT finding the key's row: it fails, or (an upsert) becomes that row's UPDATE,
+    -- whose own run of this trigger ends the episode if the state changes.
+    row_exists boolean;
 BEGIN
     IF TG_OP = 'INSERT' THEN
         -- Wait for a transaction deleting this key (if any) to end, so that our version is
         -- taken after its and the two commit in version order. Locks nothing if no row exists.
         PERFORM 1 FROM public.rc_circuit_breakers
             WHERE namespace = NEW.namespace AND resource_key = NEW.resource_key FOR KEY SHARE;
+        row_exists := FOUND;
         -- No row: wait for a transaction that inserted the key and has not committed (it may
         -- still delete it); its row is invisible here, its lock on the key is not. (A row
         -- that exists stays, under the lock just taken, and an upsert then updates it under
         -- its row lock: the common case of a trip pays for no key lock.)
-        IF NOT FOUND THEN
+        IF NOT row_exists THEN
             PERFORM public.rc_lock_key(NEW.namespace, NEW.resource_key);
             -- A row committed while we waited for the key (the insert we waited out) is the
             -- row this upsert will update: hold it, so that no one deletes it first (our
@@ -43,9 +47,10 @@ BEGIN
             PERFORM 1 FROM public.rc_circuit_breakers
                 WHERE namespace = NEW.namespace AND resource_key = NEW.resource_key
                 FOR KEY SHARE;
+            row_exists := FOUND;
             -- A key with no row entering OPEN: its group may be full (an upsert of an existing
             -- row is checked as the UPDATE it becomes).
-            IF NOT FOUND AND NEW.state = 'OPEN' AND decree IS NOT TRUE
+            IF NOT row_exists AND NEW.state = 'OPEN' AND decree IS NOT TRUE
                AND public.rc_group_full(NEW.namespace, NEW.resource_key, 0) THEN
                 RETURN NULL;
             END IF;
@@ -64,8 +69,10 @@ BEGIN
         IF NEW.state = 'CLOSED' THEN
             NEW.reopens := 0;
         END IF;
-        IF NEW.state IS DISTINCT FROM 'CLOSED' OR decree THEN
-            -- No row was CLOSED: leaving it, or a decree, ends what was judged of it.
+        IF (NEW.state IS DISTINCT FROM 'CLOSED' OR decree) AND NOT row_exists THEN
+            -- No row was CLOSED: leaving it, or a decree, ends what was judged of it. (Not
+            -- when the row exists: an upsert whose guard then refuses, or that does nothing,
+            -- changes nothing of the key.)
             DELETE FROM public.rc_votes
                 WHERE namespace = NEW.namespace AND resource_key = NEW.resource_key;
             DELETE FROM public.rc_rate_reports

@@ -9,7 +9,8 @@ use resilient_circuit::{Builder, CircuitBreaker, ConfigError, Ratio, State, Stor
 use tokio_postgres::Client;
 
 use crate::support::breakers::{caught_up, fail, instance, options, row_state, Watched};
-use crate::support::{eventually, test_db, unique_key};
+use crate::support::{connect_to, eventually, test_db, unique_key};
+use resilient_circuit::admin::RoleKind;
 
 use crate::support::WAIT;
 
@@ -284,6 +285,71 @@ async fn a_deleted_row_spends_the_votes() {
     assert!(caught_up(&admin, &[&b], WAIT).await);
     vote(&on_b, &b).await;
     assert_eq!(row_state(&admin, &key).await, None, "b is alone: no quorum");
+}
+
+/// A write the database refuses, or that changes nothing, leaves the key's votes alone: a trip
+/// decided on an older version of the row, sent by a role with an instance's rights only, and
+/// the Python package's kind of upsert that finds the row and does nothing. (The insert's
+/// trigger, which spends a key's votes and fleet-rate reports when a key gets its first row,
+/// ran before the row was found: any instance could erase a quorum's votes, again and again,
+/// without changing the key.)
+#[tokio::test]
+async fn a_refused_write_spends_no_vote() {
+    let db = test_db().await;
+    let admin = db.client().await;
+    let role = db.role_of(&[RoleKind::Instance]).await;
+    let app = connect_to(&role.conninfo()).await;
+    let key = unique_key("refused");
+    admin
+        .execute(
+            "INSERT INTO rc_circuit_breakers (resource_key, namespace, state) \
+             VALUES ($1, 'default', 'CLOSED')",
+            &[&key],
+        )
+        .await
+        .expect("a CLOSED row");
+    let counted: i32 = app
+        .query_one(
+            "SELECT o_votes FROM rc_vote('default', $1, 'voter', 1, 1, 3, 60000, 60000)",
+            &[&key],
+        )
+        .await
+        .expect("a vote")
+        .get(0);
+    assert_eq!(counted, 1);
+    let trip = "SELECT o_state, o_error FROM rc_trip_many('default', ARRAY[$1], \
+                ARRAY[60000::bigint], ARRAY[1], ARRAY[NULL::jsonb], ARRAY[0::bigint])";
+    for _ in 0..3 {
+        let row = app.query_one(trip, &[&key]).await.expect("a trip call");
+        assert_eq!(row.get::<_, Option<String>>("o_error"), None);
+        assert_eq!(
+            row.get::<_, Option<String>>("o_state").as_deref(),
+            Some("CLOSED"),
+            "a trip on an older version is refused"
+        );
+    }
+    assert_eq!(
+        votes(&admin, &key).await,
+        1,
+        "the refused trips spent the vote"
+    );
+    let python = db.role_of(&[RoleKind::Python]).await;
+    let py = connect_to(&python.conninfo()).await;
+    let inserted = py
+        .execute(
+            "INSERT INTO rc_circuit_breakers (resource_key, namespace, state) \
+             VALUES ($1, 'default', 'OPEN') ON CONFLICT (resource_key, namespace) DO NOTHING",
+            &[&key],
+        )
+        .await
+        .expect("an upsert that finds the row");
+    assert_eq!(inserted, 0);
+    assert_eq!(
+        votes(&admin, &key).await,
+        1,
+        "an upsert that did nothing spent the vote"
+    );
+    assert_eq!(row_state(&admin, &key).await.as_deref(), Some("CLOSED"));
 }
 
 /// Three instances voting at once for a key with no row: the third vote opens it, once.
