@@ -97,7 +97,9 @@
 //! * **Votes and rate reports** are spent by the state change that ends their episode (the
 //!   trigger), not compared with `updated_at`, which every write moves: the Python package's
 //!   bookkeeping writes, or a writer setting `updated_at = 'infinity'`, spend nothing. Test:
-//!   `bookkeeping_writes_spend_no_judgement`.
+//!   `bookkeeping_writes_spend_no_judgement`. Nor does a write that changes no state: an
+//!   upsert that finds the row and does nothing, or a trip the database refuses, sent by any
+//!   instance any number of times. Test: `quorum::a_refused_write_spends_no_vote`.
 //!
 //! ## Groups
 //!
