@@ -31,7 +31,8 @@
 //! something changes, or when the count window may trip.
 //!
 //! This file is the hot path (admission, recording, the private lock); `word.rs` holds the
-//! word's encoding, `ring.rs` the count window, `tally.rs` a time window's calls, `record.rs` recording off the fast path,
+//! word's encoding, `ring.rs` the count window, `tally.rs` a time window's calls, `counted.rs`
+//! the counting of a `COUNTED` word's successes, `record.rs` recording off the fast path,
 //! `admit.rs` admission when not closed, `fleet.rs`
 //! what a shared store adds (lease requests, the row's state as the fleet reports it, our own
 //! decisions on their way), `live.rs` the live configuration (the policy in force, the mode),
@@ -61,6 +62,7 @@ use crate::window::OutcomeWindow;
 
 mod admit;
 mod announce;
+mod counted;
 mod fleet;
 mod live;
 mod locked;
@@ -69,9 +71,10 @@ mod ring;
 mod tally;
 mod thread_slot;
 
+use counted::Counting;
 use locked::Locked;
 use ring::{Ring, Rule};
-use tally::{Counted, Tally};
+use tally::Tally;
 mod rate;
 mod word;
 
@@ -124,17 +127,6 @@ pub(crate) enum Recorded {
     Changed(Transition),
     /// A fleet probe result: the shared store decides.
     Report(Lease, bool),
-}
-
-/// What [`KeyCell::count_success_on_own_stripe`] left to do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Counting {
-    /// Counted; nothing else.
-    Done,
-    /// Counted (or nothing to count for the fleet's rate); the time window's count remains.
-    Timed,
-    /// Not counted: this thread has no stripe of its own yet (or none to have).
-    NotCounted,
 }
 
 /// One key's state in one storage.
@@ -404,63 +396,6 @@ impl KeyCell {
         self.record_slow(admitted, probe, success, true)
     }
 
-    /// Counts a closed success of a `COUNTED` word for the fleet's rate on this thread's own
-    /// stripe, and says what is left. Out of line, so that a plain breaker's fast path stays a
-    /// load and a compare; a leaf that saves one register and returns its answer in one, so
-    /// that a fleet-rate breaker's success costs the count and little more. The time window's count
-    /// (which may have to judge) and a thread's first count are calls of their own.
-    #[inline(never)]
-    fn count_success_on_own_stripe(&self) -> Counting {
-        // Only a fleet rate counts here (a time window counts in its own call). The thread's
-        // number first: reading it may be a call to the linker's TLS helper, across which
-        // nothing else is then held.
-        if self.rate.get().is_none() {
-            return Counting::Timed;
-        }
-        let thread = thread_slot::raw();
-        match self.rate.get() {
-            Some(r) if r.call_on_stripe(thread) => match self.tally.get() {
-                Some(t) if t.enabled() => Counting::Timed,
-                _ => Counting::Done,
-            },
-            Some(_) => Counting::NotCounted,
-            None => Counting::Timed,
-        }
-    }
-
-    /// Counts a closed success of a `COUNTED` word without the lock, when
-    /// [`count_success_on_own_stripe`](Self::count_success_on_own_stripe) could not: for the
-    /// fleet's rate, and in the time window's calls, which may then have to be judged.
-    #[cold]
-    #[inline(never)]
-    fn count_success(&self, admitted: StateWord) -> Recorded {
-        if let Some(r) = self.rate.get() {
-            r.call_elsewhere();
-        }
-        self.count_timed_success_if_timed(admitted)
-    }
-
-    #[inline]
-    fn count_timed_success_if_timed(&self, admitted: StateWord) -> Recorded {
-        match self.time_window() {
-            Some(t) => self.count_timed_success(admitted, t),
-            None => Recorded::Nothing,
-        }
-    }
-
-    /// Counts a closed success in the time window's calls, without the lock; they may then have
-    /// to be judged.
-    #[inline(never)]
-    fn count_timed_success(&self, admitted: StateWord, tally: &Tally) -> Recorded {
-        if self.mode() == Mode::Disabled {
-            return Recorded::Nothing;
-        }
-        match tally.success(admitted.generation(), &*self.clock) {
-            Counted::Judge => self.judge_closed_unlocked(admitted),
-            Counted::Done | Counted::Neither => Recorded::Nothing,
-        }
-    }
-
     /// The time window's counts at `now` (its reading; `None`: read it), when the policy has
     /// one: failures and slow calls from the lock, calls from the tally. Under the lock; the
     /// tally's hint is set from them before the calls are counted (see `Tally::success`).
@@ -476,22 +411,6 @@ impl KeyCell {
         tally.set_hint(counts);
         counts.calls = tally.period_calls(cur.generation(), now);
         Some(counts)
-    }
-
-    /// The time window's calls, when the policy has one.
-    fn time_window(&self) -> Option<&Tally> {
-        self.tally.get().map(|t| &**t).filter(|t| t.enabled())
-    }
-
-    /// Counts a closed call for the fleet's rate (`COUNTED` words only).
-    #[inline]
-    fn count(&self, success: bool) {
-        if let Some(r) = self.rate.get() {
-            r.call();
-            if !success {
-                r.failure();
-            }
-        }
     }
 
     /// The fleet-rate counts, when the policy is (or was) a fleet rate.
