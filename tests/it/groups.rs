@@ -29,6 +29,18 @@ async fn open_members(client: &Client, group: &Group) -> Vec<String> {
         .collect()
 }
 
+/// The group's open members as the database counted them (`rc_group_state`).
+async fn counted_open(client: &Client, name: &str) -> i32 {
+    client
+        .query_one(
+            "SELECT open_members FROM public.rc_group_state WHERE name = $1",
+            &[&name],
+        )
+        .await
+        .expect("the group's state")
+        .get(0)
+}
+
 /// The refusals the change log recorded for the group's members: (key, why).
 async fn refusals(client: &Client, group: &Group) -> Vec<(String, serde_json::Value)> {
     client
@@ -598,14 +610,7 @@ async fn the_counts_stay_true_through_races_truncates_and_moves() {
             t.await.expect("writes");
         }
         truth = i64::try_from(open_members(&client, &group).await.len()).expect("small");
-        let counted: i32 = client
-            .query_one(
-                "SELECT open_members FROM public.rc_group_state WHERE name = $1",
-                &[&name],
-            )
-            .await
-            .expect("the group's state")
-            .get(0);
+        let counted = counted_open(&client, &name).await;
         assert_eq!(
             i64::from(counted),
             truth,
@@ -622,15 +627,11 @@ async fn the_counts_stay_true_through_races_truncates_and_moves() {
         .execute("TRUNCATE public.rc_circuit_breakers", &[])
         .await
         .expect("the owner truncates");
-    let counted: i32 = client
-        .query_one(
-            "SELECT open_members FROM public.rc_group_state WHERE name = $1",
-            &[&name],
-        )
-        .await
-        .expect("the group's state")
-        .get(0);
-    assert_eq!(counted, 0, "counted again after the TRUNCATE");
+    assert_eq!(
+        counted_open(&client, &name).await,
+        0,
+        "counted again after the TRUNCATE"
+    );
     assert!(
         eventually(WAIT, || async { group.state().open == 0 }).await,
         "the instance reloads the group's counts"
