@@ -34,13 +34,12 @@ impl KeyCell {
             return Counting::Timed;
         }
         let thread = thread_slot::raw();
-        match self.rate.get() {
-            Some(r) if r.call_on_stripe(thread) => match self.tally.get() {
-                Some(t) if t.enabled() => Counting::Timed,
-                _ => Counting::Done,
-            },
-            Some(_) => Counting::NotCounted,
-            None => Counting::Timed,
+        if !self.rate.get().is_some_and(|r| r.call_on_stripe(thread)) {
+            return Counting::NotCounted;
+        }
+        match self.tally.get() {
+            Some(t) if t.enabled() => Counting::Timed,
+            _ => Counting::Done,
         }
     }
 
