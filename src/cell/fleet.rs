@@ -89,11 +89,9 @@ impl KeyCell {
         let cur = self.load(Ordering::Relaxed).state();
         if cur == r.state {
             if r.state == State::Open {
-                if let Some(d) = deadline {
-                    // Release: pairs with admission's Acquire of the word, as for transitions.
-                    self.open_deadline.store(d, Ordering::Release);
-                    self.metrics.open_until(Some(r.remaining));
-                }
+                // Release: pairs with admission's Acquire of the word, as for transitions.
+                self.open_deadline.store(deadline, Ordering::Release);
+                self.metrics.open_until(Some(r.remaining));
             }
             return None;
         }
@@ -106,21 +104,30 @@ impl KeyCell {
             // A round the fleet began, learned of just as the database went away: run it here.
             locked.probes_free = locked.policy.probe_count();
         }
-        Some(self.set_state(locked, r.state, deadline.filter(|_| r.state == State::Open)))
+        Some(self.set_state(
+            locked,
+            r.state,
+            (r.state == State::Open).then_some(deadline),
+        ))
     }
 
-    /// Records a decision of this instance held against older rows until `deadline` (a trip on
-    /// its way to the database, a vote, a judgement made alone: see [`Hold`]); returns its
-    /// sequence number.
-    pub(crate) fn trip_pending(&self, deadline: u64, basis: i64, hold: Hold) -> u64 {
-        let seq = self.next_decision();
-        self.lock().view.pending_trip = Some(PendingTrip {
-            deadline,
-            basis,
-            seq,
-            hold,
-        });
-        seq
+    /// Opens the cell on this instance's own judgement (its window tripped, or its own
+    /// half-open round failed) until `deadline`. With a shared store, the decision is held
+    /// against older rows from this step on (a trip on its way, a vote, a judgement made alone:
+    /// see [`Hold`]), with the newest version seen now as its basis: taken under the same lock
+    /// as the transition, so that no row the listener applies before the store takes the
+    /// decision up can undo it.
+    pub(super) fn open_on_own_judgement(&self, locked: &mut Locked, deadline: u64) -> Transition {
+        let t = self.set_state(locked, State::Open, Some(deadline));
+        if let Some(link) = &self.link {
+            locked.view.pending_trip = Some(PendingTrip {
+                deadline,
+                basis: link.basis(),
+                seq: self.next_decision(),
+                hold: Hold::of(locked.policy.trip),
+            });
+        }
+        t
     }
 
     /// The closed window's failures and calls, for a vote or a fleet rate report: those of the

@@ -93,7 +93,7 @@ impl KeyCell {
             && self.load(Ordering::Relaxed).state() != State::Open)
             .then(|| {
                 let deadline = self.deadline_after(crate::MAX_DURATION);
-                self.set_state(&mut locked, State::Open, deadline)
+                self.set_state(&mut locked, State::Open, Some(deadline))
             });
         LiveApplied {
             opened,

@@ -55,6 +55,7 @@ use arc_swap::ArcSwapOption;
 
 use crate::clock::{duration_nanos, Clock};
 use crate::fleet::precedence::FleetView;
+use crate::fleet::Link;
 use crate::live_config::{LiveConfig, Mode};
 use crate::policy::Policy;
 use crate::telemetry::KeyMetrics;
@@ -146,10 +147,10 @@ pub(crate) struct KeyCell {
     probes_hint: AtomicU32,
     pub(crate) key: Arc<str>,
     pub(crate) clock: Arc<dyn Clock>,
-    /// Shared stores only: true while the instance is connected. Half-open probes are then leased
-    /// from the database; while it is unreachable the cell runs its own rounds, so a breaker that
-    /// tripped during an outage can still recover.
-    online: Option<Arc<AtomicBool>>,
+    /// Shared stores only: whether the instance is connected (half-open probes are then leased
+    /// from the database; while it is unreachable the cell runs its own rounds, so a breaker
+    /// that tripped during an outage can still recover), and the basis of its decisions.
+    link: Option<Arc<Link>>,
     _written_below: CacheLine,
     /// The closed state's count window, recorded without the lock (`ring.rs`).
     ring: Ring,
@@ -207,7 +208,7 @@ impl KeyCell {
         key: Arc<str>,
         policy: Policy,
         clock: Arc<dyn Clock>,
-        online: Option<Arc<AtomicBool>>,
+        link: Option<Arc<Link>>,
         namespace: &str,
         feed: Feed,
     ) -> Self {
@@ -263,7 +264,7 @@ impl KeyCell {
             changed: Notify::new(),
             feed,
             clock,
-            online,
+            link,
             callbacks: Mutex::new(Vec::new()),
         }
     }
@@ -271,11 +272,7 @@ impl KeyCell {
     /// True when half-open probes come from the shared store right now.
     #[inline]
     pub(crate) fn is_fleet(&self) -> bool {
-        // Relaxed: a mode hint; a call that reads it just as the connection changes takes either
-        // path, and both are safe (a lease reported while offline simply expires).
-        self.online
-            .as_ref()
-            .is_some_and(|o| o.load(Ordering::Relaxed))
+        self.link.as_ref().is_some_and(|l| l.is_online())
     }
 
     #[inline]
@@ -441,12 +438,11 @@ impl KeyCell {
         self.changed.notify_waiters();
     }
 
-    fn deadline_after(&self, cooldown: Duration) -> Option<u64> {
-        Some(
-            self.clock
-                .now_nanos()
-                .saturating_add(duration_nanos(cooldown)),
-        )
+    /// Clock nanoseconds `cooldown` from now.
+    fn deadline_after(&self, cooldown: Duration) -> u64 {
+        self.clock
+            .now_nanos()
+            .saturating_add(duration_nanos(cooldown))
     }
 
     /// Changes state under the lock; returns the transition. Windows of the state entered start
@@ -502,7 +498,7 @@ impl KeyCell {
     /// `ForcedOpen`, as the database refuses it.
     pub(crate) fn force(&self, to: State, cooldown: Duration) -> Option<Transition> {
         let mut locked = self.lock();
-        if self.online.is_some() {
+        if self.link.is_some() {
             // Until its answer arrives, changes from elsewhere (an older trip's late answer or
             // NOTIFY) must not undo it; a trip of ours still pending is superseded by it. (A
             // refused one is answered too, and counted until then.)
@@ -515,11 +511,7 @@ impl KeyCell {
         if to == State::HalfOpen {
             locked.probes_free = locked.policy.probe_count();
         }
-        let deadline = if to == State::Open {
-            self.deadline_after(cooldown)
-        } else {
-            None
-        };
+        let deadline = (to == State::Open).then(|| self.deadline_after(cooldown));
         let t = self.set_state(&mut locked, to, deadline);
         // Relaxed: read only to label a rejection.
         self.forced_open.store(to == State::Open, Ordering::Relaxed);

@@ -106,7 +106,7 @@ impl KeyCell {
                             .policy
                             .cooldown_after(locked.reopens, crate::jitter::fraction());
                         let deadline = self.deadline_after(cooldown);
-                        Recorded::Changed(self.set_state(&mut locked, State::Open, deadline))
+                        Recorded::Changed(self.open_on_own_judgement(&mut locked, deadline))
                     }
                     Some(to) => Recorded::Changed(self.set_state(&mut locked, to, None)),
                 }
@@ -175,7 +175,7 @@ impl KeyCell {
             && !self.outlier();
         if trips && !fleet_rate && mode == Mode::Normal && !self.refused(locked) {
             let deadline = self.deadline_after(locked.policy.cooldown);
-            return Recorded::Changed(self.set_state(locked, State::Open, deadline));
+            return Recorded::Changed(self.open_on_own_judgement(locked, deadline));
         }
         // Metrics-only: the window counts and never trips; reaching the limit is counted and
         // the window starts over, as it would after the trip and the close.

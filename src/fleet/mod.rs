@@ -1,58 +1,46 @@
 //! What a store shared by a fleet adds to the core, whatever its backend: who wins between this
-//! instance's decisions and the shared row ([`precedence`]), what a trip this instance decided
-//! becomes for the fleet under each trip policy ([`route`]), and the interface a shared backend
-//! implements ([`SharedStore`]). The core (`cell/`, `storage/mod.rs`) knows these and nothing
+//! instance's decisions and the shared row, and what a trip this instance decided becomes for the
+//! fleet under each trip policy ([`precedence`]); what a cell reads of its store without asking
+//! ([`Link`]); and the interface a shared backend implements ([`SharedStore`]). The core (`cell/`, `storage/mod.rs`) knows these and nothing
 //! of PostgreSQL; `storage::postgres` implements them.
 
 pub(crate) mod precedence;
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::cell::{KeyCell, Lease, Transition};
-use crate::{State, StorageError, TripPolicy};
+use crate::cell::{KeyCell, Lease};
+use crate::{State, StorageError};
 
-/// What a trip this instance decided on its own window is for the fleet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Decision {
-    /// Open the key for everyone, for `cooldown` (`TripPolicy::AnyInstance`).
-    Trip { cooldown: Duration },
-    /// One vote towards a quorum of `quorum` instances within `within`; this instance's own
-    /// calls stay stopped for `cooldown` (`TripPolicy::Quorum`).
-    Vote {
-        quorum: u32,
-        within: Duration,
-        cooldown: Duration,
-    },
-    /// This instance's calls only, for `cooldown`: a fleet-rate breaker judged its own window
-    /// while the database was away, and only the fleet's rate opens the key for everyone
-    /// (`TripPolicy::FleetRate`).
-    Alone { cooldown: Duration },
+/// What a cell of a shared store reads of it without asking: whether the store reaches the
+/// shared state, and the newest row version it has seen, the basis of a decision made now (see
+/// [`precedence`]). Shared with the store (one `Arc` per cell, as small as a flag), so that a
+/// cell reads both under its own lock, in the step that decides.
+#[derive(Debug, Default)]
+pub(crate) struct Link {
+    /// True while the store reaches the shared state.
+    pub(crate) online: AtomicBool,
+    /// The newest row version the store has seen, from any key.
+    pub(crate) newest_seen: AtomicI64,
 }
 
-/// What `t`, a transition this instance decided, is for the fleet under `trip`; `None` when it
-/// is nothing to tell (only trips are). `cooldown` says what a trip rests, asked only for one.
-pub(crate) fn route(
-    trip: TripPolicy,
-    t: Transition,
-    cooldown: impl FnOnce() -> Duration,
-) -> Option<Decision> {
-    if t.to != State::Open {
-        return None;
+impl Link {
+    /// True while the store reaches the shared state.
+    pub(crate) fn is_online(&self) -> bool {
+        // Relaxed: a mode hint; a call that reads it just as the connection changes takes either
+        // path, and both are safe (a lease reported while offline simply expires).
+        self.online.load(Ordering::Relaxed)
     }
-    let cooldown = cooldown();
-    Some(match trip {
-        TripPolicy::Quorum { instances, within } => Decision::Vote {
-            quorum: instances,
-            within,
-            cooldown,
-        },
-        TripPolicy::FleetRate { .. } => Decision::Alone { cooldown },
-        TripPolicy::AnyInstance => Decision::Trip { cooldown },
-    })
+
+    /// The basis of a decision made now: the newest version seen.
+    pub(crate) fn basis(&self) -> i64 {
+        // Relaxed: a high-water mark; a decision that reads it a moment early only has an older
+        // basis, which makes the shared state stricter with it, never wrong.
+        self.newest_seen.load(Ordering::Relaxed)
+    }
 }
 
 /// Told whether the database accepted an override, when the caller asked to hear it.
@@ -68,9 +56,9 @@ pub(crate) trait SharedStore: Send + Sync {
     fn name(&self) -> &'static str;
     /// The namespace of its keys, the `namespace` label of its metrics.
     fn namespace(&self) -> &str;
-    /// True while it reaches the shared state; the cells read it when they decide whether to
-    /// ask for a probe lease or judge alone.
-    fn online(&self) -> Arc<AtomicBool>;
+    /// What its cells read of it without asking: whether it reaches the shared state (they
+    /// then ask it for probe leases, else judge alone) and the basis of their decisions.
+    fn link(&self) -> Arc<Link>;
     /// How many keys have a decision of ours the shared state has not answered yet.
     fn pending(&self) -> usize;
     /// True while it has no working link to the shared state.
@@ -81,8 +69,10 @@ pub(crate) trait SharedStore: Send + Sync {
     fn request_lease(&self, cell: &Arc<KeyCell>);
     /// Sends the result of a probe made under `lease`.
     fn report_probe(&self, cell: &Arc<KeyCell>, lease: Lease, success: bool);
-    /// Carries out a trip this instance decided (see [`route`]).
-    fn decided(&self, cell: &Arc<KeyCell>, decision: Decision);
+    /// Carries out what `cell` opened for on its own judgement, as the hold it registered with
+    /// the transition says ([`Hold`](precedence::Hold)): a trip for everyone, a vote, or
+    /// nothing beyond this instance.
+    fn decided(&self, cell: &Arc<KeyCell>);
     /// Publishes a manual override; `done` hears whether it was accepted.
     fn force(&self, cell: &Arc<KeyCell>, to: State, cooldown: Duration, done: Option<Done>);
     /// Makes `keys` members of `group`, whose cap on open members is `max_open` and whose
@@ -99,65 +89,4 @@ pub(crate) trait SharedStore: Send + Sync {
         &'a self,
         group: &'a str,
     ) -> BoxFuture<'a, Result<Option<crate::GroupState>, StorageError>>;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::Ratio;
-
-    const TRIP: Transition = Transition {
-        from: State::Closed,
-        to: State::Open,
-    };
-
-    #[test]
-    fn each_trip_policy_routes_a_trip_its_own_way() {
-        let rests = || Duration::from_secs(7);
-        let cooldown = Duration::from_secs(7);
-        assert_eq!(
-            route(TripPolicy::AnyInstance, TRIP, rests),
-            Some(Decision::Trip { cooldown })
-        );
-        let within = Duration::from_secs(60);
-        assert_eq!(
-            route(
-                TripPolicy::Quorum {
-                    instances: 3,
-                    within
-                },
-                TRIP,
-                rests
-            ),
-            Some(Decision::Vote {
-                quorum: 3,
-                within,
-                cooldown
-            })
-        );
-        let rate = TripPolicy::FleetRate {
-            limit: Ratio::new(1, 2),
-            min_calls: 10,
-            period: within,
-        };
-        assert_eq!(route(rate, TRIP, rests), Some(Decision::Alone { cooldown }));
-    }
-
-    #[test]
-    fn only_trips_are_told_and_the_cooldown_is_asked_only_for_them() {
-        for (from, to) in [
-            (State::Open, State::HalfOpen),
-            (State::HalfOpen, State::Closed),
-            (State::Open, State::Closed),
-        ] {
-            let t = Transition { from, to };
-            let asked = std::cell::Cell::new(false);
-            let cooldown = || {
-                asked.set(true);
-                Duration::ZERO
-            };
-            assert_eq!(route(TripPolicy::AnyInstance, t, cooldown), None);
-            assert!(!asked.get(), "{from:?} -> {to:?}");
-        }
-    }
 }

@@ -14,6 +14,7 @@
 //! | answer to our own override | applied unless older than the version held; a later local decision (a trip queued behind) keeps the state, the version is raised | `faults::force_closed_is_not_undone_by_a_late_trip`, `postgres::trip_after_force_closed_wins` |
 //! | any other answer (our trip, a probe lease or report) | applied unless older than the version held: an answer never lowers a newer version | `precedence::tests::answers_never_lower_a_newer_version` |
 //! | reload row (or no row: CLOSED at version 0) | authoritative, even if older (it is the table now), except over a local trip not yet accepted and not older than the row, an override in flight, or a newer version this cell applied after the reload's query was sent (the snapshot predates it) | `faults::restart_under_traffic_converges`, `convergence::stale_trip_is_not_replayed_over_a_later_close`, `precedence::tests::a_reload_read_before_an_answer_does_not_undo_it` |
+//! | a trip, vote or judgement made alone, from the moment it opens the cell | held in the same step, under the key's lock, with the basis read there (`KeyCell::open_on_own_judgement`): no row applied before the store takes it up undoes it; one newer than the basis that ends it first leaves nothing to send | `cell::fleet::tests::a_decision_is_held_from_the_step_that_opens_the_cell` |
 //! | local trip published | carries the newest version this instance had seen when it decided (`basis`); the database refuses it over a row with a newer version | `convergence::stale_trip_is_not_replayed_over_a_later_close` |
 //! | quorum vote cast, or a fleet-rate breaker's own trip (while the database was away) | held like a local trip not yet accepted (same rules, same basis) until its cooldown ends, so the table's CLOSED row does not reopen this instance's calls; a newer row (the quorum opened the key, an operator acted) wins. Never sent as a trip | `quorum::a_voter_stops_its_own_calls_until_its_cooldown_ends`, `quorum::an_operator_close_ends_a_vote_hold` |
 //! | a hold (trip, vote, judgement made alone) reaching its deadline with nothing newer | dropped, and the row read again at once (`Instance::hold_trip`): no held state outlives its reason, nor waits for a call to end | `convergence::a_hold_ends_with_its_cooldown_without_waiting_for_a_call` |
@@ -23,7 +24,7 @@
 
 use std::time::Duration;
 
-use crate::State;
+use crate::{State, TripPolicy};
 
 /// A state of the shared row, as some source reported it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,6 +99,15 @@ pub(crate) enum Hold {
 }
 
 impl Hold {
+    /// What a trip this instance decides on its own window is for the fleet under `trip`.
+    pub(crate) fn of(trip: TripPolicy) -> Hold {
+        match trip {
+            TripPolicy::AnyInstance => Hold::Trip,
+            TripPolicy::Quorum { .. } => Hold::Vote,
+            TripPolicy::FleetRate { .. } => Hold::Alone,
+        }
+    }
+
     /// True when the outbox sends it to the database as a trip.
     pub(crate) fn is_published(self) -> bool {
         self == Hold::Trip

@@ -317,24 +317,12 @@ impl Storage {
         }
     }
 
-    /// Tells the fleet of a transition this instance decided on its own window, as its trip
-    /// policy says (`fleet::route`).
+    /// Tells the fleet of a transition this instance decided on its own window: a trip is
+    /// carried out as the hold the cell registered with it says (`Hold::of` its trip policy);
+    /// the other transitions are nothing to tell.
     pub(crate) fn publish_transition(&self, cell: &Arc<KeyCell>, t: Transition) {
-        let Some(s) = &self.inner.shared else {
-            return;
-        };
-        let policy = cell.policy();
-        // A trip from CLOSED rests the base cooldown; a round of our own that failed while the
-        // database was away, the (maybe grown) cooldown it set.
-        let cooldown = || {
-            if t.from == State::HalfOpen {
-                cell.cooldown_remaining()
-            } else {
-                policy.cooldown
-            }
-        };
-        if let Some(decision) = crate::fleet::route(policy.trip, t, cooldown) {
-            s.decided(cell, decision);
+        if let (Some(s), State::Open) = (&self.inner.shared, t.to) {
+            s.decided(cell);
         }
     }
 
@@ -367,15 +355,15 @@ impl StorageInner {
         self.cells
             .entry(key.clone())
             .or_insert_with(|| {
-                let (online, namespace) = match &self.shared {
+                let (link, namespace) = match &self.shared {
                     None => (None, MEMORY_NAMESPACE),
-                    Some(s) => (Some(s.online()), s.namespace()),
+                    Some(s) => (Some(s.link()), s.namespace()),
                 };
                 let cell = Arc::new(KeyCell::new(
                     key.clone(),
                     policy,
                     self.clock.clone(),
-                    online,
+                    link,
                     namespace,
                     self.feed.clone(),
                 ));

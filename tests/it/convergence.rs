@@ -113,6 +113,7 @@ fn every_test_the_rule_table_cites_exists() {
         let (module, test) = name.rsplit_once("::").expect("module::test");
         let file = match module {
             "precedence::tests" => format!("{root}/src/fleet/precedence_tests.rs"),
+            "cell::fleet::tests" => format!("{root}/src/cell/fleet_tests.rs"),
             m => format!("{root}/tests/it/{m}.rs"),
         };
         let text = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{name}: {file}: {e}"));

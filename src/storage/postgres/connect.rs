@@ -156,6 +156,7 @@ async fn connect_inner(
     let mut made = None;
     let capacity = crate::storage::DEFAULT_MEMORY_CAPACITY;
     let storage = Storage::with_shared(capacity, clock.clone(), |weak| {
+        let link = Arc::new(crate::fleet::Link::default());
         let shared = Arc::new(Shared {
             opts: opts.clone(),
             listener_tls,
@@ -164,9 +165,9 @@ async fn connect_inner(
             pool,
             prepared: Default::default(),
             storage: weak,
-            online: Arc::new(AtomicBool::new(false)),
+            link: link.clone(),
             schema_ready: AtomicBool::new(false),
-            marks: super::watermarks::Watermarks::default(),
+            marks: super::watermarks::Watermarks::new(link),
             queue_warned_at: AtomicI64::new(0),
             holder,
             name,

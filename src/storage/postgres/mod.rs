@@ -75,9 +75,9 @@ pub use config::{
 };
 
 use crate::cell::{KeyCell, Lease, Transition};
-use crate::clock::{duration_nanos, Clock};
-use crate::fleet::precedence::{Call, Hold, Remote, Source};
-use crate::fleet::{BoxFuture, Decision, Done, SharedStore};
+use crate::clock::Clock;
+use crate::fleet::precedence::{Call, Hold, PendingTrip, Remote, Source};
+use crate::fleet::{BoxFuture, Done, Link, SharedStore};
 use crate::policy::Policy;
 use crate::storage::StorageInner;
 use crate::telemetry::InstanceMetrics;
@@ -109,9 +109,10 @@ pub(crate) struct Shared {
     prepared: pool::Prepared,
     /// The storage's cells; weak so that dropping the last `Storage` ends everything.
     pub(crate) storage: Weak<StorageInner>,
-    /// True while the listener is connected; the cells read it to decide whether half-open
-    /// probes are leased from the database or counted locally.
-    pub(crate) online: Arc<AtomicBool>,
+    /// What the cells read of the instance without asking: whether the listener is connected
+    /// (half-open probes are then leased from the database, else counted locally) and the
+    /// newest version seen (kept by `marks`), the basis of their decisions.
+    pub(crate) link: Arc<Link>,
     /// The schema was verified (or created) on some connection; until then every reconnect
     /// checks it first.
     pub(crate) schema_ready: AtomicBool,
@@ -146,7 +147,7 @@ impl Shared {
     /// fleet round needs the database) and callers waiting for a probe lease are woken.
     pub(crate) fn set_degraded(&self, degraded: bool) {
         // Relaxed: a mode flag the cells read as a hint (see `KeyCell::is_fleet`).
-        let was = !self.online.swap(!degraded, Ordering::Relaxed);
+        let was = !self.link.online.swap(!degraded, Ordering::Relaxed);
         if was != degraded {
             if degraded {
                 tracing::warn!(target = %self.opts.target(), "lost PostgreSQL: breakers run on local state until it is back");
@@ -162,7 +163,7 @@ impl Shared {
     }
 
     pub(crate) fn is_degraded(&self) -> bool {
-        !self.online.load(Ordering::Relaxed) // a hint, as above
+        !self.link.is_online()
     }
 
     /// Every cell, collected first: nothing may run under the map's shard locks (callbacks and
@@ -370,35 +371,26 @@ impl Instance {
         }
     }
 
-    /// Publishes a trip this instance decided: pending until the database answers, with the
-    /// newest version seen as its basis (see `fleet/precedence.rs`).
-    fn publish_trip(&self, cell: &Arc<KeyCell>, cooldown: Duration) {
-        self.hold_trip(cell, cooldown, Hold::Trip);
-        self.shared.outbox.trip(&self.shared, cell.clone());
-    }
-
-    /// Holds a decision of this instance against older rows for `cooldown`, with the newest
-    /// version seen as its basis (see [`Hold`]).
-    pub(crate) fn hold_trip(&self, cell: &Arc<KeyCell>, cooldown: Duration, hold: Hold) {
-        let deadline = self
-            .shared
-            .clock
-            .now_nanos()
-            .saturating_add(duration_nanos(cooldown));
-        let basis = self.shared.marks.basis();
-        let seq = cell.trip_pending(deadline, basis, hold);
-        // No hold outlives its reason: when its cooldown ends and nothing newer ended it first
-        // (an answer, a newer row), the cell shows the table's row again, without waiting for a
-        // call to ask. (A vote short of its quorum, or a trip the database never took, would
-        // otherwise keep the cell OPEN past its cooldown while the row says CLOSED.)
+    /// Keeps the hold `cell` registered when its own judgement opened it
+    /// (`KeyCell::open_on_own_judgement`) until its deadline: then, unless something newer ended
+    /// it first (an answer, a newer row), the hold is dropped and the row read again, so that no
+    /// held state outlives its reason nor waits for a call to end it. (A vote short of its
+    /// quorum, or a trip the database never took, would otherwise keep the cell OPEN past its
+    /// cooldown while the row says CLOSED.) `None` when a newer row already ended the hold:
+    /// nothing is left to hold or to send.
+    fn keep_hold(&self, cell: &Arc<KeyCell>) -> Option<PendingTrip> {
+        let held = cell.pending_trip()?;
+        let wait = held.deadline.saturating_sub(self.shared.clock.now_nanos());
         let shared = self.shared.clone();
         let cell = cell.clone();
         self.shared.spawn(async move {
-            tokio::time::sleep(cooldown).await; // the hold's own end: a time, not an event
-            if cell.hold_ended(seq) {
+            // The hold's own end: a time, not an event.
+            tokio::time::sleep(Duration::from_nanos(wait)).await;
+            if cell.hold_ended(held.seq) {
                 shared.reread(&cell).await;
             }
         });
+        Some(held)
     }
 }
 
@@ -411,8 +403,8 @@ impl SharedStore for Instance {
         &self.shared.opts.namespace
     }
 
-    fn online(&self) -> Arc<AtomicBool> {
-        self.shared.online.clone()
+    fn link(&self) -> Arc<Link> {
+        self.shared.link.clone()
     }
 
     fn pending(&self) -> usize {
@@ -435,15 +427,14 @@ impl SharedStore for Instance {
         Instance::report_probe(self, cell, lease, success);
     }
 
-    fn decided(&self, cell: &Arc<KeyCell>, decision: Decision) {
-        match decision {
-            Decision::Trip { cooldown } => self.publish_trip(cell, cooldown),
-            Decision::Vote {
-                quorum,
-                within,
-                cooldown,
-            } => self.cast_vote(cell, quorum, within, cooldown),
-            Decision::Alone { cooldown } => self.hold_trip(cell, cooldown, Hold::Alone),
+    fn decided(&self, cell: &Arc<KeyCell>) {
+        let Some(held) = self.keep_hold(cell) else {
+            return; // a newer row ended it first: the database would refuse it too
+        };
+        match held.hold {
+            Hold::Trip => self.shared.outbox.trip(&self.shared, cell.clone()),
+            Hold::Vote => self.cast_vote(cell, held),
+            Hold::Alone => {} // only the fleet's rate opens the key for everyone
         }
     }
 

@@ -14,22 +14,26 @@ use std::time::Duration;
 
 use super::{statements, Instance};
 use crate::cell::KeyCell;
-use crate::fleet::precedence::{Call, Hold};
+use crate::fleet::precedence::{Call, PendingTrip};
+use crate::TripPolicy;
 
 impl Instance {
-    /// Casts this instance's vote for `cell`, whose window just tripped: holds the cell open
-    /// for `cooldown` against the table's older rows, and asks the database to count the vote.
-    pub(crate) fn cast_vote(
-        &self,
-        cell: &Arc<KeyCell>,
-        quorum: u32,
-        within: Duration,
-        cooldown: Duration,
-    ) {
+    /// Casts this instance's vote for `cell`, whose window just tripped and which holds itself
+    /// open against the table's older rows (`held`): asks the database to count the vote, on the
+    /// hold's basis, for the quorum of the breaker's policy.
+    pub(crate) fn cast_vote(&self, cell: &Arc<KeyCell>, held: PendingTrip) {
+        let TripPolicy::Quorum {
+            instances: quorum,
+            within,
+        } = cell.policy().trip
+        else {
+            return; // the live configuration changed the policy since: not a vote any more
+        };
         let shared = self.shared.clone();
-        // As for a trip: the basis the database checks the vote against.
-        let basis = shared.marks.basis();
-        self.hold_trip(cell, cooldown, Hold::Vote);
+        // As for a trip: the basis the database checks the vote against. The cooldown the
+        // quorum's last vote rests is what the hold has left.
+        let basis = held.basis;
+        let cooldown = Duration::from_nanos(held.deadline.saturating_sub(shared.clock.now_nanos()));
         if shared.is_degraded() {
             // Not sent at all: the connection attempts of a call would wait for the database to
             // come back and count this failure then, long past its moment.

@@ -3,6 +3,9 @@
 //! last full reload was read, which together say whether a notification may be taken on trust.
 
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+
+use crate::fleet::Link;
 
 use super::listener::REPLAY_WINDOW;
 use super::sync::unix_micros;
@@ -10,9 +13,9 @@ use super::sync::unix_micros;
 /// High-water marks of the table, shared by the listener and the calling tasks.
 #[derive(Debug)]
 pub(crate) struct Watermarks {
-    /// The newest row version this instance has seen from any key (authenticated
-    /// notifications, reloads, answers).
-    max_seen: AtomicI64,
+    /// Holds the newest row version this instance has seen from any key (authenticated
+    /// notifications, reloads, answers), where the cells read it as their decisions' basis.
+    link: Arc<Link>,
     /// The database's clock minus ours, in microseconds, measured at each (re)connect and
     /// heartbeat: lag and a notification's age are measured by the database's clock.
     clock_offset_us: AtomicI64,
@@ -21,27 +24,21 @@ pub(crate) struct Watermarks {
     reloaded_at_us: AtomicI64,
 }
 
-impl Default for Watermarks {
-    fn default() -> Self {
+impl Watermarks {
+    /// Marks that keep the newest version seen in `link`.
+    pub(crate) fn new(link: Arc<Link>) -> Watermarks {
         Watermarks {
-            max_seen: AtomicI64::new(0),
+            link,
             clock_offset_us: AtomicI64::new(0),
             reloaded_at_us: AtomicI64::new(i64::MIN),
         }
     }
-}
 
-impl Watermarks {
     /// Records `version` as seen; true when it is newer than every one seen before.
     pub(crate) fn seen(&self, version: i64) -> bool {
         // Relaxed: a high-water mark; a trip decided a moment later than a version arrived
         // only has an older basis, which makes the database stricter with it, never wrong.
-        self.max_seen.fetch_max(version, Ordering::Relaxed) < version
-    }
-
-    /// The newest version seen: the basis of a decision made now.
-    pub(crate) fn basis(&self) -> i64 {
-        self.max_seen.load(Ordering::Relaxed) // see `seen`
+        self.link.newest_seen.fetch_max(version, Ordering::Relaxed) < version
     }
 
     /// The database's clock minus ours is `us` microseconds.
