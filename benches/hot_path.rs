@@ -34,9 +34,10 @@
 //!   `metrics::with_local_recorder`): what counting every success costs.
 //!
 //! * `closed_single_thread/resilient_circuit/try_acquire_success_time_window`: a success on a
-//!   breaker with a `time_window` (every outcome is counted under the key's lock, with a clock
-//!   reading); `try_acquire_record_timed_slow_calls` and `call_async_slow_calls`: a breaker with
-//!   a slow-call threshold (1 s), reporting a duration through the permit, and timed by `call`
+//!   breaker with a `time_window` (a success is counted without the key's lock: a clock
+//!   reading, coarse at this period, and one compare-and-swap, `cell/tally.rs`);
+//!   `try_acquire_record_timed_slow_calls` and `call_async_slow_calls`: a breaker with a
+//!   slow-call threshold (1 s), reporting a duration through the permit, and timed by `call`
 //!   (two coarse clock readings), each call under the threshold; `call_async_slow_calls_precise`
 //!   the same with a 10 ms threshold, too short for the coarse clock (two precise readings).
 //!
