@@ -130,20 +130,11 @@ impl KeyCell {
         t
     }
 
-    /// The closed window's failures and calls, for a vote or a fleet rate report: those of the
-    /// time window's period when the breaker has one, else of the count window.
-    pub(crate) fn window_counts(&self) -> (u32, u32) {
-        let mut locked = self.lock();
-        if let Some(t) = locked.timed.as_mut() {
-            let c = t.counts_at(self.clock.now_nanos());
-            return (
-                u32::try_from(c.failures).unwrap_or(u32::MAX),
-                u32::try_from(c.calls).unwrap_or(u32::MAX),
-            );
-        }
-        drop(locked);
-        let (failures, len, _) = self.ring.counts();
-        (failures, len)
+    /// The failures and calls of the closed window when it last tripped, for a quorum vote:
+    /// those of the time window's period when the breaker has one (the calls counted without
+    /// the lock included), else of the count window.
+    pub(crate) fn tripped_counts(&self) -> (u32, u32) {
+        self.lock().tripped_at
     }
 
     /// The hold of local decision `seq` (a trip on its way, a vote, a fleet-rate judgement made

@@ -1,4 +1,4 @@
-use std::sync::atomic::{AtomicBool, AtomicI64};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -110,4 +110,77 @@ fn a_probe_may_come_while_asked_and_while_a_lease_lies_untaken() {
     );
     assert!(cell.take_probe().is_some(), "the lease is taken");
     assert!(!cell.probe_may_come(), "nothing left to wait for");
+}
+
+/// Every success is counted once for the fleet's rate and, with a time window, once in the
+/// period's calls: on the window's slow path and on the clean fast path, where a fleet rate
+/// alone is counted inline and one with a time window by the call beside it.
+#[test]
+fn a_fleet_rates_successes_are_counted_once_with_or_without_a_time_window() {
+    let period = Duration::from_secs(60);
+    for time_window in [None, Some(period)] {
+        let policy = Policy {
+            failure_limit: Ratio::new(1, 2),
+            trip: TripPolicy::FleetRate {
+                limit: Ratio::new(1, 2),
+                min_calls: 1_000,
+                period,
+            },
+            time_window,
+            ..Policy::default()
+        };
+        let cell = linked_cell(policy, 0);
+        let rate = cell.rate().expect("a fleet rate counts");
+        assert_eq!(rate.sample(0, 1).calls, 0);
+        for _ in 0..10 {
+            let Admission::Closed(word) = cell.admit() else {
+                panic!("a healthy cell admits");
+            };
+            assert!(matches!(cell.record(word, None, true), Recorded::Nothing));
+        }
+        assert_eq!(
+            rate.sample(1, 1).calls,
+            10,
+            "{time_window:?}: the fleet's rate"
+        );
+        if let Some(period) = time_window {
+            let generation = cell.load(Ordering::Relaxed).generation();
+            let tally = cell.time_window().expect("a time window");
+            let now = tally.now(&*cell.clock);
+            assert_eq!(
+                tally.period_calls(generation, now),
+                10,
+                "{period:?}: the period's"
+            );
+        }
+    }
+}
+
+/// A quorum vote reports the window that tripped: with a time window, the period's failures
+/// and all its calls, the successes counted without the lock included.
+#[test]
+fn a_vote_reports_the_calls_of_the_period_that_tripped() {
+    let policy = Policy {
+        failure_limit: Ratio::new(1, 2),
+        trip: TripPolicy::Quorum {
+            instances: 2,
+            within: Duration::from_secs(60),
+        },
+        time_window: Some(Duration::from_secs(60)),
+        minimum_calls: Some(2),
+        ..Policy::default()
+    };
+    let cell = linked_cell(policy, 0);
+    for _ in 0..6 {
+        let Admission::Closed(word) = cell.admit() else {
+            panic!("a healthy cell admits");
+        };
+        assert!(matches!(cell.record(word, None, true), Recorded::Nothing));
+    }
+    let mut failures = 0;
+    while fail_once(&cell).is_none() {
+        failures += 1;
+        assert!(failures < 10, "six failures of twelve calls trip it");
+    }
+    assert_eq!(cell.tripped_counts(), (6, 12));
 }

@@ -65,6 +65,9 @@ impl KeyCell {
             self.rate
                 .get_or_init(|| Box::new(RateCounter::new(self.clock.now_nanos())));
         }
+        // Relaxed: a success that reads the old value counts as the old policy did.
+        self.rate_alone
+            .store(super::counted::rate_alone(&policy), Ordering::Relaxed);
         // The window may now trip sooner (or be empty): a success must look again.
         let cur = self.load(Ordering::Relaxed);
         self.store(

@@ -72,7 +72,7 @@ mod ring;
 mod tally;
 mod thread_slot;
 
-use counted::Counting;
+use counted::rate_alone;
 use locked::Locked;
 use ring::{Ring, Rule};
 use tally::Tally;
@@ -162,6 +162,9 @@ pub(crate) struct KeyCell {
     /// `TripPolicy::FleetRate`: every call and failure, for the fleet's rate (`rate.rs`); made
     /// when the policy first becomes a fleet rate, and counted while the word says `COUNTED`.
     rate: OnceLock<Box<RateCounter>>,
+    /// True while a closed success of a `COUNTED` word needs only the fleet rate's count (a
+    /// fleet rate without a time window): the one flag its fast path reads before counting.
+    rate_alone: AtomicBool,
     /// [`Builder::time_window`](crate::Builder::time_window): the period's calls, counted
     /// without the lock (`tally.rs`); made when the policy first has a time window.
     tally: OnceLock<Box<Tally>>,
@@ -252,12 +255,14 @@ impl KeyCell {
                 slow_calls,
                 timed,
                 refused_until: 0,
+                tripped_at: (0, 0),
             }),
             lease_requested: AtomicBool::new(false),
             rate: match policy.trip.fleet_rate() {
                 Some(_) => OnceLock::from(Box::new(RateCounter::new(clock.now_nanos()))),
                 None => OnceLock::new(),
             },
+            rate_alone: AtomicBool::new(rate_alone(&policy)),
             live: ArcSwapOption::empty(),
             lease_retry_at: AtomicU64::new(0),
             local_decisions: AtomicU64::new(0),
@@ -368,11 +373,10 @@ impl KeyCell {
             let cur = self.load(Ordering::Relaxed);
             if cur.same_epoch(admitted) && cur.is_closed_and_clean() {
                 if cur.is_counted() {
-                    return match self.count_success_on_own_stripe() {
-                        Counting::Done => Recorded::Nothing,
-                        Counting::Timed => self.count_timed_success_if_timed(admitted),
-                        Counting::NotCounted => self.count_success(admitted),
-                    };
+                    if self.count_success_on_own_stripe() {
+                        return Recorded::Nothing;
+                    }
+                    return self.count_success(admitted);
                 }
                 return Recorded::Nothing;
             }

@@ -44,7 +44,10 @@ impl KeyCell {
             return Recorded::Nothing; // the window was cleared since: counts as neither
         };
         self.count(true);
-        let recorded = self.count_timed_success_if_timed(admitted);
+        let recorded = match self.time_window() {
+            Some(t) => self.count_timed_success(admitted, t),
+            None => Recorded::Nothing,
+        };
         if recorded == Recorded::Nothing
             && p.full()
             && (p.flipped || p.filled || self.ring.failures_at_most() == 0)
@@ -174,6 +177,10 @@ impl KeyCell {
             && mode == Mode::Normal
             && !self.outlier();
         if trips && !fleet_rate && mode == Mode::Normal && !self.refused(locked) {
+            let clamp = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
+            locked.tripped_at = timed.map_or((counts.0, counts.1), |t| {
+                (clamp(t.failures), clamp(t.calls))
+            });
             let deadline = self.deadline_after(locked.policy.cooldown);
             return Recorded::Changed(self.open_on_own_judgement(locked, deadline));
         }

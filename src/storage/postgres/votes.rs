@@ -40,7 +40,7 @@ impl Instance {
             tracing::debug!(key = %cell.key, "database unreachable: this instance's vote stops only its own calls");
             return;
         }
-        let (failures, calls) = cell.window_counts();
+        let (failures, calls) = cell.tripped_counts();
         let cell = cell.clone();
         // Counted until answered, so that `Storage::flush` waits for the vote.
         let in_flight = shared.report_started();
