@@ -56,7 +56,6 @@ impl OutcomeWindow {
         self.len == self.capacity
     }
 
-    #[cfg(test)]
     pub(crate) fn len(&self) -> u32 {
         self.len
     }

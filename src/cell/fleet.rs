@@ -130,9 +130,10 @@ impl KeyCell {
         t
     }
 
-    /// The failures and calls of the closed window when it last tripped, for a quorum vote:
-    /// those of the time window's period when the breaker has one (the calls counted without
-    /// the lock included), else of the count window.
+    /// The failures and calls of the window when it last opened the cell on this instance's
+    /// own judgement, for a quorum vote: those of the time window's period when the breaker has
+    /// one (the calls counted without the lock included), else of the count window, or of a
+    /// local half-open round that failed.
     pub(crate) fn tripped_counts(&self) -> (u32, u32) {
         self.lock().tripped_at
     }

@@ -11,12 +11,22 @@ use crate::{ManualClock, Ratio, State, TripPolicy};
 
 /// A cell of a connected shared store that has seen versions up to `newest_seen`.
 fn linked_cell(policy: Policy, newest_seen: i64) -> KeyCell {
+    linked_cell_on(policy, newest_seen, true, Arc::new(ManualClock::new()))
+}
+
+/// A cell of a shared store, connected or not, on `clock`.
+fn linked_cell_on(
+    policy: Policy,
+    newest_seen: i64,
+    online: bool,
+    clock: Arc<ManualClock>,
+) -> KeyCell {
     KeyCell::new(
         "leased".into(),
         policy,
-        Arc::new(ManualClock::new()),
+        clock,
         Some(Arc::new(Link {
-            online: AtomicBool::new(true),
+            online: AtomicBool::new(online),
             newest_seen: AtomicI64::new(newest_seen),
         })),
         "default",
@@ -183,4 +193,38 @@ fn a_vote_reports_the_calls_of_the_period_that_tripped() {
         assert!(failures < 10, "six failures of twelve calls trip it");
     }
     assert_eq!(cell.tripped_counts(), (6, 12));
+}
+
+/// While the database is away the cell runs its own half-open rounds; one that fails opens it on
+/// this instance's judgement again, and a vote then reports that round, not the earlier trip.
+#[test]
+fn a_failed_local_round_is_what_a_vote_reports() {
+    let policy = Policy {
+        failure_limit: Ratio::new(2, 2),
+        success_limit: Some(Ratio::new(1, 1)),
+        trip: TripPolicy::Quorum {
+            instances: 2,
+            within: Duration::from_secs(60),
+        },
+        ..Policy::default()
+    };
+    let clock = Arc::new(ManualClock::new());
+    let cell = linked_cell_on(policy, 0, false, clock.clone());
+    assert!(fail_once(&cell).is_none(), "one failure of two");
+    assert!(fail_once(&cell).is_some(), "two of two trip");
+    assert_eq!(cell.tripped_counts(), (2, 2));
+    clock.advance(policy.cooldown + Duration::from_secs(1));
+    let Admission::Probe(word, None) = cell.admit() else {
+        panic!("a local probe once the cooldown is over");
+    };
+    let Recorded::Changed(t) = cell.record(word, None, false) else {
+        panic!("the failed probe opens the cell again");
+    };
+    assert_eq!(t.to, State::Open);
+    assert_eq!(
+        cell.tripped_counts(),
+        (1, 1),
+        "the round's one failed probe"
+    );
+    assert!(cell.pending_trip().is_some(), "held again");
 }

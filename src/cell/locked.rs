@@ -43,9 +43,10 @@ pub(super) struct Locked {
     /// a member held CLOSED by its group, failing on, trips again a cooldown (at most a second,
     /// `fleet::REFUSED_TRIP_HOLD`) later, not at every failure.
     pub(super) refused_until: u64,
-    /// The failures and calls of the closed window when it last tripped (those of the time
-    /// window's period, with one: the lock's failures and the tally's calls), what a quorum
-    /// vote reports.
+    /// The failures and calls of the window when it last opened the cell on this instance's
+    /// own judgement (the closed window's, those of the time window's period with one: the
+    /// lock's failures and the tally's calls; or a local half-open round's), what a quorum vote
+    /// reports.
     pub(super) tripped_at: (u32, u32),
 }
 

@@ -105,6 +105,7 @@ impl KeyCell {
                     None => Recorded::Nothing,
                     Some(State::Open) => {
                         locked.reopens = locked.reopens.saturating_add(1);
+                        locked.tripped_at = (locked.half_open.failures(), locked.half_open.len());
                         let cooldown = locked
                             .policy
                             .cooldown_after(locked.reopens, crate::jitter::fraction());
