@@ -44,6 +44,12 @@ impl KeyCell {
                 r.call_elsewhere();
             }
         }
+        self.count_timed_success_if_timed(admitted)
+    }
+
+    /// Counts a closed success in the time window's calls, when the policy has one.
+    #[inline]
+    pub(super) fn count_timed_success_if_timed(&self, admitted: StateWord) -> Recorded {
         match self.time_window() {
             Some(t) => self.count_timed_success(admitted, t),
             None => Recorded::Nothing,
@@ -53,7 +59,7 @@ impl KeyCell {
     /// Counts a closed success in the time window's calls, without the lock; they may then have
     /// to be judged.
     #[inline]
-    pub(super) fn count_timed_success(&self, admitted: StateWord, tally: &Tally) -> Recorded {
+    fn count_timed_success(&self, admitted: StateWord, tally: &Tally) -> Recorded {
         if self.mode() == Mode::Disabled {
             return Recorded::Nothing;
         }

@@ -5,6 +5,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use super::counted::rate_alone;
 use super::{KeyCell, Locked, RateCounter, Rule, Transition};
 use crate::live_config::{LiveConfig, Mode};
 use crate::policy::Policy;
@@ -67,7 +68,7 @@ impl KeyCell {
         }
         // Relaxed: a success that reads the old value counts as the old policy did.
         self.rate_alone
-            .store(super::counted::rate_alone(&policy), Ordering::Relaxed);
+            .store(rate_alone(&policy), Ordering::Relaxed);
         // The window may now trip sooner (or be empty): a success must look again.
         let cur = self.load(Ordering::Relaxed);
         self.store(

@@ -72,7 +72,6 @@ mod ring;
 mod tally;
 mod thread_slot;
 
-use counted::rate_alone;
 use locked::Locked;
 use ring::{Ring, Rule};
 use tally::Tally;
@@ -262,7 +261,7 @@ impl KeyCell {
                 Some(_) => OnceLock::from(Box::new(RateCounter::new(clock.now_nanos()))),
                 None => OnceLock::new(),
             },
-            rate_alone: AtomicBool::new(rate_alone(&policy)),
+            rate_alone: AtomicBool::new(counted::rate_alone(&policy)),
             live: ArcSwapOption::empty(),
             lease_retry_at: AtomicU64::new(0),
             local_decisions: AtomicU64::new(0),

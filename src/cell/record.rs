@@ -44,10 +44,7 @@ impl KeyCell {
             return Recorded::Nothing; // the window was cleared since: counts as neither
         };
         self.count(true);
-        let recorded = match self.time_window() {
-            Some(t) => self.count_timed_success(admitted, t),
-            None => Recorded::Nothing,
-        };
+        let recorded = self.count_timed_success_if_timed(admitted);
         if recorded == Recorded::Nothing
             && p.full()
             && (p.flipped || p.filled || self.ring.failures_at_most() == 0)
