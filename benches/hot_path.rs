@@ -485,8 +485,9 @@ mod closed_single_thread {
             b.to_async(&rt)
                 .iter(|| async { black_box(black_box(&cb).call(|| async { work() }).await).ok() })
         });
-        // The opt-in windows: a time window counts every success with a clock reading and one
-        // compare-and-swap (`cell/tally.rs`); a slow-call threshold makes `call` read the clock
+        // The opt-in windows: a time window counts every success with a clock reading (for this
+        // 60 s period, the load of one a background thread keeps) and one compare-and-swap
+        // (`cell/tally.rs`); a slow-call threshold makes `call` read the clock
         // twice.
         let timed = rc::healthy_configured(
             "closed_single_thread_time_window",

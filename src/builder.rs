@@ -179,9 +179,12 @@ impl Builder {
     ///
     /// The period is kept in ten slices of `period / 10`, as Resilience4j does: an outcome stops
     /// counting between 0.9 and 1 `period` after it was recorded. Time comes from the storage's
-    /// [`Clock`](crate::Clock), read once per recorded outcome (its coarse reading when a slice
-    /// spans at least 25 of its ticks, 100 ms on Linux's 4 ms tick: an outcome then leaves the
-    /// period within 1/25 of a slice of its time). A success is counted without a lock: a clock
+    /// [`Clock`](crate::Clock), read once per recorded outcome, on the cheapest reading that
+    /// keeps an outcome within 1/25 of a slice of its time: with the default storages' clock
+    /// and a period of 5 s or more, a reading kept in memory by one background thread (started
+    /// with the first such window, waking every slice / 25 and at most every 20 ms), one load a
+    /// call; else the coarse reading when a slice spans at least 25 of its ticks (100 ms on
+    /// Linux's 4 ms tick); else the precise one. A success is counted without a lock: that
     /// reading and one compare-and-swap, instead of the single load of a count window full of
     /// successes; failures and slow calls are counted under the key's lock, where the verdict
     /// is made, as is a success when the period may have reached its limit. Half-open rounds

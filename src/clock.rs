@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+pub(crate) mod recent;
+
 /// A monotonic clock in nanoseconds since an arbitrary, fixed origin.
 ///
 /// Breakers read it only on the slow paths (an open breaker deciding whether its cooldown is
@@ -49,6 +51,10 @@ pub trait Clock: Send + Sync + std::fmt::Debug + 'static {
 /// clock. The coarse clock never runs ahead, so a cooldown never ends early; it could end late
 /// only if the coarse clock lagged by more than four ticks. `retry_after` is then understated
 /// by up to four ticks, never overstated.
+///
+/// The storages' own handle of it also keeps a recent reading in memory for time windows of
+/// 5 s and more ([`Builder::time_window`](crate::Builder::time_window)), refreshed by one
+/// background thread that starts with the first such window.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SystemClock;
 

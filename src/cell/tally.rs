@@ -1,8 +1,9 @@
 //! [`Tally`]: the calls of a time window (`Builder::time_window`), counted without the lock, so
-//! that a success costs a clock reading and one compare-and-swap.
+//! that a success costs a clock reading (usually one load) and one compare-and-swap.
 //!
 //! The period is cut into [`SLICES`] slices as in `time_window.rs`; each slice's calls are one
-//! atomic word, `tag (16) | slice (24) | calls (24)`:
+//! atomic word, `tag (16) | slice (24) | calls (24)`, in the slot its slice number's low bits
+//! name (of [`SLOTS`], a power of two, so that the slot is a mask, not a division):
 //!
 //! * `tag` names the window the calls belong to: the cell's epoch (low bits of its generation)
 //!   plus the window's clears. A word of another tag is an earlier window's and counts for
@@ -14,6 +15,11 @@
 //!   current; its calls would then count for one period.
 //! * `calls` saturates at 2^24 − 1 a slice.
 //!
+//! The window's time is the cheapest reading that keeps an outcome within 1/25 of a slice of
+//! its time: the kept reading of the system clock (`clock/recent.rs`, one load) for slices
+//! from half a second, else the coarse clock for slices of 25 ticks, else the precise one. Every
+//! outcome and every judgement of a window reads the same one.
+//!
 //! Failures and slow calls stay under the key's lock (`TimeWindow`): they are few, and a
 //! failure is judged anyway. The lock publishes an upper bound of the period's failures and slow
 //! calls (`hint`). A success adds its call, then reads the hint: while it is zero nothing can
@@ -23,7 +29,7 @@
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::clock::{duration_nanos, Clock};
+use crate::clock::{duration_nanos, recent, Clock};
 use crate::policy::Policy;
 use crate::time_window::{Counts, SLICES};
 
@@ -33,9 +39,20 @@ const CALLS_MASK: u64 = (1 << CALLS_BITS) - 1;
 const SLICE_MASK: u64 = (1 << SLICE_BITS) - 1;
 const TAG_SHIFT: u32 = CALLS_BITS + SLICE_BITS;
 
-/// How many coarse ticks a slice must span to be timed on the coarse clock (as slow calls are,
-/// `breaker/timing.rs`): an outcome then leaves the period within 1/25 of a slice of its time.
-const COARSE_FACTOR: u32 = 25;
+/// Slots for the period's slices: the least power of two that holds [`SLICES`] (slices older
+/// than the period stay in the others until their slot is reused, and count for nothing). It
+/// divides 2^24, so a slice number's slot is the same before and after it wraps.
+const SLOTS: usize = SLICES.next_power_of_two();
+
+/// How many times its lag a slice must span to be timed on a lagging reading (as slow calls
+/// are on the coarse clock, `breaker/timing.rs`): an outcome then leaves the period within
+/// 1/25 of a slice of its time.
+const LAG_FACTOR: u32 = 25;
+
+/// The readings a window may be timed on, cheapest first.
+const RECENT: u32 = 2;
+const COARSE: u32 = 1;
+const PRECISE: u32 = 0;
 
 /// The calls of a time window, without the lock. All zero (no slice length) while the policy
 /// has no time window.
@@ -43,11 +60,11 @@ const COARSE_FACTOR: u32 = 25;
 pub(crate) struct Tally {
     /// Nanoseconds a slice; 0: the policy has no time window.
     slice_nanos: AtomicU64,
-    /// `u64::MAX / slice_nanos`: a slice number is a multiplication, not a division (which
-    /// alone costs about a third of a success).
-    inverse: AtomicU64,
-    /// 1 when timed on the clock's coarse reading.
-    coarse: AtomicU32,
+    /// `now / slice_nanos` as a multiplication and a shift ([`divisor`]), not a division
+    /// (which alone costs about a third of a success); 0: divide.
+    divisor: AtomicU64,
+    /// The reading the window is timed on: [`RECENT`], [`COARSE`] or [`PRECISE`].
+    reading: AtomicU32,
     /// How often the window was cleared, part of the tag.
     clears: AtomicU32,
     /// Failure limit, for the lock-free bound: `num (16) | den (16) | minimum calls (32)`.
@@ -57,7 +74,7 @@ pub(crate) struct Tally {
     /// Upper bound of the period's failures (high 32 bits) and slow calls (low 32), written
     /// under the lock.
     hint: AtomicU64,
-    slots: [AtomicU64; SLICES],
+    slots: [AtomicU64; SLOTS],
 }
 
 /// What a success found.
@@ -76,13 +93,20 @@ impl Tally {
     /// window when its period changed.
     pub(crate) fn configure(&self, policy: &Policy, clock: &dyn Clock) {
         let Some(period) = policy.time_window else {
+            self.divisor.store(0, Ordering::Relaxed);
             self.slice_nanos.store(0, Ordering::Relaxed);
             return;
         };
         let slice = (duration_nanos(period) / SLICES as u64).max(1);
+        let lag = Duration::from_nanos(slice) / LAG_FACTOR;
         let tick = clock.coarse_resolution();
-        let coarse =
-            !tick.is_zero() && Duration::from_nanos(slice) >= tick.saturating_mul(COARSE_FACTOR);
+        let reading = if lag >= recent::MIN_LAG && recent::is_system(clock) && recent::keep(lag) {
+            RECENT
+        } else if !tick.is_zero() && lag >= tick {
+            COARSE
+        } else {
+            PRECISE
+        };
         let ratio = |r: crate::Ratio| {
             (u64::from(r.numerator()) & 0xFFFF) << 16 | (u64::from(r.denominator()) & 0xFFFF)
         };
@@ -92,8 +116,8 @@ impl Tally {
         );
         self.slow_limit
             .store(policy.slow_rate().map_or(0, ratio), Ordering::Relaxed);
-        self.coarse.store(u32::from(coarse), Ordering::Relaxed);
-        self.inverse.store(u64::MAX / slice, Ordering::Relaxed);
+        self.reading.store(reading, Ordering::Relaxed);
+        self.divisor.store(divisor(slice), Ordering::Relaxed);
         self.slice_nanos.store(slice, Ordering::Release);
     }
 
@@ -106,10 +130,10 @@ impl Tally {
     /// The window's time now, on the reading it is timed on.
     #[inline]
     pub(crate) fn now(&self, clock: &dyn Clock) -> u64 {
-        if self.coarse.load(Ordering::Relaxed) != 0 {
-            clock.coarse_nanos()
-        } else {
-            clock.now_nanos()
+        match self.reading.load(Ordering::Relaxed) {
+            RECENT => recent::now(),
+            COARSE => clock.coarse_nanos(),
+            _ => clock.now_nanos(),
         }
     }
 
@@ -130,15 +154,19 @@ impl Tally {
         self.hint.store(bits, Ordering::SeqCst);
     }
 
-    /// `now / slice_nanos`. The product with the inverse is the quotient or one less; checked,
-    /// and divided only when it is not (rarely, or when a new period was half seen).
+    /// The slice number of `now` (`now / slice_nanos`), or `None` without a time window: the
+    /// product with [`divisor`]'s multiplier, shifted, where that is exact; a division
+    /// otherwise (a slice of 128 ns or less, or a reading past 2^56 ns).
     #[inline]
-    fn slice_at(&self, now: u64, slice_nanos: u64) -> u64 {
-        let inverse = self.inverse.load(Ordering::Relaxed);
-        let q = ((u128::from(now) * u128::from(inverse)) >> 64) as u64;
-        match q.checked_mul(slice_nanos) {
-            Some(p) if p <= now && now - p < slice_nanos => q,
-            _ => now / slice_nanos,
+    fn slice_at(&self, now: u64) -> Option<u64> {
+        let d = self.divisor.load(Ordering::Relaxed);
+        if d != 0 && now >> DIVISOR_EXACT_BITS == 0 {
+            let (multiplier, shift) = (d >> 6, (d & 63) as u32);
+            return Some((((u128::from(now) * u128::from(multiplier)) >> 64) as u64) >> shift);
+        }
+        match self.slice_nanos.load(Ordering::Relaxed) {
+            0 => None,
+            slice_nanos => Some(now / slice_nanos),
         }
     }
 
@@ -149,13 +177,12 @@ impl Tally {
     /// Adds one call at `now` to the window of epoch `generation`; the slot's word after it, or
     /// `None` when that window was replaced (counts as neither).
     fn add(&self, generation: u32, now: u64) -> Option<(usize, u64)> {
-        let slice_nanos = self.slice_nanos.load(Ordering::Acquire);
-        if slice_nanos == 0 {
-            return None;
-        }
-        let slice = self.slice_at(now, slice_nanos);
-        let index = (slice % SLICES as u64) as usize;
-        let (tag, slice) = (self.tag(generation), slice & SLICE_MASK);
+        // The tag first: a current tag (SeqCst, after the clear that started its window) shows
+        // the slice length and divisor configured before that clear, never half of another's.
+        let tag = self.tag(generation);
+        let slice = self.slice_at(now)?;
+        let index = (slice % SLOTS as u64) as usize;
+        let slice = slice & SLICE_MASK;
         let slot = &self.slots[index];
         let mut w = slot.load(Ordering::Relaxed);
         loop {
@@ -188,10 +215,12 @@ impl Tally {
     /// read as given (the word a success just wrote, so that two successes racing in one slice
     /// see different counts, as they would one after the other).
     fn calls(&self, generation: u32, now: u64, own: Option<(usize, u64)>) -> u64 {
-        let slice_nanos = self.slice_nanos.load(Ordering::Acquire).max(1);
-        let slice = self.slice_at(now, slice_nanos) & SLICE_MASK;
+        let Some(slice) = self.slice_at(now) else {
+            return 0;
+        };
+        let slice = slice & SLICE_MASK;
         let tag = self.tag(generation);
-        (0..SLICES)
+        (0..SLOTS)
             .map(|i| match own {
                 Some((index, w)) if index == i => w,
                 _ => self.slots[i].load(Ordering::SeqCst),
@@ -251,28 +280,117 @@ impl Tally {
     }
 }
 
+/// Readings below 2^56 ns (2.28 years of a clock's time) are divided exactly by [`divisor`].
+const DIVISOR_EXACT_BITS: u32 = 56;
+
+/// `slice` as a multiplier and a shift, packed `multiplier (57) | shift (6)`, such that
+/// `((now × multiplier) >> 64) >> shift == now / slice` for every `now` below 2^56; 0 when
+/// `slice` is too short (128 ns or less) or too long (over 2^56 ns) for that.
+///
+/// With `2^s < slice ≤ 2^(s+1)` and `k = 57 + s`, the multiplier is `m = ⌈2^k / slice⌉`, below
+/// 2^57, and `m = 2^k / slice + e` with `0 ≤ e < 1`. Then `now × m / 2^k = now / slice +
+/// now × e / 2^k`, and the second term is under `1 / slice` while `now < 2^k / slice`, which is
+/// at least 2^56: it cannot carry the quotient past the next whole number.
+fn divisor(slice: u64) -> u64 {
+    if slice <= 128 || slice > 1 << DIVISOR_EXACT_BITS {
+        return 0;
+    }
+    let s = 63 - (slice - 1).leading_zeros(); // 2^s < slice ≤ 2^(s+1), s ≥ 7
+    let k = 57 + s;
+    let m = (1u128 << k).div_ceil(u128::from(slice));
+    // m < 2^57: slice ≥ 2^s + 1, so 2^k / slice ≤ 2^57 − 2^57 / (2^s + 1) ≤ 2^57 − 1.
+    (m as u64) << 6 | u64::from(k - 64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    fn tally_of(slice: u64) -> Tally {
+        let tally = Tally::default();
+        tally.divisor.store(divisor(slice), Ordering::Relaxed);
+        tally.slice_nanos.store(slice, Ordering::Relaxed);
+        tally
+    }
+
     proptest! {
-        /// The slice number is the quotient, for any time and slice length, also while the
-        /// inverse is another length's (a new period half seen).
+        /// The slice number is the quotient, for any time and slice length: multiplied below
+        /// 2^56 ns, divided above.
         #[test]
         fn a_slice_number_is_the_quotient(
             now in any::<u64>(),
+            below in 0u64..1 << DIVISOR_EXACT_BITS,
             slice in 1u64..=u64::MAX,
-            other in 1u64..=u64::MAX,
-            small in 0u64..10_000_000_000_000,
+            short in 1u64..=10_000_000_000,
         ) {
-            let tally = Tally::default();
-            for (now, slice) in [(now, slice), (small, slice % 1_000_000_000 + 1)] {
-                tally.inverse.store(u64::MAX / slice, Ordering::Relaxed);
-                prop_assert_eq!(tally.slice_at(now, slice), now / slice);
-                tally.inverse.store(u64::MAX / other, Ordering::Relaxed);
-                prop_assert_eq!(tally.slice_at(now, slice), now / slice);
+            for slice in [slice, short] {
+                let tally = tally_of(slice);
+                for now in [now, below, below / slice * slice, (below / slice * slice).saturating_sub(1)] {
+                    prop_assert_eq!(tally.slice_at(now), Some(now / slice), "{} / {}", now, slice);
+                }
             }
         }
+    }
+
+    /// The reading a window is timed on: the kept one for the shared system clock's windows
+    /// with slices of half a second and more, the coarse clock for shorter ones of 25 ticks, the
+    /// precise one below that and for any other clock.
+    #[test]
+    fn a_window_is_timed_on_the_cheapest_reading_precise_enough() {
+        let reading = |period: Duration, clock: &dyn Clock| {
+            let tally = Tally::default();
+            let policy = Policy {
+                time_window: Some(period),
+                ..Policy::default()
+            };
+            tally.configure(&policy, clock);
+            tally.reading.load(Ordering::Relaxed)
+        };
+        let system = recent::system();
+        assert_eq!(reading(Duration::from_secs(60), &*system), RECENT);
+        assert_eq!(reading(Duration::from_secs(5), &*system), RECENT);
+        let tick = system.coarse_resolution();
+        let coarse = if tick.is_zero() { PRECISE } else { COARSE };
+        let short = (tick * LAG_FACTOR * SLICES as u32).max(Duration::from_millis(100));
+        if short < recent::MIN_LAG * LAG_FACTOR * SLICES as u32 {
+            assert_eq!(reading(short, &*system), coarse, "{short:?}");
+        }
+        assert_eq!(reading(Duration::from_millis(10), &*system), PRECISE);
+        let other = crate::clock::SystemClock;
+        assert_eq!(reading(Duration::from_secs(60), &other), coarse);
+        let manual = crate::clock::ManualClock::new();
+        assert_eq!(reading(Duration::from_secs(60), &manual), PRECISE);
+    }
+
+    /// The edges of the proof: slices at and beside powers of two, the longest and shortest
+    /// multiplied, and readings at the last exact nanosecond and either side of a slice's end.
+    #[test]
+    fn the_divisor_is_exact_at_its_edges() {
+        let mut slices = vec![129, 130, 1_000_000, 100_000_000, 6_000_000_000];
+        slices.extend([(1 << 56) - 1, 1 << 56]);
+        for p in 8..56u32 {
+            slices.extend([(1u64 << p) - 1, 1 << p, (1 << p) + 1]);
+        }
+        let last = (1u64 << DIVISOR_EXACT_BITS) - 1;
+        for slice in slices {
+            let d = divisor(slice);
+            assert_ne!(d, 0, "{slice} is multiplied");
+            let tally = tally_of(slice);
+            for now in [
+                0,
+                1,
+                slice - 1,
+                slice,
+                slice + 1,
+                last,
+                last - last % slice,
+                (last - last % slice).saturating_sub(1),
+            ] {
+                assert_eq!(tally.slice_at(now), Some(now / slice), "{now} / {slice}");
+            }
+        }
+        assert_eq!(divisor(128), 0);
+        assert_eq!(divisor((1 << 56) + 1), 0);
     }
 }

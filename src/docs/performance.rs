@@ -199,9 +199,10 @@
 //!   cache line bouncing between cores. Use the borrowed form where the borrow suffices. On
 //!   the VM of this table one locked read-modify-write costs about 8 ns (`handle_clone_drop`
 //!   is two), most of these rows and of a time window's success.
-//! * **Opt-in costs**: a time window (`try_acquire_success_time_window`) counts every success
-//!   with a clock reading (the coarse one for slices of 25 ticks or more, a few nanoseconds
-//!   through the vDSO) and one compare-and-swap, without the lock, and takes the lock for failures
+//! * **Opt-in costs**: a time window (`try_acquire_success_time_window`, a 60 s period) counts
+//!   every success with one load of a clock reading a background thread keeps (for periods of
+//!   5 s and more; shorter ones read the coarse clock, 4–10 ns through the vDSO on a VM) and one
+//!   compare-and-swap, without the lock, and takes the lock for failures
 //!   (`acquire_run_record_time_window_1_in_100`); a slow-call threshold makes `call` read the clock
 //!   twice (`call_async_slow_calls`: the coarse clock, for thresholds of 25 coarse ticks or more;
 //!   `call_async_slow_calls_precise`: the precise clock, for shorter ones), while a permit's

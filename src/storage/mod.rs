@@ -12,7 +12,7 @@ use dashmap::DashMap;
 
 use crate::cell::{KeyCell, Lease, Transition};
 use crate::changes::{Changes, Feed};
-use crate::clock::{Clock, SystemClock};
+use crate::clock::Clock;
 use crate::fleet::SharedStore;
 use crate::policy::Policy;
 use crate::telemetry::MEMORY_NAMESPACE;
@@ -76,11 +76,16 @@ impl Storage {
     /// breakers are this storage's alone (two `in_memory()` stores share nothing), for keys that
     /// are one instance's own, like a local cache (`examples/local_and_shared_keys.rs`).
     pub fn in_memory() -> Storage {
-        Storage::in_memory_with(DEFAULT_MEMORY_CAPACITY, Arc::new(SystemClock))
+        Storage::in_memory_with(DEFAULT_MEMORY_CAPACITY, crate::clock::recent::system())
     }
 
     /// A process-local store keeping about `capacity` keys, with `clock` for cooldowns (a
     /// [`ManualClock`](crate::ManualClock) in tests).
+    ///
+    /// Only the clock the crate's storages make themselves ([`in_memory`](Self::in_memory)'s
+    /// and PostgreSQL's) has a reading kept in memory for time windows
+    /// ([`Builder::time_window`](crate::Builder::time_window)): with `clock`, a
+    /// [`SystemClock`](crate::SystemClock) included, they read it on every call.
     ///
     /// Past `capacity`, idle keys (no live handle, not open) are dropped; a key with a live handle
     /// or an open breaker is never dropped, so the store may exceed the bound rather than forget

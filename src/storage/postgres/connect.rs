@@ -16,7 +16,6 @@ use super::{
     callbacks, hosts, listener, migrate, publish, rates, reaper, statements, sync, tls, Instance,
     PostgresOptions, Shared,
 };
-use crate::clock::{Clock, SystemClock};
 use crate::error::StorageError;
 use crate::storage::Storage;
 
@@ -104,7 +103,7 @@ async fn connect_inner(
     // sessions, what the change log records as the instance behind each change
     // (`sql/objects/rc_announce.sql`). The id stays under the 255 characters the functions
     // accept.
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let clock = crate::clock::recent::system();
     let name = opts.resolved_instance_name();
     let holder = format!(
         "{}:{}:{:x}",

@@ -291,3 +291,52 @@ async fn slow_calls_are_told_apart_on_the_coarse_clock() {
         .await;
     assert_eq!(cb.state(), Open, "260 ms is over 200 ms");
 }
+
+/// A time window of the default storage's clock with slices of half a second and more is timed
+/// on the kept reading (one load a call, refreshed by a background thread), and still expires
+/// outcomes in real time: three successes 5.6 s old no longer count, so two failures of the
+/// three calls since trip it, while a failure one second old still counts.
+#[test]
+fn a_time_window_expires_outcomes_on_the_real_clock() {
+    let timed = |key: &str| {
+        CircuitBreaker::builder(key)
+            .storage(Storage::in_memory())
+            .failure_limit(Ratio::new(1, 2))
+            .minimum_calls(3)
+            .time_window(Duration::from_secs(5))
+            .build()
+            .expect("valid breaker")
+    };
+    let expired = timed("kept-reading-expired");
+    let kept = timed("kept-reading-kept");
+    for _ in 0..3 {
+        expired.try_acquire().expect("closed").success();
+    }
+    kept.try_acquire().expect("closed").failure();
+    kept.try_acquire().expect("closed").success();
+    std::thread::sleep(Duration::from_secs(1));
+    // 1 failure in 3 calls, the first two a second old: under the limit of 1 in 2.
+    kept.try_acquire().expect("closed").success();
+    assert_eq!(kept.state(), Closed, "1 failure in 3");
+    kept.try_acquire().expect("closed").failure();
+    assert_eq!(
+        kept.state(),
+        Open,
+        "2 in 4: the second-old failure still counts"
+    );
+    // Slices of 500 ms: outcomes leave the period 4.5–5 s after they were counted.
+    std::thread::sleep(Duration::from_millis(4_600));
+    expired.try_acquire().expect("closed").failure();
+    expired.try_acquire().expect("closed").success();
+    assert_eq!(
+        expired.state(),
+        Closed,
+        "1 failure in 2 calls: under the minimum of 3"
+    );
+    expired.try_acquire().expect("closed").failure();
+    assert_eq!(
+        expired.state(),
+        Open,
+        "2 failures in 3: the three old successes left the period"
+    );
+}
