@@ -5,7 +5,7 @@
 # groups::) on
 # every supported major that Debian's `postgresql`
 # package (15 on bookworm, which scripts/test.sh runs the whole suite on) does not provide.
-# About 30 s per major on a 2-core machine once the test binary is built.
+# About 60 s per major on a 2-core machine once the test binary is built.
 #
 # RC_PG_VERSIONS_TESTS replaces the list of test filters, e.g. RC_PG_VERSIONS_TESTS=faults::
 # (which passes on every major too, but is left out of CI: its 10,000-key burst takes 5-7 s
@@ -131,6 +131,14 @@ if [[ $install_only -eq 1 ]]; then
   exit 0
 fi
 
+# Most of these tests wait on the server (notifications, timeouts, restarts) rather than
+# compute: four at a time take about 60 s a major on 2 cores, against about 100 s for the
+# default two. RC_PG_VERSIONS_THREADS changes it; a --test-threads after `--` replaces it.
+threads=()
+if [[ " $* " != *" --test-threads"* ]]; then
+  threads=(--test-threads="${RC_PG_VERSIONS_THREADS:-4}")
+fi
+
 summary=()
 for major in "${majors[@]}"; do
   bin=$(install_major "$major")
@@ -138,7 +146,7 @@ for major in "${majors[@]}"; do
   started=$SECONDS
   # convergence:: runs its traffic 10 s on each (25 s on 15, in scripts/test.sh).
   RC_TEST_THROWAWAY=1 RC_TEST_PG_BINDIR=$bin RC_CONVERGENCE_SECS=${RC_CONVERGENCE_SECS:-10} \
-    cargo test --all-features --test it -- "${SUBSET[@]}" "$@"
+    cargo test --all-features --test it -- "${SUBSET[@]}" "${threads[@]}" "$@"
   summary+=("PostgreSQL $major passed in $((SECONDS - started)) s")
 done
 for line in "${summary[@]}"; do say "$line"; done
