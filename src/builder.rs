@@ -182,8 +182,8 @@ impl Builder {
     /// [`Clock`](crate::Clock), read once per recorded outcome, on the cheapest reading that
     /// keeps an outcome within 1/25 of a slice of its time: with the default storages' clock
     /// and a period of 5 s or more, a reading kept in memory by one background thread (started
-    /// with the first such window, waking every slice / 25 and at most every 20 ms), one load a
-    /// call; else the coarse reading when a slice spans at least 25 of its ticks (100 ms on
+    /// with the first such window, waking every slice / 25 of the shortest such window), one load
+    /// a call; else the coarse reading when a slice spans at least 25 of its ticks (100 ms on
     /// Linux's 4 ms tick); else the precise one. A success is counted without a lock: that
     /// reading and one compare-and-swap, instead of the single load of a count window full of
     /// successes; failures and slow calls are counted under the key's lock, where the verdict
