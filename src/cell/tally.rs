@@ -187,21 +187,18 @@ impl Tally {
         let mut w = slot.load(Ordering::Relaxed);
         loop {
             let (w_tag, w_slice) = (w >> TAG_SHIFT, (w >> CALLS_BITS) & SLICE_MASK);
-            let next = if w_tag == tag {
-                // This slice, or a later one a thread with a newer reading already started:
-                // counted there rather than wiping it.
-                let ahead = w_slice.wrapping_sub(slice) & SLICE_MASK;
-                if w_slice == slice || (ahead != 0 && ahead < SLICES as u64) {
-                    if w & CALLS_MASK == CALLS_MASK {
-                        return Some((index, w));
-                    }
-                    w + 1
-                } else {
-                    tag << TAG_SHIFT | slice << CALLS_BITS | 1
+            let next = if w_tag == tag && w_slice == slice {
+                if w & CALLS_MASK == CALLS_MASK {
+                    return Some((index, w));
                 }
-            } else if (w_tag.wrapping_sub(tag) & 0xFFFF) < 0x8000 && w != 0 {
+                w + 1
+            } else if w_tag != tag && (w_tag.wrapping_sub(tag) & 0xFFFF) < 0x8000 && w != 0 {
                 return None; // a newer window: admitted before it started
             } else {
+                // An empty slot, an earlier window's word, or another slice of this slot (a
+                // multiple of SLOTS apart): one that left the period or, for a reading held
+                // across a whole cycle of slots (a thread stalled between its reading and its
+                // count), a later one. Restarted.
                 tag << TAG_SHIFT | slice << CALLS_BITS | 1
             };
             match slot.compare_exchange_weak(w, next, Ordering::SeqCst, Ordering::Relaxed) {
