@@ -376,14 +376,17 @@ async fn a_fleet_reconnecting_at_once_checks_itself_a_few_times_not_once_each() 
     const N: usize = 24;
     let db = test_db().await;
     let conninfo = db.app_conninfo().await;
+    // Listeners that come back spread over `s` seconds send about √(s × N / (2 × heartbeat))
+    // checks (each check answers every listener already back; the next comes from one that
+    // reconnected after it). On a loaded server the reconnects spread over a second or two, so
+    // the heartbeat is long enough that "a few" stays well apart from "one each".
+    const HEARTBEAT: Duration = Duration::from_secs(2);
     let mut fleet = Vec::with_capacity(N);
     for _ in 0..N {
         fleet.push(
-            Storage::connect_with(
-                options(&conninfo).heartbeat_interval(Duration::from_millis(500)),
-            )
-            .await
-            .expect("connects"),
+            Storage::connect_with(options(&conninfo).heartbeat_interval(HEARTBEAT))
+                .await
+                .expect("connects"),
         );
     }
     let (_counter, mut checks) =
@@ -408,9 +411,9 @@ async fn a_fleet_reconnecting_at_once_checks_itself_a_few_times_not_once_each() 
     })
     .await;
     assert!(back, "every instance listens again on a new session");
-    // Every deferred check is due within a heartbeat of its reconnect; then one more heartbeat
-    // and the statement timeout for a check still in flight.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Every deferred check is due within a heartbeat of its reconnect; a second more for one
+    // still in flight.
+    tokio::time::sleep(HEARTBEAT + Duration::from_secs(1)).await;
     let mut sent = 0;
     while checks.try_recv().is_ok() {
         sent += 1;
