@@ -44,6 +44,12 @@ const TAG_SHIFT: u32 = CALLS_BITS + SLICE_BITS;
 /// divides 2^24, so a slice number's slot is the same before and after it wraps.
 const SLOTS: usize = SLICES.next_power_of_two();
 
+/// How far ahead (in slices) a slot's slice may be of a reading for the reading to be the
+/// stale one: a thread stalled for up to 400 periods. A slot untouched for nearly 2^24 slices
+/// (19 days at a one-second period) could pass for ahead; its slice's calls then go uncounted
+/// until the period moves past it, as the module doc says of one passing for current.
+const AHEAD: u64 = 1 << 12;
+
 /// How many times its lag a slice must span to be timed on a lagging reading (as slow calls
 /// are on the coarse clock, `breaker/timing.rs`): an outcome then leaves the period within
 /// 1/25 of a slice of its time.
@@ -194,11 +200,14 @@ impl Tally {
                 w + 1
             } else if w_tag != tag && (w_tag.wrapping_sub(tag) & 0xFFFF) < 0x8000 && w != 0 {
                 return None; // a newer window: admitted before it started
+            } else if w_tag == tag && (w_slice.wrapping_sub(slice) & SLICE_MASK) < AHEAD {
+                // A later slice of this slot: the reading was held across a whole cycle of
+                // slots (a thread stalled between its reading and its count), so its call left
+                // the period long ago. Counting it would wipe the later slice's calls.
+                return None;
             } else {
-                // An empty slot, an earlier window's word, or another slice of this slot (a
-                // multiple of SLOTS apart): one that left the period or, for a reading held
-                // across a whole cycle of slots (a thread stalled between its reading and its
-                // count), a later one. Restarted.
+                // An empty slot, an earlier window's word, or an earlier slice of this slot (a
+                // multiple of SLOTS apart, so one that left the period). Restarted.
                 tag << TAG_SHIFT | slice << CALLS_BITS | 1
             };
             match slot.compare_exchange_weak(w, next, Ordering::SeqCst, Ordering::Relaxed) {
@@ -328,6 +337,37 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A thread stalled between its reading and its count for a whole cycle of slots finds a
+    /// later slice in its slot: its call left the period, and the later slice keeps its calls.
+    /// A slot's earlier slice is restarted, and so is one that only seems ahead because it was
+    /// untouched for nearly 2^24 slices.
+    #[test]
+    fn a_stale_reading_leaves_a_later_slice_alone() {
+        let slice = 1_000;
+        let tally = tally_of(slice);
+        let at = |n: u64| n * slice + 7;
+        let later = 5 + 3 * SLOTS as u64;
+        assert!(tally.add(0, at(later)).is_some());
+        assert!(tally.add(0, at(later)).is_some());
+        assert_eq!(tally.add(0, at(5)), None, "a reading a cycle of slots old");
+        assert_eq!(tally.add(0, at(5 + SLOTS as u64)), None);
+        assert_eq!(tally.calls(0, at(later), None), 2);
+        assert_eq!(
+            tally
+                .add(0, at(later + SLOTS as u64))
+                .map(|(_, w)| w & CALLS_MASK),
+            Some(1)
+        );
+        assert_eq!(tally.calls(0, at(later + SLOTS as u64), None), 1);
+        // Untouched for 2^24 − 16 slices: its slice looks 16 ahead of the reading's.
+        let wrapped = later + SLOTS as u64 + (1 << SLICE_BITS) - SLOTS as u64;
+        assert_eq!(tally.add(0, at(wrapped)), None);
+        // Past the bound it is an earlier slice again, and restarted.
+        let far = wrapped + AHEAD;
+        assert_eq!(tally.add(0, at(far)).map(|(_, w)| w & CALLS_MASK), Some(1));
+        assert_eq!(tally.calls(0, at(far), None), 1);
     }
 
     /// The reading a window is timed on: the kept one for the shared system clock's windows
