@@ -10,7 +10,8 @@
 //!   nothing; an outcome admitted in an earlier epoch finds a newer tag and counts as neither.
 //!   Every clear empties the slots, so the tags in use are never far apart.
 //! * `slice` is the slice number (time / slice length), modulo 2^24; a word of a slice that left
-//!   the period is reused by the next slice that maps to it, so nothing ever has to be swept.
+//!   the period is reused by the next slice that maps to it, so nothing ever has to be swept;
+//!   a reading that finds a later slice there (held a whole cycle of slots) counts for nothing.
 //!   Only a slot untouched for 2^24 slices (19 days at a one-second period) could pass for
 //!   current; its calls would then count for one period.
 //! * `calls` saturates at 2^24 − 1 a slice.
