@@ -887,6 +887,10 @@ async fn row_cooldown(client: &tokio_postgres::Client, key: &str) -> (i64, i64, 
 async fn failed_rounds_grow_the_cooldown_fleet_wide() {
     const BASE: u64 = 250;
     const MAX: u64 = 1200;
+    // A row's `open_until - updated_at` is what it rests plus the time the transaction took
+    // before it set `open_until` (`updated_at` is the transaction's start): up to this much on
+    // a loaded server, still short of the next step of growth.
+    const IN_TRANSACTION: i64 = 150;
     let db = test_db().await;
     let client = db.client().await;
     let (a, b) = (instance(&db).await, instance(&db).await);
@@ -910,7 +914,7 @@ async fn failed_rounds_grow_the_cooldown_fleet_wide() {
     let (set, _, reopens) = row_cooldown(&client, &key).await;
     assert_eq!(reopens, 0, "a trip is no reopen");
     assert!(
-        (BASE as i64 - publishing..BASE as i64 + 50).contains(&set),
+        (BASE as i64 - publishing..BASE as i64 + IN_TRANSACTION).contains(&set),
         "a trip rests the base cooldown, less the {publishing} ms its publication took: {set} ms"
     );
 
@@ -923,7 +927,10 @@ async fn failed_rounds_grow_the_cooldown_fleet_wide() {
         assert!(reporter.flush(WAIT).await, "the probe's report is answered");
         let (set, left, reopens) = row_cooldown(&client, &key).await;
         assert_eq!(reopens, n, "reopen {n} is counted in the row");
-        let (low, high) = (grown as i64 - grown as i64 / 10, grown as i64 + 50);
+        let (low, high) = (
+            grown as i64 - grown as i64 / 10,
+            grown as i64 + IN_TRANSACTION,
+        );
         assert!(
             (low..=high).contains(&set),
             "reopen {n}: the database set {set} ms, expected {low}..={high} ms"
@@ -962,9 +969,10 @@ async fn failed_rounds_grow_the_cooldown_fleet_wide() {
         assert_eq!(why["probes"]["failures"], 1, "the round's result: {why}");
         assert_eq!(why["probes"]["successes"], 0, "{why}");
         assert_eq!(why["reopens"], n, "{why}");
+        // The grown cooldown less its jitter, which the row rests from within the transaction.
         let rests = why["cooldown_ms"].as_i64().unwrap_or(-1);
         assert!(
-            (set - 10..=set).contains(&rests),
+            (grown as i64 - grown as i64 / 10..=grown as i64).contains(&rests) && rests <= set,
             "the change log says what it rests ({set} ms from the transaction's start): {why}"
         );
     }
@@ -986,7 +994,7 @@ async fn failed_rounds_grow_the_cooldown_fleet_wide() {
     let (set, _, reopens) = row_cooldown(&client, &key).await;
     assert_eq!(reopens, 0);
     assert!(
-        (BASE as i64 - publishing..BASE as i64 + 50).contains(&set),
+        (BASE as i64 - publishing..BASE as i64 + IN_TRANSACTION).contains(&set),
         "after a close, a trip rests the base again, less the {publishing} ms its publication \
          took: {set} ms"
     );
@@ -996,7 +1004,10 @@ async fn failed_rounds_grow_the_cooldown_fleet_wide() {
     assert!(a.flush(WAIT).await);
     let (set, _, reopens) = row_cooldown(&client, &key).await;
     assert_eq!(reopens, 1);
-    let (low, high) = (2 * BASE as i64 - BASE as i64 / 5, 2 * BASE as i64 + 50);
+    let (low, high) = (
+        2 * BASE as i64 - BASE as i64 / 5,
+        2 * BASE as i64 + IN_TRANSACTION,
+    );
     assert!(
         (low..=high).contains(&set),
         "the first reopen after a close rests about twice the base: {set} ms"
