@@ -171,7 +171,10 @@
 //! CPUs measure bimodally, for both crates: the same case lands near 20–30 ns or near
 //! 70–500 ns from one run to the next, depending on how the two threads share the cores. One
 //! thread moves too on this VM: `try_acquire_success` measured 2.4 to 4.2 ns in runs of the
-//! same hour (the `postgres` group's row is the same code), so compare rows of one run.
+//! same hour (the `postgres` group's row is the same code), and
+//! `try_acquire_success_time_window` near 9.2 ns in some runs and near 17.8 ns in others of one
+//! binary (as did the binary before its last change, with the same instructions hot in `perf`
+//! in both), so compare rows of one run.
 //!
 //! ### Reading it
 //!
