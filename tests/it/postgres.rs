@@ -594,14 +594,18 @@ async fn lease_of_a_crashed_prober_expires() {
     // Before A asks: the database grants the lease after this instant, so it expires after
     // `leased_at + lease`.
     let leased_at = std::time::Instant::now();
-    let mut taken = None;
-    for _ in 0..40 {
-        if let Ok(p) = on_a.cb.acquire().await {
-            taken = Some(p);
-            break;
+    // The row's cooldown may end a little after A's own (it counts from the trip's commit): a
+    // rejection that says how long is waited out, as a caller would.
+    let permit = loop {
+        match on_a.cb.acquire().await {
+            Ok(p) => break p,
+            Err(r) => {
+                assert!(leased_at.elapsed() < WAIT, "A leases the only probe: {r}");
+                let rest = r.retry_after().unwrap_or_default();
+                tokio::time::sleep(rest.clamp(Duration::from_millis(1), lease / 4)).await;
+            }
         }
-    }
-    let permit = taken.expect("A leases the only probe");
+    };
     // A dies holding it: the permit is never reported nor returned.
     std::mem::forget(permit);
     drop(on_a);
