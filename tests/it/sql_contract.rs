@@ -1213,3 +1213,57 @@ async fn report_probe_grows_the_cooldown_in_sql() {
         "the refused calls changed nothing"
     );
 }
+
+/// `rc_rows`, how an instance confirms the notifications it does not take on trust, answers
+/// each asked key of the namespace that has a row once, however often it is asked, and nothing
+/// for a key without a row or with a row only in another namespace; the app role may call it.
+/// (A join with the asked keys: `faults::burst_of_ten_thousand_keys_converges` is what it costs
+/// on a table not yet analyzed.)
+#[tokio::test]
+async fn rc_rows_answers_each_asked_key_once() {
+    let db = test_db().await;
+    let _owner = migrated(&db).await;
+    let admin = db.client().await;
+    let app = connect_as(&db.app_conninfo().await).await;
+    let (open, closed, absent) = (
+        unique_key("rows-open"),
+        unique_key("rows-closed"),
+        unique_key("rows-absent"),
+    );
+    admin
+        .execute(
+            "INSERT INTO rc_circuit_breakers (namespace, resource_key, state, open_until)
+             VALUES ('ns', $1, 'OPEN', now() + interval '1 hour'), ('ns', $2, 'CLOSED', NULL),
+                    ('other', $3, 'OPEN', now() + interval '1 hour')",
+            &[&open, &closed, &absent],
+        )
+        .await
+        .expect("rows");
+    let asked = vec![open.clone(), closed.clone(), open.clone(), absent.clone()];
+    let rows = app
+        .query(
+            "SELECT o_key, o_state, o_remaining_ms > 0 FROM rc_rows('ns', $1)",
+            &[&asked],
+        )
+        .await
+        .expect("the app role reads rows");
+    let mut got: Vec<(String, String, Option<bool>)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    got.sort();
+    let mut want = vec![
+        (open.clone(), "OPEN".to_owned(), Some(true)),
+        (closed.clone(), "CLOSED".to_owned(), Some(false)),
+    ];
+    want.sort();
+    assert_eq!(got, want);
+    let none: Vec<String> = Vec::new();
+    for keys in [None, Some(none)] {
+        let rows = app
+            .query("SELECT * FROM rc_rows('ns', $1)", &[&keys])
+            .await
+            .expect("no keys");
+        assert!(rows.is_empty(), "{keys:?}: {} rows", rows.len());
+    }
+}
