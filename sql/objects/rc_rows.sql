@@ -5,7 +5,7 @@
 -- A join with the asked keys, not `resource_key = ANY (p_keys)`: right after a burst of new
 -- rows, before autovacuum has analyzed the table, the planner takes the namespace for a few
 -- rows, scans it and tests every row against every key (10,000 rows and 256 keys took
--- 0.4–1.3 s); a join is an index probe per key, or one hash join, whatever the statistics.
+-- 0.4 to 1.3 s); a join is an index probe per key, or one hash join, whatever the statistics.
 CREATE OR REPLACE FUNCTION public.rc_rows(p_ns text, p_keys text[])
 RETURNS TABLE (o_key text, o_state text, o_version bigint, o_remaining_ms bigint)
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
