@@ -67,6 +67,9 @@ pub(crate) trait SharedStore: Send + Sync {
     fn flush(&self, within: Duration) -> BoxFuture<'_, bool>;
     /// Asks for a half-open probe lease for `cell`.
     fn request_lease(&self, cell: &Arc<KeyCell>);
+    /// Until when (the storage's clock, nanoseconds) the fleet judges `key`'s rate, if it does:
+    /// a breaker built for the key after the judgement was heard reports its rate too.
+    fn judged_until(&self, key: &str) -> Option<u64>;
     /// Sends the result of a probe made under `lease`.
     fn report_probe(&self, cell: &Arc<KeyCell>, lease: Lease, success: bool);
     /// Carries out what `cell` opened for on its own judgement, as the hold it registered with

@@ -289,7 +289,14 @@ impl Storage {
             Some(c) => c.clone(),
             None => self.inner.cell(key.into(), policy),
         };
-        cell.claim(policy)
+        let claimed = cell.claim(policy);
+        if let (Ok(()), Some(shared), Some(rate)) = (&claimed, &self.inner.shared, cell.rate()) {
+            // The fleet judged the key before this breaker was built: it reports too.
+            if let Some(until) = shared.judged_until(key) {
+                rate.judged_until(until);
+            }
+        }
+        claimed
             .map_err(|existing| ConfigError::ConflictingPolicy {
                 key: key.to_owned(),
                 existing: format!(

@@ -552,8 +552,9 @@ async fn one_instance_with_all_the_traffic_is_the_fleet() {
     );
 }
 
-/// An instance that joins mid-period counts from its start, and instances with different
-/// windows and reporting intervals add up: the fleet's rate is the sum of what each saw.
+/// An instance that joins mid-period counts from its start, even when the judgement began
+/// before its breaker was built, and instances with different windows and reporting intervals
+/// add up: the fleet's rate is the sum of what each saw.
 #[tokio::test]
 async fn instances_joining_late_or_configured_apart_add_up() {
     let db = test_db().await;
@@ -588,6 +589,22 @@ async fn instances_joining_late_or_configured_apart_add_up() {
     let b = policy(&storages[1], 100);
     run(&a, 100, 500).await;
     run(&b, 300, 100).await;
+    // The judgement has begun before the late instance connects: it learns of it in its load,
+    // before its breaker exists, and that breaker reports all the same.
+    assert!(
+        crate::support::eventually(WAIT, || async {
+            admin
+                .query(
+                    "SELECT 1 FROM rc_judgements WHERE resource_key = $1 \
+                     AND judged_until > clock_timestamp()",
+                    &[&key],
+                )
+                .await
+                .is_ok_and(|rows| !rows.is_empty())
+        })
+        .await,
+        "a's window began the fleet's judgement"
+    );
     let late = Storage::connect_with(
         options(&db)
             .await

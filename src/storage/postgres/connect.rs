@@ -176,6 +176,7 @@ async fn connect_inner(
             callbacks: callbacks::Callbacks::start(),
             unanswered: Arc::default(),
             clock,
+            judged: dashmap::DashMap::new(),
             metrics: crate::telemetry::InstanceMetrics::new(&opts.namespace),
         });
         made = Some(shared.clone());

@@ -138,6 +138,9 @@ pub(crate) struct Shared {
     /// Reports sent outside the outbox and not answered yet, and the wake-up `flush` waits on.
     unanswered: Arc<settle::Unanswered>,
     clock: Arc<dyn Clock>,
+    /// The keys the fleet judges now, until when (the storage's clock), heard whether or not a
+    /// breaker of ours holds the key: one built later reports its rate from the start.
+    pub(crate) judged: dashmap::DashMap<Arc<str>, u64>,
     /// This instance's metric handles (`telemetry.rs`).
     pub(crate) metrics: InstanceMetrics,
 }
@@ -421,6 +424,10 @@ impl SharedStore for Instance {
 
     fn request_lease(&self, cell: &Arc<KeyCell>) {
         Instance::request_lease(self, cell);
+    }
+
+    fn judged_until(&self, key: &str) -> Option<u64> {
+        self.shared.judged.get(key).map(|until| *until)
     }
 
     fn report_probe(&self, cell: &Arc<KeyCell>, lease: Lease, success: bool) {

@@ -31,6 +31,9 @@ use crate::clock::duration_nanos;
 use crate::fleet::precedence::Call;
 use crate::State;
 
+/// How many judged keys are kept before the ended ones are first swept out.
+const JUDGED_SWEEP: usize = 64;
+
 /// The reporter task of one instance: samples and reports every `fleet_rate_interval` until the
 /// instance shuts down.
 pub(crate) async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<()>) {
@@ -217,12 +220,24 @@ impl Shared {
 
     /// The fleet judges `key` for `left` from now: its breaker reports every interval until then.
     pub(crate) fn judged(&self, key: &str, left: Duration) {
+        let now = self.clock.now_nanos();
+        let until = now.saturating_add(duration_nanos(left));
+        // Kept for a breaker not built yet (`SharedStore::judged_until`). The ended ones are
+        // swept out each time the map reaches a power of two past JUDGED_SWEEP keys: it holds
+        // little more than the keys judged now, at an amortized constant cost.
+        let len = self.judged.len();
+        if len >= JUDGED_SWEEP && len.is_power_of_two() {
+            self.judged.retain(|_, u| *u > now);
+        }
+        let mut kept = self.judged.entry(Arc::from(key)).or_insert(0);
+        *kept = (*kept).max(until);
+        drop(kept);
         let Some(storage) = self.storage.upgrade() else {
             return;
         };
         if let Some(cell) = storage.cells.get(key).map(|c| c.clone()) {
             if let Some(rate) = cell.rate() {
-                rate.judged_until(self.clock.now_nanos().saturating_add(duration_nanos(left)));
+                rate.judged_until(until);
             }
         }
     }
